@@ -1,0 +1,2 @@
+//! lowbit CLI
+fn main() {}
