@@ -318,3 +318,219 @@ fn strings_from_proto(t: &TensorProto, n: usize) -> Result<TensorData> {
     let v = v.map_err(|_| OnnxError::tensor(&t.name, "string_data holds invalid UTF-8"))?;
     Ok(TensorData::String(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::tensor_proto::DataType;
+    use prost::Message;
+
+    /// `n` varied elements of `dtype`, including each type's extremes.
+    fn sample(dtype: DType, n: usize) -> Tensor {
+        let i = || (0..n as i64).map(|i| i * 37 - 50);
+        let data = match dtype {
+            DType::F32 => TensorData::F32(
+                [0.0, -0.0, 1.5, f32::INFINITY, f32::MIN_POSITIVE, -3.25e30]
+                    .into_iter()
+                    .cycle()
+                    .take(n)
+                    .collect(),
+            ),
+            DType::F64 => TensorData::F64(i().map(|x| x as f64 * 1e-3 - 1e300).collect()),
+            DType::F16 => TensorData::F16(i().map(|x| f16::from_f32(x as f32 * 0.3)).collect()),
+            DType::BF16 => TensorData::BF16(i().map(|x| bf16::from_f32(x as f32 * 0.3)).collect()),
+            DType::F8E4M3FN => TensorData::F8E4M3FN(i().map(|x| (x * 7) as u8).collect()),
+            DType::F8E5M2 => TensorData::F8E5M2(i().map(|x| (x * 11) as u8).collect()),
+            DType::I64 => TensorData::I64(i().map(|x| x.wrapping_mul(i64::MAX / 97)).collect()),
+            DType::I32 => TensorData::I32(i().map(|x| (x * 40_000_000) as i32).collect()),
+            DType::I16 => TensorData::I16(i().map(|x| (x * 1000) as i16).collect()),
+            DType::I8 => TensorData::I8(i().map(|x| x as i8).collect()),
+            DType::U64 => TensorData::U64(i().map(|x| (x as u64).wrapping_mul(u64::MAX / 3)).collect()),
+            DType::U32 => TensorData::U32(i().map(|x| (x * 100_000_000) as u32).collect()),
+            DType::U16 => TensorData::U16(i().map(|x| (x * 1000) as u16).collect()),
+            DType::U8 => TensorData::U8(i().map(|x| x as u8).collect()),
+            DType::I4 => TensorData::I4(i().map(|x| (x.rem_euclid(16) - 8) as i8).collect()),
+            DType::U4 => TensorData::U4(i().map(|x| x.rem_euclid(16) as u8).collect()),
+            DType::Bool => TensorData::Bool(i().map(|x| x % 3 == 0).collect()),
+            DType::String => TensorData::String(i().map(|x| format!("s{x} é")).collect()),
+        };
+        Tensor::new(vec![n], data).unwrap()
+    }
+
+    fn through_wire(p: &TensorProto) -> TensorProto {
+        TensorProto::decode(p.encode_to_vec().as_slice()).unwrap()
+    }
+
+    #[test]
+    fn every_dtype_round_trips() {
+        for dtype in DType::ALL {
+            for n in [0, 1, 5, 6] {
+                let t = sample(dtype, n);
+                let p = tensor_to_proto("w", &t);
+                assert_eq!(p.data_type, dtype.onnx_id());
+                let back = tensor_from_proto(&through_wire(&p)).unwrap();
+                assert_eq!(back, t, "{dtype} x{n}");
+            }
+            // Rank 0 and rank 3 shapes survive too.
+            let s = Tensor::new(vec![], sample(dtype, 1).into_data()).unwrap();
+            assert_eq!(tensor_from_proto(&tensor_to_proto("s", &s)).unwrap(), s);
+            let m = sample(dtype, 6).reshape(vec![1, 2, 3]).unwrap();
+            let p = tensor_to_proto("m", &m);
+            assert_eq!(p.dims, vec![1, 2, 3]);
+            assert_eq!(tensor_from_proto(&p).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn raw_layout_matches_onnx() {
+        let t = Tensor::new(vec![3], TensorData::I4(vec![1, -2, 7])).unwrap();
+        assert_eq!(tensor_to_proto("q", &t).raw_data, vec![0xe1, 0x07]);
+        let t = Tensor::new(vec![2], TensorData::U4(vec![15, 3])).unwrap();
+        assert_eq!(tensor_to_proto("q", &t).raw_data, vec![0x3f]);
+        let t = Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap();
+        assert_eq!(tensor_to_proto("b", &t).raw_data, vec![1, 0]);
+        let t = Tensor::from_vec(vec![1], vec![1.0f32]).unwrap();
+        assert_eq!(tensor_to_proto("f", &t).raw_data, vec![0, 0, 0x80, 0x3f]);
+        let t = Tensor::from_vec(vec![1], vec![f16::ONE]).unwrap();
+        assert_eq!(tensor_to_proto("h", &t).raw_data, vec![0x00, 0x3c]);
+    }
+
+    fn typed(dtype: DataType, dims: &[i64]) -> TensorProto {
+        TensorProto {
+            name: "t".into(),
+            dims: dims.to_vec(),
+            data_type: dtype as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn typed_fields_decode() {
+        let mut p = typed(DataType::Float, &[2]);
+        p.float_data = vec![1.5, -2.0];
+        assert_eq!(tensor_from_proto(&p).unwrap().as_f32().unwrap(), &[1.5, -2.0]);
+
+        let mut p = typed(DataType::Double, &[1]);
+        p.double_data = vec![0.25];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::F64(vec![0.25]));
+
+        let mut p = typed(DataType::Int64, &[2]);
+        p.int64_data = vec![i64::MIN, 7];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::I64(vec![i64::MIN, 7]));
+
+        let mut p = typed(DataType::Uint64, &[1]);
+        p.uint64_data = vec![u64::MAX];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::U64(vec![u64::MAX]));
+
+        let mut p = typed(DataType::Uint32, &[1]);
+        p.uint64_data = vec![u32::MAX as u64];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::U32(vec![u32::MAX]));
+
+        let cases: Vec<(DataType, Vec<i32>, TensorData)> = vec![
+            (DataType::Int32, vec![-5, i32::MAX], TensorData::I32(vec![-5, i32::MAX])),
+            (DataType::Int16, vec![-300, 32767], TensorData::I16(vec![-300, 32767])),
+            (DataType::Uint16, vec![65535, 1], TensorData::U16(vec![65535, 1])),
+            (DataType::Int8, vec![-128, 127], TensorData::I8(vec![-128, 127])),
+            (DataType::Uint8, vec![255, 0], TensorData::U8(vec![255, 0])),
+            (DataType::Bool, vec![1, 0], TensorData::Bool(vec![true, false])),
+            (DataType::Float16, vec![0x3c00, 0xc000], TensorData::F16(vec![f16::ONE, f16::from_f32(-2.0)])),
+            (DataType::Bfloat16, vec![0x3f80, 0], TensorData::BF16(vec![bf16::ONE, bf16::ZERO])),
+            (DataType::Float8e4m3fn, vec![0x38, 0x7f], TensorData::F8E4M3FN(vec![0x38, 0x7f])),
+            (DataType::Float8e5m2, vec![0x3c, 0x80], TensorData::F8E5M2(vec![0x3c, 0x80])),
+        ];
+        for (dt, int32_data, want) in cases {
+            let mut p = typed(dt, &[2]);
+            p.int32_data = int32_data;
+            assert_eq!(tensor_from_proto(&through_wire(&p)).unwrap().data(), &want, "{dt:?}");
+        }
+
+        let mut p = typed(DataType::String, &[2]);
+        p.string_data = vec![b"ab".to_vec(), "é".as_bytes().to_vec()];
+        assert_eq!(
+            tensor_from_proto(&p).unwrap().data(),
+            &TensorData::String(vec!["ab".into(), "é".into()])
+        );
+    }
+
+    #[test]
+    fn int4_in_int32_data() {
+        // The spec packs two 4-bit values per int32_data entry, first in the low nibble.
+        let mut p = typed(DataType::Int4, &[3]);
+        p.int32_data = vec![0xe1, 0x07];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::I4(vec![1, -2, 7]));
+        let mut p = typed(DataType::Uint4, &[4]);
+        p.int32_data = vec![0x3f, 0x21];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::U4(vec![15, 3, 1, 2]));
+        // One value per entry, as some writers do, is accepted when the count is unambiguous.
+        let mut p = typed(DataType::Int4, &[3]);
+        p.int32_data = vec![1, -2, 7];
+        assert_eq!(tensor_from_proto(&p).unwrap().data(), &TensorData::I4(vec![1, -2, 7]));
+        let mut p = typed(DataType::Uint4, &[3]);
+        p.int32_data = vec![1];
+        assert!(tensor_from_proto(&p).is_err());
+    }
+
+    fn err(p: &TensorProto) -> String {
+        tensor_from_proto(p).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_tensor() {
+        let mut p = typed(DataType::Float, &[3]);
+        p.name = "conv1.weight".into();
+        p.raw_data = vec![0; 8];
+        let e = err(&p);
+        assert!(e.contains("conv1.weight") && e.contains("8 bytes") && e.contains("12"), "{e}");
+
+        p.raw_data.clear();
+        p.float_data = vec![1.0];
+        assert!(err(&p).contains("float_data holds 1"), "{}", err(&p));
+
+        let mut p = typed(DataType::Complex64, &[1]);
+        p.name = "c".into();
+        let e = err(&p);
+        assert!(e.contains("'c'") && e.contains("complex64"), "{e}");
+
+        let mut p = typed(DataType::Float, &[2, -1]);
+        p.name = "neg".into();
+        assert!(err(&p).contains("negative dim"));
+
+        let mut p = typed(DataType::Float, &[i64::MAX, i64::MAX]);
+        p.name = "huge".into();
+        assert!(err(&p).contains("too many elements"));
+
+        let mut p = typed(DataType::String, &[1]);
+        p.string_data = vec![vec![0xff, 0xfe]];
+        assert!(err(&p).contains("UTF-8"));
+
+        let mut p = typed(DataType::Uint32, &[1]);
+        p.uint64_data = vec![1 << 40];
+        assert!(err(&p).contains("uint32 range"));
+
+        let mut p = typed(DataType::Float, &[1]);
+        p.name = "ext".into();
+        p.data_location = DataLocation::External as i32;
+        assert!(matches!(
+            tensor_from_proto(&p),
+            Err(OnnxError::ExternalDataWithoutDir { tensor }) if tensor == "ext"
+        ));
+    }
+
+    #[test]
+    fn dtype_names() {
+        assert_eq!(dtype_from_onnx(1).unwrap(), DType::F32);
+        assert_eq!(dtype_from_onnx(22).unwrap(), DType::I4);
+        let e = dtype_from_onnx(18).unwrap_err().to_string();
+        assert!(e.contains("float8e4m3fnuz"), "{e}");
+        assert_eq!(onnx_type_name(999), "unknown");
+    }
+
+    #[test]
+    fn raw_bytes_of_typed_proto() {
+        let mut p = typed(DataType::Int8, &[2]);
+        p.int32_data = vec![-1, 2];
+        assert_eq!(proto_raw_bytes(&p).unwrap().unwrap().as_ref(), &[0xff, 2]);
+        let p = typed(DataType::Complex64, &[0]);
+        assert!(proto_raw_bytes(&p).unwrap().is_none());
+    }
+}

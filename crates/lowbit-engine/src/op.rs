@@ -1,0 +1,61 @@
+//! What an op implementation is: a builder run once per node at load time, and a kernel run
+//! on every inference.
+
+use crate::error::OpResult;
+use lowbit_onnx::attr::Attrs;
+use lowbit_onnx::pb::NodeProto;
+use lowbit_tensor::Tensor;
+
+/// Everything a builder may look at: the node, its attributes, the opset version of its
+/// domain, and the values of inputs that are constant (initializers, folded constants) so
+/// weights can be checked and pre-packed once.
+pub struct BuildCtx<'a> {
+    pub node: &'a NodeProto,
+    pub attrs: Attrs<'a>,
+    pub opset: i64,
+    pub constants: Vec<Option<&'a Tensor>>,
+}
+
+impl<'a> BuildCtx<'a> {
+    /// The constant value of input `i`, if it is known at load time.
+    pub fn constant(&self, i: usize) -> Option<&'a Tensor> {
+        self.constants.get(i).copied().flatten()
+    }
+
+    /// Number of inputs the node names (omitted optional inputs included, as empty names).
+    pub fn num_inputs(&self) -> usize {
+        self.node.input.len()
+    }
+}
+
+/// One node's computation. `inputs[i]` is `None` for an omitted optional input. Kernels must
+/// not panic on bad data: shape or dtype problems are returned as [`crate::OpError`].
+pub trait Kernel: Send + Sync {
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>>;
+}
+
+/// A kernel from a plain function, for ops that need no load-time state.
+pub struct FnKernel<F>(pub F);
+
+impl<F> Kernel for FnKernel<F>
+where
+    F: Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync,
+{
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        (self.0)(inputs)
+    }
+}
+
+/// Input `i`, or an error naming it when it is missing.
+pub fn input<'t>(inputs: &[Option<&'t Tensor>], i: usize) -> OpResult<&'t Tensor> {
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| crate::OpError::new(format!("input {i} is required but missing")))
+}
+
+/// Optional input `i`.
+pub fn opt_input<'t>(inputs: &[Option<&'t Tensor>], i: usize) -> Option<&'t Tensor> {
+    inputs.get(i).copied().flatten()
+}

@@ -1,0 +1,30 @@
+//! Op implementations, one file per ONNX op family, each with a `register` function.
+//!
+//! | file | ops |
+//! |---|---|
+//! | `elementwise` | unary and broadcasting binary math, comparisons, logic, `Where`, `Clip`, `Cast` |
+//! | `reduce` | `Reduce*`, `ArgMax`/`ArgMin` |
+//! | `linalg` | `MatMul`, `Gemm`, `Einsum`-free matrix products |
+//! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, activations with attributes |
+//! | `shape` | layout and indexing: `Reshape`, `Transpose`, `Concat`, `Gather`, `Slice`, `Shape`, … |
+//! | `quant` | `QuantizeLinear`, `DequantizeLinear`, `DynamicQuantizeLinear`, integer matmul/conv |
+
+pub mod elementwise;
+pub mod linalg;
+pub mod nn;
+pub mod quant;
+pub mod reduce;
+pub mod shape;
+pub mod util;
+
+use crate::registry::Registry;
+
+/// Registers every op family.
+pub fn register_all_ops(reg: &mut Registry) {
+    elementwise::register(reg);
+    reduce::register(reg);
+    linalg::register(reg);
+    nn::register(reg);
+    shape::register(reg);
+    quant::register(reg);
+}

@@ -1,0 +1,54 @@
+//! The op registry: which (domain, op type) pairs the engine runs, and their builders.
+//!
+//! Families register themselves in [`crate::ops`]; the conformance test reads
+//! [`Registry::claimed_ops`] to decide which ONNX node tests must pass.
+
+use crate::error::OpResult;
+use crate::op::{BuildCtx, Kernel};
+use std::collections::BTreeMap;
+
+pub type Builder = fn(&BuildCtx) -> OpResult<Box<dyn Kernel>>;
+
+/// Normalizes ONNX's two spellings of the default domain.
+pub fn canonical_domain(domain: &str) -> &str {
+    if domain == "ai.onnx" {
+        ""
+    } else {
+        domain
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    builders: BTreeMap<(String, String), Builder>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry::default()
+    }
+
+    /// Every op lowbit implements.
+    pub fn with_all_ops() -> Self {
+        let mut r = Registry::default();
+        crate::ops::register_all_ops(&mut r);
+        r
+    }
+
+    pub fn register(&mut self, domain: &str, op_type: &str, builder: Builder) {
+        self.builders.insert((canonical_domain(domain).to_string(), op_type.to_string()), builder);
+    }
+
+    pub fn get(&self, domain: &str, op_type: &str) -> Option<Builder> {
+        self.builders.get(&(canonical_domain(domain).to_string(), op_type.to_string())).copied()
+    }
+
+    pub fn supports(&self, domain: &str, op_type: &str) -> bool {
+        self.get(domain, op_type).is_some()
+    }
+
+    /// (domain, op type) of every registered op, sorted.
+    pub fn claimed_ops(&self) -> Vec<(String, String)> {
+        self.builders.keys().cloned().collect()
+    }
+}

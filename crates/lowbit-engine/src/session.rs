@@ -1,0 +1,442 @@
+//! Loading a model into an execution plan, and running it.
+
+use crate::error::{EngineError, Result};
+use crate::op::{BuildCtx, Kernel};
+use crate::registry::{canonical_domain, Registry};
+use lowbit_onnx::attr::Attrs;
+use lowbit_onnx::pb::{self, ModelProto, NodeProto};
+use lowbit_onnx::tensor_proto::tensor_from_proto;
+use lowbit_tensor::{DType, Tensor};
+use std::collections::{HashMap, HashSet};
+
+/// Options for building a [`Session`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Worker threads for kernels; 0 means one per core.
+    pub threads: usize,
+}
+
+/// One dimension of a graph input as the model declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(usize),
+    /// A named free dimension (`batch_size`, `sequence_length`).
+    Symbolic(String),
+    /// Free and unnamed.
+    Unknown,
+}
+
+/// A graph input the caller must feed.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    pub name: String,
+    pub dtype: Option<DType>,
+    /// `None` when the model declares no shape at all.
+    pub dims: Option<Vec<Dim>>,
+}
+
+impl InputSpec {
+    /// `[1, 'batch', ?]`-style text for messages.
+    pub fn shape_text(&self) -> String {
+        match &self.dims {
+            None => "(any shape)".into(),
+            Some(d) => {
+                let parts: Vec<String> = d
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => n.to_string(),
+                        Dim::Symbolic(s) => s.clone(),
+                        Dim::Unknown => "?".into(),
+                    })
+                    .collect();
+                format!("[{}]", parts.join(", "))
+            }
+        }
+    }
+
+    fn check(&self, t: &Tensor) -> Result<()> {
+        if let Some(dt) = self.dtype {
+            if dt != t.dtype() {
+                return Err(EngineError::InputDType {
+                    name: self.name.clone(),
+                    expected: dt,
+                    actual: t.dtype(),
+                });
+            }
+        }
+        if let Some(dims) = &self.dims {
+            let ok = dims.len() == t.rank()
+                && dims.iter().zip(t.shape()).all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
+            if !ok {
+                return Err(EngineError::InputShape {
+                    name: self.name.clone(),
+                    expected: self.shape_text(),
+                    actual: t.shape().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Step {
+    node_name: String,
+    op_type: String,
+    kernel: Box<dyn Kernel>,
+    /// Slot per input; `None` for an omitted optional input.
+    inputs: Vec<Option<usize>>,
+    outputs: Vec<Option<usize>>,
+    /// Runtime slots to drop after this step: their last consumer.
+    free_after: Vec<usize>,
+}
+
+/// A model ready to run. Immutable after construction: `run` may be called from many threads.
+pub struct Session {
+    steps: Vec<Step>,
+    slot_names: Vec<String>,
+    /// Values known at load time (initializers and folded nodes), by slot.
+    constants: Vec<Option<Tensor>>,
+    /// Slots produced by folded nodes (shown to observers, unlike initializers).
+    folded: Vec<usize>,
+    inputs: Vec<(InputSpec, usize)>,
+    outputs: Vec<(String, usize)>,
+    pool: rayon::ThreadPool,
+}
+
+/// Ops whose output must not be computed once at load time.
+const NOT_FOLDABLE: &[&str] =
+    &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"];
+
+fn node_label(node: &NodeProto, idx: usize) -> String {
+    if !node.name.is_empty() {
+        node.name.clone()
+    } else if let Some(o) = node.output.first() {
+        format!("{}#{idx} -> {o}", node.op_type)
+    } else {
+        format!("{}#{idx}", node.op_type)
+    }
+}
+
+fn input_spec(vi: &pb::ValueInfoProto) -> InputSpec {
+    use pb::tensor_shape_proto::dimension::Value;
+    use pb::type_proto::Value as TV;
+    let tensor_type = vi.r#type.as_ref().and_then(|t| match &t.value {
+        Some(TV::TensorType(tt)) => Some(tt),
+        _ => None,
+    });
+    let dtype = tensor_type.and_then(|t| DType::from_onnx(t.elem_type));
+    let dims = tensor_type.and_then(|t| t.shape.as_ref()).map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(Value::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as usize),
+                Some(Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
+                _ => Dim::Unknown,
+            })
+            .collect()
+    });
+    InputSpec { name: vi.name.clone(), dtype, dims }
+}
+
+/// Orders nodes so every input is produced before use (ONNX requires it, some exporters
+/// don't); a cycle or a value nobody produces is an error naming it.
+fn topo_order(nodes: &[NodeProto], available: &HashSet<String>) -> Result<Vec<usize>> {
+    let mut produced: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            produced.insert(o, i);
+        }
+    }
+    let mut state = vec![0u8; nodes.len()]; // 0 new, 1 visiting, 2 done
+    let mut order = Vec::with_capacity(nodes.len());
+    for root in 0..nodes.len() {
+        let mut stack = vec![(root, 0usize)];
+        while let Some((n, k)) = stack.pop() {
+            if k == 0 {
+                if state[n] == 2 {
+                    continue;
+                }
+                state[n] = 1;
+            }
+            let node = &nodes[n];
+            if let Some(inp) = node.input.get(k) {
+                stack.push((n, k + 1));
+                if inp.is_empty() || available.contains(inp) {
+                    continue;
+                }
+                match produced.get(inp.as_str()) {
+                    Some(&p) if state[p] == 1 => {
+                        return Err(EngineError::Graph(format!("cycle through value '{inp}'")))
+                    }
+                    Some(&p) if state[p] == 0 => stack.push((p, 0)),
+                    Some(_) => {}
+                    None => {
+                        return Err(EngineError::Graph(format!(
+                            "node '{}' ({}) reads '{inp}', which no node, input or initializer provides",
+                            node_label(node, n),
+                            node.op_type
+                        )))
+                    }
+                }
+            } else {
+                state[n] = 2;
+                order.push(n);
+            }
+        }
+    }
+    Ok(order)
+}
+
+impl Session {
+    /// Plans `model` with every op lowbit implements.
+    pub fn new(model: &ModelProto, opts: &SessionOptions) -> Result<Session> {
+        Session::with_registry(model, opts, &Registry::with_all_ops())
+    }
+
+    pub fn with_registry(model: &ModelProto, opts: &SessionOptions, reg: &Registry) -> Result<Session> {
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| EngineError::Graph("the model has no graph".into()))?;
+        let opsets: HashMap<&str, i64> = model
+            .opset_import
+            .iter()
+            .map(|o| (canonical_domain(&o.domain), o.version))
+            .collect();
+
+        // Every op is checked before anything is built, so the user hears of all of them.
+        let unsupported: Vec<&NodeProto> =
+            graph.node.iter().filter(|n| !reg.supports(&n.domain, &n.op_type)).collect();
+        if let Some(n) = unsupported.first() {
+            let mut ops: Vec<String> = unsupported.iter().map(|n| n.op_type.clone()).collect();
+            ops.sort();
+            ops.dedup();
+            return Err(EngineError::UnsupportedOp {
+                node: node_label(n, 0),
+                op_type: if ops.len() == 1 { ops[0].clone() } else { ops.join(", ") },
+                domain: n.domain.clone(),
+            });
+        }
+
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        let mut slot_names: Vec<String> = Vec::new();
+        let mut slot_of = |name: &str, slots: &mut HashMap<String, usize>| -> usize {
+            if let Some(&s) = slots.get(name) {
+                return s;
+            }
+            slot_names.push(name.to_string());
+            slots.insert(name.to_string(), slot_names.len() - 1);
+            slot_names.len() - 1
+        };
+
+        let mut constants: Vec<Option<Tensor>> = Vec::new();
+        let set_const = |constants: &mut Vec<Option<Tensor>>, slot: usize, t: Tensor| {
+            if constants.len() <= slot {
+                constants.resize(slot + 1, None);
+            }
+            constants[slot] = Some(t);
+        };
+        for init in &graph.initializer {
+            let t = tensor_from_proto(init)?;
+            let s = slot_of(&init.name, &mut slots);
+            set_const(&mut constants, s, t);
+        }
+        let init_names: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let mut inputs = Vec::new();
+        for vi in &graph.input {
+            // Before IR 4, initializers were also listed as inputs; they need no feed.
+            if init_names.contains(vi.name.as_str()) {
+                continue;
+            }
+            let s = slot_of(&vi.name, &mut slots);
+            inputs.push((input_spec(vi), s));
+        }
+
+        let mut available: HashSet<String> = graph.input.iter().map(|v| v.name.clone()).collect();
+        available.extend(init_names.iter().map(|s| s.to_string()));
+        let order = topo_order(&graph.node, &available)?;
+
+        let mut steps = Vec::with_capacity(order.len());
+        let mut folded = Vec::new();
+        for idx in order {
+            let node = &graph.node[idx];
+            let label = node_label(node, idx);
+            let node_err = |msg: String| EngineError::Node {
+                node: label.clone(),
+                op_type: node.op_type.clone(),
+                msg,
+            };
+            let in_slots: Vec<Option<usize>> = node
+                .input
+                .iter()
+                .map(|n| (!n.is_empty()).then(|| slot_of(n, &mut slots)))
+                .collect();
+            let out_slots: Vec<Option<usize>> = node
+                .output
+                .iter()
+                .map(|n| (!n.is_empty()).then(|| slot_of(n, &mut slots)))
+                .collect();
+            let const_of = |s: &Option<usize>| s.and_then(|s| constants.get(s).and_then(|c| c.as_ref()));
+            let ctx = BuildCtx {
+                node,
+                attrs: Attrs::new(node),
+                opset: opsets.get(canonical_domain(&node.domain)).copied().unwrap_or(1),
+                constants: in_slots.iter().map(const_of).collect(),
+            };
+            let builder = reg.get(&node.domain, &node.op_type).expect("checked above");
+            let kernel = builder(&ctx).map_err(|e| node_err(e.0))?;
+            let all_const = in_slots.iter().all(|s| s.is_none() || const_of(s).is_some());
+            if all_const && !NOT_FOLDABLE.contains(&node.op_type.as_str()) {
+                let outs = kernel.run(&ctx.constants).map_err(|e| node_err(e.0))?;
+                drop(ctx);
+                for (s, t) in out_slots.iter().zip(outs) {
+                    if let Some(s) = *s {
+                        set_const(&mut constants, s, t);
+                        folded.push(s);
+                    }
+                }
+                continue;
+            }
+            drop(ctx);
+            steps.push(Step {
+                node_name: label,
+                op_type: node.op_type.clone(),
+                kernel,
+                inputs: in_slots,
+                outputs: out_slots,
+                free_after: Vec::new(),
+            });
+        }
+        constants.resize(slot_names.len(), None);
+
+        let outputs: Vec<(String, usize)> = graph
+            .output
+            .iter()
+            .map(|o| {
+                slots.get(&o.name).map(|&s| (o.name.clone(), s)).ok_or_else(|| {
+                    EngineError::Graph(format!("graph output '{}' is never produced", o.name))
+                })
+            })
+            .collect::<Result<_>>()?;
+
+        // Last consumer of every runtime value; graph outputs live to the end.
+        let keep: HashSet<usize> = outputs.iter().map(|(_, s)| *s).collect();
+        let mut last_use: HashMap<usize, usize> = HashMap::new();
+        for (i, st) in steps.iter().enumerate() {
+            for s in st.inputs.iter().chain(st.outputs.iter()).flatten() {
+                if constants[*s].is_none() {
+                    last_use.insert(*s, i);
+                }
+            }
+        }
+        for (s, i) in last_use {
+            if !keep.contains(&s) {
+                steps[i].free_after.push(s);
+            }
+        }
+
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .build()
+            .map_err(|e| EngineError::Graph(format!("cannot start worker threads: {e}")))?;
+        Ok(Session { steps, slot_names, constants, folded, inputs, outputs, pool })
+    }
+
+    /// The inputs a caller must feed, in graph order.
+    pub fn inputs(&self) -> Vec<&InputSpec> {
+        self.inputs.iter().map(|(s, _)| s).collect()
+    }
+
+    /// Graph output names, in graph order.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.outputs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Number of threads kernels run on.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs the model; returns graph outputs in graph order.
+    pub fn run(&self, feeds: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        self.run_inner(feeds, None)
+    }
+
+    /// Runs the model, showing `observer` every tensor as it is produced, by ONNX name.
+    pub fn run_observed(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        observer: &mut (dyn FnMut(&str, &Tensor) + Send),
+    ) -> Result<Vec<(String, Tensor)>> {
+        self.run_inner(feeds, Some(observer))
+    }
+
+    fn run_inner(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        mut observer: Option<&mut (dyn FnMut(&str, &Tensor) + Send)>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mut values: Vec<Option<Tensor>> = vec![None; self.slot_names.len()];
+        for (name, t) in feeds {
+            let Some((spec, slot)) = self.inputs.iter().find(|(s, _)| s.name == name) else {
+                let known: Vec<&str> = self.inputs.iter().map(|(s, _)| s.name.as_str()).collect();
+                return Err(EngineError::UnknownInput { name, known: known.join(", ") });
+            };
+            spec.check(&t)?;
+            values[*slot] = Some(t);
+        }
+        for (spec, slot) in &self.inputs {
+            if values[*slot].is_none() {
+                return Err(EngineError::MissingInput {
+                    name: spec.name.clone(),
+                    expected: format!("{} {}", spec.dtype.map_or("tensor".into(), |d| d.to_string()), spec.shape_text()),
+                });
+            }
+        }
+        if let Some(obs) = observer.as_mut() {
+            for (spec, slot) in &self.inputs {
+                obs(&spec.name, values[*slot].as_ref().expect("fed"));
+            }
+            for &s in &self.folded {
+                obs(&self.slot_names[s], self.constants[s].as_ref().expect("folded"));
+            }
+        }
+        self.pool.install(|| -> Result<()> {
+            for st in &self.steps {
+                let outs = {
+                    let args: Vec<Option<&Tensor>> = st
+                        .inputs
+                        .iter()
+                        .map(|s| s.and_then(|s| self.constants[s].as_ref().or(values[s].as_ref())))
+                        .collect();
+                    st.kernel.run(&args).map_err(|e| EngineError::Node {
+                        node: st.node_name.clone(),
+                        op_type: st.op_type.clone(),
+                        msg: e.0,
+                    })?
+                };
+                for (slot, t) in st.outputs.iter().zip(outs) {
+                    if let Some(s) = *slot {
+                        if let Some(obs) = observer.as_mut() {
+                            obs(&self.slot_names[s], &t);
+                        }
+                        values[s] = Some(t);
+                    }
+                }
+                for &s in &st.free_after {
+                    values[s] = None;
+                }
+            }
+            Ok(())
+        })?;
+        self.outputs
+            .iter()
+            .map(|(name, s)| {
+                let t = values[*s].take().or_else(|| self.constants[*s].clone()).ok_or_else(|| {
+                    EngineError::Graph(format!("graph output '{name}' was not produced"))
+                })?;
+                Ok((name.clone(), t))
+            })
+            .collect()
+    }
+}
