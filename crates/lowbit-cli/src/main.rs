@@ -1,2 +1,50 @@
-//! lowbit CLI
-fn main() {}
+//! `lowbit`: inspect, run and benchmark ONNX models on lowbit's CPU engine.
+//!
+//! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
+//! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors. Errors
+//! are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
+//! each; [`cli`] declares the arguments.
+
+mod cli;
+mod commands;
+mod feeds;
+mod model_info;
+mod outputs;
+mod rng;
+mod stack;
+mod usage;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version go to stdout and exit 0; usage errors go to stderr, exit 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match commands::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<usage::UsageError>().is_some() {
+                eprintln!("\nFor more information, try '--help'.");
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// True when the error comes from writing to a pipe whose reader has gone away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -20,7 +20,8 @@ pub fn canonical_domain(domain: &str) -> &str {
 
 #[derive(Default)]
 pub struct Registry {
-    builders: BTreeMap<(String, String), Builder>,
+    builders: BTreeMap<(String, String), (Builder, &'static str)>,
+    family: &'static str,
 }
 
 impl Registry {
@@ -35,11 +36,26 @@ impl Registry {
         r
     }
 
+    /// Names the family (the `ops` file) that the following registrations belong to.
+    pub fn set_family(&mut self, family: &'static str) {
+        self.family = family;
+    }
+
     pub fn register(&mut self, domain: &str, op_type: &str, builder: Builder) {
-        self.builders.insert((canonical_domain(domain).to_string(), op_type.to_string()), builder);
+        let key = (canonical_domain(domain).to_string(), op_type.to_string());
+        self.builders.insert(key, (builder, self.family));
     }
 
     pub fn get(&self, domain: &str, op_type: &str) -> Option<Builder> {
+        self.entry(domain, op_type).map(|e| e.0)
+    }
+
+    /// The family an op was registered under (`elementwise`, `nn`, …).
+    pub fn family_of(&self, domain: &str, op_type: &str) -> Option<&'static str> {
+        self.entry(domain, op_type).map(|e| e.1)
+    }
+
+    fn entry(&self, domain: &str, op_type: &str) -> Option<(Builder, &'static str)> {
         self.builders.get(&(canonical_domain(domain).to_string(), op_type.to_string())).copied()
     }
 

@@ -51,12 +51,19 @@ impl<'a> Attrs<'a> {
         self.get(name).is_some()
     }
 
-    fn typed(&self, name: &str, ty: i32, what: &str) -> Result<Option<&'a AttributeProto>, AttrError> {
+    fn typed(
+        &self,
+        name: &str,
+        ty: i32,
+        what: &str,
+    ) -> Result<Option<&'a AttributeProto>, AttrError> {
         match self.get(name) {
             None => Ok(None),
             // Some exporters leave `type` unset (0); trust the field then.
             Some(a) if a.r#type == ty || a.r#type == 0 => Ok(Some(a)),
-            Some(a) => Err(self.err(name, format!("should be {what}, found attribute type {}", a.r#type))),
+            Some(a) => {
+                Err(self.err(name, format!("should be {what}, found attribute type {}", a.r#type)))
+            }
         }
     }
 
@@ -107,7 +114,9 @@ impl<'a> Attrs<'a> {
             .map(|a| {
                 a.strings
                     .iter()
-                    .map(|s| String::from_utf8(s.clone()).map_err(|_| self.err(name, "is not UTF-8")))
+                    .map(|s| {
+                        String::from_utf8(s.clone()).map_err(|_| self.err(name, "is not UTF-8"))
+                    })
                     .collect()
             })
             .transpose()

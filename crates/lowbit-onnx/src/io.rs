@@ -101,10 +101,7 @@ fn is_external(t: &TensorProto) -> bool {
 
 /// Reads every externally stored tensor of `model` into `raw_data` (locations relative to
 /// `base_dir`) and returns where each came from. Afterwards the model is self-contained.
-pub fn load_external_data(
-    model: &mut ModelProto,
-    base_dir: &Path,
-) -> Result<Vec<ExternalDataRef>> {
+pub fn load_external_data(model: &mut ModelProto, base_dir: &Path) -> Result<Vec<ExternalDataRef>> {
     // One open handle per data file: models usually keep all tensors in a single file.
     let mut files: HashMap<PathBuf, (File, u64)> = HashMap::new();
     let mut refs = Vec::new();
@@ -131,9 +128,10 @@ fn read_external(
     let mut length = None;
     for e in &t.external_data {
         let number = || {
-            e.value.trim().parse::<u64>().map_err(|_| {
-                invalid(format!("'{}' is not a byte count: '{}'", e.key, e.value))
-            })
+            e.value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("'{}' is not a byte count: '{}'", e.key, e.value)))
         };
         match e.key.as_str() {
             "location" => location = Some(e.value.clone()),
@@ -176,13 +174,7 @@ fn read_external(
     let len = length.or(expected).unwrap_or(file_len.saturating_sub(offset));
     let end = offset.checked_add(len).ok_or_else(|| invalid("offset + length overflows".into()))?;
     if end > file_len {
-        return Err(OnnxError::ExternalDataTruncated {
-            tensor,
-            path,
-            offset,
-            end,
-            file_len,
-        });
+        return Err(OnnxError::ExternalDataTruncated { tensor, path, offset, end, file_len });
     }
     let mut buf = vec![0u8; len as usize];
     file.seek(SeekFrom::Start(offset)).map_err(|e| OnnxError::io(&path, e))?;
@@ -197,8 +189,12 @@ fn read_external(
 /// and `..`; honouring them would let a model file read anything on the machine).
 fn check_relative(location: &str) -> std::result::Result<(), String> {
     let p = Path::new(location);
-    if location.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(format!("location '{location}' must be a relative path inside the model's directory"));
+    if location.is_empty()
+        || !p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "location '{location}' must be a relative path inside the model's directory"
+        ));
     }
     Ok(())
 }
@@ -214,9 +210,9 @@ fn save_model_limited(model: &ModelProto, path: &Path, limit: u64) -> Result<()>
     if model.encoded_len() as u64 <= limit {
         return write_atomic(path, &model.encode_to_vec());
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| OnnxError::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        OnnxError::InvalidArgument(format!("{}: not a file path", path.display()))
+    })?;
     let data_name = format!("{}.data", name.to_string_lossy());
     save_external(model, path, &data_name, AUTO_EXTERNAL_THRESHOLD, limit)
 }
@@ -342,7 +338,8 @@ impl TempFile {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = parent_dir(dest).join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        let file = File::create(&path).map_err(|e| OnnxError::io(&path, e))?;
+        // Errors name the destination: the temp name means nothing to the user.
+        let file = File::create(&path).map_err(|e| OnnxError::io(dest, e))?;
         Ok(TempFile { path, file: Some(file) })
     }
 
@@ -402,7 +399,10 @@ pub fn visit_model_tensors(
     Ok(())
 }
 
-fn visit_graph(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto) -> Result<()>) -> Result<()> {
+fn visit_graph(
+    g: &mut GraphProto,
+    f: &mut dyn FnMut(&mut TensorProto) -> Result<()>,
+) -> Result<()> {
     for t in &mut g.initializer {
         f(t)?;
     }
@@ -618,7 +618,9 @@ mod tests {
         assert!(!is_external(&g.initializer[1]));
         let offsets: Vec<u64> = [&g.initializer[0], g.node[0].attribute[0].t.as_ref().unwrap()]
             .iter()
-            .map(|t| t.external_data.iter().find(|e| e.key == "offset").unwrap().value.parse().unwrap())
+            .map(|t| {
+                t.external_data.iter().find(|e| e.key == "offset").unwrap().value.parse().unwrap()
+            })
             .collect();
         assert!(offsets.iter().all(|o| o % SMALL_ALIGN == 0), "{offsets:?}");
         assert_eq!(offsets[0] % PAGE_ALIGN, 0);
@@ -688,12 +690,18 @@ mod tests {
 
         std::fs::write(&data, &full[..100]).unwrap();
         let e = load_model(&path).unwrap_err();
-        assert!(matches!(&e, OnnxError::ExternalDataTruncated { tensor, .. } if tensor == "w"), "{e}");
+        assert!(
+            matches!(&e, OnnxError::ExternalDataTruncated { tensor, .. } if tensor == "w"),
+            "{e}"
+        );
         assert!(e.to_string().contains("truncated") && e.to_string().contains("m.bin"), "{e}");
 
         std::fs::remove_file(&data).unwrap();
         let e = load_model(&path).unwrap_err();
-        assert!(matches!(&e, OnnxError::ExternalDataMissing { tensor, .. } if tensor == "w"), "{e}");
+        assert!(
+            matches!(&e, OnnxError::ExternalDataMissing { tensor, .. } if tensor == "w"),
+            "{e}"
+        );
         assert!(e.to_string().contains("m.bin"), "{e}");
         std::fs::write(&data, &full).unwrap();
 

@@ -2,6 +2,8 @@
 //! data ([`io`]), and conversion between `TensorProto` and lowbit tensors ([`tensor_proto`]).
 
 pub mod error;
+pub mod graph;
+pub mod infer;
 pub mod io;
 pub mod pb;
 pub mod tensor_proto;

@@ -64,8 +64,9 @@ pub fn shape_from_proto(t: &TensorProto) -> Result<(Vec<usize>, usize)> {
     let mut shape = Vec::with_capacity(t.dims.len());
     let mut n: usize = 1;
     for &d in &t.dims {
-        let d = usize::try_from(d)
-            .map_err(|_| OnnxError::tensor(&t.name, format!("negative dim in shape {:?}", t.dims)))?;
+        let d = usize::try_from(d).map_err(|_| {
+            OnnxError::tensor(&t.name, format!("negative dim in shape {:?}", t.dims))
+        })?;
         n = n.checked_mul(d).ok_or_else(|| {
             OnnxError::tensor(&t.name, format!("shape {:?} has too many elements", t.dims))
         })?;
@@ -345,7 +346,9 @@ mod tests {
             DType::I32 => TensorData::I32(i().map(|x| (x * 40_000_000) as i32).collect()),
             DType::I16 => TensorData::I16(i().map(|x| (x * 1000) as i16).collect()),
             DType::I8 => TensorData::I8(i().map(|x| x as i8).collect()),
-            DType::U64 => TensorData::U64(i().map(|x| (x as u64).wrapping_mul(u64::MAX / 3)).collect()),
+            DType::U64 => {
+                TensorData::U64(i().map(|x| (x as u64).wrapping_mul(u64::MAX / 3)).collect())
+            }
             DType::U32 => TensorData::U32(i().map(|x| (x * 100_000_000) as u32).collect()),
             DType::U16 => TensorData::U16(i().map(|x| (x * 1000) as u16).collect()),
             DType::U8 => TensorData::U8(i().map(|x| x as u8).collect()),
@@ -433,7 +436,11 @@ mod tests {
             (DataType::Int8, vec![-128, 127], TensorData::I8(vec![-128, 127])),
             (DataType::Uint8, vec![255, 0], TensorData::U8(vec![255, 0])),
             (DataType::Bool, vec![1, 0], TensorData::Bool(vec![true, false])),
-            (DataType::Float16, vec![0x3c00, 0xc000], TensorData::F16(vec![f16::ONE, f16::from_f32(-2.0)])),
+            (
+                DataType::Float16,
+                vec![0x3c00, 0xc000],
+                TensorData::F16(vec![f16::ONE, f16::from_f32(-2.0)]),
+            ),
             (DataType::Bfloat16, vec![0x3f80, 0], TensorData::BF16(vec![bf16::ONE, bf16::ZERO])),
             (DataType::Float8e4m3fn, vec![0x38, 0x7f], TensorData::F8E4M3FN(vec![0x38, 0x7f])),
             (DataType::Float8e5m2, vec![0x3c, 0x80], TensorData::F8E5M2(vec![0x3c, 0x80])),

@@ -1,5 +1,194 @@
-//! linalg ops (being written).
+//! Matrix products: `MatMul` (numpy semantics: 1-D operands promoted, batch dims broadcast)
+//! and `Gemm` (`alpha * op(A) * op(B) + beta * C`, `C` broadcast to the output).
+//!
+//! Both compute in f32 through [`lowbit_kernels::gemm`]; f64, f16 and bf16 inputs are converted
+//! to f32 and the result back. A `MatMul` whose `B` has no batch dims runs as one GEMM over all
+//! of `A`'s rows; batched products with small matrices are spread over the rayon pool one
+//! matrix per task.
 
+use crate::bail;
+use crate::error::OpResult;
+use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
+use crate::ops::nn::{f32_data, from_f32, same_float_dtype};
+use crate::ops::util::{broadcast_shapes, broadcast_strides};
 use crate::registry::Registry;
+use lowbit_kernels::gemm::{sgemm, sgemm_serial, Trans};
+use lowbit_tensor::tensor::numel;
+use lowbit_tensor::Tensor;
 
-pub fn register(_reg: &mut Registry) {}
+pub fn register(reg: &mut Registry) {
+    reg.register("", "MatMul", build_matmul);
+    reg.register("", "Gemm", build_gemm);
+}
+
+fn build_matmul(_ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    Ok(Box::new(FnKernel(|inputs: &[Option<&Tensor>]| {
+        Ok(vec![matmul(input(inputs, 0)?, input(inputs, 1)?)?])
+    })))
+}
+
+/// Below this many multiply-adds per matrix, batched products go one matrix per task.
+const SMALL_MATRIX_WORK: usize = 96 * 96 * 96;
+
+/// Numpy `matmul` of two float tensors of the same dtype.
+pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
+    let dtype = same_float_dtype(&[a, b])?;
+    if a.rank() == 0 || b.rank() == 0 {
+        bail!("MatMul needs operands of rank >= 1, got shapes {:?} and {:?}", a.shape(), b.shape());
+    }
+    let mut ash = a.shape().to_vec();
+    let mut bsh = b.shape().to_vec();
+    let a_vec = ash.len() == 1;
+    let b_vec = bsh.len() == 1;
+    if a_vec {
+        ash.insert(0, 1);
+    }
+    if b_vec {
+        bsh.push(1);
+    }
+    let (m, k) = (ash[ash.len() - 2], ash[ash.len() - 1]);
+    let (k2, n) = (bsh[bsh.len() - 2], bsh[bsh.len() - 1]);
+    if k != k2 {
+        bail!("MatMul inner dims differ: shapes {:?} and {:?}", a.shape(), b.shape());
+    }
+    let a_batch = &ash[..ash.len() - 2];
+    let b_batch = &bsh[..bsh.len() - 2];
+    let batch = broadcast_shapes(a_batch, b_batch)?;
+    let mut out_shape = batch.clone();
+    if !a_vec {
+        out_shape.push(m);
+    }
+    if !b_vec {
+        out_shape.push(n);
+    }
+    let av = f32_data(a)?;
+    let bv = f32_data(b)?;
+    let nb = numel(&batch);
+    let mut out = vec![0f32; nb * m * n];
+    if numel(b_batch) == 1 {
+        // B is one matrix: every row of every A batch is a row of one big GEMM.
+        let rows = nb * m;
+        sgemm(Trans::No, Trans::No, rows, n, k, 1.0, &av, k, &bv, n, 0.0, &mut out, n);
+    } else {
+        let sa = broadcast_strides(a_batch, &batch);
+        let sb = broadcast_strides(b_batch, &batch);
+        let offsets: Vec<(usize, usize)> = (0..nb)
+            .map(|i| {
+                let (mut rem, mut oa, mut ob) = (i, 0, 0);
+                for d in (0..batch.len()).rev() {
+                    let idx = rem % batch[d];
+                    rem /= batch[d];
+                    oa += idx * sa[d];
+                    ob += idx * sb[d];
+                }
+                (oa * m * k, ob * k * n)
+            })
+            .collect();
+        let one = |(i, c): (usize, &mut [f32])| {
+            let (oa, ob) = offsets[i];
+            sgemm_serial(Trans::No, Trans::No, m, n, k, 1.0, &av[oa..], k, &bv[ob..], n, 0.0, c, n);
+        };
+        if m * n == 0 {
+        } else if rayon::current_num_threads() > 1 && m * n * k < SMALL_MATRIX_WORK && nb > 1 {
+            use rayon::prelude::*;
+            out.par_chunks_mut(m * n).enumerate().for_each(one);
+        } else {
+            for (i, c) in out.chunks_mut(m * n).enumerate() {
+                let (oa, ob) = offsets[i];
+                sgemm(Trans::No, Trans::No, m, n, k, 1.0, &av[oa..], k, &bv[ob..], n, 0.0, c, n);
+            }
+        }
+    }
+    from_f32(dtype, out_shape, out)
+}
+
+struct GemmKernel {
+    trans_a: bool,
+    trans_b: bool,
+    alpha: f32,
+    beta: f32,
+}
+
+fn build_gemm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    let a = &ctx.attrs;
+    Ok(Box::new(GemmKernel {
+        trans_a: a.int_or("transA", 0)? != 0,
+        trans_b: a.int_or("transB", 0)? != 0,
+        alpha: a.float_or("alpha", 1.0)?,
+        beta: a.float_or("beta", 1.0)?,
+    }))
+}
+
+impl Kernel for GemmKernel {
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        let a = input(inputs, 0)?;
+        let b = input(inputs, 1)?;
+        let c = opt_input(inputs, 2);
+        let mut all = vec![a, b];
+        all.extend(c);
+        let dtype = same_float_dtype(&all)?;
+        if a.rank() != 2 || b.rank() != 2 {
+            bail!("Gemm needs 2-D A and B, got shapes {:?} and {:?}", a.shape(), b.shape());
+        }
+        let (m, k) = if self.trans_a { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
+        let (k2, n) = if self.trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
+        if k != k2 {
+            bail!(
+                "Gemm inner dims differ: A {:?} (transA={}) and B {:?} (transB={})",
+                a.shape(),
+                self.trans_a as u8,
+                b.shape(),
+                self.trans_b as u8
+            );
+        }
+        let mut out = vec![0f32; m * n];
+        let mut beta = 0.0;
+        if let Some(c) = c {
+            if c.rank() > 2 {
+                bail!("Gemm C must have rank <= 2, got shape {:?}", c.shape());
+            }
+            let bs = broadcast_shapes(c.shape(), &[m, n])?;
+            if bs != [m, n] {
+                bail!("Gemm C of shape {:?} does not broadcast to [{m}, {n}]", c.shape());
+            }
+            let cv = f32_data(c)?;
+            let st = broadcast_strides(c.shape(), &[m, n]);
+            for i in 0..m {
+                for j in 0..n {
+                    out[i * n + j] = self.beta * cv[i * st[0] + j * st[1]];
+                }
+            }
+            beta = 1.0;
+        }
+        let av = f32_data(a)?;
+        let bv = f32_data(b)?;
+        let ta = if self.trans_a { Trans::Yes } else { Trans::No };
+        let tb = if self.trans_b { Trans::Yes } else { Trans::No };
+        let lda = a.shape()[1];
+        let ldb = b.shape()[1];
+        sgemm(ta, tb, m, n, k, self.alpha, &av, lda, &bv, ldb, beta, &mut out, n);
+        Ok(vec![from_f32(dtype, vec![m, n], out)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
+        Tensor::from_vec(shape, v).unwrap()
+    }
+
+    #[test]
+    fn matmul_promotes_vectors_and_broadcasts_batches() {
+        let a = t(vec![2, 1, 2, 3], (0..12).map(|v| v as f32).collect());
+        let b = t(vec![3, 3, 1], (0..9).map(|v| v as f32).collect());
+        let y = matmul(&a, &b).unwrap();
+        assert_eq!(y.shape(), &[2, 3, 2, 1]);
+        let v = t(vec![3], vec![1.0, 2.0, 3.0]);
+        let y = matmul(&v, &v).unwrap();
+        assert_eq!(y.shape(), &[] as &[usize]);
+        assert_eq!(y.as_f32().unwrap(), &[14.0]);
+        assert!(matmul(&t(vec![2, 3], vec![0.0; 6]), &t(vec![2, 3], vec![0.0; 6])).is_err());
+    }
+}

@@ -21,10 +21,16 @@ use crate::registry::Registry;
 
 /// Registers every op family.
 pub fn register_all_ops(reg: &mut Registry) {
+    reg.set_family("elementwise");
     elementwise::register(reg);
+    reg.set_family("reduce");
     reduce::register(reg);
+    reg.set_family("linalg");
     linalg::register(reg);
+    reg.set_family("nn");
     nn::register(reg);
+    reg.set_family("shape");
     shape::register(reg);
+    reg.set_family("quant");
     quant::register(reg);
 }

@@ -1,0 +1,81 @@
+//! One module per `lowbit` command, plus what they share: loading a model with a message that
+//! names the file, building a session, printing to stdout.
+
+pub mod bench;
+pub mod example_model;
+pub mod inspect;
+pub mod run;
+
+use crate::cli::{Cli, Command};
+use anyhow::{Context, Result};
+use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::pb::ModelProto;
+use std::io::Write;
+use std::path::Path;
+
+/// Runs the command `cli` names.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Run(a) => run::run(a, cli.quiet),
+        Command::Bench(a) => bench::bench(a, cli.quiet),
+        Command::ExampleModel(a) => example_model::example_model(a),
+    }
+}
+
+/// Reads an ONNX file (external data resolved beside it).
+pub fn load_model(path: &Path) -> Result<ModelProto> {
+    // lowbit-onnx's errors already name the file.
+    lowbit_onnx::load_model(path).context("cannot load the model")
+}
+
+/// Plans `model` on lowbit's engine with `threads` workers (0: one per core).
+pub fn new_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
+    Session::new(model, &SessionOptions { threads })
+        .with_context(|| format!("{}: lowbit's engine cannot run this model", path.display()))
+}
+
+/// Writes `text` to stdout; a closed pipe surfaces as an io error that `main` treats as done.
+pub fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in decimal units, as the corpus manifest writes them (`1.531 MB`).
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.3} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.3} MB", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
+        n => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(17_241_984), "17,241,984");
+        assert_eq!(human_bytes(1_530_828), "1.531 MB");
+        assert_eq!(human_bytes(512), "512 B");
+    }
+}

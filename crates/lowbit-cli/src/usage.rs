@@ -1,0 +1,23 @@
+//! Usage errors: arguments that parse but make no sense together. `main` exits 2 on them.
+
+use std::fmt;
+
+/// An error in how lowbit was called, as opposed to one in the files it was given.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns early with a [`UsageError`].
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::usage::UsageError(format!($($arg)*))))
+    };
+}
+pub(crate) use usage_bail;

@@ -1,0 +1,416 @@
+//! End-to-end tests of the `lowbit` binary: every command on the built-in example model, and
+//! every kind of bad input (corrupt, truncated or non-ONNX files, wrong input names, dtypes and
+//! shapes, unsupported ops, usage errors) giving one clear message, a non-zero exit and no panic.
+
+use lowbit_onnx::pb;
+use lowbit_tensor::{npy, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn lowbit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the lowbit binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh, empty folder for one test.
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lowbit-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a failed run: exit `code`, one `error:` message containing every `needle`, no panic.
+fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}\nstdout: {}", stdout(o));
+    assert!(!err.contains("panicked"), "{err}");
+    if code == 1 {
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in: {err}");
+    }
+}
+
+/// Writes the example model into a fresh folder and returns the folder.
+fn example(name: &str) -> PathBuf {
+    let dir = tmp(name);
+    let o = lowbit(&["example-model", s(&dir), "--samples", "40"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            denotation: String::new(),
+                            value: Some(if d < 0 {
+                                Value::DimParam("N".into())
+                            } else {
+                                Value::DimValue(d)
+                            }),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A one-node float model `op(x) -> out_name`, x of `dims` (-1: a free dim named N).
+fn one_node_model(dir: &Path, op: &str, domain: &str, dims: &[i64], out_name: &str) -> PathBuf {
+    let mut opset_import = vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }];
+    if !domain.is_empty() {
+        opset_import.push(pb::OperatorSetIdProto { domain: domain.into(), version: 1 });
+    }
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import,
+        producer_name: "lowbit-cli tests".into(),
+        graph: Some(pb::GraphProto {
+            name: "one_node".into(),
+            node: vec![pb::NodeProto {
+                name: "the_node".into(),
+                op_type: op.into(),
+                domain: domain.into(),
+                input: vec!["x".into()],
+                output: vec![out_name.into()],
+                ..Default::default()
+            }],
+            input: vec![value_info("x", 1, dims)],
+            output: vec![value_info(out_name, 1, dims)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join(format!("{op}.onnx"));
+    lowbit_onnx::save_model(&model, &path).unwrap();
+    path
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.as_f32().unwrap().iter().zip(b.as_f32().unwrap()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands on good input
+
+#[test]
+fn version_names_the_package_version() {
+    let o = lowbit(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), format!("lowbit {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn example_model_runs_and_matches_its_reference_outputs() {
+    let dir = example("run-example");
+    let out = dir.join("out");
+    let o = lowbit(&[
+        "run",
+        s(&dir.join("model.onnx")),
+        "--data",
+        s(&dir.join("data")),
+        "-o",
+        s(&out),
+        "--batch",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ran 40 samples in 3 runs"), "{}", stdout(&o));
+    let got = npy::read_npy(&out.join("probs.npy")).unwrap();
+    let want = npy::read_npy(&dir.join("expected/probs.npy")).unwrap();
+    assert_eq!(got.shape(), &[40, 10]);
+    assert!(max_abs_diff(&got, &want) < 1e-5, "max diff {}", max_abs_diff(&got, &want));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("outputs.json")).unwrap()).unwrap();
+    assert_eq!(manifest["outputs"][0]["name"], "probs");
+    assert_eq!(manifest["outputs"][0]["file"], "probs.npy");
+}
+
+#[test]
+fn run_takes_named_input_files_and_a_sample_limit() {
+    let dir = example("run-input");
+    let out = dir.join("out");
+    let x = format!("x={}", s(&dir.join("data/x.npy")));
+    let o = lowbit(&["run", s(&dir.join("model.onnx")), "-i", &x, "-o", s(&out), "--limit", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(npy::read_npy(&out.join("probs.npy")).unwrap().shape(), &[5, 10]);
+}
+
+#[test]
+fn run_reads_inputs_from_an_npz() {
+    let dir = example("run-npz");
+    let x = npy::read_npy(&dir.join("data/x.npy")).unwrap();
+    let npz = dir.join("inputs.npz");
+    npy::write_npz(&npz, &[("x".to_string(), x)]).unwrap();
+    let out = dir.join("out");
+    let o = lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&npz), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(npy::read_npy(&out.join("probs.npy")).unwrap().shape(), &[40, 10]);
+}
+
+#[test]
+fn fixed_batch_models_are_fed_row_by_row_and_output_names_are_sanitized() {
+    let dir = tmp("fixed-batch");
+    let model = one_node_model(&dir, "Relu", "", &[1, 3], "onnx::Relu/out:0");
+    let x = Tensor::from_vec(vec![4, 3], (0..12).map(|i| i as f32 - 6.0).collect()).unwrap();
+    npy::write_npy(&dir.join("x.npy"), &x).unwrap();
+    let out = dir.join("out");
+    let o = lowbit(&["run", s(&model), "--data", s(&dir), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("in 4 runs (batch 1"), "{}", stdout(&o));
+    let y = npy::read_npy(&out.join("onnx__Relu_out_0.npy")).unwrap();
+    let want: Vec<f32> = (0..12).map(|i| (i as f32 - 6.0).max(0.0)).collect();
+    assert_eq!(y, Tensor::from_vec(vec![4, 3], want).unwrap());
+}
+
+#[test]
+fn inspect_lists_io_ops_and_parameters() {
+    let dir = example("inspect");
+    let model = dir.join("model.onnx");
+    let o = lowbit(&["inspect", s(&model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in ["producer     lowbit", "ai.onnx 17", "x  float32 [batch, 16]", "MatMul", "Softmax"]
+    {
+        assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
+    }
+    let o = lowbit(&["inspect", s(&model), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["nodes"], 6);
+    assert_eq!(j["parameters"], 16 * 32 + 32 + 32 * 10 + 10);
+    assert_eq!(j["parameter_bytes"], 4 * (16 * 32 + 32 + 32 * 10 + 10));
+    assert_eq!(j["inputs"][0]["shape"], serde_json::json!(["batch", 16]));
+    assert_eq!(j["ops"][0]["op_type"], "Add");
+    assert_eq!(j["ops"][0]["count"], 2);
+}
+
+#[test]
+fn inspect_names_unsupported_ops() {
+    let dir = tmp("inspect-unsupported");
+    let model = one_node_model(&dir, "FrobnicateV9", "com.example", &[-1, 4], "y");
+    let o = lowbit(&["inspect", s(&model), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["unsupported_ops"], serde_json::json!(["com.example.FrobnicateV9"]));
+    assert_eq!(j["inputs"][0]["shape"], serde_json::json!(["N", 4]));
+}
+
+#[test]
+fn bench_json_reports_latency_from_synthetic_inputs() {
+    let dir = example("bench");
+    let o = lowbit(&[
+        "bench",
+        s(&dir.join("model.onnx")),
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["median_ms"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["p90_ms"].as_f64().unwrap() >= j["median_ms"].as_f64().unwrap(), "{j}");
+    assert_eq!(j["runs"], 5);
+    assert_eq!(j["threads"], 1);
+    assert_eq!(j["batch"], 1);
+}
+
+#[test]
+fn bench_with_data_runs_once_per_sample() {
+    let dir = example("bench-data");
+    let o = lowbit(&[
+        "bench",
+        s(&dir.join("model.onnx")),
+        "--data",
+        s(&dir.join("data")),
+        "--limit",
+        "7",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("runs         7 (+0 warm-up)"), "{}", stdout(&o));
+}
+
+/// Everything lowbit writes must load in ONNX Runtime: the example model, checked against the
+/// reference outputs, through the venv `scripts/setup-test-env.sh` makes.
+#[test]
+fn example_model_runs_in_onnx_runtime() {
+    let Some(python) = std::env::var_os("LOWBIT_PYTHON") else {
+        eprintln!("skipped: LOWBIT_PYTHON is not set (source scripts/setup-test-env.sh)");
+        return;
+    };
+    let dir = example("ort");
+    let script = r#"
+import sys, numpy as np, onnxruntime as ort
+d = sys.argv[1]
+s = ort.InferenceSession(d + "/model.onnx", providers=["CPUExecutionProvider"])
+y = s.run(None, {"x": np.load(d + "/data/x.npy")})[0]
+want = np.load(d + "/expected/probs.npy")
+err = float(np.abs(y - want).max())
+assert err < 1e-5, err
+print("ok", err)
+"#;
+    let o = Command::new(python).args(["-c", script, s(&dir)]).output().unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: one clear message, non-zero exit, no panic
+
+#[test]
+fn missing_model_file_is_named() {
+    let dir = tmp("missing-model");
+    let path = dir.join("nope.onnx");
+    assert_fails(&lowbit(&["inspect", s(&path)]), 1, &["nope.onnx"]);
+}
+
+#[test]
+fn corrupt_file_is_a_clear_error() {
+    let dir = tmp("corrupt");
+    let path = dir.join("garbage.onnx");
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&path, bytes).unwrap();
+    for cmd in ["inspect", "bench"] {
+        assert_fails(&lowbit(&[cmd, s(&path)]), 1, &["garbage.onnx", "cannot load the model"]);
+    }
+}
+
+#[test]
+fn truncated_model_is_a_clear_error() {
+    let dir = example("truncated");
+    let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+    let path = dir.join("cut.onnx");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.join("out");
+    let o = lowbit(&["run", s(&path), "--data", s(&dir.join("data")), "-o", s(&out)]);
+    assert_fails(&o, 1, &["cut.onnx"]);
+    assert!(!out.exists(), "no output folder after a failed load");
+}
+
+#[test]
+fn non_onnx_file_is_a_clear_error() {
+    let dir = example("not-onnx");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "this is not a model\n").unwrap();
+    assert_fails(&lowbit(&["inspect", s(&text)]), 1, &["notes.txt"]);
+    // A .npy file (valid data, wrong kind of file).
+    let npy_file = dir.join("data/x.npy");
+    assert_fails(&lowbit(&["inspect", s(&npy_file)]), 1, &["x.npy"]);
+}
+
+#[test]
+fn unknown_input_name_lists_the_models_inputs() {
+    let dir = example("unknown-input");
+    let arg = format!("pixels={}", s(&dir.join("data/x.npy")));
+    let o = lowbit(&["run", s(&dir.join("model.onnx")), "-i", &arg, "-o", s(&dir.join("o"))]);
+    assert_fails(&o, 1, &["unknown input 'pixels'", "inputs are x"]);
+}
+
+#[test]
+fn missing_input_file_names_the_input_and_folder() {
+    let dir = example("missing-input");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&empty), "-o", s(&dir.join("o"))]);
+    assert_fails(&o, 1, &["missing input 'x'", "float32 [batch, 16]", "empty"]);
+}
+
+#[test]
+fn wrong_dtype_names_input_file_and_types() {
+    let dir = example("wrong-dtype");
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    npy::write_npy(&bad.join("x.npy"), &Tensor::from_vec(vec![2, 16], vec![0f64; 32]).unwrap())
+        .unwrap();
+    let o = lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&bad), "-o", s(&dir.join("o"))]);
+    assert_fails(&o, 1, &["input 'x'", "x.npy", "float32", "float64"]);
+}
+
+#[test]
+fn wrong_shape_names_input_file_and_shapes() {
+    let dir = example("wrong-shape");
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    npy::write_npy(&bad.join("x.npy"), &Tensor::from_vec(vec![2, 7], vec![0f32; 14]).unwrap())
+        .unwrap();
+    let o = lowbit(&["bench", s(&dir.join("model.onnx")), "--data", s(&bad)]);
+    assert_fails(&o, 1, &["input 'x'", "x.npy", "[batch, 16]", "[2, 7]"]);
+}
+
+#[test]
+fn unsupported_op_names_node_and_op() {
+    let dir = tmp("unsupported");
+    let model = one_node_model(&dir, "FrobnicateV9", "com.example", &[-1, 4], "y");
+    npy::write_npy(&dir.join("x.npy"), &Tensor::from_vec(vec![2, 4], vec![0f32; 8]).unwrap())
+        .unwrap();
+    let o = lowbit(&["run", s(&model), "--data", s(&dir), "-o", s(&dir.join("o"))]);
+    assert_fails(&o, 1, &["FrobnicateV9.onnx", "the_node", "FrobnicateV9", "not supported"]);
+    assert_fails(&lowbit(&["bench", s(&model)]), 1, &["FrobnicateV9", "not supported"]);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = example("usage");
+    let model = dir.join("model.onnx");
+    let data = dir.join("data");
+    // No output folder.
+    assert_fails(&lowbit(&["run", s(&model), "--data", s(&data)]), 2, &["--output"]);
+    // Neither --input nor --data, and both.
+    assert_fails(&lowbit(&["run", s(&model), "-o", "o"]), 2, &[]);
+    let x = format!("x={}", s(&data.join("x.npy")));
+    assert_fails(&lowbit(&["run", s(&model), "-i", &x, "--data", s(&data), "-o", "o"]), 2, &[]);
+    // --input without NAME=.
+    assert_fails(&lowbit(&["run", s(&model), "-i", "x.npy", "-o", "o"]), 2, &["NAME=FILE.npy"]);
+    // Zero batch, unknown command.
+    assert_fails(&lowbit(&["run", s(&model), "--data", s(&data), "-o", "o", "--batch", "0"]), 2, &[]);
+    assert_fails(&lowbit(&["frobnicate"]), 2, &[]);
+}
+
+#[test]
+fn broken_pipe_is_a_clean_exit() {
+    let dir = example("pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["inspect", s(&dir.join("model.onnx")), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before lowbit writes
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{:?} {}", o.status, stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}

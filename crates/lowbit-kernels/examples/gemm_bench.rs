@@ -1,0 +1,54 @@
+//! Times `sgemm` on the MiniLM encoder's matrix shapes, one thread.
+//!
+//! `cargo run --release -p lowbit-kernels --example gemm_bench`
+
+use lowbit_kernels::gemm::{sgemm, Trans};
+use std::time::Instant;
+
+fn time(label: &str, batch: usize, m: usize, n: usize, k: usize) {
+    let a: Vec<f32> = (0..batch * m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..batch * k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut c = vec![0f32; batch * m * n];
+    let run = |c: &mut [f32]| {
+        for i in 0..batch {
+            sgemm(
+                Trans::No,
+                Trans::No,
+                m,
+                n,
+                k,
+                1.0,
+                &a[i * m * k..],
+                k,
+                &b[i * k * n..],
+                n,
+                0.0,
+                &mut c[i * m * n..],
+                n,
+            );
+        }
+    };
+    for _ in 0..20 {
+        run(&mut c);
+    }
+    let iters = 300;
+    let t = Instant::now();
+    for _ in 0..iters {
+        run(&mut c);
+    }
+    let us = t.elapsed().as_secs_f64() / iters as f64 * 1e6;
+    println!("{label:>28}: {us:8.1} us");
+}
+
+fn main() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        for seq in [16, 32, 128] {
+            time(&format!("[{seq},384]x[384,384]"), 1, seq, 384, 384);
+            time(&format!("[{seq},384]x[384,1536]"), 1, seq, 1536, 384);
+            time(&format!("[{seq},1536]x[1536,384]"), 1, seq, 384, 1536);
+            time(&format!("12x[{seq},32]x[32,{seq}]"), 12, seq, seq, 32);
+            time(&format!("12x[{seq},{seq}]x[{seq},32]"), 12, seq, 32, seq);
+        }
+    });
+}

@@ -1,0 +1,569 @@
+//! f32 convolution (1-D to 3-D, NCHW): im2col + [`crate::gemm`], a direct depthwise kernel,
+//! and the transposed convolution (GEMM + col2im).
+//!
+//! Weights are `[C_out, C_in / group, k...]` for [`conv`] and `[C_in, C_out / group, k...]`
+//! for [`conv_transpose`], as ONNX stores them, so no re-packing is needed. Bias and an
+//! optional [`Activation`] are applied in the epilogue, while the output is hot in cache.
+//! [`conv_ref`] is the direct scalar reference.
+//!
+//! ```
+//! use lowbit_kernels::conv::{conv, Activation, ConvParams};
+//! use lowbit_kernels::window::Window;
+//! // 1 image, 1 channel 3x3, a 2x2 all-ones kernel: sums of 2x2 blocks.
+//! let win = Window::new(&[3, 3], &[2, 2], &[1, 1], &[1, 1], &[0, 0], &[0, 0], &[2, 2]).unwrap();
+//! let p = ConvParams { batch: 1, c_in: 1, c_out: 1, group: 1, window: win };
+//! let x: Vec<f32> = (0..9).map(|v| v as f32).collect();
+//! let mut y = vec![0.0; 4];
+//! conv(&p, &x, &[1.0; 4], None, Activation::None, &mut y);
+//! assert_eq!(y, [8.0, 12.0, 20.0, 24.0]);
+//! ```
+
+use crate::gemm::{sgemm, Trans};
+use crate::window::Window;
+use std::cell::RefCell;
+
+/// An element-wise function fused after bias.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    None,
+    Relu,
+    /// Clamp to `[min, max]`.
+    Clip(f32, f32),
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    /// Applies the activation in place.
+    pub fn apply(self, y: &mut [f32]) {
+        match self {
+            Activation::None => {}
+            Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Clip(lo, hi) => y.iter_mut().for_each(|v| *v = v.max(lo).min(hi)),
+            Activation::LeakyRelu(a) => {
+                y.iter_mut().for_each(|v| *v = if *v < 0.0 { *v * a } else { *v })
+            }
+        }
+    }
+}
+
+/// Shape of one convolution: channels, groups and the spatial window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub group: usize,
+    pub window: Window,
+}
+
+impl ConvParams {
+    /// Elements of `x`, `w` and `y` this convolution reads and writes.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let w = &self.window;
+        let x = self.batch * self.c_in * w.input_size();
+        let wt = self.c_out * (self.c_in / self.group.max(1)) * w.kernel_size();
+        let y = self.batch * self.c_out * w.output_size();
+        (x, wt, y)
+    }
+
+    fn check(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &[f32]) {
+        assert!(self.group > 0 && self.c_in % self.group == 0 && self.c_out % self.group == 0);
+        let (nx, nw, ny) = self.sizes();
+        assert!(x.len() >= nx && w.len() >= nw && y.len() >= ny, "conv: buffer too short");
+        assert!(bias.is_none_or(|b| b.len() >= self.c_out), "conv: bias too short");
+    }
+
+    /// Depthwise: one input channel per group, one output channel per group.
+    pub fn is_depthwise(&self) -> bool {
+        self.group == self.c_in && self.group == self.c_out && self.group > 1
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a thread-local scratch buffer of at least `n` elements (contents undefined).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+            f(&mut v[..n])
+        }
+        // Re-entered (a kernel called from inside another on this thread): use a fresh one.
+        Err(_) => f(&mut vec![0.0; n]),
+    })
+}
+
+/// Unfolds `channels` planes of `x` into `col`: row `(c, kz, ky, kx)`, column = output position.
+pub fn im2col(win: &Window, channels: usize, x: &[f32], col: &mut [f32]) {
+    let [od, oh, ow] = win.output;
+    let [id, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let out_size = od * oh * ow;
+    let in_size = id * ih * iw;
+    let mut row = 0;
+    for c in 0..channels {
+        let xc = &x[c * in_size..(c + 1) * in_size];
+        for kz in 0..kd {
+            let offz = win.tap_offset(0, kz);
+            let (z_lo, z_hi) = win.valid_range(0, offz);
+            for ky in 0..kh {
+                let offy = win.tap_offset(1, ky);
+                let (y_lo, y_hi) = win.valid_range(1, offy);
+                for kx in 0..kw {
+                    let offx = win.tap_offset(2, kx);
+                    let (x_lo, x_hi) = win.valid_range(2, offx);
+                    let dst = &mut col[row * out_size..(row + 1) * out_size];
+                    row += 1;
+                    for oz in 0..od {
+                        let dz = &mut dst[oz * oh * ow..(oz + 1) * oh * ow];
+                        if oz < z_lo || oz >= z_hi {
+                            dz.fill(0.0);
+                            continue;
+                        }
+                        let iz = (oz * win.strides[0]) as isize + offz;
+                        let plane = &xc[iz as usize * ih * iw..(iz as usize + 1) * ih * iw];
+                        for oy in 0..oh {
+                            let d = &mut dz[oy * ow..(oy + 1) * ow];
+                            if oy < y_lo || oy >= y_hi {
+                                d.fill(0.0);
+                                continue;
+                            }
+                            let iy = ((oy * win.strides[1]) as isize + offy) as usize;
+                            let src = &plane[iy * iw..(iy + 1) * iw];
+                            d[..x_lo].fill(0.0);
+                            d[x_hi..].fill(0.0);
+                            let sx = win.strides[2];
+                            if x_hi > x_lo {
+                                let start = ((x_lo * sx) as isize + offx) as usize;
+                                if sx == 1 {
+                                    d[x_lo..x_hi].copy_from_slice(&src[start..start + x_hi - x_lo]);
+                                } else {
+                                    for (j, v) in d[x_lo..x_hi].iter_mut().enumerate() {
+                                        *v = src[start + j * sx];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col` (as produced by [`im2col`] for this window) back into `channels` planes of `y`:
+/// the adjoint of [`im2col`], used by the transposed convolution.
+pub fn col2im_add(win: &Window, channels: usize, col: &[f32], y: &mut [f32]) {
+    let [od, oh, ow] = win.output;
+    let [id, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let out_size = od * oh * ow;
+    let in_size = id * ih * iw;
+    let mut row = 0;
+    for c in 0..channels {
+        let yc = &mut y[c * in_size..(c + 1) * in_size];
+        for kz in 0..kd {
+            let offz = win.tap_offset(0, kz);
+            let (z_lo, z_hi) = win.valid_range(0, offz);
+            for ky in 0..kh {
+                let offy = win.tap_offset(1, ky);
+                let (y_lo, y_hi) = win.valid_range(1, offy);
+                for kx in 0..kw {
+                    let offx = win.tap_offset(2, kx);
+                    let (x_lo, x_hi) = win.valid_range(2, offx);
+                    let src = &col[row * out_size..(row + 1) * out_size];
+                    row += 1;
+                    if x_hi <= x_lo {
+                        continue;
+                    }
+                    let sx = win.strides[2];
+                    for oz in z_lo..z_hi {
+                        let iz = ((oz * win.strides[0]) as isize + offz) as usize;
+                        for oy in y_lo..y_hi {
+                            let iy = ((oy * win.strides[1]) as isize + offy) as usize;
+                            let s = &src[(oz * oh + oy) * ow..(oz * oh + oy + 1) * ow];
+                            let d = &mut yc[(iz * ih + iy) * iw..(iz * ih + iy + 1) * iw];
+                            let start = ((x_lo * sx) as isize + offx) as usize;
+                            for (j, v) in s[x_lo..x_hi].iter().enumerate() {
+                                d[start + j * sx] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fill_bias(y: &mut [f32], channels: usize, plane: usize, bias: Option<&[f32]>) -> bool {
+    match bias {
+        Some(b) => {
+            for (c, row) in y[..channels * plane].chunks_mut(plane.max(1)).enumerate() {
+                row.fill(b[c]);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// `y = act(conv(x, w) + bias)` for a whole batch. `x` is `[N, C_in, in...]`, `w` is
+/// `[C_out, C_in / group, k...]`, `y` is `[N, C_out, out...]`.
+///
+/// # Panics
+/// When buffers are shorter than `p` says or `group` does not divide the channels.
+pub fn conv(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    p.check(x, w, bias, y);
+    if p.is_depthwise() {
+        depthwise(p, x, w, bias, y);
+        act.apply(&mut y[..p.sizes().2]);
+        return;
+    }
+    let win = &p.window;
+    let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
+    let cg_in = p.c_in / p.group;
+    let cg_out = p.c_out / p.group;
+    let kdim = cg_in * k_sz;
+    let pointwise = win.is_pointwise();
+    let col_len = if pointwise { 0 } else { kdim * out_sz };
+    with_scratch(col_len, |col| {
+        for n in 0..p.batch {
+            for g in 0..p.group {
+                let xg = &x[(n * p.c_in + g * cg_in) * in_sz..][..cg_in * in_sz];
+                let wg = &w[g * cg_out * kdim..][..cg_out * kdim];
+                let yg = &mut y[(n * p.c_out + g * cg_out) * out_sz..][..cg_out * out_sz];
+                let bg = bias.map(|b| &b[g * cg_out..(g + 1) * cg_out]);
+                let beta = if fill_bias(yg, cg_out, out_sz, bg) { 1.0 } else { 0.0 };
+                let b: &[f32] = if pointwise {
+                    xg
+                } else {
+                    im2col(win, cg_in, xg, col);
+                    col
+                };
+                sgemm(
+                    Trans::No,
+                    Trans::No,
+                    cg_out,
+                    out_sz,
+                    kdim,
+                    1.0,
+                    wg,
+                    kdim,
+                    b,
+                    out_sz,
+                    beta,
+                    yg,
+                    out_sz,
+                );
+                act.apply(yg);
+            }
+        }
+    });
+}
+
+/// One channel of a depthwise convolution: `y += conv(x, w)` over one plane.
+fn depthwise_plane(win: &Window, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let [od, oh, ow] = win.output;
+    let [_, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let sx = win.strides[2];
+    for kz in 0..kd {
+        let offz = win.tap_offset(0, kz);
+        let (z_lo, z_hi) = win.valid_range(0, offz);
+        for ky in 0..kh {
+            let offy = win.tap_offset(1, ky);
+            let (y_lo, y_hi) = win.valid_range(1, offy);
+            for kx in 0..kw {
+                let wv = w[(kz * kh + ky) * kw + kx];
+                let offx = win.tap_offset(2, kx);
+                let (x_lo, x_hi) = win.valid_range(2, offx);
+                if x_hi <= x_lo {
+                    continue;
+                }
+                let start = ((x_lo * sx) as isize + offx) as usize;
+                for oz in z_lo..z_hi {
+                    let iz = ((oz * win.strides[0]) as isize + offz) as usize;
+                    for oy in y_lo..y_hi {
+                        let iy = ((oy * win.strides[1]) as isize + offy) as usize;
+                        let src = &x[(iz * ih + iy) * iw..(iz * ih + iy + 1) * iw];
+                        let dst = &mut y[(oz * oh + oy) * ow + x_lo..(oz * oh + oy) * ow + x_hi];
+                        if sx == 1 {
+                            for (d, s) in dst.iter_mut().zip(&src[start..start + (x_hi - x_lo)]) {
+                                *d += wv * s;
+                            }
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d += wv * src[start + j * sx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = od;
+}
+
+fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let win = &p.window;
+    let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
+    let planes = p.batch * p.c_out;
+    let run = |plane: usize, yp: &mut [f32]| {
+        let c = plane % p.c_out;
+        yp.fill(bias.map_or(0.0, |b| b[c]));
+        depthwise_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], &w[c * k_sz..(c + 1) * k_sz], yp);
+    };
+    let y = &mut y[..planes * out_sz];
+    if out_sz == 0 {
+        return;
+    }
+    if rayon::current_num_threads() > 1 && planes * out_sz * k_sz >= 1 << 15 {
+        use rayon::prelude::*;
+        y.par_chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp));
+    } else {
+        y.chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp));
+    }
+}
+
+/// Transposed convolution: `x` is `[N, C_in, in...]`, `w` is `[C_in, C_out / group, k...]`,
+/// `y` is `[N, C_out, out...]`. `p.window` describes the *forward* convolution that maps `y`
+/// back to `x`: its `input` is the output spatial shape here and its `output` the input's.
+///
+/// # Panics
+/// When buffers are shorter than `p` says or `group` does not divide the channels.
+pub fn conv_transpose(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    assert!(p.group > 0 && p.c_in % p.group == 0 && p.c_out % p.group == 0);
+    let win = &p.window;
+    // In forward terms: the forward input is `y` (c_out channels), its output is `x` (c_in).
+    let (y_sz, x_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
+    let cg_in = p.c_in / p.group;
+    let cg_out = p.c_out / p.group;
+    assert!(x.len() >= p.batch * p.c_in * x_sz, "conv_transpose: x too short");
+    assert!(w.len() >= p.c_in * cg_out * k_sz, "conv_transpose: w too short");
+    assert!(y.len() >= p.batch * p.c_out * y_sz, "conv_transpose: y too short");
+    assert!(bias.is_none_or(|b| b.len() >= p.c_out), "conv_transpose: bias too short");
+    let rows = cg_out * k_sz;
+    with_scratch(rows * x_sz, |col| {
+        for n in 0..p.batch {
+            for g in 0..p.group {
+                let xg = &x[(n * p.c_in + g * cg_in) * x_sz..][..cg_in * x_sz];
+                let wg = &w[g * cg_in * rows..][..cg_in * rows];
+                let yg = &mut y[(n * p.c_out + g * cg_out) * y_sz..][..cg_out * y_sz];
+                let bg = bias.map(|b| &b[g * cg_out..(g + 1) * cg_out]);
+                if !fill_bias(yg, cg_out, y_sz, bg) {
+                    yg.fill(0.0);
+                }
+                // col[rows, x_sz] = wg^T [rows, cg_in] * xg [cg_in, x_sz]
+                sgemm(Trans::Yes, Trans::No, rows, x_sz, cg_in, 1.0, wg, rows, xg, x_sz, 0.0, col, x_sz);
+                col2im_add(win, cg_out, col, yg);
+            }
+        }
+    });
+}
+
+/// Direct scalar reference for [`conv`] (f64 accumulation).
+pub fn conv_ref(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    p.check(x, w, bias, y);
+    let win = &p.window;
+    let [od, oh, ow] = win.output;
+    let [id, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let cg_in = p.c_in / p.group;
+    let cg_out = p.c_out / p.group;
+    for n in 0..p.batch {
+        for co in 0..p.c_out {
+            let g = co / cg_out;
+            for oz in 0..od {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias.map_or(0.0, |b| b[co] as f64);
+                        for ci in 0..cg_in {
+                            for kz in 0..kd {
+                                let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                                for ky in 0..kh {
+                                    let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                                    for kx in 0..kw {
+                                        let ix =
+                                            (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
+                                        let inside = (0..id as isize).contains(&iz)
+                                            && (0..ih as isize).contains(&iy)
+                                            && (0..iw as isize).contains(&ix);
+                                        if !inside {
+                                            continue;
+                                        }
+                                        let c = g * cg_in + ci;
+                                        let xi = (((n * p.c_in + c) * id + iz as usize) * ih
+                                            + iy as usize)
+                                            * iw
+                                            + ix as usize;
+                                        let wi = (((co * cg_in + ci) * kd + kz) * kh + ky) * kw + kx;
+                                        acc += x[xi] as f64 * w[wi] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        y[(((n * p.c_out + co) * od + oz) * oh + oy) * ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+    }
+    act.apply(&mut y[..p.sizes().2]);
+}
+
+/// Scalar reference for [`conv_transpose`]: scatter every input element through the kernel.
+pub fn conv_transpose_ref(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let win = &p.window;
+    let [od, oh, ow] = win.output; // x spatial
+    let [id, ih, iw] = win.input; // y spatial
+    let [kd, kh, kw] = win.kernel;
+    let cg_in = p.c_in / p.group;
+    let cg_out = p.c_out / p.group;
+    let y_sz = id * ih * iw;
+    for n in 0..p.batch {
+        for co in 0..p.c_out {
+            y[(n * p.c_out + co) * y_sz..][..y_sz].fill(bias.map_or(0.0, |b| b[co]));
+        }
+        for ci in 0..p.c_in {
+            let g = ci / cg_in;
+            for cl in 0..cg_out {
+                let co = g * cg_out + cl;
+                for oz in 0..od {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let xv = x[(((n * p.c_in + ci) * od + oz) * oh + oy) * ow + ox];
+                            for kz in 0..kd {
+                                let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                                for ky in 0..kh {
+                                    let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                                    for kx in 0..kw {
+                                        let ix =
+                                            (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
+                                        let inside = (0..id as isize).contains(&iz)
+                                            && (0..ih as isize).contains(&iy)
+                                            && (0..iw as isize).contains(&ix);
+                                        if !inside {
+                                            continue;
+                                        }
+                                        let wi = (((ci * cg_out + cl) * kd + kz) * kh + ky) * kw + kx;
+                                        let yi = (((n * p.c_out + co) * id + iz as usize) * ih
+                                            + iy as usize)
+                                            * iw
+                                            + ix as usize;
+                                        y[yi] += xv * w[wi];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fill(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 19) as f32 / 9.0 - 1.0)
+            .collect()
+    }
+
+    fn out_len(i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> usize {
+        let span = d * (k - 1) + 1;
+        if i + pb + pe < span {
+            0
+        } else {
+            (i + pb + pe - span) / s + 1
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn params() -> impl Strategy<Value = (ConvParams, bool, u32)> {
+        (
+            1usize..=3,
+            prop::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
+            1usize..3,
+            1usize..4,
+            1usize..4,
+            any::<bool>(),
+            any::<u32>(),
+            any::<bool>(),
+        )
+            .prop_map(|(batch, dims, group, cgi, cgo, dw, seed, bias)| {
+                let (group, cgi, cgo) = if dw { (group + 1, 1, 1) } else { (group, cgi, cgo) };
+                let input: Vec<usize> = dims.iter().map(|d| d.0 + d.1 * d.3).collect();
+                let kernel: Vec<usize> = dims.iter().map(|d| d.1).collect();
+                let strides: Vec<usize> = dims.iter().map(|d| d.2).collect();
+                let dil: Vec<usize> = dims.iter().map(|d| d.3).collect();
+                let pb: Vec<usize> = dims.iter().map(|d| d.4).collect();
+                let pe: Vec<usize> = dims.iter().map(|d| d.5).collect();
+                let output: Vec<usize> = (0..dims.len())
+                    .map(|i| out_len(input[i], kernel[i], strides[i], dil[i], pb[i], pe[i]))
+                    .collect();
+                let window = Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap();
+                (ConvParams { batch, c_in: group * cgi, c_out: group * cgo, group, window }, bias, seed)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        #[test]
+        fn conv_matches_reference((p, has_bias, seed) in params(), relu in any::<bool>()) {
+            let (nx, nw, ny) = p.sizes();
+            let x = fill(nx, seed);
+            let w = fill(nw, seed ^ 3);
+            let b = fill(p.c_out, seed ^ 9);
+            let bias = has_bias.then_some(&b[..]);
+            let act = if relu { Activation::Relu } else { Activation::None };
+            let mut y1 = vec![f32::NAN; ny];
+            let mut y2 = vec![0.0; ny];
+            conv(&p, &x, &w, bias, act, &mut y1);
+            conv_ref(&p, &x, &w, bias, act, &mut y2);
+            for (a, r) in y1.iter().zip(&y2) {
+                prop_assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{a} vs {r}");
+            }
+        }
+
+        #[test]
+        fn conv_transpose_matches_reference((p, has_bias, seed) in params()) {
+            // Reuse the forward geometry: y has the forward input's shape.
+            let win = &p.window;
+            let (nx, ny) = (p.batch * p.c_in * win.output_size(), p.batch * p.c_out * win.input_size());
+            let nw = p.c_in * (p.c_out / p.group) * win.kernel_size();
+            let x = fill(nx, seed);
+            let w = fill(nw, seed ^ 3);
+            let b = fill(p.c_out, seed ^ 9);
+            let bias = has_bias.then_some(&b[..]);
+            let mut y1 = vec![f32::NAN; ny];
+            let mut y2 = vec![0.0; ny];
+            conv_transpose(&p, &x, &w, bias, &mut y1);
+            conv_transpose_ref(&p, &x, &w, bias, &mut y2);
+            for (a, r) in y1.iter().zip(&y2) {
+                prop_assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{a} vs {r}");
+            }
+        }
+    }
+}

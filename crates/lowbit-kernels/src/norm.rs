@@ -1,0 +1,255 @@
+//! Row-wise normalizations: softmax, log-softmax, layer norm, and the mean / inverse standard
+//! deviation helper the other normalizations share.
+//!
+//! Rows are contiguous runs of `n` elements. Softmax subtracts the row max first (so large
+//! inputs do not overflow) and uses a vectorizable `exp` accurate to a few ulp ([`exp_fast`]),
+//! with an AVX2+FMA build of the loop picked at run time. A row of all `-inf` gives NaN, as in
+//! ONNX Runtime. Layer norm uses the biased variance, `1 / sqrt(var + eps)`, in f32 as
+//! ONNX's `stash_type = 1` asks. `*_ref` functions are the plain scalar references.
+//!
+//! ```
+//! use lowbit_kernels::norm::softmax_rows;
+//! let mut x = [1.0f32, 1.0, 2.0, 2.0];
+//! softmax_rows(&mut x, 2);
+//! assert!((x[0] - 0.5).abs() < 1e-6 && (x[3] - 0.5).abs() < 1e-6);
+//! ```
+
+/// `e^x` with range reduction and a degree-6 polynomial; relative error below 1e-6 on
+/// `-87.3..=88`, 0 below, `e^88` on `88..88.72` then +inf, NaN for NaN. Written with plain arithmetic
+/// so loops over it vectorize.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let xc = x.clamp(-87.3, 88.0);
+    let kf = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - kf * LN2_HI - kf * LN2_LO;
+    // Taylor coefficients of e^r on |r| <= ln2 / 2.
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let scale = f32::from_bits(((kf as i32 + 127) as u32) << 23);
+    let v = p * scale;
+    if x < -87.3 {
+        0.0
+    } else if x > 88.722_84 {
+        f32::INFINITY
+    } else {
+        // NaN falls through here: `p` is NaN.
+        v
+    }
+}
+
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    // Eight lanes so the reduction vectorizes; NaN propagates through `f32::max` only if all
+    // are NaN, so check it separately.
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            m[i] = m[i].max(c[i]);
+        }
+    }
+    let mut best = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &v in chunks.remainder() {
+        best = best.max(v);
+    }
+    best
+}
+
+#[inline(always)]
+fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut s = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            let e = exp_fast(c[i] - max);
+            c[i] = e;
+            s[i] += e;
+        }
+    }
+    let mut sum: f32 = s.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_fast(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
+#[inline(always)]
+fn softmax_rows_body(x: &mut [f32], n: usize, log: bool) {
+    if n == 0 {
+        return;
+    }
+    for row in x.chunks_exact_mut(n) {
+        let has_nan = row.iter().any(|v| v.is_nan());
+        let max = if has_nan { f32::NAN } else { max_of(row) };
+        if log {
+            let mut sum = 0f32;
+            for v in row.iter() {
+                sum += exp_fast(*v - max);
+            }
+            let shift = max + sum.ln();
+            row.iter_mut().for_each(|v| *v -= shift);
+        } else {
+            let sum = exp_sub_sum(row, max);
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(x: &mut [f32], n: usize, log: bool) {
+    softmax_rows_body(x, n, log)
+}
+
+fn softmax_dispatch(x: &mut [f32], n: usize, log: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { softmax_rows_avx2(x, n, log) };
+            return;
+        }
+    }
+    softmax_rows_body(x, n, log)
+}
+
+/// Softmax in place over each row of `n` elements (`x.len()` a multiple of `n`).
+pub fn softmax_rows(x: &mut [f32], n: usize) {
+    softmax_dispatch(x, n, false)
+}
+
+/// Log-softmax in place over each row of `n` elements.
+pub fn log_softmax_rows(x: &mut [f32], n: usize) {
+    softmax_dispatch(x, n, true)
+}
+
+/// Scalar reference for [`softmax_rows`] / [`log_softmax_rows`] (f64, libm `exp`).
+pub fn softmax_rows_ref(x: &mut [f32], n: usize, log: bool) {
+    if n == 0 {
+        return;
+    }
+    for row in x.chunks_exact_mut(n) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        for v in row.iter_mut() {
+            let d = *v as f64 - max;
+            *v = if log { (d - sum.ln()) as f32 } else { (d.exp() / sum) as f32 };
+        }
+    }
+}
+
+/// Mean and `1 / sqrt(biased variance + eps)` of `x`, accumulated in f64 for stability.
+pub fn mean_inv_std(x: &[f32], eps: f32) -> (f32, f32) {
+    if x.is_empty() {
+        return (0.0, 1.0 / eps.sqrt());
+    }
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// Layer norm over each row of `n` elements: `y = (x - mean) * inv_std * scale + bias`.
+/// `scale` and `bias` have `n` elements. With `stats`, writes each row's mean and inv_std.
+///
+/// # Panics
+/// When `y`, `scale`, `bias` or `stats` are shorter than `x` and `n` require.
+pub fn layer_norm_rows(
+    x: &[f32],
+    y: &mut [f32],
+    n: usize,
+    scale: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+    mut stats: Option<(&mut [f32], &mut [f32])>,
+) {
+    if n == 0 {
+        return;
+    }
+    assert!(y.len() >= x.len() && scale.len() >= n && bias.is_none_or(|b| b.len() >= n));
+    for (r, (xr, yr)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
+        let (mean, inv) = mean_inv_std(xr, eps);
+        if let Some((m, s)) = stats.as_mut() {
+            m[r] = mean;
+            s[r] = inv;
+        }
+        match bias {
+            Some(b) => {
+                for i in 0..n {
+                    yr[i] = (xr[i] - mean) * inv * scale[i] + b[i];
+                }
+            }
+            None => {
+                for i in 0..n {
+                    yr[i] = (xr[i] - mean) * inv * scale[i];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn exp_fast_is_accurate() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, r) = (exp_fast(x), (x as f64).exp());
+            assert!(((a as f64 - r) / r).abs() < 1e-6, "{x}: {a} vs {r}");
+            x += 0.0137;
+        }
+        assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_fast(100.0), f32::INFINITY);
+        assert!(exp_fast(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_of_masked_row() {
+        let mut x = [0.0, f32::NEG_INFINITY, 0.0, 0.0];
+        softmax_rows(&mut x, 4);
+        assert_eq!(x[1], 0.0);
+        assert!((x[0] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    proptest! {
+        #[test]
+        fn softmax_matches_reference(
+            rows in 1usize..4, n in 1usize..40, log in any::<bool>(),
+            v in prop::collection::vec(-50f32..50.0, 160),
+        ) {
+            let mut a: Vec<f32> = v.iter().cycle().take(rows * n).copied().collect();
+            let mut r = a.clone();
+            if log { log_softmax_rows(&mut a, n) } else { softmax_rows(&mut a, n) }
+            softmax_rows_ref(&mut r, n, log);
+            for (x, y) in a.iter().zip(&r) {
+                prop_assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+
+        #[test]
+        fn layer_norm_rows_normalizes(n in 2usize..50, v in prop::collection::vec(-5f32..5.0, 100)) {
+            let x: Vec<f32> = v[..n].to_vec();
+            let mut y = vec![0.0; n];
+            let (mut m, mut s) = ([0.0], [0.0]);
+            layer_norm_rows(&x, &mut y, n, &vec![1.0; n], None, 1e-5, Some((&mut m, &mut s)));
+            let mean: f32 = y.iter().sum::<f32>() / n as f32;
+            prop_assert!(mean.abs() < 1e-4);
+            let (rm, rs) = mean_inv_std(&x, 1e-5);
+            prop_assert!((m[0] - rm).abs() < 1e-6 && (s[0] - rs).abs() < 1e-6 * rs);
+        }
+    }
+}

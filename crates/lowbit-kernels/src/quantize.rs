@@ -1,0 +1,397 @@
+//! The quantization math core: float ↔ integer/float8 with a scale and a zero point.
+//!
+//! Every quantize/dequantize in lowbit (the engine's `QuantizeLinear`/`DequantizeLinear`, the
+//! quantizer's fake-quant and qparams) goes through this module, so there is exactly one
+//! definition of the formulas:
+//!
+//! * quantize, integer targets: `q = saturate(round_half_even(x / scale) + zero_point)`.
+//!   `x / scale` is computed in **f32** (as ONNX Runtime does), rounded half to even
+//!   ([`f32::round_ties_even`]), the zero point is added, and the result is clamped to the target
+//!   range (int8 `[-128, 127]`, uint8 `[0, 255]`, int16, uint16, int4 `[-8, 7]`, uint4 `[0, 15]`).
+//!   A NaN input becomes 0 (ONNX leaves it undefined).
+//! * quantize, float8 targets (E4M3FN, E5M2): `q = cast(x / scale + zero_point)` with round half to
+//!   even and the ONNX `saturate` flag (see [`lowbit_tensor::float8`]).
+//! * dequantize: `x = (q - zero_point) * scale`, the difference taken exactly in i32, the
+//!   product in f32.
+//!
+//! Parameters are laid out per tensor, per axis, or in blocks along one axis (opset 21
+//! `block_size`); [`ParamMap`] maps an element's flat index to its parameter's flat index, the
+//! only place the three layouts differ.
+//!
+//! ```
+//! use lowbit_kernels::quantize::{quantize_one, dequantize_one};
+//! assert_eq!(quantize_one(2.5, 1.0, 0, -128, 127), 2); // ties go to even
+//! assert_eq!(quantize_one(1000.0, 1.0, 0, -128, 127), 127); // saturates
+//! assert_eq!(dequantize_one(130, 0.5, 128), 1.0);
+//! ```
+
+use lowbit_tensor::float8::{E4M3FN, E5M2};
+use lowbit_tensor::{DType, TensorData};
+
+/// Which parameter each element of a tensor uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamMap {
+    kind: Layout,
+    /// Product of the dims after the axis.
+    inner: usize,
+    /// Size of the quantization axis.
+    dim: usize,
+    /// Elements per block along the axis (blocked layout only).
+    block: usize,
+    /// Number of blocks along the axis (blocked layout only).
+    blocks: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    PerTensor,
+    PerAxis,
+    Blocked,
+}
+
+impl ParamMap {
+    /// One scale/zero point for the whole tensor.
+    pub fn per_tensor() -> ParamMap {
+        ParamMap { kind: Layout::PerTensor, inner: 1, dim: 1, block: 1, blocks: 1 }
+    }
+
+    /// One parameter per index along `axis` (parameters have shape `[shape[axis]]`).
+    pub fn per_axis(shape: &[usize], axis: usize) -> ParamMap {
+        let inner = shape[axis + 1..].iter().product();
+        ParamMap { kind: Layout::PerAxis, inner, dim: shape[axis], block: 1, blocks: shape[axis] }
+    }
+
+    /// One parameter per `block` consecutive elements along `axis`: parameters have the
+    /// tensor's shape with `shape[axis]` replaced by `ceil(shape[axis] / block)`.
+    pub fn blocked(shape: &[usize], axis: usize, block: usize) -> ParamMap {
+        let inner = shape[axis + 1..].iter().product();
+        let dim = shape[axis];
+        let block = block.max(1);
+        ParamMap { kind: Layout::Blocked, inner, dim, block, blocks: dim.div_ceil(block) }
+    }
+
+    /// Number of parameters the layout expects for a tensor of `numel` elements.
+    pub fn num_params(&self, numel: usize) -> usize {
+        match self.kind {
+            Layout::PerTensor => 1,
+            Layout::PerAxis => self.dim,
+            Layout::Blocked => {
+                let outer = if self.dim * self.inner == 0 { 0 } else { numel / (self.dim * self.inner) };
+                outer * self.blocks * self.inner
+            }
+        }
+    }
+
+    /// The parameter index of element `i` (flat, row-major).
+    #[inline]
+    pub fn index(&self, i: usize) -> usize {
+        match self.kind {
+            Layout::PerTensor => 0,
+            Layout::PerAxis => (i / self.inner) % self.dim,
+            Layout::Blocked => {
+                let inner_i = i % self.inner;
+                let a = (i / self.inner) % self.dim;
+                let outer = i / (self.inner * self.dim);
+                (outer * self.blocks + a / self.block) * self.inner + inner_i
+            }
+        }
+    }
+}
+
+/// The integer range `[min, max]` of an integer quantization type, `None` for other types.
+pub fn int_range(dtype: DType) -> Option<(i32, i32)> {
+    Some(match dtype {
+        DType::I8 => (-128, 127),
+        DType::U8 => (0, 255),
+        DType::I16 => (-32768, 32767),
+        DType::U16 => (0, 65535),
+        DType::I4 => (-8, 7),
+        DType::U4 => (0, 15),
+        DType::I32 => (i32::MIN, i32::MAX),
+        _ => return None,
+    })
+}
+
+/// Quantizes one value: `saturate(round_half_even(x / scale) + zero_point)` into `[qmin, qmax]`.
+#[inline]
+pub fn quantize_one(x: f32, scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> i32 {
+    let v = (x / scale).round_ties_even() + zero_point as f32;
+    // NaN compares false both ways and ends up as 0 through `as`.
+    let v = if v < qmin as f32 {
+        qmin as f32
+    } else if v > qmax as f32 {
+        qmax as f32
+    } else {
+        v
+    };
+    // `as` saturates at the i32 bounds, so the i32 range itself is safe.
+    v as i32
+}
+
+/// Dequantizes one value: `(q - zero_point) * scale`.
+#[inline]
+pub fn dequantize_one(q: i32, scale: f32, zero_point: i32) -> f32 {
+    (q.wrapping_sub(zero_point)) as f32 * scale
+}
+
+/// Requantizes an i32 accumulator: `saturate(round_half_even(acc * multiplier) + zero_point)`,
+/// the output stage of integer matmul/conv (`multiplier = in_scale * w_scale / out_scale`,
+/// computed by the caller in f32 in that order, as ONNX Runtime does).
+#[inline]
+pub fn requantize_one(acc: i32, multiplier: f32, zero_point: i32, qmin: i32, qmax: i32) -> i32 {
+    let v = (acc as f32 * multiplier).round_ties_even() + zero_point as f32;
+    if v < qmin as f32 {
+        qmin
+    } else if v > qmax as f32 {
+        qmax
+    } else {
+        v as i32
+    }
+}
+
+/// The integer values of an integer tensor's storage, widened to i32 (`None` for other types
+/// or for 32/64-bit storage that would not fit).
+pub fn int_values(d: &TensorData) -> Option<Vec<i32>> {
+    Some(match d {
+        TensorData::I8(v) | TensorData::I4(v) => v.iter().map(|&x| x as i32).collect(),
+        TensorData::U8(v) | TensorData::U4(v) => v.iter().map(|&x| x as i32).collect(),
+        TensorData::I16(v) => v.iter().map(|&x| x as i32).collect(),
+        TensorData::U16(v) => v.iter().map(|&x| x as i32).collect(),
+        TensorData::I32(v) => v.clone(),
+        _ => return None,
+    })
+}
+
+/// Wraps already-saturated i32 values as storage of `dtype` (an integer quantization type).
+fn wrap_ints(q: Vec<i32>, dtype: DType) -> Option<TensorData> {
+    Some(match dtype {
+        DType::I8 => TensorData::I8(q.into_iter().map(|x| x as i8).collect()),
+        DType::U8 => TensorData::U8(q.into_iter().map(|x| x as u8).collect()),
+        DType::I16 => TensorData::I16(q.into_iter().map(|x| x as i16).collect()),
+        DType::U16 => TensorData::U16(q.into_iter().map(|x| x as u16).collect()),
+        DType::I4 => TensorData::I4(q.into_iter().map(|x| x as i8).collect()),
+        DType::U4 => TensorData::U4(q.into_iter().map(|x| x as u8).collect()),
+        DType::I32 => TensorData::I32(q),
+        _ => return None,
+    })
+}
+
+/// A failure of the quantization math: a type it does not handle or parameters that do not
+/// match the layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeError(pub String);
+
+impl std::fmt::Display for QuantizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for QuantizeError {}
+
+fn check_params(map: &ParamMap, n: usize, scale: usize, zp: Option<usize>) -> Result<(), QuantizeError> {
+    let want = map.num_params(n);
+    if n > 0 && scale != want {
+        return Err(QuantizeError(format!("expected {want} scale values, got {scale}")));
+    }
+    if let Some(z) = zp {
+        if n > 0 && z != want {
+            return Err(QuantizeError(format!("expected {want} zero points, got {z}")));
+        }
+    }
+    Ok(())
+}
+
+/// Quantizes `x` to `dtype` (int8/uint8/int16/uint16/int4/uint4/int32, or float8 E4M3FN/E5M2).
+/// `zero_point` must be storage of `dtype` laid out like `scale`; `None` means zero.
+/// `saturate` matters for float8 targets only.
+pub fn quantize(
+    x: &[f32],
+    scale: &[f32],
+    zero_point: Option<&TensorData>,
+    map: &ParamMap,
+    dtype: DType,
+    saturate: bool,
+) -> Result<TensorData, QuantizeError> {
+    check_params(map, x.len(), scale.len(), zero_point.map(|z| z.len()))?;
+    if let Some(z) = zero_point {
+        if z.dtype() != dtype {
+            return Err(QuantizeError(format!(
+                "zero point is {}, expected the output type {dtype}",
+                z.dtype()
+            )));
+        }
+    }
+    if let Some((qmin, qmax)) = int_range(dtype) {
+        let zp = match zero_point {
+            Some(z) => int_values(z).ok_or_else(|| QuantizeError("bad zero point".into()))?,
+            None => vec![0; scale.len()],
+        };
+        let q: Vec<i32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let p = map.index(i);
+                quantize_one(v, scale[p], zp[p], qmin, qmax)
+            })
+            .collect();
+        return wrap_ints(q, dtype).ok_or_else(|| QuantizeError(format!("cannot quantize to {dtype}")));
+    }
+    let fmt = match dtype {
+        DType::F8E4M3FN => E4M3FN,
+        DType::F8E5M2 => E5M2,
+        _ => return Err(QuantizeError(format!("cannot quantize to {dtype}"))),
+    };
+    let zp: Vec<f32> = match zero_point {
+        Some(TensorData::F8E4M3FN(z)) | Some(TensorData::F8E5M2(z)) => {
+            z.iter().map(|&b| fmt.decode(b)).collect()
+        }
+        _ => vec![0.0; scale.len()],
+    };
+    let q: Vec<u8> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let p = map.index(i);
+            let y = v / scale[p];
+            let y = if zp[p] != 0.0 { y + zp[p] } else { y };
+            fmt.encode(y, saturate)
+        })
+        .collect();
+    Ok(if dtype == DType::F8E4M3FN { TensorData::F8E4M3FN(q) } else { TensorData::F8E5M2(q) })
+}
+
+/// Dequantizes integer or float8 storage: `(q - zero_point) * scale`, in f32.
+/// `zero_point`, when present, must have `q`'s type and `scale`'s layout.
+pub fn dequantize(
+    q: &TensorData,
+    scale: &[f32],
+    zero_point: Option<&TensorData>,
+    map: &ParamMap,
+) -> Result<Vec<f32>, QuantizeError> {
+    check_params(map, q.len(), scale.len(), zero_point.map(|z| z.len()))?;
+    if let Some(z) = zero_point {
+        if z.dtype() != q.dtype() {
+            return Err(QuantizeError(format!(
+                "zero point is {}, input is {}",
+                z.dtype(),
+                q.dtype()
+            )));
+        }
+    }
+    if let Some(qv) = int_values(q) {
+        let zp = match zero_point {
+            Some(z) => int_values(z).ok_or_else(|| QuantizeError("bad zero point".into()))?,
+            None => vec![0; scale.len()],
+        };
+        return Ok(qv
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let p = map.index(i);
+                dequantize_one(v, scale[p], zp[p])
+            })
+            .collect());
+    }
+    let (fmt, bits) = match q {
+        TensorData::F8E4M3FN(b) => (E4M3FN, b),
+        TensorData::F8E5M2(b) => (E5M2, b),
+        other => return Err(QuantizeError(format!("cannot dequantize {}", other.dtype()))),
+    };
+    let zp: Vec<f32> = match zero_point {
+        Some(TensorData::F8E4M3FN(z)) | Some(TensorData::F8E5M2(z)) => {
+            z.iter().map(|&b| fmt.decode(b)).collect()
+        }
+        _ => vec![0.0; scale.len()],
+    };
+    Ok(bits
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let p = map.index(i);
+            let v = fmt.decode(b);
+            let v = if zp[p] != 0.0 { v - zp[p] } else { v };
+            v * scale[p]
+        })
+        .collect())
+}
+
+/// ONNX `DynamicQuantizeLinear`'s uint8 parameters for data whose range is `[min, max]`: the
+/// range is widened to include 0, `scale = (max - min) / 255` (1 when the range is empty), and
+/// `zero_point = round_half_even(clamp(-min / scale, 0, 255))`, as ONNX Runtime computes them.
+pub fn dynamic_qparams_u8(min: f32, max: f32) -> (f32, u8) {
+    let min = min.min(0.0);
+    let max = max.max(0.0);
+    let scale = if max == min { 1.0 } else { (max - min) / 255.0 };
+    let initial = 0.0 - min / scale;
+    let zp = initial.clamp(0.0, 255.0).round_ties_even();
+    (scale, zp as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_rounds_half_to_even_and_saturates() {
+        let x = [0.5, 1.5, 2.5, -2.5, 300.0, -300.0, f32::NAN];
+        let q = quantize(&x, &[1.0], None, &ParamMap::per_tensor(), DType::I8, true).unwrap();
+        assert_eq!(q, TensorData::I8(vec![0, 2, 2, -2, 127, -128, 0]));
+        let zp = TensorData::U8(vec![10]);
+        let q = quantize(&x[..4], &[0.5], Some(&zp), &ParamMap::per_tensor(), DType::U8, true)
+            .unwrap();
+        assert_eq!(q, TensorData::U8(vec![11, 13, 15, 5]));
+    }
+
+    #[test]
+    fn four_bit_ranges_saturate() {
+        let x = [-20.0, -8.0, 7.0, 20.0];
+        let q = quantize(&x, &[1.0], None, &ParamMap::per_tensor(), DType::I4, true).unwrap();
+        assert_eq!(q, TensorData::I4(vec![-8, -8, 7, 7]));
+        let q = quantize(&x, &[1.0], None, &ParamMap::per_tensor(), DType::U4, true).unwrap();
+        assert_eq!(q, TensorData::U4(vec![0, 0, 7, 15]));
+    }
+
+    #[test]
+    fn per_axis_and_blocked_parameter_indices() {
+        let m = ParamMap::per_axis(&[2, 3, 2], 1);
+        let idx: Vec<usize> = (0..12).map(|i| m.index(i)).collect();
+        assert_eq!(idx, vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);
+        // [2, 4] blocked along axis 1 by 2: params [2, 2].
+        let m = ParamMap::blocked(&[2, 4], 1, 2);
+        assert_eq!(m.num_params(8), 4);
+        let idx: Vec<usize> = (0..8).map(|i| m.index(i)).collect();
+        assert_eq!(idx, vec![0, 0, 1, 1, 2, 2, 3, 3]);
+        // [4, 2] blocked along axis 0 by 3: params [2, 2].
+        let m = ParamMap::blocked(&[4, 2], 0, 3);
+        let idx: Vec<usize> = (0..8).map(|i| m.index(i)).collect();
+        assert_eq!(idx, vec![0, 1, 0, 1, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn dequantize_subtracts_zero_point_then_scales() {
+        let q = TensorData::U8(vec![0, 128, 255]);
+        let zp = TensorData::U8(vec![128]);
+        let x = dequantize(&q, &[2.0], Some(&zp), &ParamMap::per_tensor()).unwrap();
+        assert_eq!(x, vec![-256.0, 0.0, 254.0]);
+    }
+
+    #[test]
+    fn float8_quantize_round_trips_exact_values() {
+        let x = [1.0, -2.0, 448.0, 1000.0];
+        let q = quantize(&x, &[1.0], None, &ParamMap::per_tensor(), DType::F8E4M3FN, true).unwrap();
+        let back = dequantize(&q, &[1.0], None, &ParamMap::per_tensor()).unwrap();
+        assert_eq!(back, vec![1.0, -2.0, 448.0, 448.0]);
+    }
+
+    #[test]
+    fn dynamic_qparams_include_zero() {
+        let (s, z) = dynamic_qparams_u8(1.0, 2.0);
+        assert_eq!(s, 2.0 / 255.0);
+        assert_eq!(z, 0);
+        let (s, z) = dynamic_qparams_u8(-1.0, 3.0);
+        assert_eq!(s, 4.0 / 255.0);
+        assert_eq!(z, 64); // 63.75 rounds up
+        assert_eq!(dynamic_qparams_u8(0.0, 0.0), (1.0, 0));
+    }
+}
