@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# FP32 latency, lowbit vs ONNX Runtime, side by side in one run (not a test). See README.md in
-# this folder. Arguments go to fp32_vs_ort.py (--models, --threads, --rows, --corpus).
+# FP32 latency, lowbit vs ONNX Runtime, side by side in one run (not a test). What is timed and
+# on which inputs: fp32_vs_ort.py's docstring. Arguments go to it (--models, --threads, --rows).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=../scripts/setup-test-env.sh

@@ -75,8 +75,9 @@ pub struct Dataset {
     mask: Option<usize>,
 }
 
-fn read_array(path: &Path) -> Result<Tensor> {
-    npy::read_npy(path).with_context(|| format!("cannot read {}", path.display()))
+/// Reads input `name` from a `.npy` file (the tensor crate's errors name the file).
+fn read_array(path: &Path, name: &str) -> Result<Tensor> {
+    npy::read_npy(path).with_context(|| format!("cannot read input '{name}'"))
 }
 
 /// Reads the arrays for `inputs` from `src`, keyed by input name, with their file labels.
@@ -105,7 +106,7 @@ fn read_sources(inputs: &[&InputSpec], src: &FeedSource) -> Result<Vec<(Tensor, 
                             spec.name
                         );
                     };
-                    Ok((read_array(file)?, file.display().to_string()))
+                    Ok((read_array(file, &spec.name)?, file.display().to_string()))
                 })
                 .collect()
         }
@@ -134,17 +135,16 @@ fn read_sources(inputs: &[&InputSpec], src: &FeedSource) -> Result<Vec<(Tensor, 
                 if meta.is_dir() {
                     let candidates =
                         [format!("{}.npy", spec.name), format!("{}.npy", file_stem(&spec.name))];
-                    if let Some(p) = candidates.iter().map(|c| path.join(c)).find(|p| p.is_file())
-                    {
-                        out.push((read_array(&p)?, p.display().to_string()));
+                    if let Some(p) = candidates.iter().map(|c| path.join(c)).find(|p| p.is_file()) {
+                        out.push((read_array(&p, &spec.name)?, p.display().to_string()));
                         continue;
                     }
                 }
                 if !read_npz {
                     read_npz = true;
                     for f in &npz_files {
-                        let arrays = npy::read_npz(f)
-                            .with_context(|| format!("cannot read {}", f.display()))?;
+                        let arrays =
+                            npy::read_npz(f).context("cannot read the inputs' .npz file")?;
                         for (name, t) in arrays {
                             let label = format!("{}:{name}", f.display());
                             npz.entry(name).or_insert((t, label));
@@ -176,11 +176,7 @@ fn read_sources(inputs: &[&InputSpec], src: &FeedSource) -> Result<Vec<(Tensor, 
 /// Checks `t` against the declared input; returns whether its samples lie along axis 0.
 fn check_array(spec: &InputSpec, t: &Tensor, source: &str) -> Result<bool> {
     let expected = || {
-        format!(
-            "{} {}",
-            spec.dtype.map_or("a tensor".into(), |d| d.to_string()),
-            spec.shape_text()
-        )
+        format!("{} {}", spec.dtype.map_or("a tensor".into(), |d| d.to_string()), spec.shape_text())
     };
     if let Some(dt) = spec.dtype {
         if dt != t.dtype() {
@@ -383,8 +379,11 @@ mod tests {
     }
 
     fn dataset(arrays: Vec<(InputSpec, Tensor)>) -> Result<Dataset> {
-        let dir = std::env::temp_dir()
-            .join(format!("lowbit-feeds-{}-{}", std::process::id(), arrays[0].0.name));
+        let dir = std::env::temp_dir().join(format!(
+            "lowbit-feeds-{}-{}",
+            std::process::id(),
+            arrays[0].0.name
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         for (s, t) in &arrays {
             npy::write_npy(&dir.join(format!("{}.npy", s.name)), t).unwrap();
@@ -416,8 +415,8 @@ mod tests {
     #[test]
     fn fixed_batch_one_feeds_row_by_row() {
         let x = Tensor::from_vec(vec![3, 2], vec![0f32; 6]).unwrap();
-        let d = dataset(vec![(spec("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(2)]), x)])
-            .unwrap();
+        let d =
+            dataset(vec![(spec("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(2)]), x)]).unwrap();
         assert_eq!((d.samples, d.fixed_batch), (3, Some(1)));
         assert_eq!(d.ranges(1), vec![(0, 1), (1, 2), (2, 3)]);
         assert_eq!(d.feeds(2, 3, false).unwrap()[0].1.shape(), &[1, 2]);

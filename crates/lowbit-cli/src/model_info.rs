@@ -51,9 +51,7 @@ impl ValueInfo {
             Some(TV::SequenceType(_)) => ("sequence".into(), None),
             Some(TV::MapType(_)) => ("map".into(), None),
             Some(TV::OptionalType(_)) => ("optional".into(), None),
-            Some(TV::SparseTensorType(t)) => {
-                (format!("sparse {}", dtype_name(t.elem_type)), None)
-            }
+            Some(TV::SparseTensorType(t)) => (format!("sparse {}", dtype_name(t.elem_type)), None),
             Some(TV::OpaqueType(_)) => ("opaque".into(), None),
             None => ("(no type)".into(), None),
         };
@@ -106,7 +104,11 @@ mod tests {
                 value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                     elem_type: 7,
                     shape: Some(pb::TensorShapeProto {
-                        dim: vec![dim(Some(DV::DimParam("batch".into()))), dim(None), dim(Some(DV::DimValue(3)))],
+                        dim: vec![
+                            dim(Some(DV::DimParam("batch".into()))),
+                            dim(None),
+                            dim(Some(DV::DimValue(3))),
+                        ],
                     }),
                 })),
             }),

@@ -79,8 +79,7 @@ impl Collector {
     }
 
     fn join(rows: &[usize], parts: Vec<Tensor>) -> Result<Tensor> {
-        let per_sample =
-            parts.iter().zip(rows).all(|(t, &r)| t.rank() >= 1 && t.shape()[0] == r);
+        let per_sample = parts.iter().zip(rows).all(|(t, &r)| t.rank() >= 1 && t.shape()[0] == r);
         if per_sample {
             concat_rows(parts)
         } else if parts.len() == 1 {

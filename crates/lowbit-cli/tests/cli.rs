@@ -116,7 +116,12 @@ fn one_node_model(dir: &Path, op: &str, domain: &str, dims: &[i64], out_name: &s
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.shape(), b.shape());
-    a.as_f32().unwrap().iter().zip(b.as_f32().unwrap()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.as_f32()
+        .unwrap()
+        .iter()
+        .zip(b.as_f32().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,7 +204,8 @@ fn inspect_lists_io_ops_and_parameters() {
     let o = lowbit(&["inspect", s(&model)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    for needle in ["producer     lowbit", "ai.onnx 17", "x  float32 [batch, 16]", "MatMul", "Softmax"]
+    for needle in
+        ["producer     lowbit", "ai.onnx 17", "x  float32 [batch, 16]", "MatMul", "Softmax"]
     {
         assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
     }
@@ -302,7 +308,8 @@ fn missing_model_file_is_named() {
 fn corrupt_file_is_a_clear_error() {
     let dir = tmp("corrupt");
     let path = dir.join("garbage.onnx");
-    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> =
+        (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&path, bytes).unwrap();
     for cmd in ["inspect", "bench"] {
         assert_fails(&lowbit(&[cmd, s(&path)]), 1, &["garbage.onnx", "cannot load the model"]);
@@ -345,7 +352,8 @@ fn missing_input_file_names_the_input_and_folder() {
     let dir = example("missing-input");
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&empty), "-o", s(&dir.join("o"))]);
+    let o =
+        lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&empty), "-o", s(&dir.join("o"))]);
     assert_fails(&o, 1, &["missing input 'x'", "float32 [batch, 16]", "empty"]);
 }
 
@@ -356,7 +364,8 @@ fn wrong_dtype_names_input_file_and_types() {
     std::fs::create_dir_all(&bad).unwrap();
     npy::write_npy(&bad.join("x.npy"), &Tensor::from_vec(vec![2, 16], vec![0f64; 32]).unwrap())
         .unwrap();
-    let o = lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&bad), "-o", s(&dir.join("o"))]);
+    let o =
+        lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&bad), "-o", s(&dir.join("o"))]);
     assert_fails(&o, 1, &["input 'x'", "x.npy", "float32", "float64"]);
 }
 
@@ -396,7 +405,11 @@ fn usage_errors_exit_2() {
     // --input without NAME=.
     assert_fails(&lowbit(&["run", s(&model), "-i", "x.npy", "-o", "o"]), 2, &["NAME=FILE.npy"]);
     // Zero batch, unknown command.
-    assert_fails(&lowbit(&["run", s(&model), "--data", s(&data), "-o", "o", "--batch", "0"]), 2, &[]);
+    assert_fails(
+        &lowbit(&["run", s(&model), "--data", s(&data), "-o", "o", "--batch", "0"]),
+        2,
+        &[],
+    );
     assert_fails(&lowbit(&["frobnicate"]), 2, &[]);
 }
 

@@ -54,10 +54,19 @@ fn check_against_reference(model: &str, reference: &str, scale: f32, mean: f32, 
     let want = want.as_f32().unwrap();
     assert_eq!(got.len(), want.len());
     let max_diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    // 1e-3 absolute, widened by a relative term for logits in the thousands: mnist-8 (raw 0..255
+    // input) reaches |logit| 9860, where one f32 ulp is 1e-3 and ONNX Runtime's own output is
+    // 5.2e-3 away from an exact float64 evaluation (measured with numpy), so no other summation
+    // order can meet 1e-3 absolute there.
+    let over = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| (*a - *b).abs() > 1e-3 + 1e-6 * b.abs())
+        .count();
     let argmax_mismatches =
         got.chunks(10).zip(want.chunks(10)).filter(|(a, b)| argmax(a) != argmax(b)).count();
     eprintln!("{model}: max |diff| {max_diff:.3e}, argmax mismatches {argmax_mismatches}/5000");
-    assert!(max_diff <= 1e-3, "{model}: max |diff| {max_diff} > 1e-3");
+    assert_eq!(over, 0, "{model}: {over} logits beyond 1e-3 + 1e-6·|ref| (max |diff| {max_diff})");
     assert_eq!(argmax_mismatches, 0, "{model}: argmax differs from ONNX Runtime");
 }
 

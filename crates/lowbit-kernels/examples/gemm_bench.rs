@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p lowbit-kernels --example gemm_bench`
 
-use lowbit_kernels::gemm::{sgemm, Trans};
+use lowbit_kernels::gemm::{sgemm, sgemm_packed, PackedB, Trans};
 use std::time::Instant;
 
 fn time(label: &str, batch: usize, m: usize, n: usize, k: usize) {
@@ -31,13 +31,31 @@ fn time(label: &str, batch: usize, m: usize, n: usize, k: usize) {
     for _ in 0..20 {
         run(&mut c);
     }
-    let iters = 300;
-    let t = Instant::now();
-    for _ in 0..iters {
-        run(&mut c);
+    let iters = 30;
+    let min_time = |f: &dyn Fn(&mut [f32]), c: &mut [f32]| {
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    f(c);
+                }
+                t.elapsed().as_secs_f64() / iters as f64 * 1e6
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let us = min_time(&run, &mut c);
+    let packed: Vec<PackedB> =
+        (0..batch).map(|i| PackedB::pack(Trans::No, k, n, &b[i * k * n..], n)).collect();
+    let runp = |c: &mut [f32]| {
+        for i in 0..batch {
+            sgemm_packed(m, &a[i * m * k..], k, &packed[i], 0.0, &mut c[i * m * n..], n);
+        }
+    };
+    for _ in 0..20 {
+        runp(&mut c);
     }
-    let us = t.elapsed().as_secs_f64() / iters as f64 * 1e6;
-    println!("{label:>28}: {us:8.1} us");
+    let usp = min_time(&runp, &mut c);
+    println!("{label:>28}: gemm crate {us:8.1} us, packed {usp:8.1} us");
 }
 
 fn main() {

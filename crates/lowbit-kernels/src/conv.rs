@@ -18,7 +18,7 @@
 //! assert_eq!(y, [8.0, 12.0, 20.0, 24.0]);
 //! ```
 
-use crate::gemm::{sgemm, Trans};
+use crate::gemm::{sgemm, sgemm_packed, PackedB, Trans};
 use crate::window::Window;
 use std::cell::RefCell;
 
@@ -67,7 +67,11 @@ impl ConvParams {
     }
 
     fn check(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &[f32]) {
-        assert!(self.group > 0 && self.c_in % self.group == 0 && self.c_out % self.group == 0);
+        assert!(
+            self.group > 0
+                && self.c_in.is_multiple_of(self.group)
+                && self.c_out.is_multiple_of(self.group)
+        );
         let (nx, nw, ny) = self.sizes();
         assert!(x.len() >= nx && w.len() >= nw && y.len() >= ny, "conv: buffer too short");
         assert!(bias.is_none_or(|b| b.len() >= self.c_out), "conv: bias too short");
@@ -81,6 +85,25 @@ impl ConvParams {
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED: RefCell<Option<PackedB>> = const { RefCell::new(None) };
+}
+
+/// `C = A * B + beta * C` for the convolution GEMM, packing `B` into a reused thread-local
+/// buffer (`B` changes every call, so it cannot be packed ahead).
+#[allow(clippy::too_many_arguments)]
+fn conv_gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    if m < 4 {
+        sgemm(Trans::No, Trans::No, m, n, k, 1.0, a, k, b, n, beta, c, n);
+        return;
+    }
+    PACKED.with(|p| match p.try_borrow_mut() {
+        Ok(mut slot) => {
+            let packed = slot.get_or_insert_with(|| PackedB::pack(Trans::No, 0, 0, &[], 0));
+            packed.repack(Trans::No, k, n, b, n);
+            sgemm_packed(m, a, k, packed, beta, c, n);
+        }
+        Err(_) => sgemm_packed(m, a, k, &PackedB::pack(Trans::No, k, n, b, n), beta, c, n),
+    })
 }
 
 /// Runs `f` with a thread-local scratch buffer of at least `n` elements (contents undefined).
@@ -251,78 +274,111 @@ pub fn conv(
                     im2col(win, cg_in, xg, col);
                     col
                 };
-                sgemm(
-                    Trans::No,
-                    Trans::No,
-                    cg_out,
-                    out_sz,
-                    kdim,
-                    1.0,
-                    wg,
-                    kdim,
-                    b,
-                    out_sz,
-                    beta,
-                    yg,
-                    out_sz,
-                );
+                conv_gemm(cg_out, out_sz, kdim, wg, b, beta, yg);
                 act.apply(yg);
             }
         }
     });
 }
 
-/// One channel of a depthwise convolution: `y += conv(x, w)` over one plane.
-fn depthwise_plane(win: &Window, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// One channel of a depthwise convolution over a zero-padded copy of the input plane `xp`
+/// (`[pd, ph, pw]`): `y += conv(x, w)`, with no bounds logic in the inner loop.
+#[inline(always)]
+fn depthwise_plane_body(win: &Window, xp: &[f32], padded: [usize; 3], w: &[f32], y: &mut [f32]) {
     let [od, oh, ow] = win.output;
-    let [_, ih, iw] = win.input;
     let [kd, kh, kw] = win.kernel;
-    let sx = win.strides[2];
-    for kz in 0..kd {
-        let offz = win.tap_offset(0, kz);
-        let (z_lo, z_hi) = win.valid_range(0, offz);
-        for ky in 0..kh {
-            let offy = win.tap_offset(1, ky);
-            let (y_lo, y_hi) = win.valid_range(1, offy);
-            for kx in 0..kw {
-                let wv = w[(kz * kh + ky) * kw + kx];
-                let offx = win.tap_offset(2, kx);
-                let (x_lo, x_hi) = win.valid_range(2, offx);
-                if x_hi <= x_lo {
-                    continue;
-                }
-                let start = ((x_lo * sx) as isize + offx) as usize;
-                for oz in z_lo..z_hi {
-                    let iz = ((oz * win.strides[0]) as isize + offz) as usize;
-                    for oy in y_lo..y_hi {
-                        let iy = ((oy * win.strides[1]) as isize + offy) as usize;
-                        let src = &x[(iz * ih + iy) * iw..(iz * ih + iy + 1) * iw];
-                        let dst = &mut y[(oz * oh + oy) * ow + x_lo..(oz * oh + oy) * ow + x_hi];
-                        if sx == 1 {
-                            for (d, s) in dst.iter_mut().zip(&src[start..start + (x_hi - x_lo)]) {
+    let [sz, sy, sx] = win.strides;
+    let [dz, dy, dx] = win.dilations;
+    let [_, ph, pw] = padded;
+    for oz in 0..od {
+        for oy in 0..oh {
+            let yrow = &mut y[(oz * oh + oy) * ow..][..ow];
+            for kz in 0..kd {
+                for ky in 0..kh {
+                    let r = (oz * sz + kz * dz) * ph + oy * sy + ky * dy;
+                    let xrow = &xp[r * pw..(r + 1) * pw];
+                    let wrow = &w[(kz * kh + ky) * kw..][..kw];
+                    if sx == 1 {
+                        for (kx, &wv) in wrow.iter().enumerate() {
+                            for (d, s) in yrow.iter_mut().zip(&xrow[kx * dx..][..ow]) {
                                 *d += wv * s;
                             }
-                        } else {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d += wv * src[start + j * sx];
+                        }
+                    } else {
+                        // Strided reads do not vectorize: sum the row's taps in a register.
+                        for (ox, d) in yrow.iter_mut().enumerate() {
+                            let base = ox * sx;
+                            let mut acc = 0f32;
+                            for (kx, &wv) in wrow.iter().enumerate() {
+                                acc += wv * xrow[base + kx * dx];
                             }
+                            *d += acc;
                         }
                     }
                 }
             }
         }
     }
-    let _ = od;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_plane_avx2(
+    win: &Window,
+    xp: &[f32],
+    padded: [usize; 3],
+    w: &[f32],
+    y: &mut [f32],
+) {
+    depthwise_plane_body(win, xp, padded, w, y)
+}
+
+/// Copies plane `x` into the middle of a zeroed `padded` buffer.
+fn pad_plane(win: &Window, x: &[f32], padded: [usize; 3], buf: &mut [f32]) {
+    let [id, ih, iw] = win.input;
+    let [pbz, pby, pbx] = win.pads_begin;
+    let [_, ph, pw] = padded;
+    buf.fill(0.0);
+    for z in 0..id {
+        for yy in 0..ih {
+            let dst = ((z + pbz) * ph + yy + pby) * pw + pbx;
+            buf[dst..dst + iw].copy_from_slice(&x[(z * ih + yy) * iw..][..iw]);
+        }
+    }
+}
+
+/// Padded plane dims: large enough for every tap of every output position.
+fn padded_dims(win: &Window) -> [usize; 3] {
+    let mut d = [0; 3];
+    for (i, v) in d.iter_mut().enumerate() {
+        let need = (win.output[i].max(1) - 1) * win.strides[i]
+            + (win.kernel[i] - 1) * win.dilations[i]
+            + 1;
+        *v = need.max(win.input[i] + win.pads_begin[i]);
+    }
+    d
 }
 
 fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let win = &p.window;
     let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
     let planes = p.batch * p.c_out;
-    let run = |plane: usize, yp: &mut [f32]| {
+    let padded = padded_dims(win);
+    let pad_len: usize = padded.iter().product();
+    let avx2 = crate::gemm::has_avx2_fma();
+    let run = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
         let c = plane % p.c_out;
         yp.fill(bias.map_or(0.0, |b| b[c]));
-        depthwise_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], &w[c * k_sz..(c + 1) * k_sz], yp);
+        pad_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], padded, buf);
+        let wc = &w[c * k_sz..(c + 1) * k_sz];
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            unsafe { depthwise_plane_avx2(win, buf, padded, wc, yp) };
+            return;
+        }
+        let _ = avx2;
+        depthwise_plane_body(win, buf, padded, wc, yp);
     };
     let y = &mut y[..planes * out_sz];
     if out_sz == 0 {
@@ -330,9 +386,13 @@ fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
     }
     if rayon::current_num_threads() > 1 && planes * out_sz * k_sz >= 1 << 15 {
         use rayon::prelude::*;
-        y.par_chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp));
+        y.par_chunks_mut(out_sz)
+            .enumerate()
+            .for_each_init(|| vec![0f32; pad_len], |buf, (i, yp)| run(i, yp, buf));
     } else {
-        y.chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp));
+        with_scratch(pad_len, |buf| {
+            y.chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp, buf));
+        });
     }
 }
 
@@ -343,7 +403,7 @@ fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
 /// # Panics
 /// When buffers are shorter than `p` says or `group` does not divide the channels.
 pub fn conv_transpose(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    assert!(p.group > 0 && p.c_in % p.group == 0 && p.c_out % p.group == 0);
+    assert!(p.group > 0 && p.c_in.is_multiple_of(p.group) && p.c_out.is_multiple_of(p.group));
     let win = &p.window;
     // In forward terms: the forward input is `y` (c_out channels), its output is `x` (c_in).
     let (y_sz, x_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
@@ -365,7 +425,21 @@ pub fn conv_transpose(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>
                     yg.fill(0.0);
                 }
                 // col[rows, x_sz] = wg^T [rows, cg_in] * xg [cg_in, x_sz]
-                sgemm(Trans::Yes, Trans::No, rows, x_sz, cg_in, 1.0, wg, rows, xg, x_sz, 0.0, col, x_sz);
+                sgemm(
+                    Trans::Yes,
+                    Trans::No,
+                    rows,
+                    x_sz,
+                    cg_in,
+                    1.0,
+                    wg,
+                    rows,
+                    xg,
+                    x_sz,
+                    0.0,
+                    col,
+                    x_sz,
+                );
                 col2im_add(win, cg_out, col, yg);
             }
         }
@@ -414,7 +488,8 @@ pub fn conv_ref(
                                             + iy as usize)
                                             * iw
                                             + ix as usize;
-                                        let wi = (((co * cg_in + ci) * kd + kz) * kh + ky) * kw + kx;
+                                        let wi =
+                                            (((co * cg_in + ci) * kd + kz) * kh + ky) * kw + kx;
                                         acc += x[xi] as f64 * w[wi] as f64;
                                     }
                                 }
@@ -430,7 +505,13 @@ pub fn conv_ref(
 }
 
 /// Scalar reference for [`conv_transpose`]: scatter every input element through the kernel.
-pub fn conv_transpose_ref(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn conv_transpose_ref(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let win = &p.window;
     let [od, oh, ow] = win.output; // x spatial
     let [id, ih, iw] = win.input; // y spatial
@@ -463,7 +544,8 @@ pub fn conv_transpose_ref(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f
                                         if !inside {
                                             continue;
                                         }
-                                        let wi = (((ci * cg_out + cl) * kd + kz) * kh + ky) * kw + kx;
+                                        let wi =
+                                            (((ci * cg_out + cl) * kd + kz) * kh + ky) * kw + kx;
                                         let yi = (((n * p.c_out + co) * id + iz as usize) * ih
                                             + iy as usize)
                                             * iw
@@ -487,7 +569,10 @@ mod tests {
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 19) as f32 / 9.0 - 1.0)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 19) as f32 / 9.0
+                    - 1.0
+            })
             .collect()
     }
 
@@ -504,7 +589,10 @@ mod tests {
     fn params() -> impl Strategy<Value = (ConvParams, bool, u32)> {
         (
             1usize..=3,
-            prop::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
+            prop::collection::vec(
+                (1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3),
+                1..=3,
+            ),
             1usize..3,
             1usize..4,
             1usize..4,
@@ -523,8 +611,13 @@ mod tests {
                 let output: Vec<usize> = (0..dims.len())
                     .map(|i| out_len(input[i], kernel[i], strides[i], dil[i], pb[i], pe[i]))
                     .collect();
-                let window = Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap();
-                (ConvParams { batch, c_in: group * cgi, c_out: group * cgo, group, window }, bias, seed)
+                let window =
+                    Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap();
+                (
+                    ConvParams { batch, c_in: group * cgi, c_out: group * cgo, group, window },
+                    bias,
+                    seed,
+                )
             })
     }
 

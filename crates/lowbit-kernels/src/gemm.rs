@@ -41,6 +41,7 @@ fn needed(rows: usize, cols: usize, ld: usize) -> usize {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_args(
     ta: Trans,
     tb: Trans,
@@ -204,22 +205,38 @@ impl PackedB {
     /// # Panics
     /// When `b` is too short for its dims.
     pub fn pack(tb: Trans, k: usize, n: usize, b: &[f32], ldb: usize) -> PackedB {
+        let mut p = PackedB { k: 0, n: 0, data: Vec::new() };
+        p.repack(tb, k, n, b, ldb);
+        p
+    }
+
+    /// Packs new contents into this buffer, reusing its allocation.
+    ///
+    /// # Panics
+    /// When `b` is too short for its dims.
+    pub fn repack(&mut self, tb: Trans, k: usize, n: usize, b: &[f32], ldb: usize) {
         let (br, bc) = if tb == Trans::No { (k, n) } else { (n, k) };
         assert!(bc == 0 || br <= 1 || ldb >= bc, "PackedB: ldb {ldb} < {bc}");
         assert!(b.len() >= needed(br, bc, ldb), "PackedB: B is too short");
         let panels = n.div_ceil(NR);
-        let mut data = vec![0f32; panels * k * NR];
+        let data = &mut self.data;
+        data.clear();
+        data.resize(panels * k * NR, 0.0);
         for p in 0..panels {
             let cols = NR.min(n - p * NR);
             for kk in 0..k {
                 let dst = &mut data[(p * k + kk) * NR..][..cols];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let col = p * NR + j;
-                    *d = if tb == Trans::No { b[kk * ldb + col] } else { b[col * ldb + kk] };
+                if tb == Trans::No {
+                    dst.copy_from_slice(&b[kk * ldb + p * NR..][..cols]);
+                } else {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = b[(p * NR + j) * ldb + kk];
+                    }
                 }
             }
         }
-        PackedB { k, n, data }
+        self.k = k;
+        self.n = n;
     }
 
     pub fn k(&self) -> usize {
@@ -237,6 +254,13 @@ struct OutPtr(*mut f32);
 // SAFETY: tasks given an OutPtr write disjoint elements (one column panel each).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `C = A * B + beta * C` with `B` pre-packed. `A` is `m x k` row-major (leading dim `lda`),
 /// `C` is `m x n` row-major (leading dim `ldc`).
@@ -276,7 +300,6 @@ pub fn sgemm_packed(
         let kc = KC.min(k - k0);
         let overwrite = k0 == 0 && beta == 0.0;
         let panel = |p: usize| {
-            let out = out;
             let bp = &b.data[(p * k + k0) * NR..][..kc * NR];
             let cols = NR.min(n - p * NR);
             let mut i0 = 0;
@@ -287,7 +310,7 @@ pub fn sgemm_packed(
                 // with `kc` columns, every packed B element of this panel, and every C element
                 // `(i0 + r, p * NR + j)` with `j < cols`; panels write disjoint columns.
                 unsafe {
-                    let cp = out.0.add(i0 * ldc + p * NR);
+                    let cp = out.get().add(i0 * ldc + p * NR);
                     micro(avx2, mr, kc, ap.as_ptr(), lda, bp.as_ptr(), cp, ldc, cols, overwrite);
                 }
                 i0 += mr;
@@ -302,7 +325,8 @@ pub fn sgemm_packed(
     }
 }
 
-fn has_avx2_fma() -> bool {
+/// Whether the CPU has AVX2 and FMA (the fast micro-kernels' features).
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -495,7 +519,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 17) as f32 / 8.0 - 1.0).collect()
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 17) as f32 / 8.0
+                    - 1.0
+            })
+            .collect()
     }
 
     proptest! {

@@ -22,7 +22,9 @@ use crate::window::Window;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PoolKind {
     Max,
-    Average { count_include_pad: bool },
+    Average {
+        count_include_pad: bool,
+    },
     /// `(sum |x|^p)^(1/p)`.
     Lp(f32),
 }
@@ -80,7 +82,9 @@ pub fn pool(
         PoolKind::Average { count_include_pad: true } => (0..3)
             .map(|d| {
                 let hi = (win.input[d] + win.pads_end[d]) as isize;
-                (0..win.output[d]).map(|o| count_in(win, d, o, -(win.pads_begin[d] as isize), hi)).collect()
+                (0..win.output[d])
+                    .map(|o| count_in(win, d, o, -(win.pads_begin[d] as isize), hi))
+                    .collect()
             })
             .collect(),
         _ => (0..3).map(|d| taps[d].iter().map(|t| t.len()).collect()).collect(),
@@ -213,7 +217,8 @@ pub fn pool_ref(
                                     continue;
                                 }
                                 inside += 1;
-                                let pos = ((i[0] as usize * ih) + i[1] as usize) * iw + i[2] as usize;
+                                let pos =
+                                    ((i[0] as usize * ih) + i[1] as usize) * iw + i[2] as usize;
                                 let v = x[p * in_sz + pos];
                                 if at.is_none() || v > best {
                                     best = v;
@@ -255,7 +260,10 @@ mod tests {
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 23) as f32 / 7.0 - 1.5)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 23) as f32 / 7.0
+                    - 1.5
+            })
             .collect()
     }
 

@@ -76,7 +76,7 @@ impl ParamMap {
             Layout::PerTensor => 1,
             Layout::PerAxis => self.dim,
             Layout::Blocked => {
-                let outer = if self.dim * self.inner == 0 { 0 } else { numel / (self.dim * self.inner) };
+                let outer = numel.checked_div(self.dim * self.inner).unwrap_or(0);
                 outer * self.blocks * self.inner
             }
         }
@@ -189,7 +189,12 @@ impl std::fmt::Display for QuantizeError {
 
 impl std::error::Error for QuantizeError {}
 
-fn check_params(map: &ParamMap, n: usize, scale: usize, zp: Option<usize>) -> Result<(), QuantizeError> {
+fn check_params(
+    map: &ParamMap,
+    n: usize,
+    scale: usize,
+    zp: Option<usize>,
+) -> Result<(), QuantizeError> {
     let want = map.num_params(n);
     if n > 0 && scale != want {
         return Err(QuantizeError(format!("expected {want} scale values, got {scale}")));
@@ -235,7 +240,8 @@ pub fn quantize(
                 quantize_one(v, scale[p], zp[p], qmin, qmax)
             })
             .collect();
-        return wrap_ints(q, dtype).ok_or_else(|| QuantizeError(format!("cannot quantize to {dtype}")));
+        return wrap_ints(q, dtype)
+            .ok_or_else(|| QuantizeError(format!("cannot quantize to {dtype}")));
     }
     let fmt = match dtype {
         DType::F8E4M3FN => E4M3FN,
@@ -338,8 +344,8 @@ mod tests {
         let q = quantize(&x, &[1.0], None, &ParamMap::per_tensor(), DType::I8, true).unwrap();
         assert_eq!(q, TensorData::I8(vec![0, 2, 2, -2, 127, -128, 0]));
         let zp = TensorData::U8(vec![10]);
-        let q = quantize(&x[..4], &[0.5], Some(&zp), &ParamMap::per_tensor(), DType::U8, true)
-            .unwrap();
+        let q =
+            quantize(&x[..4], &[0.5], Some(&zp), &ParamMap::per_tensor(), DType::U8, true).unwrap();
         assert_eq!(q, TensorData::U8(vec![11, 13, 15, 5]));
     }
 

@@ -48,9 +48,8 @@ impl Window {
         output: &[usize],
     ) -> Option<Window> {
         let r = input.len();
-        let same = [kernel, strides, dilations, pads_begin, pads_end, output]
-            .iter()
-            .all(|s| s.len() == r);
+        let same =
+            [kernel, strides, dilations, pads_begin, pads_end, output].iter().all(|s| s.len() == r);
         if !same || r > 3 {
             return None;
         }

@@ -113,7 +113,9 @@ fn collect_names(g: &GraphProto, names: &mut HashSet<String>) {
     let vi = g.input.iter().chain(&g.output).chain(&g.value_info);
     names.extend(vi.map(|v| v.name.clone()));
     names.extend(g.initializer.iter().map(|t| t.name.clone()));
-    names.extend(g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).map(|t| t.name.clone()));
+    names.extend(
+        g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).map(|t| t.name.clone()),
+    );
     for n in &g.node {
         names.insert(n.name.clone());
         names.extend(n.input.iter().chain(&n.output).cloned());
@@ -155,10 +157,12 @@ fn subgraph_free_values(node: &NodeProto, out: &mut Vec<String>) {
     }
 }
 
-fn graph_defines<'a>(g: &'a GraphProto) -> HashSet<&'a str> {
+fn graph_defines(g: &GraphProto) -> HashSet<&str> {
     let mut d: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
     d.extend(g.initializer.iter().map(|t| t.name.as_str()));
-    d.extend(g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).map(|t| t.name.as_str()));
+    d.extend(
+        g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).map(|t| t.name.as_str()),
+    );
     d.extend(g.node.iter().flat_map(|n| n.output.iter().map(|o| o.as_str())));
     d
 }
@@ -235,7 +239,9 @@ pub fn topo_order_with_outer(g: &GraphProto, outer: &HashSet<String>) -> Result<
     let n = g.node.len();
     let mut available: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
     available.extend(g.initializer.iter().map(|t| t.name.as_str()));
-    available.extend(g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).map(|t| t.name.as_str()));
+    available.extend(
+        g.sparse_initializer.iter().filter_map(|s| s.values.as_ref()).map(|t| t.name.as_str()),
+    );
     available.extend(outer.iter().map(|s| s.as_str()));
     let mut producer: HashMap<&str, usize> = HashMap::new();
     for (i, node) in g.node.iter().enumerate() {
@@ -399,7 +405,8 @@ impl Graph {
             return Ok(());
         }
         let g = self.proto_mut();
-        let mut old: Vec<Option<NodeProto>> = std::mem::take(&mut g.node).into_iter().map(Some).collect();
+        let mut old: Vec<Option<NodeProto>> =
+            std::mem::take(&mut g.node).into_iter().map(Some).collect();
         g.node = order.iter().map(|&i| old[i].take().expect("each index once")).collect();
         Ok(())
     }
@@ -572,7 +579,8 @@ impl Graph {
 
     /// The graph inputs a caller must feed: `graph.input` minus initializers.
     pub fn runtime_inputs(&self) -> Vec<&ValueInfoProto> {
-        let inits: HashSet<&str> = self.proto().initializer.iter().map(|t| t.name.as_str()).collect();
+        let inits: HashSet<&str> =
+            self.proto().initializer.iter().map(|t| t.name.as_str()).collect();
         self.proto().input.iter().filter(|v| !inits.contains(v.name.as_str())).collect()
     }
 
@@ -691,7 +699,8 @@ mod tests {
         let e = Graph::new(m).unwrap().topo_sort().unwrap_err().to_string();
         assert!(e.contains("'n1'") && e.contains("Relu") && e.contains("'nowhere'"), "{e}");
 
-        let m = model(vec![node("d1", "Relu", &["x"], &["out"]), node("d2", "Neg", &["x"], &["out"])]);
+        let m =
+            model(vec![node("d1", "Relu", &["x"], &["out"]), node("d2", "Neg", &["x"], &["out"])]);
         let e = Graph::new(m).unwrap().topo_sort().unwrap_err().to_string();
         assert!(e.contains("'out'") && e.contains("'d1'") && e.contains("'d2'"), "{e}");
 
@@ -788,7 +797,9 @@ mod tests {
         let t = TensorProto { name: "w".into(), dims: vec![2], ..Default::default() };
         assert_eq!(g.add_initializer(t).unwrap().dims, vec![1]);
         assert_eq!(g.initializer("w").unwrap().dims, vec![2]);
-        assert!(g.add_initializer(TensorProto { name: "w2".into(), ..Default::default() }).is_none());
+        assert!(g
+            .add_initializer(TensorProto { name: "w2".into(), ..Default::default() })
+            .is_none());
         assert_eq!(g.remove_unused_initializers(), ["unused", "w2"]);
         assert!(g.remove_initializer("w").is_some());
         assert!(g.remove_initializer("w").is_none());

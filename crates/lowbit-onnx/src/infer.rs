@@ -120,7 +120,10 @@ impl ValueType {
 
     /// A tensor of `dtype` with all dims known.
     pub fn known(dtype: DType, dims: &[i64]) -> ValueType {
-        ValueType { dtype: Some(dtype), shape: Some(dims.iter().map(|&d| SymDim::Known(d)).collect()) }
+        ValueType {
+            dtype: Some(dtype),
+            shape: Some(dims.iter().map(|&d| SymDim::Known(d)).collect()),
+        }
     }
 
     pub fn rank(&self) -> Option<usize> {
@@ -206,8 +209,13 @@ pub enum InferError {
 
 impl From<AttrError> for InferError {
     fn from(e: AttrError) -> InferError {
-        let node = if e.node.is_empty() { "<unnamed>".to_string() } else { format!("'{}'", e.node) };
-        InferError::Node { node, op_type: e.op_type, msg: format!("attribute '{}' {}", e.attr, e.msg) }
+        let node =
+            if e.node.is_empty() { "<unnamed>".to_string() } else { format!("'{}'", e.node) };
+        InferError::Node {
+            node,
+            op_type: e.op_type,
+            msg: format!("attribute '{}' {}", e.attr, e.msg),
+        }
     }
 }
 
@@ -229,7 +237,8 @@ pub fn infer_shapes(model: &ModelProto) -> Result<HashMap<String, ValueType>> {
 pub fn annotate_value_info(model: &mut ModelProto) -> Result<usize> {
     let types = infer_shapes(model)?;
     let g = model.graph.as_mut().ok_or(GraphError::NoGraph)?;
-    let interface: HashSet<String> = g.input.iter().chain(&g.output).map(|v| v.name.clone()).collect();
+    let interface: HashSet<String> =
+        g.input.iter().chain(&g.output).map(|v| v.name.clone()).collect();
     let mut written = 0;
     for out in &mut g.output {
         if out.r#type.is_none() {
@@ -251,11 +260,9 @@ pub fn annotate_value_info(model: &mut ModelProto) -> Result<usize> {
         let Some(tp) = types.get(&name).and_then(ValueType::to_proto) else { continue };
         match g.value_info.iter_mut().find(|v| v.name == name) {
             Some(v) => v.r#type = Some(tp),
-            None => g.value_info.push(ValueInfoProto {
-                name,
-                r#type: Some(tp),
-                ..Default::default()
-            }),
+            None => {
+                g.value_info.push(ValueInfoProto { name, r#type: Some(tp), ..Default::default() })
+            }
         }
         written += 1;
     }
@@ -273,51 +280,261 @@ pub fn is_supported_op(domain: &str, op_type: &str) -> bool {
 }
 
 const UNARY_SAME: &[&str] = &[
-    "Abs", "Neg", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Erf", "Reciprocal", "Floor",
-    "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh",
-    "Acosh", "Atanh", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu",
-    "Celu", "Gelu", "ThresholdedRelu", "Mish", "Clip", "Identity", "Softmax", "LogSoftmax",
-    "Hardmax", "InstanceNormalization", "GroupNormalization", "LpNormalization",
-    "MeanVarianceNormalization", "LRN", "Shrink", "CumSum", "BitwiseNot", "Trilu",
-    "ReverseSequence", "ScatterND", "ScatterElements", "Scatter", "Swish", "RMSNormalization",
+    "Abs",
+    "Neg",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Erf",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Softplus",
+    "Softsign",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "ThresholdedRelu",
+    "Mish",
+    "Clip",
+    "Identity",
+    "Softmax",
+    "LogSoftmax",
+    "Hardmax",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "LpNormalization",
+    "MeanVarianceNormalization",
+    "LRN",
+    "Shrink",
+    "CumSum",
+    "BitwiseNot",
+    "Trilu",
+    "ReverseSequence",
+    "ScatterND",
+    "ScatterElements",
+    "Scatter",
+    "Swish",
+    "RMSNormalization",
+    "CumProd",
+    "RotaryEmbedding",
 ];
 const BINARY_SAME: &[&str] = &[
-    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "BitShift",
-    "BitwiseAnd", "BitwiseOr", "BitwiseXor", "PRelu",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Mod",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    "PRelu",
 ];
-const BOOL_OUT: &[&str] = &["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"];
+const BOOL_OUT: &[&str] =
+    &["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"];
 const REDUCE: &[&str] = &[
-    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
 ];
 const SUPPORTED: &[&str] = &[
     // unary / binary / comparisons
-    "Abs", "Neg", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Erf", "Reciprocal", "Floor",
-    "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh",
-    "Acosh", "Atanh", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu",
-    "Celu", "Gelu", "ThresholdedRelu", "Mish", "Clip", "Identity", "Softmax", "LogSoftmax",
-    "Hardmax", "InstanceNormalization", "GroupNormalization", "LpNormalization",
-    "MeanVarianceNormalization", "LRN", "Shrink", "CumSum", "BitwiseNot", "Trilu",
-    "ReverseSequence", "ScatterND", "ScatterElements", "Scatter", "Swish", "RMSNormalization",
-    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "BitShift",
-    "BitwiseAnd", "BitwiseOr", "BitwiseXor", "PRelu", "Equal", "Less", "Greater", "LessOrEqual",
-    "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf", "Where", "Cast", "CastLike",
+    "Abs",
+    "Neg",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Erf",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Softplus",
+    "Softsign",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "ThresholdedRelu",
+    "Mish",
+    "Clip",
+    "Identity",
+    "Softmax",
+    "LogSoftmax",
+    "Hardmax",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "LpNormalization",
+    "MeanVarianceNormalization",
+    "LRN",
+    "Shrink",
+    "CumSum",
+    "BitwiseNot",
+    "Trilu",
+    "ReverseSequence",
+    "ScatterND",
+    "ScatterElements",
+    "Scatter",
+    "Swish",
+    "RMSNormalization",
+    "CumProd",
+    "RotaryEmbedding",
+    "GridSample",
+    "RoiAlign",
+    "NonMaxSuppression",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Mod",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    "PRelu",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Where",
+    "Cast",
+    "CastLike",
     // linear algebra, nn
-    "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "Conv", "ConvInteger", "QLinearConv",
-    "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-    "GlobalLpPool", "BatchNormalization", "LayerNormalization", "Dropout", "LSTM", "GRU", "RNN",
+    "MatMul",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "Gemm",
+    "Conv",
+    "ConvInteger",
+    "QLinearConv",
+    "ConvTranspose",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Dropout",
+    "LSTM",
+    "GRU",
+    "RNN",
     "Det",
     // shape manipulation
-    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice",
-    "Gather", "GatherElements", "GatherND", "Expand", "Tile", "Shape", "Size", "ConstantOfShape",
-    "Constant", "Range", "Pad", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "OneHot",
-    "TopK", "NonZero", "Compress", "EyeLike", "RandomNormal", "RandomUniform",
-    "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Expand",
+    "Tile",
+    "Shape",
+    "Size",
+    "ConstantOfShape",
+    "Constant",
+    "Range",
+    "Pad",
+    "Resize",
+    "Upsample",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "OneHot",
+    "TopK",
+    "NonZero",
+    "Compress",
+    "EyeLike",
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Bernoulli",
     // reductions
-    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ArgMax",
+    "ArgMin",
     // quantization
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
 ];
 
 /// Hands out fresh `unk__N` names.
@@ -481,9 +698,12 @@ impl Const {
     }
 
     fn reshaped(&self, shape: &[SymDim]) -> Option<Const> {
-        let shape: Vec<usize> =
-            shape.iter().map(|d| d.known().and_then(|k| usize::try_from(k).ok())).collect::<Option<_>>()?;
-        (shape.iter().product::<usize>() == self.data.len()).then(|| Const { shape, data: self.data.clone() })
+        let shape: Vec<usize> = shape
+            .iter()
+            .map(|d| d.known().and_then(|k| usize::try_from(k).ok()))
+            .collect::<Option<_>>()?;
+        (shape.iter().product::<usize>() == self.data.len())
+            .then(|| Const { shape, data: self.data.clone() })
     }
 }
 
@@ -514,15 +734,15 @@ fn broadcast_indices(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let picks: Vec<Vec<usize>> = out
         .iter()
         .enumerate()
-        .map(|(ax, &n)| {
-            if ax < off {
-                vec![0; n]
-            } else if shape[ax - off] == 1 {
-                vec![0; n]
-            } else {
-                (0..n).collect()
-            }
-        })
+        .map(
+            |(ax, &n)| {
+                if ax < off || shape[ax - off] == 1 {
+                    vec![0; n]
+                } else {
+                    (0..n).collect()
+                }
+            },
+        )
         .collect();
     let mut padded = vec![1usize; off];
     padded.extend_from_slice(shape);
@@ -553,7 +773,11 @@ fn out(dtype: Option<DType>, shape: Option<Vec<SymDim>>) -> Out {
 impl Inferer {
     fn run(&mut self, g: &GraphProto) -> Result<()> {
         for v in &g.input {
-            let t = v.r#type.as_ref().map(|t| ValueType::from_proto(t, &mut self.fresh)).unwrap_or_default();
+            let t = v
+                .r#type
+                .as_ref()
+                .map(|t| ValueType::from_proto(t, &mut self.fresh))
+                .unwrap_or_default();
             self.types.insert(v.name.clone(), t);
         }
         for t in &g.initializer {
@@ -566,7 +790,8 @@ impl Inferer {
                 self.consts.insert(t.name.clone(), c);
             }
         }
-        let hints: HashMap<&str, &ValueInfoProto> = g.value_info.iter().map(|v| (v.name.as_str(), v)).collect();
+        let hints: HashMap<&str, &ValueInfoProto> =
+            g.value_info.iter().map(|v| (v.name.as_str(), v)).collect();
         for i in topo_order(g)? {
             let node = &g.node[i];
             let label = node_label(node, i);
@@ -575,7 +800,10 @@ impl Inferer {
                 if name.is_empty() {
                     continue;
                 }
-                let Out { mut ty, val } = outs.get(k).map(|o| Out { ty: o.ty.clone(), val: o.val.clone() }).unwrap_or_default();
+                let Out { mut ty, val } = outs
+                    .get(k)
+                    .map(|o| Out { ty: o.ty.clone(), val: o.val.clone() })
+                    .unwrap_or_default();
                 if let Some(hint) = hints.get(name.as_str()).and_then(|v| v.r#type.as_ref()) {
                     let hint = ValueType::from_proto(hint, &mut self.fresh);
                     merge_hint(&mut ty, hint);
@@ -603,7 +831,15 @@ impl Inferer {
             .iter()
             .map(|n| if n.is_empty() { None } else { self.consts.get(n).cloned() })
             .collect();
-        let mut cx = Cx { node, label, attrs: Attrs::new(node), ins, cins, opset: self.opset, fresh: &mut self.fresh };
+        let mut cx = Cx {
+            node,
+            label,
+            attrs: Attrs::new(node),
+            ins,
+            cins,
+            opset: self.opset,
+            fresh: &mut self.fresh,
+        };
         cx.infer()
     }
 }
@@ -626,6 +862,9 @@ fn merge_hint(ty: &mut ValueType, hint: ValueType) {
     }
 }
 
+/// Strides, dilations, pads (all begins, then all ends) and `auto_pad` of a conv or pool.
+type Window = (Vec<i64>, Vec<i64>, Vec<i64>, String);
+
 /// Everything one node's inference needs.
 struct Cx<'a> {
     node: &'a NodeProto,
@@ -639,7 +878,11 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn err(&self, msg: impl Into<String>) -> InferError {
-        InferError::Node { node: self.label.to_string(), op_type: self.node.op_type.clone(), msg: msg.into() }
+        InferError::Node {
+            node: self.label.to_string(),
+            op_type: self.node.op_type.clone(),
+            msg: msg.into(),
+        }
     }
 
     fn dtype(&self, i: usize) -> Option<DType> {
@@ -699,7 +942,8 @@ impl Cx<'_> {
         for ax in 0..rank {
             let dims: Vec<&SymDim> = shapes
                 .iter()
-                .filter_map(|s| (ax + s.len() >= rank).then(|| &s[ax + s.len() - rank]))
+                .filter(|s| ax + s.len() >= rank)
+                .map(|s| &s[ax + s.len() - rank])
                 .filter(|d| **d != SymDim::Known(1))
                 .collect();
             let known: Vec<i64> = dims.iter().filter_map(|d| d.known()).collect();
@@ -715,7 +959,8 @@ impl Cx<'_> {
             } else if dims.is_empty() {
                 SymDim::Known(1)
             } else {
-                let mut named: Vec<&SymDim> = dims.iter().copied().filter(|d| !d.is_anonymous()).collect();
+                let mut named: Vec<&SymDim> =
+                    dims.iter().copied().filter(|d| !d.is_anonymous()).collect();
                 named.dedup();
                 if dims.iter().all(|d| *d == dims[0]) {
                     dims[0].clone()
@@ -736,7 +981,7 @@ impl Cx<'_> {
         let x_dtype = self.dtype(0);
         let x_shape = self.shape(0);
         if UNARY_SAME.contains(&op) {
-            let val = if op == "Identity" { self.cval(0).cloned() } else { None };
+            let val = self.cval(0).and_then(|c| fold_unary(op, c));
             return Ok(vec![Out { ty: ValueType::new(x_dtype, x_shape), val }]);
         }
         if BINARY_SAME.contains(&op) || BOOL_OUT.contains(&op) {
@@ -787,7 +1032,11 @@ impl Cx<'_> {
                     None => None,
                 };
                 let stash = DType::from_onnx(self.attrs.int_or("stash_type", 1)? as i32);
-                Ok(vec![out(x_dtype, x_shape), out(stash, stat_shape.clone()), out(stash, stat_shape)])
+                Ok(vec![
+                    out(x_dtype, x_shape),
+                    out(stash, stat_shape.clone()),
+                    out(stash, stat_shape),
+                ])
             }
             "MatMul" | "MatMulInteger" => {
                 let shape = self.matmul(0, 1)?;
@@ -808,12 +1057,17 @@ impl Cx<'_> {
             }
             "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => {
                 let shape = x_shape.map(|s| {
-                    s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { SymDim::Known(1) }).collect()
+                    s.iter()
+                        .enumerate()
+                        .map(|(i, d)| if i < 2 { d.clone() } else { SymDim::Known(1) })
+                        .collect()
                 });
                 Ok(vec![out(x_dtype, shape)])
             }
             "LSTM" | "GRU" | "RNN" => self.rnn(),
-            "Det" => Ok(vec![out(x_dtype, x_shape.map(|s| s[..s.len().saturating_sub(2)].to_vec()))]),
+            "Det" => {
+                Ok(vec![out(x_dtype, x_shape.map(|s| s[..s.len().saturating_sub(2)].to_vec()))])
+            }
             "Reshape" => self.reshape(),
             "Flatten" => {
                 let Some(s) = x_shape else { return Ok(vec![out(x_dtype, None)]) };
@@ -825,9 +1079,11 @@ impl Cx<'_> {
             }
             "Transpose" => {
                 let Some(s) = x_shape else { return Ok(vec![out(x_dtype, None)]) };
-                let perm = self.attrs.ints("perm")?.unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+                let perm =
+                    self.attrs.ints("perm")?.unwrap_or_else(|| (0..s.len() as i64).rev().collect());
                 if perm.len() != s.len() {
-                    return Err(self.err(format!("perm {perm:?} does not fit input shape {}", fmt_shape(&s))));
+                    return Err(self
+                        .err(format!("perm {perm:?} does not fit input shape {}", fmt_shape(&s))));
                 }
                 let perm = self.axes(&perm, s.len())?;
                 Ok(vec![out(x_dtype, Some(perm.iter().map(|&p| s[p].clone()).collect()))])
@@ -857,18 +1113,25 @@ impl Cx<'_> {
             "Expand" => {
                 let shape = match (x_shape, self.cval(1).and_then(Const::dims)) {
                     (Some(s), Some(t)) => Some(self.broadcast(&[s, t])?),
-                    (None, Some(t)) => Some(t.iter().map(|d| if *d == SymDim::Known(1) { self.fresh() } else { d.clone() }).collect()),
-                    (Some(_), None) => match self.shape(1).and_then(|s| s.first().and_then(SymDim::known)) {
-                        Some(r) => Some((0..r.max(self.rank(0).unwrap_or(0) as i64)).map(|_| self.fresh()).collect()),
-                        None => None,
-                    },
+                    (None, Some(t)) => Some(
+                        t.iter()
+                            .map(|d| if *d == SymDim::Known(1) { self.fresh() } else { d.clone() })
+                            .collect(),
+                    ),
+                    (Some(_), None) => {
+                        let r = self.shape(1).and_then(|s| s.first().and_then(SymDim::known));
+                        let r = r.map(|r| r.max(self.rank(0).unwrap_or(0) as i64));
+                        r.map(|r| (0..r).map(|_| self.fresh()).collect())
+                    }
                     _ => None,
                 };
                 Ok(vec![out(x_dtype, shape)])
             }
             "Tile" => {
                 let shape = match (x_shape, self.cval(1).and_then(Const::dims)) {
-                    (Some(s), Some(r)) if r.len() == s.len() => Some(s.iter().zip(&r).map(|(d, k)| dim_mul(d, k)).collect()),
+                    (Some(s), Some(r)) if r.len() == s.len() => {
+                        Some(s.iter().zip(&r).map(|(d, k)| dim_mul(d, k)).collect())
+                    }
                     (Some(s), None) => Some(s.iter().map(|_| self.fresh()).collect()),
                     _ => None,
                 };
@@ -883,14 +1146,23 @@ impl Cx<'_> {
                         let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
                         let (a, b) = (clamp(start), clamp(end.unwrap_or(r)));
                         let dims: Vec<SymDim> = if a < b { s[a..b].to_vec() } else { Vec::new() };
-                        let val = Const { shape: vec![dims.len()], data: dims.iter().map(|d| Elem::I(Mono::from_dim(d))).collect() };
-                        Ok(vec![Out { ty: ValueType::known(DType::I64, &[dims.len() as i64]), val: Some(val) }])
+                        let val = Const {
+                            shape: vec![dims.len()],
+                            data: dims.iter().map(|d| Elem::I(Mono::from_dim(d))).collect(),
+                        };
+                        Ok(vec![Out {
+                            ty: ValueType::known(DType::I64, &[dims.len() as i64]),
+                            val: Some(val),
+                        }])
                     }
                     None => Ok(vec![out(Some(DType::I64), Some(vec![self.fresh()]))]),
                 }
             }
             "Size" => {
-                let val = x_shape.map(|s| Const { shape: vec![], data: vec![Elem::I(Mono::from_dim(&dims_product(&s)))] });
+                let val = x_shape.map(|s| Const {
+                    shape: vec![],
+                    data: vec![Elem::I(Mono::from_dim(&dims_product(&s)))],
+                });
                 Ok(vec![Out { ty: ValueType::known(DType::I64, &[]), val }])
             }
             "Constant" => self.constant(),
@@ -904,12 +1176,16 @@ impl Cx<'_> {
                 let dims = self.cval(0).and_then(Const::dims);
                 let shape = match (&dims, self.shape(0)) {
                     (Some(d), _) => Some(d.clone()),
-                    (None, Some(s)) => s.first().and_then(SymDim::known).map(|n| (0..n).map(|_| self.fresh()).collect()),
+                    (None, Some(s)) => s
+                        .first()
+                        .and_then(SymDim::known)
+                        .map(|n| (0..n).map(|_| self.fresh()).collect()),
                     _ => None,
                 };
                 let val = match (&shape, fill) {
                     (Some(s), Some(f)) => {
-                        let n: Option<Vec<usize>> = s.iter().map(|d| d.known().map(|k| k as usize)).collect();
+                        let n: Option<Vec<usize>> =
+                            s.iter().map(|d| d.known().map(|k| k as usize)).collect();
                         n.filter(|n| n.iter().product::<usize>() <= MAX_CONST_ELEMS)
                             .map(|n| Const { data: vec![f; n.iter().product()], shape: n })
                     }
@@ -928,11 +1204,18 @@ impl Cx<'_> {
                             data: (0..n)
                                 .map(|i| {
                                     let v = s + d * i as f64;
-                                    if is_float { Elem::F(v) } else { Elem::I(Mono::int(v as i64)) }
+                                    if is_float {
+                                        Elem::F(v)
+                                    } else {
+                                        Elem::I(Mono::int(v as i64))
+                                    }
                                 })
                                 .collect(),
                         });
-                        Ok(vec![Out { ty: ValueType::new(x_dtype, Some(vec![SymDim::Known(n as i64)])), val }])
+                        Ok(vec![Out {
+                            ty: ValueType::new(x_dtype, Some(vec![SymDim::Known(n as i64)])),
+                            val,
+                        }])
                     }
                     _ => Ok(vec![out(x_dtype, Some(vec![self.fresh()]))]),
                 }
@@ -945,12 +1228,25 @@ impl Cx<'_> {
                 let shape = match x_shape {
                     Some(s) if s.len() == 4 => {
                         let div = |d: &SymDim, k: &SymDim, cx: &mut Self| {
-                            Mono::from_dim(d).div(&Mono::from_dim(k)).map(|m| m.to_dim()).unwrap_or_else(|| cx.fresh())
+                            Mono::from_dim(d)
+                                .div(&Mono::from_dim(k))
+                                .map(|m| m.to_dim())
+                                .unwrap_or_else(|| cx.fresh())
                         };
                         Some(if op == "DepthToSpace" {
-                            vec![s[0].clone(), div(&s[1], &bb, self), dim_mul(&s[2], &b), dim_mul(&s[3], &b)]
+                            vec![
+                                s[0].clone(),
+                                div(&s[1], &bb, self),
+                                dim_mul(&s[2], &b),
+                                dim_mul(&s[3], &b),
+                            ]
                         } else {
-                            vec![s[0].clone(), dim_mul(&s[1], &bb), div(&s[2], &b, self), div(&s[3], &b, self)]
+                            vec![
+                                s[0].clone(),
+                                dim_mul(&s[1], &bb),
+                                div(&s[2], &b, self),
+                                div(&s[3], &b, self),
+                            ]
                         })
                     }
                     _ => None,
@@ -984,6 +1280,32 @@ impl Cx<'_> {
                 };
                 Ok(vec![out(x_dtype, shape.clone()), out(Some(DType::I64), shape)])
             }
+            "GridSample" => {
+                let shape = match (x_shape, self.shape(1)) {
+                    (Some(x), Some(g)) if x.len() == g.len() && x.len() >= 3 => {
+                        let mut s = vec![x[0].clone(), x[1].clone()];
+                        s.extend(g[1..g.len() - 1].iter().cloned());
+                        Some(s)
+                    }
+                    _ => None,
+                };
+                Ok(vec![out(x_dtype, shape)])
+            }
+            "RoiAlign" => {
+                let oh = self.attrs.int_or("output_height", 1)?;
+                let ow = self.attrs.int_or("output_width", 1)?;
+                let rois = self.shape(1).and_then(|s| s.first().cloned());
+                let shape = match (x_shape, rois) {
+                    (Some(x), Some(n)) if x.len() == 4 => {
+                        Some(vec![n, x[1].clone(), SymDim::Known(oh), SymDim::Known(ow)])
+                    }
+                    _ => None,
+                };
+                Ok(vec![out(x_dtype, shape)])
+            }
+            "NonMaxSuppression" => {
+                Ok(vec![out(Some(DType::I64), Some(vec![self.fresh(), SymDim::Known(3)]))])
+            }
             "NonZero" => {
                 let shape = self.rank(0).map(|r| vec![SymDim::Known(r as i64), self.fresh()]);
                 Ok(vec![out(Some(DType::I64), shape)])
@@ -1011,7 +1333,8 @@ impl Cx<'_> {
             }
             "RandomNormal" | "RandomUniform" => {
                 let dtype = DType::from_onnx(self.attrs.int_or("dtype", 1)? as i32);
-                let shape = self.attrs.ints("shape")?.map(|s| s.into_iter().map(SymDim::Known).collect());
+                let shape =
+                    self.attrs.ints("shape")?.map(|s| s.into_iter().map(SymDim::Known).collect());
                 Ok(vec![out(dtype, shape)])
             }
             "ArgMax" | "ArgMin" => {
@@ -1077,8 +1400,13 @@ impl Cx<'_> {
 
     // ---- constant folding -------------------------------------------------------------------
 
-    fn const_operands(&self, out_shape: &[SymDim], n: usize) -> Option<(Vec<usize>, Vec<Vec<Elem>>)> {
-        let shape: Vec<usize> = out_shape.iter().map(|d| d.known().map(|k| k as usize)).collect::<Option<_>>()?;
+    fn const_operands(
+        &self,
+        out_shape: &[SymDim],
+        n: usize,
+    ) -> Option<(Vec<usize>, Vec<Vec<Elem>>)> {
+        let shape: Vec<usize> =
+            out_shape.iter().map(|d| d.known().map(|k| k as usize)).collect::<Option<_>>()?;
         if shape.iter().product::<usize>() > MAX_CONST_ELEMS {
             return None;
         }
@@ -1096,14 +1424,20 @@ impl Cx<'_> {
             return None;
         }
         let (shape, ops) = self.const_operands(out_shape, 2)?;
-        let data = ops[0].iter().zip(&ops[1]).map(|(a, b)| binary_elem(op, a, b)).collect::<Option<Vec<_>>>()?;
+        let data = ops[0]
+            .iter()
+            .zip(&ops[1])
+            .map(|(a, b)| binary_elem(op, a, b))
+            .collect::<Option<Vec<_>>>()?;
         Some(Const { shape, data })
     }
 
     fn fold_where(&self, out_shape: &[SymDim]) -> Option<Const> {
         let (shape, ops) = self.const_operands(out_shape, 3)?;
         let data = (0..ops[0].len())
-            .map(|i| Some(if ops[0][i].int()? != 0 { ops[1][i].clone() } else { ops[2][i].clone() }))
+            .map(|i| {
+                Some(if ops[0][i].int()? != 0 { ops[1][i].clone() } else { ops[2][i].clone() })
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(Const { shape, data })
     }
@@ -1132,7 +1466,8 @@ impl Cx<'_> {
                 )));
             }
         }
-        let mut shape = self.broadcast(&[sa[..sa.len() - 2].to_vec(), sb[..sb.len() - 2].to_vec()])?;
+        let mut shape =
+            self.broadcast(&[sa[..sa.len() - 2].to_vec(), sb[..sb.len() - 2].to_vec()])?;
         if !va {
             shape.push(sa[sa.len() - 2].clone());
         }
@@ -1171,7 +1506,7 @@ impl Cx<'_> {
     }
 
     /// Spatial parameters of a conv or pool over `n` spatial dims.
-    fn spatial(&self, n: usize, kernel: &[i64]) -> Result<(Vec<i64>, Vec<i64>, Vec<i64>, String)> {
+    fn spatial(&self, n: usize, kernel: &[i64]) -> Result<Window> {
         let strides = self.attrs.ints_or("strides", &vec![1; n])?;
         let dil = self.attrs.ints_or("dilations", &vec![1; n])?;
         let pads = self.attrs.ints_or("pads", &vec![0; 2 * n])?;
@@ -1187,7 +1522,17 @@ impl Cx<'_> {
 
     /// One output spatial dim of a conv/pool.
     #[allow(clippy::too_many_arguments)]
-    fn window_dim(&mut self, d: &SymDim, k: i64, s: i64, dil: i64, pb: i64, pe: i64, auto: &str, ceil: bool) -> Result<SymDim> {
+    fn window_dim(
+        &mut self,
+        d: &SymDim,
+        k: i64,
+        s: i64,
+        dil: i64,
+        pb: i64,
+        pe: i64,
+        auto: &str,
+        ceil: bool,
+    ) -> Result<SymDim> {
         let eff = dil * (k - 1) + 1;
         if s <= 0 {
             return Err(self.err(format!("stride {s} must be positive")));
@@ -1200,7 +1545,10 @@ impl Cx<'_> {
                 let (pb, pe) = if auto == "VALID" { (0, 0) } else { (pb, pe) };
                 let span = x + pb + pe - eff;
                 if span < 0 {
-                    return Err(self.err(format!("window {eff} is larger than the padded input dim {}", x + pb + pe)));
+                    return Err(self.err(format!(
+                        "window {eff} is larger than the padded input dim {}",
+                        x + pb + pe
+                    )));
                 }
                 let mut o = if ceil { (span + s - 1) / s + 1 } else { span / s + 1 };
                 // The last window must start inside the input or the begin padding.
@@ -1209,7 +1557,12 @@ impl Cx<'_> {
                 }
                 SymDim::Known(o)
             }
-            (_, SymDim::Sym(_)) if s == 1 && (auto == "VALID" && eff == 1 || auto == "NOTSET" && pb + pe == eff - 1) => d.clone(),
+            (_, SymDim::Sym(_))
+                if s == 1
+                    && (auto == "VALID" && eff == 1 || auto == "NOTSET" && pb + pe == eff - 1) =>
+            {
+                d.clone()
+            }
             _ => self.fresh(),
         })
     }
@@ -1217,14 +1570,19 @@ impl Cx<'_> {
     fn conv(&mut self, x: usize, w: usize, transpose: bool) -> Result<Option<Vec<SymDim>>> {
         let Some(xs) = self.shape(x) else { return Ok(None) };
         if xs.len() < 3 {
-            return Err(self.err(format!("input {} must have a batch, a channel and spatial dims", fmt_shape(&xs))));
+            return Err(self.err(format!(
+                "input {} must have a batch, a channel and spatial dims",
+                fmt_shape(&xs)
+            )));
         }
         let n = xs.len() - 2;
         let ws = self.shape(w);
         let group = self.attrs.int_or("group", 1)?;
         let kernel = match self.attrs.ints("kernel_shape")? {
             Some(k) => Some(k),
-            None => ws.as_ref().and_then(|ws| ws.get(2..).and_then(|k| k.iter().map(SymDim::known).collect())),
+            None => ws
+                .as_ref()
+                .and_then(|ws| ws.get(2..).and_then(|k| k.iter().map(SymDim::known).collect())),
         };
         let out_c = match &ws {
             Some(ws) if ws.len() == n + 2 => {
@@ -1244,7 +1602,11 @@ impl Cx<'_> {
                 }
             }
             Some(ws) => {
-                return Err(self.err(format!("weight {} does not fit input {}", fmt_shape(ws), fmt_shape(&xs))))
+                return Err(self.err(format!(
+                    "weight {} does not fit input {}",
+                    fmt_shape(ws),
+                    fmt_shape(&xs)
+                )))
             }
             None => self.fresh(),
         };
@@ -1265,9 +1627,15 @@ impl Cx<'_> {
                         if auto == "SAME_UPPER" || auto == "SAME_LOWER" {
                             SymDim::Known(x * strides[i])
                         } else {
-                            let (pb, pe) = if auto == "VALID" { (0, 0) } else { (pads[i], pads[i + n]) };
+                            let (pb, pe) =
+                                if auto == "VALID" { (0, 0) } else { (pads[i], pads[i + n]) };
                             SymDim::Known(
-                                strides[i] * (x - 1) + out_pad.get(i).copied().unwrap_or(0) + (kernel[i] - 1) * dil[i] + 1 - pb - pe,
+                                strides[i] * (x - 1)
+                                    + out_pad.get(i).copied().unwrap_or(0)
+                                    + (kernel[i] - 1) * dil[i]
+                                    + 1
+                                    - pb
+                                    - pe,
                             )
                         }
                     }
@@ -1277,7 +1645,16 @@ impl Cx<'_> {
             }
         } else {
             for i in 0..n {
-                let d = self.window_dim(&xs[i + 2], kernel[i], strides[i], dil[i], pads[i], pads[i + n], &auto, false)?;
+                let d = self.window_dim(
+                    &xs[i + 2],
+                    kernel[i],
+                    strides[i],
+                    dil[i],
+                    pads[i],
+                    pads[i + n],
+                    &auto,
+                    false,
+                )?;
                 shape.push(d);
             }
         }
@@ -1287,15 +1664,30 @@ impl Cx<'_> {
     fn pool(&mut self) -> Result<Option<Vec<SymDim>>> {
         let Some(xs) = self.shape(0) else { return Ok(None) };
         if xs.len() < 3 {
-            return Err(self.err(format!("input {} must have a batch, a channel and spatial dims", fmt_shape(&xs))));
+            return Err(self.err(format!(
+                "input {} must have a batch, a channel and spatial dims",
+                fmt_shape(&xs)
+            )));
         }
         let n = xs.len() - 2;
-        let kernel = self.attrs.ints("kernel_shape")?.ok_or_else(|| self.err("attribute 'kernel_shape' is required"))?;
+        let kernel = self
+            .attrs
+            .ints("kernel_shape")?
+            .ok_or_else(|| self.err("attribute 'kernel_shape' is required"))?;
         let (strides, dil, pads, auto) = self.spatial(n, &kernel)?;
         let ceil = self.attrs.int_or("ceil_mode", 0)? != 0;
         let mut shape = vec![xs[0].clone(), xs[1].clone()];
         for i in 0..n {
-            let d = self.window_dim(&xs[i + 2], kernel[i], strides[i], dil[i], pads[i], pads[i + n], &auto, ceil)?;
+            let d = self.window_dim(
+                &xs[i + 2],
+                kernel[i],
+                strides[i],
+                dil[i],
+                pads[i],
+                pads[i + n],
+                &auto,
+                ceil,
+            )?;
             shape.push(d);
         }
         Ok(Some(shape))
@@ -1303,7 +1695,8 @@ impl Cx<'_> {
 
     fn rnn(&mut self) -> Result<Vec<Out>> {
         let hidden = self.attrs.int("hidden_size")?.map(SymDim::Known);
-        let dirs = if self.attrs.string_or("direction", "forward")? == "bidirectional" { 2 } else { 1 };
+        let dirs =
+            if self.attrs.string_or("direction", "forward")? == "bidirectional" { 2 } else { 1 };
         let layout = self.attrs.int_or("layout", 0)?;
         let dtype = self.dtype(0);
         let Some(xs) = self.shape(0).filter(|s| s.len() == 3) else {
@@ -1313,9 +1706,15 @@ impl Cx<'_> {
         let (seq, batch) = if layout == 0 { (&xs[0], &xs[1]) } else { (&xs[1], &xs[0]) };
         let nd = SymDim::Known(dirs);
         let (y, h) = if layout == 0 {
-            (vec![seq.clone(), nd.clone(), batch.clone(), hidden.clone()], vec![nd, batch.clone(), hidden])
+            (
+                vec![seq.clone(), nd.clone(), batch.clone(), hidden.clone()],
+                vec![nd, batch.clone(), hidden],
+            )
         } else {
-            (vec![batch.clone(), seq.clone(), nd.clone(), hidden.clone()], vec![batch.clone(), nd, hidden])
+            (
+                vec![batch.clone(), seq.clone(), nd.clone(), hidden.clone()],
+                vec![batch.clone(), nd, hidden],
+            )
         };
         Ok(vec![out(dtype, Some(y)), out(dtype, Some(h.clone())), out(dtype, Some(h))])
     }
@@ -1341,25 +1740,34 @@ impl Cx<'_> {
                 SymDim::Known(0) if !allow_zero => match xs.as_ref().and_then(|s| s.get(i)) {
                     Some(d) => shape.push(d.clone()),
                     None if xs.is_some() => {
-                        return Err(self.err(format!("target dim {i} is 0 (copy) but the input has rank {}", xs.as_ref().map_or(0, |s| s.len()))))
+                        return Err(self.err(format!(
+                            "target dim {i} is 0 (copy) but the input has rank {}",
+                            xs.as_ref().map_or(0, |s| s.len())
+                        )))
                     }
                     None => shape.push(self.fresh()),
                 },
                 SymDim::Known(-1) => {
                     if infer_at.replace(i).is_some() {
-                        return Err(self.err(format!("target shape {} has more than one -1", fmt_shape(&target))));
+                        return Err(self.err(format!(
+                            "target shape {} has more than one -1",
+                            fmt_shape(&target)
+                        )));
                     }
                     shape.push(SymDim::Known(-1));
                 }
                 SymDim::Known(k) if *k < -1 => {
-                    return Err(self.err(format!("target shape {} has a negative dim", fmt_shape(&target))))
+                    return Err(
+                        self.err(format!("target shape {} has a negative dim", fmt_shape(&target)))
+                    )
                 }
                 d => shape.push(d.clone()),
             }
         }
         let total = xs.as_ref().map(|s| Mono::from_dim(&dims_product(s)));
         if let Some(i) = infer_at {
-            let rest: Vec<SymDim> = shape.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, d)| d.clone()).collect();
+            let rest: Vec<SymDim> =
+                shape.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, d)| d.clone()).collect();
             let rest = Mono::from_dim(&dims_product(&rest));
             shape[i] = match total.as_ref().map(|t| (t, t.div(&rest))) {
                 Some((_, Some(q))) => q.to_dim(),
@@ -1372,7 +1780,9 @@ impl Cx<'_> {
                 }
                 _ => self.fresh(),
             };
-        } else if let (Some(t), Some(n)) = (total.as_ref().and_then(Mono::as_int), Mono::from_dim(&dims_product(&shape)).as_int()) {
+        } else if let (Some(t), Some(n)) =
+            (total.as_ref().and_then(Mono::as_int), Mono::from_dim(&dims_product(&shape)).as_int())
+        {
             if t != n {
                 return Err(self.err(format!(
                     "cannot reshape {} ({t} elements) to {} ({n} elements)",
@@ -1399,7 +1809,9 @@ impl Cx<'_> {
 
     fn squeeze(&mut self) -> Result<Vec<Out>> {
         let dtype = self.dtype(0);
-        let (Some(xs), Some(axes)) = (self.shape(0), self.axes_arg(1)?) else { return Ok(vec![out(dtype, None)]) };
+        let (Some(xs), Some(axes)) = (self.shape(0), self.axes_arg(1)?) else {
+            return Ok(vec![out(dtype, None)]);
+        };
         let shape: Vec<SymDim> = match axes {
             Some(a) => {
                 let a = self.axes(&a, xs.len())?;
@@ -1408,7 +1820,11 @@ impl Cx<'_> {
                         return Err(self.err(format!("cannot squeeze axis {i} of size {k}")));
                     }
                 }
-                xs.iter().enumerate().filter(|(i, _)| !a.contains(i)).map(|(_, d)| d.clone()).collect()
+                xs.iter()
+                    .enumerate()
+                    .filter(|(i, _)| !a.contains(i))
+                    .map(|(_, d)| d.clone())
+                    .collect()
             }
             None => xs.iter().filter(|d| **d != SymDim::Known(1)).cloned().collect(),
         };
@@ -1425,8 +1841,15 @@ impl Cx<'_> {
         let mut a = self.axes(&axes, r)?;
         a.sort_unstable();
         let mut it = xs.into_iter();
-        let shape: Vec<SymDim> =
-            (0..r).map(|i| if a.contains(&i) { SymDim::Known(1) } else { it.next().unwrap_or(SymDim::Known(1)) }).collect();
+        let shape: Vec<SymDim> = (0..r)
+            .map(|i| {
+                if a.contains(&i) {
+                    SymDim::Known(1)
+                } else {
+                    it.next().unwrap_or(SymDim::Known(1))
+                }
+            })
+            .collect();
         let val = self.cval(0).and_then(|c| c.reshaped(&shape));
         Ok(vec![Out { ty: ValueType::new(dtype, Some(shape)), val }])
     }
@@ -1434,7 +1857,8 @@ impl Cx<'_> {
     fn concat(&mut self) -> Result<Vec<Out>> {
         let axis = self.attrs.req_int("axis")?;
         let dtype = (0..self.node.input.len()).find_map(|i| self.dtype(i));
-        let shapes: Option<Vec<Vec<SymDim>>> = (0..self.node.input.len()).map(|i| self.shape(i)).collect();
+        let shapes: Option<Vec<Vec<SymDim>>> =
+            (0..self.node.input.len()).map(|i| self.shape(i)).collect();
         let Some(shapes) = shapes else {
             let rank = (0..self.node.input.len()).find_map(|i| self.rank(i));
             return Ok(vec![out(dtype, rank.map(|r| (0..r).map(|_| self.fresh()).collect()))]);
@@ -1442,13 +1866,18 @@ impl Cx<'_> {
         let Some(first) = shapes.first() else { return Ok(vec![out(dtype, None)]) };
         let r = first.len();
         if let Some(s) = shapes.iter().find(|s| s.len() != r) {
-            return Err(self.err(format!("inputs have different ranks: {} and {}", fmt_shape(first), fmt_shape(s))));
+            return Err(self.err(format!(
+                "inputs have different ranks: {} and {}",
+                fmt_shape(first),
+                fmt_shape(s)
+            )));
         }
         let a = self.axis(axis, r)?;
         let mut shape = Vec::with_capacity(r);
         for i in 0..r {
             if i == a {
-                let sum = shapes.iter().try_fold(Mono::int(0), |acc, s| acc.add(&Mono::from_dim(&s[i])));
+                let sum =
+                    shapes.iter().try_fold(Mono::int(0), |acc, s| acc.add(&Mono::from_dim(&s[i])));
                 shape.push(sum.map(|m| m.to_dim()).unwrap_or_else(|| self.fresh()));
             } else {
                 let col: Vec<Vec<SymDim>> = shapes.iter().map(|s| vec![s[i].clone()]).collect();
@@ -1457,7 +1886,9 @@ impl Cx<'_> {
                 let known: Vec<i64> = col.iter().filter_map(|c| c[0].known()).collect();
                 if known.iter().any(|&k| k != known[0]) {
                     let shown: Vec<String> = shapes.iter().map(|s| fmt_shape(s)).collect();
-                    return Err(self.err(format!("inputs {} differ outside axis {a}", shown.join(", "))));
+                    return Err(
+                        self.err(format!("inputs {} differ outside axis {a}", shown.join(", ")))
+                    );
                 }
                 let d = match known.first() {
                     Some(&k) => SymDim::Known(k),
@@ -1471,8 +1902,10 @@ impl Cx<'_> {
     }
 
     fn fold_concat(&self, axis: usize, shape: &[SymDim]) -> Option<Const> {
-        let cs: Vec<&Const> = (0..self.node.input.len()).map(|i| self.cval(i)).collect::<Option<_>>()?;
-        let out_shape: Vec<usize> = shape.iter().map(|d| d.known().map(|k| k as usize)).collect::<Option<_>>()?;
+        let cs: Vec<&Const> =
+            (0..self.node.input.len()).map(|i| self.cval(i)).collect::<Option<_>>()?;
+        let out_shape: Vec<usize> =
+            shape.iter().map(|d| d.known().map(|k| k as usize)).collect::<Option<_>>()?;
         let outer: usize = out_shape[..axis].iter().product();
         let mut data = Vec::new();
         for o in 0..outer {
@@ -1481,12 +1914,15 @@ impl Cx<'_> {
                 data.extend_from_slice(c.data.get(o * chunk..(o + 1) * chunk)?);
             }
         }
-        (data.len() == out_shape.iter().product::<usize>()).then_some(Const { shape: out_shape, data })
+        (data.len() == out_shape.iter().product::<usize>())
+            .then_some(Const { shape: out_shape, data })
     }
 
     fn split(&mut self, n_out: usize) -> Result<Vec<Out>> {
         let dtype = self.dtype(0);
-        let Some(xs) = self.shape(0) else { return Ok((0..n_out).map(|_| out(dtype, None)).collect()) };
+        let Some(xs) = self.shape(0) else {
+            return Ok((0..n_out).map(|_| out(dtype, None)).collect());
+        };
         let a = self.axis(self.attrs.int_or("axis", 0)?, xs.len())?;
         let sizes: Option<Vec<i64>> = if let Some(s) = self.attrs.ints("split")? {
             Some(s)
@@ -1500,7 +1936,8 @@ impl Cx<'_> {
                     Some((0..parts).map(|i| chunk.min(d - i * chunk).max(0)).collect())
                 }
                 _ => {
-                    let each = Mono::from_dim(&xs[a]).div(&Mono::int(parts.max(1))).map(|m| m.to_dim());
+                    let each =
+                        Mono::from_dim(&xs[a]).div(&Mono::int(parts.max(1))).map(|m| m.to_dim());
                     return Ok((0..n_out)
                         .map(|_| {
                             let mut s = xs.clone();
@@ -1525,7 +1962,10 @@ impl Cx<'_> {
         }
         if let Some(d) = xs[a].known() {
             if sizes.iter().sum::<i64>() != d {
-                return Err(self.err(format!("split sizes {sizes:?} do not add up to dim {d} of {}", fmt_shape(&xs))));
+                return Err(self.err(format!(
+                    "split sizes {sizes:?} do not add up to dim {d} of {}",
+                    fmt_shape(&xs)
+                )));
             }
         }
         Ok(sizes
@@ -1542,51 +1982,73 @@ impl Cx<'_> {
         let dtype = self.dtype(0);
         let Some(xs) = self.shape(0) else { return Ok(vec![out(dtype, None)]) };
         let r = xs.len();
+        let known = |v: Vec<i64>| v.into_iter().map(SymDim::Known).collect::<Vec<_>>();
         let (starts, ends, axes, steps) = if let Some(starts) = self.attrs.ints("starts")? {
-            let ends = self.attrs.ints("ends")?.ok_or_else(|| self.err("attribute 'ends' is required"))?;
-            (Some(starts), Some(ends), self.attrs.ints("axes")?, None)
+            let ends =
+                self.attrs.ints("ends")?.ok_or_else(|| self.err("attribute 'ends' is required"))?;
+            (Some(known(starts)), Some(known(ends)), Some(self.attrs.ints("axes")?), Some(None))
         } else {
-            let opt = |i: usize| if self.has_input(i) { self.ints(i).map(Some) } else { Some(None) };
-            (self.ints(1), self.ints(2), opt(3).unwrap_or(Some(vec![])), opt(4).unwrap_or(Some(vec![])))
+            let opt =
+                |i: usize| if self.has_input(i) { self.ints(i).map(Some) } else { Some(None) };
+            let dims = |i: usize| self.cval(i).and_then(Const::dims);
+            (dims(1), dims(2), opt(3), opt(4))
         };
-        let (Some(starts), Some(ends)) = (starts, ends) else {
+        // Without constant starts/ends/axes/steps only the rank is known.
+        let (Some(starts), Some(ends), Some(axes), Some(steps)) = (starts, ends, axes, steps)
+        else {
             let shape = xs.iter().map(|_| self.fresh()).collect();
             return Ok(vec![out(dtype, Some(shape))]);
         };
-        if self.has_input(3) && axes.as_ref().is_none_or(|a| a.is_empty()) && self.ints(3).is_none() {
-            let shape = xs.iter().map(|_| self.fresh()).collect();
-            return Ok(vec![out(dtype, Some(shape))]);
-        }
-        let axes = axes.filter(|a| !a.is_empty()).unwrap_or_else(|| (0..starts.len() as i64).collect());
-        let steps = steps.filter(|s| !s.is_empty()).unwrap_or_else(|| vec![1; starts.len()]);
-        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
-            return Err(self.err(format!("starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?} differ in length")));
+        let n = starts.len();
+        let axes = axes.filter(|a| !a.is_empty()).unwrap_or_else(|| (0..n as i64).collect());
+        let steps = steps.filter(|s| !s.is_empty()).unwrap_or_else(|| vec![1; n]);
+        if ends.len() != n || axes.len() != n || steps.len() != n {
+            return Err(self.err(format!(
+                "starts {}, ends {}, axes {axes:?}, steps {steps:?} differ in length",
+                fmt_shape(&starts),
+                fmt_shape(&ends)
+            )));
         }
         let axes = self.axes(&axes, r)?;
         let mut shape = xs.clone();
-        let mut picks: Option<Vec<Vec<usize>>> = self.cval(0).map(|c| c.shape.iter().map(|&n| (0..n).collect()).collect());
+        let mut picks: Option<Vec<Vec<usize>>> =
+            self.cval(0).map(|c| c.shape.iter().map(|&n| (0..n).collect()).collect());
         for (k, &a) in axes.iter().enumerate() {
-            let (start, end, step) = (starts[k], ends[k], steps[k]);
+            let step = steps[k];
             if step == 0 {
                 return Err(self.err("slice step is 0"));
             }
-            shape[a] = match xs[a].known() {
-                Some(d) => {
-                    let idx = slice_range(start, end, step, d);
+            let big = |e: &SymDim| e.known().is_some_and(|e| e >= i32::MAX as i64);
+            shape[a] = match (xs[a].known(), starts[k].known(), ends[k].known()) {
+                (Some(d), Some(start), Some(end)) => {
+                    let (first, count) = slice_span(start, end, step, d);
                     if let Some(p) = picks.as_mut() {
-                        p[a] = idx.iter().map(|&i| i as usize).collect();
+                        p[a] = (0..count).map(|i| (first + i * step) as usize).collect();
                     }
-                    SymDim::Known(idx.len() as i64)
+                    SymDim::Known(count)
                 }
-                None if step == 1 && start == 0 && end >= i32::MAX as i64 => xs[a].clone(),
-                None if step == 1 && start < 0 && end >= i32::MAX as i64 => SymDim::Known(-start),
-                None => self.fresh(),
+                (None, Some(0), _) if step == 1 && (big(&ends[k]) || ends[k] == xs[a]) => {
+                    xs[a].clone()
+                }
+                (None, Some(start), _) if step == 1 && start < 0 && big(&ends[k]) => {
+                    SymDim::Known(-start)
+                }
+                // `x[:n]` with a symbolic `n` (positions up to the sequence length): assumes
+                // `n` fits the dim, as exporters emitting it do.
+                (_, Some(0), None) if step == 1 => ends[k].clone(),
+                _ => {
+                    picks = None;
+                    self.fresh()
+                }
             };
         }
         let val = match (self.cval(0), picks) {
             (Some(c), Some(p)) => {
                 let idx = pick_indices(&c.shape, &p);
-                Some(Const { shape: p.iter().map(Vec::len).collect(), data: idx.iter().map(|&i| c.data[i].clone()).collect() })
+                Some(Const {
+                    shape: p.iter().map(Vec::len).collect(),
+                    data: idx.iter().map(|&i| c.data[i].clone()).collect(),
+                })
             }
             _ => None,
         };
@@ -1595,7 +2057,9 @@ impl Cx<'_> {
 
     fn gather(&mut self) -> Result<Vec<Out>> {
         let dtype = self.dtype(0);
-        let (Some(xs), Some(is)) = (self.shape(0), self.shape(1)) else { return Ok(vec![out(dtype, None)]) };
+        let (Some(xs), Some(is)) = (self.shape(0), self.shape(1)) else {
+            return Ok(vec![out(dtype, None)]);
+        };
         let a = self.axis(self.attrs.int_or("axis", 0)?, xs.len())?;
         let mut shape = xs[..a].to_vec();
         shape.extend(is.iter().cloned());
@@ -1618,9 +2082,12 @@ impl Cx<'_> {
                         data.extend_from_slice(&c.data[base..base + inner]);
                     }
                 }
-                let out_shape: Option<Vec<usize>> = shape.iter().map(|d| d.known().map(|k| k as usize)).collect();
+                let out_shape: Option<Vec<usize>> =
+                    shape.iter().map(|d| d.known().map(|k| k as usize)).collect();
                 match out_shape {
-                    Some(s) if ok && s.iter().product::<usize>() == data.len() => Some(Const { shape: s, data }),
+                    Some(s) if ok && s.iter().product::<usize>() == data.len() => {
+                        Some(Const { shape: s, data })
+                    }
                     _ => None,
                 }
             }
@@ -1670,7 +2137,10 @@ impl Cx<'_> {
         }
         if let Some(v) = a.floats("value_floats")? {
             let ty = ValueType::known(DType::F32, &[v.len() as i64]);
-            let val = Const { shape: vec![v.len()], data: v.into_iter().map(|f| Elem::F(f as f64)).collect() };
+            let val = Const {
+                shape: vec![v.len()],
+                data: v.into_iter().map(|f| Elem::F(f as f64)).collect(),
+            };
             return Ok(vec![Out { ty, val: Some(val) }]);
         }
         if let Some(k) = a.int("value_int")? {
@@ -1679,7 +2149,10 @@ impl Cx<'_> {
         }
         if let Some(v) = a.ints("value_ints")? {
             let ty = ValueType::known(DType::I64, &[v.len() as i64]);
-            let val = Const { shape: vec![v.len()], data: v.into_iter().map(|k| Elem::I(Mono::int(k))).collect() };
+            let val = Const {
+                shape: vec![v.len()],
+                data: v.into_iter().map(|k| Elem::I(Mono::int(k))).collect(),
+            };
             return Ok(vec![Out { ty, val: Some(val) }]);
         }
         if a.has("value_string") {
@@ -1703,7 +2176,9 @@ impl Cx<'_> {
         let axes: Vec<usize> = if self.has_input(3) {
             match self.ints(3) {
                 Some(a) => self.axes(&a, r)?,
-                None => return Ok(vec![out(dtype, Some(xs.iter().map(|_| self.fresh()).collect()))]),
+                None => {
+                    return Ok(vec![out(dtype, Some(xs.iter().map(|_| self.fresh()).collect()))])
+                }
             }
         } else {
             (0..r).collect()
@@ -1713,14 +2188,24 @@ impl Cx<'_> {
         };
         let n = axes.len();
         if pads.len() != 2 * n {
-            return Err(self.err(format!("{} pads for {n} axes of input {}", pads.len(), fmt_shape(&xs))));
+            return Err(self.err(format!(
+                "{} pads for {n} axes of input {}",
+                pads.len(),
+                fmt_shape(&xs)
+            )));
         }
         let mut shape = xs.clone();
         for (k, &a) in axes.iter().enumerate() {
             let add = pads[k] + pads[k + n];
-            shape[a] = Mono::from_dim(&xs[a]).add(&Mono::int(add)).map(|m| m.to_dim()).unwrap_or_else(|| self.fresh());
+            shape[a] = Mono::from_dim(&xs[a])
+                .add(&Mono::int(add))
+                .map(|m| m.to_dim())
+                .unwrap_or_else(|| self.fresh());
             if let Some(v) = shape[a].known().filter(|&v| v < 0) {
-                return Err(self.err(format!("pads {pads:?} make dim {a} of {} negative ({v})", fmt_shape(&xs))));
+                return Err(self.err(format!(
+                    "pads {pads:?} make dim {a} of {} negative ({v})",
+                    fmt_shape(&xs)
+                )));
             }
         }
         Ok(vec![out(dtype, Some(shape))])
@@ -1731,17 +2216,23 @@ impl Cx<'_> {
         let Some(xs) = self.shape(0) else { return Ok(vec![out(dtype, None)]) };
         let r = xs.len();
         let upsample = self.node.op_type == "Upsample";
-        let (scales_in, sizes_in) = if upsample || self.opset < 11 { (1, usize::MAX) } else { (2, 3) };
+        let (scales_in, sizes_in) =
+            if upsample || self.opset < 11 { (1, usize::MAX) } else { (2, 3) };
         let axes = match self.attrs.ints("axes")? {
             Some(a) => self.axes(&a, r)?,
             None => (0..r).collect(),
         };
-        let sizes = if self.has_input(sizes_in) { self.ints(sizes_in).filter(|s| !s.is_empty()) } else { None };
+        let sizes = if self.has_input(sizes_in) {
+            self.ints(sizes_in).filter(|s| !s.is_empty())
+        } else {
+            None
+        };
         let scales: Option<Vec<f64>> = match self.attrs.floats("scales")? {
             Some(s) => Some(s.into_iter().map(f64::from).collect()),
-            None if self.has_input(scales_in) => {
-                self.cval(scales_in).and_then(|c| c.data.iter().map(Elem::num).collect::<Option<Vec<_>>>()).filter(|s| !s.is_empty())
-            }
+            None if self.has_input(scales_in) => self
+                .cval(scales_in)
+                .and_then(|c| c.data.iter().map(Elem::num).collect::<Option<Vec<_>>>())
+                .filter(|s| !s.is_empty()),
             None => None,
         };
         let mut shape = xs.clone();
@@ -1755,9 +2246,17 @@ impl Cx<'_> {
                     shape[a] = SymDim::Known(sizes[k]);
                 }
             } else {
-                let ratios: Option<Vec<f64>> =
-                    axes.iter().enumerate().map(|(k, &a)| xs[a].known().map(|d| sizes[k] as f64 / d as f64)).collect();
-                let Some(ratios) = ratios else { return Ok(vec![out(dtype, Some(xs.iter().map(|_| self.fresh.dim()).collect()))]) };
+                let ratios: Option<Vec<f64>> = axes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &a)| xs[a].known().map(|d| sizes[k] as f64 / d as f64))
+                    .collect();
+                let Some(ratios) = ratios else {
+                    return Ok(vec![out(
+                        dtype,
+                        Some(xs.iter().map(|_| self.fresh.dim()).collect()),
+                    )]);
+                };
                 let s = if policy == "not_larger" {
                     ratios.iter().cloned().fold(f64::INFINITY, f64::min)
                 } else {
@@ -1786,29 +2285,17 @@ impl Cx<'_> {
     }
 }
 
-/// The indices ONNX `Slice` picks from a dim of size `d`.
-fn slice_range(start: i64, end: i64, step: i64, d: i64) -> Vec<i64> {
-    let norm = |v: i64| if v < 0 { v + d } else { v };
-    let (mut s, mut e) = (norm(start), norm(end));
-    let mut out = Vec::new();
+/// The first index and the number of elements ONNX `Slice` picks from a dim of size `d`.
+fn slice_span(start: i64, end: i64, step: i64, d: i64) -> (i64, i64) {
+    let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+    let (s, e) = (norm(start), norm(end));
     if step > 0 {
-        s = s.clamp(0, d);
-        e = e.clamp(0, d);
-        let mut i = s;
-        while i < e {
-            out.push(i);
-            i += step;
-        }
+        let (s, e) = (s.clamp(0, d), e.clamp(0, d));
+        (s, if e > s { (e - s + step - 1) / step } else { 0 })
     } else {
-        s = s.clamp(-1, d - 1);
-        e = e.clamp(-1, d - 1);
-        let mut i = s;
-        while i > e {
-            out.push(i);
-            i += step;
-        }
+        let (s, e) = (s.clamp(-1, d - 1), e.clamp(-1, d - 1));
+        (s, if s > e { (s - e + (-step) - 1) / (-step) } else { 0 })
     }
-    out
 }
 
 fn binary_elem(op: &str, a: &Elem, b: &Elem) -> Option<Elem> {
@@ -1864,6 +2351,25 @@ fn binary_elem(op: &str, a: &Elem, b: &Elem) -> Option<Elem> {
     }
 }
 
+fn fold_unary(op: &str, c: &Const) -> Option<Const> {
+    let data = c
+        .data
+        .iter()
+        .map(|e| match (op, e) {
+            ("Identity", e) => Some(e.clone()),
+            ("Neg", Elem::I(m)) => Some(Elem::I(m.neg())),
+            ("Neg", Elem::F(f)) => Some(Elem::F(-f)),
+            ("Abs", Elem::I(m)) => m.as_int().map(|k| Elem::I(Mono::int(k.abs()))),
+            ("Abs", Elem::F(f)) => Some(Elem::F(f.abs())),
+            ("Floor", Elem::F(f)) => Some(Elem::F(f.floor())),
+            ("Ceil", Elem::F(f)) => Some(Elem::F(f.ceil())),
+            ("Sqrt", Elem::F(f)) => Some(Elem::F(f.sqrt())),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Const { shape: c.shape.clone(), data })
+}
+
 fn cast_const(c: &Const, to: DType) -> Option<Const> {
     let data = c
         .data
@@ -1885,4 +2391,396 @@ fn cast_const(c: &Const, to: DType) -> Option<Const> {
 fn fmt_shape(s: &[SymDim]) -> String {
     let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
     format!("[{}]", dims.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::AttributeProto;
+
+    /// A tensor type; dims that parse as numbers are fixed, others are names.
+    fn tt(dtype: DType, dims: &[&str]) -> TypeProto {
+        let dims = dims
+            .iter()
+            .map(|d| match d.parse::<i64>() {
+                Ok(k) => SymDim::Known(k),
+                Err(_) => SymDim::sym(d),
+            })
+            .collect();
+        ValueType::new(Some(dtype), Some(dims)).to_proto().unwrap()
+    }
+
+    fn input(name: &str, dtype: DType, dims: &[&str]) -> ValueInfoProto {
+        ValueInfoProto { name: name.into(), r#type: Some(tt(dtype, dims)), ..Default::default() }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: 7, ints: v.to_vec(), ..Default::default() }
+    }
+
+    fn int(name: &str, v: i64) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: 2, i: v, ..Default::default() }
+    }
+
+    fn string(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: 3,
+            s: v.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            name: format!("{op}_{}", outs[0]),
+            op_type: op.into(),
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: outs.iter().map(|s| s.to_string()).collect(),
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn init(name: &str, dtype: DType, dims: &[i64], vals: &[i64]) -> TensorProto {
+        let mut t = TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: dtype.onnx_id(),
+            ..Default::default()
+        };
+        match dtype {
+            DType::I64 => t.int64_data = vals.to_vec(),
+            DType::F32 => t.float_data = vals.iter().map(|&v| v as f32).collect(),
+            _ => t.int32_data = vals.iter().map(|&v| v as i32).collect(),
+        }
+        t
+    }
+
+    fn model(
+        inputs: Vec<ValueInfoProto>,
+        inits: Vec<TensorProto>,
+        nodes: Vec<NodeProto>,
+    ) -> ModelProto {
+        ModelProto {
+            opset_import: vec![crate::pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: nodes,
+                input: inputs,
+                initializer: inits,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn shape_of(types: &HashMap<String, ValueType>, name: &str) -> String {
+        types[name].to_string()
+    }
+
+    #[test]
+    fn bert_shape_arithmetic_keeps_symbolic_dims() {
+        let m = model(
+            vec![input("x", DType::F32, &["batch", "seq", "384"])],
+            vec![
+                init("i0", DType::I64, &[], &[0]),
+                init("i1", DType::I64, &[], &[1]),
+                init("ax0", DType::I64, &[1], &[0]),
+                init("c12", DType::I64, &[1], &[12]),
+                init("c32", DType::I64, &[1], &[32]),
+                init("flat", DType::I64, &[2], &[-1, 384]),
+                init("w", DType::F32, &[384, 1536], &[]),
+            ],
+            vec![
+                node("Shape", &["x"], &["s"], vec![]),
+                node("Gather", &["s", "i0"], &["b"], vec![]),
+                node("Gather", &["s", "i1"], &["q"], vec![]),
+                node("Unsqueeze", &["b", "ax0"], &["ub"], vec![]),
+                node("Unsqueeze", &["q", "ax0"], &["uq"], vec![]),
+                node("Concat", &["ub", "uq", "c12", "c32"], &["target"], vec![int("axis", 0)]),
+                node("Reshape", &["x", "target"], &["heads"], vec![]),
+                node("Transpose", &["heads"], &["t"], vec![ints("perm", &[0, 2, 1, 3])]),
+                node("Transpose", &["heads"], &["kt"], vec![ints("perm", &[0, 2, 3, 1])]),
+                node("MatMul", &["t", "kt"], &["scores"], vec![]),
+                node("Reshape", &["x", "flat"], &["x2d"], vec![]),
+                node("MatMul", &["x", "w"], &["ff"], vec![]),
+                node("Mul", &["b", "q"], &["n_tokens"], vec![]),
+                node("Unsqueeze", &["n_tokens", "ax0"], &["nt1"], vec![]),
+                node("ConstantOfShape", &["nt1"], &["zeros"], vec![]),
+                node("Softmax", &["scores"], &["probs"], vec![int("axis", -1)]),
+            ],
+        );
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(shape_of(&t, "target"), "int64[4]");
+        assert_eq!(shape_of(&t, "heads"), "float32[batch, seq, 12, 32]");
+        assert_eq!(shape_of(&t, "scores"), "float32[batch, 12, seq, seq]");
+        assert_eq!(shape_of(&t, "probs"), "float32[batch, 12, seq, seq]");
+        assert_eq!(shape_of(&t, "x2d"), "float32[batch*seq, 384]");
+        assert_eq!(shape_of(&t, "ff"), "float32[batch, seq, 1536]");
+        assert_eq!(shape_of(&t, "zeros"), "float32[batch*seq]");
+    }
+
+    #[test]
+    fn broadcasting_comparisons_and_where() {
+        let m = model(
+            vec![
+                input("mask", DType::F32, &["batch", "1", "1", "seq"]),
+                input("scores", DType::F32, &["batch", "12", "seq", "seq"]),
+                input("v", DType::F32, &["3"]),
+                input("u", DType::F32, &["4"]),
+            ],
+            vec![],
+            vec![
+                node("Add", &["scores", "mask"], &["masked"], vec![]),
+                node("Less", &["mask", "scores"], &["lt"], vec![]),
+                node("Where", &["lt", "mask", "scores"], &["w"], vec![]),
+                node("Cast", &["lt"], &["lt_i"], vec![int("to", 7)]),
+                node("Erf", &["masked"], &["e"], vec![]),
+            ],
+        );
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(shape_of(&t, "masked"), "float32[batch, 12, seq, seq]");
+        assert_eq!(shape_of(&t, "lt"), "bool[batch, 12, seq, seq]");
+        assert_eq!(shape_of(&t, "w"), "float32[batch, 12, seq, seq]");
+        assert_eq!(shape_of(&t, "lt_i"), "int64[batch, 12, seq, seq]");
+        assert_eq!(shape_of(&t, "e"), "float32[batch, 12, seq, seq]");
+
+        let mut bad = m.clone();
+        bad.graph.as_mut().unwrap().node.push(node("Add", &["v", "u"], &["bad"], vec![]));
+        let e = infer_shapes(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("Add_bad") && e.contains("Add") && e.contains("[3]") && e.contains("[4]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn conv_and_pool_windows() {
+        let m = model(
+            vec![
+                input("x", DType::F32, &["1", "3", "32", "33"]),
+                input("y", DType::F32, &["n", "3", "h", "w"]),
+            ],
+            vec![
+                init("w", DType::F32, &[8, 3, 3, 3], &[]),
+                init("wt", DType::F32, &[8, 4, 2, 2], &[]),
+            ],
+            vec![
+                node(
+                    "Conv",
+                    &["x", "w"],
+                    &["c1"],
+                    vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])],
+                ),
+                node(
+                    "Conv",
+                    &["x", "w"],
+                    &["c2"],
+                    vec![string("auto_pad", "SAME_UPPER"), ints("strides", &[2, 2])],
+                ),
+                node("Conv", &["x", "w"], &["c3"], vec![ints("dilations", &[2, 2])]),
+                node("Conv", &["y", "w"], &["c4"], vec![ints("pads", &[1, 1, 1, 1])]),
+                node(
+                    "MaxPool",
+                    &["c3"],
+                    &["p1"],
+                    vec![
+                        ints("kernel_shape", &[3, 3]),
+                        ints("strides", &[2, 2]),
+                        int("ceil_mode", 1),
+                    ],
+                ),
+                node(
+                    "AveragePool",
+                    &["c3"],
+                    &["p2"],
+                    vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2])],
+                ),
+                node("GlobalAveragePool", &["c4"], &["g"], vec![]),
+                node("ConvTranspose", &["c1", "wt"], &["ct"], vec![ints("strides", &[2, 2])]),
+                node("Flatten", &["g"], &["f"], vec![]),
+            ],
+        );
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(shape_of(&t, "c1"), "float32[1, 8, 16, 17]");
+        assert_eq!(shape_of(&t, "c2"), "float32[1, 8, 16, 17]");
+        assert_eq!(shape_of(&t, "c3"), "float32[1, 8, 28, 29]");
+        assert_eq!(shape_of(&t, "c4"), "float32[n, 8, h, w]");
+        assert_eq!(shape_of(&t, "p1"), "float32[1, 8, 14, 14]");
+        assert_eq!(shape_of(&t, "p2"), "float32[1, 8, 13, 14]");
+        assert_eq!(shape_of(&t, "g"), "float32[n, 8, 1, 1]");
+        assert_eq!(shape_of(&t, "f"), "float32[n, 8]");
+        assert_eq!(shape_of(&t, "ct"), "float32[1, 4, 32, 34]");
+
+        let mut bad = m.clone();
+        bad.graph.as_mut().unwrap().node.push(node("Conv", &["c1", "w"], &["bad"], vec![]));
+        let e = infer_shapes(&bad).unwrap_err().to_string();
+        assert!(e.contains("Conv_bad") && e.contains("8 channels"), "{e}");
+    }
+
+    #[test]
+    fn quantization_ops_take_dtypes_from_zero_points() {
+        let m = model(
+            vec![input("x", DType::F32, &["b", "16"])],
+            vec![
+                init("s", DType::F32, &[], &[1]),
+                init("zp8", DType::I8, &[], &[0]),
+                init("wq", DType::I8, &[16, 4], &[]),
+            ],
+            vec![
+                node("QuantizeLinear", &["x", "s", "zp8"], &["q_i8"], vec![]),
+                node("QuantizeLinear", &["x", "s"], &["q_u8"], vec![]),
+                node("QuantizeLinear", &["x", "s"], &["q_i4"], vec![int("output_dtype", 22)]),
+                node("DequantizeLinear", &["q_i8", "s", "zp8"], &["dq"], vec![]),
+                node("DynamicQuantizeLinear", &["x"], &["dy", "dy_s", "dy_zp"], vec![]),
+                node("MatMulInteger", &["dy", "wq", "dy_zp"], &["acc"], vec![]),
+            ],
+        );
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(shape_of(&t, "q_i8"), "int8[b, 16]");
+        assert_eq!(shape_of(&t, "q_u8"), "uint8[b, 16]");
+        assert_eq!(shape_of(&t, "q_i4"), "int4[b, 16]");
+        assert_eq!(shape_of(&t, "dq"), "float32[b, 16]");
+        assert_eq!(shape_of(&t, "dy"), "uint8[b, 16]");
+        assert_eq!(shape_of(&t, "dy_s"), "float32[]");
+        assert_eq!(shape_of(&t, "acc"), "int32[b, 4]");
+    }
+
+    #[test]
+    fn shape_ops_with_constant_arguments() {
+        let m = model(
+            vec![input("x", DType::F32, &["b", "6", "1", "4"])],
+            vec![
+                init("starts", DType::I64, &[2], &[1, -2]),
+                init("ends", DType::I64, &[2], &[i64::MAX, i64::MAX]),
+                init("axes", DType::I64, &[2], &[1, 3]),
+                init("split", DType::I64, &[2], &[2, 4]),
+                init("sq", DType::I64, &[1], &[2]),
+                init("reps", DType::I64, &[4], &[1, 2, 3, 1]),
+                init("idx", DType::I64, &[2, 3], &[0, 1, 2, 3, 4, 5]),
+                init("rax", DType::I64, &[1], &[-1]),
+            ],
+            vec![
+                node("Slice", &["x", "starts", "ends", "axes"], &["sl"], vec![]),
+                node("Split", &["x", "split"], &["sp0", "sp1"], vec![int("axis", 1)]),
+                node("Split", &["x"], &["h0", "h1"], vec![int("axis", 3)]),
+                node("Squeeze", &["x", "sq"], &["sqz"], vec![]),
+                node("Unsqueeze", &["x"], &["usq"], vec![ints("axes", &[0, -1])]),
+                node("Tile", &["x", "reps"], &["tile"], vec![]),
+                node("Gather", &["x", "idx"], &["g"], vec![int("axis", 1)]),
+                node("ReduceSum", &["x", "rax"], &["rs"], vec![int("keepdims", 0)]),
+                node("ReduceMean", &["x"], &["rm"], vec![ints("axes", &[1])]),
+                node("ArgMax", &["x"], &["am"], vec![int("axis", 1), int("keepdims", 0)]),
+                node("Concat", &["x", "x"], &["cat"], vec![int("axis", 0)]),
+                node("Pad", &["x"], &["pad"], vec![ints("pads", &[0, 1, 0, 0, 0, 2, 0, 0])]),
+                node("TopK", &["x"], &["tv", "ti"], vec![int("k", 2)]),
+                node("Transpose", &["x"], &["tr"], vec![]),
+            ],
+        );
+        let mut m = m;
+        m.opset_import[0].version = 9; // TopK's `k` and Pad's `pads` attributes
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(shape_of(&t, "sl"), "float32[b, 5, 1, 2]");
+        assert_eq!(shape_of(&t, "sp0"), "float32[b, 2, 1, 4]");
+        assert_eq!(shape_of(&t, "sp1"), "float32[b, 4, 1, 4]");
+        assert_eq!(shape_of(&t, "h1"), "float32[b, 6, 1, 2]");
+        assert_eq!(shape_of(&t, "sqz"), "float32[b, 6, 4]");
+        assert_eq!(shape_of(&t, "usq"), "float32[1, b, 6, 1, 4, 1]");
+        assert_eq!(shape_of(&t, "tile"), "float32[b, 12, 3, 4]");
+        assert_eq!(shape_of(&t, "g"), "float32[b, 2, 3, 1, 4]");
+        assert_eq!(shape_of(&t, "rs"), "float32[b, 6, 1]");
+        assert_eq!(shape_of(&t, "rm"), "float32[b, 1, 1, 4]");
+        assert_eq!(shape_of(&t, "am"), "int64[b, 1, 4]");
+        assert_eq!(shape_of(&t, "cat"), "float32[2*b, 6, 1, 4]");
+        assert_eq!(shape_of(&t, "pad"), "float32[b, 9, 1, 4]");
+        assert_eq!(shape_of(&t, "ti"), "int64[b, 6, 1, 2]");
+        assert_eq!(shape_of(&t, "tr"), "float32[4, 1, 6, b]");
+    }
+
+    #[test]
+    fn reshape_errors_name_the_node() {
+        let m = model(
+            vec![input("x", DType::F32, &["2", "6"])],
+            vec![init("t", DType::I64, &[2], &[5, -1])],
+            vec![node("Reshape", &["x", "t"], &["y"], vec![])],
+        );
+        let e = infer_shapes(&m).unwrap_err().to_string();
+        assert!(e.contains("Reshape_y") && e.contains("[2, 6]") && e.contains("[5, -1]"), "{e}");
+
+        let m = model(
+            vec![input("a", DType::F32, &["b", "3"]), input("c", DType::F32, &["4", "5"])],
+            vec![],
+            vec![node("MatMul", &["a", "c"], &["y"], vec![])],
+        );
+        let e = infer_shapes(&m).unwrap_err().to_string();
+        assert!(e.contains("MatMul_y") && e.contains("inner dims"), "{e}");
+    }
+
+    #[test]
+    fn unknown_ops_give_unknown_types_and_value_info_fills_gaps() {
+        let mut m = model(
+            vec![input("x", DType::F32, &["b", "8"])],
+            vec![],
+            vec![
+                node("FancyOp", &["x"], &["f"], vec![]),
+                node("Relu", &["f"], &["r"], vec![]),
+                node("NonZero", &["x"], &["nz"], vec![]),
+            ],
+        );
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(t["f"], ValueType::default());
+        assert_eq!(t["r"], ValueType::default());
+        assert!(t["nz"].shape.as_ref().unwrap()[1].is_anonymous());
+
+        let g = m.graph.as_mut().unwrap();
+        g.value_info.push(input("f", DType::F16, &["b", "8"]));
+        g.value_info.push(input("nz", DType::I64, &["2", "n_nonzero"]));
+        let t = infer_shapes(&m).unwrap();
+        assert_eq!(shape_of(&t, "r"), "float16[b, 8]");
+        assert_eq!(shape_of(&t, "nz"), "int64[2, n_nonzero]");
+    }
+
+    #[test]
+    fn annotate_writes_value_info_for_node_outputs() {
+        let mut m = model(
+            vec![input("x", DType::F32, &["b", "8"])],
+            vec![init("w", DType::F32, &[8, 4], &[])],
+            vec![
+                node("MatMul", &["x", "w"], &["h"], vec![]),
+                node("Relu", &["h"], &["y"], vec![]),
+                node("FancyOp", &["y"], &["z"], vec![]),
+            ],
+        );
+        m.graph
+            .as_mut()
+            .unwrap()
+            .output
+            .push(ValueInfoProto { name: "y".into(), ..Default::default() });
+        let n = annotate_value_info(&mut m).unwrap();
+        assert_eq!(n, 2); // `h` into value_info, `y` as the graph output; `z` stays unknown
+        let g = m.graph.as_ref().unwrap();
+        assert_eq!(g.value_info.len(), 1);
+        assert_eq!(g.value_info[0].r#type, Some(tt(DType::F32, &["b", "4"])));
+        assert_eq!(g.output[0].r#type, Some(tt(DType::F32, &["b", "4"])));
+        // Idempotent: a second run replaces instead of duplicating.
+        annotate_value_info(&mut m).unwrap();
+        assert_eq!(m.graph.as_ref().unwrap().value_info.len(), 1);
+    }
+
+    #[test]
+    fn monomial_dims() {
+        let d = |s: &str| Mono::from_dim(&SymDim::sym(s));
+        assert_eq!(d("seq*batch").to_dim(), SymDim::sym("batch*seq"));
+        assert_eq!(d("2*batch").mul(&d("seq")).to_dim(), SymDim::sym("2*batch*seq"));
+        assert_eq!(d("batch*seq").div(&d("seq")).unwrap().to_dim(), SymDim::sym("batch"));
+        assert_eq!(d("batch").div(&d("seq")), None);
+        assert_eq!(d("batch").add(&d("batch")).unwrap().to_dim(), SymDim::sym("2*batch"));
+        assert_eq!(d("batch").add(&d("seq")), None);
+        assert_eq!(slice_span(0, i64::MAX, 1, 5), (0, 5));
+        assert_eq!(slice_span(-1, i64::MIN, -1, 5), (4, 5));
+        assert_eq!(slice_span(1, 100, 3, 10), (1, 3));
+    }
 }

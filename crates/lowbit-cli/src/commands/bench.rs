@@ -146,9 +146,9 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             (vec![feeds], batch, "synthetic".to_string())
         }
     };
-    let runs = args.runs.map_or(if args.data.is_some() { sets.len() } else { DEFAULT_RUNS }, |r| {
-        r as usize
-    });
+    let runs = args
+        .runs
+        .map_or(if args.data.is_some() { sets.len() } else { DEFAULT_RUNS }, |r| r as usize);
 
     let label = |i: usize| format!("{}: run {} failed", args.model.display(), i + 1);
     for i in 0..args.warmup {
@@ -218,7 +218,11 @@ mod tests {
 
     #[test]
     fn synthetic_inputs_follow_names_and_shapes() {
-        let spec = |name: &str, dtype, dims| InputSpec { name: name.into(), dtype: Some(dtype), dims: Some(dims) };
+        let spec = |name: &str, dtype, dims| InputSpec {
+            name: name.into(),
+            dtype: Some(dtype),
+            dims: Some(dims),
+        };
         let free = || vec![Dim::Symbolic("batch".into()), Dim::Symbolic("seq".into())];
         let mut rng = Rng::new(1);
         let mask = synth_input(&spec("attention_mask", DType::I64, free()), &mut rng).unwrap();

@@ -147,9 +147,14 @@ fn text(r: &Report) -> String {
     let size = r.file_bytes.map(|b| format!(" ({})", human_bytes(b))).unwrap_or_default();
     let _ = writeln!(s, "model        {}{size}", r.model);
     let producer = format!("{} {}", r.producer_name, r.producer_version);
-    let _ = writeln!(s, "producer     {}", if producer.trim().is_empty() { "-" } else { producer.trim() });
+    let _ = writeln!(
+        s,
+        "producer     {}",
+        if producer.trim().is_empty() { "-" } else { producer.trim() }
+    );
     let _ = writeln!(s, "ir version   {}", r.ir_version);
-    let opsets: Vec<String> = r.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
+    let opsets: Vec<String> =
+        r.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
     let _ = writeln!(s, "opsets       {}", opsets.join(", "));
     if !r.graph_name.is_empty() {
         let _ = writeln!(s, "graph        {}", r.graph_name);

@@ -22,7 +22,7 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(len);
     let style = ProgressStyle::with_template(
-        "{prefix} [{bar:40}] {pos}/{len} samples, {elapsed_precise} elapsed, ETA {eta}",
+        "{prefix} [{bar:30}] {pos}/{len} samples, {elapsed} elapsed, ETA {eta}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
@@ -64,9 +64,9 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     let start = Instant::now();
     for &(s, e) in &ranges {
         let feeds = data.feeds(s, e, args.trim_padding)?;
-        let outputs = session.run(feeds).with_context(|| {
-            format!("{}: run on samples {s}..{e} failed", args.model.display())
-        })?;
+        let outputs = session
+            .run(feeds)
+            .with_context(|| format!("{}: run on samples {s}..{e} failed", args.model.display()))?;
         collector.push(e - s, outputs);
         bar.inc((e - s) as u64);
     }

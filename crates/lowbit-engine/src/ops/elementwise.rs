@@ -36,21 +36,29 @@ fn unary(f: impl Fn(&Tensor) -> OpResult<Tensor> + Send + Sync + 'static) -> Ker
 }
 
 /// A two-input, one-output kernel.
-fn binary(f: impl Fn(&Tensor, &Tensor) -> OpResult<Tensor> + Send + Sync + 'static) -> KernelResult {
+fn binary(
+    f: impl Fn(&Tensor, &Tensor) -> OpResult<Tensor> + Send + Sync + 'static,
+) -> KernelResult {
     kernel(move |ins| Ok(vec![f(input(ins, 0)?, input(ins, 1)?)?]))
 }
 
 /// `f` over every element of `x`.
-fn map_unary<T: Element, O: Element>(x: &Tensor, f: impl Fn(T) -> O) -> OpResult<Tensor> {
+fn map_unary<T: Element, O: Element>(x: &Tensor, f: impl Fn(T) -> O + Sync) -> OpResult<Tensor> {
+    use rayon::prelude::*;
     let v = x.as_slice::<T>()?;
-    Ok(Tensor::from_vec(x.shape().to_vec(), v.iter().map(|&e| f(e)).collect())?)
+    let out = if broadcast::parallel(v.len()) {
+        v.par_iter().map(|&e| f(e)).collect()
+    } else {
+        v.iter().map(|&e| f(e)).collect()
+    };
+    Ok(Tensor::from_vec(x.shape().to_vec(), out)?)
 }
 
 /// `f` over `a` and `b` broadcast together.
-fn map_binary<A: Element, B: Element, O: Element>(
+fn map_binary<A: Element, B: Element, O: Element + Default>(
     a: &Tensor,
     b: &Tensor,
-    f: impl Fn(A, B) -> O,
+    f: impl Fn(A, B) -> O + Sync,
 ) -> OpResult<Tensor> {
     let (shape, v) =
         map2((a.shape(), a.as_slice::<A>()?), (b.shape(), b.as_slice::<B>()?), |&x, &y| f(x, y))?;
@@ -77,7 +85,12 @@ macro_rules! float_map {
             TensorData::F32(d) => {
                 #[allow(dead_code)]
                 type $F = f32;
-                TensorData::F32(d.iter().map(|&$v| $body).collect())
+                if broadcast::parallel(d.len()) {
+                    use rayon::prelude::*;
+                    TensorData::F32(d.par_iter().map(|&$v| $body).collect())
+                } else {
+                    TensorData::F32(d.iter().map(|&$v| $body).collect())
+                }
             }
             TensorData::F64(d) => {
                 #[allow(dead_code)]
@@ -268,13 +281,17 @@ fn register_unary(reg: &mut Registry) {
         let approximate = ctx.attrs.string_or("approximate", "none")?;
         match approximate.as_str() {
             "none" => unary(|x| {
-                float_map!(x, |v: F| 0.5 * v * (1.0 + (v * std::f64::consts::FRAC_1_SQRT_2 as F).erf_()))
+                float_map!(x, |v: F| 0.5
+                    * v
+                    * (1.0 + (v * std::f64::consts::FRAC_1_SQRT_2 as F).erf_()))
             }),
             "tanh" => unary(|x| {
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 float_map!(x, |v: F| 0.5 * v * (1.0 + (k as F * (v + 0.044715 * v * v * v)).tanh()))
             }),
-            other => Err(ctx.attrs.invalid("approximate", format!("'{other}' is not none or tanh")))?,
+            other => {
+                Err(ctx.attrs.invalid("approximate", format!("'{other}' is not none or tanh")))?
+            }
         }
     });
 
@@ -313,7 +330,10 @@ fn register_unary(reg: &mut Registry) {
             if !x.dtype().is_float() {
                 return unsupported("IsNaN", x.dtype());
             }
-            Ok(Tensor::from_vec(x.shape().to_vec(), x.to_f64_vec()?.iter().map(|v| v.is_nan()).collect())?)
+            Ok(Tensor::from_vec(
+                x.shape().to_vec(),
+                x.to_f64_vec()?.iter().map(|v| v.is_nan()).collect(),
+            )?)
         })
     });
     reg.register("", "IsInf", |ctx| {
@@ -324,7 +344,8 @@ fn register_unary(reg: &mut Registry) {
                 return unsupported("IsInf", x.dtype());
             }
             let v = x.to_f64_vec()?;
-            let out = v.iter().map(|&v| (pos && v == f64::INFINITY) || (neg && v == f64::NEG_INFINITY));
+            let out =
+                v.iter().map(|&v| (pos && v == f64::INFINITY) || (neg && v == f64::NEG_INFINITY));
             Ok(Tensor::from_vec(x.shape().to_vec(), out.collect())?)
         })
     });
@@ -492,7 +513,9 @@ fn register_binary(reg: &mut Registry) {
         let left = match direction.as_str() {
             "LEFT" => true,
             "RIGHT" => false,
-            other => Err(ctx.attrs.invalid("direction", format!("'{other}' is not LEFT or RIGHT")))?,
+            other => {
+                Err(ctx.attrs.invalid("direction", format!("'{other}' is not LEFT or RIGHT")))?
+            }
         };
         binary(move |a, b| {
             let dt = same_dtype(a, b)?;

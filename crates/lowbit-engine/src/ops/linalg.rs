@@ -8,11 +8,11 @@
 
 use crate::bail;
 use crate::error::OpResult;
-use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
+use crate::op::{input, opt_input, BuildCtx, Kernel};
 use crate::ops::nn::{f32_data, from_f32, same_float_dtype};
 use crate::ops::util::{broadcast_shapes, broadcast_strides};
 use crate::registry::Registry;
-use lowbit_kernels::gemm::{sgemm, sgemm_serial, Trans};
+use lowbit_kernels::gemm::{sgemm, sgemm_packed, sgemm_serial, PackedB, Trans};
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::Tensor;
 
@@ -21,10 +21,56 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "Gemm", build_gemm);
 }
 
-fn build_matmul(_ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
-    Ok(Box::new(FnKernel(|inputs: &[Option<&Tensor>]| {
-        Ok(vec![matmul(input(inputs, 0)?, input(inputs, 1)?)?])
-    })))
+/// `MatMul`, with `B` packed once at load time when it is a constant matrix.
+struct MatMulKernel {
+    packed_b: Option<PackedB>,
+}
+
+fn build_matmul(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    let packed_b = match ctx.constant(1) {
+        Some(b)
+            if b.rank() >= 2 && numel(&b.shape()[..b.rank() - 2]) == 1 && b.dtype().is_float() =>
+        {
+            let (k, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
+            let v = f32_data(b)?;
+            Some(PackedB::pack(Trans::No, k, n, &v, n))
+        }
+        _ => None,
+    };
+    Ok(Box::new(MatMulKernel { packed_b }))
+}
+
+impl Kernel for MatMulKernel {
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        Ok(vec![matmul_with(input(inputs, 0)?, input(inputs, 1)?, self.packed_b.as_ref())?])
+    }
+}
+
+/// Rows below which packing a non-constant `B` costs more than it saves.
+const PACK_MIN_ROWS: usize = 4;
+
+/// `C[rows, n] = A[rows, k] * B[k, n]`, packing `B` unless it already is.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    rows: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    packed: Option<&PackedB>,
+    c: &mut [f32],
+    serial: bool,
+) {
+    match packed {
+        Some(p) => sgemm_packed(rows, a, k, p, 0.0, c, n),
+        None if rows >= PACK_MIN_ROWS => {
+            sgemm_packed(rows, a, k, &PackedB::pack(Trans::No, k, n, b, n), 0.0, c, n)
+        }
+        None if serial => {
+            sgemm_serial(Trans::No, Trans::No, rows, n, k, 1.0, a, k, b, n, 0.0, c, n)
+        }
+        None => sgemm(Trans::No, Trans::No, rows, n, k, 1.0, a, k, b, n, 0.0, c, n),
+    }
 }
 
 /// Below this many multiply-adds per matrix, batched products go one matrix per task.
@@ -32,6 +78,11 @@ const SMALL_MATRIX_WORK: usize = 96 * 96 * 96;
 
 /// Numpy `matmul` of two float tensors of the same dtype.
 pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
+    matmul_with(a, b, None)
+}
+
+/// [`matmul`], with `packed_b` the pre-packed value of `b` when it is known.
+fn matmul_with(a: &Tensor, b: &Tensor, packed_b: Option<&PackedB>) -> OpResult<Tensor> {
     let dtype = same_float_dtype(&[a, b])?;
     if a.rank() == 0 || b.rank() == 0 {
         bail!("MatMul needs operands of rank >= 1, got shapes {:?} and {:?}", a.shape(), b.shape());
@@ -68,7 +119,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
     if numel(b_batch) == 1 {
         // B is one matrix: every row of every A batch is a row of one big GEMM.
         let rows = nb * m;
-        sgemm(Trans::No, Trans::No, rows, n, k, 1.0, &av, k, &bv, n, 0.0, &mut out, n);
+        let packed = packed_b.filter(|p| p.k() == k && p.n() == n && !b_vec);
+        product(rows, n, k, &av, &bv, packed, &mut out, false);
     } else {
         let sa = broadcast_strides(a_batch, &batch);
         let sb = broadcast_strides(b_batch, &batch);
@@ -84,19 +136,16 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
                 (oa * m * k, ob * k * n)
             })
             .collect();
-        let one = |(i, c): (usize, &mut [f32])| {
+        let one = |(i, c): (usize, &mut [f32]), serial: bool| {
             let (oa, ob) = offsets[i];
-            sgemm_serial(Trans::No, Trans::No, m, n, k, 1.0, &av[oa..], k, &bv[ob..], n, 0.0, c, n);
+            product(m, n, k, &av[oa..oa + m * k], &bv[ob..ob + k * n], None, c, serial);
         };
         if m * n == 0 {
         } else if rayon::current_num_threads() > 1 && m * n * k < SMALL_MATRIX_WORK && nb > 1 {
             use rayon::prelude::*;
-            out.par_chunks_mut(m * n).enumerate().for_each(one);
+            out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, true));
         } else {
-            for (i, c) in out.chunks_mut(m * n).enumerate() {
-                let (oa, ob) = offsets[i];
-                sgemm(Trans::No, Trans::No, m, n, k, 1.0, &av[oa..], k, &bv[ob..], n, 0.0, c, n);
-            }
+            out.chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
         }
     }
     from_f32(dtype, out_shape, out)
@@ -107,15 +156,28 @@ struct GemmKernel {
     trans_b: bool,
     alpha: f32,
     beta: f32,
+    /// `op(B)` packed at load time when `B` is a constant.
+    packed_b: Option<PackedB>,
 }
 
 fn build_gemm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
     let a = &ctx.attrs;
+    let trans_b = a.int_or("transB", 0)? != 0;
+    let packed_b = match ctx.constant(1) {
+        Some(b) if b.rank() == 2 && b.dtype().is_float() => {
+            let (r, c) = (b.shape()[0], b.shape()[1]);
+            let (k, n) = if trans_b { (c, r) } else { (r, c) };
+            let tb = if trans_b { Trans::Yes } else { Trans::No };
+            Some(PackedB::pack(tb, k, n, &f32_data(b)?, c))
+        }
+        _ => None,
+    };
     Ok(Box::new(GemmKernel {
         trans_a: a.int_or("transA", 0)? != 0,
-        trans_b: a.int_or("transB", 0)? != 0,
+        trans_b,
         alpha: a.float_or("alpha", 1.0)?,
         beta: a.float_or("beta", 1.0)?,
+        packed_b,
     }))
 }
 
@@ -130,8 +192,10 @@ impl Kernel for GemmKernel {
         if a.rank() != 2 || b.rank() != 2 {
             bail!("Gemm needs 2-D A and B, got shapes {:?} and {:?}", a.shape(), b.shape());
         }
-        let (m, k) = if self.trans_a { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
-        let (k2, n) = if self.trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
+        let (m, k) =
+            if self.trans_a { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
+        let (k2, n) =
+            if self.trans_b { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
         if k != k2 {
             bail!(
                 "Gemm inner dims differ: A {:?} (transA={}) and B {:?} (transB={})",
@@ -141,8 +205,36 @@ impl Kernel for GemmKernel {
                 self.trans_b as u8
             );
         }
+        let av = f32_data(a)?;
+        // The packed kernel reads A row-major: materialize op(A).
+        let av: Vec<f32> = if self.trans_a {
+            let mut t = vec![0f32; m * k];
+            for p in 0..k {
+                for i in 0..m {
+                    t[i * k + p] = av[p * m + i];
+                }
+            }
+            t
+        } else {
+            av.into_owned()
+        };
         let mut out = vec![0f32; m * n];
-        let mut beta = 0.0;
+        let tb = if self.trans_b { Trans::Yes } else { Trans::No };
+        match self.packed_b.as_ref().filter(|p| p.k() == k && p.n() == n) {
+            Some(p) => sgemm_packed(m, &av, k, p, 0.0, &mut out, n),
+            None => {
+                let bv = f32_data(b)?;
+                let ldb = b.shape()[1];
+                if m >= PACK_MIN_ROWS {
+                    sgemm_packed(m, &av, k, &PackedB::pack(tb, k, n, &bv, ldb), 0.0, &mut out, n)
+                } else {
+                    sgemm(Trans::No, tb, m, n, k, 1.0, &av, k, &bv, ldb, 0.0, &mut out, n)
+                }
+            }
+        }
+        if self.alpha != 1.0 {
+            out.iter_mut().for_each(|v| *v *= self.alpha);
+        }
         if let Some(c) = c {
             if c.rank() > 2 {
                 bail!("Gemm C must have rank <= 2, got shape {:?}", c.shape());
@@ -155,18 +247,10 @@ impl Kernel for GemmKernel {
             let st = broadcast_strides(c.shape(), &[m, n]);
             for i in 0..m {
                 for j in 0..n {
-                    out[i * n + j] = self.beta * cv[i * st[0] + j * st[1]];
+                    out[i * n + j] += self.beta * cv[i * st[0] + j * st[1]];
                 }
             }
-            beta = 1.0;
         }
-        let av = f32_data(a)?;
-        let bv = f32_data(b)?;
-        let ta = if self.trans_a { Trans::Yes } else { Trans::No };
-        let tb = if self.trans_b { Trans::Yes } else { Trans::No };
-        let lda = a.shape()[1];
-        let ldb = b.shape()[1];
-        sgemm(ta, tb, m, n, k, self.alpha, &av, lda, &bv, ldb, beta, &mut out, n);
         Ok(vec![from_f32(dtype, vec![m, n], out)?])
     }
 }

@@ -137,7 +137,9 @@ impl SpatialAttrs {
             "SAME_UPPER" => AutoPad::SameUpper,
             "SAME_LOWER" => AutoPad::SameLower,
             "VALID" => AutoPad::Valid,
-            other => return Err(a.invalid("auto_pad", format!("has unknown value '{other}'")).into()),
+            other => {
+                return Err(a.invalid("auto_pad", format!("has unknown value '{other}'")).into())
+            }
         };
         Ok(SpatialAttrs {
             auto_pad,
@@ -222,7 +224,13 @@ fn kernel_attr(sa: &SpatialAttrs, what: &str) -> OpResult<Vec<usize>> {
     match &sa.kernel {
         Some(k) => k
             .iter()
-            .map(|&v| if v < 1 { bail!("kernel_shape must be positive, got {k:?}") } else { Ok(v as usize) })
+            .map(|&v| {
+                if v < 1 {
+                    bail!("kernel_shape must be positive, got {k:?}")
+                } else {
+                    Ok(v as usize)
+                }
+            })
             .collect(),
         None => bail!("{what} needs attribute 'kernel_shape'"),
     }
@@ -254,7 +262,10 @@ fn group_attr(a: &Attrs) -> OpResult<usize> {
 }
 
 fn build_conv(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
-    Ok(Box::new(ConvKernel { spatial: SpatialAttrs::read(&ctx.attrs)?, group: group_attr(&ctx.attrs)? }))
+    Ok(Box::new(ConvKernel {
+        spatial: SpatialAttrs::read(&ctx.attrs)?,
+        group: group_attr(&ctx.attrs)?,
+    }))
 }
 
 impl Kernel for ConvKernel {
@@ -329,7 +340,9 @@ impl ConvTransposeKernel {
         let r = input.len();
         let adj: Vec<usize> = match &self.output_padding {
             None => vec![0; r],
-            Some(v) if v.len() == r && v.iter().all(|&x| x >= 0) => v.iter().map(|&x| x as usize).collect(),
+            Some(v) if v.len() == r && v.iter().all(|&x| x >= 0) => {
+                v.iter().map(|&x| x as usize).collect()
+            }
             Some(v) => bail!("attribute 'output_padding' {v:?} does not fit {r} spatial dims"),
         };
         let full: Vec<usize> = (0..r)
@@ -368,14 +381,18 @@ impl ConvTransposeKernel {
                     }
                 }
                 AutoPad::Valid | AutoPad::NotSet => {
-                    if let (AutoPad::NotSet, Some(p)) = (self.spatial.auto_pad, &self.spatial.pads) {
+                    if let (AutoPad::NotSet, Some(p)) = (self.spatial.auto_pad, &self.spatial.pads)
+                    {
                         if p.len() != 2 * r || p.iter().any(|&v| v < 0) {
                             bail!("attribute 'pads' {p:?} does not fit {r} spatial dims");
                         }
                         (pb[i], pe[i]) = (p[i] as usize, p[i + r] as usize);
                     }
                     if full[i] < pb[i] + pe[i] {
-                        bail!("pads {:?} exceed the output size in spatial dim {i}", self.spatial.pads);
+                        bail!(
+                            "pads {:?} exceed the output size in spatial dim {i}",
+                            self.spatial.pads
+                        );
                     }
                     out[i] = full[i] - pb[i] - pe[i];
                 }
@@ -644,7 +661,10 @@ fn build_instance_norm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
         let x = input(inputs, 0)?;
         let dtype = float_input(x)?;
         if x.rank() < 3 {
-            bail!("InstanceNormalization needs an input of shape [N, C, D...], got {:?}", x.shape());
+            bail!(
+                "InstanceNormalization needs an input of shape [N, C, D...], got {:?}",
+                x.shape()
+            );
         }
         let (n, c) = (x.shape()[0], x.shape()[1]);
         let plane = numel(&x.shape()[2..]);
@@ -702,7 +722,9 @@ fn build_layer_norm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
     let eps = a.float_or("epsilon", 1e-5)?;
     let stash = a.int_or("stash_type", 1)?;
     if stash != 1 {
-        return Err(a.invalid("stash_type", format!("{stash} is not supported (only 1, f32)")).into());
+        return Err(a
+            .invalid("stash_type", format!("{stash} is not supported (only 1, f32)"))
+            .into());
     }
     kernel(move |inputs| {
         let x = input(inputs, 0)?;
@@ -712,12 +734,13 @@ fn build_layer_norm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
         let n = numel(norm_shape);
         let rows = numel(&x.shape()[..ax]);
         let scale_t = input(inputs, 1)?;
-        let scale = expand_to(&f32_data(scale_t)?, scale_t.shape(), norm_shape).ok_or_else(|| {
-            crate::OpError::new(format!(
-                "Scale of shape {:?} does not broadcast to the normalized shape {norm_shape:?}",
-                scale_t.shape()
-            ))
-        })?;
+        let scale =
+            expand_to(&f32_data(scale_t)?, scale_t.shape(), norm_shape).ok_or_else(|| {
+                crate::OpError::new(format!(
+                    "Scale of shape {:?} does not broadcast to the normalized shape {norm_shape:?}",
+                    scale_t.shape()
+                ))
+            })?;
         let bias = match opt_input(inputs, 2) {
             Some(b) => Some(expand_to(&f32_data(b)?, b.shape(), norm_shape).ok_or_else(|| {
                 crate::OpError::new(format!(
@@ -752,7 +775,9 @@ fn build_group_norm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
     let groups = groups as usize;
     let stash = a.int_or("stash_type", 1)?;
     if stash != 1 {
-        return Err(a.invalid("stash_type", format!("{stash} is not supported (only 1, f32)")).into());
+        return Err(a
+            .invalid("stash_type", format!("{stash} is not supported (only 1, f32)"))
+            .into());
     }
     let per_channel_params = ctx.opset >= 21;
     kernel(move |inputs| {
@@ -833,8 +858,11 @@ fn build_mvn(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
             var[key[i]] += (v as f64 - mean[key[i]]).powi(2);
         }
         let std: Vec<f64> = var.iter().map(|v| (v / cnt).sqrt() + 1e-9).collect();
-        let y: Vec<f32> =
-            xv.iter().enumerate().map(|(i, &v)| ((v as f64 - mean[key[i]]) / std[key[i]]) as f32).collect();
+        let y: Vec<f32> = xv
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| ((v as f64 - mean[key[i]]) / std[key[i]]) as f32)
+            .collect();
         Ok(vec![from_f32(dtype, shape, y)?])
     })
 }
@@ -886,11 +914,8 @@ fn build_soft(ctx: &BuildCtx, kind: SoftKind) -> OpResult<Box<dyn Kernel>> {
             return Ok(vec![from_f32(dtype, shape, v)?]);
         }
         let ax = normalize_axis(axis, shape.len())?;
-        let (n, inner) = if legacy {
-            (numel(&shape[ax..]), 1)
-        } else {
-            (shape[ax], numel(&shape[ax + 1..]))
-        };
+        let (n, inner) =
+            if legacy { (numel(&shape[ax..]), 1) } else { (shape[ax], numel(&shape[ax + 1..])) };
         if inner == 1 {
             apply_rows(kind, &mut v, n);
         } else if n > 0 {
@@ -979,7 +1004,11 @@ fn build_dropout(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
             match opt_input(inputs, 2) {
                 Some(t) => match t.data() {
                     TensorData::Bool(v) if v.len() == 1 => v[0],
-                    _ => bail!("training_mode must be a bool scalar, got {} {:?}", t.dtype(), t.shape()),
+                    _ => bail!(
+                        "training_mode must be a bool scalar, got {} {:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
                 },
                 None => false,
             }
@@ -989,14 +1018,18 @@ fn build_dropout(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
         };
         let ratio = if opset >= 12 {
             match opt_input(inputs, 1) {
-                Some(r) => *r.to_f32_vec()?.first().ok_or_else(|| crate::OpError::new("ratio is empty"))?,
+                Some(r) => {
+                    *r.to_f32_vec()?.first().ok_or_else(|| crate::OpError::new("ratio is empty"))?
+                }
                 None => 0.5,
             }
         } else {
             attr_ratio
         };
         if training && ratio != 0.0 {
-            bail!("Dropout in training mode with ratio {ratio} is random; lowbit runs inference only");
+            bail!(
+                "Dropout in training mode with ratio {ratio} is random; lowbit runs inference only"
+            );
         }
         let mask = Tensor::new(x.shape().to_vec(), TensorData::Bool(vec![true; x.len()]))?;
         Ok(vec![x.clone(), mask])
@@ -1016,7 +1049,10 @@ mod tests {
 
     #[test]
     fn expand_broadcasts_scale() {
-        assert_eq!(expand_to(&[1.0, 2.0], &[2], &[3, 2]).unwrap(), vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+        assert_eq!(
+            expand_to(&[1.0, 2.0], &[2], &[3, 2]).unwrap(),
+            vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+        );
         assert!(expand_to(&[1.0, 2.0], &[2], &[3]).is_none());
     }
 }

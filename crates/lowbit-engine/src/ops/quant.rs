@@ -155,8 +155,13 @@ fn build_dynamic_quantize_linear(_ctx: &BuildCtx) -> KernelResult {
 
 /// Values of an 8-bit operand minus its zero point. `zp` may be a scalar, or one value per
 /// `group` (row of A / column of B) as selected by `which`.
-fn centered(t: &Tensor, zp: Option<&Tensor>, which: impl Fn(usize, usize) -> usize) -> OpResult<Vec<i32>> {
-    let v = int_values(t.data()).ok_or_else(|| OpError::new(format!("{} is not an integer type", t.dtype())))?;
+fn centered(
+    t: &Tensor,
+    zp: Option<&Tensor>,
+    which: impl Fn(usize, usize) -> usize,
+) -> OpResult<Vec<i32>> {
+    let v = int_values(t.data())
+        .ok_or_else(|| OpError::new(format!("{} is not an integer type", t.dtype())))?;
     let Some(z) = zp else { return Ok(v) };
     if z.dtype() != t.dtype() {
         bail!("zero point is {}, its input is {}", z.dtype(), t.dtype());
@@ -258,7 +263,11 @@ fn centered_operands(
     b_zp: Option<&Tensor>,
 ) -> OpResult<(Vec<i32>, Vec<i32>)> {
     let (m, k, n) = (d.m, d.k, d.n);
-    let av = centered(a, a_zp, |i, len| if len == m { (i / k.max(1)) % m.max(1) } else { i / k.max(1) })?;
+    let av = centered(
+        a,
+        a_zp,
+        |i, len| if len == m { (i / k.max(1)) % m.max(1) } else { i / k.max(1) },
+    )?;
     let bv = centered(b, b_zp, |i, len| {
         if len == n {
             i % n.max(1)
@@ -292,7 +301,8 @@ fn scale_values(t: &Tensor, what: &str, per: usize) -> OpResult<Vec<f32>> {
 /// `y_zero_point`'s value and the output type's range (uint8 when absent).
 fn output_qparams(y_zp: Option<&Tensor>) -> OpResult<(DType, i32, i32, i32)> {
     let dt = y_zp.map(|z| z.dtype()).unwrap_or(DType::U8);
-    let (qmin, qmax) = int_range(dt).ok_or_else(|| OpError::new(format!("cannot requantize to {dt}")))?;
+    let (qmin, qmax) =
+        int_range(dt).ok_or_else(|| OpError::new(format!("cannot requantize to {dt}")))?;
     let zp = match y_zp {
         Some(z) => {
             let v = int_values(z.data()).ok_or_else(|| OpError::new("bad y_zero_point"))?;
@@ -334,7 +344,9 @@ fn build_qlinear_matmul(_ctx: &BuildCtx) -> KernelResult {
         let q: Vec<i32> = acc
             .iter()
             .enumerate()
-            .map(|(i, &v)| requantize_one(v, mult[if mult.len() == 1 { 0 } else { i % n }], zp, qmin, qmax))
+            .map(|(i, &v)| {
+                requantize_one(v, mult[if mult.len() == 1 { 0 } else { i % n }], zp, qmin, qmax)
+            })
             .collect();
         Ok(vec![wrap_q(dt, d.out_shape, q)?])
     })
@@ -467,15 +479,18 @@ fn conv_i32(
                                     if !(0..ih as isize).contains(&iy) {
                                         continue;
                                     }
-                                    let xrow = ((nb * c_in + c) * id + iz as usize) * ih + iy as usize;
+                                    let xrow =
+                                        ((nb * c_in + c) * id + iz as usize) * ih + iy as usize;
                                     let wrow = ((co * cg_in + ci) * kd + kz) * kh + ky;
                                     for kx in 0..kw {
-                                        let ix = (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
+                                        let ix =
+                                            (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
                                         if !(0..iw as isize).contains(&ix) {
                                             continue;
                                         }
                                         acc = acc.wrapping_add(
-                                            x[xrow * iw + ix as usize].wrapping_mul(w[wrow * kw + kx]),
+                                            x[xrow * iw + ix as usize]
+                                                .wrapping_mul(w[wrow * kw + kx]),
                                         );
                                     }
                                 }

@@ -13,7 +13,7 @@ use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
 use crate::ops::elementwise::num::{dispatch_num, Num};
 use crate::ops::util::normalize_axis;
 use crate::registry::Registry;
-use lowbit_tensor::tensor::{numel, Element};
+use lowbit_tensor::tensor::numel;
 use lowbit_tensor::{DType, Tensor};
 
 /// How to walk a tensor with some axes reduced: dims of size 1 are dropped and neighbouring
@@ -49,6 +49,17 @@ impl ReducePlan {
         let n_out =
             shape.iter().zip(reduced).filter(|(_, &r)| !r).map(|(&d, _)| d).product::<usize>();
         ReducePlan { dims, n_in: numel(shape), n_out }
+    }
+
+    /// The row length when every output reduces one contiguous, non-empty run of the input
+    /// (only the innermost merged dim is reduced).
+    fn contiguous_rows(&self) -> Option<usize> {
+        match self.dims[..] {
+            [.., (len, 0)] if len > 0 && self.dims.iter().rev().skip(1).all(|d| d.1 != 0) => {
+                Some(len)
+            }
+            _ => None,
+        }
     }
 
     /// Calls `f(out_index, in_index)` for every input element, in input order.
@@ -112,13 +123,7 @@ fn reduced_axes(axes: &[i64], rank: usize, noop: bool) -> OpResult<Option<Vec<bo
     Ok(Some(reduced))
 }
 
-fn reduce(
-    x: &Tensor,
-    op: Reduction,
-    axes: &[i64],
-    keepdims: bool,
-    noop: bool,
-) -> OpResult<Tensor> {
+fn reduce(x: &Tensor, op: Reduction, axes: &[i64], keepdims: bool, noop: bool) -> OpResult<Tensor> {
     let Some(reduced) = reduced_axes(axes, x.rank(), noop)? else {
         return Ok(x.clone());
     };
@@ -126,6 +131,43 @@ fn reduce(
         bail!("cannot reduce {} tensors", x.dtype());
     }
     let plan = ReducePlan::new(x.shape(), &reduced);
+    let shape: Vec<usize> = x
+        .shape()
+        .iter()
+        .zip(&reduced)
+        .filter_map(|(&d, &r)| match (r, keepdims) {
+            (false, _) => Some(d),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    if let (Ok(v), Some(len)) = (x.as_f32(), plan.contiguous_rows()) {
+        // The LayerNorm / softmax case: each output reduces one contiguous run of the input.
+        let row = |r: &[f32]| -> f64 {
+            match op {
+                Reduction::Sum => r.iter().map(|&e| e as f64).sum(),
+                Reduction::Mean => r.iter().map(|&e| e as f64).sum::<f64>() / len as f64,
+                Reduction::SumSquare => r.iter().map(|&e| (e as f64) * (e as f64)).sum(),
+                Reduction::Max => {
+                    r.iter().fold(
+                        f32::NEG_INFINITY,
+                        |m, &e| {
+                            if e > m || e.is_nan() {
+                                e
+                            } else {
+                                m
+                            }
+                        },
+                    ) as f64
+                }
+                _ => f64::NAN,
+            }
+        };
+        if matches!(op, Reduction::Sum | Reduction::Mean | Reduction::SumSquare | Reduction::Max) {
+            let out: Vec<f32> = v.chunks_exact(len).map(|r| row(r) as f32).collect();
+            return Ok(Tensor::from_vec(shape, out)?);
+        }
+    }
     let v = x.to_f64_vec()?;
     let init = match op {
         Reduction::Max | Reduction::LogSumExp => f64::NEG_INFINITY,
@@ -175,16 +217,6 @@ fn reduce(
         Reduction::LogSum => acc.iter_mut().for_each(|a| *a = a.ln()),
         _ => {}
     }
-    let shape: Vec<usize> = x
-        .shape()
-        .iter()
-        .zip(&reduced)
-        .filter_map(|(&d, &r)| match (r, keepdims) {
-            (false, _) => Some(d),
-            (true, true) => Some(1),
-            (true, false) => None,
-        })
-        .collect();
     Ok(Tensor::from_vec(shape, acc)?.cast(x.dtype())?)
 }
 
@@ -214,13 +246,7 @@ fn build_reduce(ctx: &BuildCtx, op: Reduction, axes_input_from: i64) -> OpResult
 
 /// `ArgMax`/`ArgMin` along one axis; ties go to the first (or, with `select_last_index`, the
 /// last) occurrence.
-fn arg_reduce(
-    x: &Tensor,
-    axis: i64,
-    keepdims: bool,
-    last: bool,
-    max: bool,
-) -> OpResult<Tensor> {
+fn arg_reduce(x: &Tensor, axis: i64, keepdims: bool, last: bool, max: bool) -> OpResult<Tensor> {
     let axis = normalize_axis(axis, x.rank())?;
     let shape = x.shape();
     let (outer, len, inner) =
@@ -417,6 +443,20 @@ mod tests {
         let y = reduce(&x, Reduction::Max, &[0, -1], false, false).unwrap();
         assert_eq!(y.shape(), &[3]);
         assert_eq!(y.as_f32().unwrap(), &[7.0, 9.0, 11.0]);
+    }
+
+    #[test]
+    fn contiguous_fast_path_matches_general_path() {
+        let x = t(&[2, 3, 4], (0..24).map(|v| (v as f32 * 0.37).sin()).collect());
+        for op in [Reduction::Sum, Reduction::Mean, Reduction::SumSquare, Reduction::Max] {
+            let fast = reduce(&x, op, &[2], true, false).unwrap();
+            let general = reduce(&x.cast(DType::F64).unwrap(), op, &[2], true, false).unwrap();
+            let g = general.cast(DType::F32).unwrap();
+            assert_eq!(fast.shape(), g.shape());
+            for (a, b) in fast.as_f32().unwrap().iter().zip(g.as_f32().unwrap()) {
+                assert!((a - b).abs() < 1e-6, "{op:?}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

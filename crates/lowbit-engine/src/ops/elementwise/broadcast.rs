@@ -85,22 +85,37 @@ impl Bcast {
         self.steps[k]
     }
 
+    /// Number of rows (output elements / row length).
+    pub fn rows(&self) -> usize {
+        self.numel().checked_div(self.inner).unwrap_or(0)
+    }
+
     /// Calls `f` with the start offset of every input for each row, in output order.
-    pub fn for_each_row(&self, mut f: impl FnMut(&[usize])) {
-        if self.numel() == 0 {
+    pub fn for_each_row(&self, f: impl FnMut(&[usize])) {
+        self.for_rows(0, self.rows(), f)
+    }
+
+    /// Calls `f` with the input offsets of rows `start..start + count`, in order.
+    pub fn for_rows(&self, start: usize, count: usize, mut f: impl FnMut(&[usize])) {
+        if count == 0 || self.numel() == 0 {
             return;
         }
         let n = self.steps.len();
         let mut offs = vec![0usize; n];
         let mut idx = vec![0usize; self.outer.len()];
-        loop {
+        let mut rest = start;
+        for d in (0..self.outer.len()).rev() {
+            idx[d] = rest % self.outer[d];
+            rest /= self.outer[d];
+            for (o, st) in offs.iter_mut().zip(&self.strides) {
+                *o += idx[d] * st[d];
+            }
+        }
+        for _ in 1..count {
             f(&offs);
             // Odometer increment over the outer dims.
             let mut d = self.outer.len();
-            loop {
-                if d == 0 {
-                    return;
-                }
+            while d > 0 {
                 d -= 1;
                 idx[d] += 1;
                 for (o, st) in offs.iter_mut().zip(&self.strides) {
@@ -115,25 +130,85 @@ impl Bcast {
                 idx[d] = 0;
             }
         }
+        f(&offs);
+    }
+}
+
+/// Outputs at least this large are computed in parallel chunks on the rayon pool.
+pub const PAR_MIN: usize = 1 << 15;
+/// Elements per parallel task.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// Whether an output of `n` elements is worth splitting over threads.
+pub fn parallel(n: usize) -> bool {
+    n >= PAR_MIN && rayon::current_num_threads() > 1
+}
+
+/// Writes one row of `f(a, b)` into `dst`.
+#[inline(always)]
+fn row2<A, B, O: Clone>(
+    dst: &mut [O],
+    a: &[A],
+    b: &[B],
+    (sa, sb): (usize, usize),
+    f: &impl Fn(&A, &B) -> O,
+) {
+    let inner = dst.len();
+    match (sa, sb) {
+        (1, 1) => {
+            for ((d, x), y) in dst.iter_mut().zip(&a[..inner]).zip(&b[..inner]) {
+                *d = f(x, y);
+            }
+        }
+        (1, _) => {
+            let y = &b[0];
+            for (d, x) in dst.iter_mut().zip(&a[..inner]) {
+                *d = f(x, y);
+            }
+        }
+        (_, 1) => {
+            let x = &a[0];
+            for (d, y) in dst.iter_mut().zip(&b[..inner]) {
+                *d = f(x, y);
+            }
+        }
+        _ => {
+            dst.fill(f(&a[0], &b[0]));
+        }
     }
 }
 
 /// `f(a, b)` over `a` and `b` broadcast together; returns the output shape and values.
-pub fn map2<A, B, O>(
+/// Large outputs are computed in parallel row chunks.
+pub fn map2<A: Sync, B: Sync, O: Clone + Default + Send>(
     a: (&[usize], &[A]),
     b: (&[usize], &[B]),
-    f: impl Fn(&A, &B) -> O,
-) -> OpResult<(Vec<usize>, Vec<O>)>
-where
-    O: Clone,
-{
+    f: impl Fn(&A, &B) -> O + Sync,
+) -> OpResult<(Vec<usize>, Vec<O>)> {
+    use rayon::prelude::*;
     let plan = Bcast::new(&[a.0, b.0])?;
     let (a, b) = (a.1, b.1);
     let inner = plan.inner();
-    let mut out = Vec::with_capacity(plan.numel());
+    let steps = (plan.step(0), plan.step(1));
+    let n = plan.numel();
+    if parallel(n) {
+        let mut out = vec![O::default(); n];
+        let rows_per_task = PAR_CHUNK.div_ceil(inner);
+        out.par_chunks_mut(rows_per_task * inner).enumerate().for_each(|(t, chunk)| {
+            let count = chunk.len() / inner;
+            let mut rows = chunk.chunks_exact_mut(inner);
+            plan.for_rows(t * rows_per_task, count, |offs| {
+                if let Some(dst) = rows.next() {
+                    row2(dst, &a[offs[0]..], &b[offs[1]..], steps, &f);
+                }
+            });
+        });
+        return Ok((plan.out_shape, out));
+    }
+    let mut out = Vec::with_capacity(n);
     plan.for_each_row(|offs| {
         let (oa, ob) = (offs[0], offs[1]);
-        match (plan.step(0), plan.step(1)) {
+        match steps {
             (1, 1) => {
                 out.extend(a[oa..oa + inner].iter().zip(&b[ob..ob + inner]).map(|(x, y)| f(x, y)))
             }
@@ -213,6 +288,7 @@ mod tests {
             (&[3, 1, 2, 1], &[1, 4, 1, 5]),
             (&[2, 3], &[1, 1]),
             (&[2, 0, 3], &[3]),
+            (&[2, 3, 0], &[0]),
             (&[1], &[]),
         ];
         for (a, b) in cases {
@@ -225,19 +301,38 @@ mod tests {
     }
 
     #[test]
+    fn parallel_rows_match_sequential() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (a, b) in [
+            (vec![3, 70, 300], vec![300]),
+            (vec![70_000], vec![1]),
+            (vec![9, 1, 5000], vec![9, 3, 1]),
+        ] {
+            let va: Vec<usize> = (0..numel(&a)).collect();
+            let vb: Vec<usize> = (0..numel(&b)).collect();
+            let (_, got) = pool.install(|| map2((&a, &va), (&b, &vb), |&x, &y| (x, y))).unwrap();
+            assert_eq!(got, naive2(&a, &b), "{a:?} with {b:?}");
+        }
+    }
+
+    #[test]
     fn three_way_broadcast() {
         let c = [true, false];
         let x = [1, 2, 3, 4];
         let y = [9];
-        let (shape, got) =
-            map3((&[2, 1], &c[..]), (&[2, 2], &x[..]), (&[], &y[..]), |&c, &x, &y| {
+        let (shape, got) = map3(
+            (&[2, 1], &c[..]),
+            (&[2, 2], &x[..]),
+            (&[], &y[..]),
+            |&c, &x, &y| {
                 if c {
                     x
                 } else {
                     y
                 }
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert_eq!(shape, vec![2, 2]);
         assert_eq!(got, vec![1, 2, 9, 9]);
     }

@@ -320,18 +320,66 @@ pub fn erf_f64(x: f64) -> f64 {
 macro_rules! dispatch_num {
     ($dt:expr, $T:ident => $body:expr, _ => $other:expr) => {
         match $dt {
-            lowbit_tensor::DType::F32 => { #[allow(dead_code)] type $T = f32; $body }
-            lowbit_tensor::DType::F64 => { #[allow(dead_code)] type $T = f64; $body }
-            lowbit_tensor::DType::F16 => { #[allow(dead_code)] type $T = half::f16; $body }
-            lowbit_tensor::DType::BF16 => { #[allow(dead_code)] type $T = half::bf16; $body }
-            lowbit_tensor::DType::I8 => { #[allow(dead_code)] type $T = i8; $body }
-            lowbit_tensor::DType::I16 => { #[allow(dead_code)] type $T = i16; $body }
-            lowbit_tensor::DType::I32 => { #[allow(dead_code)] type $T = i32; $body }
-            lowbit_tensor::DType::I64 => { #[allow(dead_code)] type $T = i64; $body }
-            lowbit_tensor::DType::U8 => { #[allow(dead_code)] type $T = u8; $body }
-            lowbit_tensor::DType::U16 => { #[allow(dead_code)] type $T = u16; $body }
-            lowbit_tensor::DType::U32 => { #[allow(dead_code)] type $T = u32; $body }
-            lowbit_tensor::DType::U64 => { #[allow(dead_code)] type $T = u64; $body }
+            lowbit_tensor::DType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            lowbit_tensor::DType::F64 => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $body
+            }
+            lowbit_tensor::DType::F16 => {
+                #[allow(dead_code)]
+                type $T = half::f16;
+                $body
+            }
+            lowbit_tensor::DType::BF16 => {
+                #[allow(dead_code)]
+                type $T = half::bf16;
+                $body
+            }
+            lowbit_tensor::DType::I8 => {
+                #[allow(dead_code)]
+                type $T = i8;
+                $body
+            }
+            lowbit_tensor::DType::I16 => {
+                #[allow(dead_code)]
+                type $T = i16;
+                $body
+            }
+            lowbit_tensor::DType::I32 => {
+                #[allow(dead_code)]
+                type $T = i32;
+                $body
+            }
+            lowbit_tensor::DType::I64 => {
+                #[allow(dead_code)]
+                type $T = i64;
+                $body
+            }
+            lowbit_tensor::DType::U8 => {
+                #[allow(dead_code)]
+                type $T = u8;
+                $body
+            }
+            lowbit_tensor::DType::U16 => {
+                #[allow(dead_code)]
+                type $T = u16;
+                $body
+            }
+            lowbit_tensor::DType::U32 => {
+                #[allow(dead_code)]
+                type $T = u32;
+                $body
+            }
+            lowbit_tensor::DType::U64 => {
+                #[allow(dead_code)]
+                type $T = u64;
+                $body
+            }
             _ => $other,
         }
     };
@@ -341,14 +389,46 @@ macro_rules! dispatch_num {
 macro_rules! dispatch_int {
     ($dt:expr, $T:ident => $body:expr, _ => $other:expr) => {
         match $dt {
-            lowbit_tensor::DType::I8 => { #[allow(dead_code)] type $T = i8; $body }
-            lowbit_tensor::DType::I16 => { #[allow(dead_code)] type $T = i16; $body }
-            lowbit_tensor::DType::I32 => { #[allow(dead_code)] type $T = i32; $body }
-            lowbit_tensor::DType::I64 => { #[allow(dead_code)] type $T = i64; $body }
-            lowbit_tensor::DType::U8 => { #[allow(dead_code)] type $T = u8; $body }
-            lowbit_tensor::DType::U16 => { #[allow(dead_code)] type $T = u16; $body }
-            lowbit_tensor::DType::U32 => { #[allow(dead_code)] type $T = u32; $body }
-            lowbit_tensor::DType::U64 => { #[allow(dead_code)] type $T = u64; $body }
+            lowbit_tensor::DType::I8 => {
+                #[allow(dead_code)]
+                type $T = i8;
+                $body
+            }
+            lowbit_tensor::DType::I16 => {
+                #[allow(dead_code)]
+                type $T = i16;
+                $body
+            }
+            lowbit_tensor::DType::I32 => {
+                #[allow(dead_code)]
+                type $T = i32;
+                $body
+            }
+            lowbit_tensor::DType::I64 => {
+                #[allow(dead_code)]
+                type $T = i64;
+                $body
+            }
+            lowbit_tensor::DType::U8 => {
+                #[allow(dead_code)]
+                type $T = u8;
+                $body
+            }
+            lowbit_tensor::DType::U16 => {
+                #[allow(dead_code)]
+                type $T = u16;
+                $body
+            }
+            lowbit_tensor::DType::U32 => {
+                #[allow(dead_code)]
+                type $T = u32;
+                $body
+            }
+            lowbit_tensor::DType::U64 => {
+                #[allow(dead_code)]
+                type $T = u64;
+                $body
+            }
             _ => $other,
         }
     };

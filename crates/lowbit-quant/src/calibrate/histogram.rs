@@ -1,0 +1,644 @@
+//! A streaming histogram with a fixed number of bins, and the ranges read from it:
+//! percentile, entropy (KL divergence, TensorRT-style) and MSE.
+//!
+//! ```
+//! use lowbit_quant::calibrate::{Histogram, Observer};
+//! let mut h = Histogram::new(2048);
+//! h.observe_finite(&[0.0, 1.0, 2.0, 3.0]);
+//! h.observe_finite(&[-40.0]); // outside: bins merge in pairs until it fits
+//! assert_eq!(h.total(), 5);
+//! assert_eq!(h.memory_bytes(), Histogram::new(2048).memory_bytes());
+//! let r = h.percentile_range(100.0).unwrap();
+//! assert_eq!((r.min, r.max), (-40.0, 3.0));
+//! ```
+//!
+//! **Grid.** Bin `i` covers `[(i − z)·w, (i − z + 1)·w)`: 0 is always a bin edge (the edge of
+//! bin `z`), so the grid covers `[min(min, 0), max(max, 0)]`, the range qparams use. A value
+//! `x` goes to bin `z + floor(x / w)` (computed in f64). The first batch with a non-zero value
+//! sets `w = (hi − lo) / (bins − 2)`; spare bins are split between the negative and the
+//! positive side in proportion to what each side uses (an all-positive ReLU output gets `z = 0`).
+//! Before that, zeros wait in bin 0 with `w = 0`.
+//!
+//! **Growth (the merge rule).** When a batch falls outside the grid, `w` doubles (as often as
+//! needed, `w' = w · 2^k`) and `z` is chosen again by the same rule; old bin `i` moves to bin
+//! `z' + floor((i − z) / 2^k)`. Because `w'` is `w` times a power of two, `floor(x / w') =
+//! floor(floor(x / w) / 2^k)` exactly in floating point: merging is exact (no count is split
+//! or guessed), and every value sits where direct binning at width `w'` would put it. The bin
+//! count never changes, so memory is independent of the number of samples; counts are
+//! integers, so parallel counting is exact and results do not depend on the thread count.
+//!
+//! **Percentile** `p`: the lower bound is the lower edge of the bin where the cumulative count
+//! first reaches `(100 − p) / 200` of the total, the upper bound the upper edge of the bin
+//! where it first reaches `1 − (100 − p) / 200` (ONNX Runtime's two-sided cut); both are
+//! clamped to the observed `[min, max]`.
+//!
+//! **Entropy** (TensorRT's calibrator, as in NVIDIA's pytorch-quantization
+//! `_compute_amax_entropy`): the histogram is folded onto magnitudes `|x|` (bins `z + j` and
+//! `z − 1 − j` add into magnitude bin `j`), trimmed after its last non-empty bin. For every
+//! candidate threshold of `i` bins, `levels ≤ i ≤ len` (`levels` = 128 for int8: the positive
+//! half of the grid), the reference `P` is bins `0..i` with all counts beyond added to the
+//! last one; the candidate `Q` merges bins `0..i` into `levels` groups (bin `j` into group
+//! `⌊j · levels / i⌋`, exact integers) and spreads each group's count evenly over its
+//! non-empty bins (empty bins stay 0). The threshold `T = i · w` with the smallest `KL(P‖Q)`
+//! wins (the largest on ties; `Q = 0` where `P > 0` counts as infinite), and the range is
+//! `[max(min, −T), min(max, T)]`.
+//!
+//! **MSE**: candidate clip ranges `α · [min(min, 0), max(max, 0)]` for `α = k / 200`,
+//! `k = 1..=200`. The expected squared error of each is estimated from the bins, each standing
+//! for its centre (clamped to `[min, max]`): a value inside the range costs `Δ² / 12` (uniform
+//! rounding noise, `Δ = range / (levels − 1)`, 256 levels for 8 bits), one outside costs its
+//! squared distance to the range. The smallest error wins (the widest range on ties); the range
+//! is clamped to `[min, max]`.
+
+use super::{min_max, Observer, Range, PAR_CHUNK};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A fixed-size histogram over a grid that grows by exact pairwise merging.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    /// Bin width; 0 until a non-zero value arrives.
+    width: f64,
+    /// Bin whose lower edge is 0.
+    zero_bin: usize,
+    min: f32,
+    max: f32,
+    total: u64,
+}
+
+/// A histogram as stored in `ranges.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSummary {
+    pub bins: usize,
+    pub bin_width: f64,
+    /// Bin whose lower edge is 0.
+    pub zero_bin: usize,
+    /// Lower edge of the first bin, upper edge of the last.
+    pub range: [f64; 2],
+    pub counts: Vec<u64>,
+}
+
+fn floor_div(a: i64, b: i64) -> i64 {
+    a.div_euclid(b)
+}
+
+impl Histogram {
+    /// An empty histogram of `bins` bins (at least 4).
+    pub fn new(bins: usize) -> Histogram {
+        Histogram {
+            counts: vec![0; bins.max(4)],
+            width: 0.0,
+            zero_bin: 0,
+            min: 0.0,
+            max: 0.0,
+            total: 0,
+        }
+    }
+
+    /// Rebuilds a histogram from a saved summary and the tensor's extremes (so methods can be
+    /// re-run with other settings without the data).
+    pub fn from_summary(s: &HistogramSummary, min: f32, max: f32) -> Option<Histogram> {
+        let ok = s.bins >= 4
+            && s.counts.len() == s.bins
+            && s.zero_bin <= s.bins
+            && s.bin_width >= 0.0
+            && s.bin_width.is_finite()
+            && min <= max;
+        ok.then(|| Histogram {
+            counts: s.counts.clone(),
+            width: s.bin_width,
+            zero_bin: s.zero_bin,
+            min,
+            max,
+            total: s.counts.iter().sum(),
+        })
+    }
+
+    pub fn summary(&self) -> HistogramSummary {
+        HistogramSummary {
+            bins: self.counts.len(),
+            bin_width: self.width,
+            zero_bin: self.zero_bin,
+            range: [self.edge(0), self.edge(self.counts.len())],
+            counts: self.counts.clone(),
+        }
+    }
+
+    pub fn bins(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    pub fn bin_width(&self) -> f64 {
+        self.width
+    }
+
+    /// Values observed.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Lower edge of bin `i` (upper edge of bin `i − 1`).
+    pub fn edge(&self, i: usize) -> f64 {
+        (i as i64 - self.zero_bin as i64) as f64 * self.width
+    }
+
+    /// Bins needed for `[lo, hi]` (lo ≤ 0 ≤ hi) at width `w`, and the bins left of zero.
+    fn need(lo: f64, hi: f64, w: f64) -> (i64, i64) {
+        let neg = -(lo / w).floor() as i64;
+        let pos = (hi / w).floor() as i64 + 1;
+        (neg + pos, neg)
+    }
+
+    fn fits(&self, lo: f64, hi: f64) -> bool {
+        let z = self.zero_bin as i64;
+        self.width > 0.0
+            && z + (lo / self.width).floor() as i64 >= 0
+            && z + ((hi / self.width).floor() as i64) < self.counts.len() as i64
+    }
+
+    /// Makes the grid cover `[lo, hi]` (lo ≤ 0 ≤ hi, not both 0), merging bins exactly.
+    fn regrid(&mut self, lo: f64, hi: f64) {
+        let n = self.counts.len() as i64;
+        let mut w = if self.width == 0.0 { (hi - lo) / (n - 2) as f64 } else { self.width * 2.0 };
+        while Histogram::need(lo, hi, w).0 > n {
+            w *= 2.0;
+        }
+        let (m, neg) = Histogram::need(lo, hi, w);
+        let z = (neg + (n - m) * neg / m) as usize;
+        let mut counts = vec![0u64; n as usize];
+        // Only bin 0 can hold anything while the width is 0 (zeros), and it maps to bin z.
+        let ratio = if self.width == 0.0 { 1 } else { (w / self.width) as i64 };
+        for (i, &c) in self.counts.iter().enumerate().filter(|(_, &c)| c > 0) {
+            let o = i as i64 - self.zero_bin as i64;
+            let j = (z as i64 + floor_div(o, ratio)).clamp(0, n - 1);
+            counts[j as usize] += c;
+        }
+        self.counts = counts;
+        self.width = w;
+        self.zero_bin = z;
+    }
+
+    fn count_into(counts: &mut [u64], x: &[f32], w: f64, z: i64) {
+        let last = counts.len() as i64 - 1;
+        for &v in x {
+            let i = (z + (v as f64 / w).floor() as i64).clamp(0, last);
+            counts[i as usize] += 1;
+        }
+    }
+
+    /// The extremes observed, `None` before any value.
+    pub fn min_max(&self) -> Option<Range> {
+        (self.total > 0).then(|| Range::new(self.min, self.max))
+    }
+
+    /// The range keeping `percentile` % of the values (see module docs).
+    pub fn percentile_range(&self, percentile: f64) -> Option<Range> {
+        let full = self.min_max()?;
+        if self.width == 0.0 {
+            return Some(full);
+        }
+        let cut = ((100.0 - percentile) / 200.0).clamp(0.0, 0.5);
+        let total = self.total as f64;
+        let mut cum = 0u64;
+        let (mut lo_bin, mut hi_bin) = (None, None);
+        for (i, &c) in self.counts.iter().enumerate() {
+            cum += c;
+            let f = cum as f64 / total;
+            if lo_bin.is_none() && f >= cut && cum > 0 {
+                lo_bin = Some(i);
+            }
+            if hi_bin.is_none() && f >= 1.0 - cut && cum > 0 {
+                hi_bin = Some(i);
+                break;
+            }
+        }
+        let lo = lo_bin.map_or(full.min, |i| (self.edge(i) as f32).max(full.min));
+        let hi = hi_bin.map_or(full.max, |i| (self.edge(i + 1) as f32).min(full.max));
+        Some(Range::new(lo.min(hi), hi))
+    }
+
+    /// Magnitude histogram: bin `j` counts `|x|` in `[j·w, (j+1)·w]`, trimmed after the last
+    /// non-empty bin.
+    fn magnitudes(&self) -> Vec<u64> {
+        let n = self.counts.len();
+        let z = self.zero_bin;
+        let len = z.max(n - z);
+        let mut mag: Vec<u64> = (0..len)
+            .map(|j| {
+                let pos = if z + j < n { self.counts[z + j] } else { 0 };
+                let neg = if j < z { self.counts[z - 1 - j] } else { 0 };
+                pos + neg
+            })
+            .collect();
+        while mag.last() == Some(&0) {
+            mag.pop();
+        }
+        mag
+    }
+
+    /// TensorRT's entropy (KL divergence) threshold over `levels` quantized bins (see module
+    /// docs).
+    pub fn entropy_range(&self, levels: usize) -> Option<Range> {
+        let full = self.min_max()?;
+        if self.width == 0.0 {
+            return Some(full);
+        }
+        let mag = self.magnitudes();
+        let len = mag.len();
+        let levels = levels.max(1);
+        let best_bins = if len <= levels {
+            len
+        } else {
+            let mut suffix = vec![0u64; len + 1];
+            for j in (0..len).rev() {
+                suffix[j] = suffix[j + 1] + mag[j];
+            }
+            let mut best = (f64::INFINITY, len);
+            let mut level_sum = vec![0u64; levels];
+            let mut level_nz = vec![0u64; levels];
+            for i in levels..=len {
+                let kl = kl_divergence(&mag[..i], suffix[i], levels, &mut level_sum, &mut level_nz);
+                if kl <= best.0 {
+                    best = (kl, i);
+                }
+            }
+            best.1
+        };
+        let t = (best_bins as f64 * self.width) as f32;
+        Some(Range::new((-t).max(full.min).min(full.max), t.min(full.max).max(full.min)))
+    }
+
+    /// The clip range minimizing expected quantization MSE on a `levels`-level grid (see
+    /// module docs).
+    pub fn mse_range(&self, levels: usize) -> Option<Range> {
+        const STEPS: u32 = 200;
+        let full = self.min_max()?;
+        if self.width == 0.0 {
+            return Some(full);
+        }
+        let (fmin, fmax) = (full.min as f64, full.max as f64);
+        let bins: Vec<(f64, f64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| ((self.edge(i) + 0.5 * self.width).clamp(fmin, fmax), c as f64))
+            .collect();
+        let (lo, hi) = (fmin.min(0.0), fmax.max(0.0));
+        let mut best = (f64::INFINITY, 1.0);
+        for k in (1..=STEPS).rev() {
+            let alpha = k as f64 / STEPS as f64;
+            let (a, b) = (alpha * lo, alpha * hi);
+            let step = (b - a) / (levels.max(2) - 1) as f64;
+            let noise = step * step / 12.0;
+            let err: f64 = bins
+                .iter()
+                .map(|&(c, n)| {
+                    let d = if c < a {
+                        (a - c) * (a - c)
+                    } else if c > b {
+                        (c - b) * (c - b)
+                    } else {
+                        noise
+                    };
+                    n * d
+                })
+                .sum();
+            if err < best.0 {
+                best = (err, alpha);
+            }
+        }
+        let (a, b) = ((best.1 * lo) as f32, (best.1 * hi) as f32);
+        Some(Range::new(a.max(full.min).min(full.max), b.min(full.max).max(full.min)))
+    }
+}
+
+/// `KL(P‖Q)` for the threshold at `bins.len()` bins with `outliers` counts beyond it.
+fn kl_divergence(
+    bins: &[u64],
+    outliers: u64,
+    levels: usize,
+    level_sum: &mut [u64],
+    level_nz: &mut [u64],
+) -> f64 {
+    let i = bins.len();
+    level_sum.fill(0);
+    level_nz.fill(0);
+    for (j, &c) in bins.iter().enumerate() {
+        if c > 0 {
+            let k = j * levels / i;
+            level_sum[k] += c;
+            level_nz[k] += 1;
+        }
+    }
+    let q_total: u64 = level_sum.iter().sum();
+    let p_total = q_total + outliers;
+    if q_total == 0 || p_total == 0 {
+        return f64::INFINITY;
+    }
+    let (pt, qt) = (p_total as f64, q_total as f64);
+    let mut kl = 0.0;
+    for (j, &c) in bins.iter().enumerate() {
+        let p = c + if j == i - 1 { outliers } else { 0 };
+        if p == 0 {
+            continue;
+        }
+        if c == 0 {
+            return f64::INFINITY;
+        }
+        let k = j * levels / i;
+        let p = p as f64 / pt;
+        let q = level_sum[k] as f64 / level_nz[k] as f64 / qt;
+        kl += p * (p / q).ln();
+    }
+    kl
+}
+
+impl Observer for Histogram {
+    fn observe_finite(&mut self, x: &[f32]) {
+        let Some((blo, bhi)) = min_max(x) else { return };
+        if self.total == 0 {
+            (self.min, self.max) = (blo, bhi);
+        } else {
+            (self.min, self.max) = (self.min.min(blo), self.max.max(bhi));
+        }
+        self.total += x.len() as u64;
+        let (lo, hi) = (self.min.min(0.0) as f64, self.max.max(0.0) as f64);
+        if lo == 0.0 && hi == 0.0 {
+            // Only zeros so far: they wait in bin 0 until a grid exists.
+            self.counts[self.zero_bin] += x.len() as u64;
+            return;
+        }
+        if !self.fits(lo, hi) {
+            self.regrid(lo, hi);
+        }
+        let (w, z) = (self.width, self.zero_bin as i64);
+        if x.len() > PAR_CHUNK {
+            let n = self.counts.len();
+            let local = x
+                .par_chunks(PAR_CHUNK)
+                .map(|ch| {
+                    let mut c = vec![0u64; n];
+                    Histogram::count_into(&mut c, ch, w, z);
+                    c
+                })
+                .reduce(
+                    || vec![0u64; n],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        a
+                    },
+                );
+            self.counts.iter_mut().zip(local).for_each(|(a, b)| *a += b);
+        } else {
+            Histogram::count_into(&mut self.counts, x, w, z);
+        }
+    }
+
+    /// The full observed range; the methods below give the narrower ones.
+    fn range(&self) -> Option<Range> {
+        self.min_max()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.counts.len() * std::mem::size_of::<u64>()
+    }
+}
+
+macro_rules! histogram_observer {
+    ($(#[$doc:meta])* $name:ident, $param:ident: $t:ty = $default:expr, $method:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $name {
+            pub histogram: Histogram,
+            pub $param: $t,
+        }
+
+        impl $name {
+            pub fn new(bins: usize, $param: $t) -> $name {
+                $name { histogram: Histogram::new(bins), $param }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::new(2048, $default)
+            }
+        }
+
+        impl Observer for $name {
+            fn observe_finite(&mut self, x: &[f32]) {
+                self.histogram.observe_finite(x)
+            }
+            fn range(&self) -> Option<Range> {
+                self.histogram.$method(self.$param)
+            }
+            fn memory_bytes(&self) -> usize {
+                self.histogram.memory_bytes()
+            }
+        }
+    };
+}
+
+histogram_observer!(
+    /// Percentile range over a [`Histogram`] (default 99.999 over 2048 bins).
+    Percentile, percentile: f64 = 99.999, percentile_range
+);
+histogram_observer!(
+    /// TensorRT-style entropy range over a [`Histogram`] (default 128 levels, 2048 bins).
+    Entropy, levels: usize = 128, entropy_range
+);
+histogram_observer!(
+    /// Minimum-MSE clip range over a [`Histogram`] (default 256 levels, 2048 bins).
+    Mse, levels: usize = 256, mse_range
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A deterministic pseudo-random stream (xorshift), for data the tests can regenerate.
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect()
+    }
+
+    /// Approximately normal values (sum of uniforms), mean 0, std ≈ `std`.
+    fn gaussian(seed: u64, n: usize, std: f32) -> Vec<f32> {
+        let u = noise(seed, n * 12);
+        u.chunks(12).map(|c| (c.iter().sum::<f32>() - 6.0) * std).collect()
+    }
+
+    #[test]
+    fn zero_is_a_bin_edge_and_relu_outputs_use_every_bin() {
+        let mut h = Histogram::new(64);
+        h.observe_finite(&[0.0, 0.5, 6.2]);
+        assert_eq!(h.zero_bin, 0);
+        assert_eq!(h.edge(0), 0.0);
+        assert!(h.edge(64) >= 6.2);
+        let mut s = Histogram::new(64);
+        s.observe_finite(&[-1.0, 1.0]);
+        assert_eq!(s.edge(s.zero_bin), 0.0);
+        // 31 bins left of zero, 32 right of it, the spare one split in proportion.
+        assert_eq!(s.zero_bin, 31);
+    }
+
+    #[test]
+    fn zeros_before_the_first_nonzero_value_are_kept() {
+        let mut h = Histogram::new(16);
+        h.observe_finite(&[0.0; 5]);
+        assert_eq!(h.bin_width(), 0.0);
+        assert_eq!(h.percentile_range(99.0), Some(Range::new(0.0, 0.0)));
+        h.observe_finite(&[-2.0, 3.0]);
+        assert_eq!(h.total(), 7);
+        assert_eq!(h.counts()[h.zero_bin], 5);
+        assert_eq!(h.counts().iter().sum::<u64>(), 7);
+    }
+
+    #[test]
+    fn growth_merges_bins_exactly_like_direct_binning() {
+        // Bin the same data in one batch and in growing batches: identical histograms once
+        // both have the same grid.
+        let data: Vec<f32> = noise(7, 5000).iter().map(|v| (v - 0.3) * 10.0).collect();
+        let mut grown = Histogram::new(128);
+        grown.observe_finite(&data[..10]);
+        let before = grown.bin_width();
+        grown.observe_finite(&[100.0]);
+        grown.observe_finite(&data[10..]);
+        assert!(grown.bin_width() >= before * 4.0);
+        let mut direct = grown.clone();
+        direct.counts.fill(0);
+        let mut all = data.clone();
+        all.push(100.0);
+        Histogram::count_into(&mut direct.counts, &all, direct.width, direct.zero_bin as i64);
+        assert_eq!(grown.counts, direct.counts);
+        assert_eq!(grown.total(), 5001);
+    }
+
+    #[test]
+    fn memory_does_not_grow_with_samples() {
+        let mut h = Histogram::new(2048);
+        let m0 = h.memory_bytes();
+        for seed in 1..50 {
+            h.observe_finite(&gaussian(seed, 1000, seed as f32));
+        }
+        assert_eq!(h.memory_bytes(), m0);
+        assert_eq!(h.bins(), 2048);
+    }
+
+    #[test]
+    fn parallel_counting_equals_sequential() {
+        let data = gaussian(3, 3 * PAR_CHUNK, 2.0);
+        let mut par = Histogram::new(2048);
+        par.observe_finite(&data);
+        // The same grid, counted sequentially.
+        let mut seq2 = par.clone();
+        seq2.counts.fill(0);
+        Histogram::count_into(&mut seq2.counts, &data, par.width, par.zero_bin as i64);
+        assert_eq!(par.counts, seq2.counts);
+    }
+
+    #[test]
+    fn percentile_cuts_outliers() {
+        let mut h = Histogram::new(2048);
+        let mut data = noise(11, 100_000);
+        data.push(10.0);
+        h.observe_finite(&data);
+        let r = h.percentile_range(99.9).unwrap();
+        assert!(r.max < 1.02 && r.max > 0.99, "{r:?}");
+        assert!(r.min >= 0.0);
+        assert_eq!(h.percentile_range(100.0).unwrap(), Range::new(h.min, 10.0));
+    }
+
+    #[test]
+    fn entropy_clips_a_long_tail_but_keeps_the_bulk() {
+        let mut h = Histogram::new(2048);
+        let mut data = gaussian(5, 200_000, 1.0);
+        data.extend([12.0, -10.0]);
+        h.observe_finite(&data);
+        let r = h.entropy_range(128).unwrap();
+        assert!(r.max > 2.0 && r.max < 8.0, "{r:?}");
+        assert!(r.min < -2.0 && r.min > -8.0, "{r:?}");
+        assert_eq!(-r.min, r.max, "entropy thresholds are symmetric inside the data range");
+    }
+
+    #[test]
+    fn entropy_of_a_narrow_histogram_keeps_everything() {
+        let mut h = Histogram::new(2048);
+        h.observe_finite(&[0.0, 1.0, 2.0]);
+        h.observe_finite(&[5000.0]);
+        // Few occupied bins: fewer than 128 magnitude bins, nothing to clip.
+        let r = h.entropy_range(128).unwrap();
+        assert_eq!(r, Range::new(0.0, 5000.0));
+    }
+
+    #[test]
+    fn mse_prefers_clipping_rare_outliers() {
+        let mut h = Histogram::new(2048);
+        // One outlier at 50 over a million values in [0, 1): the noise a full range adds to
+        // every value outweighs clipping the one (optimum near 100 / (2 + 10^6 / (6 * 255^2))).
+        let mut data: Vec<f32> = noise(9, 1_000_000);
+        data.push(50.0);
+        h.observe_finite(&data);
+        let r = h.mse_range(256).unwrap();
+        assert!(r.max < 30.0 && r.max > 15.0, "{r:?}");
+        // Without outliers nothing is clipped much.
+        let mut u = Histogram::new(2048);
+        u.observe_finite(&noise(9, 100_000));
+        let r = u.mse_range(256).unwrap();
+        assert!(r.max > 0.95, "{r:?}");
+    }
+
+    #[test]
+    fn summaries_round_trip() {
+        let mut h = Histogram::new(256);
+        h.observe_finite(&gaussian(2, 1000, 3.0));
+        let s = h.summary();
+        let back = Histogram::from_summary(&s, h.min, h.max).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(s.range[0], h.edge(0));
+    }
+
+    proptest! {
+        #[test]
+        fn every_method_stays_inside_min_max(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(-1e3f32..1e3, 0..200), 1..6),
+            scale in prop_oneof![Just(1e-30f32), Just(1.0f32), Just(1e30f32)],
+        ) {
+            let mut h = Histogram::new(64);
+            let mut mm = super::super::MinMax::default();
+            for b in &batches {
+                let b: Vec<f32> = b.iter().map(|v| v * scale).collect();
+                h.observe_finite(&b);
+                mm.observe_finite(&b);
+            }
+            prop_assert_eq!(h.counts().iter().sum::<u64>(), h.total());
+            prop_assert_eq!(h.min_max(), mm.range());
+            if let Some(full) = mm.range() {
+                for r in [h.percentile_range(99.0), h.entropy_range(8), h.mse_range(16)] {
+                    let r = r.unwrap();
+                    prop_assert!(full.contains(&r), "{:?} not in {:?}", r, full);
+                    prop_assert!(r.min <= r.max);
+                }
+                // Every value lies inside the bin it was counted in.
+                let g = h.edge(0);
+                let top = h.edge(h.bins());
+                prop_assert!(g <= full.min.min(0.0) as f64 && top >= full.max.max(0.0) as f64);
+            }
+        }
+    }
+}

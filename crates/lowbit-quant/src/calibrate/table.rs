@@ -1,0 +1,213 @@
+//! The calibration table (`ranges.json`): per tensor, the observed extremes, the histogram,
+//! and the range every method gives, so one calibration serves many quantization runs.
+//!
+//! Format (JSON, tensors sorted by name):
+//!
+//! ```json
+//! { "format": "lowbit-calibration/1",
+//!   "settings": { "bins": 2048, "percentile": 99.999, "momentum": 0.01,
+//!                 "entropy_levels": 128, "mse_levels": 256 },
+//!   "batches": 200,
+//!   "tensors": { "conv1": { "min": -3.5, "max": 12.0, "count": 1254400,
+//!       "histogram": { "bins": 2048, "bin_width": 0.0075, "zero_bin": 460,
+//!                      "range": [-3.45, 11.91], "counts": [0, 3, …] },
+//!       "ranges": { "minmax": {"min": -3.5, "max": 12.0}, "moving-average": {…},
+//!                   "percentile": {…}, "entropy": {…}, "mse": {…} } } } }
+//! ```
+//!
+//! Files are written atomically (temporary file + rename).
+
+use super::histogram::{Histogram, HistogramSummary};
+use super::minmax::MovingAverageMinMax;
+use super::{CalibratorOptions, Method, Observer, Range};
+use crate::error::{QuantError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The format tag of `ranges.json`.
+pub const FORMAT: &str = "lowbit-calibration/1";
+
+/// The settings a table was computed with.
+pub type CalibrationSettings = CalibratorOptions;
+
+/// The range each calibration method gives one tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodRanges {
+    pub minmax: Range,
+    #[serde(rename = "moving-average")]
+    pub moving_average: Range,
+    pub percentile: Range,
+    pub entropy: Range,
+    pub mse: Range,
+}
+
+impl MethodRanges {
+    pub fn get(&self, m: Method) -> Range {
+        match m {
+            Method::MinMax => self.minmax,
+            Method::MovingAverage => self.moving_average,
+            Method::Percentile => self.percentile,
+            Method::Entropy => self.entropy,
+            Method::Mse => self.mse,
+        }
+    }
+}
+
+/// Everything calibration learned about one tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorCalibration {
+    pub min: f32,
+    pub max: f32,
+    /// Values observed.
+    pub count: u64,
+    pub histogram: HistogramSummary,
+    pub ranges: MethodRanges,
+}
+
+impl TensorCalibration {
+    /// The histogram, to derive ranges again with other settings.
+    pub fn histogram(&self) -> Option<Histogram> {
+        Histogram::from_summary(&self.histogram, self.min, self.max)
+    }
+}
+
+/// A calibration table, keyed by tensor name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationTable {
+    pub format: String,
+    pub settings: CalibrationSettings,
+    /// Batches (session runs) observed.
+    pub batches: u64,
+    pub tensors: BTreeMap<String, TensorCalibration>,
+}
+
+pub(crate) fn tensor_calibration(
+    hist: &Histogram,
+    moving: &MovingAverageMinMax,
+    opts: &CalibratorOptions,
+) -> TensorCalibration {
+    let full = hist.min_max().unwrap_or(Range::new(0.0, 0.0));
+    let or_full = |r: Option<Range>| r.unwrap_or(full);
+    TensorCalibration {
+        min: full.min,
+        max: full.max,
+        count: hist.total(),
+        histogram: hist.summary(),
+        ranges: MethodRanges {
+            minmax: full,
+            moving_average: or_full(moving.range()),
+            percentile: or_full(hist.percentile_range(opts.percentile)),
+            entropy: or_full(hist.entropy_range(opts.entropy_levels)),
+            mse: or_full(hist.mse_range(opts.mse_levels)),
+        },
+    }
+}
+
+impl CalibrationTable {
+    pub(crate) fn new(
+        settings: CalibrationSettings,
+        batches: u64,
+        tensors: BTreeMap<String, TensorCalibration>,
+    ) -> CalibrationTable {
+        CalibrationTable { format: FORMAT.to_string(), settings, batches, tensors }
+    }
+
+    /// The range `method` gives `tensor`, if it was calibrated.
+    pub fn range(&self, tensor: &str, method: Method) -> Option<Range> {
+        self.tensors.get(tensor).map(|t| t.ranges.get(method))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("calibration tables serialize")
+    }
+
+    /// Parses a table; `origin` names the source in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<CalibrationTable> {
+        let table: CalibrationTable = serde_json::from_str(text)
+            .map_err(|e| QuantError::Table { path: origin.to_string(), msg: e.to_string() })?;
+        if table.format != FORMAT {
+            return Err(QuantError::Table {
+                path: origin.to_string(),
+                msg: format!("format '{}' is not {FORMAT}", table.format),
+            });
+        }
+        Ok(table)
+    }
+
+    /// Writes the table atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        lowbit_tensor::npy::write_atomic(path, self.to_json().as_bytes())
+            .map_err(|e| QuantError::Table { path: path.display().to_string(), msg: e.to_string() })
+    }
+
+    pub fn load(path: &Path) -> Result<CalibrationTable> {
+        let text = std::fs::read_to_string(path).map_err(|e| QuantError::Table {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        CalibrationTable::from_json(&text, &path.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Calibrator, CalibratorOptions};
+    use super::*;
+    use lowbit_tensor::Tensor;
+
+    fn table() -> CalibrationTable {
+        let mut c = Calibrator::new(CalibratorOptions { bins: 64, ..Default::default() }).unwrap();
+        for b in 0..5 {
+            let v: Vec<f32> = (0..100).map(|i| (i as f32 - 30.0) * (b + 1) as f32 * 0.1).collect();
+            c.observe("act", &Tensor::from_vec(vec![100], v).unwrap()).unwrap();
+            c.end_batch();
+        }
+        c.table().unwrap()
+    }
+
+    #[test]
+    fn tables_round_trip_through_ranges_json() {
+        let t = table();
+        let dir = std::env::temp_dir().join(format!("lowbit-quant-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ranges.json");
+        t.save(&path).unwrap();
+        let back = CalibrationTable::load(&path).unwrap();
+        assert!(back == t, "ranges.json does not round-trip");
+        assert_eq!(back.batches, 5);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn table_lists_every_method() {
+        let t = table();
+        let a = &t.tensors["act"];
+        assert_eq!((a.min, a.max), (-15.0, 34.5));
+        assert_eq!(a.count, 500);
+        assert_eq!(a.histogram.counts.len(), 64);
+        for m in Method::ALL {
+            let r = t.range("act", m).unwrap();
+            assert!(r.min <= r.max, "{m}");
+        }
+        assert!(t.range("other", Method::MinMax).is_none());
+        let json = t.to_json();
+        assert!(json.contains("\"moving-average\"") && json.contains("\"minmax\""));
+        // Methods can be re-derived from the stored histogram.
+        let h = a.histogram().unwrap();
+        assert_eq!(h.percentile_range(t.settings.percentile), Some(a.ranges.percentile));
+    }
+
+    #[test]
+    fn bad_tables_are_rejected_with_their_origin() {
+        let e = CalibrationTable::from_json("{}", "x.json").unwrap_err();
+        assert!(e.to_string().contains("x.json"));
+        let mut t = table();
+        t.format = "other".into();
+        let e = CalibrationTable::from_json(&t.to_json(), "y.json").unwrap_err();
+        assert!(e.to_string().contains("lowbit-calibration/1"));
+        assert!(CalibrationTable::load(Path::new("/nonexistent/ranges.json")).is_err());
+    }
+}

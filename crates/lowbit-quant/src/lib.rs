@@ -1,0 +1,26 @@
+//! The lowbit quantizer.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`scheme`] | [`QuantScheme`]: value type, symmetric/asymmetric, per-tensor/channel/block, reduce range |
+//! | [`qparams`] | scale and zero point from ranges (ONNX Runtime's formulas), weight quantization |
+//! | [`calibrate`] | streaming observers (min-max, moving average, histogram → percentile, entropy, MSE), the [`Calibrator`](calibrate::Calibrator) and `ranges.json` |
+//!
+//! Every quantize/dequantize goes through [`lowbit_kernels::quantize`], the same functions the
+//! engine's `QuantizeLinear`/`DequantizeLinear` run: round half to even, saturation as ONNX
+//! defines it.
+//!
+//! ```
+//! use lowbit_quant::{qparams, QuantScheme};
+//! let p = qparams::QParams::from_range(&QuantScheme::uint8(), -1.0, 3.0)?;
+//! assert_eq!(p.zero_points(), vec![64]);
+//! # Ok::<(), lowbit_quant::QuantError>(())
+//! ```
+
+pub mod calibrate;
+pub mod error;
+pub mod qparams;
+pub mod scheme;
+
+pub use error::QuantError;
+pub use scheme::QuantScheme;
