@@ -222,7 +222,7 @@ fn check_array(spec: &InputSpec, t: &Tensor, source: &str) -> Result<bool> {
         bail!("input '{}' ({source}): the file holds no samples (shape {shape:?})", spec.name);
     }
     if let Dim::Fixed(b) = dims[0] {
-        if b == 0 || shape[0] % b != 0 {
+        if b == 0 || !shape[0].is_multiple_of(b) {
             bail!(
                 "input '{}' ({source}): the model's first dimension is fixed at {b}, but the \
                  file holds {} rows, not a multiple of {b}",
@@ -304,7 +304,7 @@ impl Dataset {
             return Ok(());
         }
         if let Some(b) = self.fixed_batch {
-            if n % b != 0 {
+            if !n.is_multiple_of(b) {
                 usage_bail!("--limit {n}: the model's fixed batch is {b}; use a multiple of it");
             }
         }

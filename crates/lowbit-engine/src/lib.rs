@@ -25,4 +25,4 @@ pub mod session;
 pub use error::{EngineError, OpError};
 pub use op::{BuildCtx, Kernel};
 pub use registry::Registry;
-pub use session::{InputSpec, Session, SessionOptions};
+pub use session::{InputSpec, Observer, Session, SessionOptions};

@@ -9,6 +9,9 @@ use lowbit_onnx::tensor_proto::tensor_from_proto;
 use lowbit_tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
+/// A callback shown every tensor by its ONNX name as it is produced.
+pub type Observer<'a> = dyn FnMut(&str, &Tensor) + Send + 'a;
+
 /// Options for building a [`Session`].
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -366,7 +369,7 @@ impl Session {
     pub fn run_observed(
         &self,
         feeds: Vec<(String, Tensor)>,
-        observer: &mut (dyn FnMut(&str, &Tensor) + Send),
+        observer: &mut Observer<'_>,
     ) -> Result<Vec<(String, Tensor)>> {
         self.run_inner(feeds, Some(observer))
     }
@@ -374,7 +377,7 @@ impl Session {
     fn run_inner(
         &self,
         feeds: Vec<(String, Tensor)>,
-        mut observer: Option<&mut (dyn FnMut(&str, &Tensor) + Send)>,
+        mut observer: Option<&mut Observer<'_>>,
     ) -> Result<Vec<(String, Tensor)>> {
         let mut values: Vec<Option<Tensor>> = vec![None; self.slot_names.len()];
         for (name, t) in feeds {

@@ -186,12 +186,16 @@ fn sgemm_with(
 pub const NR: usize = 16;
 /// Rows of A per micro-kernel call.
 const MR: usize = 6;
+/// Rows of packed B (one cache line each) the micro-kernels prefetch ahead of their reads.
+const PREFETCH_ROWS: usize = 32;
 /// Depth of one K block: a `KC x NR` panel slice stays in L1 across row blocks.
 const KC: usize = 256;
 
-/// `B` (`k x n`) re-laid out once for [`sgemm_packed`]: panels of [`NR`] columns, each stored
-/// row by row (`k` rows of `NR` values, zero-padded past `n`). Build it once for a constant
-/// weight and reuse it on every call.
+/// `B` (`k x n`) re-laid out once for [`sgemm_packed`]: blocks of `KC` rows, each holding
+/// panels of [`NR`] columns stored row by row (`kc` rows of `NR` values, zero-padded past
+/// `n`), in exactly the order [`sgemm_packed`] reads them, so a weight too big for the caches
+/// streams from memory as one linear sweep. Build it once for a constant weight and reuse it
+/// on every call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedB {
     k: usize,
@@ -222,15 +226,18 @@ impl PackedB {
         let data = &mut self.data;
         data.clear();
         data.resize(panels * k * NR, 0.0);
-        for p in 0..panels {
-            let cols = NR.min(n - p * NR);
-            for kk in 0..k {
-                let dst = &mut data[(p * k + kk) * NR..][..cols];
-                if tb == Trans::No {
-                    dst.copy_from_slice(&b[kk * ldb + p * NR..][..cols]);
-                } else {
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = b[(p * NR + j) * ldb + kk];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for p in 0..panels {
+                let cols = NR.min(n - p * NR);
+                for kk in 0..kc {
+                    let dst = &mut data[block_offset(k0, panels, p, kc) + kk * NR..][..cols];
+                    if tb == Trans::No {
+                        dst.copy_from_slice(&b[(k0 + kk) * ldb + p * NR..][..cols]);
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = b[(p * NR + j) * ldb + k0 + kk];
+                        }
                     }
                 }
             }
@@ -246,6 +253,11 @@ impl PackedB {
     pub fn n(&self) -> usize {
         self.n
     }
+}
+
+/// Where panel `p` of the K block starting at row `k0` (`kc` rows deep) starts in packed data.
+fn block_offset(k0: usize, panels: usize, p: usize, kc: usize) -> usize {
+    (k0 * panels + p * kc) * NR
 }
 
 /// A raw output pointer shared by tasks that write disjoint column panels.
@@ -300,7 +312,7 @@ pub fn sgemm_packed(
         let kc = KC.min(k - k0);
         let overwrite = k0 == 0 && beta == 0.0;
         let panel = |p: usize| {
-            let bp = &b.data[(p * k + k0) * NR..][..kc * NR];
+            let bp = &b.data[block_offset(k0, panels, p, kc)..][..kc * NR];
             let cols = NR.min(n - p * NR);
             let mut i0 = 0;
             while i0 < m {
@@ -445,6 +457,9 @@ unsafe fn micro_avx2<const R: usize>(
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for kk in 0..kc {
+        // Packed B is read as one linear stream: fetch ahead of it (a prefetch never faults,
+        // so running past the end of the data is harmless).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + PREFETCH_ROWS) * NR) as *const i8);
         // SAFETY: (caller's bounds) kk < kc, r < mr.
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(kk * NR));

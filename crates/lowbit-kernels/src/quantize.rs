@@ -13,6 +13,8 @@
 //!   even and the ONNX `saturate` flag (see [`lowbit_tensor::float8`]).
 //! * dequantize: `x = (q - zero_point) * scale`, the difference taken exactly in i32, the
 //!   product in f32.
+//! * requantize (integer matmul/conv output stage): `q = saturate(round_half_even(acc *
+//!   multiplier) + zero_point)` with `multiplier = in_scale * w_scale / out_scale` in f32.
 //!
 //! Parameters are laid out per tensor, per axis, or in blocks along one axis (opset 21
 //! `block_size`); [`ParamMap`] maps an element's flat index to its parameter's flat index, the

@@ -27,6 +27,21 @@ pub enum QuantError {
     /// Finishing a calibration that never saw any data.
     #[error("calibration saw no data{0}")]
     NoData(String),
+    /// A graph edit failed (the error names the node or value).
+    #[error(transparent)]
+    Graph(#[from] lowbit_onnx::graph::GraphError),
+    /// An initializer or model that cannot be decoded or encoded.
+    #[error(transparent)]
+    Onnx(#[from] lowbit_onnx::OnnxError),
+    /// A node a quantization pass cannot handle as asked.
+    #[error("node {node} ({op_type}): {msg}")]
+    Node { node: String, op_type: String, msg: String },
+    /// Static quantization needs a range for a tensor the calibration table does not hold.
+    #[error("tensor '{tensor}' has no range in the calibration table: calibrate this model (the FP32 original) again")]
+    MissingRange { tensor: String },
+    /// Options that contradict each other or the model.
+    #[error("quantize config: {0}")]
+    Config(String),
 }
 
 fn sample_text(s: &Option<u64>) -> String {

@@ -4,6 +4,8 @@
 //! |---|---|
 //! | [`scheme`] | [`QuantScheme`]: value type, symmetric/asymmetric, per-tensor/channel/block, reduce range |
 //! | [`qparams`] | scale and zero point from ranges (ONNX Runtime's formulas), weight quantization |
+//! | [`passes`] | graph passes: BN folding, static QDQ, dynamic, weight-only, fp16/bf16 |
+//! | [`quantize`] | [`QuantizeConfig`](quantize::QuantizeConfig) and the [`quantize_model`](quantize::quantize_model) driver |
 //! | [`calibrate`] | streaming observers (min-max, moving average, histogram → percentile, entropy, MSE), the [`Calibrator`](calibrate::Calibrator) and `ranges.json` |
 //!
 //! Every quantize/dequantize goes through [`lowbit_kernels::quantize`], the same functions the
@@ -19,7 +21,9 @@
 
 pub mod calibrate;
 pub mod error;
+pub mod passes;
 pub mod qparams;
+pub mod quantize;
 pub mod scheme;
 
 pub use error::QuantError;

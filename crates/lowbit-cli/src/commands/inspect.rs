@@ -113,7 +113,7 @@ fn report(path: &str, file_bytes: Option<u64>, model: &ModelProto) -> Report {
         e.bytes += bytes;
     }
     let mut parameters_by_dtype: Vec<DTypeParams> = by_dtype.into_values().collect();
-    parameters_by_dtype.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    parameters_by_dtype.sort_by_key(|d| std::cmp::Reverse(d.bytes));
 
     Report {
         model: path.to_string(),

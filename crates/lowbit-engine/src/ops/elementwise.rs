@@ -1,5 +1,6 @@
 //! Element-wise ops: unary math and activations, numpy-broadcasting binary arithmetic,
-//! comparisons and logic, variadic `Max`/`Min`/`Sum`/`Mean`, `Where`, `Clip`, `Cast`.
+//! comparisons and logic, variadic `Max`/`Min`/`Sum`/`Mean`, `Where`, `Clip`, `Cast`,
+//! `CastLike`, `BitCast`.
 //!
 //! Semantics follow ONNX Runtime's CPU kernels: integer arithmetic wraps, integer `Div`
 //! truncates toward zero (a zero divisor is an error, not a crash), `Mod` follows the divisor's
@@ -137,6 +138,7 @@ macro_rules! float_unary_ops {
 /// `erf` in f32 precision: Eigen's rational approximation on [-4, 4] (±1 beyond), the same
 /// one ONNX Runtime's MLAS uses.
 #[inline]
+#[allow(clippy::excessive_precision)] // the published coefficients, kept verbatim
 pub fn erf_f32(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
@@ -479,6 +481,7 @@ fn min_nan<T: Num>(x: T, y: T) -> T {
     }
 }
 
+#[allow(clippy::bool_comparison)] // comparisons are written once for numbers and bools
 fn register_binary(reg: &mut Registry) {
     arith_op!(reg, "Add", false, |x, y| x.add(y));
     arith_op!(reg, "Sub", false, |x, y| x.sub(y));
@@ -618,6 +621,65 @@ fn clip<T: PartialOrd>(v: T, lo: Option<T>, hi: Option<T>) -> T {
     }
 }
 
+/// Bit pattern of every element and the element width in bits (`None` for 4-bit and strings).
+fn element_bits(d: &TensorData) -> Option<(Vec<u64>, usize)> {
+    fn bits<T>(v: &[T], width: usize, f: impl Fn(&T) -> u64) -> (Vec<u64>, usize) {
+        (v.iter().map(f).collect(), width)
+    }
+    Some(match d {
+        TensorData::F32(v) => bits(v, 32, |x| x.to_bits() as u64),
+        TensorData::F64(v) => bits(v, 64, |x| x.to_bits()),
+        TensorData::F16(v) => bits(v, 16, |x| x.to_bits() as u64),
+        TensorData::BF16(v) => bits(v, 16, |x| x.to_bits() as u64),
+        TensorData::F8E4M3FN(v) | TensorData::F8E5M2(v) | TensorData::U8(v) => {
+            bits(v, 8, |&x| x as u64)
+        }
+        TensorData::I8(v) => bits(v, 8, |&x| x as u8 as u64),
+        TensorData::I16(v) => bits(v, 16, |&x| x as u16 as u64),
+        TensorData::I32(v) => bits(v, 32, |&x| x as u32 as u64),
+        TensorData::I64(v) => bits(v, 64, |&x| x as u64),
+        TensorData::U16(v) => bits(v, 16, |&x| x as u64),
+        TensorData::U32(v) => bits(v, 32, |&x| x as u64),
+        TensorData::U64(v) => bits(v, 64, |&x| x),
+        TensorData::Bool(v) => bits(v, 8, |&x| x as u64),
+        _ => return None,
+    })
+}
+
+/// Elements of type `to` from bit patterns of its width (`None` for 4-bit and strings).
+fn from_bits(b: &[u64], to: DType) -> Option<TensorData> {
+    Some(match to {
+        DType::F32 => TensorData::F32(b.iter().map(|&x| f32::from_bits(x as u32)).collect()),
+        DType::F64 => TensorData::F64(b.iter().map(|&x| f64::from_bits(x)).collect()),
+        DType::F16 => TensorData::F16(b.iter().map(|&x| f16::from_bits(x as u16)).collect()),
+        DType::BF16 => TensorData::BF16(b.iter().map(|&x| bf16::from_bits(x as u16)).collect()),
+        DType::F8E4M3FN => TensorData::F8E4M3FN(b.iter().map(|&x| x as u8).collect()),
+        DType::F8E5M2 => TensorData::F8E5M2(b.iter().map(|&x| x as u8).collect()),
+        DType::U8 => TensorData::U8(b.iter().map(|&x| x as u8).collect()),
+        DType::I8 => TensorData::I8(b.iter().map(|&x| x as u8 as i8).collect()),
+        DType::I16 => TensorData::I16(b.iter().map(|&x| x as u16 as i16).collect()),
+        DType::I32 => TensorData::I32(b.iter().map(|&x| x as u32 as i32).collect()),
+        DType::I64 => TensorData::I64(b.iter().map(|&x| x as i64).collect()),
+        DType::U16 => TensorData::U16(b.iter().map(|&x| x as u16).collect()),
+        DType::U32 => TensorData::U32(b.iter().map(|&x| x as u32).collect()),
+        DType::U64 => TensorData::U64(b.to_vec()),
+        DType::Bool => TensorData::Bool(b.iter().map(|&x| x != 0).collect()),
+        _ => return None,
+    })
+}
+
+/// `BitCast`: the same bits read as another type of the same width.
+fn bitcast(x: &Tensor, to: DType) -> OpResult<Tensor> {
+    let Some((bits, width)) = element_bits(x.data()) else {
+        return unsupported("BitCast", x.dtype());
+    };
+    if width != to.bits() {
+        bail!("BitCast from {} to {to} changes the element width", x.dtype());
+    }
+    let Some(data) = from_bits(&bits, to) else { return unsupported("BitCast", to) };
+    Ok(Tensor::new(x.shape().to_vec(), data)?)
+}
+
 fn register_misc(reg: &mut Registry) {
     reg.register("", "Where", |_| {
         kernel(|ins| Ok(vec![where_op(input(ins, 0)?, input(ins, 1)?, input(ins, 2)?)?]))
@@ -646,6 +708,13 @@ fn register_misc(reg: &mut Registry) {
         };
         unary(move |x| Ok(Tensor::new(x.shape().to_vec(), cast_with(x.data(), dt, saturate)?)?))
     });
+    reg.register("", "BitCast", |ctx| {
+        let to = ctx.attrs.req_int("to")?;
+        let Some(dt) = i32::try_from(to).ok().and_then(DType::from_onnx) else {
+            bail!("BitCast to ONNX data type {to} is not supported");
+        };
+        unary(move |x| bitcast(x, dt))
+    });
     reg.register("", "CastLike", |ctx| {
         let saturate = ctx.attrs.int_or("saturate", 1)? != 0;
         binary(move |x, like| {
@@ -663,6 +732,15 @@ pub fn register(reg: &mut Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bitcast_round_trips_bits() {
+        let x = Tensor::from_vec(vec![2], vec![1.0f32, -2.5]).unwrap();
+        let y = bitcast(&x, DType::I32).unwrap();
+        assert_eq!(y.as_slice::<i32>().unwrap(), &[0x3f80_0000, 0xc020_0000u32 as i32]);
+        assert_eq!(bitcast(&y, DType::F32).unwrap(), x);
+        assert!(bitcast(&x, DType::I64).is_err());
+    }
 
     #[test]
     fn fast_erf_is_within_f32_tolerance() {

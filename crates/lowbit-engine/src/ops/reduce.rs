@@ -1,4 +1,4 @@
-//! Reductions: `Reduce*`, `ArgMax`/`ArgMin`, `CumSum`, `TopK`.
+//! Reductions: `Reduce*`, `ArgMax`/`ArgMin`, `CumSum`/`CumProd`, `TopK`.
 //!
 //! `Reduce*` accumulate in f64 whatever the element type and round once to the input's type
 //! (bool inputs of `ReduceMax`/`ReduceMin` as 0/1). Axes come from the `axes` attribute before
@@ -210,7 +210,7 @@ fn reduce(x: &Tensor, op: Reduction, axes: &[i64], keepdims: bool, noop: bool) -
             }
         }
     }
-    let count = if plan.n_out == 0 { 0 } else { plan.n_in / plan.n_out };
+    let count = plan.n_in.checked_div(plan.n_out).unwrap_or(0);
     match op {
         Reduction::Mean => acc.iter_mut().for_each(|a| *a /= count as f64),
         Reduction::L2 => acc.iter_mut().for_each(|a| *a = a.sqrt()),
@@ -289,29 +289,30 @@ fn build_arg(ctx: &BuildCtx, max: bool) -> OpResult<Box<dyn Kernel>> {
     kernel(move |ins| Ok(vec![arg_reduce(input(ins, 0)?, axis, keepdims, last, max)?]))
 }
 
-/// `CumSum` on native element types (integer sums wrap).
-fn cumsum_typed<T: Num>(
+/// `CumSum`/`CumProd` on native element types (integer arithmetic wraps).
+fn cumulative_typed<T: Num>(
     x: &[T],
-    outer: usize,
-    len: usize,
-    inner: usize,
+    (outer, len, inner): (usize, usize, usize),
     exclusive: bool,
     reverse: bool,
+    prod: bool,
 ) -> Vec<T> {
+    let (init, op): (T, fn(T, T) -> T) =
+        if prod { (T::one(), T::mul) } else { (T::zero(), T::add) };
     let mut out = vec![T::zero(); x.len()];
     for o in 0..outer {
         for j in 0..inner {
             let at = |k: usize| o * len * inner + k * inner + j;
-            let mut sum = T::zero();
+            let mut acc = init;
             for step in 0..len {
                 let k = if reverse { len - 1 - step } else { step };
                 let v = x[at(k)];
                 if exclusive {
-                    out[at(k)] = sum;
-                    sum = sum.add(v);
+                    out[at(k)] = acc;
+                    acc = op(acc, v);
                 } else {
-                    sum = sum.add(v);
-                    out[at(k)] = sum;
+                    acc = op(acc, v);
+                    out[at(k)] = acc;
                 }
             }
         }
@@ -319,7 +320,13 @@ fn cumsum_typed<T: Num>(
     out
 }
 
-fn cumsum(x: &Tensor, axis: &Tensor, exclusive: bool, reverse: bool) -> OpResult<Tensor> {
+fn cumulative(
+    x: &Tensor,
+    axis: &Tensor,
+    exclusive: bool,
+    reverse: bool,
+    prod: bool,
+) -> OpResult<Tensor> {
     let a = axis.to_i64_vec()?;
     let [a] = a[..] else { bail!("axis must be a scalar, got shape {:?}", axis.shape()) };
     let axis = normalize_axis(a, x.rank())?;
@@ -327,9 +334,9 @@ fn cumsum(x: &Tensor, axis: &Tensor, exclusive: bool, reverse: bool) -> OpResult
     let (outer, len, inner) =
         (numel(&shape[..axis]), shape.get(axis).copied().unwrap_or(1), numel(&shape[axis + 1..]));
     dispatch_num!(x.dtype(), T => {
-        let v = cumsum_typed(x.as_slice::<T>()?, outer, len, inner, exclusive, reverse);
+        let v = cumulative_typed(x.as_slice::<T>()?, (outer, len, inner), exclusive, reverse, prod);
         Ok(Tensor::from_vec(shape.to_vec(), v)?)
-    }, _ => bail!("CumSum is not supported for {} tensors", x.dtype()))
+    }, _ => bail!("cumulative ops are not supported for {} tensors", x.dtype()))
 }
 
 /// `TopK` on native element types: the `k` largest (or smallest) along `axis`, equal values
@@ -389,6 +396,14 @@ fn topk(x: &Tensor, k: &Tensor, axis: i64, largest: bool) -> OpResult<Vec<Tensor
     }, _ => bail!("TopK is not supported for {} tensors", x.dtype()))
 }
 
+fn build_cumulative(ctx: &BuildCtx, prod: bool) -> OpResult<Box<dyn Kernel>> {
+    let exclusive = ctx.attrs.int_or("exclusive", 0)? != 0;
+    let reverse = ctx.attrs.int_or("reverse", 0)? != 0;
+    kernel(move |ins| {
+        Ok(vec![cumulative(input(ins, 0)?, input(ins, 1)?, exclusive, reverse, prod)?])
+    })
+}
+
 pub fn register(reg: &mut Registry) {
     macro_rules! reduce_ops {
         ($($name:literal => $op:ident, $from:expr;)*) => {$(
@@ -409,11 +424,8 @@ pub fn register(reg: &mut Registry) {
     );
     reg.register("", "ArgMax", |ctx| build_arg(ctx, true));
     reg.register("", "ArgMin", |ctx| build_arg(ctx, false));
-    reg.register("", "CumSum", |ctx| {
-        let exclusive = ctx.attrs.int_or("exclusive", 0)? != 0;
-        let reverse = ctx.attrs.int_or("reverse", 0)? != 0;
-        kernel(move |ins| Ok(vec![cumsum(input(ins, 0)?, input(ins, 1)?, exclusive, reverse)?]))
-    });
+    reg.register("", "CumSum", |ctx| build_cumulative(ctx, false));
+    reg.register("", "CumProd", |ctx| build_cumulative(ctx, true));
     reg.register("", "TopK", |ctx| {
         let axis = ctx.attrs.int_or("axis", -1)?;
         let largest = ctx.attrs.int_or("largest", 1)? != 0;
@@ -492,8 +504,10 @@ mod tests {
     fn cumsum_exclusive_reverse() {
         let x = t(&[4], vec![1.0, 2.0, 3.0, 4.0]);
         let axis = Tensor::scalar(0i64);
-        let y = cumsum(&x, &axis, true, true).unwrap();
+        let y = cumulative(&x, &axis, true, true, false).unwrap();
         assert_eq!(y.as_f32().unwrap(), &[9.0, 7.0, 4.0, 0.0]);
+        let y = cumulative(&x, &axis, false, false, true).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[1.0, 2.0, 6.0, 24.0]);
     }
 
     #[test]

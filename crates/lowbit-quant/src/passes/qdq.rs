@@ -1,0 +1,374 @@
+//! Static post-training quantization in QDQ format, laid out the way ONNX Runtime's CPU
+//! provider fuses it into integer kernels (QLinearConv, QLinearMatMul, QGemm, …):
+//!
+//! * **activations**: one `QuantizeLinear → DequantizeLinear` pair per tensor, shared by all
+//!   its consumers, on every float input of a quantized `Conv`/`MatMul`/`Gemm` and on their
+//!   outputs; the pairs spread through pass-through ops (`Relu`, `Clip`, `MaxPool`, `Reshape`,
+//!   `Transpose`, `Flatten`, `Squeeze`, `Unsqueeze`, `Identity`) and average pools next to
+//!   quantized tensors, so the runtime sees complete QDQ groups. Graph inputs and outputs keep
+//!   their names and float type; a graph output is never itself quantized (its consumers, if
+//!   any, read the dequantized copy). Parameters come from the calibration table's range for
+//!   the chosen method (per tensor, [`QParams::from_range`]).
+//! * **shared parameters**: the output of `MaxPool`, `Reshape`, `Transpose`, `Flatten`,
+//!   `Squeeze`, `Unsqueeze`, `Identity` uses its input's parameters (the op commutes with
+//!   quantization, as ORT's fused kernels require); the input of a `Relu`/`Clip` that feeds
+//!   nothing else uses the activation's output range (quantizing with it then clamps exactly as
+//!   the activation does).
+//! * **weights**: int8 (or the configured type) initializers + `DequantizeLinear`; per
+//!   channel on axis 0 for Conv, Gemm `transB=1` axis 0 else 1, MatMul the last axis.
+//! * **bias** (Conv input 2, Gemm C with `alpha = beta = 1` and shape `[N]`): int32 with
+//!   `scale = s_in · s_w` (per channel), zero point 0, + `DequantizeLinear`.
+//! * **opset**: raised to 13 (per-axis `DequantizeLinear`), 21 for int16 activations or int4
+//!   weights, see [`super::ensure_opset`].
+
+use super::{
+    add_init, attr_f, attr_i, constant_values, ensure_ir, ensure_opset, init_dtype, init_f32,
+    int_attr, is_default_domain, make_node, value_dtypes,
+};
+use crate::calibrate::CalibrationTable;
+use crate::error::{QuantError, Result};
+use crate::qparams::{quantize_tensor, QParams};
+use crate::quantize::{QuantizeConfig, QuantizeSummary};
+use crate::scheme::{IntType, Mode, QuantScheme, ValueType};
+use lowbit_kernels::quantize::{self as core, ParamMap};
+use lowbit_onnx::graph::Graph;
+use lowbit_tensor::{DType, Tensor};
+use std::collections::{BTreeSet, HashMap};
+
+/// Ops whose output uses the input's quantization parameters.
+const SAME_GRID: &[&str] =
+    &["MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"];
+/// Clamping activations: their input may take the output's parameters.
+const CLAMPS: &[&str] = &["Relu", "Clip"];
+/// Ops with their own output parameters that ORT runs quantized when surrounded by QDQ.
+const OWN_GRID: &[&str] = &["GlobalAveragePool", "AveragePool"];
+
+/// The scheme of an integer weight type under `config`.
+pub(crate) fn weight_scheme(config: &QuantizeConfig, weights: IntType) -> QuantScheme {
+    let mode = config.resolved_weight_mode();
+    QuantScheme::new(ValueType::Int(weights)).with_mode(mode).with_reduce_range(config.reduce_range)
+}
+
+/// The per-channel axis of a weight, or `None` when the layout is not understood.
+pub(crate) fn weight_axis(op: &str, trans_b: bool, rank: usize) -> Option<i64> {
+    match op {
+        "Conv" if rank >= 3 => Some(0),
+        "Gemm" if rank == 2 => Some(if trans_b { 0 } else { 1 }),
+        "MatMul" if rank >= 2 => Some(rank as i64 - 1),
+        _ => None,
+    }
+}
+
+/// A weight quantized once and the DequantizeLinear output that stands for it.
+pub(crate) fn insert_weight_dq(
+    g: &mut Graph,
+    weight: &str,
+    scheme: &QuantScheme,
+    cache: &mut HashMap<(String, String), (String, QParams)>,
+    new_nodes: &mut Vec<lowbit_onnx::pb::NodeProto>,
+) -> Result<Option<(String, QParams)>> {
+    let key = (weight.to_string(), scheme.to_string());
+    if let Some(hit) = cache.get(&key) {
+        return Ok(Some(hit.clone()));
+    }
+    let Some(w) = init_f32(g, weight)? else { return Ok(None) };
+    let q = quantize_tensor(&w, scheme)?;
+    let qname = add_init(g, &format!("{weight}_quantized"), &q.values);
+    let sname = add_init(g, &format!("{weight}_scale"), &q.params.scale);
+    let zname = add_init(g, &format!("{weight}_zero_point"), &q.params.zero_point);
+    let out = g.unique_name(&format!("{weight}_dequantized"));
+    let mut attrs = Vec::new();
+    if let Some(a) = q.params.axis {
+        attrs.push(int_attr("axis", a as i64));
+    }
+    if let Some(b) = q.params.block_size {
+        attrs.push(int_attr("block_size", b as i64));
+    }
+    let name = g.unique_name(&format!("{weight}_DequantizeLinear"));
+    new_nodes.push(make_node(
+        "DequantizeLinear",
+        name,
+        vec![qname, sname, zname],
+        vec![out.clone()],
+        attrs,
+    ));
+    cache.insert(key, (out.clone(), q.params.clone()));
+    Ok(Some((out, q.params)))
+}
+
+struct Target {
+    idx: usize,
+    /// Float activation inputs (slot, name).
+    acts: Vec<(usize, String)>,
+    /// Weight slot, initializer name and per-channel axis.
+    weight: Option<(usize, String, Option<i64>)>,
+    /// Bias slot and initializer name (quantized to int32 when possible).
+    bias: Option<(usize, String)>,
+}
+
+/// Runs static QDQ quantization on `g` (BatchNormalization already folded).
+pub fn quantize_static(
+    g: &mut Graph,
+    config: &QuantizeConfig,
+    table: &CalibrationTable,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    let wide_act = matches!(config.activations, IntType::Int16 | IntType::Uint16);
+    let four_bit_w = matches!(config.weights, IntType::Int4 | IntType::Uint4);
+    let opset = if wide_act || four_bit_w { 21 } else { 13 };
+    if let Some((a, b)) = ensure_opset(g, opset)? {
+        summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
+    }
+    if four_bit_w {
+        ensure_ir(g, 10);
+    }
+
+    let consts = constant_values(g);
+    let dtypes = value_dtypes(g);
+    let is_float = |name: &str| -> bool {
+        match dtypes.get(name) {
+            Some(d) => *d == DType::F32,
+            None => table.tensors.contains_key(name),
+        }
+    };
+    let is_act = |name: &str| !name.is_empty() && !consts.contains(name) && is_float(name);
+
+    // 1. Which nodes are quantized.
+    let mut targets: Vec<Target> = Vec::new();
+    for (idx, node) in g.nodes().iter().enumerate() {
+        let op = node.op_type.as_str();
+        if !is_default_domain(node) || !matches!(op, "Conv" | "MatMul" | "Gemm") {
+            continue;
+        }
+        if let Some(r) = config.exclude.reason(node) {
+            summary.exclude(node, idx, r);
+            continue;
+        }
+        let x = node.input.first().cloned().unwrap_or_default();
+        if !is_act(&x) {
+            summary.leave(node, idx, "first input is not a float activation");
+            continue;
+        }
+        let w = node.input.get(1).cloned().unwrap_or_default();
+        let mut t = Target { idx, acts: vec![(0, x)], weight: None, bias: None };
+        if g.initializer(&w).is_some() {
+            if init_dtype(g, &w) != Some(DType::F32) {
+                summary.leave(node, idx, "weight is not float32");
+                continue;
+            }
+            let rank = g.initializer(&w).map(|p| p.dims.len()).unwrap_or(0);
+            let trans_b = attr_i(node, "transB").unwrap_or(0) != 0;
+            let Some(axis) = weight_axis(op, trans_b, rank) else {
+                summary.leave(node, idx, format!("weight of rank {rank} not understood"));
+                continue;
+            };
+            t.weight = Some((1, w, config.per_channel.then_some(axis)));
+        } else if op == "MatMul" && is_act(&w) {
+            t.acts.push((1, w));
+        } else {
+            summary.leave(node, idx, "weight is neither an initializer nor a float activation");
+            continue;
+        }
+        if op != "MatMul" {
+            if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+                let gemm_ok = op == "Conv"
+                    || (attr_f(node, "alpha").unwrap_or(1.0) == 1.0
+                        && attr_f(node, "beta").unwrap_or(1.0) == 1.0
+                        && g.initializer(b).is_some_and(|p| p.dims.len() == 1));
+                if g.initializer(b).is_some() && init_dtype(g, b) == Some(DType::F32) && gemm_ok {
+                    t.bias = Some((2, b.clone()));
+                }
+            }
+        }
+        targets.push(t);
+    }
+
+    // 2. Which tensors get a Q/DQ pair.
+    let mut qset: BTreeSet<String> = BTreeSet::new();
+    for t in &targets {
+        let node = &g.nodes()[t.idx];
+        for (_, a) in &t.acts {
+            qset.insert(a.clone());
+        }
+        for o in node.output.iter().take(1) {
+            if is_float(o) && !g.is_graph_output(o) {
+                qset.insert(o.clone());
+            }
+        }
+    }
+    let pass_node = |n: &lowbit_onnx::pb::NodeProto| -> bool {
+        let op = n.op_type.as_str();
+        is_default_domain(n)
+            && (SAME_GRID.contains(&op) || CLAMPS.contains(&op) || OWN_GRID.contains(&op))
+            && n.output.iter().skip(1).all(|o| o.is_empty())
+            && (op != "Clip" || n.input.iter().skip(1).all(|m| m.is_empty() || consts.contains(m)))
+    };
+    loop {
+        let mut changed = false;
+        for n in g.nodes() {
+            if !pass_node(n) || config.exclude.reason(n).is_some() {
+                continue;
+            }
+            let (d, o) = (&n.input[0], &n.output[0]);
+            if !is_act(d) || !is_float(o) || g.is_graph_output(o) {
+                continue;
+            }
+            if qset.contains(d) != qset.contains(o) {
+                qset.insert(d.clone());
+                qset.insert(o.clone());
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+
+    // 3. Where each tensor's range comes from.
+    let mut src: HashMap<String, String> = HashMap::new();
+    for n in g.nodes() {
+        if pass_node(n) && CLAMPS.contains(&n.op_type.as_str()) {
+            let (d, o) = (&n.input[0], &n.output[0]);
+            if qset.contains(d) && qset.contains(o) && g.consumers(d).len() == 1 && !g.is_graph_output(d) {
+                src.insert(d.clone(), o.clone());
+            }
+        }
+    }
+    let resolve = |src: &HashMap<String, String>, t: &str| -> String {
+        let mut cur = t.to_string();
+        for _ in 0..64 {
+            match src.get(&cur) {
+                Some(n) if *n != cur => cur = n.clone(),
+                _ => break,
+            }
+        }
+        cur
+    };
+    for n in g.nodes() {
+        if pass_node(n) && SAME_GRID.contains(&n.op_type.as_str()) {
+            let (d, o) = (&n.input[0], &n.output[0]);
+            if qset.contains(d) && qset.contains(o) {
+                let r = resolve(&src, d);
+                src.insert(o.clone(), r);
+            }
+        }
+    }
+    let act_scheme = QuantScheme::new(ValueType::Int(config.activations)).with_mode(
+        if config.symmetric_activations { Mode::Symmetric } else { Mode::Asymmetric },
+    );
+    let mut params: HashMap<String, QParams> = HashMap::new();
+    for t in &qset {
+        let s = resolve(&src, t);
+        let r = table
+            .range(&s, config.method)
+            .ok_or_else(|| QuantError::MissingRange { tensor: s.clone() })?;
+        params.insert(t.clone(), QParams::from_range(&act_scheme, r.min, r.max)?);
+    }
+
+    // 4. Activation Q/DQ pairs.
+    let mut new_nodes = Vec::new();
+    let mut dq_of: HashMap<String, String> = HashMap::new();
+    let mut param_names: HashMap<String, (String, String)> = HashMap::new();
+    for t in &qset {
+        let p = &params[t];
+        let key = format!("{:?}/{:?}", p.scale.as_f32()?, p.zero_points());
+        let (sname, zname) = match param_names.get(&key) {
+            Some(v) => v.clone(),
+            None => {
+                let v = (
+                    add_init(g, &format!("{t}_scale"), &p.scale),
+                    add_init(g, &format!("{t}_zero_point"), &p.zero_point),
+                );
+                param_names.insert(key, v.clone());
+                v
+            }
+        };
+        let qout = g.unique_name(&format!("{t}_quantized"));
+        let dqout = g.unique_name(&format!("{t}_dequantized"));
+        let qn = g.unique_name(&format!("{t}_QuantizeLinear"));
+        let dqn = g.unique_name(&format!("{t}_DequantizeLinear"));
+        new_nodes.push(make_node(
+            "QuantizeLinear",
+            qn,
+            vec![t.clone(), sname.clone(), zname.clone()],
+            vec![qout.clone()],
+            vec![],
+        ));
+        new_nodes.push(make_node(
+            "DequantizeLinear",
+            dqn,
+            vec![qout, sname, zname],
+            vec![dqout.clone()],
+            vec![],
+        ));
+        dq_of.insert(t.clone(), dqout);
+    }
+    for (t, dq) in &dq_of {
+        let users: Vec<usize> = g.consumers(t).to_vec();
+        for u in users {
+            g.replace_input(u, t, dq)?;
+        }
+    }
+
+    // 5. Weights and biases.
+    let mut wcache = HashMap::new();
+    for t in &targets {
+        let node = g.nodes()[t.idx].clone();
+        let mut wparams: Option<QParams> = None;
+        if let Some((slot, w, axis)) = &t.weight {
+            let scheme = weight_scheme(config, config.weights);
+            let scheme = match axis {
+                Some(a) => scheme.per_channel(*a),
+                None => scheme.per_tensor(),
+            };
+            if let Some((dq, p)) = insert_weight_dq(g, w, &scheme, &mut wcache, &mut new_nodes)? {
+                g.node_mut(t.idx).expect("target index").input[*slot] = dq;
+                wparams = Some(p);
+            }
+        }
+        if let (Some((slot, b)), Some(wp)) = (&t.bias, &wparams) {
+            let x = &t.acts[0].1;
+            let s_in = params[x].scales()[0];
+            if let Some(dq) = quantize_bias(g, b, s_in, wp, &mut new_nodes)? {
+                g.node_mut(t.idx).expect("target index").input[*slot] = dq;
+            }
+        }
+        summary.count(&node.op_type);
+    }
+    for n in new_nodes {
+        let at = g.num_nodes();
+        g.insert_node(at, n)?;
+    }
+    Ok(())
+}
+
+/// The bias as int32 with `scale = s_in · s_w` and a DequantizeLinear; `None` when the bias
+/// does not match the weight's channels.
+fn quantize_bias(
+    g: &mut Graph,
+    bias: &str,
+    s_in: f32,
+    wp: &QParams,
+    new_nodes: &mut Vec<lowbit_onnx::pb::NodeProto>,
+) -> Result<Option<String>> {
+    let Some(b) = init_f32(g, bias)? else { return Ok(None) };
+    let bv = b.as_f32()?;
+    let ws = wp.scales();
+    let per_channel = ws.len() > 1;
+    if b.shape().len() != 1 || (per_channel && ws.len() != bv.len()) {
+        return Ok(None);
+    }
+    let scales: Vec<f32> = ws.iter().map(|&s| s_in * s).collect();
+    let map = if per_channel { ParamMap::per_axis(b.shape(), 0) } else { ParamMap::per_tensor() };
+    let q = core::quantize(bv, &scales, None, &map, DType::I32, true)?;
+    let qt = Tensor::new(b.shape().to_vec(), q)?;
+    let sshape = if per_channel { vec![scales.len()] } else { vec![] };
+    let qname = add_init(g, &format!("{bias}_quantized"), &qt);
+    let sname = add_init(g, &format!("{bias}_scale"), &Tensor::from_vec(sshape, scales)?);
+    let out = g.unique_name(&format!("{bias}_dequantized"));
+    let name = g.unique_name(&format!("{bias}_DequantizeLinear"));
+    let attrs = if per_channel { vec![int_attr("axis", 0)] } else { vec![] };
+    new_nodes.push(make_node("DequantizeLinear", name, vec![qname, sname], vec![out.clone()], attrs));
+    Ok(Some(out))
+}
+

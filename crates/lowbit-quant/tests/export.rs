@@ -1,0 +1,443 @@
+//! Quantized export checked against what we did not write: every model written here is saved,
+//! loaded back, run by lowbit's engine and by ONNX Runtime (through `tests/ort_run.py`), and
+//! the two must agree; corpus models must keep their accuracy.
+//!
+//! Needs the shared corpus (`$LOWBIT_SHARED` or `<crate>/../../../shared`) and a Python with
+//! onnxruntime (`$LOWBIT_PYTHON`, else `<workspace>/.venv/bin/python`); without them the tests
+//! say so and pass.
+
+use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::pb::ModelProto;
+use lowbit_quant::calibrate::{CalibrationTable, Calibrator, CalibratorOptions};
+use lowbit_quant::quantize::{quantize_model, QuantizeConfig, QuantizeSummary};
+use lowbit_tensor::Tensor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("LOWBIT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let ok = dir.join("corpus/dev/models/mnist-8_cntk.onnx").exists();
+    if !ok {
+        eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
+    }
+    ok.then_some(dir)
+}
+
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LOWBIT_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping ONNX Runtime checks: no LOWBIT_PYTHON and no .venv (source scripts/setup-test-env.sh)");
+        None
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lowbit-export-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `model_path` in ONNX Runtime on each sample; returns outputs by name per sample.
+/// `None` when no Python is available.
+fn ort_run(model_path: &Path, samples: &[Vec<(String, Tensor)>]) -> Option<Vec<Vec<(String, Tensor)>>> {
+    let py = python()?;
+    let dir = tmpdir(&format!("ort-{}", model_path.file_stem().unwrap().to_string_lossy()));
+    let mut spec = Vec::new();
+    for (s, feeds) in samples.iter().enumerate() {
+        let mut entry = Vec::new();
+        for (k, (name, t)) in feeds.iter().enumerate() {
+            let f = format!("in_{s}_{k}.npy");
+            lowbit_tensor::npy::write_npy(&dir.join(&f), t).unwrap();
+            entry.push(serde_json::json!([name, f]));
+        }
+        spec.push(entry);
+    }
+    std::fs::write(dir.join("inputs.json"), serde_json::json!({ "samples": spec }).to_string())
+        .unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ort_run.py");
+    let out = Command::new(py).arg(&script).arg(model_path).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ONNX Runtime failed on {}:\n{}",
+        model_path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let names: Vec<String> =
+        names["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let res = (0..samples.len())
+        .map(|s| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| {
+                    let t = lowbit_tensor::npy::read_npy(&dir.join(format!("out_{s}_{k}.npy")));
+                    (n.clone(), t.unwrap())
+                })
+                .collect()
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(res)
+}
+
+fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
+    &outs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}")).1
+}
+
+/// Saves, reloads (the written file is what is checked) and returns the path.
+fn save(model: &ModelProto, tag: &str) -> (PathBuf, ModelProto) {
+    let dir = tmpdir(tag);
+    let path = dir.join(format!("{tag}.onnx"));
+    lowbit_onnx::save_model(model, &path).unwrap();
+    let back = lowbit_onnx::load_model(&path).unwrap();
+    (path, back)
+}
+
+// ---------------------------------------------------------------- MNIST-style models
+
+struct Mnist {
+    name: &'static str,
+    model: ModelProto,
+    input: String,
+    output: String,
+    batch: usize,
+    pixels: Tensor,
+    labels: Vec<u8>,
+    scale: f32,
+    mean: f32,
+    std: f32,
+}
+
+fn mnist(name: &'static str) -> Option<Mnist> {
+    let dir = shared()?.join("corpus/dev");
+    let model = lowbit_onnx::load_model(dir.join(format!("models/{name}.onnx"))).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("models/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let pixels =
+        lowbit_tensor::npy::read_npy(&dir.join("data/mnist_test_0-4999/images.npy")).unwrap();
+    let labels = lowbit_tensor::npy::read_npy(&dir.join("data/mnist_test_0-4999/labels.npy"))
+        .unwrap()
+        .as_slice::<u8>()
+        .unwrap()
+        .to_vec();
+    let f = |k: &str| cfg[k].as_f64().unwrap() as f32;
+    Some(Mnist {
+        name,
+        model,
+        input: cfg["input"].as_str().unwrap().into(),
+        output: cfg["output"].as_str().unwrap().into(),
+        batch: cfg["batch"].as_u64().unwrap() as usize,
+        pixels,
+        labels,
+        scale: f("scale"),
+        mean: f("mean"),
+        std: f("std"),
+    })
+}
+
+impl Mnist {
+    /// Rows `[start, end)` preprocessed as the sidecar says, as `[n, 1, 28, 28]`.
+    fn rows(&self, start: usize, end: usize) -> Tensor {
+        let p = &self.pixels.as_slice::<u8>().unwrap()[start * 784..end * 784];
+        let v = p.iter().map(|&b| (b as f32 * self.scale - self.mean) / self.std).collect();
+        Tensor::from_vec(vec![end - start, 1, 28, 28], v).unwrap()
+    }
+
+    /// Batches over rows `[start, end)` the model accepts (its fixed batch, else 100).
+    fn batches(&self, start: usize, end: usize) -> Vec<Tensor> {
+        let b = if self.batch == 1 { 1 } else { 100 };
+        (start..end).step_by(b).map(|s| self.rows(s, (s + b).min(end))).collect()
+    }
+
+    fn calibrate(&self, start: usize, end: usize) -> CalibrationTable {
+        let session = Session::new(&self.model, &SessionOptions::default()).unwrap();
+        let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
+        for x in self.batches(start, end) {
+            cal.run(&session, vec![(self.input.clone(), x)]).unwrap();
+        }
+        cal.table().unwrap()
+    }
+
+    /// Arg-max class per row of `[start, end)`, and the raw outputs.
+    fn predict(&self, model: &ModelProto, start: usize, end: usize) -> (Vec<usize>, Vec<f32>) {
+        let session = Session::new(model, &SessionOptions::default()).unwrap();
+        let mut classes = Vec::new();
+        let mut raw = Vec::new();
+        for x in self.batches(start, end) {
+            let outs = session.run(vec![(self.input.clone(), x)]).unwrap();
+            let y = output(&outs, &self.output).to_f32_vec().unwrap();
+            for row in y.chunks(10) {
+                classes.push(argmax(row));
+            }
+            raw.extend(y);
+        }
+        (classes, raw)
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
+}
+
+fn accuracy(pred: &[usize], labels: &[u8]) -> f64 {
+    let ok = pred.iter().zip(labels).filter(|(p, l)| **p == **l as usize).count();
+    100.0 * ok as f64 / pred.len() as f64
+}
+
+const CALIB: (usize, usize) = (0, 100);
+const EVAL: (usize, usize) = (1000, 2000);
+/// Largest top-1 accuracy loss allowed (percentage points) for static int8 per channel.
+const MAX_ACCURACY_DROP: f64 = 0.3;
+
+/// Static int8 per-channel: accuracy on 1000 held-out rows with lowbit's engine, and ORT vs
+/// engine on the written file within one quantization step of the output.
+fn static_int8_check(name: &'static str) {
+    let Some(m) = mnist(name) else { return };
+    let table = m.calibrate(CALIB.0, CALIB.1);
+    let (q, summary) = quantize_model(m.model.clone(), &QuantizeConfig::default(), Some(&table)).unwrap();
+    println!("{name}:\n{summary}");
+    assert!(summary.total_quantized() > 0);
+    let (path, q) = save(&q, &format!("{name}-int8"));
+
+    let labels = &m.labels[EVAL.0..EVAL.1];
+    let (p32, _) = m.predict(&m.model, EVAL.0, EVAL.1);
+    let (p8, _) = m.predict(&q, EVAL.0, EVAL.1);
+    let (a32, a8) = (accuracy(&p32, labels), accuracy(&p8, labels));
+    let agree = 100.0 * p32.iter().zip(&p8).filter(|(a, b)| a == b).count() as f64 / p8.len() as f64;
+    println!(
+        "{name}: static int8 per-channel, rows {}..{}: fp32 {a32:.2} %, int8 {a8:.2} %, drop {:.2} pt, top-1 agreement {agree:.2} %",
+        EVAL.0,
+        EVAL.1,
+        a32 - a8
+    );
+    assert!(a32 - a8 <= MAX_ACCURACY_DROP, "{name}: accuracy drop {:.2} pt", a32 - a8);
+    assert!(agree >= 98.0, "{name}: top-1 agreement {agree:.2} %");
+
+    // ORT on the same file, 20 batches of rows from the evaluation range.
+    let xs: Vec<Tensor> = m.batches(EVAL.0, EVAL.1).into_iter().take(if m.batch == 1 { 20 } else { 2 }).collect();
+    let samples: Vec<Vec<(String, Tensor)>> = xs.iter().map(|x| vec![(m.input.clone(), x.clone())]).collect();
+    let Some(ort) = ort_run(&path, &samples) else { return };
+    let session = Session::new(&q, &SessionOptions::default()).unwrap();
+    let r = table.range(&m.output, lowbit_quant::calibrate::Method::MinMax).unwrap();
+    let step = lowbit_quant::qparams::range_qparams(&lowbit_quant::QuantScheme::uint8(), r.min, r.max)
+        .unwrap()
+        .scale;
+    let mut worst = 0f32;
+    for (x, o) in xs.iter().zip(&ort) {
+        let ours = session.run(vec![(m.input.clone(), x.clone())]).unwrap();
+        let a = output(&ours, &m.output).to_f32_vec().unwrap();
+        let b = output(o, &m.output).to_f32_vec().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    println!("{name}: ORT vs lowbit engine on the int8 file: max |diff| {worst:.5}, output step {step:.5}");
+    assert!(worst <= step, "{name}: ORT and lowbit differ by {worst} > one step {step}");
+}
+
+#[test]
+fn static_int8_mnist_8_cntk() {
+    static_int8_check("mnist-8_cntk");
+}
+
+#[test]
+fn static_int8_burn_mnist_bn() {
+    static_int8_check("burn_mnist_bn");
+}
+
+#[test]
+fn static_int8_mnist_mobilenetv2() {
+    static_int8_check("mnist_mobilenetv2");
+}
+
+#[test]
+fn static_int8_mnist_resnet() {
+    static_int8_check("mnist_resnet");
+}
+
+#[test]
+fn batch_norm_folding_keeps_shared_initializers_and_outputs() {
+    let Some(m) = mnist("mnist_resnet") else { return };
+    let mut g = lowbit_onnx::graph::Graph::new(m.model.clone()).unwrap();
+    let shared_bias = g.initializer("layer2.0.bn2.bias").unwrap().clone();
+    let n = lowbit_quant::passes::bn_fold::fold_batch_norms(&mut g).unwrap();
+    assert!(n > 0);
+    assert!(g.nodes().iter().all(|n| n.op_type != "BatchNormalization"));
+    let folded = g.into_model();
+    let still: Vec<_> = folded.graph.as_ref().unwrap().initializer.iter().filter(|t| t.name == "layer2.0.bn2.bias").collect();
+    assert!(still.is_empty() || *still[0] == shared_bias, "shared bias edited in place");
+    let x = m.rows(0, 8);
+    let run = |model: &ModelProto| {
+        let s = Session::new(model, &SessionOptions::default()).unwrap();
+        output(&s.run(vec![(m.input.clone(), x.clone())]).unwrap(), &m.output).to_f32_vec().unwrap()
+    };
+    let (a, b) = (run(&m.model), run(&folded));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-3, "folding changed the logits by {worst}");
+}
+
+#[test]
+fn excluded_nodes_stay_float_and_are_reported() {
+    let Some(m) = mnist("burn_mnist_bn") else { return };
+    let table = m.calibrate(0, 20);
+    let mut cfg = QuantizeConfig::default();
+    cfg.exclude.op_types.push("Gemm".into());
+    cfg.exclude.patterns.push("/conv3/*".into());
+    let (q, s) = quantize_model(m.model.clone(), &cfg, Some(&table)).unwrap();
+    assert_eq!(s.quantized.get("Gemm"), None);
+    assert_eq!(s.quantized.get("Conv"), Some(&2));
+    assert_eq!(s.excluded.len(), 3, "{s}");
+    let g = q.graph.as_ref().unwrap();
+    for n in g.node.iter().filter(|n| n.op_type == "Gemm") {
+        assert!(g.initializer.iter().any(|t| t.name == n.input[1] && t.data_type == 1), "{} reads a quantized weight", n.name);
+    }
+    let (path, _) = save(&q, "burn-excluded");
+    let x = m.rows(0, 1);
+    let _ = ort_run(&path, &[vec![(m.input.clone(), x)]]);
+}
+
+#[test]
+fn static_needs_a_calibration_table() {
+    let Some(m) = mnist("mnist-8_cntk") else { return };
+    let e = quantize_model(m.model.clone(), &QuantizeConfig::default(), None).unwrap_err();
+    assert!(e.to_string().contains("calibrat"), "{e}");
+}
+
+#[test]
+fn fp16_mnist_runs_in_onnx_runtime_and_agrees() {
+    let Some(m) = mnist("burn_mnist_bn") else { return };
+    let (q, s) = quantize_model(m.model.clone(), &QuantizeConfig::float16(false), None).unwrap();
+    println!("{s}");
+    assert!(s.size_after * 2 <= s.size_before + 16);
+    let (path, _) = save(&q, "burn-fp16");
+    let samples: Vec<Vec<(String, Tensor)>> = (EVAL.0..EVAL.0 + 50).map(|r| vec![(m.input.clone(), m.rows(r, r + 1))]).collect();
+    let Some(ort) = ort_run(&path, &samples) else { return };
+    let (p32, raw32) = m.predict(&m.model, EVAL.0, EVAL.0 + 50);
+    let mut agree = 0;
+    let mut worst = 0f32;
+    for (i, o) in ort.iter().enumerate() {
+        let y = output(o, &m.output);
+        assert_eq!(y.dtype(), lowbit_tensor::DType::F32, "float32 output kept");
+        let y = y.to_f32_vec().unwrap();
+        agree += (argmax(&y) == p32[i]) as usize;
+        for (a, b) in y.iter().zip(&raw32[i * 10..i * 10 + 10]) {
+            worst = worst.max((a - b).abs() / b.abs().max(1.0));
+        }
+    }
+    println!("burn_mnist_bn fp16 (ORT) vs fp32 (lowbit): top-1 agreement {agree}/50, max rel diff {worst:.4}");
+    assert!(agree >= 49);
+    assert!(worst < 0.05);
+    // lowbit's engine on the same file, where it runs fp16.
+    match Session::new(&q, &SessionOptions::default()) {
+        Ok(s) => match s.run(samples[0].clone()) {
+            Ok(outs) => {
+                let a = output(&outs, &m.output).to_f32_vec().unwrap();
+                let b = output(&ort[0], &m.output).to_f32_vec().unwrap();
+                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                println!("fp16: lowbit engine vs ORT max |diff| {d:.4}");
+                assert!(d < 0.05 * b.iter().fold(1f32, |m, v| m.max(v.abs())));
+            }
+            Err(e) => println!("fp16: lowbit engine cannot run the file yet: {e}"),
+        },
+        Err(e) => println!("fp16: lowbit engine cannot load the file yet: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- MiniLM
+
+struct MiniLm {
+    model: ModelProto,
+    sentences: Vec<Vec<(String, Tensor)>>,
+}
+
+const SENTENCES: usize = 50;
+const EMBEDDING: &str = "461";
+
+fn minilm() -> Option<MiniLm> {
+    let dir = shared()?.join("corpus/dev");
+    let model = lowbit_onnx::load_model(dir.join("models/paraphrase-MiniLM-L3-v2.onnx")).unwrap();
+    let ids = lowbit_tensor::npy::read_npy(&dir.join("data/stsb_dev/input_ids_a.npy")).unwrap();
+    let mask = lowbit_tensor::npy::read_npy(&dir.join("data/stsb_dev/attention_mask_a.npy")).unwrap();
+    let l = ids.shape()[1];
+    let (iv, mv) = (ids.as_slice::<i64>().unwrap(), mask.as_slice::<i64>().unwrap());
+    let sentences = (0..SENTENCES)
+        .map(|r| {
+            let n = mv[r * l..(r + 1) * l].iter().filter(|&&v| v != 0).count();
+            let row = |v: &[i64]| Tensor::from_vec(vec![1, n], v[r * l..r * l + n].to_vec()).unwrap();
+            vec![("input_ids".to_string(), row(iv)), ("attention_mask".to_string(), row(mv))]
+        })
+        .collect();
+    Some(MiniLm { model, sentences })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+fn embeddings(model: &ModelProto, sentences: &[Vec<(String, Tensor)>]) -> Vec<Vec<f32>> {
+    let s = Session::new(model, &SessionOptions::default()).unwrap();
+    sentences
+        .iter()
+        .map(|f| output(&s.run(f.clone()).unwrap(), EMBEDDING).to_f32_vec().unwrap())
+        .collect()
+}
+
+/// Mean and min cosine of `q`'s embeddings to FP32's (lowbit engine), and the mean cosine of
+/// ORT's embeddings of the written file to lowbit's.
+fn minilm_check(m: &MiniLm, cfg: &QuantizeConfig, tag: &str) -> (f64, f64, Option<f64>, QuantizeSummary) {
+    let (q, summary) = quantize_model(m.model.clone(), cfg, None).unwrap();
+    let (path, q) = save(&q, tag);
+    let e32 = embeddings(&m.model, &m.sentences);
+    let eq = embeddings(&q, &m.sentences);
+    let cos: Vec<f64> = e32.iter().zip(&eq).map(|(a, b)| cosine(a, b)).collect();
+    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+    let min = cos.iter().copied().fold(1.0, f64::min);
+    let ort = ort_run(&path, &m.sentences[..10]).map(|outs| {
+        let c: Vec<f64> =
+            outs.iter().zip(&eq).map(|(o, b)| cosine(&output(o, EMBEDDING).to_f32_vec().unwrap(), b)).collect();
+        c.iter().copied().fold(1.0, f64::min)
+    });
+    (mean, min, ort, summary)
+}
+
+#[test]
+fn minilm_dynamic_int8_keeps_embeddings() {
+    let Some(m) = minilm() else { return };
+    let (mean, min, ort, s) = minilm_check(&m, &QuantizeConfig::dynamic_int8(), "minilm-dynamic");
+    println!("{s}");
+    println!("MiniLM dynamic int8 per-channel: mean cosine to FP32 {mean:.4} (min {min:.4}) on {SENTENCES} sentences; ORT vs lowbit min cosine {ort:?}");
+    assert!(s.quantized.get("MatMul").copied().unwrap_or(0) >= 18, "{s}");
+    assert!(mean >= 0.98, "mean cosine {mean}");
+    if let Some(c) = ort {
+        assert!(c >= 0.999, "ORT and lowbit disagree: min cosine {c}");
+    }
+}
+
+#[test]
+fn minilm_weight_only_int4_blocked() {
+    let Some(m) = minilm() else { return };
+    let (mean, min, ort, s) = minilm_check(&m, &QuantizeConfig::weight_only_int4(32), "minilm-int4");
+    println!("{s}");
+    println!("MiniLM weight-only int4 (block 32): mean cosine to FP32 {mean:.4} (min {min:.4}); ORT vs lowbit min cosine {ort:?}; initializers {} -> {} bytes", s.size_before, s.size_after);
+    assert!(mean >= 0.9, "mean cosine {mean}");
+    assert!(s.size_after * 3 < s.size_before);
+    if let Some(c) = ort {
+        assert!(c >= 0.999, "ORT and lowbit disagree: min cosine {c}");
+    }
+}
