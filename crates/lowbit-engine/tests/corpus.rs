@@ -54,19 +54,24 @@ fn check_against_reference(model: &str, reference: &str, scale: f32, mean: f32, 
     let want = want.as_f32().unwrap();
     assert_eq!(got.len(), want.len());
     let max_diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    // 1e-3 absolute, widened by a relative term for logits in the thousands: mnist-8 (raw 0..255
-    // input) reaches |logit| 9860, where one f32 ulp is 1e-3 and ONNX Runtime's own output is
-    // 5.2e-3 away from an exact float64 evaluation (measured with numpy), so no other summation
-    // order can meet 1e-3 absolute there.
+    // 1e-3 absolute, widened by a term relative to the row's largest logit: mnist-8 (raw 0..255
+    // input) has logits up to |9860| that are sums of much larger terms, so a small logit can
+    // carry the rounding error of its big neighbours. Measured with a float64 numpy evaluation:
+    // ONNX Runtime's own output is 5.2e-3 (8.9e-7 of the row maximum) away from the exact
+    // value, so no other summation order can meet 1e-3 absolute on this model.
     let over = got
-        .iter()
-        .zip(want)
-        .filter(|(a, b)| (*a - *b).abs() > 1e-3 + 1e-6 * b.abs())
+        .chunks(10)
+        .zip(want.chunks(10))
+        .flat_map(|(g, w)| {
+            let row_max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            g.iter().zip(w).map(move |(a, b)| (a - b).abs() > 1e-3 + 1e-6 * row_max)
+        })
+        .filter(|&beyond| beyond)
         .count();
     let argmax_mismatches =
         got.chunks(10).zip(want.chunks(10)).filter(|(a, b)| argmax(a) != argmax(b)).count();
     eprintln!("{model}: max |diff| {max_diff:.3e}, argmax mismatches {argmax_mismatches}/5000");
-    assert_eq!(over, 0, "{model}: {over} logits beyond 1e-3 + 1e-6·|ref| (max |diff| {max_diff})");
+    assert_eq!(over, 0, "{model}: {over} logits beyond 1e-3 + 1e-6·max|row| (max |diff| {max_diff})");
     assert_eq!(argmax_mismatches, 0, "{model}: argmax differs from ONNX Runtime");
 }
 

@@ -333,6 +333,102 @@ unsafe fn depthwise_plane_avx2(
     depthwise_plane_body(win, xp, padded, w, y)
 }
 
+/// Whether [`depthwise3x3_avx2`] handles this window: a 2-D 3x3 kernel, dilation 1, stride 1
+/// or 2 (the same both ways).
+fn is_dw3x3(win: &Window) -> bool {
+    win.kernel == [1, 3, 3]
+        && win.input[0] == 1
+        && win.output[0] == 1
+        && win.dilations == [1, 1, 1]
+        && matches!(win.strides, [1, 1, 1] | [1, 2, 2])
+}
+
+/// Floats read past the end of a padded plane by [`depthwise3x3_avx2`]'s last vector (their
+/// lanes are discarded).
+const DW_SLACK: usize = 16;
+
+/// A 2-D 3x3 depthwise plane (see [`is_dw3x3`]) over the zero-padded input `xp`
+/// (`ph x pw`): `y = bias + conv(x, w)`, 8 outputs per step with all 9 taps in registers.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `xp` must hold `ph * pw + DW_SLACK` elements, `w` 9,
+/// `y` `oh * ow`, and `padded` must come from [`padded_dims`] for `win`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise3x3_avx2(
+    win: &Window,
+    xp: &[f32],
+    padded: [usize; 3],
+    w: &[f32],
+    bias: f32,
+    y: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let [_, oh, ow] = win.output;
+    let s = win.strides[2];
+    let pw = padded[2];
+    debug_assert!(xp.len() >= padded[1] * pw + DW_SLACK && w.len() >= 9 && y.len() >= oh * ow);
+    let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(w[t]));
+    let x = xp.as_ptr();
+    // Even lanes of 16 consecutive floats at `p`.
+    let evens = |p: *const f32| {
+        // SAFETY: the caller's bounds (see below) cover 16 floats at `p`.
+        unsafe {
+            let a = _mm256_loadu_ps(p);
+            let b = _mm256_loadu_ps(p.add(8));
+            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
+        }
+    };
+    let scalar = |oy: usize, ox: usize| {
+        let mut acc = bias;
+        for ky in 0..3 {
+            let row = &xp[(oy * s + ky) * pw + ox * s..];
+            acc += w[ky * 3] * row[0] + w[ky * 3 + 1] * row[1] + w[ky * 3 + 2] * row[2];
+        }
+        acc
+    };
+    for oy in 0..oh {
+        let yrow = &mut y[oy * ow..(oy + 1) * ow];
+        if ow < 8 {
+            for (ox, v) in yrow.iter_mut().enumerate() {
+                *v = scalar(oy, ox);
+            }
+            continue;
+        }
+        let mut ox = 0;
+        loop {
+            // The last step overlaps the one before it so no output needs a scalar tail.
+            let o = ox.min(ow - 8);
+            let mut acc = _mm256_set1_ps(bias);
+            for ky in 0..3 {
+                // Row `oy * s + ky` of the padded plane; output `o + i` reads its columns
+                // `(o + i) * s + kx` <= (ow - 1) * s + 2 < pw; the 16-wide stride-2 loads read at
+                // most 17 past `o * s`, within the row or the DW_SLACK floats after the plane.
+                // SAFETY: as above.
+                unsafe {
+                    let r = x.add((oy * s + ky) * pw + o * s);
+                    if s == 1 {
+                        acc = _mm256_fmadd_ps(wv[ky * 3], _mm256_loadu_ps(r), acc);
+                        acc = _mm256_fmadd_ps(wv[ky * 3 + 1], _mm256_loadu_ps(r.add(1)), acc);
+                        acc = _mm256_fmadd_ps(wv[ky * 3 + 2], _mm256_loadu_ps(r.add(2)), acc);
+                    } else {
+                        acc = _mm256_fmadd_ps(wv[ky * 3], evens(r), acc);
+                        acc = _mm256_fmadd_ps(wv[ky * 3 + 1], evens(r.add(1)), acc);
+                        acc = _mm256_fmadd_ps(wv[ky * 3 + 2], evens(r.add(2)), acc);
+                    }
+                }
+            }
+            // SAFETY: o + 8 <= ow.
+            unsafe { _mm256_storeu_ps(yrow.as_mut_ptr().add(o), acc) };
+            if o + 8 >= ow {
+                break;
+            }
+            ox += 8;
+        }
+    }
+}
+
 /// Copies plane `x` into the middle of a zeroed `padded` buffer.
 fn pad_plane(win: &Window, x: &[f32], padded: [usize; 3], buf: &mut [f32]) {
     let [id, ih, iw] = win.input;
@@ -366,11 +462,19 @@ fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
     let padded = padded_dims(win);
     let pad_len: usize = padded.iter().product();
     let avx2 = crate::gemm::has_avx2_fma();
+    let dw3x3 = avx2 && is_dw3x3(win);
     let run = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
         let c = plane % p.c_out;
-        yp.fill(bias.map_or(0.0, |b| b[c]));
-        pad_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], padded, buf);
+        let b = bias.map_or(0.0, |b| b[c]);
+        pad_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], padded, &mut buf[..pad_len]);
         let wc = &w[c * k_sz..(c + 1) * k_sz];
+        #[cfg(target_arch = "x86_64")]
+        if dw3x3 {
+            // SAFETY: the CPU supports AVX2 and FMA; `buf` has DW_SLACK floats past the plane.
+            unsafe { depthwise3x3_avx2(win, buf, padded, wc, b, yp) };
+            return;
+        }
+        yp.fill(b);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the CPU supports AVX2 and FMA.
@@ -388,9 +492,9 @@ fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
         use rayon::prelude::*;
         y.par_chunks_mut(out_sz)
             .enumerate()
-            .for_each_init(|| vec![0f32; pad_len], |buf, (i, yp)| run(i, yp, buf));
+            .for_each_init(|| vec![0f32; pad_len + DW_SLACK], |buf, (i, yp)| run(i, yp, buf));
     } else {
-        with_scratch(pad_len, |buf| {
+        with_scratch(pad_len + DW_SLACK, |buf| {
             y.chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp, buf));
         });
     }
@@ -635,6 +739,33 @@ mod tests {
             let mut y2 = vec![0.0; ny];
             conv(&p, &x, &w, bias, act, &mut y1);
             conv_ref(&p, &x, &w, bias, act, &mut y2);
+            for (a, r) in y1.iter().zip(&y2) {
+                prop_assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{a} vs {r}");
+            }
+        }
+
+        #[test]
+        fn depthwise3x3_matches_reference(
+            batch in 1usize..3, ch in 2usize..5, ih in 1usize..12, iw in 1usize..40,
+            stride in 1usize..3, pb in 0usize..2, pe in 0usize..2, has_bias in any::<bool>(),
+            seed in any::<u32>(),
+        ) {
+            let (ih, iw) = (ih + 2 - pb.min(1) - pe.min(1), iw + 2 - pb.min(1) - pe.min(1));
+            let (oh, ow) = (out_len(ih, 3, stride, 1, pb, pe), out_len(iw, 3, stride, 1, pb, pe));
+            let window = Window::new(
+                &[ih, iw], &[3, 3], &[stride, stride], &[1, 1], &[pb, pb], &[pe, pe], &[oh, ow],
+            )
+            .unwrap();
+            let p = ConvParams { batch, c_in: ch, c_out: ch, group: ch, window };
+            let (nx, nw, ny) = p.sizes();
+            let x = fill(nx, seed);
+            let w = fill(nw, seed ^ 3);
+            let b = fill(ch, seed ^ 9);
+            let bias = has_bias.then_some(&b[..]);
+            let mut y1 = vec![f32::NAN; ny];
+            let mut y2 = vec![0.0; ny];
+            conv(&p, &x, &w, bias, Activation::None, &mut y1);
+            conv_ref(&p, &x, &w, bias, Activation::None, &mut y2);
             for (a, r) in y1.iter().zip(&y2) {
                 prop_assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{a} vs {r}");
             }

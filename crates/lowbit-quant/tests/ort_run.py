@@ -1,6 +1,6 @@
 """Runs an ONNX model in ONNX Runtime (CPU) on .npy inputs and writes its outputs as .npy.
 
-    python ort_run.py MODEL.onnx DIR
+    python ort_run.py MODEL.onnx DIR [--no-optimize]
 
 DIR/inputs.json: {"samples": [[["input name", "file.npy"], ...], ...]} (files relative to DIR).
 Writes DIR/out_<sample>_<k>.npy for output k of each sample (session output order) and
@@ -20,6 +20,9 @@ def main():
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    if "--no-optimize" in sys.argv[3:]:
+        # The graph as written (QDQ semantics), without ORT's integer-kernel fusions.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     spec = json.load(open(os.path.join(d, "inputs.json")))
     names = [o.name for o in sess.get_outputs()]

@@ -632,15 +632,14 @@ impl Kernel for BatchNormKernel {
         } else {
             (in_mean.to_vec(), in_var.to_vec())
         };
-        let mut y = vec![0f32; xv.len()];
+        // Built by `extend`, not zero-filled and then overwritten: one pass over memory.
+        let mut y = Vec::with_capacity(xv.len());
         for b in 0..n {
             for ch in 0..c {
                 let k = scale[ch] / (var[ch] + self.eps).sqrt();
                 let off = bias[ch] - mean[ch] * k;
                 let base = (b * c + ch) * plane;
-                for (yo, &xi) in y[base..base + plane].iter_mut().zip(&xv[base..base + plane]) {
-                    *yo = xi * k + off;
-                }
+                y.extend(xv[base..base + plane].iter().map(|&xi| xi * k + off));
             }
         }
         let mut outs = vec![from_f32(dtype, x.shape().to_vec(), y)?];
