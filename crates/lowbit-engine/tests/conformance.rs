@@ -122,7 +122,9 @@ fn run_case(dir: &Path, model: &ModelProto) -> Outcome {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("case dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("test_data_set"))
+        .filter(|p| {
+            p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("test_data_set")
+        })
         .collect();
     sets.sort();
     for set in sets {
@@ -160,8 +162,9 @@ fn run_case(dir: &Path, model: &ModelProto) -> Outcome {
 #[test]
 fn onnx_node_tests_pass_for_every_claimed_op() {
     let root = shared_dir().join("onnx-node-tests");
-    let index = std::fs::read_to_string(root.join("index.tsv"))
-        .unwrap_or_else(|e| panic!("{}: {e} (set LOWBIT_SHARED to the shared folder)", root.display()));
+    let index = std::fs::read_to_string(root.join("index.tsv")).unwrap_or_else(|e| {
+        panic!("{}: {e} (set LOWBIT_SHARED to the shared folder)", root.display())
+    });
     let ort_status: BTreeMap<String, String> = index
         .lines()
         .skip(1)
@@ -240,5 +243,9 @@ fn onnx_node_tests_pass_for_every_claimed_op() {
     for f in &failures {
         eprintln!("  FAILED: {f}");
     }
-    assert!(failures.is_empty(), "{} required node-test cases failed (listed above)", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} required node-test cases failed (listed above)",
+        failures.len()
+    );
 }

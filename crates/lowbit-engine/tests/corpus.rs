@@ -71,7 +71,10 @@ fn check_against_reference(model: &str, reference: &str, scale: f32, mean: f32, 
     let argmax_mismatches =
         got.chunks(10).zip(want.chunks(10)).filter(|(a, b)| argmax(a) != argmax(b)).count();
     eprintln!("{model}: max |diff| {max_diff:.3e}, argmax mismatches {argmax_mismatches}/5000");
-    assert_eq!(over, 0, "{model}: {over} logits beyond 1e-3 + 1e-6·max|row| (max |diff| {max_diff})");
+    assert_eq!(
+        over, 0,
+        "{model}: {over} logits beyond 1e-3 + 1e-6·max|row| (max |diff| {max_diff})"
+    );
     assert_eq!(argmax_mismatches, 0, "{model}: argmax differs from ONNX Runtime");
 }
 
@@ -102,8 +105,7 @@ fn check_accuracy(model: &str) {
     let got = mnist_logits(model, 1.0 / 255.0, 0.1307, 0.3081, 250);
     let labels = read_npy(&corpus().join("data/mnist_test_0-4999/labels.npy")).unwrap();
     let labels = labels.to_i64_vec().unwrap();
-    let correct =
-        got.chunks(10).zip(&labels).filter(|(row, &l)| argmax(row) as i64 == l).count();
+    let correct = got.chunks(10).zip(&labels).filter(|(row, &l)| argmax(row) as i64 == l).count();
     let acc = correct as f64 / labels.len() as f64;
     eprintln!("{model}: top-1 {:.2}%", acc * 100.0);
     assert!(acc >= 0.999, "{model}: top-1 {acc}");
@@ -143,7 +145,9 @@ fn minilm_embeddings_match_onnx_runtime_on_all_sentences() {
         for r in 0..n {
             // Each sentence at its own length, as the reference was computed.
             let len = mask[r * width..(r + 1) * width].iter().filter(|&&m| m != 0).count();
-            let cut = |v: &[i64]| Tensor::from_vec(vec![1, len], v[r * width..r * width + len].to_vec()).unwrap();
+            let cut = |v: &[i64]| {
+                Tensor::from_vec(vec![1, len], v[r * width..r * width + len].to_vec()).unwrap()
+            };
             let out = s
                 .run(vec![("input_ids".into(), cut(ids)), ("attention_mask".into(), cut(mask))])
                 .unwrap();
@@ -156,7 +160,10 @@ fn minilm_embeddings_match_onnx_runtime_on_all_sentences() {
         }
         row_base += n;
     }
-    eprintln!("MiniLM: min cosine to ONNX Runtime {:.7} (row {}) over {row_base} sentences", worst.0, worst.1);
+    eprintln!(
+        "MiniLM: min cosine to ONNX Runtime {:.7} (row {}) over {row_base} sentences",
+        worst.0, worst.1
+    );
     assert_eq!(row_base, 3000);
     assert!(worst.0 >= 0.99999, "min cosine {} at row {}", worst.0, worst.1);
 }

@@ -74,7 +74,11 @@ fn model() -> ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
         graph: Some(pb::GraphProto {
-            node: vec![node("Plus", &["a", "w1"], "y"), node("Inc", &["x"], "a"), node("Inc", &["w"], "w1")],
+            node: vec![
+                node("Plus", &["a", "w1"], "y"),
+                node("Inc", &["x"], "a"),
+                node("Inc", &["w"], "w1"),
+            ],
             initializer: vec![tensor_to_proto("w", &w)],
             input: vec![value_info("x", &[None, Some(2)])],
             output: vec![value_info("y", &[None, Some(2)])],
@@ -132,7 +136,9 @@ fn input_errors_name_the_input() {
     assert!(e.to_string().contains("unknown input 'z'") && e.to_string().contains("x"), "{e}");
     let e = s.run(vec![("x".into(), x(1).cast(lowbit_tensor::DType::I64).unwrap())]).unwrap_err();
     assert!(e.to_string().contains("'x'") && e.to_string().contains("int64"), "{e}");
-    let e = s.run(vec![("x".into(), Tensor::from_vec(vec![1, 3], vec![0f32; 3]).unwrap())]).unwrap_err();
+    let e = s
+        .run(vec![("x".into(), Tensor::from_vec(vec![1, 3], vec![0f32; 3]).unwrap())])
+        .unwrap_err();
     assert!(e.to_string().contains("[batch, 2]") && e.to_string().contains("[1, 3]"), "{e}");
 }
 

@@ -80,8 +80,9 @@ fn main() {
 /// The MiniLM-L3 encoder's weight GEMMs in order (3 layers, distinct weights, ~21 MB), `seq`
 /// rows: weights stream from L3/DRAM as in the real model.
 pub fn encoder_sweep(seq: usize) {
-    let shapes: Vec<(usize, usize)> =
-        (0..3).flat_map(|_| [(384, 384), (384, 384), (384, 384), (384, 384), (384, 1536), (1536, 384)]).collect();
+    let shapes: Vec<(usize, usize)> = (0..3)
+        .flat_map(|_| [(384, 384), (384, 384), (384, 384), (384, 384), (384, 1536), (1536, 384)])
+        .collect();
     let packed: Vec<PackedB> = shapes
         .iter()
         .map(|&(k, n)| {

@@ -83,15 +83,21 @@ pub fn cast_with(d: &TensorData, to: DType, saturate: bool) -> Result<TensorData
     // f32 → f32-derived targets skip the f64 detour where that changes rounding (f16/bf16).
     if let TensorData::F32(v) = d {
         match to {
-            DType::F16 => return Ok(TensorData::F16(v.iter().map(|&x| f16::from_f32(x)).collect())),
+            DType::F16 => {
+                return Ok(TensorData::F16(v.iter().map(|&x| f16::from_f32(x)).collect()))
+            }
             DType::BF16 => {
                 return Ok(TensorData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()))
             }
             DType::F8E4M3FN => {
-                return Ok(TensorData::F8E4M3FN(v.iter().map(|&x| E4M3FN.encode(x, saturate)).collect()))
+                return Ok(TensorData::F8E4M3FN(
+                    v.iter().map(|&x| E4M3FN.encode(x, saturate)).collect(),
+                ))
             }
             DType::F8E5M2 => {
-                return Ok(TensorData::F8E5M2(v.iter().map(|&x| E5M2.encode(x, saturate)).collect()))
+                return Ok(TensorData::F8E5M2(
+                    v.iter().map(|&x| E5M2.encode(x, saturate)).collect(),
+                ))
             }
             _ => {}
         }

@@ -9,12 +9,12 @@
 pub mod cast;
 pub mod dtype;
 pub mod error;
+pub mod float8;
 pub mod int4;
 pub mod npy;
 pub mod tensor;
-pub mod float8;
 
 pub use dtype::DType;
 pub use error::TensorError;
-pub use tensor::{Tensor, TensorData};
 pub use half::{bf16, f16};
+pub use tensor::{Tensor, TensorData};

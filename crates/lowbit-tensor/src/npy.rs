@@ -93,12 +93,22 @@ pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
     let descr = header_field(header, "descr")
         .map(|s| s.trim_matches(|c| c == '\'' || c == '"'))
         .ok_or_else(|| err(path, "header has no 'descr'"))?;
-    let dtype = descr_dtype(descr)
-        .ok_or_else(|| err(path, format!("unsupported dtype '{descr}' (expected little-endian bool, int, uint or float)")))?;
+    let dtype = descr_dtype(descr).ok_or_else(|| {
+        err(
+            path,
+            format!(
+                "unsupported dtype '{descr}' (expected little-endian bool, int, uint or float)"
+            ),
+        )
+    })?;
     if header_field(header, "fortran_order") == Some("True") {
-        return Err(err(path, "Fortran-order arrays are not supported; save with np.ascontiguousarray"));
+        return Err(err(
+            path,
+            "Fortran-order arrays are not supported; save with np.ascontiguousarray",
+        ));
     }
-    let shape_txt = header_field(header, "shape").ok_or_else(|| err(path, "header has no 'shape'"))?;
+    let shape_txt =
+        header_field(header, "shape").ok_or_else(|| err(path, "header has no 'shape'"))?;
     let shape: Vec<usize> = shape_txt
         .trim_matches(|c| c == '(' || c == ')')
         .split(',')
@@ -110,7 +120,14 @@ pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
     let width = dtype.bits() / 8;
     let body = &bytes[hstart + hlen..];
     if body.len() < n * width {
-        return Err(err(path, format!("truncated data: shape {shape:?} needs {} bytes, file has {}", n * width, body.len())));
+        return Err(err(
+            path,
+            format!(
+                "truncated data: shape {shape:?} needs {} bytes, file has {}",
+                n * width,
+                body.len()
+            ),
+        ));
     }
     let body = &body[..n * width];
     let data = decode_le(body, dtype);
@@ -236,7 +253,8 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let p = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| err(&p, format!("not a .npz archive: {e}")))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| err(&p, format!("not a .npz archive: {e}")))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
         let mut member = zip.by_index(i).map_err(|e| err(&p, format!("member {i}: {e}")))?;

@@ -282,7 +282,8 @@ impl Tensor {
     }
 
     pub fn into_vec<T: Element>(self) -> Result<Vec<T>> {
-        T::unwrap(self.data).map_err(|d| TensorError::DType { expected: T::DTYPE, actual: d.dtype() })
+        T::unwrap(self.data)
+            .map_err(|d| TensorError::DType { expected: T::DTYPE, actual: d.dtype() })
     }
 
     pub fn as_f32(&self) -> Result<&[f32]> {
