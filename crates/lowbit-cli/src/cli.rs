@@ -26,6 +26,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a small MLP model (fixed-seed weights) with sample inputs and expected outputs.
     ExampleModel(ExampleModelArgs),
+    /// Stream --data samples through the model and write every tensor's ranges (ranges.json).
+    Calibrate(CalibrateArgs),
+    /// Quantize a model: static (QDQ), dynamic, weight-only, fp16 or bf16.
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +105,81 @@ pub struct ExampleModelArgs {
     /// Number of sample rows in data/x.npy.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub samples: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// The FP32 .onnx file.
+    pub model: PathBuf,
+    /// A folder with one <input-name>.npy per graph input (samples on axis 0), or .npz files.
+    #[arg(short, long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Calibrate on the first N samples only [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples: Option<u64>,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Feed rows at their padded length (by default each batch is cut to its *mask* input's
+    /// longest real length).
+    #[arg(long)]
+    pub no_trim: bool,
+    /// The calibration table to write (JSON).
+    #[arg(short, long, value_name = "RANGES.json")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The FP32 .onnx file (never overwritten).
+    pub model: PathBuf,
+    /// The quantized .onnx file to write.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// What to quantize: static (calibrated QDQ), dynamic, weight-only, fp16 or bf16.
+    #[arg(long, default_value = "static", value_parser = ["static", "dynamic", "weight-only", "fp16", "bf16"])]
+    pub mode: String,
+    /// Calibration data (static): as for `calibrate --data`.
+    #[arg(short, long, value_name = "DIR", conflicts_with = "ranges")]
+    pub data: Option<PathBuf>,
+    /// A calibration table written by `lowbit calibrate` (static).
+    #[arg(long, value_name = "RANGES.json")]
+    pub ranges: Option<PathBuf>,
+    /// Calibrate on the first N samples of --data only [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples: Option<u64>,
+    /// Which calibrated range to use (static).
+    #[arg(long, default_value = "minmax", value_parser = ["minmax", "moving-average", "percentile", "entropy", "mse"])]
+    pub method: String,
+    /// One weight scale per output channel (the default).
+    #[arg(long, conflicts_with = "per_tensor")]
+    pub per_channel: bool,
+    /// One weight scale per weight tensor.
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// Activation type (static).
+    #[arg(long, default_value = "uint8", value_parser = ["uint8", "int8", "int16"])]
+    pub activations: String,
+    /// Weight type.
+    #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "uint8", "uint4"])]
+    pub weights: String,
+    /// Weight-only: quantize weights in blocks of N along the reduction axis (0: per channel;
+    /// 4-bit weights default to 32).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub block_size: usize,
+    /// Leave nodes in float: a node name, a `*`/`?` pattern over names, or `op:TYPE`
+    /// (repeat for more).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads for calibration (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Calibrate on rows at their padded length (see `calibrate --no-trim`).
+    #[arg(long)]
+    pub no_trim: bool,
 }
 
 #[cfg(test)]

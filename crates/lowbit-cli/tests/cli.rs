@@ -427,3 +427,197 @@ fn broken_pipe_is_a_clean_exit() {
     assert!(o.status.success(), "{:?} {}", o.status, stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// calibrate and quantize
+
+/// The example model with its default 64 samples.
+fn example64(name: &str) -> PathBuf {
+    let dir = tmp(name);
+    let o = lowbit(&["example-model", s(&dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir
+}
+
+/// Row-wise argmax of a `[N, C]` float tensor.
+fn argmax_rows(t: &Tensor) -> Vec<usize> {
+    let c = *t.shape().last().unwrap();
+    let v = t.to_f64_vec().unwrap();
+    v.chunks(c)
+        .map(|r| r.iter().enumerate().fold(0, |b, (i, x)| if *x > r[b] { i } else { b }))
+        .collect()
+}
+
+/// `lowbit run MODEL --data DATA` into `out`; returns output file `name`.
+fn run_model(model: &Path, data: &Path, out: &Path, name: &str) -> Tensor {
+    let o = lowbit(&["run", s(model), "--data", s(data), "-o", s(out)]);
+    assert!(o.status.success(), "run {}: {}", model.display(), stderr(&o));
+    npy::read_npy(&out.join(name)).unwrap()
+}
+
+/// Fraction of rows whose argmax agrees.
+fn agreement(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    let (x, y) = (argmax_rows(a), argmax_rows(b));
+    x.iter().zip(&y).filter(|(p, q)| p == q).count() as f64 / x.len() as f64
+}
+
+#[test]
+fn calibrate_writes_a_table_that_quantize_ranges_accepts() {
+    let dir = example64("calibrate-ranges");
+    let model = dir.join("model.onnx");
+    let ranges = dir.join("ranges.json");
+    let o = lowbit(&["calibrate", s(&model), "--data", s(&dir.join("data")), "-o", s(&ranges)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("on 64 samples"), "{}", stdout(&o));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
+    assert!(table["tensors"].as_object().is_some_and(|t| !t.is_empty()), "{table}");
+    let q = dir.join("q.onnx");
+    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--ranges", s(&ranges)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("MatMul"), "{}", stdout(&o));
+    run_model(&q, &dir.join("data"), &dir.join("out"), "probs.npy");
+}
+
+#[test]
+fn static_quantization_with_data_agrees_with_fp32() {
+    let dir = example64("quantize-static");
+    let model = dir.join("model.onnx");
+    let q = dir.join("q.onnx");
+    let o = lowbit(&[
+        "quantize",
+        s(&model),
+        "-o",
+        s(&q),
+        "--mode",
+        "static",
+        "--data",
+        s(&dir.join("data")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("quantized:") && text.contains("initializers:"), "{text}");
+    let fp32 = run_model(&model, &dir.join("data"), &dir.join("out32"), "probs.npy");
+    let int8 = run_model(&q, &dir.join("data"), &dir.join("out8"), "probs.npy");
+    assert_eq!(int8.shape(), &[64, 10]);
+    let agree = agreement(&fp32, &int8);
+    assert!(agree >= 0.95, "argmax agreement {agree}");
+}
+
+#[test]
+fn dynamic_weight_only_and_fp16_models_run() {
+    let dir = example64("quantize-modes");
+    let model = dir.join("model.onnx");
+    let fp32 = run_model(&model, &dir.join("data"), &dir.join("out32"), "probs.npy");
+    for mode in ["dynamic", "weight-only", "fp16"] {
+        let q = dir.join(format!("{mode}.onnx"));
+        let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--mode", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        let got = run_model(&q, &dir.join("data"), &dir.join(format!("out-{mode}")), "probs.npy");
+        let agree = agreement(&fp32, &got);
+        assert!(agree >= 0.9, "{mode}: argmax agreement {agree}");
+    }
+}
+
+#[test]
+fn quantize_never_overwrites_its_input() {
+    let dir = example64("quantize-input");
+    let model = dir.join("model.onnx");
+    let before = std::fs::read(&model).unwrap();
+    let o = lowbit(&["quantize", s(&model), "-o", s(&model), "--mode", "dynamic", "--force"]);
+    assert_fails(&o, 1, &["input model", "never overwrites"]);
+    // The same file by another spelling.
+    let other = dir.join("data/../model.onnx");
+    let o = lowbit(&["quantize", s(&model), "-o", s(&other), "--mode", "dynamic", "--force"]);
+    assert_fails(&o, 1, &["never overwrites"]);
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+}
+
+#[test]
+fn quantize_replaces_an_existing_output_only_with_force() {
+    let dir = example64("quantize-force");
+    let model = dir.join("model.onnx");
+    let q = dir.join("q.onnx");
+    std::fs::write(&q, b"keep me").unwrap();
+    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--mode", "dynamic"]);
+    assert_fails(&o, 1, &["already exists", "--force"]);
+    assert_eq!(std::fs::read(&q).unwrap(), b"keep me");
+    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--mode", "dynamic", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(lowbit_onnx::load_model(&q).is_ok());
+}
+
+#[test]
+fn static_quantization_without_data_says_what_it_needs() {
+    let dir = example64("quantize-nodata");
+    let q = dir.join("q.onnx");
+    let o = lowbit(&["quantize", s(&dir.join("model.onnx")), "-o", s(&q)]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("--data") && err.contains("--ranges"), "{err}");
+    assert!(!q.exists());
+}
+
+#[test]
+fn nan_in_calibration_data_names_the_input_and_row() {
+    let dir = example64("calibrate-nan");
+    let x = npy::read_npy(&dir.join("data/x.npy")).unwrap();
+    let mut v = x.as_f32().unwrap().to_vec();
+    v[7 * 16 + 3] = f32::NAN;
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    npy::write_npy(&bad.join("x.npy"), &Tensor::from_vec(x.shape().to_vec(), v).unwrap()).unwrap();
+    let ranges = dir.join("ranges.json");
+    let o = lowbit(&["calibrate", s(&dir.join("model.onnx")), "--data", s(&bad), "-o", s(&ranges)]);
+    assert_fails(&o, 1, &["'x'", "row 7", "NaN"]);
+    assert!(!ranges.exists());
+    let q = dir.join("q.onnx");
+    let o = lowbit(&["quantize", s(&dir.join("model.onnx")), "-o", s(&q), "--data", s(&bad)]);
+    assert_fails(&o, 1, &["'x'", "row 7"]);
+    assert!(!q.exists());
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("LOWBIT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+/// MNIST images `start..end` as float32 `[N, 1, 28, 28]` in `dir/Input3.npy`.
+fn mnist_data(images: &Tensor, start: usize, end: usize, dir: &Path) {
+    let per: usize = images.shape()[1..].iter().product();
+    assert_eq!(per, 784);
+    let v = images.to_f64_vec().unwrap();
+    let rows: Vec<f32> = v[start * per..end * per].iter().map(|&x| x as f32).collect();
+    std::fs::create_dir_all(dir).unwrap();
+    let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
+    npy::write_npy(&dir.join("Input3.npy"), &t).unwrap();
+}
+
+#[test]
+fn mnist_static_int8_agrees_with_fp32() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/mnist-8_cntk.onnx");
+    let images = corpus.join("data/mnist_test_0-4999/images.npy");
+    if !model.is_file() || !images.is_file() {
+        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
+        return;
+    }
+    let dir = tmp("mnist-static");
+    let images = npy::read_npy(&images).unwrap();
+    mnist_data(&images, 0, 50, &dir.join("calib"));
+    mnist_data(&images, 1000, 1200, &dir.join("eval"));
+    let q = dir.join("mnist.int8.onnx");
+    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--data", s(&dir.join("calib"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Conv"), "{}", stdout(&o));
+    let out = "Plus214_Output_0.npy";
+    let fp32 = run_model(&model, &dir.join("eval"), &dir.join("out32"), out);
+    let int8 = run_model(&q, &dir.join("eval"), &dir.join("out8"), out);
+    assert_eq!(int8.shape()[0], 200);
+    let agree =
+        agreement(&fp32.reshape(vec![200, 10]).unwrap(), &int8.reshape(vec![200, 10]).unwrap());
+    assert!(agree >= 0.97, "argmax agreement {agree}");
+}

@@ -2,8 +2,10 @@
 //! names the file, building a session, printing to stdout.
 
 pub mod bench;
+pub mod calibrate;
 pub mod example_model;
 pub mod inspect;
+pub mod quantize;
 pub mod run;
 
 use crate::cli::{Cli, Command};
@@ -20,6 +22,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a, cli.quiet),
         Command::Bench(a) => bench::bench(a, cli.quiet),
         Command::ExampleModel(a) => example_model::example_model(a),
+        Command::Calibrate(a) => calibrate::calibrate(a, cli.quiet),
+        Command::Quantize(a) => quantize::quantize(a, cli.quiet),
     }
 }
 

@@ -1,0 +1,110 @@
+//! `lowbit quantize MODEL -o OUT [--mode static|dynamic|weight-only|fp16|bf16] ...`: quantizes a
+//! model with [`lowbit_quant::quantize::quantize_model`] and prints what it did (nodes per op
+//! type, excluded nodes, sizes before and after).
+//!
+//! Static mode needs calibration ranges: `--ranges` (a table from `lowbit calibrate`) or
+//! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
+//! overwritten; an existing output only with `--force`; the output is written atomically.
+
+use super::calibrate::{calibrate_model, same_file};
+use super::{human_bytes, load_model, print};
+use crate::cli::QuantizeArgs;
+use crate::usage::usage_bail;
+use anyhow::{bail, Context, Result};
+use lowbit_quant::calibrate::{CalibrationTable, Method};
+use lowbit_quant::passes::Exclusions;
+use lowbit_quant::quantize::{parse_int_type, quantize_model, QuantMode, QuantizeConfig};
+use std::fmt::Write as _;
+
+/// The quantizer's settings from the command line (clap has already checked the names).
+fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
+    let mode: QuantMode = args.mode.parse()?;
+    let method: Method = args.method.parse()?;
+    let mut exclude = Exclusions::default();
+    for p in &args.exclude {
+        if let Some(op) = p.strip_prefix("op:") {
+            exclude.op_types.push(op.to_string());
+        } else if p.contains(['*', '?']) {
+            exclude.patterns.push(p.clone());
+        } else {
+            exclude.node_names.push(p.clone());
+        }
+    }
+    let cfg = QuantizeConfig {
+        mode,
+        method,
+        activations: parse_int_type(&args.activations)?,
+        weights: parse_int_type(&args.weights)?,
+        per_channel: !args.per_tensor,
+        block_size: args.block_size,
+        exclude,
+        ..QuantizeConfig::default()
+    };
+    if let Err(e) = cfg.validate() {
+        usage_bail!("{e}");
+    }
+    Ok(cfg)
+}
+
+pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
+    let cfg = config(&args)?;
+    if cfg.mode == QuantMode::Static && args.data.is_none() && args.ranges.is_none() {
+        usage_bail!(
+            "static quantization needs calibration data: pass --data DIR (one <input>.npy per \
+             graph input) or --ranges ranges.json (from `lowbit calibrate`), or choose \
+             --mode dynamic, weight-only or fp16, which need none"
+        );
+    }
+    if same_file(&args.model, &args.output) {
+        bail!(
+            "-o {} is the input model: lowbit never overwrites its input; choose another \
+             output file",
+            args.output.display()
+        );
+    }
+    if args.output.exists() && !args.force {
+        bail!("{} already exists; pass --force to replace it", args.output.display());
+    }
+    if cfg.mode != QuantMode::Static && !quiet && (args.data.is_some() || args.ranges.is_some()) {
+        eprintln!("note: --mode {} needs no calibration; ignoring --data/--ranges", cfg.mode);
+    }
+
+    let model = load_model(&args.model)?;
+    let file_before = std::fs::metadata(&args.model).map(|m| m.len()).ok();
+    let mut out = String::new();
+    let table = match (cfg.mode, &args.ranges, &args.data) {
+        (QuantMode::Static, Some(r), _) => Some(CalibrationTable::load(r)?),
+        (QuantMode::Static, None, Some(d)) => {
+            let run = calibrate_model(
+                &model,
+                &args.model,
+                d,
+                args.samples.map(|n| n as usize),
+                args.threads,
+                !args.no_trim,
+                quiet,
+            )?;
+            let _ = writeln!(
+                out,
+                "calibrated {} tensors on {} sample{} in {:.2} s",
+                run.table.tensors.len(),
+                run.samples,
+                if run.samples == 1 { "" } else { "s" },
+                run.elapsed.as_secs_f64()
+            );
+            Some(run.table)
+        }
+        _ => None,
+    };
+    let (q, summary) = quantize_model(model, &cfg, table.as_ref())
+        .with_context(|| format!("cannot quantize {}", args.model.display()))?;
+    lowbit_onnx::save_model(&q, &args.output).context("cannot write the quantized model")?;
+    let file_after = std::fs::metadata(&args.output).map(|m| m.len()).ok();
+
+    out.push_str(&summary.to_string());
+    if let (Some(b), Some(a)) = (file_before, file_after) {
+        let _ = writeln!(out, "file: {} -> {}", human_bytes(b), human_bytes(a));
+    }
+    let _ = writeln!(out, "wrote {}", args.output.display());
+    print(&out)
+}
