@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use half::{bf16, f16};
-use lowbit_tensor::{DType, Tensor, TensorData};
+use lowbit_tensor::{int4, DType, Tensor, TensorData};
 
 use crate::error::{OnnxError, Result};
 use crate::pb::tensor_proto::DataLocation;
@@ -142,8 +142,8 @@ pub fn raw_bytes(data: &TensorData) -> Option<Vec<u8>> {
         TensorData::U64(v) => le(v, u64::to_le_bytes),
         TensorData::U32(v) => le(v, u32::to_le_bytes),
         TensorData::U16(v) => le(v, u16::to_le_bytes),
-        TensorData::I4(v) => pack_nibbles(v.iter().map(|&x| x as u8), v.len()),
-        TensorData::U4(v) => pack_nibbles(v.iter().copied(), v.len()),
+        TensorData::I4(v) => int4::pack_nibbles(v.iter().map(|&x| x as u8)),
+        TensorData::U4(v) => int4::pack_nibbles(v.iter().copied()),
         TensorData::Bool(v) => v.iter().map(|&b| b as u8).collect(),
         TensorData::String(_) => return None,
     })
@@ -164,25 +164,6 @@ pub(crate) fn proto_raw_bytes(t: &TensorProto) -> Result<Option<Cow<'_, [u8]>>> 
     }
     let tensor = tensor_from_proto(t)?;
     Ok(raw_bytes(tensor.data()).map(Cow::Owned))
-}
-
-/// Packs 4-bit values two per byte, first element in the low nibble.
-fn pack_nibbles(v: impl Iterator<Item = u8>, n: usize) -> Vec<u8> {
-    let mut out = vec![0u8; n.div_ceil(2)];
-    for (i, x) in v.enumerate() {
-        out[i / 2] |= (x & 0x0f) << (4 * (i % 2));
-    }
-    out
-}
-
-/// The `i`-th 4-bit value of nibble-packed bytes.
-fn nibble(bytes: &[u8], i: usize) -> u8 {
-    (bytes[i / 2] >> (4 * (i % 2))) & 0x0f
-}
-
-/// Sign-extends a 4-bit two's-complement value.
-fn sext4(x: u8) -> i8 {
-    ((x << 4) as i8) >> 4
 }
 
 fn from_le<T, const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
@@ -219,8 +200,8 @@ fn data_from_raw(name: &str, dtype: DType, n: usize, raw: &[u8]) -> Result<Tenso
         DType::U32 => TensorData::U32(from_le(raw, u32::from_le_bytes)),
         DType::U16 => TensorData::U16(from_le(raw, u16::from_le_bytes)),
         DType::U8 => TensorData::U8(raw.to_vec()),
-        DType::I4 => TensorData::I4((0..n).map(|i| sext4(nibble(raw, i))).collect()),
-        DType::U4 => TensorData::U4((0..n).map(|i| nibble(raw, i)).collect()),
+        DType::I4 => TensorData::I4(int4::unpack_i4(raw, n)),
+        DType::U4 => TensorData::U4(int4::unpack_u4(raw, n)),
         DType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
         DType::String => unreachable!("strings are decoded from string_data"),
     })
@@ -288,7 +269,7 @@ fn data_from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData
         DType::I4 | DType::U4 => {
             let nibbles = int4_from_int32_data(name, &t.int32_data, n, dtype)?;
             if dtype == DType::I4 {
-                TensorData::I4(nibbles.into_iter().map(sext4).collect())
+                TensorData::I4(nibbles.into_iter().map(int4::sign_extend4).collect())
             } else {
                 TensorData::U4(nibbles)
             }
@@ -302,7 +283,7 @@ fn data_from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData
 fn int4_from_int32_data(name: &str, v: &[i32], n: usize, dtype: DType) -> Result<Vec<u8>> {
     if v.len() == n.div_ceil(2) {
         let bytes: Vec<u8> = v.iter().map(|&x| x as u8).collect();
-        Ok((0..n).map(|i| nibble(&bytes, i)).collect())
+        Ok(int4::unpack_u4(&bytes, n))
     } else if v.len() == n {
         Ok(v.iter().map(|&x| (x as u8) & 0x0f).collect())
     } else {

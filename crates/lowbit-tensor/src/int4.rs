@@ -17,9 +17,14 @@ pub fn unpack_u4(bytes: &[u8], n: usize) -> Vec<u8> {
     (0..n).map(|i| (bytes[i / 2] >> ((i % 2) * 4)) & 0x0f).collect()
 }
 
+/// A 4-bit two's-complement value (low nibble of `u`) as an `i8`.
+pub fn sign_extend4(u: u8) -> i8 {
+    ((u << 4) as i8) >> 4
+}
+
 /// Unpacks `n` int4 values, sign-extended.
 pub fn unpack_i4(bytes: &[u8], n: usize) -> Vec<i8> {
-    unpack_u4(bytes, n).into_iter().map(|u| ((u << 4) as i8) >> 4).collect()
+    unpack_u4(bytes, n).into_iter().map(sign_extend4).collect()
 }
 
 #[cfg(test)]
