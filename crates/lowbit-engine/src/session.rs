@@ -107,8 +107,14 @@ pub struct Session {
 }
 
 /// Ops whose output must not be computed once at load time.
-const NOT_FOLDABLE: &[&str] =
-    &["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"];
+const NOT_FOLDABLE: &[&str] = &[
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+];
 
 fn node_label(node: &NodeProto, idx: usize) -> String {
     if !node.name.is_empty() {
@@ -196,16 +202,17 @@ impl Session {
         Session::with_registry(model, opts, &Registry::with_all_ops())
     }
 
-    pub fn with_registry(model: &ModelProto, opts: &SessionOptions, reg: &Registry) -> Result<Session> {
+    pub fn with_registry(
+        model: &ModelProto,
+        opts: &SessionOptions,
+        reg: &Registry,
+    ) -> Result<Session> {
         let graph = model
             .graph
             .as_ref()
             .ok_or_else(|| EngineError::Graph("the model has no graph".into()))?;
-        let opsets: HashMap<&str, i64> = model
-            .opset_import
-            .iter()
-            .map(|o| (canonical_domain(&o.domain), o.version))
-            .collect();
+        let opsets: HashMap<&str, i64> =
+            model.opset_import.iter().map(|o| (canonical_domain(&o.domain), o.version)).collect();
 
         // Every op is checked before anything is built, so the user hears of all of them.
         let unsupported: Vec<&NodeProto> =
@@ -279,7 +286,8 @@ impl Session {
                 .iter()
                 .map(|n| (!n.is_empty()).then(|| slot_of(n, &mut slots)))
                 .collect();
-            let const_of = |s: &Option<usize>| s.and_then(|s| constants.get(s).and_then(|c| c.as_ref()));
+            let const_of =
+                |s: &Option<usize>| s.and_then(|s| constants.get(s).and_then(|c| c.as_ref()));
             let ctx = BuildCtx {
                 node,
                 attrs: Attrs::new(node),
@@ -392,7 +400,11 @@ impl Session {
             if values[*slot].is_none() {
                 return Err(EngineError::MissingInput {
                     name: spec.name.clone(),
-                    expected: format!("{} {}", spec.dtype.map_or("tensor".into(), |d| d.to_string()), spec.shape_text()),
+                    expected: format!(
+                        "{} {}",
+                        spec.dtype.map_or("tensor".into(), |d| d.to_string()),
+                        spec.shape_text()
+                    ),
                 });
             }
         }
@@ -435,9 +447,10 @@ impl Session {
         self.outputs
             .iter()
             .map(|(name, s)| {
-                let t = values[*s].take().or_else(|| self.constants[*s].clone()).ok_or_else(|| {
-                    EngineError::Graph(format!("graph output '{name}' was not produced"))
-                })?;
+                let t =
+                    values[*s].take().or_else(|| self.constants[*s].clone()).ok_or_else(|| {
+                        EngineError::Graph(format!("graph output '{name}' was not produced"))
+                    })?;
                 Ok((name.clone(), t))
             })
             .collect()

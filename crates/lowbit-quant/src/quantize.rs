@@ -51,8 +51,13 @@ pub enum QuantMode {
 }
 
 impl QuantMode {
-    pub const ALL: [QuantMode; 5] =
-        [QuantMode::Static, QuantMode::Dynamic, QuantMode::WeightOnly, QuantMode::Fp16, QuantMode::Bf16];
+    pub const ALL: [QuantMode; 5] = [
+        QuantMode::Static,
+        QuantMode::Dynamic,
+        QuantMode::WeightOnly,
+        QuantMode::Fp16,
+        QuantMode::Bf16,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -208,7 +213,10 @@ impl QuantizeConfig {
         match self.mode {
             QuantMode::Static => {
                 if matches!(self.activations, IntType::Int4 | IntType::Uint4) {
-                    return bad("4-bit activations are not supported (use uint8, int8, int16 or uint16)".into());
+                    return bad(
+                        "4-bit activations are not supported (use uint8, int8, int16 or uint16)"
+                            .into(),
+                    );
                 }
                 if self.block_size != 0 {
                     return bad("--block-size applies to weight-only quantization".into());
@@ -275,7 +283,12 @@ impl QuantizeSummary {
         *self.quantized.entry(op_type.to_string()).or_default() += 1;
     }
 
-    pub(crate) fn exclude(&mut self, node: &lowbit_onnx::pb::NodeProto, idx: usize, reason: String) {
+    pub(crate) fn exclude(
+        &mut self,
+        node: &lowbit_onnx::pb::NodeProto,
+        idx: usize,
+        reason: String,
+    ) {
         self.excluded.push(NodeNote {
             node: passes::label(node, idx),
             op_type: node.op_type.clone(),
@@ -283,7 +296,12 @@ impl QuantizeSummary {
         });
     }
 
-    pub(crate) fn leave(&mut self, node: &lowbit_onnx::pb::NodeProto, idx: usize, reason: impl Into<String>) {
+    pub(crate) fn leave(
+        &mut self,
+        node: &lowbit_onnx::pb::NodeProto,
+        idx: usize,
+        reason: impl Into<String>,
+    ) {
         self.left_float.push(NodeNote {
             node: passes::label(node, idx),
             op_type: node.op_type.clone(),

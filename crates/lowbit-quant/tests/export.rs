@@ -47,7 +47,10 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 /// Runs `model_path` in ONNX Runtime on each sample; returns outputs by name per sample.
 /// `None` when no Python is available.
-fn ort_run(model_path: &Path, samples: &[Vec<(String, Tensor)>]) -> Option<Vec<Vec<(String, Tensor)>>> {
+fn ort_run(
+    model_path: &Path,
+    samples: &[Vec<(String, Tensor)>],
+) -> Option<Vec<Vec<(String, Tensor)>>> {
     ort_run_opt(model_path, samples, true)
 }
 
@@ -221,7 +224,8 @@ const MAX_ACCURACY_DROP: f64 = 0.3;
 fn static_int8_check(name: &'static str) {
     let Some(m) = mnist(name) else { return };
     let table = m.calibrate(CALIB.0, CALIB.1);
-    let (q, summary) = quantize_model(m.model.clone(), &QuantizeConfig::default(), Some(&table)).unwrap();
+    let (q, summary) =
+        quantize_model(m.model.clone(), &QuantizeConfig::default(), Some(&table)).unwrap();
     println!("{name}:\n{summary}");
     assert!(summary.total_quantized() > 0);
     let (path, q) = save(&q, &format!("{name}-int8"));
@@ -230,7 +234,8 @@ fn static_int8_check(name: &'static str) {
     let (p32, _) = m.predict(&m.model, EVAL.0, EVAL.1);
     let (p8, _) = m.predict(&q, EVAL.0, EVAL.1);
     let (a32, a8) = (accuracy(&p32, labels), accuracy(&p8, labels));
-    let agree = 100.0 * p32.iter().zip(&p8).filter(|(a, b)| a == b).count() as f64 / p8.len() as f64;
+    let agree =
+        100.0 * p32.iter().zip(&p8).filter(|(a, b)| a == b).count() as f64 / p8.len() as f64;
     println!(
         "{name}: static int8 per-channel, rows {}..{}: fp32 {a32:.2} %, int8 {a8:.2} %, drop {:.2} pt, top-1 agreement {agree:.2} %",
         EVAL.0,
@@ -241,15 +246,18 @@ fn static_int8_check(name: &'static str) {
     assert!(agree >= 98.0, "{name}: top-1 agreement {agree:.2} %");
 
     // ORT on the same file, 20 batches of rows from the evaluation range.
-    let xs: Vec<Tensor> = m.batches(EVAL.0, EVAL.1).into_iter().take(if m.batch == 1 { 20 } else { 2 }).collect();
-    let samples: Vec<Vec<(String, Tensor)>> = xs.iter().map(|x| vec![(m.input.clone(), x.clone())]).collect();
+    let xs: Vec<Tensor> =
+        m.batches(EVAL.0, EVAL.1).into_iter().take(if m.batch == 1 { 20 } else { 2 }).collect();
+    let samples: Vec<Vec<(String, Tensor)>> =
+        xs.iter().map(|x| vec![(m.input.clone(), x.clone())]).collect();
     let Some(plain) = ort_run_opt(&path, &samples, false) else { return };
     let fused = ort_run(&path, &samples).expect("python found above");
     let session = Session::new(&q, &SessionOptions::default()).unwrap();
     let r = table.range(&m.output, lowbit_quant::calibrate::Method::MinMax).unwrap();
-    let step = lowbit_quant::qparams::range_qparams(&lowbit_quant::QuantScheme::uint8(), r.min, r.max)
-        .unwrap()
-        .scale;
+    let step =
+        lowbit_quant::qparams::range_qparams(&lowbit_quant::QuantScheme::uint8(), r.min, r.max)
+            .unwrap()
+            .scale;
     let (mut worst, mut worst_fused) = (0f32, 0f32);
     for ((x, o), f) in xs.iter().zip(&plain).zip(&fused) {
         let ours = session.run(vec![(m.input.clone(), x.clone())]).unwrap();
@@ -297,7 +305,14 @@ fn batch_norm_folding_keeps_shared_initializers_and_outputs() {
     assert!(n > 0);
     assert!(g.nodes().iter().all(|n| n.op_type != "BatchNormalization"));
     let folded = g.into_model();
-    let still: Vec<_> = folded.graph.as_ref().unwrap().initializer.iter().filter(|t| t.name == "layer2.0.bn2.bias").collect();
+    let still: Vec<_> = folded
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .filter(|t| t.name == "layer2.0.bn2.bias")
+        .collect();
     assert!(still.is_empty() || *still[0] == shared_bias, "shared bias edited in place");
     let x = m.rows(0, 8);
     let run = |model: &ModelProto| {
@@ -322,7 +337,11 @@ fn excluded_nodes_stay_float_and_are_reported() {
     assert_eq!(s.excluded.len(), 3, "{s}");
     let g = q.graph.as_ref().unwrap();
     for n in g.node.iter().filter(|n| n.op_type == "Gemm") {
-        assert!(g.initializer.iter().any(|t| t.name == n.input[1] && t.data_type == 1), "{} reads a quantized weight", n.name);
+        assert!(
+            g.initializer.iter().any(|t| t.name == n.input[1] && t.data_type == 1),
+            "{} reads a quantized weight",
+            n.name
+        );
     }
     let (path, _) = save(&q, "burn-excluded");
     let x = m.rows(0, 1);
@@ -343,7 +362,8 @@ fn fp16_mnist_runs_in_onnx_runtime_and_agrees() {
     println!("{s}");
     assert!(s.size_after * 2 <= s.size_before + 16);
     let (path, _) = save(&q, "burn-fp16");
-    let samples: Vec<Vec<(String, Tensor)>> = (EVAL.0..EVAL.0 + 50).map(|r| vec![(m.input.clone(), m.rows(r, r + 1))]).collect();
+    let samples: Vec<Vec<(String, Tensor)>> =
+        (EVAL.0..EVAL.0 + 50).map(|r| vec![(m.input.clone(), m.rows(r, r + 1))]).collect();
     let Some(ort) = ort_run(&path, &samples) else { return };
     let (p32, raw32) = m.predict(&m.model, EVAL.0, EVAL.0 + 50);
     let mut agree = 0;
@@ -390,13 +410,15 @@ fn minilm() -> Option<MiniLm> {
     let dir = shared()?.join("corpus/dev");
     let model = lowbit_onnx::load_model(dir.join("models/paraphrase-MiniLM-L3-v2.onnx")).unwrap();
     let ids = lowbit_tensor::npy::read_npy(&dir.join("data/stsb_dev/input_ids_a.npy")).unwrap();
-    let mask = lowbit_tensor::npy::read_npy(&dir.join("data/stsb_dev/attention_mask_a.npy")).unwrap();
+    let mask =
+        lowbit_tensor::npy::read_npy(&dir.join("data/stsb_dev/attention_mask_a.npy")).unwrap();
     let l = ids.shape()[1];
     let (iv, mv) = (ids.as_slice::<i64>().unwrap(), mask.as_slice::<i64>().unwrap());
     let sentences = (0..SENTENCES)
         .map(|r| {
             let n = mv[r * l..(r + 1) * l].iter().filter(|&&v| v != 0).count();
-            let row = |v: &[i64]| Tensor::from_vec(vec![1, n], v[r * l..r * l + n].to_vec()).unwrap();
+            let row =
+                |v: &[i64]| Tensor::from_vec(vec![1, n], v[r * l..r * l + n].to_vec()).unwrap();
             vec![("input_ids".to_string(), row(iv)), ("attention_mask".to_string(), row(mv))]
         })
         .collect();
@@ -420,7 +442,11 @@ fn embeddings(model: &ModelProto, sentences: &[Vec<(String, Tensor)>]) -> Vec<Ve
 
 /// Mean and min cosine of `q`'s embeddings to FP32's (lowbit engine), and the mean cosine of
 /// ORT's embeddings of the written file to lowbit's.
-fn minilm_check(m: &MiniLm, cfg: &QuantizeConfig, tag: &str) -> (f64, f64, Option<f64>, QuantizeSummary) {
+fn minilm_check(
+    m: &MiniLm,
+    cfg: &QuantizeConfig,
+    tag: &str,
+) -> (f64, f64, Option<f64>, QuantizeSummary) {
     let (q, summary) = quantize_model(m.model.clone(), cfg, None).unwrap();
     let (path, q) = save(&q, tag);
     let e32 = embeddings(&m.model, &m.sentences);
@@ -430,8 +456,11 @@ fn minilm_check(m: &MiniLm, cfg: &QuantizeConfig, tag: &str) -> (f64, f64, Optio
     let min = cos.iter().copied().fold(1.0, f64::min);
     // ORT as written (no fusions: on CPUs without VNNI its fused u8×s8 kernels saturate).
     let ort = ort_run_opt(&path, &m.sentences[..10], false).map(|outs| {
-        let c: Vec<f64> =
-            outs.iter().zip(&eq).map(|(o, b)| cosine(&output(o, EMBEDDING).to_f32_vec().unwrap(), b)).collect();
+        let c: Vec<f64> = outs
+            .iter()
+            .zip(&eq)
+            .map(|(o, b)| cosine(&output(o, EMBEDDING).to_f32_vec().unwrap(), b))
+            .collect();
         c.iter().copied().fold(1.0, f64::min)
     });
     (mean, min, ort, summary)
@@ -456,7 +485,8 @@ fn minilm_dynamic_int8_keeps_embeddings() {
 #[test]
 fn minilm_weight_only_int4_blocked() {
     let Some(m) = minilm() else { return };
-    let (mean, min, ort, s) = minilm_check(&m, &QuantizeConfig::weight_only_int4(32), "minilm-int4");
+    let (mean, min, ort, s) =
+        minilm_check(&m, &QuantizeConfig::weight_only_int4(32), "minilm-int4");
     println!("{s}");
     println!("MiniLM weight-only int4 (block 32): mean cosine to FP32 {mean:.4} (min {min:.4}); ORT vs lowbit min cosine {ort:?}; initializers {} -> {} bytes", s.size_before, s.size_after);
     assert!(mean >= 0.9, "mean cosine {mean}");

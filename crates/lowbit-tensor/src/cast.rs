@@ -134,7 +134,9 @@ fn from_ints(v: &[i128], to: DType) -> TensorData {
         DType::U16 => TensorData::U16(v.iter().map(|&x| x as u16).collect()),
         DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
         // Wrap into 4 bits, sign-extending for int4.
-        DType::I4 => TensorData::I4(v.iter().map(|&x| crate::int4::sign_extend4(x as u8)).collect()),
+        DType::I4 => {
+            TensorData::I4(v.iter().map(|&x| crate::int4::sign_extend4(x as u8)).collect())
+        }
         DType::U4 => TensorData::U4(v.iter().map(|&x| (x as u8) & 0x0f).collect()),
         DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0).collect()),
         DType::F32 => TensorData::F32(v.iter().map(|&x| x as f32).collect()),

@@ -92,7 +92,8 @@ fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
             return Ok(false);
         }
         let inner = wv.len() / c;
-        let nw = wv.iter().enumerate().map(|(k, &v)| (v as f64 * scale[k / inner]) as f32).collect();
+        let nw =
+            wv.iter().enumerate().map(|(k, &v)| (v as f64 * scale[k / inner]) as f32).collect();
         let b0 = match &bias {
             Some(b) if b.len() == c => b.as_f32()?.to_vec(),
             Some(_) => return Ok(false),

@@ -17,8 +17,8 @@
 
 use super::qdq::weight_scheme;
 use super::{
-    add_init, attr_f, attr_i, constant_values, ensure_opset, init_f32, int_attr,
-    is_default_domain, make_node, value_dtypes,
+    add_init, attr_f, attr_i, constant_values, ensure_opset, init_f32, int_attr, is_default_domain,
+    make_node, value_dtypes,
 };
 use crate::error::Result;
 use crate::qparams::quantize_tensor;
@@ -140,7 +140,13 @@ pub fn quantize_dynamic(
         new_nodes.push(make_node("MatMulInteger", name, mm_in, vec![acc.clone()], vec![]));
         let accf = g.unique_name(&format!("{label}_cast_output"));
         let name = g.unique_name(&format!("{label}_Cast"));
-        new_nodes.push(make_node("Cast", name, vec![acc], vec![accf.clone()], vec![int_attr("to", 1)]));
+        new_nodes.push(make_node(
+            "Cast",
+            name,
+            vec![acc],
+            vec![accf.clone()],
+            vec![int_attr("to", 1)],
+        ));
         let scale = g.unique_name(&format!("{label}_scale"));
         let name = g.unique_name(&format!("{label}_scale_Mul"));
         new_nodes.push(make_node("Mul", name, vec![ascale, ws], vec![scale.clone()], vec![]));
@@ -148,17 +154,27 @@ pub fn quantize_dynamic(
         let bias = match node.input.get(2).filter(|b| !b.is_empty() && op == "Gemm") {
             None => None,
             Some(b) => match init_f32(g, b)? {
-                Some(bt) if beta == 1.0 => Some(b.clone()).filter(|_| bt.len() > 0),
+                Some(bt) if beta == 1.0 => Some(b.clone()).filter(|_| !bt.is_empty()),
                 Some(bt) => {
                     let v: Vec<f32> = bt.as_f32()?.iter().map(|x| x * beta).collect();
-                    Some(add_init(g, &format!("{b}_beta"), &Tensor::from_vec(bt.shape().to_vec(), v)?))
+                    Some(add_init(
+                        g,
+                        &format!("{b}_beta"),
+                        &Tensor::from_vec(bt.shape().to_vec(), v)?,
+                    ))
                 }
                 None if beta == 1.0 => Some(b.clone()),
                 None => {
                     let bn = add_init(g, &format!("{label}_beta"), &Tensor::scalar(beta));
                     let out = g.unique_name(&format!("{b}_scaled"));
                     let name = g.unique_name(&format!("{label}_beta_Mul"));
-                    new_nodes.push(make_node("Mul", name, vec![b.clone(), bn], vec![out.clone()], vec![]));
+                    new_nodes.push(make_node(
+                        "Mul",
+                        name,
+                        vec![b.clone(), bn],
+                        vec![out.clone()],
+                        vec![],
+                    ));
                     Some(out)
                 }
             },
@@ -168,7 +184,13 @@ pub fn quantize_dynamic(
             None => new_nodes.push(make_node("Mul", name, vec![accf, scale], vec![y], vec![])),
             Some(b) => {
                 let mid = g.unique_name(&format!("{label}_output_unbiased"));
-                new_nodes.push(make_node("Mul", name, vec![accf, scale], vec![mid.clone()], vec![]));
+                new_nodes.push(make_node(
+                    "Mul",
+                    name,
+                    vec![accf, scale],
+                    vec![mid.clone()],
+                    vec![],
+                ));
                 let name = g.unique_name(&format!("{label}_bias_Add"));
                 new_nodes.push(make_node("Add", name, vec![mid, b], vec![y], vec![]));
             }

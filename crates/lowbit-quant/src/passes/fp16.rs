@@ -94,7 +94,10 @@ pub fn convert_float(
         let used_by_converted = g.consumers(&name).iter().any(|&c| {
             let n = &g.nodes()[c];
             convert.contains(&c)
-                && n.input.iter().enumerate().any(|(s, v)| *v == name && !f32_param_slot(&n.op_type, s))
+                && n.input
+                    .iter()
+                    .enumerate()
+                    .any(|(s, v)| *v == name && !f32_param_slot(&n.op_type, s))
         });
         if used_by_converted && !g.is_graph_input(&name) {
             let p = convert_proto(g.initializer(&name).expect("listed"), to)?;

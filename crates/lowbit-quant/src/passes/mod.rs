@@ -47,7 +47,7 @@ impl Exclusions {
 
     /// Why `node` is excluded, or `None`.
     pub fn reason(&self, node: &NodeProto) -> Option<String> {
-        if !node.name.is_empty() && self.node_names.iter().any(|n| *n == node.name) {
+        if !node.name.is_empty() && self.node_names.contains(&node.name) {
             return Some("excluded by name".into());
         }
         if self.op_types.iter().any(|o| o.eq_ignore_ascii_case(&node.op_type)) {
@@ -118,7 +118,12 @@ pub(crate) fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
 }
 
 pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
 }
 
 pub(crate) fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
@@ -380,10 +385,9 @@ pub fn ensure_opset(g: &mut Graph, min: i64) -> Result<Option<(i64, i64)>> {
     let m = g.model_mut();
     match m.opset_import.iter_mut().find(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
         Some(o) => o.version = min,
-        None => m.opset_import.push(lowbit_onnx::pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: min,
-        }),
+        None => m
+            .opset_import
+            .push(lowbit_onnx::pb::OperatorSetIdProto { domain: String::new(), version: min }),
     }
     m.ir_version = m.ir_version.max(ir_for_opset(min));
     Ok(Some((old, min)))

@@ -229,7 +229,11 @@ pub fn quantize_static(
     for n in g.nodes() {
         if pass_node(n) && CLAMPS.contains(&n.op_type.as_str()) {
             let (d, o) = (&n.input[0], &n.output[0]);
-            if qset.contains(d) && qset.contains(o) && g.consumers(d).len() == 1 && !g.is_graph_output(d) {
+            if qset.contains(d)
+                && qset.contains(o)
+                && g.consumers(d).len() == 1
+                && !g.is_graph_output(d)
+            {
                 src.insert(d.clone(), o.clone());
             }
         }
@@ -253,9 +257,8 @@ pub fn quantize_static(
             }
         }
     }
-    let act_scheme = QuantScheme::new(ValueType::Int(config.activations)).with_mode(
-        if config.symmetric_activations { Mode::Symmetric } else { Mode::Asymmetric },
-    );
+    let act_scheme = QuantScheme::new(ValueType::Int(config.activations))
+        .with_mode(if config.symmetric_activations { Mode::Symmetric } else { Mode::Asymmetric });
     let mut params: HashMap<String, QParams> = HashMap::new();
     for t in &qset {
         let s = resolve(&src, t);
@@ -368,7 +371,12 @@ fn quantize_bias(
     let out = g.unique_name(&format!("{bias}_dequantized"));
     let name = g.unique_name(&format!("{bias}_DequantizeLinear"));
     let attrs = if per_channel { vec![int_attr("axis", 0)] } else { vec![] };
-    new_nodes.push(make_node("DequantizeLinear", name, vec![qname, sname], vec![out.clone()], attrs));
+    new_nodes.push(make_node(
+        "DequantizeLinear",
+        name,
+        vec![qname, sname],
+        vec![out.clone()],
+        attrs,
+    ));
     Ok(Some(out))
 }
-

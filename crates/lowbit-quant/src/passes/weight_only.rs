@@ -26,7 +26,13 @@ pub fn quantize_weights(
 ) -> Result<()> {
     let block = config.resolved_block_size();
     let four_bit = matches!(config.weights, IntType::Int4 | IntType::Uint4);
-    let opset = if block > 0 || four_bit { 21 } else if config.per_channel { 13 } else { 10 };
+    let opset = if block > 0 || four_bit {
+        21
+    } else if config.per_channel {
+        13
+    } else {
+        10
+    };
     if let Some((a, b)) = ensure_opset(g, opset)? {
         summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
     }
