@@ -94,7 +94,7 @@ where
 // sliding-window attributes
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum AutoPad {
+pub(crate) enum AutoPad {
     NotSet,
     SameUpper,
     SameLower,
@@ -103,13 +103,13 @@ enum AutoPad {
 
 /// The attributes conv and pool share, as written on the node.
 #[derive(Clone, Debug)]
-struct SpatialAttrs {
-    auto_pad: AutoPad,
-    kernel: Option<Vec<i64>>,
-    strides: Option<Vec<i64>>,
-    dilations: Option<Vec<i64>>,
-    pads: Option<Vec<i64>>,
-    ceil_mode: bool,
+pub(crate) struct SpatialAttrs {
+    pub(crate) auto_pad: AutoPad,
+    pub(crate) kernel: Option<Vec<i64>>,
+    pub(crate) strides: Option<Vec<i64>>,
+    pub(crate) dilations: Option<Vec<i64>>,
+    pub(crate) pads: Option<Vec<i64>>,
+    pub(crate) ceil_mode: bool,
 }
 
 fn positive(name: &str, v: &Option<Vec<i64>>, rank: usize, default: usize) -> OpResult<Vec<usize>> {
@@ -131,7 +131,7 @@ fn positive(name: &str, v: &Option<Vec<i64>>, rank: usize, default: usize) -> Op
 }
 
 impl SpatialAttrs {
-    fn read(a: &Attrs) -> OpResult<SpatialAttrs> {
+    pub(crate) fn read(a: &Attrs) -> OpResult<SpatialAttrs> {
         let auto_pad = match a.string_or("auto_pad", "NOTSET")?.as_str() {
             "NOTSET" | "" => AutoPad::NotSet,
             "SAME_UPPER" => AutoPad::SameUpper,
@@ -152,7 +152,12 @@ impl SpatialAttrs {
     }
 
     /// The window over `input` (spatial dims) with `kernel`; pooling applies `ceil_mode`.
-    fn window(&self, input: &[usize], kernel: &[usize], pooling: bool) -> OpResult<Window> {
+    pub(crate) fn window(
+        &self,
+        input: &[usize],
+        kernel: &[usize],
+        pooling: bool,
+    ) -> OpResult<Window> {
         let r = input.len();
         if r == 0 || r > 3 {
             bail!("only 1-D to 3-D spatial inputs are supported, got {r} spatial dims");

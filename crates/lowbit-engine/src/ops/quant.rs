@@ -15,6 +15,7 @@
 use crate::bail;
 use crate::error::{OpError, OpResult};
 use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
+use crate::ops::nn::SpatialAttrs;
 use crate::ops::util::{broadcast_shapes, broadcast_strides, normalize_axis};
 use crate::registry::Registry;
 use lowbit_kernels::quantize::{
@@ -355,14 +356,11 @@ fn build_qlinear_matmul(_ctx: &BuildCtx) -> KernelResult {
 // ---------------------------------------------------------------------------------------------
 // Integer convolutions
 
-/// Conv attributes, read once.
+/// Conv attributes, read once. The window geometry (auto_pad, pads, strides, dilations) is
+/// the float Conv's, from `nn`.
 #[derive(Clone)]
 struct ConvAttrs {
-    auto_pad: String,
-    kernel: Option<Vec<i64>>,
-    strides: Option<Vec<i64>>,
-    dilations: Option<Vec<i64>>,
-    pads: Option<Vec<i64>>,
+    spatial: SpatialAttrs,
     group: usize,
 }
 
@@ -372,68 +370,16 @@ impl ConvAttrs {
         if group < 1 {
             bail!("group must be positive, got {group}");
         }
-        Ok(ConvAttrs {
-            auto_pad: a.string_or("auto_pad", "NOTSET")?,
-            kernel: a.ints("kernel_shape")?,
-            strides: a.ints("strides")?,
-            dilations: a.ints("dilations")?,
-            pads: a.ints("pads")?,
-            group: group as usize,
-        })
+        Ok(ConvAttrs { spatial: SpatialAttrs::read(a)?, group: group as usize })
     }
 
     fn window(&self, input: &[usize], kernel: &[usize]) -> OpResult<Window> {
-        let r = input.len();
-        let get = |v: &Option<Vec<i64>>, what: &str| -> OpResult<Vec<usize>> {
-            match v {
-                None => Ok(vec![1; r]),
-                Some(v) if v.len() == r && v.iter().all(|&x| x >= 1) => {
-                    Ok(v.iter().map(|&x| x as usize).collect())
-                }
-                Some(v) => bail!("{what} {v:?} must be {r} positive values"),
-            }
-        };
-        let strides = get(&self.strides, "strides")?;
-        let dil = get(&self.dilations, "dilations")?;
-        if let Some(k) = &self.kernel {
+        if let Some(k) = &self.spatial.kernel {
             if k.iter().map(|&v| v as usize).ne(kernel.iter().copied()) {
                 bail!("kernel_shape {k:?} does not match the weights' {kernel:?}");
             }
         }
-        let (mut pb, mut pe, mut out) = (vec![0; r], vec![0; r], vec![0; r]);
-        for i in 0..r {
-            let span = dil[i] * (kernel[i].max(1) - 1) + 1;
-            match self.auto_pad.as_str() {
-                "SAME_UPPER" | "SAME_LOWER" => {
-                    let o = input[i].div_ceil(strides[i]);
-                    let total = ((o.max(1) - 1) * strides[i] + span).saturating_sub(input[i]);
-                    let small = total / 2;
-                    if self.auto_pad == "SAME_UPPER" {
-                        (pb[i], pe[i]) = (small, total - small);
-                    } else {
-                        (pb[i], pe[i]) = (total - small, small);
-                    }
-                }
-                "VALID" => {}
-                "NOTSET" | "" => {
-                    if let Some(p) = &self.pads {
-                        if p.len() != 2 * r || p.iter().any(|&v| v < 0) {
-                            bail!("pads {p:?} must be {} non-negative values", 2 * r);
-                        }
-                        pb[i] = p[i] as usize;
-                        pe[i] = p[i + r] as usize;
-                    }
-                }
-                other => bail!("unknown auto_pad '{other}'"),
-            }
-            let total = input[i] + pb[i] + pe[i];
-            if total < span {
-                bail!("kernel span {span} exceeds the padded input {total}");
-            }
-            out[i] = (total - span) / strides[i] + 1;
-        }
-        Window::new(input, kernel, &strides, &dil, &pb, &pe, &out)
-            .ok_or_else(|| OpError::new("invalid convolution geometry (1 to 3 spatial dims)"))
+        self.spatial.window(input, kernel, false)
     }
 }
 
@@ -584,6 +530,7 @@ pub fn register(reg: &mut Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::nn::AutoPad;
 
     #[test]
     fn matmul_integer_subtracts_zero_points() {
@@ -598,11 +545,14 @@ mod tests {
     #[test]
     fn conv_integer_pads_with_the_zero_point() {
         let attrs = ConvAttrs {
-            auto_pad: "NOTSET".into(),
-            kernel: None,
-            strides: None,
-            dilations: None,
-            pads: Some(vec![1, 1, 1, 1]),
+            spatial: SpatialAttrs {
+                auto_pad: AutoPad::NotSet,
+                kernel: None,
+                strides: None,
+                dilations: None,
+                pads: Some(vec![1, 1, 1, 1]),
+                ceil_mode: false,
+            },
             group: 1,
         };
         // 1x1x1x1 input of value 1, 3x3 all-ones weights, pad 1: one output = 1.
