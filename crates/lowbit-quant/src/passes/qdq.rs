@@ -5,7 +5,9 @@
 //!   its consumers, on every float input of a quantized `Conv`/`MatMul`/`Gemm` and on their
 //!   outputs; the pairs spread through pass-through ops (`Relu`, `Clip`, `MaxPool`, `Reshape`,
 //!   `Transpose`, `Flatten`, `Squeeze`, `Unsqueeze`, `Identity`) and average pools next to
-//!   quantized tensors, so the runtime sees complete QDQ groups. Graph inputs and outputs keep
+//!   quantized tensors, so the runtime sees complete QDQ groups. An `Add`/`Mul` of two
+//!   quantized tensors (a residual join) gets its output quantized as well, so ORT runs it as
+//!   `QLinearAdd`/`QLinearMul`. Graph inputs and outputs keep
 //!   their names and float type; a graph output is never itself quantized (its consumers, if
 //!   any, read the dequantized copy). Parameters come from the calibration table's range for
 //!   the chosen method (per tensor, [`QParams::from_range`]).
@@ -42,6 +44,8 @@ const SAME_GRID: &[&str] =
 const CLAMPS: &[&str] = &["Relu", "Clip"];
 /// Ops with their own output parameters that ORT runs quantized when surrounded by QDQ.
 const OWN_GRID: &[&str] = &["GlobalAveragePool", "AveragePool"];
+/// Binary ops quantized where both inputs already are (ORT: QLinearAdd / QLinearMul).
+const JOINS: &[&str] = &["Add", "Mul"];
 
 /// The scheme of an integer weight type under `config`.
 pub(crate) fn weight_scheme(config: &QuantizeConfig, weights: IntType) -> QuantScheme {
@@ -203,8 +207,33 @@ pub fn quantize_static(
             && n.output.iter().skip(1).all(|o| o.is_empty())
             && (op != "Clip" || n.input.iter().skip(1).all(|m| m.is_empty() || consts.contains(m)))
     };
+    // Element-wise Add/Mul joining two quantized branches (residual Adds) are quantized too:
+    // ONNX Runtime then runs them as QLinearAdd/QLinearMul and the int8 flow is unbroken.
+    // Others (e.g. a float bias Add after a MatMul, or a transformer's residual Add of a
+    // LayerNorm output) stay float: quantizing them costs accuracy and saves nothing.
+    let mut joins: Vec<usize> = Vec::new();
     loop {
         let mut changed = false;
+        for (idx, n) in g.nodes().iter().enumerate() {
+            let op = n.op_type.as_str();
+            if !is_default_domain(n)
+                || !JOINS.contains(&op)
+                || joins.contains(&idx)
+                || n.input.len() != 2
+                || config.exclude.reason(n).is_some()
+            {
+                continue;
+            }
+            let o = &n.output[0];
+            if n.input.iter().all(|i| is_act(i) && qset.contains(i))
+                && is_float(o)
+                && !g.is_graph_output(o)
+            {
+                qset.insert(o.clone());
+                joins.push(idx);
+                changed = true;
+            }
+        }
         for n in g.nodes() {
             if !pass_node(n) || config.exclude.reason(n).is_some() {
                 continue;
@@ -337,6 +366,10 @@ pub fn quantize_static(
             }
         }
         summary.count(&node.op_type);
+    }
+    for &idx in &joins {
+        let op = g.nodes()[idx].op_type.clone();
+        summary.count(&op);
     }
     for n in new_nodes {
         let at = g.num_nodes();
