@@ -273,6 +273,17 @@ impl Histogram {
         Some(Range::new((-t).max(full.min).min(full.max), t.min(full.max).max(full.min)))
     }
 
+    /// Bin centres (clamped to the observed range) with their counts, empty bins left out.
+    fn centres(&self, full: Range) -> Vec<(f64, f64)> {
+        let (fmin, fmax) = (full.min as f64, full.max as f64);
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| ((self.edge(i) + 0.5 * self.width).clamp(fmin, fmax), c as f64))
+            .collect()
+    }
+
     /// The clip range minimizing expected quantization MSE on a `levels`-level grid (see
     /// module docs).
     pub fn mse_range(&self, levels: usize) -> Option<Range> {
@@ -281,34 +292,12 @@ impl Histogram {
         if self.width == 0.0 {
             return Some(full);
         }
-        let (fmin, fmax) = (full.min as f64, full.max as f64);
-        let bins: Vec<(f64, f64)> = self
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| c > 0)
-            .map(|(i, &c)| ((self.edge(i) + 0.5 * self.width).clamp(fmin, fmax), c as f64))
-            .collect();
-        let (lo, hi) = (fmin.min(0.0), fmax.max(0.0));
+        let bins = self.centres(full);
+        let (lo, hi) = ((full.min as f64).min(0.0), (full.max as f64).max(0.0));
         let mut best = (f64::INFINITY, 1.0);
         for k in (1..=STEPS).rev() {
             let alpha = k as f64 / STEPS as f64;
-            let (a, b) = (alpha * lo, alpha * hi);
-            let step = (b - a) / (levels.max(2) - 1) as f64;
-            let noise = step * step / 12.0;
-            let err: f64 = bins
-                .iter()
-                .map(|&(c, n)| {
-                    let d = if c < a {
-                        (a - c) * (a - c)
-                    } else if c > b {
-                        (c - b) * (c - b)
-                    } else {
-                        noise
-                    };
-                    n * d
-                })
-                .sum();
+            let err = expected_error(&bins, alpha * lo, alpha * hi, levels);
             if err < best.0 {
                 best = (err, alpha);
             }
@@ -316,6 +305,41 @@ impl Histogram {
         let (a, b) = ((best.1 * lo) as f32, (best.1 * hi) as f32);
         Some(Range::new(a.max(full.min).min(full.max), b.min(full.max).max(full.min)))
     }
+
+    /// The signal-to-quantization-noise ratio (dB) expected when the observed values are
+    /// quantized on a `levels`-level grid over `range`, by the error model of
+    /// [`Histogram::mse_range`]: a low figure means most values share few levels (outliers
+    /// stretch the range), whatever the clip. `None` for an empty or all-zero histogram.
+    pub fn expected_sqnr_db(&self, range: Range, levels: usize) -> Option<f64> {
+        let full = self.min_max()?;
+        if self.width == 0.0 {
+            return None;
+        }
+        let bins = self.centres(full);
+        let signal: f64 = bins.iter().map(|&(c, n)| n * c * c).sum();
+        let (lo, hi) = ((range.min as f64).min(0.0), (range.max as f64).max(0.0));
+        let noise = expected_error(&bins, lo, hi, levels);
+        (signal > 0.0).then(|| 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10())
+    }
+}
+
+/// Expected total squared error of quantizing `bins` (centre, count) on a `levels`-level grid
+/// over `[a, b]`: `Δ²/12` inside, the squared distance to the range outside.
+fn expected_error(bins: &[(f64, f64)], a: f64, b: f64, levels: usize) -> f64 {
+    let step = (b - a) / (levels.max(2) - 1) as f64;
+    let noise = step * step / 12.0;
+    bins.iter()
+        .map(|&(c, n)| {
+            let d = if c < a {
+                (a - c) * (a - c)
+            } else if c > b {
+                (c - b) * (c - b)
+            } else {
+                noise
+            };
+            n * d
+        })
+        .sum()
 }
 
 /// `KL(P‖Q)` for the threshold at `bins.len()` bins with `outliers` counts beyond it.
@@ -600,6 +624,25 @@ mod tests {
         u.observe_finite(&noise(9, 100_000));
         let r = u.mse_range(256).unwrap();
         assert!(r.max > 0.95, "{r:?}");
+    }
+
+    #[test]
+    fn expected_sqnr_falls_when_outliers_stretch_the_range() {
+        let bulk = gaussian(7, 20_000, 1.0);
+        let mut h = Histogram::new(2048);
+        h.observe_finite(&bulk);
+        let full = h.min_max().unwrap();
+        let clean = h.expected_sqnr_db(full, 256).unwrap();
+        // Uniform noise at 256 levels over ±4σ: about 10·log10(12·255²/8²) ≈ 40.9 dB.
+        assert!((36.0..44.0).contains(&clean), "{clean}");
+        // A few far outliers: the range grows ~20x, so the bulk's noise grows ~26 dB while
+        // the outliers add some signal of their own.
+        h.observe_finite(&[200.0, 190.0, 185.0]);
+        let stretched = h.expected_sqnr_db(h.min_max().unwrap(), 256).unwrap();
+        assert!(stretched < clean - 15.0, "{stretched} vs {clean}");
+        // 16-bit levels over the same stretched range are fine again.
+        let wide = h.expected_sqnr_db(h.min_max().unwrap(), 65536).unwrap();
+        assert!(wide > clean + 20.0, "{wide} vs {clean}");
     }
 
     #[test]

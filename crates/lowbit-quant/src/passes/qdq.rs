@@ -53,6 +53,24 @@ pub(crate) fn weight_scheme(config: &QuantizeConfig, weights: IntType) -> QuantS
     QuantScheme::new(ValueType::Int(weights)).with_mode(mode).with_reduce_range(config.reduce_range)
 }
 
+/// Grid levels of an activation type.
+fn act_levels(t: IntType) -> usize {
+    let (lo, hi) = t.full_range();
+    (hi - lo) as usize + 1
+}
+
+/// Expected SQNR (dB) of `tensor` quantized with the range `method` gives it, from its
+/// calibration histogram.
+pub(crate) fn expected_sqnr(
+    table: &CalibrationTable,
+    tensor: &str,
+    method: crate::calibrate::Method,
+    levels: usize,
+) -> Option<f64> {
+    let t = table.tensors.get(tensor)?;
+    t.histogram()?.expected_sqnr_db(t.ranges.get(method), levels)
+}
+
 /// The per-channel axis of a weight, or `None` when the layout is not understood.
 pub(crate) fn weight_axis(op: &str, trans_b: bool, rank: usize) -> Option<i64> {
     match op {
@@ -172,6 +190,24 @@ pub fn quantize_static(
         } else {
             summary.leave(node, idx, "weight is neither an initializer nor a float activation");
             continue;
+        }
+        if let Some(min_db) = config.min_activation_sqnr {
+            let levels = act_levels(config.activations);
+            let low = t.acts.iter().find_map(|(_, a)| {
+                let db = expected_sqnr(table, a, config.method, levels)?;
+                (db < min_db).then(|| (a.clone(), db))
+            });
+            if let Some((a, db)) = low {
+                summary.leave(
+                    node,
+                    idx,
+                    format!(
+                        "activation '{a}' would keep an expected {db:.1} dB SQNR (< {min_db} dB): \
+                         its range is stretched by outliers"
+                    ),
+                );
+                continue;
+            }
         }
         if op != "MatMul" {
             if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
