@@ -49,7 +49,8 @@ pub struct RunArgs {
     /// A graph input from a .npy file, samples along axis 0 (repeat for each input).
     #[arg(short, long, value_name = "NAME=FILE.npy")]
     pub input: Vec<String>,
-    /// A folder with one <input-name>.npy per graph input, or one .npz holding them.
+    /// A folder with one <input-name>.npy per graph input, or .npz files (one data set, or one
+    /// file per sample).
     #[arg(short, long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Folder for the outputs: one <output-name>.npy each, plus outputs.json.
@@ -68,6 +69,11 @@ pub struct RunArgs {
     /// the batch's longest real length (outputs are zero-padded back when stacked).
     #[arg(long)]
     pub trim_padding: bool,
+    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
+    /// std, layout (as the corpus sidecar configs), or inline
+    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +99,11 @@ pub struct BenchArgs {
     /// input's real length).
     #[arg(long)]
     pub no_trim: bool,
+    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
+    /// std, layout (as the corpus sidecar configs), or inline
+    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -111,7 +122,8 @@ pub struct ExampleModelArgs {
 pub struct CalibrateArgs {
     /// The FP32 .onnx file.
     pub model: PathBuf,
-    /// A folder with one <input-name>.npy per graph input (samples on axis 0), or .npz files.
+    /// A folder with one <input-name>.npy per graph input (samples on axis 0), or .npz files
+    /// (one data set, or one file per sample).
     #[arg(short, long, value_name = "DIR")]
     pub data: PathBuf,
     /// Calibrate on the first N samples only [default: all].
@@ -124,6 +136,11 @@ pub struct CalibrateArgs {
     /// longest real length).
     #[arg(long)]
     pub no_trim: bool,
+    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
+    /// std, layout (as the corpus sidecar configs), or inline
+    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
     /// The calibration table to write (JSON).
     #[arg(short, long, value_name = "RANGES.json")]
     pub output: PathBuf,
@@ -180,6 +197,10 @@ pub struct QuantizeArgs {
     /// Calibrate on rows at their padded length (see `calibrate --no-trim`).
     #[arg(long)]
     pub no_trim: bool,
+    /// Calibration data (static): convert integer (uint8) image arrays for float inputs, as
+    /// `calibrate --preprocess` does (a JSON file or inline `scale=...,mean=...,std=...`).
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
 }
 
 #[cfg(test)]

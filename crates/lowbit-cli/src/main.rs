@@ -10,6 +10,7 @@ mod commands;
 mod feeds;
 mod model_info;
 mod outputs;
+mod preprocess;
 mod rng;
 mod stack;
 mod usage;

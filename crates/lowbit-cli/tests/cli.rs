@@ -621,3 +621,392 @@ fn mnist_static_int8_agrees_with_fp32() {
         agreement(&fp32.reshape(vec![200, 10]).unwrap(), &int8.reshape(vec![200, 10]).unwrap());
     assert!(agree >= 0.97, "argmax agreement {agree}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Data layouts: per-sample .npz files of different lengths, --preprocess
+
+/// A value info with named free dimensions (`None` dims are free, named from `names`).
+fn named_value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let mut v = value_info(name, elem_type, &[]);
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        unreachable!()
+    };
+    t.shape = Some(pb::TensorShapeProto {
+        dim: dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Dimension {
+                denotation: String::new(),
+                value: Some(match d {
+                    Some(n) => Value::DimValue(*n),
+                    None => Value::DimParam(["batch", "seq"][i.min(1)].into()),
+                }),
+            })
+            .collect(),
+    });
+    v
+}
+
+/// `input_ids` int64 `[batch, seq]` → `f` = float(input_ids) `[batch, seq]` and
+/// `total` = sum of `f` over axis 1 `[batch]`.
+fn sequence_model(dir: &Path) -> PathBuf {
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        name: format!("{op}_node"),
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let mut cast = node("Cast", &["input_ids"], "f");
+    cast.attribute = vec![pb::AttributeProto {
+        name: "to".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 1,
+        ..Default::default()
+    }];
+    let mut sum = node("ReduceSum", &["f", "axes"], "total");
+    sum.attribute = vec![pb::AttributeProto {
+        name: "keepdims".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 0,
+        ..Default::default()
+    }];
+    let axes = pb::TensorProto {
+        name: "axes".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![1],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        producer_name: "lowbit-cli tests".into(),
+        graph: Some(pb::GraphProto {
+            name: "sequence".into(),
+            node: vec![cast, sum],
+            initializer: vec![axes],
+            input: vec![named_value_info("input_ids", 7, &[None, None])],
+            output: vec![
+                named_value_info("total", 1, &[None]),
+                named_value_info("f", 1, &[None, None]),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join("sequence.onnx");
+    lowbit_onnx::save_model(&model, &path).unwrap();
+    path
+}
+
+fn ids(shape: Vec<usize>, v: &[i64]) -> Tensor {
+    Tensor::from_vec(shape, v.to_vec()).unwrap()
+}
+
+/// Four per-sample files, sorted s0..s3: lengths 3, 3 (no batch axis), 5 (no batch axis), 2.
+fn sentence_files(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let files = [
+        ("s0.npz", ids(vec![1, 3], &[1, 2, 3])),
+        ("s1.npz", ids(vec![3], &[4, 5, 6])),
+        ("s2.npz", ids(vec![5], &[10, 20, 30, 40, 50])),
+        ("s3.npz", ids(vec![1, 2], &[7, 8])),
+    ];
+    for (name, t) in files {
+        npy::write_npz(&dir.join(name), &[("input_ids".to_string(), t)]).unwrap();
+    }
+    // Not data: ignored.
+    std::fs::write(dir.join("README.txt"), "sentences\n").unwrap();
+}
+
+#[test]
+fn per_sample_npz_files_of_different_lengths_run_as_they_are() {
+    let dir = tmp("per-sample-run");
+    let model = sequence_model(&dir);
+    sentence_files(&dir.join("data"));
+    let out = dir.join("out");
+    let o = lowbit(&["run", s(&model), "--data", s(&dir.join("data")), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // s0 and s1 share a length and are batched together; s2 and s3 run alone.
+    assert!(stdout(&o).contains("ran 4 samples in 3 runs"), "{}", stdout(&o));
+    let total = npy::read_npy(&out.join("total.npy")).unwrap();
+    assert_eq!(total, Tensor::from_vec(vec![4], vec![6f32, 15.0, 150.0, 15.0]).unwrap());
+    // Outputs of different lengths are zero-padded to the longest.
+    let f = npy::read_npy(&out.join("f.npy")).unwrap();
+    #[rustfmt::skip]
+    let want = vec![
+        1f32, 2., 3., 0., 0.,
+        4., 5., 6., 0., 0.,
+        10., 20., 30., 40., 50.,
+        7., 8., 0., 0., 0.,
+    ];
+    assert_eq!(f, Tensor::from_vec(vec![4, 5], want).unwrap());
+    // --batch 1: one run per file; --limit 3 stops after s2.
+    let o = lowbit(&[
+        "run",
+        s(&model),
+        "--data",
+        s(&dir.join("data")),
+        "-o",
+        s(&out),
+        "--batch",
+        "1",
+        "--limit",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ran 3 samples in 3 runs"), "{}", stdout(&o));
+    let total = npy::read_npy(&out.join("total.npy")).unwrap();
+    assert_eq!(total, Tensor::from_vec(vec![3], vec![6f32, 15.0, 150.0]).unwrap());
+    // bench feeds one sample per run.
+    let o =
+        lowbit(&["bench", s(&model), "--data", s(&dir.join("data")), "--warmup", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((j["runs"].as_u64(), j["batch"].as_u64()), (Some(4), Some(1)), "{j}");
+}
+
+#[test]
+fn per_sample_npz_files_of_different_lengths_calibrate() {
+    let dir = tmp("per-sample-calibrate");
+    let model = sequence_model(&dir);
+    sentence_files(&dir.join("data"));
+    let ranges = dir.join("ranges.json");
+    let o = lowbit(&["calibrate", s(&model), "--data", s(&dir.join("data")), "-o", s(&ranges)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("on 4 samples (3 runs)"), "{}", stdout(&o));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
+    assert_eq!(table["batches"], 3, "{table}");
+    let t = &table["tensors"];
+    // f: every token of every file (3 + 3 + 5 + 2 values); total: one value per sample.
+    assert_eq!((t["f"]["min"].as_f64(), t["f"]["max"].as_f64()), (Some(1.0), Some(50.0)), "{t}");
+    assert_eq!(t["f"]["count"], 13, "{t}");
+    let total = &t["total"];
+    assert_eq!((total["min"].as_f64(), total["max"].as_f64()), (Some(6.0), Some(150.0)), "{t}");
+    assert_eq!(total["count"], 4, "{t}");
+    // --samples 2: s0 and s1 only.
+    let o = lowbit(&[
+        "calibrate",
+        s(&model),
+        "--data",
+        s(&dir.join("data")),
+        "--samples",
+        "2",
+        "-o",
+        s(&ranges),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
+    assert_eq!(table["tensors"]["f"]["max"].as_f64(), Some(6.0), "{table}");
+    assert_eq!(table["tensors"]["total"]["count"], 2, "{table}");
+}
+
+#[test]
+fn a_per_sample_file_missing_an_input_is_named() {
+    let dir = tmp("per-sample-missing");
+    let model = sequence_model(&dir);
+    let data = dir.join("data");
+    sentence_files(&data);
+    npy::write_npz(&data.join("s2.npz"), &[("ids".to_string(), ids(vec![2], &[1, 2]))]).unwrap();
+    for cmd in ["run", "calibrate"] {
+        let o = lowbit(&[cmd, s(&model), "--data", s(&data), "-o", s(&dir.join("o"))]);
+        assert_fails(&o, 1, &["s2.npz", "'input_ids'"]);
+        assert!(!stderr(&o).contains("s1.npz"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn nan_in_a_per_sample_file_names_the_input_and_the_file() {
+    let dir = tmp("per-sample-nan");
+    let model = one_node_model(&dir, "Relu", "", &[-1, 4], "y");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let x = |v: Vec<f32>| Tensor::from_vec(vec![4], v).unwrap();
+    npy::write_npz(&data.join("a.npz"), &[("x".into(), x(vec![1., 2., 3., 4.]))]).unwrap();
+    npy::write_npz(&data.join("b.npz"), &[("x".into(), x(vec![1., f32::INFINITY, 3., 4.]))])
+        .unwrap();
+    let ranges = dir.join("ranges.json");
+    let o = lowbit(&["calibrate", s(&model), "--data", s(&data), "-o", s(&ranges)]);
+    assert_fails(&o, 1, &["input 'x'", "sample 1", "b.npz", "inf at element 1"]);
+    assert!(!ranges.exists());
+}
+
+/// Runs `op(x)` for a float `x` of `dims` on `--data data --preprocess spec`; returns `y`.
+fn run_preprocessed(dir: &Path, model: &Path, spec: &str) -> (Tensor, String) {
+    let out = dir.join("out");
+    let o = lowbit(&[
+        "run",
+        s(model),
+        "--data",
+        s(&dir.join("data")),
+        "--preprocess",
+        spec,
+        "-o",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{spec}: {}", stderr(&o));
+    (npy::read_npy(&out.join("y.npy")).unwrap(), stderr(&o))
+}
+
+#[test]
+fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
+    let dir = tmp("preprocess");
+    let model = one_node_model(&dir, "Identity", "", &[-1, 1, 2, 2], "y");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let images = Tensor::from_vec(vec![2, 2, 2], vec![0u8, 51, 102, 255, 10, 20, 30, 40]).unwrap();
+    npy::write_npy(&data.join("x.npy"), &images).unwrap();
+    let json = dir.join("spec.json");
+    std::fs::write(
+        &json,
+        r#"{"task": "classification", "input": "x", "layout": "NCHW",
+            "scale": 0.00392156862745098, "mean": 0.5, "std": 0.25, "batch": 256}"#,
+    )
+    .unwrap();
+    let want: Vec<f32> = [0u8, 51, 102, 255, 10, 20, 30, 40]
+        .iter()
+        .map(|&v| ((v as f64 / 255.0 - 0.5) / 0.25) as f32)
+        .collect();
+    let want = Tensor::from_vec(vec![2, 1, 2, 2], want).unwrap();
+    let (y, err) = run_preprocessed(&dir, &model, s(&json));
+    assert!(max_abs_diff(&y, &want) < 1e-6, "{y:?}");
+    assert_eq!(y.as_f32().unwrap()[0], -2.0);
+    assert!(err.contains("uint8 [2, 2, 2] -> float32 [2, 1, 2, 2]"), "{err}");
+    let (y, _) =
+        run_preprocessed(&dir, &model, "scale=0.00392156862745098,mean=0.5,std=0.25,layout=NCHW");
+    assert!(max_abs_diff(&y, &want) < 1e-6, "{y:?}");
+    // The same through calibrate: the input's range is the converted one.
+    let ranges = dir.join("ranges.json");
+    let o = lowbit(&[
+        "calibrate",
+        s(&model),
+        "--data",
+        s(&data),
+        "--preprocess",
+        s(&json),
+        "-o",
+        s(&ranges),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
+    let x = &table["tensors"]["x"];
+    assert_eq!((x["min"].as_f64(), x["max"].as_f64()), (Some(-2.0), Some(2.0)), "{table}");
+    // Float data is fed as it is, with a note.
+    let floats = Tensor::from_vec(vec![1, 1, 2, 2], vec![0.5f32, 1.0, 1.5, 2.0]).unwrap();
+    npy::write_npy(&data.join("x.npy"), &floats).unwrap();
+    let (y, err) = run_preprocessed(&dir, &model, s(&json));
+    assert_eq!(y, floats);
+    assert!(err.contains("note: --preprocess: input 'x' holds float32 data already"), "{err}");
+}
+
+#[test]
+fn preprocess_transposes_nhwc_images_with_per_channel_values() {
+    let dir = tmp("preprocess-nhwc");
+    let model = one_node_model(&dir, "Identity", "", &[-1, 3, 1, 2], "y");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // NHWC [1, 1, 2, 3]: pixel 0 = (1, 2, 3), pixel 1 = (4, 5, 6).
+    let images = Tensor::from_vec(vec![1, 1, 2, 3], vec![1u8, 2, 3, 4, 5, 6]).unwrap();
+    npy::write_npy(&data.join("x.npy"), &images).unwrap();
+    let (y, _) = run_preprocessed(&dir, &model, "layout=NHWC,mean=[0,10,20],std=[1,2,4]");
+    let want = vec![1f32, 4.0, (2.0 - 10.0) / 2.0, (5.0 - 10.0) / 2.0, (3.0 - 20.0) / 4.0, -3.5];
+    assert_eq!(y, Tensor::from_vec(vec![1, 3, 1, 2], want).unwrap());
+}
+
+#[test]
+fn bad_preprocess_specs_are_usage_errors_naming_the_key() {
+    let dir = tmp("preprocess-bad");
+    let model = one_node_model(&dir, "Identity", "", &[-1, 1, 2, 2], "y");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    npy::write_npy(&data.join("x.npy"), &Tensor::from_vec(vec![1, 2, 2], vec![0u8; 4]).unwrap())
+        .unwrap();
+    let json = dir.join("bad.json");
+    std::fs::write(&json, r#"{"scale": 0.1, "std": 0}"#).unwrap();
+    let o = lowbit(&["run", s(&model), "--data", s(&data), "--preprocess", "scael=2", "-o", "o"]);
+    assert_fails(&o, 2, &["unknown key 'scael'"]);
+    let o =
+        lowbit(&["calibrate", s(&model), "--data", s(&data), "--preprocess", s(&json), "-o", "r"]);
+    assert_fails(&o, 2, &["'std'", "bad.json"]);
+    let o = lowbit(&["bench", s(&model), "--data", s(&data), "--preprocess", "layout=NCWH"]);
+    assert_fails(&o, 2, &["'layout'"]);
+    let q = dir.join("q.onnx");
+    let o =
+        lowbit(&["quantize", s(&model), "-o", s(&q), "--data", s(&data), "--preprocess", "mean=x"]);
+    assert_fails(&o, 2, &["'mean'"]);
+    // Three means for one channel: an error naming the input and the key.
+    let o =
+        lowbit(&["run", s(&model), "--data", s(&data), "--preprocess", "mean=[1,2,3]", "-o", "o"]);
+    assert_fails(&o, 1, &["input 'x'", "'mean' has 3 values"]);
+    // Without --preprocess, uint8 for a float input says how to convert it.
+    let o = lowbit(&["run", s(&model), "--data", s(&data), "-o", "o"]);
+    assert_fails(&o, 1, &["input 'x'", "uint8", "--preprocess"]);
+    assert!(!q.exists());
+}
+
+#[test]
+fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/mnist_resnet.onnx");
+    let spec = corpus.join("models/mnist_resnet.json");
+    let images = corpus.join("data/mnist_test_0-4999/images.npy");
+    let labels = corpus.join("data/mnist_test_0-4999/labels.npy");
+    if !model.is_file() || !images.is_file() || !spec.is_file() {
+        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
+        return;
+    }
+    // The model's input is named `input`; the data folder names the file images.npy.
+    let dir = tmp("mnist-preprocess");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&images, data.join("input.npy")).unwrap();
+    let ranges = dir.join("ranges.json");
+    let o = lowbit(&[
+        "calibrate",
+        s(&model),
+        "--data",
+        s(&data),
+        "--preprocess",
+        s(&spec),
+        "--samples",
+        "100",
+        "-o",
+        s(&ranges),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("on 100 samples"), "{}", stdout(&o));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
+    // (0/255 - 0.1307)/0.3081 and (255/255 - 0.1307)/0.3081.
+    let x = &table["tensors"]["input"];
+    assert!((x["min"].as_f64().unwrap() + 0.424_212).abs() < 1e-4, "{x}");
+    assert!((x["max"].as_f64().unwrap() - 2.821_487).abs() < 1e-4, "{x}");
+    let out = dir.join("out");
+    let o = lowbit(&[
+        "run",
+        s(&model),
+        "--data",
+        s(&data),
+        "--preprocess",
+        s(&spec),
+        "--limit",
+        "100",
+        "-o",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logits = npy::read_npy(&out.join("logits.npy")).unwrap();
+    assert_eq!(logits.shape(), &[100, 10]);
+    let labels = npy::read_npy(&labels).unwrap().to_f64_vec().unwrap();
+    let pred = argmax_rows(&logits);
+    let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as f64 == **l).count();
+    assert!(correct >= 97, "{correct}/100 correct");
+}
+

@@ -10,7 +10,7 @@
 //! `*segment*` 0, `*position*` 0, 1, 2, … along the last axis, other `*id*` inputs small token
 //! ids in 1..1000, anything else 0; bools are true.
 
-use super::{load_model, new_session, print};
+use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::BenchArgs;
 use crate::feeds::{Dataset, FeedSource};
 use crate::rng::Rng;
@@ -112,6 +112,7 @@ fn median(sorted: &[f64]) -> f64 {
 }
 
 pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
+    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
     let t0 = Instant::now();
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
@@ -120,7 +121,9 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 
     let (sets, batch, inputs_label) = match &args.data {
         Some(dir) => {
-            let mut data = Dataset::load(&session.inputs(), &FeedSource::Data(dir.clone()))?;
+            let src = FeedSource::Data(dir.clone());
+            let mut data = Dataset::load(&session.inputs(), &src, preprocess.as_ref())?;
+            print_notes(&data, quiet || args.json);
             if let Some(n) = args.limit {
                 data.limit(n)?;
             }
@@ -133,8 +136,8 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             (sets, batch, dir.display().to_string())
         }
         None => {
-            if args.limit.is_some() || args.no_trim {
-                usage_bail!("--limit and --no-trim apply to --data only");
+            if args.limit.is_some() || args.no_trim || preprocess.is_some() {
+                usage_bail!("--limit, --no-trim and --preprocess apply to --data only");
             }
             let mut rng = Rng::new(0x10_b17);
             let feeds = session

@@ -1,4 +1,4 @@
-//! `lowbit calibrate MODEL --data DIR [--samples N] [--threads N] -o ranges.json`: streams the
+//! `lowbit calibrate MODEL --data DIR [--samples N] [--preprocess SPEC] -o ranges.json`: streams the
 //! samples through lowbit's engine into a [`Calibrator`] and writes the calibration table
 //! (every float32 tensor's extremes, histogram summary and the range each method gives), which
 //! `lowbit quantize --ranges` reuses.
@@ -6,17 +6,20 @@
 //! Samples are fed as `run` feeds them (see [`crate::feeds`]): batches of
 //! [`DEFAULT_BATCH`] where the model's first dimension is free, the fixed batch (row by row for
 //! batch 1) where it is not, each batch cut to its `*mask*` input's longest real length unless
-//! `--no-trim`. Memory does not grow with the number of samples. `quantize --data` runs the
+//! `--no-trim`; per-sample `.npz` files are read as their turn comes, and `--preprocess`
+//! converts each batch as it is fed. Memory does not grow with the number of samples. `quantize --data` runs the
 //! same code ([`calibrate_model`]).
 
 use super::run::{progress, DEFAULT_BATCH};
-use super::{load_model, new_session, print};
+use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::CalibrateArgs;
 use crate::feeds::{Dataset, FeedSource};
+use crate::preprocess::Preprocess;
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::{CalibrationTable, Calibrator, CalibratorOptions};
+use lowbit_tensor::Tensor;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,20 +31,32 @@ pub struct CalibrationRun {
     pub elapsed: Duration,
 }
 
-/// Calibrates `model` (read from `path`) on the samples in `data`: the first `samples` of them
-/// when given. Non-finite input data is an error naming the input and the row.
+/// Where the calibration samples come from and how they are fed.
+pub struct CalibrationData<'a> {
+    /// The `--data` folder (or `.npz` file).
+    pub data: &'a Path,
+    /// `--preprocess`.
+    pub preprocess: Option<&'a Preprocess>,
+    /// Only the first N samples.
+    pub samples: Option<usize>,
+    pub threads: usize,
+    /// Cut each batch to its `*mask*` input's longest real length.
+    pub trim: bool,
+    pub quiet: bool,
+}
+
+/// Calibrates `model` (read from `path`) on the samples `opts` names. Non-finite input data is
+/// an error naming the input and the sample (row, or file for per-sample files).
 pub fn calibrate_model(
     model: &ModelProto,
     path: &Path,
-    data: &Path,
-    samples: Option<usize>,
-    threads: usize,
-    trim: bool,
-    quiet: bool,
+    opts: &CalibrationData,
 ) -> Result<CalibrationRun> {
-    let session = new_session(model, path, threads)?;
-    let mut dataset = Dataset::load(&session.inputs(), &FeedSource::Data(data.to_path_buf()))?;
-    if let Some(n) = samples {
+    let session = new_session(model, path, opts.threads)?;
+    let src = FeedSource::Data(opts.data.to_path_buf());
+    let mut dataset = Dataset::load(&session.inputs(), &src, opts.preprocess)?;
+    print_notes(&dataset, opts.quiet);
+    if let Some(n) = opts.samples {
         if n == 0 {
             usage_bail!("--samples must be at least 1");
         }
@@ -52,17 +67,17 @@ pub fn calibrate_model(
         }
         dataset.limit(n)?;
     }
-    check_finite_inputs(&dataset)?;
 
     let batch = dataset.fixed_batch.unwrap_or(DEFAULT_BATCH);
     let ranges = dataset.ranges(batch);
     let mut cal = Calibrator::new(CalibratorOptions::default())?;
-    let bar = progress(dataset.samples as u64, quiet, "calibrate");
+    let bar = progress(dataset.samples as u64, opts.quiet, "calibrate");
     let start = Instant::now();
-    for &(s, e) in &ranges {
-        let feeds = dataset.feeds(s, e, trim)?;
+    for (k, &(s, e)) in ranges.iter().enumerate() {
+        let feeds = dataset.feeds(s, e, opts.trim)?;
+        check_finite(&dataset, &feeds, s, k == 0)?;
         cal.run(&session, feeds).with_context(|| {
-            format!("{}: calibration run on samples {s}..{e} failed", path.display())
+            format!("{}: calibration run on {} failed", path.display(), dataset.range_label(s, e))
         })?;
         bar.inc((e - s) as u64);
     }
@@ -72,34 +87,36 @@ pub fn calibrate_model(
     Ok(CalibrationRun { table, samples: dataset.samples, runs: ranges.len(), elapsed })
 }
 
-/// The first NaN or ±inf in a float input, as an error naming the input and the row.
-fn check_finite_inputs(data: &Dataset) -> Result<()> {
-    for a in &data.arrays {
-        if !a.tensor.dtype().is_float() {
+/// The first NaN or ±inf in the float feeds of the run starting at sample `start`, as an error
+/// naming the input and the sample. Inputs fed whole are checked on the `first` run only.
+fn check_finite(
+    data: &Dataset,
+    feeds: &[(String, Tensor)],
+    start: usize,
+    first: bool,
+) -> Result<()> {
+    for (i, (name, t)) in feeds.iter().enumerate() {
+        let batched = data.batched(i);
+        if !t.dtype().is_float() || (!batched && !first) {
             continue;
         }
-        let values = a.tensor.to_f64_vec()?;
-        let Some(i) = values.iter().position(|v| !v.is_finite()) else { continue };
-        let (row, at) = if a.batched && a.tensor.shape()[0] > 0 {
-            let per_row = values.len() / a.tensor.shape()[0];
-            (Some(i / per_row.max(1)), i % per_row.max(1))
-        } else {
-            (None, i)
-        };
-        match row {
-            Some(r) => bail!(
-                "calibration data: input '{}', row {r}: {} at element {at} of the row; \
+        let values = t.to_f64_vec()?;
+        let Some(at) = values.iter().position(|v| !v.is_finite()) else { continue };
+        if batched && t.shape()[0] > 0 {
+            let per_row = (values.len() / t.shape()[0]).max(1);
+            bail!(
+                "calibration data: input '{name}', {}: {} at element {} of the row; \
                  calibration data must be finite",
-                a.spec.name,
-                values[i]
-            ),
-            None => bail!(
-                "calibration data: input '{}': {} at element {at}; calibration data must be \
-                 finite",
-                a.spec.name,
-                values[i]
-            ),
+                data.row_label(start + at / per_row),
+                values[at],
+                at % per_row
+            );
         }
+        bail!(
+            "calibration data: input '{name}': {} at element {at}; calibration data must be \
+             finite",
+            values[at]
+        );
     }
     Ok(())
 }
@@ -108,16 +125,17 @@ pub fn calibrate(args: CalibrateArgs, quiet: bool) -> Result<()> {
     if same_file(&args.model, &args.output) {
         bail!("-o {} is the model itself; choose another output file", args.output.display());
     }
+    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
     let model = load_model(&args.model)?;
-    let run = calibrate_model(
-        &model,
-        &args.model,
-        &args.data,
-        args.samples.map(|n| n as usize),
-        args.threads,
-        !args.no_trim,
+    let opts = CalibrationData {
+        data: &args.data,
+        preprocess: preprocess.as_ref(),
+        samples: args.samples.map(|n| n as usize),
+        threads: args.threads,
+        trim: !args.no_trim,
         quiet,
-    )?;
+    };
+    let run = calibrate_model(&model, &args.model, &opts)?;
     run.table.save(&args.output).context("cannot write the calibration table")?;
     print(&format!(
         "calibrated {} tensors on {} sample{} ({} run{}) in {:.2} s -> {}\n",

@@ -9,6 +9,8 @@ pub mod quantize;
 pub mod run;
 
 use crate::cli::{Cli, Command};
+use crate::feeds::Dataset;
+use crate::preprocess::Preprocess;
 use anyhow::{Context, Result};
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
@@ -37,6 +39,20 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
 pub fn new_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
     Session::new(model, &SessionOptions { threads })
         .with_context(|| format!("{}: lowbit's engine cannot run this model", path.display()))
+}
+
+/// Parses `--preprocess SPEC` (bad keys are usage errors).
+pub fn preprocess_arg(spec: Option<&str>) -> Result<Option<Preprocess>> {
+    spec.map(Preprocess::parse).transpose()
+}
+
+/// Prints the data set's notes (what `--preprocess` does) on stderr unless `quiet`.
+pub fn print_notes(data: &Dataset, quiet: bool) {
+    if !quiet {
+        for n in data.notes() {
+            eprintln!("note: {n}");
+        }
+    }
 }
 
 /// Writes `text` to stdout; a closed pipe surfaces as an io error that `main` treats as done.

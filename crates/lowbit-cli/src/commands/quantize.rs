@@ -6,8 +6,8 @@
 //! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
 //! overwritten; an existing output only with `--force`; the output is written atomically.
 
-use super::calibrate::{calibrate_model, same_file};
-use super::{human_bytes, load_model, print};
+use super::calibrate::{calibrate_model, same_file, CalibrationData};
+use super::{human_bytes, load_model, preprocess_arg, print};
 use crate::cli::QuantizeArgs;
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
@@ -48,6 +48,7 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
 
 pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let cfg = config(&args)?;
+    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
     if cfg.mode == QuantMode::Static && args.data.is_none() && args.ranges.is_none() {
         usage_bail!(
             "static quantization needs calibration data: pass --data DIR (one <input>.npy per \
@@ -68,6 +69,9 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     if cfg.mode != QuantMode::Static && !quiet && (args.data.is_some() || args.ranges.is_some()) {
         eprintln!("note: --mode {} needs no calibration; ignoring --data/--ranges", cfg.mode);
     }
+    if preprocess.is_some() && args.data.is_none() && !quiet {
+        eprintln!("note: --preprocess applies to --data only; ignoring it");
+    }
 
     let model = load_model(&args.model)?;
     let file_before = std::fs::metadata(&args.model).map(|m| m.len()).ok();
@@ -75,15 +79,15 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let table = match (cfg.mode, &args.ranges, &args.data) {
         (QuantMode::Static, Some(r), _) => Some(CalibrationTable::load(r)?),
         (QuantMode::Static, None, Some(d)) => {
-            let run = calibrate_model(
-                &model,
-                &args.model,
-                d,
-                args.samples.map(|n| n as usize),
-                args.threads,
-                !args.no_trim,
+            let opts = CalibrationData {
+                data: d,
+                preprocess: preprocess.as_ref(),
+                samples: args.samples.map(|n| n as usize),
+                threads: args.threads,
+                trim: !args.no_trim,
                 quiet,
-            )?;
+            };
+            let run = calibrate_model(&model, &args.model, &opts)?;
             let _ = writeln!(
                 out,
                 "calibrated {} tensors on {} sample{} in {:.2} s",

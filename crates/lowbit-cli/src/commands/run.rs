@@ -3,7 +3,7 @@
 //! along axis 0. How inputs are batched is described in [`crate::feeds`]; how outputs are
 //! named and joined in [`crate::outputs`].
 
-use super::{load_model, new_session, print};
+use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::RunArgs;
 use crate::feeds::{Dataset, FeedSource};
 use crate::outputs::Collector;
@@ -33,11 +33,13 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
 
 pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     let src = FeedSource::from_args(&args.input, args.data.as_deref())?;
+    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
     drop(model);
 
-    let mut data = Dataset::load(&session.inputs(), &src)?;
+    let mut data = Dataset::load(&session.inputs(), &src, preprocess.as_ref())?;
+    print_notes(&data, quiet);
     if let Some(n) = args.limit {
         data.limit(n)?;
     }
@@ -64,9 +66,9 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     let start = Instant::now();
     for &(s, e) in &ranges {
         let feeds = data.feeds(s, e, args.trim_padding)?;
-        let outputs = session
-            .run(feeds)
-            .with_context(|| format!("{}: run on samples {s}..{e} failed", args.model.display()))?;
+        let outputs = session.run(feeds).with_context(|| {
+            format!("{}: run on {} failed", args.model.display(), data.range_label(s, e))
+        })?;
         collector.push(e - s, outputs);
         bar.inc((e - s) as u64);
     }

@@ -55,7 +55,12 @@ impl MovingAverageMinMax {
 
 impl Observer for MovingAverageMinMax {
     fn observe_finite(&mut self, x: &[f32]) {
-        let Some((lo, hi)) = min_max(x) else { return };
+        if let Some((lo, hi)) = min_max(x) {
+            self.observe_with_extremes(x, lo, hi);
+        }
+    }
+
+    fn observe_with_extremes(&mut self, _x: &[f32], lo: f32, hi: f32) {
         let c = self.averaging_constant;
         self.range = Some(match self.range {
             None => Range::new(lo, hi),

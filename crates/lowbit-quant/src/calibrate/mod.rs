@@ -75,6 +75,12 @@ pub trait Observer: Send {
     /// Adds one batch already checked to be finite.
     fn observe_finite(&mut self, x: &[f32]);
 
+    /// [`Observer::observe_finite`] when the batch's extremes are already known (one scan
+    /// of the data serves every observer).
+    fn observe_with_extremes(&mut self, x: &[f32], _lo: f32, _hi: f32) {
+        self.observe_finite(x);
+    }
+
     /// The range so far, `None` before any value.
     fn range(&self) -> Option<Range>;
 
@@ -103,6 +109,47 @@ pub fn check_finite(x: &[f32]) -> Result<()> {
             value: x[index],
         }),
     }
+}
+
+/// `(min, max)` of a non-empty slice in one pass, or `None` when it is empty or holds a NaN
+/// or an infinity (then [`check_finite`] names it).
+pub(crate) fn finite_extremes(x: &[f32]) -> Option<(f32, f32)> {
+    // Eight independent lanes of compare-and-select (exactly `minps`/`maxps`) and an exponent
+    // test the compiler vectorizes; `f32::min` and `is_finite` on their own do not.
+    fn fold(x: &[f32]) -> (f32, f32, bool) {
+        const EXP: u32 = 0x7f80_0000;
+        let (mut lo, mut hi, mut bad) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8], [0u32; 8]);
+        let chunks = x.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for k in 0..8 {
+                let v = c[k];
+                lo[k] = if v < lo[k] { v } else { lo[k] };
+                hi[k] = if v > hi[k] { v } else { hi[k] };
+                bad[k] |= u32::from(v.to_bits() & EXP == EXP);
+            }
+        }
+        for &v in rest {
+            lo[0] = if v < lo[0] { v } else { lo[0] };
+            hi[0] = if v > hi[0] { v } else { hi[0] };
+            bad[0] |= u32::from(v.to_bits() & EXP == EXP);
+        }
+        let lo = lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+        let hi = hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        (lo, hi, bad.iter().all(|&b| b == 0))
+    }
+    if x.is_empty() {
+        return None;
+    }
+    let (lo, hi, ok) = if x.len() > PAR_CHUNK {
+        x.par_chunks(PAR_CHUNK).map(fold).reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY, true),
+            |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 & b.2),
+        )
+    } else {
+        fold(x)
+    };
+    ok.then_some((lo, hi))
 }
 
 /// `(min, max)` of a non-empty finite slice (exact, so parallel chunking cannot change it).
@@ -304,14 +351,20 @@ impl Calibrator {
             return Ok(());
         }
         let v = x.as_f32()?;
-        check_finite(v).map_err(|e| e.in_tensor(name, self.batches))?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let Some((lo, hi)) = finite_extremes(v) else {
+            // Not empty, so a value is not finite: name it.
+            return check_finite(v).map_err(|e| e.in_tensor(name, self.batches));
+        };
         let opts = &self.opts;
         let s = self.stats.entry(name.to_string()).or_insert_with(|| TensorStats {
             moving: MovingAverageMinMax::new(opts.momentum),
             hist: Histogram::new(opts.bins),
         });
-        s.moving.observe_finite(v);
-        s.hist.observe_finite(v);
+        s.moving.observe_with_extremes(v, lo, hi);
+        s.hist.observe_with_extremes(v, lo, hi);
         Ok(())
     }
 
