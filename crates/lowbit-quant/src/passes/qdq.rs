@@ -30,7 +30,7 @@ use super::{
 use crate::calibrate::CalibrationTable;
 use crate::error::{QuantError, Result};
 use crate::qparams::{quantize_tensor, QParams};
-use crate::quantize::{QuantizeConfig, QuantizeSummary};
+use crate::quantize::{QuantMode, QuantizeConfig, QuantizeSummary};
 use crate::scheme::{IntType, Mode, QuantScheme, ValueType};
 use lowbit_kernels::quantize::{self as core, ParamMap};
 use lowbit_onnx::graph::Graph;
@@ -48,9 +48,16 @@ const OWN_GRID: &[&str] = &["GlobalAveragePool", "AveragePool"];
 const JOINS: &[&str] = &["Add", "Mul"];
 
 /// The scheme of an integer weight type under `config`.
+/// `reduce_range` applies to 8-bit weights feeding integer kernels (static and dynamic modes):
+/// that is where ONNX Runtime's u8×s8 pair sums can saturate. Weight-only and 4-bit weights
+/// keep their full grid.
 pub(crate) fn weight_scheme(config: &QuantizeConfig, weights: IntType) -> QuantScheme {
     let mode = config.resolved_weight_mode();
-    QuantScheme::new(ValueType::Int(weights)).with_mode(mode).with_reduce_range(config.reduce_range)
+    let integer_kernel = matches!(config.mode, QuantMode::Static | QuantMode::Dynamic);
+    let eight_bit = matches!(weights, IntType::Int8 | IntType::Uint8);
+    QuantScheme::new(ValueType::Int(weights))
+        .with_mode(mode)
+        .with_reduce_range(config.reduce_range && integer_kernel && eight_bit)
 }
 
 /// Grid levels of an activation type.
