@@ -18,6 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Build a model and data, calibrate, quantize to int8 and show what it cost (no download).
+    Demo(DemoArgs),
     /// Show a model's metadata, inputs, outputs, op histogram, parameters and unsupported ops.
     Inspect(InspectArgs),
     /// Run a model on .npy inputs and write its outputs as .npy files.
@@ -30,6 +32,16 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Quantize a model: static (QDQ), dynamic, weight-only, fp16 or bf16.
     Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Folder for the model, data, ranges and int8 model [default: <temp>/lowbit-demo].
+    #[arg(short, long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +196,16 @@ pub struct QuantizeArgs {
     /// 4-bit weights default to 32).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub block_size: usize,
+    /// Use all 8 bits of int8 weights. By default they use 7 (ONNX Runtime's reduce_range):
+    /// on x86 CPUs without AVX-512 VNNI, ORT's fused u8×s8 kernels (AVX2 `vpmaddubsw`)
+    /// saturate 16-bit pair sums of full-range weights. Full range suits VNNI and ARM targets.
+    #[arg(long)]
+    pub no_reduce_range: bool,
+    /// Static: keep in float any Conv/MatMul/Gemm whose input activation is expected to keep
+    /// less than this SQNR (dB, estimated from its calibration histogram and range), e.g. an
+    /// activation whose outliers leave most values a few levels. 0 quantizes everything.
+    #[arg(long, value_name = "DB", default_value_t = lowbit_quant::quantize::DEFAULT_MIN_ACTIVATION_SQNR)]
+    pub min_sqnr: f64,
     /// Leave nodes in float: a node name, a `*`/`?` pattern over names, or `op:TYPE`
     /// (repeat for more).
     #[arg(long, value_name = "PATTERN")]

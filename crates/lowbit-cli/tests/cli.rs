@@ -1010,3 +1010,61 @@ fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
     assert!(correct >= 97, "{correct}/100 correct");
 }
 
+// ---------------------------------------------------------------------------------------------
+// lowbit demo
+
+/// The README's first command: builds, calibrates, quantizes and evaluates on its own model,
+/// prints the comparison, and leaves files that ONNX Runtime agrees with.
+#[test]
+fn demo_quantizes_its_own_model_and_reports_what_it_cost() {
+    let dir = tmp("demo");
+    let o = lowbit(&["demo", "-o", s(&dir), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let field = |label: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{out}"));
+        let last =
+            line.split_whitespace().rev().find(|w| w.parse::<f64>().is_ok() || w.ends_with('%'));
+        last.unwrap().trim_end_matches('%').parse().unwrap()
+    };
+    let agree = field("top-1 agreement with FP32");
+    let cos = field("mean cosine to FP32 logits");
+    assert!((95.0..=100.0).contains(&agree), "{out}");
+    assert!(cos > 0.999 && cos <= 1.0 + 1e-9, "{out}");
+    let len = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+    assert!(len("model.int8.onnx") * 3 < len("model.onnx"), "{out}");
+    for f in ["ranges.json", "calibration/x.npy", "eval/x.npy"] {
+        assert!(dir.join(f).exists(), "{f} missing: {out}");
+    }
+
+    // The steps it prints work by hand and give the same file.
+    let again = dir.join("again.int8.onnx");
+    let q = lowbit(&[
+        "quantize",
+        s(&dir.join("model.onnx")),
+        "--ranges",
+        s(&dir.join("ranges.json")),
+        "-o",
+        s(&again),
+    ]);
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(dir.join("model.int8.onnx")).unwrap());
+
+    let Some(python) = std::env::var_os("LOWBIT_PYTHON") else {
+        eprintln!("skipped the ONNX Runtime check: LOWBIT_PYTHON is not set");
+        return;
+    };
+    let script = r#"
+import sys, numpy as np, onnxruntime as ort
+d = sys.argv[1]
+x = np.load(d + "/eval/x.npy")
+o = ort.SessionOptions(); o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+f = ort.InferenceSession(d + "/model.onnx", providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+q = ort.InferenceSession(d + "/model.int8.onnx", o, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+agree = float((f.argmax(1) == q.argmax(1)).mean())
+assert agree > 0.95, agree
+print("ok", agree)
+"#;
+    let o = Command::new(python).args(["-c", script, s(&dir)]).output().unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}

@@ -60,7 +60,7 @@ impl Weights {
     }
 }
 
-fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {
+pub(crate) fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {
     use tensor_shape_proto::{dimension::Value, Dimension};
     let dim = |d: &Result<i64, &str>| Dimension {
         denotation: String::new(),
@@ -82,7 +82,7 @@ fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {
     }
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+pub(crate) fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
         name: name.into(),

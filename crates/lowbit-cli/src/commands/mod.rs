@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod demo;
 pub mod example_model;
 pub mod inspect;
 pub mod quantize;
@@ -20,6 +21,7 @@ use std::path::Path;
 /// Runs the command `cli` names.
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo(a) => demo::demo(a, cli.quiet),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Run(a) => run::run(a, cli.quiet),
         Command::Bench(a) => bench::bench(a, cli.quiet),

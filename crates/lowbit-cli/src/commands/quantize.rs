@@ -37,6 +37,8 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
         weights: parse_int_type(&args.weights)?,
         per_channel: !args.per_tensor,
         block_size: args.block_size,
+        reduce_range: !args.no_reduce_range,
+        min_activation_sqnr: (args.min_sqnr > 0.0).then_some(args.min_sqnr),
         exclude,
         ..QuantizeConfig::default()
     };
