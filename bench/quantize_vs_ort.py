@@ -1,31 +1,42 @@
 """Static INT8 quantization, lowbit vs ONNX Runtime's quantize_static, side by side in one run.
 
-Not a test: a table to read. Model: paraphrase-MiniLM-L3-v2 (dev corpus). Calibration samples:
-the first N rows of stsb_dev's input_ids_a / attention_mask_a (int64 [1500, 45], right-padded
-with 0), the same rows for both tools. For every method (minmax, entropy) and N (100, 500) it runs,
-each as its own child process under `/usr/bin/time -v` (or, without it, a fresh Python child
-reading getrusage(RUSAGE_CHILDREN) after waiting its own child), and records wall time and peak
-RSS of:
-  - lowbit: `lowbit quantize MODEL -o OUT --data DIR --samples N --method M --no-trim -t 1 -q
-    --force` (+ `--min-sqnr 0` where lowbit has that option: all 24 MatMuls quantized), DIR holding input_ids.npy and attention_mask.npy (the N rows). `--no-trim` makes
-    lowbit see the same padded [*, 45] tensors as ORT (lowbit feeds batches of 32 rows; ORT one
-    row at a time; the values calibrated are the same). Extra columns: the same with `-t 2`, and
-    lowbit's default (each batch cut to its longest real length via the mask, `-t 1`).
-  - ORT: onnxruntime.quantization.quantize_static on the model that quant_pre_process
-    (skip_symbolic_shape=True: sympy is absent) wrote once, before and outside every timed run;
-    QuantFormat.QDQ, per_channel=True, activations QUInt8, weights QInt8,
-    op_types_to_quantize=["MatMul"] (what lowbit quantizes in this model: its 24 MatMuls),
-    CalibrationMethod.MinMax / Entropy, a CalibrationDataReader yielding one [1, 45] row at a
-    time (ORT's histogram calibrators cannot merge samples of differing lengths). ORT's
-    calibration InferenceSession is built by ORT with a default SessionOptions(); the child
-    sets intra_op_num_threads on every SessionOptions it creates to --ort-threads (1 by
-    default; 0 leaves ORT's default: one thread per physical core). The ORT wall time covers
-    the whole child (Python start, `import onnxruntime.quantization`, quantize_static); the
-    quantize_static call alone is an extra column.
+Not a test: tables to read. Model: paraphrase-MiniLM-L3-v2 (dev corpus). Calibration samples: the
+first N rows of stsb_dev's input_ids_a / attention_mask_a (int64 [1500, 45], right-padded with 0),
+the same sentences for both tools. For every method (minmax, entropy) and N (100, 500) each run is
+its own child process under `/usr/bin/time -v` (or, without it, a fresh Python child reading
+getrusage(RUSAGE_CHILDREN) after waiting its own child): wall time, CPU time (user+sys), peak RSS.
+
+Table 1, "natural lengths" (what a user would run): every sentence at its real length
+(attention_mask.sum()).
+  - lowbit default: `lowbit quantize MODEL -o OUT --data DIR --samples N --method M -t 1 -q
+    --force --min-sqnr 0`, DIR holding input_ids.npy and attention_mask.npy (the N padded rows):
+    lowbit feeds batches of 32 rows, each batch cut to its longest real length via the mask.
+  - lowbit per-sample .npz (where `lowbit calibrate --help` says per-sample .npz files are
+    supported): the same command on a folder of N files, one per sentence, holding input_ids and
+    attention_mask of shape [1, len]; lowbit batches equal-length neighbours, runs others apart.
+  - ORT: a CalibrationDataReader yielding each sentence as its own [1, len] feed. ORT's MinMax
+    calibrator accepts that; its Entropy (histogram) calibrator stacks every sample's outputs into
+    one array and crashes on differing lengths: the script tries it, records the error (and how
+    long ORT ran before it), and the Entropy row falls back to the padded [1, 45] ORT run of
+    table 2, saying so in the row.
+Table 2, "identical padded tensors": both tools see the same [*, 45] tensors: lowbit `--no-trim`
+(batches of 32 rows; also with `-t 2`), ORT one [1, 45] row at a time (the values calibrated are
+the same).
+
+`--min-sqnr 0` (where lowbit has that option) makes lowbit quantize all 24 MatMuls, as ORT does.
+ORT: quantize_static on the model that quant_pre_process (skip_symbolic_shape=True: sympy is
+absent) wrote once, before and outside every timed run; QuantFormat.QDQ, per_channel=True,
+activations QUInt8, weights QInt8, op_types_to_quantize=["MatMul"] (what lowbit quantizes in this
+model: its 24 MatMuls), CalibrationMethod.MinMax / Entropy. ORT's calibration InferenceSession is
+built by ORT with a default SessionOptions(); the child sets intra_op_num_threads on every
+SessionOptions it creates to --ort-threads (1 by default; 0 leaves ORT's default: one thread per
+physical core). The ORT wall time covers the whole child (Python start, `import
+onnxruntime.quantization`, quantize_static); the quantize_static call alone is a column.
 
 Every output model is then loaded in onnxruntime and run on 64 rows the calibration did not see
-(rows 1000..1063): file size and mean cosine of the pooled embedding ("461") to FP32 are printed
-as a sanity check. `--json FILE` writes the rows and the settings.
+(rows 1000..1063, padded, with their mask): mean cosine of the pooled embedding ("461") to FP32 is
+a column of both tables; a third table gives file size, QDQ node counts and the minimum cosine.
+`--json FILE` writes the rows and the settings.
 
 Run through bench/quantize_vs_ort.sh, which builds lowbit and uses the test venv's Python.
 """
@@ -70,6 +81,8 @@ def ort_child(args):
 
     ids = np.load(os.path.join(args.data, "input_ids.npy"))[: args.samples]
     mask = np.load(os.path.join(args.data, "attention_mask.npy"))[: args.samples]
+    # natural: each sentence cut to its real length (right padding: the mask is a prefix of ones)
+    lens = mask.sum(1) if args.feeds == "natural" else np.full(len(ids), ids.shape[1])
 
     class Rows(CalibrationDataReader):
         def __init__(self):
@@ -79,7 +92,8 @@ def ort_child(args):
             if self.i >= len(ids):
                 return None
             i, self.i = self.i, self.i + 1
-            return {"input_ids": ids[i : i + 1], "attention_mask": mask[i : i + 1]}
+            n = int(lens[i])
+            return {"input_ids": ids[i : i + 1, :n], "attention_mask": mask[i : i + 1, :n]}
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[args.method]
     t0 = time.perf_counter()
@@ -91,31 +105,37 @@ def ort_child(args):
 
 # ---------------------------------------------------------------- measuring a child
 
-def measure(cmd):
-    """Runs cmd as a child; returns (wall s, peak RSS MB, CPU s user+sys, stdout)."""
+def measure(cmd, allow_fail=False):
+    """Runs cmd as a child; returns {wall, rss (MB), cpu (user+sys s), rc, out, err}. A failing child
+    raises, unless allow_fail."""
     if os.access("/usr/bin/time", os.X_OK):
         with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
             t0 = time.perf_counter()
             p = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name] + cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             rep = tf.read()
-        if p.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
         kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", rep).group(1))
         user = float(re.search(r"User time \(seconds\): ([\d.]+)", rep).group(1))
         sys_ = float(re.search(r"System time \(seconds\): ([\d.]+)", rep).group(1))
-        return wall, kb / 1024, user + sys_, p.stdout
-    # A fresh Python parent per measurement, so RUSAGE_CHILDREN's max is this child's alone.
-    wrapper = ("import json,resource,subprocess,sys,time\n"
-               "t=time.perf_counter();p=subprocess.run(sys.argv[1:],capture_output=True,text=True)\n"
-               "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-               "print(json.dumps({'rc':p.returncode,'wall':w,'kb':r.ru_maxrss,'cpu':r.ru_utime+r.ru_stime,"
-               "'out':p.stdout,'err':p.stderr}))")
-    p = subprocess.run([sys.executable, "-c", wrapper] + cmd, capture_output=True, text=True, check=True)
-    r = json.loads(p.stdout)
-    if r["rc"] != 0:
+        r = {"wall": wall, "kb": kb, "cpu": user + sys_, "rc": p.returncode, "out": p.stdout, "err": p.stderr}
+    else:
+        # A fresh Python parent per measurement, so RUSAGE_CHILDREN's max is this child's alone.
+        wrapper = ("import json,resource,subprocess,sys,time\n"
+                   "t=time.perf_counter();p=subprocess.run(sys.argv[1:],capture_output=True,text=True)\n"
+                   "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+                   "print(json.dumps({'rc':p.returncode,'wall':w,'kb':r.ru_maxrss,'cpu':r.ru_utime+r.ru_stime,"
+                   "'out':p.stdout,'err':p.stderr}))")
+        p = subprocess.run([sys.executable, "-c", wrapper] + cmd, capture_output=True, text=True, check=True)
+        r = json.loads(p.stdout)
+    if r["rc"] != 0 and not allow_fail:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r['rc']}): {r['err'].strip()[-2000:]}")
-    return r["wall"], r["kb"] / 1024, r["cpu"], r["out"]
+    return {"wall": r["wall"], "rss": r["kb"] / 1024, "cpu": r["cpu"], "rc": r["rc"], "out": r["out"], "err": r["err"]}
+
+
+def last_error_line(err):
+    """The exception line of a Python traceback (its last non-empty line)."""
+    lines = [ln.strip() for ln in err.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"
 
 
 # ---------------------------------------------------------------- checks of the written models
@@ -171,7 +191,7 @@ def main():
     ap.add_argument("--methods", nargs="*", default=["minmax", "entropy"], choices=["minmax", "entropy"])
     ap.add_argument("--samples", nargs="*", type=int, default=[100, 500])
     ap.add_argument("--ort-threads", type=int, default=1, help="intra-op threads of ORT's calibration session (0: ORT's default)")
-    ap.add_argument("--no-extras", action="store_true", help="skip the lowbit -t 2 and trimmed (default) runs")
+    ap.add_argument("--no-extras", action="store_true", help="skip the lowbit --no-trim -t 2 run")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--keep", metavar="DIR", help="keep the quantized models in DIR")
     # internal: the ORT child
@@ -181,6 +201,7 @@ def main():
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--feeds", choices=["padded", "natural"], default="padded", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ort_child:
         args.samples = args.samples[0]
@@ -197,11 +218,15 @@ def main():
     ids_all = np.load(os.path.join(data, "input_ids_a.npy"))
     mask_all = np.load(os.path.join(data, "attention_mask_a.npy"))
     assert ids_all.shape[1] == SEQ and ids_all.dtype == np.int64
+    lens_all = mask_all.sum(1)
+    # right padding: every mask is a prefix of ones, so [:len] is the sentence
+    assert (mask_all == (np.arange(SEQ)[None, :] < lens_all[:, None])).all()
     tmp = tempfile.mkdtemp(prefix="lowbit-qbench-")
     keep = args.keep
     if keep:
         os.makedirs(keep, exist_ok=True)
     outdir = keep or tmp
+    lo_n, hi_n = min(args.samples), max(args.samples)
     try:
         # A private copy of the binary: others may rebuild target/release while this runs.
         lowbit = os.path.join(tmp, "lowbit")
@@ -209,13 +234,22 @@ def main():
         version = subprocess.run([lowbit, "--version"], capture_output=True, text=True).stdout.strip()
         # Where lowbit can leave low-SQNR MatMuls in float (--min-sqnr), quantize all of them, as ORT does.
         qhelp = subprocess.run([lowbit, "quantize", "--help"], capture_output=True, text=True).stdout
+        chelp = subprocess.run([lowbit, "calibrate", "--help"], capture_output=True, text=True).stdout
         lb_common = ["--min-sqnr", "0"] if "--min-sqnr" in qhelp else []
-        dirs = {}
+        per_sample = "per sample" in " ".join((qhelp + chelp).split())
+        dirs, psdirs = {}, {}
         for n in args.samples:
             d = dirs[n] = os.path.join(tmp, f"data{n}")
             os.makedirs(d)
             np.save(os.path.join(d, "input_ids.npy"), ids_all[:n])
             np.save(os.path.join(d, "attention_mask.npy"), mask_all[:n])
+            if per_sample:
+                d = psdirs[n] = os.path.join(tmp, f"persample{n}")
+                os.makedirs(d)
+                for i in range(n):
+                    k = int(lens_all[i])
+                    np.savez(os.path.join(d, f"s{i:05d}.npz"), input_ids=ids_all[i : i + 1, :k],
+                             attention_mask=mask_all[i : i + 1, :k])
         t0 = time.perf_counter()
         pre = os.path.join(tmp, "minilm.pre.onnx")
         quant_pre_process(model, pre, skip_symbolic_shape=True)
@@ -223,78 +257,125 @@ def main():
         print(f"ORT quant_pre_process (once, untimed below): {pre_s:.2f} s", file=sys.stderr, flush=True)
         load0 = os.getloadavg()
 
-        rows = []
+        # rows[(table, method, n)] = list of runs, each {key, tool, label, wall, cpu, rss, out, ...}
+        rows = {}
+        crashes = []
         written = []
+
+        def lb(method, n, key, label, data_dir, extra):
+            out = os.path.join(outdir, f"lowbit_{method}_{n}_{key}.onnx")
+            cmd = [lowbit, "quantize", model, "-o", out, "--data", data_dir, "--samples", str(n),
+                   "--method", method, "--force", "-q"] + lb_common + extra
+            m = measure(cmd)
+            written.append(out)
+            return {"key": key, "tool": "lowbit", "label": label, "wall": m["wall"], "cpu": m["cpu"], "rss": m["rss"],
+                    "out": out, "cmd": " ".join(cmd[1:])}
+
+        def ort_run(method, n, feeds, allow_fail=False):
+            out = os.path.join(outdir, f"ort_{method}_{n}_{feeds}.onnx")
+            cmd = [sys.executable, os.path.abspath(__file__), "--ort-child", "--model", pre, "--data", dirs[n],
+                   "--samples", str(n), "--method", method, "--out", out, "--threads", str(args.ort_threads),
+                   "--feeds", feeds]
+            m = measure(cmd, allow_fail=allow_fail)
+            if m["rc"] != 0:
+                return m
+            written.append(out)
+            shape = f"[1, {SEQ}]" if feeds == "padded" else "[1, len]"
+            return {"key": f"ort_{feeds}", "tool": "ORT", "label": f"ORT, one {shape} feed per sentence",
+                    "wall": m["wall"], "cpu": m["cpu"], "rss": m["rss"], "out": out,
+                    "quantize_static_s": json.loads(m["out"].strip().splitlines()[-1])["quantize_s"]}
+
         for method in args.methods:
             for n in args.samples:
-                r = {"method": method, "samples": n}
-
-                def lb(tag, extra):
-                    out = os.path.join(outdir, f"lowbit_{method}_{n}_{tag}.onnx")
-                    cmd = [lowbit, "quantize", model, "-o", out, "--data", dirs[n], "--samples", str(n),
-                           "--method", method, "--force", "-q"] + lb_common + extra
-                    wall, mb, cpu, _ = measure(cmd)
-                    r[f"lowbit_{tag}_s"], r[f"lowbit_{tag}_rss_mb"], r[f"lowbit_{tag}_cpu_s"] = wall, mb, cpu
-                    written.append((f"lowbit {tag} {method} {n}", out))
-
-                lb("t1", ["--no-trim", "-t", "1"])
+                nat = rows[("natural", method, n)] = []
+                pad = rows[("padded", method, n)] = []
+                # table 2: identical padded tensors
+                pad.append(lb(method, n, "notrim_t1", f"lowbit --no-trim -t 1, [32, {SEQ}] batches", dirs[n],
+                              ["--no-trim", "-t", "1"]))
                 if not args.no_extras:
-                    lb("t2", ["--no-trim", "-t", "2"])
-                    lb("trim_t1", ["-t", "1"])
-                out = os.path.join(outdir, f"ort_{method}_{n}.onnx")
-                cmd = [sys.executable, os.path.abspath(__file__), "--ort-child", "--model", pre, "--data", dirs[n],
-                       "--samples", str(n), "--method", method, "--out", out, "--threads", str(args.ort_threads)]
-                wall, mb, cpu, stdout = measure(cmd)
-                r["ort_s"], r["ort_rss_mb"], r["ort_cpu_s"] = wall, mb, cpu
-                r["ort_quantize_static_s"] = json.loads(stdout.strip().splitlines()[-1])["quantize_s"]
-                written.append((f"ORT {method} {n}", out))
-                rows.append(r)
-                extra = ""
-                if "lowbit_t2_s" in r:
-                    extra = f" (-t 2 {r['lowbit_t2_s']:.2f} s, trimmed {r['lowbit_trim_t1_s']:.2f} s)"
-                print(f"{method:8} {n:4} samples  lowbit {r['lowbit_t1_s']:7.2f} s {r['lowbit_t1_rss_mb']:7.0f} MB"
-                      f"{extra}   ORT {r['ort_s']:7.2f} s {r['ort_rss_mb']:7.0f} MB", file=sys.stderr, flush=True)
+                    pad.append(lb(method, n, "notrim_t2", f"lowbit --no-trim -t 2, [32, {SEQ}] batches", dirs[n],
+                                  ["--no-trim", "-t", "2"]))
+                ort_pad = ort_run(method, n, "padded")
+                pad.append(ort_pad)
+                # table 1: natural lengths
+                nat.append(lb(method, n, "default_t1", "lowbit default -t 1, [32, longest in batch]", dirs[n], ["-t", "1"]))
+                if per_sample:
+                    nat.append(lb(method, n, "persample_t1", "lowbit -t 1, per-sample .npz [1, len]", psdirs[n], ["-t", "1"]))
+                r = ort_run(method, n, "natural", allow_fail=True)
+                if "rc" in r:  # ORT failed on differing lengths: record it, fall back to the padded run
+                    msg = last_error_line(r["err"])
+                    crashes.append({"method": method, "samples": n, "error": msg, "wall": r["wall"], "cpu": r["cpu"],
+                                    "rss": r["rss"]})
+                    r = dict(ort_pad, key="ort_padded_fallback",
+                             label=f"ORT, one [1, {SEQ}] feed per sentence (fallback: [1, len] crashed, see notes)")
+                    print(f"ORT {method} {n} on [1, len] feeds failed after {crashes[-1]['wall']:.1f} s: {msg}",
+                          file=sys.stderr, flush=True)
+                nat.append(r)
+                for tbl, runs in (("natural", nat), ("padded", pad)):
+                    print(f"{tbl:8} {method:8} {n:4}: " + "; ".join(f"{x['key']} {x['wall']:.2f} s {x['rss']:.0f} MB"
+                                                                   for x in runs), file=sys.stderr, flush=True)
         load1 = os.getloadavg()
 
-        checks = check_models(written, model, ids_all[CHECK_ROWS[0]:CHECK_ROWS[1]], mask_all[CHECK_ROWS[0]:CHECK_ROWS[1]])
+        checks = check_models([(p, p) for p in written], model, ids_all[CHECK_ROWS[0]:CHECK_ROWS[1]],
+                              mask_all[CHECK_ROWS[0]:CHECK_ROWS[1]])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def rss_growth(tool, method):
-        by_n = {r["samples"]: r[f"{tool}_rss_mb"] for r in rows if r["method"] == method}
-        lo, hi = min(by_n), max(by_n)
-        return by_n[hi] / by_n[lo] if lo != hi else None
+    for runs in rows.values():
+        for x in runs:
+            x["check"] = checks[x["out"]]
+            x["file"] = os.path.basename(x["out"])
 
-    lo_n, hi_n = min(args.samples), max(args.samples)
+    def growth(table, method, key):
+        """RSS at the largest N / at the smallest, same table, method and variant."""
+        by_n = {n: x["rss"] for (t, m, n), runs in rows.items() if (t, m) == (table, method) for x in runs
+                if x["key"] == key}
+        if hi_n == lo_n or lo_n not in by_n or hi_n not in by_n:
+            return None
+        return by_n[hi_n] / by_n[lo_n]
+
+    def ort_of(runs):
+        return next(x for x in runs if x["tool"] == "ORT")
+
     growth_hdr = f"RSS({hi_n})/RSS({lo_n})"
+
+    def f2(v):
+        return f"{v:.2f}" if v is not None else "-"
+
+    def table(name):
+        print(f"| method | N | run (feeds) | wall s | CPU s | peak RSS MB | {growth_hdr} | ORT/lowbit wall "
+              f"| ORT/lowbit CPU | cosine to FP32 (mean) | ORT quantize_static s |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (t, method, n), runs in rows.items():
+            if t != name:
+                continue
+            o = ort_of(runs)
+            for x in runs:
+                g = growth(name, method, x["key"]) if n == hi_n else None
+                lowbit = x["tool"] == "lowbit"
+                c = x["check"]
+                cos = f"{c['cos_mean']:.4f}" if "cos_mean" in c else "does not run"
+                x["ort_over_wall"] = o["wall"] / x["wall"] if lowbit else None
+                x["ort_over_cpu"] = o["cpu"] / x["cpu"] if lowbit else None
+                x["rss_growth"] = g
+                print(f"| {method} | {n} | {x['label']} | {x['wall']:.2f} | {x['cpu']:.2f} | {x['rss']:.0f} "
+                      f"| {f2(g)} | {f2(x['ort_over_wall'])} | {f2(x['ort_over_cpu'])} | {cos} "
+                      f"| {f2(x.get('quantize_static_s'))} |")
+
     print()
-    print(f"| method | samples | lowbit s | ORT s | ORT/lowbit | lowbit peak RSS MB | ORT peak RSS MB "
-          f"| lowbit {growth_hdr} | ORT {growth_hdr} | lowbit -t 2 s | lowbit trimmed s | ORT quantize_static s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        gl = gr = "-"
-        if r["samples"] == hi_n and hi_n != lo_n:
-            gl, gr = f"{rss_growth('lowbit_t1', r['method']):.2f}", f"{rss_growth('ort', r['method']):.2f}"
-        t2 = f"{r['lowbit_t2_s']:.2f}" if "lowbit_t2_s" in r else "-"
-        tr = f"{r['lowbit_trim_t1_s']:.2f}" if "lowbit_trim_t1_s" in r else "-"
-        print(f"| {r['method']} | {r['samples']} | {r['lowbit_t1_s']:.2f} | {r['ort_s']:.2f} "
-              f"| {r['ort_s'] / r['lowbit_t1_s']:.2f} | {r['lowbit_t1_rss_mb']:.0f} | {r['ort_rss_mb']:.0f} "
-              f"| {gl} | {gr} | {t2} | {tr} | {r['ort_quantize_static_s']:.2f} |")
+    print("Table 1: natural lengths (each sentence at its real length; the run a user would do)")
     print()
-    print("| CPU s (user+sys) | samples | lowbit -t 1 | ORT | lowbit -t 2 | lowbit trimmed | "
-          "lowbit -t 2 RSS MB | lowbit trimmed RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        def g(k, f="{:.2f}"):
-            return f.format(r[k]) if k in r else "-"
-        print(f"| {r['method']} | {r['samples']} | {g('lowbit_t1_cpu_s')} | {g('ort_cpu_s')} | {g('lowbit_t2_cpu_s')} "
-              f"| {g('lowbit_trim_t1_cpu_s')} | {g('lowbit_t2_rss_mb', '{:.0f}')} | {g('lowbit_trim_t1_rss_mb', '{:.0f}')} |")
+    table("natural")
+    print()
+    print(f"Table 2: identical padded tensors (every sentence padded to {SEQ}, both tools)")
+    print()
+    table("padded")
     print()
     print(f"| written model | MB | QDQ nodes | ops fed by DQ | QuantizeLinear of (producer op) "
           f"| cosine to FP32, rows {CHECK_ROWS[0]}..{CHECK_ROWS[1] - 1}: mean | min |")
     print("|---|---:|---|---|---|---:|---:|")
-    for label, _ in written:
-        c = checks[label]
+    for path in written:
+        c, label = checks[path], os.path.basename(path)
         if "error" in c:
             print(f"| {label} | {c['mb']:.1f} | does not run in onnxruntime: {c['error']} | | | | |")
         else:
@@ -302,33 +383,47 @@ def main():
                   f"| {c['cos_mean']:.4f} | {c['cos_min']:.4f} |")
 
     goals = []
-    for r in rows:
-        speed_ok = r["ort_s"] / r["lowbit_t1_s"] >= 5
-        g = {"method": r["method"], "samples": r["samples"], "ort_over_lowbit": r["ort_s"] / r["lowbit_t1_s"],
-             "speed_goal_met": speed_ok}
-        if r["samples"] == hi_n and hi_n != lo_n:
-            g["lowbit_rss_growth"] = rss_growth("lowbit_t1", r["method"])
+    for (t, method, n), runs in rows.items():
+        o = ort_of(runs)
+        x = next(x for x in runs if x["key"] == ("default_t1" if t == "natural" else "notrim_t1"))
+        g = {"table": t, "method": method, "samples": n, "lowbit": x["key"], "ort": o["key"],
+             "ort_over_lowbit": o["wall"] / x["wall"], "speed_goal_met": o["wall"] / x["wall"] >= 5}
+        if n == hi_n and hi_n != lo_n:
+            g["lowbit_rss_growth"] = growth(t, method, x["key"])
             g["rss_goal_met"] = g["lowbit_rss_growth"] <= 1.10
         goals.append(g)
     print()
     rss_goal = f"; lowbit peak RSS at {hi_n} samples within 10 % of at {lo_n}" if hi_n != lo_n else ""
-    print(f"Goal (issue 3): lowbit >= 5x faster than ORT{rss_goal}.")
+    print(f"Goal (issue 3): lowbit >= 5x faster than ORT (wall){rss_goal}. Table 1: lowbit default vs ORT's row; "
+          f"table 2: lowbit --no-trim -t 1 vs ORT [1, {SEQ}].")
     for g in goals:
-        line = f"  {g['method']:8} {g['samples']:4}: speed x{g['ort_over_lowbit']:.2f} {'met' if g['speed_goal_met'] else 'NOT met'}"
+        line = (f"  {g['table']:8} {g['method']:8} {g['samples']:4}: speed x{g['ort_over_lowbit']:.2f} "
+                f"{'met' if g['speed_goal_met'] else 'NOT met'}")
         if "rss_goal_met" in g:
             line += f"; RSS growth x{g['lowbit_rss_growth']:.2f} {'met' if g['rss_goal_met'] else 'NOT met'}"
         print(line)
 
     ort_threads = args.ort_threads if args.ort_threads > 0 else "ORT default (physical cores)"
+    lens_desc = ", ".join(f"first {n}: {lens_all[:n].min()}..{lens_all[:n].max()} tokens, mean {lens_all[:n].mean():.1f}"
+                          for n in args.samples)
     notes = [
         f"{version}; onnxruntime {ort.__version__}; {os.cpu_count()} CPUs; {platform.processor() or platform.machine()}; "
         f"load average {load0[0]:.2f} before, {load1[0]:.2f} after.",
-        f"lowbit s / ORT s: wall time of the whole child process (lowbit: load, calibrate, quantize, save; "
-        f"ORT: Python start, imports, quantize_static incl. its calibration session and save). "
-        f"Peak RSS: {'/usr/bin/time -v' if os.access('/usr/bin/time', os.X_OK) else 'getrusage(RUSAGE_CHILDREN)'}.",
-        f"Same tensors for both: the first N rows of stsb_dev *_a, padded to {SEQ}; lowbit --no-trim, 32 rows a batch, "
-        f"-t 1{' --min-sqnr 0 (every MatMul quantized, as ORT does)' if lb_common else ''}; ORT one [1, {SEQ}] row a run, calibration session intra-op threads: {ort_threads}. "
-        f"'lowbit trimmed': lowbit's default, batches cut to their longest real length (-t 1).",
+        f"wall s: the whole child process (lowbit: load, calibrate, quantize, save; ORT: Python start, imports, "
+        f"quantize_static incl. its calibration session and save; 'ORT quantize_static s': that call alone). "
+        f"CPU s: user+sys of the child. Peak RSS: "
+        f"{'/usr/bin/time -v' if os.access('/usr/bin/time', os.X_OK) else 'getrusage(RUSAGE_CHILDREN)'}. "
+        f"ORT/lowbit: ORT's row of the same table, method and N over the lowbit row.",
+        f"Sentences: the first N rows of stsb_dev *_a ({lens_desc}; padded to {SEQ} in the .npy files).",
+        f"Table 1: lowbit default: --data with the padded .npy files, batches of 32 rows, each batch cut to its "
+        f"longest real length via the mask; "
+        + (f"lowbit per-sample: a folder of N .npz files, one sentence each, input_ids and attention_mask [1, len]; "
+           if per_sample else "lowbit per-sample .npz: skipped (this lowbit's --help does not mention per-sample .npz files); ")
+        + "ORT: a CalibrationDataReader yielding each sentence as its own [1, len] feed.",
+        f"Table 2: same tensors for both: lowbit --no-trim, [32, {SEQ}] batches; ORT one [1, {SEQ}] row a run.",
+        f"lowbit: -t 1 unless said{', --min-sqnr 0 (every MatMul quantized, as ORT does)' if lb_common else ''}, "
+        f"int8 weights at lowbit's default (7-bit, reduce_range; --no-reduce-range not passed); ORT: calibration "
+        f"session intra-op threads {ort_threads}, reduce_range=False (its default).",
         f"ORT ran on the output of quant_pre_process(skip_symbolic_shape=True), done once before the timed "
         f"runs ({pre_s:.2f} s, not counted); lowbit ran on the original model.",
         "ORT op_types_to_quantize=['MatMul'], QDQ, per-channel, QUInt8 activations, QInt8 weights. "
@@ -336,17 +431,25 @@ def main():
         "ORT's Entropy, as quantize_static runs it, keeps every sample's outputs in memory (its RSS grows with N) and "
         "builds one histogram of num_bins=128 over them all; with num_quantized_bins=128 the KL search has a single "
         "candidate, the full range: its scales equal MinMax's. lowbit's entropy is a real KL threshold search.",
-        "Other processes share these CPUs (load average above): wall times vary run to run; the CPU table is steadier.",
     ]
+    for c in crashes:
+        notes.append(f"ORT {c['method']} on {c['samples']} [1, len] feeds crashed after {c['wall']:.2f} s wall "
+                     f"({c['cpu']:.2f} s CPU, {c['rss']:.0f} MB peak RSS; all N samples had been run through the "
+                     f"calibration session): `{c['error']}`. Table 1's ORT {c['method']} row is the padded "
+                     f"[1, {SEQ}] run of table 2.")
+    notes.append("Other processes share these CPUs (load average above): wall times vary run to run; CPU s is steadier.")
     print()
     for n in notes:
         print("- " + n)
     if args.json:
+        out_rows = [dict({k: v for k, v in x.items() if k != "out"}, table=t, method=m, samples=n)
+                    for (t, m, n), runs in rows.items() for x in runs]
         with open(args.json, "w") as f:
             json.dump({"model": MODEL, "data": DATA, "lowbit_version": version, "onnxruntime": ort.__version__,
                        "cpus": os.cpu_count(), "ort_threads": args.ort_threads, "lowbit_threads": 1,
-                       "ort_pre_process_s": pre_s, "loadavg_before": load0[0], "loadavg_after": load1[0],
-                       "rows": rows, "goals": goals, "checks": checks, "notes": notes}, f, indent=1)
+                       "per_sample_npz": per_sample, "ort_pre_process_s": pre_s, "loadavg_before": load0[0],
+                       "loadavg_after": load1[0], "rows": out_rows, "ort_crashes": crashes, "goals": goals,
+                       "notes": notes}, f, indent=1)
         print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 
