@@ -3,12 +3,12 @@
 //! (every float32 tensor's extremes, histogram summary and the range each method gives), which
 //! `lowbit quantize --ranges` reuses.
 //!
-//! Samples are fed as `run` feeds them (see [`crate::feeds`]): batches of
-//! [`DEFAULT_BATCH`] where the model's first dimension is free, the fixed batch (row by row for
-//! batch 1) where it is not, each batch cut to its `*mask*` input's longest real length unless
-//! `--no-trim`; per-sample `.npz` files are read as their turn comes, and `--preprocess`
-//! converts each batch as it is fed. Memory does not grow with the number of samples. `quantize --data` runs the
-//! same code ([`calibrate_model`]).
+//! Samples are fed as `run` feeds them (see [`crate::feeds`]): batches of [`DEFAULT_BATCH`]
+//! where the model's first dimension is free, the fixed batch (row by row for batch 1) where it
+//! is not; a model with a `*mask*` input gets one row per run, cut to its real length (unless
+//! `--no-trim`), so padding never enters the statistics. Per-sample `.npz` files are read as
+//! their turn comes, and `--preprocess` converts each batch as it is fed. Memory does not grow
+//! with the number of samples. `quantize --data` runs the same code ([`calibrate_model`]).
 
 use super::run::{progress, DEFAULT_BATCH};
 use super::{load_model, new_session, preprocess_arg, print, print_notes};
@@ -68,7 +68,15 @@ pub fn calibrate_model(
         dataset.limit(n)?;
     }
 
-    let batch = dataset.fixed_batch.unwrap_or(DEFAULT_BATCH);
+    // With a mask input each row is fed alone, cut to its real length: rows batched together
+    // are padded to the longest, and the padded positions' activations (which deployment never
+    // computes) would enter the statistics. Measured on MiniLM, entropy ranges from padded
+    // batches of 32 gave a mean cosine to FP32 of 0.896, row by row 0.960, at the same speed.
+    let batch = match dataset.fixed_batch {
+        Some(b) => b,
+        None if opts.trim && dataset.mask_name().is_some() => 1,
+        None => DEFAULT_BATCH,
+    };
     let ranges = dataset.ranges(batch);
     let mut cal = Calibrator::new(CalibratorOptions::default())?;
     let bar = progress(dataset.samples as u64, opts.quiet, "calibrate");

@@ -209,8 +209,9 @@ pub fn quantize_static(
                     node,
                     idx,
                     format!(
-                        "activation '{a}' would keep an expected {db:.1} dB SQNR (< {min_db} dB): \
-                         its range is stretched by outliers"
+                        "activation '{a}' would keep an expected {db:.1} dB SQNR with its {} \
+                         range (< {min_db} dB): outliers or clipping",
+                        config.method
                     ),
                 );
                 continue;
