@@ -32,6 +32,9 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Quantize a model: static (QDQ), dynamic, weight-only, fp16 or bf16.
     Quantize(QuantizeArgs),
+    /// Score a model on data (accuracy, sentence-pair Spearman, agreement and SQNR against a
+    /// reference), with its latency and size.
+    Eval(EvalArgs),
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +226,56 @@ pub struct QuantizeArgs {
     /// `calibrate --preprocess` does (a JSON file or inline `scale=...,mean=...,std=...`).
     #[arg(long, value_name = "SPEC")]
     pub preprocess: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The .onnx file to score (FP32 or quantized).
+    pub model: PathBuf,
+    /// Inputs as for `run --data` (side a's with --pairs).
+    #[arg(short, long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Integer class labels (.npy, one per sample of --data): top-1 and top-5 accuracy.
+    #[arg(long, value_name = "FILE.npy", conflicts_with = "pairs")]
+    pub labels: Option<PathBuf>,
+    /// The FP32 original: top-1 agreement, output cosine and SQNR against its outputs on the
+    /// same inputs, and its own score.
+    #[arg(long, value_name = "FP32_MODEL")]
+    pub reference: Option<PathBuf>,
+    /// Sentence pairs (STS): side b's inputs, as --data holds side a's; needs --gold.
+    #[arg(long, value_name = "DIR_B", requires = "gold")]
+    pub pairs: Option<PathBuf>,
+    /// Gold similarity scores (.npy, one per pair): Spearman×100 of cosine(emb_a, emb_b).
+    #[arg(long, value_name = "SCORES.npy", requires = "pairs")]
+    pub gold: Option<PathBuf>,
+    /// The graph output to score (logits, or a pooled embedding with --pairs) [default: the
+    /// model's first float output].
+    #[arg(long, value_name = "NAME")]
+    pub output: Option<String>,
+    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
+    /// std, layout (as the corpus sidecar configs), or inline
+    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
+    /// Score only the first N samples (pairs).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Samples per run when the model's first dimension is free [default: 32].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
+    /// Time N samples one at a time, evenly spread over the data (0: no timing).
+    #[arg(long, value_name = "N", default_value_t = crate::commands::eval::DEFAULT_LATENCY_SAMPLES)]
+    pub latency: usize,
+    /// Feed rows at their padded length (by default each batch is cut to its *mask* input's
+    /// longest real length, and each timed sample to its own).
+    #[arg(long)]
+    pub no_trim: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

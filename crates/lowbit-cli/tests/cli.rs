@@ -1068,3 +1068,362 @@ print("ok", agree)
     let o = Command::new(python).args(["-c", script, s(&dir)]).output().unwrap();
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// lowbit eval
+
+/// `lowbit eval ... --json`, parsed.
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let o = lowbit(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)))
+}
+
+/// `python score.py ARGS --json`, parsed; `None` (with a note) when LOWBIT_PYTHON is unset.
+fn score_py(args: &[&str]) -> Option<serde_json::Value> {
+    let Some(python) = std::env::var_os("LOWBIT_PYTHON") else {
+        eprintln!("skipped the score.py comparison: LOWBIT_PYTHON is not set");
+        return None;
+    };
+    let script = shared_dir().join("corpus/score.py");
+    let o = Command::new(python).arg(&script).args(args).arg("--json").output().unwrap();
+    assert!(o.status.success(), "score.py {args:?}: {}{}", stdout(&o), stderr(&o));
+    Some(serde_json::from_str(stdout(&o).trim()).unwrap())
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Labels = the example model's own argmax (its expected outputs), so top-1 is 100 %.
+fn example_labels(dir: &Path, rows: usize) -> PathBuf {
+    let probs = npy::read_npy(&dir.join("expected/probs.npy")).unwrap();
+    let labels: Vec<i64> = argmax_rows(&probs).into_iter().take(rows).map(|l| l as i64).collect();
+    let path = dir.join("labels.npy");
+    npy::write_npy(&path, &Tensor::from_vec(vec![labels.len()], labels).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn eval_scores_the_example_model_against_labels_and_itself() {
+    let dir = example("eval-example");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let labels = example_labels(&dir, 40);
+    let r = eval_json(&[
+        s(&model),
+        "--data",
+        s(&data),
+        "--labels",
+        s(&labels),
+        "--reference",
+        s(&model),
+        "--latency",
+        "7",
+    ]);
+    assert_eq!(r["format"], "lowbit-eval/1");
+    assert_eq!(r["task"], "classification");
+    assert_eq!((r["samples"].as_u64(), r["output"].as_str()), (Some(40), Some("probs")));
+    assert_eq!(r["output_values"], 10);
+    assert_eq!(r["model_bytes"].as_u64(), Some(std::fs::metadata(&model).unwrap().len()));
+    let c = &r["classification"];
+    assert_eq!((f(&c["top1"]), c["top1_correct"].as_u64(), f(&c["top5"])), (1.0, Some(40), 1.0));
+    let rf = &r["reference"];
+    assert_eq!((f(&rf["top1_agreement"]), f(&rf["top1"])), (1.0, 1.0));
+    assert!((f(&rf["mean_cosine"]) - 1.0).abs() < 1e-9, "{rf}");
+    // Identical outputs: infinite SQNR, written as null.
+    assert!(rf["noise"]["sqnr_db"].is_null() && f(&rf["noise"]["mse"]) == 0.0, "{rf}");
+    assert_eq!(rf["noise"]["count"], 400);
+    let lat = &r["latency"];
+    assert_eq!((lat["runs"].as_u64(), lat["batch"].as_u64()), (Some(7), Some(1)));
+    assert!(f(&lat["median_ms"]) > 0.0 && lat["timed"].as_str().unwrap().contains("batch 1"));
+    assert!(rf["latency"]["median_ms"].is_number(), "{rf}");
+
+    // The text form, limited: a person's report.
+    let o =
+        lowbit(&["eval", s(&model), "--data", s(&data), "--labels", s(&labels), "--limit", "8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in ["top-1 100.00 % (8/8)", "the first 8 of 40", "'probs' (10 values", "median "] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+    // Nothing to score: latency and size only, said so.
+    let o = lowbit(&["eval", s(&model), "--data", s(&data), "--latency", "3"]);
+    assert!(o.status.success() && stdout(&o).contains("score  "), "{}", stdout(&o));
+
+    // Quantized copies of every kind are scored the same way against the FP32 model.
+    for mode in ["dynamic", "weight-only", "fp16", "bf16"] {
+        let q = dir.join(format!("model.{mode}.onnx"));
+        let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--mode", mode]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        let r = eval_json(&[
+            s(&q),
+            "--data",
+            s(&data),
+            "--labels",
+            s(&labels),
+            "--reference",
+            s(&model),
+            "--latency",
+            "2",
+        ]);
+        let rf = &r["reference"];
+        assert!(f(&rf["top1_agreement"]) >= 0.9 && f(&r["classification"]["top1"]) >= 0.9, "{r}");
+        assert!(f(&rf["mean_cosine"]) > 0.99 && f(&rf["noise"]["sqnr_db"]) > 20.0, "{mode}: {r}");
+    }
+}
+
+#[test]
+fn eval_errors_name_the_labels_output_and_reference() {
+    let dir = example("eval-errors");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let m = s(&model);
+    let d = s(&data);
+    // Labels for 39 of the 40 samples.
+    let labels = example_labels(&dir, 39);
+    let o = lowbit(&["eval", m, "--data", d, "--labels", s(&labels)]);
+    assert_fails(&o, 1, &["--labels", "labels.npy", "39 labels", "40 samples"]);
+    // Float labels, and a label that is no class of the output.
+    let float = dir.join("float.npy");
+    npy::write_npy(&float, &Tensor::from_vec(vec![40], vec![1.0f32; 40]).unwrap()).unwrap();
+    let o = lowbit(&["eval", m, "--data", d, "--labels", s(&float)]);
+    assert_fails(&o, 1, &["float.npy", "float32", "integer"]);
+    let big = dir.join("big.npy");
+    let mut v = vec![0i64; 40];
+    v[5] = 12;
+    npy::write_npy(&big, &Tensor::from_vec(vec![40], v).unwrap()).unwrap();
+    let o = lowbit(&["eval", m, "--data", d, "--labels", s(&big)]);
+    assert_fails(&o, 1, &["big.npy", "label 12", "row 5", "'probs'", "10 values"]);
+    // An output the model does not have: the message lists the ones it has.
+    let o = lowbit(&["eval", m, "--data", d, "--output", "logits"]);
+    assert_fails(&o, 1, &["model.onnx", "no output 'logits'", "probs (float32 [batch, 10])"]);
+    // A reference whose output has another shape: [N, 16] against the model's [N, 10].
+    let other = tmp("eval-errors-ref");
+    let identity = one_node_model(&other, "Identity", "", &[-1, 16], "probs");
+    let o = lowbit(&["eval", m, "--data", d, "--reference", s(&identity)]);
+    assert_fails(&o, 1, &["output 'probs'", "Identity.onnx", "[32, 16]", "[32, 10]", "shape"]);
+    // A reference without the output scored.
+    let relu = one_node_model(&other, "Relu", "", &[-1, 16], "y");
+    let o = lowbit(&["eval", m, "--data", d, "--reference", s(&relu)]);
+    assert_fails(&o, 1, &["reference", "Relu.onnx", "no output 'probs'", "y (float32"]);
+    // Sentence pairs: side b with another sample count; gold scores of the wrong count.
+    let b = dir.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let x = npy::read_npy(&data.join("x.npy")).unwrap();
+    let v = x.as_f32().unwrap()[..30 * 16].to_vec();
+    npy::write_npy(&b.join("x.npy"), &Tensor::from_vec(vec![30, 16], v).unwrap()).unwrap();
+    let gold = dir.join("gold.npy");
+    npy::write_npy(&gold, &Tensor::from_vec(vec![40], vec![1.0f32; 40]).unwrap()).unwrap();
+    let o = lowbit(&["eval", m, "--data", d, "--pairs", s(&b), "--gold", s(&gold)]);
+    assert_fails(&o, 1, &["--pairs", "30 samples", "40"]);
+    let o = lowbit(&["eval", m, "--data", d, "--pairs", d, "--gold", s(&labels)]);
+    assert_fails(&o, 1, &["--gold", "labels.npy", "39 scores", "40 samples"]);
+    // Usage errors: --pairs without --gold, --labels with --pairs, --limit 0.
+    assert_fails(&lowbit(&["eval", m, "--data", d, "--pairs", d]), 2, &["--gold"]);
+    let o =
+        lowbit(&["eval", m, "--data", d, "--pairs", d, "--gold", s(&gold), "--labels", s(&gold)]);
+    assert_fails(&o, 2, &["--labels"]);
+    assert_fails(&lowbit(&["eval", m, "--data", d, "--limit", "0"]), 2, &["--limit"]);
+}
+
+/// MNIST through mnist_resnet (uint8 images and the sidecar preprocessing): top-1 equals
+/// score.py's on the same rows; a static int8 copy made by `lowbit quantize` against FP32.
+#[test]
+fn eval_mnist_top1_matches_score_py_and_scores_a_static_copy_against_fp32() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/mnist_resnet.onnx");
+    let spec = corpus.join("models/mnist_resnet.json");
+    let mnist = corpus.join("data/mnist_test_0-4999");
+    if !model.is_file() || !spec.is_file() || !mnist.join("images.npy").is_file() {
+        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
+        return;
+    }
+    let dir = tmp("eval-mnist");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(mnist.join("images.npy"), data.join("input.npy")).unwrap();
+    let labels = mnist.join("labels.npy");
+    let common = [
+        "--data",
+        s(&data),
+        "--preprocess",
+        s(&spec),
+        "--labels",
+        s(&labels),
+        "--limit",
+        "500",
+        "--latency",
+        "20",
+    ];
+    let mut args = vec![s(&model)];
+    args.extend_from_slice(&common);
+    let r = eval_json(&args);
+    let top1 = f(&r["classification"]["top1"]);
+    assert_eq!((r["samples"].as_u64(), r["output"].as_str()), (Some(500), Some("logits")));
+    assert!(top1 >= 0.98 && f(&r["classification"]["top5"]) >= top1, "{r}");
+
+    let q = dir.join("resnet.int8.onnx");
+    let o = lowbit(&[
+        "quantize",
+        s(&model),
+        "-o",
+        s(&q),
+        "--data",
+        s(&data),
+        "--preprocess",
+        s(&spec),
+        "--samples",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut args = vec![s(&q)];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--reference", s(&model)]);
+    let rq = eval_json(&args);
+    let rf = &rq["reference"];
+    let q_top1 = f(&rq["classification"]["top1"]);
+    assert_eq!(f(&rf["top1"]), top1, "the reference's own top-1 is the FP32 run's: {rq}");
+    assert!(f(&rf["top1_agreement"]) >= 0.98, "{rq}");
+    assert!(f(&rf["mean_cosine"]) > 0.999 && f(&rf["noise"]["sqnr_db"]) > 25.0, "{rq}");
+    assert!(rq["model_bytes"].as_u64().unwrap() * 2 < rf["model_bytes"].as_u64().unwrap());
+    eprintln!(
+        "lowbit eval: FP32 top-1 {top1}, int8 top-1 {q_top1}, agreement {}, mean cosine {}, \
+         SQNR {} dB",
+        rf["top1_agreement"], rf["mean_cosine"], rf["noise"]["sqnr_db"]
+    );
+
+    let Some(sp) = score_py(&[s(&model), s(&mnist), "--limit", "500"]) else { return };
+    let want = f(&sp["top1"]);
+    eprintln!("score.py: FP32 top-1 {want}");
+    assert!((top1 - want).abs() <= 1e-4, "lowbit eval top-1 {top1}, score.py {want}");
+    let spq = score_py(&[
+        s(&q),
+        s(&mnist),
+        "--config",
+        s(&spec),
+        "--ref-model",
+        s(&model),
+        "--limit",
+        "500",
+    ])
+    .unwrap();
+    eprintln!("score.py on the int8 copy (ONNX Runtime): {spq}");
+    // ONNX Runtime runs the QDQ graph with its own (fused integer) kernels: within a sample or two.
+    assert!((q_top1 - f(&spq["top1"])).abs() <= 0.004, "{rq}\n{spq}");
+    let cos = f(&spq["mean_output_cosine_with_ref"]);
+    assert!((f(&rf["mean_cosine"]) - cos).abs() < 1e-3, "{rq}\n{spq}");
+}
+
+/// STS-B dev through paraphrase-MiniLM-L3-v2: Spearman×100 of lowbit eval's sentence-pair task
+/// equals score.py's within 0.01 on the first 500 pairs (the full 1500 take about a minute on
+/// two cores; that run gave 86.579022 on both sides). Without Python the check is against the
+/// ONNX Runtime embeddings stored in the corpus (dev/ref), scored the same way.
+#[test]
+fn eval_sts_spearman_matches_score_py() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/paraphrase-MiniLM-L3-v2.onnx");
+    let sts = corpus.join("data/stsb_dev");
+    if !model.is_file() || !sts.join("scores.npy").is_file() {
+        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
+        return;
+    }
+    const PAIRS: usize = 500;
+    let dir = tmp("eval-sts");
+    for side in ["a", "b"] {
+        let d = dir.join(side);
+        std::fs::create_dir_all(&d).unwrap();
+        for name in ["input_ids", "attention_mask"] {
+            let target = sts.join(format!("{name}_{side}.npy"));
+            std::os::unix::fs::symlink(target, d.join(format!("{name}.npy"))).unwrap();
+        }
+    }
+    let gold = sts.join("scores.npy");
+    let r = eval_json(&[
+        s(&model),
+        "--data",
+        s(&dir.join("a")),
+        "--pairs",
+        s(&dir.join("b")),
+        "--gold",
+        s(&gold),
+        "--output",
+        "461",
+        "--limit",
+        &PAIRS.to_string(),
+        "--latency",
+        "10",
+    ]);
+    assert_eq!(
+        (r["task"].as_str(), r["output_values"].as_u64()),
+        (Some("sentence_pairs"), Some(384))
+    );
+    assert_eq!(r["sentence_pairs"]["pairs"], PAIRS);
+    assert_eq!(r["trimmed"], true);
+    let got = f(&r["sentence_pairs"]["spearman_x100"]);
+
+    // ONNX Runtime's FP32 embeddings (score.py --save-outputs): rows 0..1500 side a, then b.
+    let emb = npy::read_npy(&corpus.join("ref/paraphrase-MiniLM-L3-v2__stsb_dev.emb.npy")).unwrap();
+    let e = emb.as_f32().unwrap();
+    let row = |i: usize| &e[i * 384..(i + 1) * 384];
+    let sims: Vec<f64> =
+        (0..PAIRS).map(|i| lowbit_eval::metrics::cosine(row(i), row(1500 + i))).collect();
+    let g: Vec<f64> = npy::read_npy(&gold).unwrap().to_f64_vec().unwrap()[..PAIRS].to_vec();
+    let stored = 100.0 * lowbit_eval::metrics::spearman(&sims, &g);
+    eprintln!("lowbit eval Spearman×100 {got}; from the stored ORT embeddings {stored}");
+    assert!((got - stored).abs() < 0.01, "lowbit eval {got}, stored ORT embeddings {stored}");
+
+    let Some(sp) = score_py(&[s(&model), s(&sts), "--limit", &PAIRS.to_string()]) else { return };
+    let want = f(&sp["spearman_x100"]);
+    eprintln!("score.py Spearman×100 {want}");
+    assert!((got - want).abs() < 0.01, "lowbit eval {got}, score.py {want}");
+}
+
+/// Calibrating padded rows with a mask input gives exactly the table of per-sample files at
+/// their real lengths: padded positions never enter the statistics.
+#[test]
+fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/paraphrase-MiniLM-L3-v2.onnx");
+    if !model.exists() {
+        eprintln!("skipped: {} not found", model.display());
+        return;
+    }
+    let rows = 12;
+    let dir = tmp("mask-calibration");
+    let (padded, files) = (dir.join("padded"), dir.join("files"));
+    std::fs::create_dir_all(&padded).unwrap();
+    std::fs::create_dir_all(&files).unwrap();
+    let read = |f: &str| npy::read_npy(&corpus.join("data/stsb_dev").join(f)).unwrap();
+    let (ids, mask) = (read("input_ids_a.npy"), read("attention_mask_a.npy"));
+    let l = ids.shape()[1];
+    let (iv, mv) = (ids.as_slice::<i64>().unwrap(), mask.as_slice::<i64>().unwrap());
+    let cut = |v: &[i64], r: usize, n: usize| v[r * l..r * l + n].to_vec();
+    npy::write_npy(
+        &padded.join("input_ids.npy"),
+        &Tensor::from_vec(vec![rows, l], cut(iv, 0, rows * l)).unwrap(),
+    )
+    .unwrap();
+    npy::write_npy(
+        &padded.join("attention_mask.npy"),
+        &Tensor::from_vec(vec![rows, l], cut(mv, 0, rows * l)).unwrap(),
+    )
+    .unwrap();
+    for r in 0..rows {
+        let n = mv[r * l..(r + 1) * l].iter().filter(|&&m| m != 0).count();
+        let t = |v: &[i64]| Tensor::from_vec(vec![1, n], cut(v, r, n)).unwrap();
+        let arrays = [("input_ids".to_string(), t(iv)), ("attention_mask".to_string(), t(mv))];
+        npy::write_npz(&files.join(format!("s{r:02}.npz")), &arrays).unwrap();
+    }
+    let table = |data: &Path| -> serde_json::Value {
+        let out = dir.join("ranges.json");
+        let o =
+            lowbit(&["calibrate", s(&model), "--data", s(data), "-o", s(&out), "-q", "-t", "1"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    };
+    let (a, b) = (table(&padded), table(&files));
+    assert_eq!(a["batches"], rows, "one run per row");
+    assert_eq!(a["tensors"], b["tensors"]);
+}
