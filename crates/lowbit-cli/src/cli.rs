@@ -147,8 +147,8 @@ pub struct CalibrateArgs {
     /// Worker threads (0: one per core).
     #[arg(short, long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
-    /// Feed rows at their padded length (by default each batch is cut to its *mask* input's
-    /// longest real length).
+    /// Feed rows at their padded length, in batches (by default a model with a *mask* input
+    /// gets one row per run, cut to its real length, so padding stays out of the statistics).
     #[arg(long)]
     pub no_trim: bool,
     /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
