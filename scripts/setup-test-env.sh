@@ -9,7 +9,13 @@
 # - ORT_DYLIB_PATH: ONNX Runtime's shared library inside that venv (for Rust tests using `ort`).
 # - LOWBIT_PYTHON: the venv's python (tests that drive onnxruntime from Python use it).
 #
-# Tests that need ONNX Runtime skip with a message when these variables are unset.
+# - LOWBIT_CHROMIUM: a headless Chromium for the HTML report's screenshot test
+#   (crates/lowbit-eval/tests/report.rs): an executable $LOWBIT_CHROMIUM is kept, else
+#   `chromium` or `chromium-browser` on the PATH, else Debian's `chromium` package is installed
+#   with apt-get (through `sudo -n` when not root). Where that cannot be done a note is printed
+#   and the setup goes on.
+#
+# Tests that need ONNX Runtime or Chromium skip with a message when these variables are unset.
 # LOWBIT_VENV overrides the venv location.
 
 _lowbit_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,4 +47,48 @@ export ORT_DYLIB_PATH
 export LOWBIT_PYTHON="$_lowbit_venv/bin/python"
 echo "setup-test-env: ORT_DYLIB_PATH=$ORT_DYLIB_PATH" >&2
 echo "setup-test-env: LOWBIT_PYTHON=$LOWBIT_PYTHON" >&2
-unset _lowbit_root _lowbit_venv _lowbit_ort_version _lowbit_lib
+
+_lowbit_chromium=""
+if [ -n "${LOWBIT_CHROMIUM:-}" ] && [ -x "$LOWBIT_CHROMIUM" ]; then
+    _lowbit_chromium="$LOWBIT_CHROMIUM"
+else
+    _lowbit_chromium="$(command -v chromium || command -v chromium-browser || true)"
+fi
+if [ -z "$_lowbit_chromium" ]; then
+    _lowbit_skip="the report screenshot test will skip (set LOWBIT_CHROMIUM to a Chromium binary)"
+    _lowbit_sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        _lowbit_sudo="none"
+        if command -v sudo >/dev/null 2>&1; then
+            _lowbit_sudo="sudo -n"
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup-test-env: note: no chromium and no apt-get to install it; $_lowbit_skip" >&2
+    elif [ "$_lowbit_sudo" = none ]; then
+        echo "setup-test-env: note: no chromium, and neither root nor sudo to install it; $_lowbit_skip" >&2
+    else
+        echo "setup-test-env: installing chromium with apt-get (for the report screenshot test)" >&2
+        _lowbit_apt() {
+            # shellcheck disable=SC2086 # "sudo -n" or nothing
+            $_lowbit_sudo env DEBIAN_FRONTEND=noninteractive apt-get -qq "$@" >&2
+        }
+        # Fresh images have no package lists: fetch them first when chromium is not known.
+        if ! apt-cache policy chromium 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+            _lowbit_apt update || true
+        fi
+        if ! _lowbit_apt install -y --no-install-recommends chromium; then
+            # Stale lists (a mirror dropped the version): refresh them and try once more.
+            if ! { _lowbit_apt update && _lowbit_apt install -y --no-install-recommends chromium; }; then
+                echo "setup-test-env: note: apt-get could not install chromium; $_lowbit_skip" >&2
+            fi
+        fi
+        unset -f _lowbit_apt
+        _lowbit_chromium="$(command -v chromium || command -v chromium-browser || true)"
+    fi
+fi
+if [ -n "$_lowbit_chromium" ]; then
+    export LOWBIT_CHROMIUM="$_lowbit_chromium"
+    echo "setup-test-env: LOWBIT_CHROMIUM=$LOWBIT_CHROMIUM" >&2
+fi
+unset _lowbit_root _lowbit_venv _lowbit_ort_version _lowbit_lib _lowbit_chromium _lowbit_skip _lowbit_sudo
