@@ -58,7 +58,9 @@ fn param_map(x: &[usize], scale: &Tensor, axis: i64, block: i64) -> OpResult<Par
         }
         return Ok(m);
     }
-    if scale.rank() == 0 || (scale.len() == 1 && x.is_empty()) {
+    // A single value is per tensor whatever `axis` says (ORT writes rank-1 `[1]` scales for
+    // biases with the default axis 1, which a rank-1 input does not have).
+    if scale.rank() == 0 || (scale.rank() == 1 && scale.len() == 1) {
         return Ok(ParamMap::per_tensor());
     }
     if scale.rank() == 1 {
