@@ -32,6 +32,9 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Quantize a model: static (QDQ), dynamic, weight-only, fp16 or bf16.
     Quantize(QuantizeArgs),
+    /// Per-layer quantization noise between an FP32 model and its quantized version, worst
+    /// layers first with hints; JSON and an HTML report.
+    Compare(CompareArgs),
     /// Score a model on data (accuracy, sentence-pair Spearman, agreement and SQNR against a
     /// reference), with its latency and size.
     Eval(EvalArgs),
@@ -45,6 +48,38 @@ pub struct DemoArgs {
     /// Worker threads (0: one per core).
     #[arg(short, long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The FP32 .onnx file the quantized one was made from.
+    pub fp32: PathBuf,
+    /// The quantized (QDQ) .onnx file, written by lowbit or another tool.
+    pub quant: PathBuf,
+    /// Inputs as for `run --data`.
+    #[arg(short, long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Compare on the first N samples [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples: Option<u64>,
+    /// Convert integer image arrays for float inputs (as `run --preprocess`).
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
+    /// Labels (one per sample, .npy): the report then shows top-1 of both models.
+    #[arg(long, value_name = "FILE.npy")]
+    pub labels: Option<PathBuf>,
+    /// Write the full comparison as JSON (schema: docs/json.md).
+    #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report (charts inline).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Feed rows at their padded length, in batches.
+    #[arg(long)]
+    pub no_trim: bool,
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +261,16 @@ pub struct QuantizeArgs {
     /// `calibrate --preprocess` does (a JSON file or inline `scale=...,mean=...,std=...`).
     #[arg(long, value_name = "SPEC")]
     pub preprocess: Option<String>,
+    /// After writing, compare the quantized model with the FP32 one on --report-data (or
+    /// --data) and write an HTML report of per-layer noise (see `lowbit compare`).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Data for --report [default: --data, the calibration samples].
+    #[arg(long, value_name = "DIR", requires = "report")]
+    pub report_data: Option<PathBuf>,
+    /// Labels for --report-data: the report then shows top-1 of both models.
+    #[arg(long, value_name = "FILE.npy", requires = "report")]
+    pub report_labels: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1427,3 +1427,92 @@ fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
     assert_eq!(a["batches"], rows, "one run per row");
     assert_eq!(a["tensors"], b["tensors"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// lowbit compare and quantize --report
+
+/// MobileNetV2-style model with per-tensor weights: `compare` ranks depthwise convs first with
+/// the per-channel hint, writes JSON with the documented format and an HTML report with its
+/// charts; `quantize --report` writes the same report in one step.
+#[test]
+fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/mnist_mobilenetv2.onnx");
+    if !model.exists() {
+        eprintln!("skipped: {} not found", model.display());
+        return;
+    }
+    let dir = tmp("compare");
+    let data = |name: &str, start: usize, end: usize| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let images = npy::read_npy(&corpus.join("data/mnist_test_0-4999/images.npy")).unwrap();
+        let v = images.to_f64_vec().unwrap();
+        let rows: Vec<f32> = v[start * 784..end * 784]
+            .iter()
+            .map(|&p| ((p / 255.0 - 0.1307) / 0.3081) as f32)
+            .collect();
+        let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
+        npy::write_npy(&d.join("input.npy"), &t).unwrap();
+        d
+    };
+    let (calib, eval) = (data("calib", 0, 100), data("eval", 1000, 1040));
+    let quant = dir.join("per-tensor.onnx");
+    let html = dir.join("quantize-report.html");
+    let o = lowbit(&[
+        "quantize",
+        s(&model),
+        "-o",
+        s(&quant),
+        "--data",
+        s(&calib),
+        "--per-tensor",
+        "--report",
+        s(&html),
+        "--report-data",
+        s(&eval),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("depthwise conv with per-tensor weights"), "{}", stdout(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    for id in ["sqnr-chart", "hist-1", "weight-ranges"] {
+        assert!(page.contains(&format!("id=\"{id}\"")), "no {id} in the report");
+    }
+
+    let json = dir.join("compare.json");
+    let o =
+        lowbit(&["compare", s(&model), s(&quant), "--data", s(&eval), "--json", s(&json), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let first =
+        out.lines().find(|l| l.trim_start().starts_with("1. ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(first.contains("(Conv)") && first.contains("per-channel"), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["format"], "lowbit-compare/1");
+    let ranking = r["ranking"].as_array().unwrap();
+    let weights = r["weights"].as_array().unwrap();
+    // The top three are depthwise convs (group > 1).
+    for l in &ranking[..3] {
+        let w = weights.iter().find(|w| w["node"] == l["node"]).unwrap_or_else(|| panic!("{l}"));
+        assert!(w["group"].as_i64().unwrap() > 1, "{l} / {w}");
+    }
+    let out_sqnr = r["outputs"][0]["noise"]["sqnr_db"].as_f64().unwrap();
+    assert!((20.0..60.0).contains(&out_sqnr), "output SQNR {out_sqnr}");
+
+    // Errors: a model that is not quantized, and a report path that is an input model.
+    let o = lowbit(&["compare", s(&model), s(&model), "--data", s(&eval)]);
+    assert_fails(&o, 1, &["no quantized tensor"]);
+    let o = lowbit(&[
+        "quantize",
+        s(&model),
+        "-o",
+        s(&dir.join("x.onnx")),
+        "--data",
+        s(&calib),
+        "--report",
+        s(&model),
+    ]);
+    assert_fails(&o, 1, &["input model"]);
+}

@@ -161,17 +161,23 @@ pub struct Latency {
 }
 
 /// A model ready to score: its file, size, session and the output scored.
-struct Scored {
-    path: String,
-    bytes: u64,
-    session: Session,
-    output: String,
+pub(crate) struct Scored {
+    pub(crate) path: String,
+    pub(crate) bytes: u64,
+    pub(crate) session: Session,
+    pub(crate) output: String,
 }
 
 impl Scored {
     /// The scored output of one run over samples `start..end` of `data`, as float32 with one
     /// row per sample along axis 0.
-    fn run(&self, data: &mut Dataset, start: usize, end: usize, trim: bool) -> Result<Tensor> {
+    pub(crate) fn run(
+        &self,
+        data: &mut Dataset,
+        start: usize,
+        end: usize,
+        trim: bool,
+    ) -> Result<Tensor> {
         let feeds = data.feeds(start, end, trim)?;
         let outputs = self.session.run(feeds).with_context(|| {
             format!("{}: run on {} failed", self.path, data.range_label(start, end))
@@ -204,7 +210,7 @@ impl Scored {
 }
 
 /// Loads a model and its size on disk (the file plus its external data files).
-fn load_sized(path: &Path) -> Result<(ModelProto, u64)> {
+pub(crate) fn load_sized(path: &Path) -> Result<(ModelProto, u64)> {
     let (model, refs) =
         lowbit_onnx::io::load_model_with_external_refs(path).context("cannot load the model")?;
     let dir = path.parent().unwrap_or(Path::new(""));
@@ -232,7 +238,7 @@ fn float_or_unknown(o: &ValueInfo) -> bool {
 }
 
 /// The output to score: `asked`, or the first float output; errors list the outputs.
-fn choose_output(model: &ModelProto, path: &Path, asked: Option<&str>) -> Result<String> {
+pub(crate) fn choose_output(model: &ModelProto, path: &Path, asked: Option<&str>) -> Result<String> {
     let graph = model.graph.as_ref().with_context(|| format!("{}: no graph", path.display()))?;
     let outputs: Vec<ValueInfo> = graph.output.iter().map(ValueInfo::from_proto).collect();
     match asked {
@@ -306,7 +312,7 @@ fn per_sample(path: &Path, what: &str, flag: &str, samples: usize, data: &Path) 
 }
 
 /// Class indices from `--labels`, one per sample.
-fn read_labels(path: &Path, samples: usize, data: &Path) -> Result<Vec<usize>> {
+pub(crate) fn read_labels(path: &Path, samples: usize, data: &Path) -> Result<Vec<usize>> {
     let t = per_sample(path, "labels", "--labels", samples, data)?;
     if !t.dtype().is_integer() {
         bail!(
@@ -504,7 +510,7 @@ fn median(sorted: &[f64]) -> f64 {
 }
 
 /// Times `Session::run` on up to `n` samples of `data` (see the module docs).
-fn time_runs(
+pub(crate) fn time_runs(
     model: &Scored,
     data: &mut Dataset,
     n: usize,
@@ -565,7 +571,7 @@ fn time_runs(
 }
 
 /// Loads `--data`-style inputs for `session`, noting what `--preprocess` does.
-fn load_data(
+pub(crate) fn load_data(
     session: &Session,
     dir: &Path,
     pre: Option<&Preprocess>,

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod compare;
 pub mod demo;
 pub mod eval;
 pub mod example_model;
@@ -29,6 +30,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::ExampleModel(a) => example_model::example_model(a),
         Command::Calibrate(a) => calibrate::calibrate(a, cli.quiet),
         Command::Quantize(a) => quantize::quantize(a, cli.quiet),
+        Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
     }
 }

@@ -7,6 +7,9 @@
 //! overwritten; an existing output only with `--force`; the output is written atomically.
 
 use super::calibrate::{calibrate_model, same_file, CalibrationData};
+use super::compare::{
+    check_outputs, noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES,
+};
 use super::{human_bytes, load_model, preprocess_arg, print};
 use crate::cli::QuantizeArgs;
 use crate::usage::usage_bail;
@@ -71,6 +74,16 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     if cfg.mode != QuantMode::Static && !quiet && (args.data.is_some() || args.ranges.is_some()) {
         eprintln!("note: --mode {} needs no calibration; ignoring --data/--ranges", cfg.mode);
     }
+    let report_data = args.report_data.as_ref().or(args.data.as_ref());
+    if let Some(r) = &args.report {
+        if report_data.is_none() {
+            usage_bail!(
+                "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
+                r.display()
+            );
+        }
+        check_outputs(&[r], &[&args.model, &args.output])?;
+    }
     if preprocess.is_some() && args.data.is_none() && !quiet {
         eprintln!("note: --preprocess applies to --data only; ignoring it");
     }
@@ -112,5 +125,27 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         let _ = writeln!(out, "file: {} -> {}", human_bytes(b), human_bytes(a));
     }
     let _ = writeln!(out, "wrote {}", args.output.display());
+    if let (Some(html), Some(data)) = (&args.report, report_data) {
+        if args.report_data.is_none() && !quiet {
+            eprintln!("note: --report compares on the calibration samples (--data); pass --report-data DIR for held-out ones");
+        }
+        let req = NoiseReportRequest {
+            fp32_path: &args.model,
+            quant_path: &args.output,
+            data,
+            preprocess: preprocess.as_ref(),
+            samples: args.samples.map_or(DEFAULT_SAMPLES, |n| n as usize),
+            labels: args.report_labels.as_deref(),
+            threads: args.threads,
+            trim: !args.no_trim,
+            json: None,
+            html: Some(html),
+            quiet,
+        };
+        let report = noise_report(&req)?;
+        out.push('\n');
+        out.push_str(&render_text(&report, 5));
+        let _ = writeln!(out, "wrote report {}", html.display());
+    }
     print(&out)
 }
