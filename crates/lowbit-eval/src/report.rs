@@ -71,7 +71,7 @@ pub struct ReportSummary {
     /// A task metric on both models, higher is better: e.g. "top-1 %", "Spearman×100",
     /// "agreement with FP32 %".
     pub metric: Option<SummaryMetric>,
-    /// Mean latency per sample, milliseconds.
+    /// Median latency per sample on lowbit's engine, milliseconds.
     pub latency_ms: Option<BeforeAfter>,
 }
 
@@ -256,7 +256,7 @@ fn summary_section(h: &mut String, report: &CompareReport, summary: Option<&Repo
             w(
                 h,
                 format_args!(
-                    "<tr><td>latency (ms per sample)</td><td class=\"num\">{}</td>\
+                    "<tr><td>latency (ms per sample, lowbit engine, median)</td><td class=\"num\">{}</td>\
                      <td class=\"num\">{}</td><td class=\"num\">{change}</td></tr>\n",
                     fmt_fixed(l.fp32, 3),
                     fmt_fixed(l.quant, 3)
