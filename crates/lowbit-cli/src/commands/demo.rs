@@ -7,7 +7,7 @@
 //! weights N(0, 2/fan_in)); the data are 10 Gaussian clusters in 128 dimensions (a fixed-seed
 //! centre per cluster plus noise), 100 rows to calibrate and 1000 other rows to evaluate.
 
-use super::example_model::{node, value_info};
+use super::example_model::{node, opset17_model, value_info};
 use super::run::progress;
 use super::{human_bytes, new_session, print};
 use crate::cli::DemoArgs;
@@ -74,14 +74,7 @@ fn build_model(rng: &mut Rng) -> Result<pb::ModelProto> {
         output: vec![value_info("logits", &[Err("batch"), Ok(CLASSES as i64)])],
         ..Default::default()
     };
-    Ok(pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-        producer_name: "lowbit".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(graph),
-        ..Default::default()
-    })
+    Ok(opset17_model(graph))
 }
 
 /// `rows` samples of 10 Gaussian clusters: row-major `[rows, FEATURES]`.

@@ -124,14 +124,19 @@ fn build_model(w: &Weights) -> Result<pb::ModelProto> {
         output: vec![value_info("probs", &[Err("batch"), Ok(CLASSES as i64)])],
         ..Default::default()
     };
-    Ok(pb::ModelProto {
+    Ok(opset17_model(graph))
+}
+
+/// A model lowbit writes itself: IR 8, default-domain opset 17.
+pub(crate) fn opset17_model(graph: pb::GraphProto) -> pb::ModelProto {
+    pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
         producer_name: "lowbit".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
         ..Default::default()
-    })
+    }
 }
 
 pub fn example_model(args: ExampleModelArgs) -> Result<()> {
