@@ -21,14 +21,17 @@
 _lowbit_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _lowbit_venv="${LOWBIT_VENV:-$_lowbit_root/.venv}"
 _lowbit_ort_version="1.32.0"
+# onnx: ONNX Runtime's quantizer (onnxruntime.quantization) imports it; the benchmarks and the
+# compare test quantize with it to check lowbit against ORT's own QDQ files.
+_lowbit_onnx_version="1.23.2"
 
-if ! "$_lowbit_venv/bin/python" -c "import numpy, onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$_lowbit_ort_version')" 2>/dev/null; then
-    echo "setup-test-env: installing onnxruntime==$_lowbit_ort_version and numpy into $_lowbit_venv" >&2
+if ! "$_lowbit_venv/bin/python" -c "import numpy, onnx, onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$_lowbit_ort_version' or onnx.__version__ != '$_lowbit_onnx_version')" 2>/dev/null; then
+    echo "setup-test-env: installing onnxruntime==$_lowbit_ort_version, onnx==$_lowbit_onnx_version and numpy into $_lowbit_venv" >&2
     if [ ! -x "$_lowbit_venv/bin/python" ]; then
         python3 -m venv "$_lowbit_venv"
     fi
     "$_lowbit_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "onnxruntime==$_lowbit_ort_version" numpy
+        "onnxruntime==$_lowbit_ort_version" "onnx==$_lowbit_onnx_version" numpy
 fi
 
 # The library's exact file name varies between wheels (libonnxruntime.so.1.32.0, .so.1, .so):
