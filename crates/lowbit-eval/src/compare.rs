@@ -978,37 +978,6 @@ fn bn_folded(fp32: &ModelProto) -> Option<ModelProto> {
     }
 }
 
-/// `quant` with `axis=0` on the Q/DQ nodes whose scale is one value of shape `[1]`. ONNX ignores
-/// the axis then, but lowbit's engine checks the default `axis=1` against the input's rank, and
-/// ONNX Runtime's quantizer writes such scales for the rank-1 biases it quantizes. `None` when no
-/// node needs it.
-fn with_per_tensor_axes(quant: &ModelProto, q: &View) -> Option<ModelProto> {
-    let needs = |n: &NodeProto| {
-        matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear")
-            && is_default_domain(n)
-            && n.input
-                .get(1)
-                .is_some_and(|s| q.inits.get(s.as_str()).is_some_and(|t| t.dims == [1]))
-            && !n.attribute.iter().any(|a| a.name == "axis" && a.i == 0)
-    };
-    if !q.graph.node.iter().any(needs) {
-        return None;
-    }
-    let mut m = quant.clone();
-    for n in m.graph.as_mut()?.node.iter_mut() {
-        if needs(n) {
-            n.attribute.retain(|a| a.name != "axis");
-            n.attribute.push(lowbit_onnx::pb::AttributeProto {
-                name: "axis".into(),
-                r#type: lowbit_onnx::pb::attribute_proto::AttributeType::Int as i32,
-                i: 0,
-                ..Default::default()
-            });
-        }
-    }
-    Some(m)
-}
-
 /// What limits a ranked layer.
 enum Culprit<'a> {
     Activation(&'a ActPlan, &'a ActStats),
@@ -1091,8 +1060,6 @@ pub fn compare_models(
         }
     }
 
-    let patched = with_per_tensor_axes(quant, &q);
-    let quant = patched.as_ref().unwrap_or(quant);
     let so = SessionOptions { threads: opts.threads };
     let s32 =
         Session::new(fp32, &so).map_err(|e| CompareError::Engine { model: f.what, source: e })?;
@@ -1247,7 +1214,8 @@ pub fn compare_models(
     let outputs = outputs
         .iter()
         .zip(out_names)
-        .map(|(acc, name)| TensorNoise { noise: acc.noise().expect("at least one sample"), name })
+        // An output with no elements (e.g. zero detections) has no noise to report.
+        .filter_map(|(acc, name)| acc.noise().map(|noise| TensorNoise { noise, name }))
         .collect();
     Ok(CompareReport {
         format: FORMAT.into(),

@@ -112,6 +112,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// stable descending sort).
 pub fn in_top_k(scores: &[f32], label: usize, k: usize) -> bool {
     let Some(&s) = scores.get(label) else { return false };
+    if s.is_nan() {
+        return false;
+    }
     let better =
         scores.iter().enumerate().filter(|&(i, &v)| v > s || (v == s && i < label)).count();
     better < k
@@ -119,13 +122,14 @@ pub fn in_top_k(scores: &[f32], label: usize, k: usize) -> bool {
 
 /// Index of the largest score (the first on ties).
 pub fn argmax(scores: &[f32]) -> usize {
-    let mut best = 0;
+    // NaN never wins (and a leading NaN does not either).
+    let mut best: Option<usize> = None;
     for (i, &v) in scores.iter().enumerate() {
-        if v > scores[best] {
-            best = i;
+        if !v.is_nan() && best.is_none_or(|b| v > scores[b]) {
+            best = Some(i);
         }
     }
-    best
+    best.unwrap_or(0)
 }
 
 /// Ranks 1..=n with ties sharing their average rank (as scipy's `rankdata`).
@@ -235,6 +239,9 @@ mod tests {
         assert!(in_top_k(&s, 2, 2));
         assert!(!in_top_k(&s, 0, 3));
         assert!(!in_top_k(&s, 9, 4));
+        let n = [f32::NAN, 0.2, 0.7];
+        assert_eq!(argmax(&n), 2);
+        assert!(!in_top_k(&n, 0, 3));
     }
 
     #[test]

@@ -1390,11 +1390,14 @@ fn nice_step(span: f64, target: f64) -> f64 {
 
 /// Decimals that print every multiple of `step` exactly.
 fn step_decimals(step: f64) -> usize {
-    if step >= 1.0 {
-        0
-    } else {
-        (-step.log10().floor()) as usize
-    }
+    // The fewest decimals that print every multiple of the step exactly (0.5 needs one, 2.5
+    // one, 0.25 two), at most 6.
+    (0..6)
+        .find(|&d| {
+            let scaled = step * 10f64.powi(d as i32);
+            (scaled - scaled.round()).abs() < 1e-6 * scaled.abs().max(1.0)
+        })
+        .unwrap_or(6)
 }
 
 #[cfg(test)]

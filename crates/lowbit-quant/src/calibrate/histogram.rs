@@ -82,9 +82,12 @@ pub struct HistogramSummary {
 
 /// `floor(v)` as an integer, inlined: `f64::floor` is a libm call on baseline x86-64 (no
 /// SSE4.1 `roundsd`), and was a fifth of calibration time. Exact for |v| < 2^63 (truncate,
-/// then step down when truncation went up); callers clamp the result.
+/// then step down when truncation went up); larger magnitudes are clamped first.
 #[inline(always)]
 fn floor_i64(v: f64) -> i64 {
+    // Far beyond any grid: clamped so truncation cannot saturate and the step down cannot
+    // overflow (values this large only ever mean "outside").
+    let v = v.clamp(-4.0e18, 4.0e18);
     let t = v as i64;
     t - i64::from((t as f64) > v)
 }

@@ -247,8 +247,9 @@ impl Default for CalibratorOptions {
 impl CalibratorOptions {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(QuantError::Scheme(m));
-        if self.bins < 16 {
-            return bad(format!("histogram bins must be at least 16, got {}", self.bins));
+        if !(16..=65_535).contains(&self.bins) {
+            // The binning loop keeps bin indices in u16.
+            return bad(format!("histogram bins must be 16..=65535, got {}", self.bins));
         }
         if !(self.percentile > 0.0 && self.percentile <= 100.0) {
             return bad(format!("percentile must be in (0, 100], got {}", self.percentile));
