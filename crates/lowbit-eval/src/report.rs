@@ -382,25 +382,7 @@ fn sqnr_section(h: &mut String, report: &CompareReport, acts: &[&ActivationNoise
         ),
     );
     // Grid and dB ticks.
-    h.push_str("<g class=\"grid\">");
-    let decimals = step_decimals(step);
-    let mut t = lo;
-    while t <= hi + step * 1e-6 {
-        let ty = y(t);
-        w(
-            h,
-            format_args!(
-                "<line x1=\"{SQNR_LEFT}\" x2=\"{:.1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                SQNR_LEFT + plot_w,
-                SQNR_LEFT - 6.0,
-                ty + 4.0,
-                fmt_fixed(t, decimals)
-            ),
-        );
-        t += step;
-    }
-    h.push_str("</g>\n");
+    y_grid(h, (lo, hi, step), SQNR_LEFT, plot_w, y);
     w(
         h,
         format_args!(
@@ -909,28 +891,11 @@ fn weight_section(h: &mut String, report: &CompareReport) {
             "<div class=\"scroll\"><svg id=\"weight-ranges\" width=\"{width:.0}\" \
              height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" role=\"img\" \
              aria-label=\"weight range per output channel of {}\" \
-             xmlns=\"http://www.w3.org/2000/svg\">\n<g class=\"grid\">",
+             xmlns=\"http://www.w3.org/2000/svg\">\n",
             esc(&weight.weight)
         ),
     );
-    let decimals = step_decimals(step);
-    let mut t = lo;
-    while t <= hi + step * 1e-6 {
-        let ty = y(t);
-        w(
-            h,
-            format_args!(
-                "<line x1=\"{WR_LEFT}\" x2=\"{:.1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                WR_LEFT + plot_w,
-                WR_LEFT - 6.0,
-                ty + 4.0,
-                fmt_fixed(t + 0.0, decimals)
-            ),
-        );
-        t += step;
-    }
-    h.push_str("</g>\n");
+    y_grid(h, (lo, hi, step), WR_LEFT, plot_w, y);
     let istep = nice_step(n as f64, (plot_w / 70.0).max(2.0)).max(1.0) as usize;
     let mut c = 0;
     while c < n {
@@ -1389,6 +1354,37 @@ fn nice_step(span: f64, target: f64) -> f64 {
 }
 
 /// Decimals that print every multiple of `step` exactly.
+/// Horizontal grid lines across a plot `plot_w` wide starting at `left`, one per `step` from
+/// `lo` to `hi`, each labelled with its value on the left (`y` maps a value to its row).
+fn y_grid(
+    h: &mut String,
+    (lo, hi, step): (f64, f64, f64),
+    left: f64,
+    plot_w: f64,
+    y: impl Fn(f64) -> f64,
+) {
+    h.push_str("<g class=\"grid\">");
+    let decimals = step_decimals(step);
+    let mut t = lo;
+    while t <= hi + step * 1e-6 {
+        let ty = y(t);
+        w(
+            h,
+            format_args!(
+                "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                left + plot_w,
+                left - 6.0,
+                ty + 4.0,
+                // + 0.0 turns a -0 tick into 0.
+                fmt_fixed(t + 0.0, decimals)
+            ),
+        );
+        t += step;
+    }
+    h.push_str("</g>\n");
+}
+
 fn step_decimals(step: f64) -> usize {
     // The fewest decimals that print every multiple of the step exactly (0.5 needs one, 2.5
     // one, 0.25 two), at most 6.
