@@ -4,6 +4,7 @@
 //! | module | computes |
 //! |---|---|
 //! | [`gemm`] | f32 `C = alpha * op(A) * op(B) + beta * C` |
+//! | [`qgemm`] | u8 × i8 → i32 GEMM with fused requantize / dequantize output stages |
 //! | [`conv`] | N-d convolution (im2col + GEMM, direct depthwise), transposed convolution |
 //! | [`pool`] | max / average / Lp pooling |
 //! | [`norm`] | softmax, log-softmax, layer norm rows |
@@ -13,5 +14,6 @@ pub mod conv;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
+pub mod qgemm;
 pub mod quantize;
 pub mod window;

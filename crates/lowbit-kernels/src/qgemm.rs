@@ -1,0 +1,928 @@
+//! Integer matrix multiply: `u8` activations × `i8` weights → exact `i32` sums, with the output
+//! stage fused: requantize to `u8`/`i8` (bias, per-column multiplier, zero point, clamp),
+//! scale to `f32`, or the raw `i32`.
+//!
+//! `C[i, j] = Σ_k (A[i, k] - a_zp) · (B[k, j] - b_zp[j])`, computed as the raw product `Σ A·B`
+//! corrected by `a_zp · colsum(B)`, `b_zp · rowsum(A)` and `k · a_zp · b_zp`, so the inner loop
+//! never touches zero points. The weight operand `B` is packed once ([`PackedI8`]) in panels
+//! of [`NR`] columns; the micro-kernel computes 4 rows × 16 columns.
+//!
+//! Three instruction paths, chosen at run time ([`Isa::detect`], never `target-cpu=native`):
+//! - **AVX-512 VNNI** (`vpdpbusd`, on 256-bit registers with AVX-512VL): 4 u8×i8 products
+//!   summed into each i32 lane, exact.
+//! - **AVX2**: `vpmaddubsw` multiplies u8×i8 and adds adjacent pairs into *saturating* i16,
+//!   then `vpmaddwd` by ones widens to i32. A pair saturates only when
+//!   `255 · (|b_k| + |b_k+1|) > 32767`; [`PackedI8::pack`] checks every adjacent pair of every
+//!   column and, when any could saturate (full-range 8-bit weights), packs the weights as i16
+//!   instead and multiplies with `vpmaddwd` (exact, about half the throughput). Weights written
+//!   with reduce-range (7 bits, lowbit's and ONNX Runtime's default for x86) always take the
+//!   fast path; ONNX Runtime on AVX2 takes `vpmaddubsw` regardless and saturates.
+//! - **Scalar**: the same packed layout in plain Rust, for other CPUs.
+//!
+//! [`qgemm_ref`] is the textbook triple loop every path is tested against, bit for bit.
+//! Requantization is [`crate::quantize::requantize_one`]'s rule (the SIMD epilogue reproduces
+//! it exactly: f32 multiply, round half to even, add the zero point, saturate).
+
+use crate::gemm::Trans;
+use crate::quantize::requantize_one;
+use std::sync::OnceLock;
+
+/// Columns per packed panel (and per micro-kernel tile).
+pub const NR: usize = 16;
+/// Rows per micro-kernel tile.
+const MR: usize = 4;
+/// Work (m·n·k) below which threads cost more than they save.
+const PARALLEL_MIN_WORK: usize = 32 * 32 * 64;
+
+/// The instruction set a packed operand is laid out for and multiplied with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best path this CPU runs (detected once).
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx2")
+                {
+                    return Isa::Avx512Vnni;
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// Every path this CPU can run, for differential tests.
+    pub fn available() -> Vec<Isa> {
+        match Isa::detect() {
+            Isa::Scalar => vec![Isa::Scalar],
+            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
+            Isa::Avx512Vnni => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni],
+        }
+    }
+}
+
+/// How the weights are laid out inside a panel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// Groups of 4 consecutive k per column, as i8 (`vpmaddubsw` / `vpdpbusd` / scalar).
+    Quads,
+    /// Groups of 2 consecutive k per column, widened to i16 (`vpmaddwd`: AVX2 with weights
+    /// whose pair sums could saturate `vpmaddubsw`).
+    Pairs,
+}
+
+/// The constant `k × n` i8 operand, packed once (weights at model load).
+#[derive(Clone, Debug)]
+pub struct PackedI8 {
+    k: usize,
+    n: usize,
+    isa: Isa,
+    form: Form,
+    quads: Vec<i8>,
+    pairs: Vec<i16>,
+    /// `Σ_k B[k, j]` per column (zero-padded to whole panels).
+    col_sums: Vec<i32>,
+    /// Zero point per column (zero-padded to whole panels).
+    zero_points: Vec<i32>,
+    any_zero_point: bool,
+}
+
+impl PackedI8 {
+    /// Packs `op(B)` (`k × n`, stored row-major with leading dim `ldb`) for this CPU.
+    /// `zero_points` has one value, or one per column.
+    ///
+    /// # Panics
+    /// When `b` is too short or `zero_points` has another length (caller bugs).
+    pub fn pack(tb: Trans, k: usize, n: usize, b: &[i8], ldb: usize, zero_points: &[i32]) -> Self {
+        PackedI8::pack_for(Isa::detect(), tb, k, n, b, ldb, zero_points)
+    }
+
+    /// [`PackedI8::pack`] for a given path (tests run every path the CPU has).
+    pub fn pack_for(
+        isa: Isa,
+        tb: Trans,
+        k: usize,
+        n: usize,
+        b: &[i8],
+        ldb: usize,
+        zero_points: &[i32],
+    ) -> Self {
+        assert!(zero_points.len() == 1 || zero_points.len() == n, "PackedI8: zero points");
+        let at = |kk: usize, j: usize| -> i8 {
+            match tb {
+                Trans::No => b[kk * ldb + j],
+                Trans::Yes => b[j * ldb + kk],
+            }
+        };
+        if k > 0 && n > 0 {
+            let last = match tb {
+                Trans::No => (k - 1) * ldb + n - 1,
+                Trans::Yes => (n - 1) * ldb + k - 1,
+            };
+            assert!(b.len() > last, "PackedI8: B is too short");
+        }
+        let panels = n.div_ceil(NR);
+        let width = panels * NR;
+        let mut col_sums = vec![0i32; width];
+        let mut zps = vec![0i32; width];
+        for j in 0..n {
+            col_sums[j] = (0..k).map(|kk| at(kk, j) as i32).sum();
+            zps[j] = if zero_points.len() == 1 { zero_points[0] } else { zero_points[j] };
+        }
+        let saturates = (0..n).any(|j| {
+            (0..k).step_by(2).any(|kk| {
+                let next = if kk + 1 < k { (at(kk + 1, j) as i32).abs() } else { 0 };
+                255 * ((at(kk, j) as i32).abs() + next) > i16::MAX as i32
+            })
+        });
+        let form = if isa == Isa::Avx2 && saturates { Form::Pairs } else { Form::Quads };
+        let mut quads = Vec::new();
+        let mut pairs = Vec::new();
+        match form {
+            Form::Quads => {
+                let groups = k.div_ceil(4);
+                quads = vec![0i8; panels * groups * NR * 4];
+                for p in 0..panels {
+                    for g in 0..groups {
+                        let base = (p * groups + g) * NR * 4;
+                        for jj in 0..NR.min(n - p * NR) {
+                            for t in 0..4.min(k - 4 * g) {
+                                quads[base + jj * 4 + t] = at(4 * g + t, p * NR + jj);
+                            }
+                        }
+                    }
+                }
+            }
+            Form::Pairs => {
+                let groups = k.div_ceil(2);
+                pairs = vec![0i16; panels * groups * NR * 2];
+                for p in 0..panels {
+                    for g in 0..groups {
+                        let base = (p * groups + g) * NR * 2;
+                        for jj in 0..NR.min(n - p * NR) {
+                            for t in 0..2.min(k - 2 * g) {
+                                pairs[base + jj * 2 + t] = at(2 * g + t, p * NR + jj) as i16;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let any_zero_point = zps.iter().any(|&z| z != 0);
+        PackedI8 { k, n, isa, form, quads, pairs, col_sums, zero_points: zps, any_zero_point }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn form(&self) -> Form {
+        self.form
+    }
+}
+
+/// What happens to each exact `i32` sum.
+pub enum Stage<'a> {
+    /// Stored as is (`MatMulInteger`, `ConvInteger`).
+    I32 { out: &'a mut [i32] },
+    /// `saturate(round_half_even((acc + bias[j]) · multiplier[j]) + zero_point)` into
+    /// `[qmin, qmax]`, stored as bytes (i8 results as their two's-complement bits).
+    Requantize {
+        bias: Option<&'a [i32]>,
+        /// One value, or one per column.
+        multiplier: &'a [f32],
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+        out: &'a mut [u8],
+    },
+    /// `acc · scale[j] + bias[j]` (f32 multiply, then add).
+    Dequantize {
+        /// One value, or one per column.
+        scale: &'a [f32],
+        bias: Option<&'a [f32]>,
+        out: &'a mut [f32],
+    },
+}
+
+/// Where `C[i, j]` goes: `out[i · row_stride + j · col_stride]` (row-major: `(ldc, 1)`;
+/// a conv's pixels × channels product written as NCHW: `(1, pixels)`).
+pub struct Output<'a> {
+    pub stage: Stage<'a>,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// A raw output pointer shared by tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct Ptr<T>(*mut T);
+// SAFETY: tasks given a Ptr write disjoint elements (one tile each).
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+impl<T> Ptr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    I32(Ptr<i32>),
+    Requantize {
+        bias: Option<&'a [i32]>,
+        multiplier: &'a [f32],
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+        out: Ptr<u8>,
+    },
+    Dequantize {
+        scale: &'a [f32],
+        bias: Option<&'a [f32]>,
+        out: Ptr<f32>,
+    },
+}
+
+/// `C = (A - a_zero_point) · (B - b_zero_points)` through `out`'s stage. `A` is `m × k` u8,
+/// row-major with leading dim `lda`; `k` and `n` come from `b`. Runs on the current rayon
+/// pool when the product is large enough.
+///
+/// # Panics
+/// When a slice is too short for its dims, or a bias/multiplier/scale has a length other than
+/// 1 (multiplier, scale) or `n` (caller bugs, never user data).
+pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, out: Output<'_>) {
+    let (k, n) = (b.k, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || m <= 1 || lda >= k, "qgemm: lda {lda} < {k}");
+    assert!(a.len() >= (m - 1) * lda + k, "qgemm: A is too short");
+    let last = (m - 1) * out.row_stride + (n - 1) * out.col_stride;
+    let per_col = |len: usize, what: &str| {
+        assert!(len == 1 || len == n, "qgemm: {what} has {len} values for {n} columns")
+    };
+    let sink = match out.stage {
+        Stage::I32 { out } => {
+            assert!(out.len() > last, "qgemm: C is too short");
+            Sink::I32(Ptr(out.as_mut_ptr()))
+        }
+        Stage::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
+            assert!(out.len() > last, "qgemm: C is too short");
+            per_col(multiplier.len(), "multiplier");
+            if let Some(b) = bias {
+                assert_eq!(b.len(), n, "qgemm: bias length");
+            }
+            Sink::Requantize {
+                bias,
+                multiplier,
+                zero_point,
+                qmin,
+                qmax,
+                out: Ptr(out.as_mut_ptr()),
+            }
+        }
+        Stage::Dequantize { scale, bias, out } => {
+            assert!(out.len() > last, "qgemm: C is too short");
+            per_col(scale.len(), "scale");
+            if let Some(b) = bias {
+                assert_eq!(b.len(), n, "qgemm: bias length");
+            }
+            Sink::Dequantize { scale, bias, out: Ptr(out.as_mut_ptr()) }
+        }
+    };
+    let row_sums: Vec<i32> = if b.any_zero_point {
+        (0..m).map(|i| a[i * lda..i * lda + k].iter().map(|&v| v as i32).sum()).collect()
+    } else {
+        Vec::new()
+    };
+    let (rs, cs) = (out.row_stride, out.col_stride);
+    let panels = n.div_ceil(NR);
+    let row_blocks = m.div_ceil(MR);
+    let tile = |t: usize| {
+        let (rb, p) = (t / panels, t % panels);
+        let i0 = rb * MR;
+        let mr = MR.min(m - i0);
+        let cols = NR.min(n - p * NR);
+        let mut rows = [a.as_ptr(); MR];
+        for (r, row) in rows.iter_mut().enumerate().take(mr) {
+            *row = a[(i0 + r) * lda..].as_ptr();
+        }
+        let mut acc = [[0i32; NR]; MR];
+        // SAFETY: every row pointer is readable for k bytes (asserted above; missing rows of
+        // a short tile repeat row i0 and are discarded); the panel holds `groups * NR * 4`
+        // (or `* 2`) packed values for this panel.
+        unsafe { micro(b, p, &rows, &mut acc) };
+        let ctx = TileCtx { b, a_zp: a_zero_point, row_sums: &row_sums, i0, j0: p * NR, cols };
+        for (r, acc_row) in acc.iter_mut().enumerate().take(mr) {
+            ctx.correct(r, acc_row);
+            let base = (i0 + r) * rs + p * NR * cs;
+            // SAFETY: (i0 + r, p·NR + jj) with jj < cols is inside C (asserted `last`); tiles
+            // are disjoint.
+            unsafe { finish_row(b.isa, sink, acc_row, p * NR, cols, base, cs) };
+        }
+    };
+    let tiles = row_blocks * panels;
+    let threads = rayon::current_num_threads();
+    if threads > 1 && tiles > 1 && m * n * k.max(1) >= PARALLEL_MIN_WORK {
+        use rayon::prelude::*;
+        (0..tiles).into_par_iter().for_each(tile);
+    } else {
+        (0..tiles).for_each(tile);
+    }
+}
+
+struct TileCtx<'a> {
+    b: &'a PackedI8,
+    a_zp: i32,
+    row_sums: &'a [i32],
+    i0: usize,
+    j0: usize,
+    cols: usize,
+}
+
+impl TileCtx<'_> {
+    /// Applies the zero-point terms to one accumulator row (wrapping, as the raw sums are).
+    #[inline]
+    fn correct(&self, r: usize, acc: &mut [i32; NR]) {
+        let b = self.b;
+        let k = b.k as i32;
+        let cs = &b.col_sums[self.j0..self.j0 + NR];
+        if self.a_zp != 0 {
+            for (v, &c) in acc.iter_mut().zip(cs) {
+                *v = v.wrapping_sub(self.a_zp.wrapping_mul(c));
+            }
+        }
+        if b.any_zero_point {
+            let rsum = self.row_sums[self.i0 + r];
+            let zps = &b.zero_points[self.j0..self.j0 + NR];
+            for (v, &z) in acc.iter_mut().zip(zps).take(self.cols) {
+                let t =
+                    z.wrapping_mul(rsum).wrapping_sub(k.wrapping_mul(self.a_zp).wrapping_mul(z));
+                *v = v.wrapping_sub(t);
+            }
+        }
+    }
+}
+
+/// Dispatches the micro-kernel of `b`'s path for panel `p`.
+///
+/// # Safety
+/// Each of `rows` readable for `b.k` bytes.
+unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], acc: &mut [[i32; NR]; MR]) {
+    let k = b.k;
+    match b.form {
+        Form::Quads => {
+            let groups = k.div_ceil(4);
+            let bp = b.quads[p * groups * NR * 4..].as_ptr();
+            match b.isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2 (Isa::Avx2 is only detected or requested then).
+                Isa::Avx2 => unsafe { x86::quads_avx2(rows, k, bp, acc) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512 VNNI and VL.
+                Isa::Avx512Vnni => unsafe { x86::quads_vnni(rows, k, bp, acc) },
+                // SAFETY: forwarded.
+                _ => unsafe { quads_scalar(rows, k, bp, acc) },
+            }
+        }
+        Form::Pairs => {
+            let groups = k.div_ceil(2);
+            let bp = b.pairs[p * groups * NR * 2..].as_ptr();
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Pairs is only packed for Isa::Avx2.
+            unsafe {
+                x86::pairs_avx2(rows, k, bp, acc)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("Pairs is an x86 layout: {bp:?}")
+        }
+    }
+}
+
+/// Portable micro-kernel over the `Quads` layout.
+///
+/// # Safety
+/// Each of `rows` readable for `k` bytes; `bp` for `k.div_ceil(4) * NR * 4` values.
+unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, acc: &mut [[i32; NR]; MR]) {
+    // SAFETY: per the contract.
+    let b = unsafe { std::slice::from_raw_parts(bp, k.div_ceil(4) * NR * 4) };
+    for (r, &row) in rows.iter().enumerate() {
+        // SAFETY: per the contract.
+        let a = unsafe { std::slice::from_raw_parts(row, k) };
+        for (kk, &av) in a.iter().enumerate() {
+            let (g, t) = (kk / 4, kk % 4);
+            let grp = &b[g * NR * 4..];
+            for (j, v) in acc[r].iter_mut().enumerate() {
+                *v = v.wrapping_add(av as i32 * grp[j * 4 + t] as i32);
+            }
+        }
+    }
+}
+
+/// Applies the stage to one corrected row of a tile and stores `cols` values.
+///
+/// # Safety
+/// `base + jj · cs` for `jj < cols` inside the sink's output.
+#[inline]
+unsafe fn finish_row(
+    isa: Isa,
+    sink: Sink<'_>,
+    acc: &[i32; NR],
+    j0: usize,
+    cols: usize,
+    base: usize,
+    cs: usize,
+) {
+    match sink {
+        Sink::I32(out) => {
+            for (jj, &v) in acc.iter().enumerate().take(cols) {
+                // SAFETY: per the contract.
+                unsafe { *out.get().add(base + jj * cs) = v };
+            }
+        }
+        Sink::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
+            let mut q = [0u8; NR];
+            let mult = |jj: usize| {
+                if multiplier.len() == 1 {
+                    multiplier[0]
+                } else {
+                    multiplier[j0 + jj]
+                }
+            };
+            #[cfg(target_arch = "x86_64")]
+            if isa != Isa::Scalar && cols == NR {
+                let mut m = [0f32; NR];
+                let mut with_bias = *acc;
+                for jj in 0..NR {
+                    m[jj] = mult(jj);
+                    if let Some(b) = bias {
+                        with_bias[jj] = with_bias[jj].wrapping_add(b[j0 + jj]);
+                    }
+                }
+                // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
+                unsafe { x86::requantize16(&with_bias, &m, zero_point, qmin, qmax, &mut q) };
+                store(&q, cols, out, base, cs);
+                return;
+            }
+            let _ = isa;
+            for jj in 0..cols {
+                let v = match bias {
+                    Some(b) => acc[jj].wrapping_add(b[j0 + jj]),
+                    None => acc[jj],
+                };
+                q[jj] = requantize_one(v, mult(jj), zero_point, qmin, qmax) as u8;
+            }
+            store(&q, cols, out, base, cs);
+        }
+        Sink::Dequantize { scale, bias, out } => {
+            for (jj, &v) in acc.iter().enumerate().take(cols) {
+                let s = if scale.len() == 1 { scale[0] } else { scale[j0 + jj] };
+                let y = v as f32 * s;
+                let y = match bias {
+                    Some(b) => y + b[j0 + jj],
+                    None => y,
+                };
+                // SAFETY: per the contract.
+                unsafe { *out.get().add(base + jj * cs) = y };
+            }
+        }
+    }
+}
+
+#[inline]
+fn store<T: Copy>(vals: &[T; NR], cols: usize, out: Ptr<T>, base: usize, cs: usize) {
+    // SAFETY: callers pass the `finish_row` contract on.
+    unsafe {
+        if cs == 1 {
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), out.get().add(base), cols);
+        } else {
+            for (jj, &v) in vals.iter().enumerate().take(cols) {
+                *out.get().add(base + jj * cs) = v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Reads 4 bytes of row `a` at `4g`, zero-padding past `k`.
+    ///
+    /// # Safety
+    /// `a` readable for `k` bytes.
+    #[inline(always)]
+    unsafe fn quad(a: *const u8, g: usize, k: usize) -> i32 {
+        if 4 * g + 4 <= k {
+            // SAFETY: inside the row.
+            unsafe { (a.add(4 * g) as *const i32).read_unaligned() }
+        } else {
+            let mut b = [0u8; 4];
+            for (t, v) in b.iter_mut().enumerate().take(k - 4 * g) {
+                // SAFETY: 4g + t < k.
+                *v = unsafe { *a.add(4 * g + t) };
+            }
+            i32::from_le_bytes(b)
+        }
+    }
+
+    /// Reads 2 bytes of row `a` at `2g` as two zero-extended i16 lanes, zero-padding past `k`.
+    ///
+    /// # Safety
+    /// `a` readable for `k` bytes.
+    #[inline(always)]
+    unsafe fn pair(a: *const u8, g: usize, k: usize) -> i32 {
+        // SAFETY: 2g < k.
+        let lo = i32::from(unsafe { *a.add(2 * g) });
+        // SAFETY: checked.
+        let hi = if 2 * g + 1 < k { i32::from(unsafe { *a.add(2 * g + 1) }) } else { 0 };
+        lo | (hi << 16)
+    }
+
+    /// Stores the accumulators.
+    #[inline(always)]
+    unsafe fn spill(c: &[[__m256i; 2]; MR], acc: &mut [[i32; NR]; MR]) {
+        for r in 0..MR {
+            // SAFETY: each acc row holds 16 i32.
+            unsafe {
+                _mm256_storeu_si256(acc[r].as_mut_ptr() as *mut __m256i, c[r][0]);
+                _mm256_storeu_si256(acc[r].as_mut_ptr().add(8) as *mut __m256i, c[r][1]);
+            }
+        }
+    }
+
+    /// `vpmaddubsw` + `vpmaddwd(1)`: only for weights whose adjacent pairs cannot saturate.
+    ///
+    /// # Safety
+    /// AVX2; rows readable for `k` bytes; `bp` for `k.div_ceil(4) · 64` bytes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quads_avx2(
+        rows: &[*const u8; MR],
+        k: usize,
+        bp: *const i8,
+        acc: &mut [[i32; NR]; MR],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut c = [[_mm256_setzero_si256(); 2]; MR];
+        for g in 0..k.div_ceil(4) {
+            // SAFETY: inside the panel.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(bp.add(g * 64) as *const __m256i),
+                    _mm256_loadu_si256(bp.add(g * 64 + 32) as *const __m256i),
+                )
+            };
+            for r in 0..MR {
+                // SAFETY: rows readable for k bytes.
+                let a = _mm256_set1_epi32(unsafe { quad(rows[r], g, k) });
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b1), ones);
+                c[r][0] = _mm256_add_epi32(c[r][0], p0);
+                c[r][1] = _mm256_add_epi32(c[r][1], p1);
+            }
+        }
+        // SAFETY: acc is a plain array.
+        unsafe { spill(&c, acc) };
+    }
+
+    /// `vpdpbusd`: four u8×i8 products per i32 lane, exact.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI and VL; as [`quads_avx2`] otherwise.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn quads_vnni(
+        rows: &[*const u8; MR],
+        k: usize,
+        bp: *const i8,
+        acc: &mut [[i32; NR]; MR],
+    ) {
+        let mut c = [[_mm256_setzero_si256(); 2]; MR];
+        for g in 0..k.div_ceil(4) {
+            // SAFETY: inside the panel.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(bp.add(g * 64) as *const __m256i),
+                    _mm256_loadu_si256(bp.add(g * 64 + 32) as *const __m256i),
+                )
+            };
+            for r in 0..MR {
+                // SAFETY: rows readable for k bytes.
+                let a = _mm256_set1_epi32(unsafe { quad(rows[r], g, k) });
+                c[r][0] = _mm256_dpbusd_epi32(c[r][0], a, b0);
+                c[r][1] = _mm256_dpbusd_epi32(c[r][1], a, b1);
+            }
+        }
+        // SAFETY: acc is a plain array.
+        unsafe { spill(&c, acc) };
+    }
+
+    /// `vpmaddwd` on i16-widened values: exact for any i8 weights.
+    ///
+    /// # Safety
+    /// AVX2; rows readable for `k` bytes; `bp` for `k.div_ceil(2) · 32` i16.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pairs_avx2(
+        rows: &[*const u8; MR],
+        k: usize,
+        bp: *const i16,
+        acc: &mut [[i32; NR]; MR],
+    ) {
+        let mut c = [[_mm256_setzero_si256(); 2]; MR];
+        for g in 0..k.div_ceil(2) {
+            // SAFETY: inside the panel.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(bp.add(g * 32) as *const __m256i),
+                    _mm256_loadu_si256(bp.add(g * 32 + 16) as *const __m256i),
+                )
+            };
+            for r in 0..MR {
+                // SAFETY: rows readable for k bytes.
+                let a = _mm256_set1_epi32(unsafe { pair(rows[r], g, k) });
+                c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(a, b0));
+                c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(a, b1));
+            }
+        }
+        // SAFETY: acc is a plain array.
+        unsafe { spill(&c, acc) };
+    }
+
+    /// [`crate::quantize::requantize_one`] on 16 sums at once, bit for bit: the product is
+    /// clamped to ±2^30 first (beyond it every result saturates anyway, and `vcvtps2dq` would
+    /// turn out-of-range values into i32::MIN), rounded half to even by `vcvtps2dq`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn requantize16(
+        acc: &[i32; NR],
+        mult: &[f32; NR],
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+        out: &mut [u8; NR],
+    ) {
+        let lim = _mm256_set1_ps(1_073_741_824.0);
+        let nlim = _mm256_set1_ps(-1_073_741_824.0);
+        let zp = _mm256_set1_epi32(zero_point);
+        let lo = _mm256_set1_epi32(qmin);
+        let hi = _mm256_set1_epi32(qmax);
+        let mut r = [0i32; NR];
+        for h in 0..2 {
+            // SAFETY: 8 lanes inside 16-element arrays.
+            unsafe {
+                let v = _mm256_loadu_si256(acc.as_ptr().add(8 * h) as *const __m256i);
+                let m = _mm256_loadu_ps(mult.as_ptr().add(8 * h));
+                let x = _mm256_mul_ps(_mm256_cvtepi32_ps(v), m);
+                let x = _mm256_min_ps(_mm256_max_ps(x, nlim), lim);
+                let q = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
+                let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+                _mm256_storeu_si256(r.as_mut_ptr().add(8 * h) as *mut __m256i, q);
+            }
+        }
+        for (o, v) in out.iter_mut().zip(r) {
+            *o = v as u8;
+        }
+    }
+}
+
+/// The textbook reference: `A` (`m × k` u8), `B` (`k × n` i8, row-major), exact i32 sums of
+/// `(a - a_zp)(b - b_zp[j])`.
+pub fn qgemm_ref(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[u8],
+    a_zero_point: i32,
+    b: &[i8],
+    b_zero_points: &[i32],
+) -> Vec<i32> {
+    let mut c = vec![0i32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let zb = if b_zero_points.len() == 1 { b_zero_points[0] } else { b_zero_points[j] };
+            let mut s = 0i32;
+            for kk in 0..k {
+                s += (a[i * k + kk] as i32 - a_zero_point) * (b[kk * n + j] as i32 - zb);
+            }
+            c[i * n + j] = s;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(
+        isa: Isa,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[u8],
+        za: i32,
+        b: &[i8],
+        zb: &[i32],
+    ) -> Vec<i32> {
+        let p = PackedI8::pack_for(isa, Trans::No, k, n, b, n, zb);
+        let mut c = vec![0i32; m * n];
+        qgemm(
+            m,
+            a,
+            k,
+            za,
+            &p,
+            Output { stage: Stage::I32 { out: &mut c }, row_stride: n, col_stride: 1 },
+        );
+        c
+    }
+
+    fn shapes() -> impl Strategy<Value = (usize, usize, usize, bool, bool)> {
+        (1usize..23, 1usize..40, 1usize..70, any::<bool>(), any::<bool>())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Every path (and both AVX2 forms: 7-bit and full-range weights) equals the
+        /// reference exactly, for odd shapes, zero points and per-column zero points.
+        #[test]
+        fn every_path_matches_the_reference(
+            (m, n, k, full, per_col) in shapes(),
+            seed in any::<u64>(),
+            za in 0i32..256,
+        ) {
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+            let a: Vec<u8> = (0..m * k).map(|_| next() as u8).collect();
+            let b: Vec<i8> = (0..k * n)
+                .map(|_| if full { next() as i8 } else { ((next() % 129) as i32 - 64) as i8 })
+                .collect();
+            let zb: Vec<i32> = if per_col {
+                (0..n).map(|_| (next() % 21) as i32 - 10).collect()
+            } else {
+                vec![0]
+            };
+            let want = qgemm_ref(m, n, k, &a, za, &b, &zb);
+            for isa in Isa::available() {
+                prop_assert_eq!(run(isa, m, n, k, &a, za, &b, &zb), want.clone(), "{:?}", isa);
+            }
+        }
+
+        /// The fused requantize / dequantize stages equal the scalar rule on the exact sums,
+        /// through a transposed (NCHW-style) output.
+        #[test]
+        fn fused_stages_match_the_scalar_rule(
+            (m, n, k, full, _pc) in shapes(),
+            seed in any::<u64>(),
+            za in 0i32..256,
+            zy in -128i32..256,
+            per_col_mult in any::<bool>(),
+        ) {
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+            let a: Vec<u8> = (0..m * k).map(|_| next() as u8).collect();
+            let b: Vec<i8> = (0..k * n)
+                .map(|_| if full { next() as i8 } else { ((next() % 129) as i32 - 64) as i8 })
+                .collect();
+            let bias: Vec<i32> = (0..n).map(|_| (next() % 20001) as i32 - 10000).collect();
+            let mult: Vec<f32> = (0..if per_col_mult { n } else { 1 })
+                .map(|_| 1e-5 + (next() % 1000) as f32 * 1e-5)
+                .collect();
+            let (qmin, qmax, zy) = if zy < 0 { (-128, 127, zy + 64) } else { (0, 255, zy) };
+            let exact = qgemm_ref(m, n, k, &a, za, &b, &[0]);
+            for isa in Isa::available() {
+                let p = PackedI8::pack_for(isa, Trans::No, k, n, &b, n, &[0]);
+                let mut q = vec![0u8; m * n];
+                qgemm(m, &a, k, za, &p, Output {
+                    stage: Stage::Requantize { bias: Some(&bias), multiplier: &mult, zero_point: zy, qmin, qmax, out: &mut q },
+                    row_stride: 1, col_stride: m,
+                });
+                let mut f = vec![0f32; m * n];
+                qgemm(m, &a, k, za, &p, Output {
+                    stage: Stage::Dequantize { scale: &mult, bias: None, out: &mut f },
+                    row_stride: n, col_stride: 1,
+                });
+                for i in 0..m {
+                    for j in 0..n {
+                        let mj = if mult.len() == 1 { mult[0] } else { mult[j] };
+                        let want = requantize_one(exact[i * n + j] + bias[j], mj, zy, qmin, qmax) as u8;
+                        prop_assert_eq!(q[j * m + i], want, "{:?} ({}, {})", isa, i, j);
+                        prop_assert_eq!(f[i * n + j], exact[i * n + j] as f32 * mj);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn seven_bit_weights_take_the_byte_path_and_full_range_the_exact_one() {
+        let seven: Vec<i8> = (0..64).map(|i| (i % 129 - 64) as i8).collect();
+        let full: Vec<i8> = (0..64).map(|i| if i % 2 == 0 { -128 } else { 127 }).collect();
+        let p7 = PackedI8::pack_for(Isa::Avx2, Trans::No, 8, 8, &seven, 8, &[0]);
+        let p8 = PackedI8::pack_for(Isa::Avx2, Trans::No, 8, 8, &full, 8, &[0]);
+        assert_eq!(p7.form(), Form::Quads);
+        assert_eq!(p8.form(), Form::Pairs);
+        assert_eq!(
+            PackedI8::pack_for(Isa::Avx512Vnni, Trans::No, 8, 8, &full, 8, &[0]).form(),
+            Form::Quads
+        );
+    }
+
+    #[test]
+    fn requantize_saturates_huge_products_like_the_scalar_rule() {
+        for isa in Isa::available() {
+            let b = vec![127i8; 16 * 4];
+            let p = PackedI8::pack_for(isa, Trans::No, 4, 16, &b, 16, &[0]);
+            let a = vec![255u8; 4];
+            let mut q = vec![0u8; 16];
+            qgemm(
+                1,
+                &a,
+                4,
+                0,
+                &p,
+                Output {
+                    stage: Stage::Requantize {
+                        bias: None,
+                        multiplier: &[1e9],
+                        zero_point: 3,
+                        qmin: 0,
+                        qmax: 255,
+                        out: &mut q,
+                    },
+                    row_stride: 16,
+                    col_stride: 1,
+                },
+            );
+            assert_eq!(q, vec![255u8; 16], "{isa:?}");
+            let mut q = vec![0u8; 16];
+            qgemm(
+                1,
+                &a,
+                4,
+                0,
+                &p,
+                Output {
+                    stage: Stage::Requantize {
+                        bias: None,
+                        multiplier: &[-1e9],
+                        zero_point: 3,
+                        qmin: 0,
+                        qmax: 255,
+                        out: &mut q,
+                    },
+                    row_stride: 16,
+                    col_stride: 1,
+                },
+            );
+            assert_eq!(q, vec![0u8; 16], "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn transposed_weights_pack_like_their_transpose() {
+        let (k, n) = (7, 19);
+        let b: Vec<i8> = (0..k * n).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
+        let bt: Vec<i8> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let a: Vec<u8> = (0..3 * k).map(|i| (i * 11) as u8).collect();
+        let want = qgemm_ref(3, n, k, &a, 5, &b, &[0]);
+        for isa in Isa::available() {
+            let p = PackedI8::pack_for(isa, Trans::Yes, k, n, &bt, k, &[0]);
+            let mut c = vec![0i32; 3 * n];
+            qgemm(
+                3,
+                &a,
+                k,
+                5,
+                &p,
+                Output { stage: Stage::I32 { out: &mut c }, row_stride: n, col_stride: 1 },
+            );
+            assert_eq!(c, want, "{isa:?}");
+        }
+    }
+}
