@@ -4,6 +4,7 @@
 //! | module | computes |
 //! |---|---|
 //! | [`gemm`] | f32 `C = alpha * op(A) * op(B) + beta * C` |
+//! | [`qconv`] | u8 × i8 convolution (patches × packed weights, direct depthwise) |
 //! | [`qgemm`] | u8 × i8 → i32 GEMM with fused requantize / dequantize output stages |
 //! | [`conv`] | N-d convolution (im2col + GEMM, direct depthwise), transposed convolution |
 //! | [`pool`] | max / average / Lp pooling |
@@ -14,6 +15,7 @@ pub mod conv;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
+pub mod qconv;
 pub mod qgemm;
 pub mod quantize;
 pub mod window;

@@ -738,6 +738,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         isa: Isa,
         m: usize,

@@ -1,0 +1,438 @@
+//! Integer convolution (NCHW, u8 input × i8 weights → exact i32 sums), with the same fused
+//! output stages as [`crate::qgemm`].
+//!
+//! A grouped convolution is one GEMM per image and group: the input patches as rows
+//! (`pixels × cg_in·kernel`, padded positions filled with the input zero point so they add
+//! nothing once it is subtracted) times the group's packed weights, written straight into the
+//! NCHW output through a transposed store. A depthwise convolution (one input channel per
+//! group, one output channel per group) has too little reuse for a GEMM and runs directly:
+//! for each kernel tap, a whole output row accumulates in i32 (contiguous for stride 1, so
+//! it vectorizes). [`qconv_ref`] is the loop both are tested against.
+
+use crate::gemm::Trans;
+use crate::qgemm::{qgemm, Output, PackedI8, Stage};
+use crate::quantize::requantize_one;
+use crate::window::Window;
+use rayon::prelude::*;
+
+/// The weights of an integer convolution, prepared once at load.
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    c_out: usize,
+    cg_in: usize,
+    groups: usize,
+    kernel_size: usize,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// One packed `(cg_in·kernel) × cg_out` operand per group.
+    Gemm(Vec<PackedI8>),
+    /// Weights minus their zero point, `c_out × kernel`.
+    Depthwise(Vec<i32>),
+}
+
+impl PackedConv {
+    /// `w` is `[c_out, c_in / groups, kernel...]` (row-major, `kernel_size` taps per filter);
+    /// `zero_points` holds one value or one per output channel.
+    ///
+    /// # Panics
+    /// When `w`'s length or `zero_points` disagree with the dims (caller bugs).
+    pub fn pack(
+        w: &[i8],
+        c_out: usize,
+        cg_in: usize,
+        kernel_size: usize,
+        groups: usize,
+        zero_points: &[i32],
+    ) -> PackedConv {
+        assert_eq!(w.len(), c_out * cg_in * kernel_size, "PackedConv: weight length");
+        assert!(groups >= 1 && c_out % groups == 0, "PackedConv: groups");
+        assert!(zero_points.len() == 1 || zero_points.len() == c_out, "PackedConv: zero points");
+        let zp = |c: usize| if zero_points.len() == 1 { zero_points[0] } else { zero_points[c] };
+        let cg_out = c_out / groups;
+        let kind = if cg_in == 1 && cg_out == 1 {
+            Kind::Depthwise(
+                w.iter().enumerate().map(|(i, &v)| v as i32 - zp(i / kernel_size)).collect(),
+            )
+        } else {
+            let kk = cg_in * kernel_size;
+            Kind::Gemm(
+                (0..groups)
+                    .map(|g| {
+                        let wg = &w[g * cg_out * kk..(g + 1) * cg_out * kk];
+                        let zps: Vec<i32> = (0..cg_out).map(|c| zp(g * cg_out + c)).collect();
+                        // Stored `cg_out × kk`: the GEMM's `kk × cg_out` operand transposed.
+                        PackedI8::pack(Trans::Yes, kk, cg_out, wg, kk, &zps)
+                    })
+                    .collect(),
+            )
+        };
+        PackedConv { c_out, cg_in, groups, kernel_size, kind }
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    pub fn c_in(&self) -> usize {
+        self.cg_in * self.groups
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    pub fn is_depthwise(&self) -> bool {
+        matches!(self.kind, Kind::Depthwise(_))
+    }
+}
+
+/// What happens to each output channel's exact sums.
+pub enum ConvStage<'a> {
+    I32 {
+        out: &'a mut [i32],
+    },
+    /// As [`Stage::Requantize`], with `bias` and `multiplier` per output channel (multiplier
+    /// may be one value).
+    Requantize {
+        bias: Option<&'a [i32]>,
+        multiplier: &'a [f32],
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+        out: &'a mut [u8],
+    },
+}
+
+/// Fills `rows` (`pixels × cg_in·kernel`) with the patches of `x` (`cg_in` planes).
+fn patches(win: &Window, cg_in: usize, x: &[u8], pad: u8, rows: &mut [u8]) {
+    let [_, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let [od, oh, ow] = win.output;
+    let plane = win.input_size();
+    let kk = cg_in * kd * kh * kw;
+    let mut pix = 0;
+    for oz in 0..od {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &mut rows[pix * kk..(pix + 1) * kk];
+                let mut t = 0;
+                for c in 0..cg_in {
+                    let xc = &x[c * plane..(c + 1) * plane];
+                    for kz in 0..kd {
+                        let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                        for ky in 0..kh {
+                            let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                            let inside_zy = iz >= 0
+                                && iz < win.input[0] as isize
+                                && iy >= 0
+                                && iy < ih as isize;
+                            let base = (iz.max(0) as usize * ih + iy.max(0) as usize) * iw;
+                            for kx in 0..kw {
+                                let ix = (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
+                                row[t] = if inside_zy && ix >= 0 && ix < iw as isize {
+                                    xc[base + ix as usize]
+                                } else {
+                                    pad
+                                };
+                                t += 1;
+                            }
+                        }
+                    }
+                }
+                pix += 1;
+            }
+        }
+    }
+}
+
+/// Convolves `batch` images `x` (`[batch, c_in, input...]` u8, zero point `x_zp`) with `w`
+/// over the window `win`; the output is `[batch, c_out, output...]` through `stage`.
+///
+/// # Panics
+/// When `x` or the output is too short, or `x_zp` is not a u8 value (caller bugs).
+pub fn qconv(
+    win: &Window,
+    batch: usize,
+    x: &[u8],
+    x_zp: i32,
+    w: &PackedConv,
+    stage: ConvStage<'_>,
+) {
+    let (c_in, c_out, g) = (w.c_in(), w.c_out, w.groups);
+    let (plane_in, plane_out) = (win.input_size(), win.output_size());
+    assert!(x.len() >= batch * c_in * plane_in, "qconv: x is too short");
+    assert!((0..=255).contains(&x_zp), "qconv: x zero point {x_zp}");
+    assert_eq!(win.kernel_size(), w.kernel_size, "qconv: kernel size");
+    let cg_out = c_out / g;
+    let out_len = batch * c_out * plane_out;
+    match (&w.kind, stage) {
+        (Kind::Gemm(packed), stage) => {
+            let kk = w.cg_in * w.kernel_size;
+            let mut rows = vec![0u8; plane_out * kk];
+            let mut stage = stage;
+            for b in 0..batch {
+                for (gi, pw) in packed.iter().enumerate() {
+                    let xg = &x[(b * c_in + gi * w.cg_in) * plane_in..][..w.cg_in * plane_in];
+                    patches(win, w.cg_in, xg, x_zp as u8, &mut rows);
+                    let off = (b * c_out + gi * cg_out) * plane_out;
+                    let per = |v: &[f32]| {
+                        if v.len() == 1 {
+                            (0, 1)
+                        } else {
+                            (gi * cg_out, cg_out)
+                        }
+                    };
+                    let st = match &mut stage {
+                        ConvStage::I32 { out } => {
+                            assert!(out.len() >= out_len, "qconv: output is too short");
+                            Stage::I32 { out: &mut out[off..] }
+                        }
+                        ConvStage::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
+                            assert!(out.len() >= out_len, "qconv: output is too short");
+                            let (m0, mn) = per(multiplier);
+                            Stage::Requantize {
+                                bias: bias.map(|b| &b[gi * cg_out..(gi + 1) * cg_out]),
+                                multiplier: &multiplier[m0..m0 + mn],
+                                zero_point: *zero_point,
+                                qmin: *qmin,
+                                qmax: *qmax,
+                                out: &mut out[off..],
+                            }
+                        }
+                    };
+                    let o = Output { stage: st, row_stride: 1, col_stride: plane_out };
+                    qgemm(plane_out, &rows, kk, x_zp, pw, o);
+                }
+            }
+        }
+        (Kind::Depthwise(wc), ConvStage::I32 { out }) => {
+            assert!(out.len() >= out_len, "qconv: output is too short");
+            out[..out_len].par_chunks_mut(plane_out).enumerate().for_each(|(bc, y)| {
+                let c = bc % c_out;
+                let xc = &x[bc * plane_in..(bc + 1) * plane_in];
+                depthwise_plane(
+                    win,
+                    xc,
+                    x_zp,
+                    &wc[c * w.kernel_size..][..w.kernel_size],
+                    |_, row, acc| y[row * win.output[2]..][..acc.len()].copy_from_slice(acc),
+                );
+            });
+        }
+        (
+            Kind::Depthwise(wc),
+            ConvStage::Requantize { bias, multiplier, zero_point, qmin, qmax, out },
+        ) => {
+            assert!(out.len() >= out_len, "qconv: output is too short");
+            out[..out_len].par_chunks_mut(plane_out).enumerate().for_each(|(bc, y)| {
+                let c = bc % c_out;
+                let xc = &x[bc * plane_in..(bc + 1) * plane_in];
+                let m = if multiplier.len() == 1 { multiplier[0] } else { multiplier[c] };
+                let bv = bias.map_or(0, |b| b[c]);
+                depthwise_plane(
+                    win,
+                    xc,
+                    x_zp,
+                    &wc[c * w.kernel_size..][..w.kernel_size],
+                    |_, row, acc| {
+                        let dst = &mut y[row * win.output[2]..][..acc.len()];
+                        for (d, &v) in dst.iter_mut().zip(acc) {
+                            *d =
+                                requantize_one(v.wrapping_add(bv), m, zero_point, qmin, qmax) as u8;
+                        }
+                    },
+                );
+            });
+        }
+    }
+}
+
+/// One channel of a depthwise convolution; `emit(z, row, sums)` receives each output row
+/// (`row` counts rows across the depth dim).
+fn depthwise_plane(
+    win: &Window,
+    x: &[u8],
+    x_zp: i32,
+    w: &[i32],
+    mut emit: impl FnMut(usize, usize, &[i32]),
+) {
+    let [id, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let [od, oh, ow] = win.output;
+    let sx = win.strides[2];
+    let mut acc = vec![0i32; ow];
+    // x - zp once per plane, so the inner loop is a multiply-add on i32 lanes.
+    let xc: Vec<i32> = x[..id * ih * iw].iter().map(|&v| v as i32 - x_zp).collect();
+    for oz in 0..od {
+        for oy in 0..oh {
+            acc.fill(0);
+            for kz in 0..kd {
+                let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                if iz < 0 || iz >= id as isize {
+                    continue;
+                }
+                for ky in 0..kh {
+                    let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                    if iy < 0 || iy >= ih as isize {
+                        continue;
+                    }
+                    let xrow = &xc[(iz as usize * ih + iy as usize) * iw..][..iw];
+                    for kx in 0..kw {
+                        let wv = w[(kz * kh + ky) * kw + kx];
+                        let off = win.tap_offset(2, kx);
+                        let (lo, hi) = win.valid_range(2, off);
+                        if lo >= hi {
+                            continue;
+                        }
+                        let start = (lo * sx) as isize + off;
+                        if sx == 1 {
+                            let src = &xrow[start as usize..start as usize + (hi - lo)];
+                            for (a, &v) in acc[lo..hi].iter_mut().zip(src) {
+                                *a = a.wrapping_add(v.wrapping_mul(wv));
+                            }
+                        } else {
+                            for (j, a) in acc[lo..hi].iter_mut().enumerate() {
+                                let v = xrow[start as usize + j * sx];
+                                *a = a.wrapping_add(v.wrapping_mul(wv));
+                            }
+                        }
+                    }
+                }
+            }
+            emit(oz, oz * oh + oy, &acc);
+        }
+    }
+}
+
+/// The textbook loop: `[batch, c_out, output...]` exact sums of
+/// `(x - x_zp) · (w - w_zp[c])` (padding contributes nothing).
+#[allow(clippy::too_many_arguments)]
+pub fn qconv_ref(
+    win: &Window,
+    batch: usize,
+    c_in: usize,
+    x: &[u8],
+    x_zp: i32,
+    w: &[i8],
+    c_out: usize,
+    groups: usize,
+    w_zp: &[i32],
+) -> Vec<i32> {
+    let [id, ih, iw] = win.input;
+    let [kd, kh, kw] = win.kernel;
+    let [od, oh, ow] = win.output;
+    let (cg_in, cg_out) = (c_in / groups, c_out / groups);
+    let mut y = Vec::with_capacity(batch * c_out * od * oh * ow);
+    for b in 0..batch {
+        for co in 0..c_out {
+            let zw = if w_zp.len() == 1 { w_zp[0] } else { w_zp[co] };
+            for oz in 0..od {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0i32;
+                        for ci in 0..cg_in {
+                            let c = (co / cg_out) * cg_in + ci;
+                            for kz in 0..kd {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iz =
+                                            (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                                        let iy =
+                                            (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                                        let ix =
+                                            (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
+                                        if iz < 0 || iy < 0 || ix < 0 {
+                                            continue;
+                                        }
+                                        let (iz, iy, ix) = (iz as usize, iy as usize, ix as usize);
+                                        if iz >= id || iy >= ih || ix >= iw {
+                                            continue;
+                                        }
+                                        let xv =
+                                            x[(((b * c_in + c) * id + iz) * ih + iy) * iw + ix];
+                                        let wv =
+                                            w[(((co * cg_in + ci) * kd + kz) * kh + ky) * kw + kx];
+                                        acc += (xv as i32 - x_zp) * (wv as i32 - zw);
+                                    }
+                                }
+                            }
+                        }
+                        y.push(acc);
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn geometry(
+    ) -> impl Strategy<Value = (usize, usize, usize, [usize; 2], [usize; 2], usize, usize, usize)>
+    {
+        // (batch, groups, channels per group in, (h, w), (kh, kw), stride, pad, dilation)
+        (
+            1usize..3,
+            1usize..4,
+            1usize..4,
+            [1usize..9, 1usize..9],
+            [1usize..4, 1usize..4],
+            1usize..3,
+            0usize..3,
+            1usize..3,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+
+        /// GEMM, grouped and depthwise convolutions equal the textbook loop exactly, and the
+        /// requantize stage equals the scalar rule on those sums.
+        #[test]
+        fn integer_conv_matches_the_reference(
+            (batch, groups, cg_in, hw, kern, stride, pad, dil) in geometry(),
+            depthwise in any::<bool>(),
+            cg_out in 1usize..5,
+            seed in any::<u64>(),
+            x_zp in 0i32..256,
+            per_channel in any::<bool>(),
+        ) {
+            let (cg_in, cg_out) = if depthwise { (1, 1) } else { (cg_in, cg_out) };
+            let (c_in, c_out) = (cg_in * groups, cg_out * groups);
+            let ext = |i: usize| (kern[i] - 1) * dil + 1;
+            prop_assume!(hw[0] + 2 * pad >= ext(0) && hw[1] + 2 * pad >= ext(1));
+            let out = [(hw[0] + 2 * pad - ext(0)) / stride + 1, (hw[1] + 2 * pad - ext(1)) / stride + 1];
+            let win = Window::new(&hw, &kern, &[stride; 2], &[dil; 2], &[pad; 2], &[pad; 2], &out).unwrap();
+            let mut s = seed | 1;
+            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+            let x: Vec<u8> = (0..batch * c_in * hw[0] * hw[1]).map(|_| next() as u8).collect();
+            let ks = kern[0] * kern[1];
+            let w: Vec<i8> = (0..c_out * cg_in * ks).map(|_| next() as i8).collect();
+            let w_zp: Vec<i32> = if per_channel { (0..c_out).map(|_| (next() % 9) as i32 - 4).collect() } else { vec![0] };
+            let want = qconv_ref(&win, batch, c_in, &x, x_zp, &w, c_out, groups, &w_zp);
+            let packed = PackedConv::pack(&w, c_out, cg_in, ks, groups, &w_zp);
+            prop_assert_eq!(packed.is_depthwise(), cg_in == 1 && cg_out == 1);
+            let mut got = vec![0i32; want.len()];
+            qconv(&win, batch, &x, x_zp, &packed, ConvStage::I32 { out: &mut got });
+            prop_assert_eq!(&got, &want);
+            let bias: Vec<i32> = (0..c_out).map(|c| c as i32 * 37 - 50).collect();
+            let mult: Vec<f32> = (0..c_out).map(|c| 0.001 + c as f32 * 0.0003).collect();
+            let mut q = vec![0u8; want.len()];
+            qconv(&win, batch, &x, x_zp, &packed, ConvStage::Requantize {
+                bias: Some(&bias), multiplier: &mult, zero_point: 7, qmin: 0, qmax: 255, out: &mut q,
+            });
+            let plane = out[0] * out[1];
+            for (i, (&qv, &acc)) in q.iter().zip(&want).enumerate() {
+                let c = (i / plane) % c_out;
+                prop_assert_eq!(qv as i32, requantize_one(acc + bias[c], mult[c], 7, 0, 255));
+            }
+        }
+    }
+}
