@@ -294,6 +294,162 @@ print("ok", err)
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 }
 
+/// `lowbit ARGS` with extra environment; also returns the process id, which names the temp
+/// folder `bench --vs-ort` makes (`lowbit-bench-ort-<pid>-…`).
+fn lowbit_env(args: &[&str], env: &[(&str, &str)]) -> (Output, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the lowbit binary runs");
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
+}
+
+/// Asserts that the run with process id `pid` left no `--vs-ort` temp folder behind.
+fn assert_no_ort_temp_left(pid: u32) {
+    let prefix = format!("lowbit-bench-ort-{pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The `LOWBIT_PYTHON` tests with ONNX Runtime need, or `None` with a note (they skip).
+fn ort_python() -> Option<String> {
+    let python = std::env::var("LOWBIT_PYTHON").ok().filter(|p| !p.is_empty());
+    if python.is_none() {
+        eprintln!("skipped: LOWBIT_PYTHON is not set (source scripts/setup-test-env.sh)");
+    }
+    python
+}
+
+fn f64_at(j: &serde_json::Value, path: &[&str]) -> f64 {
+    let v = path.iter().fold(j, |v, k| &v[*k]);
+    v.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number in {j}"))
+}
+
+#[test]
+fn bench_vs_ort_reports_both_latencies_their_ratio_and_output_diffs() {
+    let Some(python) = ort_python() else { return };
+    let dir = example("bench-ort");
+    let model = dir.join("model.onnx");
+    let args = ["bench", s(&model), "--vs-ort", "--runs", "3", "--warmup", "1", "--json"];
+    let (o, pid) = lowbit_env(&args, &[("LOWBIT_PYTHON", &python)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_no_ort_temp_left(pid);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ort = &j["ort"];
+    for k in ["median_ms", "p90_ms", "min_ms", "mean_ms"] {
+        assert!(f64_at(ort, &[k]) > 0.0, "{k}: {j}");
+    }
+    assert_eq!(ort["runs"], 3, "{j}");
+    assert_eq!(ort["warmup"], 1, "{j}");
+    assert_eq!(ort["intra_op_threads"], j["threads"], "{j}");
+    assert_eq!(ort["inter_op_threads"], 1, "{j}");
+    let want = f64_at(&j, &["median_ms"]) / f64_at(ort, &["median_ms"]);
+    let ratio = f64_at(&j, &["ratio_median"]);
+    assert!((ratio - want).abs() <= 1e-9 * want.abs(), "{ratio} vs {want}: {j}");
+    let outs = ort["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 1, "{j}");
+    assert_eq!(outs[0]["name"], "probs");
+    assert!(f64_at(&outs[0], &["max_abs_diff"]) < 1e-4, "{j}");
+
+    // --data: feed sets cycle (6 runs over 4 samples) in both runtimes; text output.
+    let data = dir.join("data");
+    let args = [
+        "bench",
+        s(&model),
+        "--data",
+        s(&data),
+        "--limit",
+        "4",
+        "--runs",
+        "6",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--vs-ort",
+        "--python",
+        &python,
+    ];
+    let (o, pid) = lowbit_env(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_no_ort_temp_left(pid);
+    let out = stdout(&o);
+    for needle in
+        ["ORT latency  median", "intra-op threads 1,", "ratio        ", "max |diff|   probs"]
+    {
+        assert!(out.contains(needle), "expected {needle:?} in:\n{out}");
+    }
+
+    // Without --vs-ort the fields are there, null.
+    let o = lowbit(&["bench", s(&model), "--runs", "2", "--warmup", "0", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["ort"].is_null() && j["ratio_median"].is_null(), "{j}");
+}
+
+#[test]
+fn bench_vs_ort_with_a_bad_python_is_a_clear_error() {
+    let dir = example("bench-ort-bad-python");
+    let model = dir.join("model.onnx");
+    let missing = dir.join("no-such-python");
+    let args = ["bench", s(&model), "--vs-ort", "--python", s(&missing), "--runs", "2"];
+    let (o, pid) = lowbit_env(&args, &[]);
+    assert_fails(
+        &o,
+        1,
+        &["--vs-ort", s(&missing), "--python", "LOWBIT_PYTHON", "setup-test-env.sh"],
+    );
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    assert_no_ort_temp_left(pid);
+
+    // --python alone is a usage error.
+    let o = lowbit(&["bench", s(&model), "--python", s(&missing)]);
+    assert_fails(&o, 2, &["--vs-ort"]);
+}
+
+#[test]
+fn bench_vs_ort_without_onnxruntime_says_how_to_install_it() {
+    let Some(python) = ort_python() else { return };
+    let dir = example("bench-ort-no-ort");
+    // A module that shadows the real package and fails to import, as a missing one does.
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    let raise = "raise ModuleNotFoundError(\"No module named 'onnxruntime'\")\n";
+    std::fs::write(fake.join("onnxruntime.py"), raise).unwrap();
+    let model = dir.join("model.onnx");
+    let args = ["bench", s(&model), "--vs-ort", "--runs", "2"];
+    let (o, pid) = lowbit_env(&args, &[("LOWBIT_PYTHON", &python), ("PYTHONPATH", s(&fake))]);
+    assert_fails(
+        &o,
+        1,
+        &["lacks onnxruntime", "No module named 'onnxruntime'", "pip install", "setup-test-env.sh"],
+    );
+    assert_no_ort_temp_left(pid);
+}
+
+#[test]
+fn bench_vs_ort_shows_onnx_runtimes_message_when_it_cannot_load_the_model() {
+    let Some(python) = ort_python() else { return };
+    let dir = example("bench-ort-load");
+    // lowbit runs any IR version; ONNX Runtime refuses one from the future.
+    let mut model = lowbit_onnx::load_model(dir.join("model.onnx")).unwrap();
+    model.ir_version = 99;
+    let path = dir.join("ir99.onnx");
+    lowbit_onnx::save_model(&model, &path).unwrap();
+    let args = ["bench", s(&path), "--vs-ort", "--runs", "2", "--warmup", "0"];
+    let (o, pid) = lowbit_env(&args, &[("LOWBIT_PYTHON", &python)]);
+    assert_fails(&o, 1, &["ONNX Runtime", "cannot load", s(&path), "IR version"]);
+    assert_no_ort_temp_left(pid);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input: one clear message, non-zero exit, no panic
 

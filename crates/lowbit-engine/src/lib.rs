@@ -17,6 +17,7 @@
 //! ```
 
 pub mod error;
+pub mod fuse;
 pub mod op;
 pub mod ops;
 pub mod registry;

@@ -7,16 +7,32 @@ use lowbit_onnx::attr::Attrs;
 use lowbit_onnx::pb::{self, ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::tensor_from_proto;
 use lowbit_tensor::{DType, Tensor};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A callback shown every tensor by its ONNX name as it is produced.
 pub type Observer<'a> = dyn FnMut(&str, &Tensor) + Send + 'a;
 
 /// Options for building a [`Session`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SessionOptions {
     /// Worker threads for kernels; 0 means one per core.
     pub threads: usize,
+    /// Fuse QDQ patterns into integer ops at load ([`crate::fuse`]; on by default). Off, a
+    /// quantized model runs as written (float Q/DQ), and every value it names is observable.
+    pub fuse_quantized: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: 0, fuse_quantized: true }
+    }
+}
+
+impl SessionOptions {
+    /// Default options with `threads` worker threads (0: one per core).
+    pub fn with_threads(threads: usize) -> Self {
+        SessionOptions { threads, ..Default::default() }
+    }
 }
 
 /// One dimension of a graph input as the model declares it.
@@ -104,6 +120,7 @@ pub struct Session {
     inputs: Vec<(InputSpec, usize)>,
     outputs: Vec<(String, usize)>,
     pool: rayon::ThreadPool,
+    fused: BTreeMap<String, usize>,
 }
 
 /// Ops whose output must not be computed once at load time.
@@ -228,6 +245,14 @@ impl Session {
             });
         }
 
+        let fused = if opts.fuse_quantized {
+            crate::fuse::fuse_qdq(graph, &opsets, reg)
+        } else {
+            crate::fuse::Fused::default()
+        };
+        let nodes: &[NodeProto] =
+            if opts.fuse_quantized { &fused.nodes } else { graph.node.as_slice() };
+
         let mut slots: HashMap<String, usize> = HashMap::new();
         let mut slot_names: Vec<String> = Vec::new();
         let mut slot_of = |name: &str, slots: &mut HashMap<String, usize>| -> usize {
@@ -251,7 +276,16 @@ impl Session {
             let s = slot_of(&init.name, &mut slots);
             set_const(&mut constants, s, t);
         }
-        let init_names: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        for (name, t) in &fused.constants {
+            let s = slot_of(name, &mut slots);
+            set_const(&mut constants, s, t.clone());
+        }
+        let init_names: HashSet<&str> = graph
+            .initializer
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(fused.constants.iter().map(|(n, _)| n.as_str()))
+            .collect();
         let mut inputs = Vec::new();
         for vi in &graph.input {
             // Before IR 4, initializers were also listed as inputs; they need no feed.
@@ -264,12 +298,12 @@ impl Session {
 
         let mut available: HashSet<String> = graph.input.iter().map(|v| v.name.clone()).collect();
         available.extend(init_names.iter().map(|s| s.to_string()));
-        let order = topo_order(&graph.node, &available)?;
+        let order = topo_order(nodes, &available)?;
 
         let mut steps = Vec::with_capacity(order.len());
         let mut folded = Vec::new();
         for idx in order {
-            let node = &graph.node[idx];
+            let node = &nodes[idx];
             let label = node_label(node, idx);
             let node_err = |msg: String| EngineError::Node {
                 node: label.clone(),
@@ -350,7 +384,16 @@ impl Session {
             .num_threads(opts.threads)
             .build()
             .map_err(|e| EngineError::Graph(format!("cannot start worker threads: {e}")))?;
-        Ok(Session { steps, slot_names, constants, folded, inputs, outputs, pool })
+        Ok(Session {
+            steps,
+            slot_names,
+            constants,
+            folded,
+            inputs,
+            outputs,
+            pool,
+            fused: fused.counts,
+        })
     }
 
     /// The inputs a caller must feed, in graph order.
@@ -361,6 +404,12 @@ impl Session {
     /// Graph output names, in graph order.
     pub fn output_names(&self) -> Vec<&str> {
         self.outputs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// How many integer ops of each kind load-time fusion made (empty when it was off or
+    /// found nothing to fuse).
+    pub fn fused_ops(&self) -> &BTreeMap<String, usize> {
+        &self.fused
     }
 
     /// Number of threads kernels run on.

@@ -110,7 +110,7 @@ enum Outcome {
 }
 
 fn run_case(dir: &Path, model: &ModelProto) -> Outcome {
-    let session = match Session::new(model, &SessionOptions { threads: 1 }) {
+    let session = match Session::new(model, &SessionOptions::with_threads(1)) {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(format!("load: {e}")),
     };

@@ -17,7 +17,7 @@ fn corpus() -> PathBuf {
 
 fn session(model: &str) -> Session {
     let m = lowbit_onnx::load_model(corpus().join("models").join(model)).expect("model loads");
-    Session::new(&m, &SessionOptions { threads: 0 }).expect("model plans")
+    Session::new(&m, &SessionOptions::with_threads(0)).expect("model plans")
 }
 
 /// MNIST images preprocessed as the model's sidecar JSON says: (x·scale − mean) / std.

@@ -39,7 +39,7 @@ fn f32s(shape: &[usize]) -> Tensor {
 
 fn assert_error(op: &str, model: ModelProto, feeds: Vec<Tensor>) {
     let result = std::panic::catch_unwind(|| {
-        let s = Session::new(&model, &SessionOptions { threads: 1 })?;
+        let s = Session::new(&model, &SessionOptions::with_threads(1))?;
         let feeds = feeds.into_iter().enumerate().map(|(i, t)| (format!("in{i}"), t)).collect();
         s.run(feeds)
     });

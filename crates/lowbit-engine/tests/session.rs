@@ -120,7 +120,8 @@ fn observer_sees_every_tensor_by_name_in_production_order() {
 
 #[test]
 fn free_batch_dimension_accepts_any_size() {
-    let s = Session::with_registry(&model(), &SessionOptions { threads: 2 }, &registry()).unwrap();
+    let s =
+        Session::with_registry(&model(), &SessionOptions::with_threads(2), &registry()).unwrap();
     assert_eq!(s.threads(), 2);
     for rows in [1, 3, 7] {
         assert_eq!(s.run(vec![("x".into(), x(rows))]).unwrap()[0].1.shape(), &[rows, 2]);

@@ -1060,7 +1060,8 @@ pub fn compare_models(
         }
     }
 
-    let so = SessionOptions { threads: opts.threads };
+    // Unfused: the quantized model's intermediate float values are what is compared.
+    let so = SessionOptions { threads: opts.threads, fuse_quantized: false };
     let s32 =
         Session::new(fp32, &so).map_err(|e| CompareError::Engine { model: f.what, source: e })?;
     let sq =

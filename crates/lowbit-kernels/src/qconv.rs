@@ -48,7 +48,7 @@ impl PackedConv {
         zero_points: &[i32],
     ) -> PackedConv {
         assert_eq!(w.len(), c_out * cg_in * kernel_size, "PackedConv: weight length");
-        assert!(groups >= 1 && c_out % groups == 0, "PackedConv: groups");
+        assert!(groups >= 1 && c_out.is_multiple_of(groups), "PackedConv: groups");
         assert!(zero_points.len() == 1 || zero_points.len() == c_out, "PackedConv: zero points");
         let zp = |c: usize| if zero_points.len() == 1 { zero_points[0] } else { zero_points[c] };
         let cg_out = c_out / groups;

@@ -491,7 +491,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = Session::new(&model, &SessionOptions { threads: 1 }).unwrap();
+        let s = Session::new(&model, &SessionOptions::with_threads(1)).unwrap();
         s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1
     }
 

@@ -43,7 +43,7 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
 
 /// Plans `model` on lowbit's engine with `threads` workers (0: one per core).
 pub fn new_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
-    Session::new(model, &SessionOptions { threads })
+    Session::new(model, &SessionOptions::with_threads(threads))
         .with_context(|| format!("{}: lowbit's engine cannot run this model", path.display()))
 }
 

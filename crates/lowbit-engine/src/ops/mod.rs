@@ -7,11 +7,13 @@
 //! | `linalg` | `MatMul`, `Gemm`, `Einsum`-free matrix products |
 //! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, activations with attributes |
 //! | `shape` | layout and indexing: `Reshape`, `Transpose`, `Concat`, `Gather`, `Slice`, `Shape`, … |
-//! | `quant` | `QuantizeLinear`, `DequantizeLinear`, `DynamicQuantizeLinear`, integer matmul/conv |
+//! | `quant` | `QuantizeLinear`, `DequantizeLinear`, `DynamicQuantizeLinear`, reference integer matmul/conv |
+//! | `qlinear` | integer ops on the packed int8 kernels: `QLinearConv`/`MatMul`, `*Integer`, ORT's `QGemm`, `QLinearAdd`, … |
 
 pub mod elementwise;
 pub mod linalg;
 pub mod nn;
+pub mod qlinear;
 pub mod quant;
 pub mod reduce;
 pub mod shape;
@@ -33,4 +35,5 @@ pub fn register_all_ops(reg: &mut Registry) {
     shape::register(reg);
     reg.set_family("quant");
     quant::register(reg);
+    qlinear::register(reg);
 }

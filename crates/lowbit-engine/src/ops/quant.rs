@@ -10,7 +10,8 @@
 //! Integer products accumulate `(a - a_zero_point) * (b - b_zero_point)` exactly in i32;
 //! `QLinear*` requantize with `multiplier = a_scale * b_scale / y_scale` in f32. Convolutions
 //! are direct loops over the [`Window`] geometry (padding contributes zero after the zero point
-//! is subtracted); the fast int8 path is a later kernel.
+//! is subtracted). These are the reference semantics: [`crate::ops::qlinear`] runs the same ops
+//! on the packed int8 kernels when operands allow, and falls back to these builders.
 
 use crate::bail;
 use crate::error::{OpError, OpResult};
@@ -281,7 +282,7 @@ fn centered_operands(
     Ok((av, bv))
 }
 
-fn build_matmul_integer(_ctx: &BuildCtx) -> KernelResult {
+pub(crate) fn build_matmul_integer(_ctx: &BuildCtx) -> KernelResult {
     kernel(|ins| {
         let a = input(ins, 0)?;
         let b = input(ins, 1)?;
@@ -331,8 +332,9 @@ fn wrap_q(dt: DType, shape: Vec<usize>, q: Vec<i32>) -> OpResult<Tensor> {
     Ok(Tensor::new(shape, data)?)
 }
 
-fn build_qlinear_matmul(_ctx: &BuildCtx) -> KernelResult {
-    kernel(|ins| {
+/// The reference `QLinearMatMul` (any 8/16-bit types, per-row and per-column parameters).
+pub(crate) fn qlinear_matmul(ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+    {
         let a = input(ins, 0)?;
         let b = input(ins, 3)?;
         let d = mat_dims(a.shape(), b.shape())?;
@@ -352,7 +354,7 @@ fn build_qlinear_matmul(_ctx: &BuildCtx) -> KernelResult {
             })
             .collect();
         Ok(vec![wrap_q(dt, d.out_shape, q)?])
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,13 +363,13 @@ fn build_qlinear_matmul(_ctx: &BuildCtx) -> KernelResult {
 /// Conv attributes, read once. The window geometry (auto_pad, pads, strides, dilations) is
 /// the float Conv's, from `nn`.
 #[derive(Clone)]
-struct ConvAttrs {
+pub(crate) struct ConvAttrs {
     spatial: SpatialAttrs,
-    group: usize,
+    pub(crate) group: usize,
 }
 
 impl ConvAttrs {
-    fn read(a: &Attrs) -> OpResult<ConvAttrs> {
+    pub(crate) fn read(a: &Attrs) -> OpResult<ConvAttrs> {
         let group = a.int_or("group", 1)?;
         if group < 1 {
             bail!("group must be positive, got {group}");
@@ -375,7 +377,7 @@ impl ConvAttrs {
         Ok(ConvAttrs { spatial: SpatialAttrs::read(a)?, group: group as usize })
     }
 
-    fn window(&self, input: &[usize], kernel: &[usize]) -> OpResult<Window> {
+    pub(crate) fn window(&self, input: &[usize], kernel: &[usize]) -> OpResult<Window> {
         if let Some(k) = &self.spatial.kernel {
             if k.iter().map(|&v| v as usize).ne(kernel.iter().copied()) {
                 bail!("kernel_shape {k:?} does not match the weights' {kernel:?}");
@@ -471,7 +473,7 @@ fn centered_input(x: &Tensor, x_zp: Option<&Tensor>) -> OpResult<Vec<i32>> {
     centered(x, x_zp, |_, _| 0)
 }
 
-fn build_conv_integer(ctx: &BuildCtx) -> KernelResult {
+pub(crate) fn build_conv_integer(ctx: &BuildCtx) -> KernelResult {
     let attrs = ConvAttrs::read(&ctx.attrs)?;
     kernel(move |ins| {
         let x = input(ins, 0)?;
@@ -483,7 +485,7 @@ fn build_conv_integer(ctx: &BuildCtx) -> KernelResult {
     })
 }
 
-fn build_qlinear_conv(ctx: &BuildCtx) -> KernelResult {
+pub(crate) fn build_qlinear_conv(ctx: &BuildCtx) -> KernelResult {
     let attrs = ConvAttrs::read(&ctx.attrs)?;
     kernel(move |ins| {
         let x = input(ins, 0)?;
@@ -523,10 +525,8 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "QuantizeLinear", build_quantize_linear);
     reg.register("", "DequantizeLinear", build_dequantize_linear);
     reg.register("", "DynamicQuantizeLinear", build_dynamic_quantize_linear);
-    reg.register("", "MatMulInteger", build_matmul_integer);
-    reg.register("", "QLinearMatMul", build_qlinear_matmul);
-    reg.register("", "ConvInteger", build_conv_integer);
-    reg.register("", "QLinearConv", build_qlinear_conv);
+    // The integer products register in `qlinear` (fast kernels, falling back to the builders
+    // here).
 }
 
 #[cfg(test)]
