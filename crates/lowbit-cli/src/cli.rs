@@ -24,7 +24,7 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run a model on .npy inputs and write its outputs as .npy files.
     Run(RunArgs),
-    /// Measure per-sample latency, throughput and peak memory.
+    /// Measure per-sample latency, throughput and peak memory (--vs-ort: against ONNX Runtime).
     Bench(BenchArgs),
     /// Write a small MLP model (fixed-seed weights) with sample inputs and expected outputs.
     ExampleModel(ExampleModelArgs),
@@ -154,6 +154,15 @@ pub struct BenchArgs {
     /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
     #[arg(long, value_name = "SPEC")]
     pub preprocess: Option<String>,
+    /// Also time ONNX Runtime (Python onnxruntime) on the same file and feeds, after lowbit:
+    /// same warm-up, runs and threads; prints both, the median ratio and the outputs' max
+    /// difference on the first sample.
+    #[arg(long)]
+    pub vs_ort: bool,
+    /// The Python with onnxruntime for --vs-ort [default: $LOWBIT_PYTHON, else
+    /// ./.venv/bin/python, else python3].
+    #[arg(long, value_name = "PATH", requires = "vs_ort")]
+    pub python: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

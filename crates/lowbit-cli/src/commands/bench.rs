@@ -1,6 +1,6 @@
-//! `lowbit bench MODEL [--data DIR] [--threads N] [--runs N] [--warmup N] [--json]`: latency of
-//! one `Session::run` (median, p90, min, mean in ms), throughput in samples/s, and peak resident
-//! memory (`VmHWM` from `/proc/self/status`).
+//! `lowbit bench MODEL [--data DIR] [--threads N] [--runs N] [--warmup N] [--vs-ort
+//! [--python PATH]] [--json]`: latency of one `Session::run` (median, p90, min, mean in ms),
+//! throughput in samples/s, and peak resident memory (`VmHWM` from `/proc/self/status`).
 //!
 //! With `--data`, runs feed one sample at a time (or the model's fixed batch), cycling through
 //! the samples; each run's inputs are cut to that sample's real length when the model has a
@@ -9,6 +9,11 @@
 //! floats are N(0, 1) from a fixed seed; integer inputs named like `*mask*` are 1, `*type*` /
 //! `*segment*` 0, `*position*` 0, 1, 2, … along the last axis, other `*id*` inputs small token
 //! ids in 1..1000, anything else 0; bools are true.
+//!
+//! `--vs-ort` then times ONNX Runtime on the same file and feeds in the same order, with the
+//! same warm-up, run and thread counts (see [`ort`]), after lowbit's runs so the two never
+//! compete for cores; the report adds ORT's latency, the median ratio lowbit/ORT, and each
+//! output's largest difference between the two on the first sample fed.
 
 use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::BenchArgs;
@@ -23,8 +28,70 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::Instant;
 
+mod ort;
+
 /// Timed runs without `--data`.
 const DEFAULT_RUNS: usize = 100;
+
+/// Summary of per-run times in ms.
+#[derive(Serialize)]
+struct Latency {
+    median_ms: f64,
+    p90_ms: f64,
+    min_ms: f64,
+    mean_ms: f64,
+}
+
+impl Latency {
+    /// Summarizes non-empty `times` (sorting them).
+    fn of(times: &mut [f64]) -> Latency {
+        let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
+        times.sort_by(f64::total_cmp);
+        Latency {
+            median_ms: median(times),
+            p90_ms: percentile(times, 90.0),
+            min_ms: times[0],
+            mean_ms,
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "median {:.3} ms, p90 {:.3} ms, min {:.3} ms, mean {:.3} ms",
+            self.median_ms, self.p90_ms, self.min_ms, self.mean_ms
+        )
+    }
+}
+
+/// ONNX Runtime's side of `--vs-ort` (fields in docs/json.md).
+#[derive(Serialize)]
+struct OrtReport {
+    version: String,
+    python: String,
+    providers: Vec<String>,
+    /// `intra_op_num_threads`: lowbit's own thread count, resolved (with `--threads 0`, one
+    /// per CPU this process may use, not ORT's default of one per physical core).
+    intra_op_threads: usize,
+    inter_op_threads: usize,
+    execution_mode: &'static str,
+    graph_optimization: &'static str,
+    runs: usize,
+    warmup: usize,
+    #[serde(flatten)]
+    latency: Latency,
+    /// `InferenceSession` construction.
+    load_ms: Option<f64>,
+    /// lowbit's outputs against ORT's on the first sample fed.
+    outputs: Vec<OutputDiff>,
+}
+
+#[derive(Serialize)]
+struct OutputDiff {
+    name: String,
+    /// `null` when the two cannot be compared (`note` says why).
+    max_abs_diff: Option<f64>,
+    note: Option<String>,
+}
 
 #[derive(Serialize)]
 struct BenchReport {
@@ -36,15 +103,48 @@ struct BenchReport {
     batch: usize,
     runs: usize,
     warmup: usize,
-    median_ms: f64,
-    p90_ms: f64,
-    min_ms: f64,
-    mean_ms: f64,
+    #[serde(flatten)]
+    latency: Latency,
     throughput_per_s: f64,
-    /// Peak resident memory of the whole process (model, session and inputs included).
+    /// Peak resident memory of the whole process (model, session and inputs included), read
+    /// before `--vs-ort` writes ORT's inputs.
     peak_rss_mb: Option<f64>,
     /// Loading the file and planning the session.
     load_ms: f64,
+    /// `--vs-ort` only.
+    ort: Option<OrtReport>,
+    /// lowbit's median / ORT's median (< 1: lowbit is faster); `--vs-ort` only.
+    ratio_median: Option<f64>,
+}
+
+/// Each output's largest difference, lowbit (graph order) against ORT, by name.
+fn diff_outputs(
+    lowbit: &[(String, Tensor)],
+    mut theirs: Vec<(String, Result<Tensor, String>)>,
+) -> Vec<OutputDiff> {
+    let mut diffs = Vec::new();
+    for (name, t) in lowbit {
+        let Some(k) = theirs.iter().position(|(n, _)| n == name) else {
+            diffs.push(OutputDiff {
+                name: name.clone(),
+                max_abs_diff: None,
+                note: Some("ONNX Runtime did not return it".into()),
+            });
+            continue;
+        };
+        let (_, o) = theirs.remove(k);
+        let (max_abs_diff, note) = match o.and_then(|o| ort::max_abs_diff(t, &o)) {
+            Ok(d) if d.is_nan() => (None, Some("NaN in one runtime's output only".into())),
+            Ok(d) => (Some(d), None),
+            Err(why) => (None, Some(why)),
+        };
+        diffs.push(OutputDiff { name: name.clone(), max_abs_diff, note });
+    }
+    for (name, _) in theirs {
+        let note = Some("not among lowbit's outputs".into());
+        diffs.push(OutputDiff { name, max_abs_diff: None, note });
+    }
+    diffs
 }
 
 /// One synthetic tensor for a declared input (see the module docs).
@@ -153,9 +253,17 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         .runs
         .map_or(if args.data.is_some() { sets.len() } else { DEFAULT_RUNS }, |r| r as usize);
 
+    // Checked before lowbit's runs so a missing Python or onnxruntime fails at once.
+    let ort_side = if args.vs_ort { Some(ort::Ort::start(args.python.as_deref())?) } else { None };
+
     let label = |i: usize| format!("{}: run {} failed", args.model.display(), i + 1);
+    // The outputs of the first run fed (set 0), kept for the comparison with ORT.
+    let mut first_out = None;
     for i in 0..args.warmup {
-        session.run(sets[i % sets.len()].clone()).with_context(|| label(i))?;
+        let out = session.run(sets[i % sets.len()].clone()).with_context(|| label(i))?;
+        if args.vs_ort && first_out.is_none() {
+            first_out = Some(out);
+        }
     }
     let bar = super::run::progress(runs as u64, quiet || args.json, "bench");
     let mut times = Vec::with_capacity(runs);
@@ -164,27 +272,66 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         let start = Instant::now();
         let out = session.run(feeds).with_context(|| label(i))?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
-        drop(out);
+        if args.vs_ort && first_out.is_none() {
+            first_out = Some(out);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let peak_rss_mb = peak_rss_mb();
+    let latency = Latency::of(&mut times);
+    let threads = session.threads();
 
-    let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
-    times.sort_by(f64::total_cmp);
+    let (ort_report, ratio_median) = match &ort_side {
+        Some(o) => {
+            let note = indicatif::ProgressBar::new_spinner();
+            if quiet || args.json {
+                note.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            // Drawn once, no steady tick: a ticking thread would steal CPU from ORT's runs.
+            note.set_message(format!(
+                "timing ONNX Runtime ({runs} runs + {} warm-up)...",
+                args.warmup
+            ));
+            note.tick();
+            let res = o.bench(&args.model, &sets, threads, args.warmup, runs);
+            note.finish_and_clear();
+            let mut run = res?;
+            let ort_latency = Latency::of(&mut run.times_ms);
+            let ratio = latency.median_ms / ort_latency.median_ms;
+            let report = OrtReport {
+                version: o.version.clone(),
+                python: run.python,
+                providers: run.providers,
+                intra_op_threads: threads,
+                inter_op_threads: 1,
+                execution_mode: "sequential",
+                graph_optimization: "default (ORT_ENABLE_ALL)",
+                runs,
+                warmup: args.warmup,
+                latency: ort_latency,
+                load_ms: run.load_ms,
+                outputs: diff_outputs(first_out.as_deref().unwrap_or_default(), run.outputs),
+            };
+            (Some(report), ratio.is_finite().then_some(ratio))
+        }
+        None => (None, None),
+    };
+    drop(ort_side);
+
     let r = BenchReport {
         model: args.model.display().to_string(),
-        threads: session.threads(),
+        threads,
         inputs: inputs_label,
         batch,
         runs,
         warmup: args.warmup,
-        median_ms: median(&times),
-        p90_ms: percentile(&times, 90.0),
-        min_ms: times[0],
-        mean_ms,
-        throughput_per_s: batch as f64 * 1e3 / mean_ms,
-        peak_rss_mb: peak_rss_mb(),
+        throughput_per_s: batch as f64 * 1e3 / latency.mean_ms,
+        latency,
+        peak_rss_mb,
         load_ms,
+        ort: ort_report,
+        ratio_median,
     };
     if args.json {
         return print(&(serde_json::to_string(&r)? + "\n"));
@@ -194,16 +341,44 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let _ = writeln!(s, "inputs       {} (batch {})", r.inputs, r.batch);
     let _ = writeln!(s, "threads      {}", r.threads);
     let _ = writeln!(s, "runs         {} (+{} warm-up)", r.runs, r.warmup);
-    let _ = writeln!(
-        s,
-        "latency      median {:.3} ms, p90 {:.3} ms, min {:.3} ms, mean {:.3} ms",
-        r.median_ms, r.p90_ms, r.min_ms, r.mean_ms
-    );
+    let _ = writeln!(s, "latency      {}", r.latency.text());
     let _ = writeln!(s, "throughput   {:.1} samples/s", r.throughput_per_s);
     if let Some(mb) = r.peak_rss_mb {
         let _ = writeln!(s, "peak RSS     {mb:.1} MB");
     }
     let _ = writeln!(s, "load         {:.1} ms", r.load_ms);
+    if let Some(o) = &r.ort {
+        let all_cpus =
+            if args.threads == 0 { ", as lowbit's --threads 0: one per CPU" } else { "" };
+        let _ = writeln!(
+            s,
+            "ORT          onnxruntime {} ({}), intra-op threads {}{all_cpus}, inter-op 1, \
+             sequential, default graph optimizations; python {}",
+            o.version,
+            o.providers.join(", "),
+            o.intra_op_threads,
+            o.python
+        );
+        let _ = writeln!(s, "ORT latency  {}", o.latency.text());
+        if let Some(ms) = o.load_ms {
+            let _ = writeln!(s, "ORT load     {ms:.1} ms");
+        }
+        if let Some(x) = r.ratio_median {
+            let _ = writeln!(
+                s,
+                "ratio        {x:.3} (lowbit median / ORT median; < 1: lowbit is faster)"
+            );
+        }
+        for (i, d) in o.outputs.iter().enumerate() {
+            let head = if i == 0 { "max |diff|  " } else { "            " };
+            let value = match (d.max_abs_diff, &d.note) {
+                (Some(x), _) => format!("{x:.3e}"),
+                (None, Some(why)) => format!("n/a ({why})"),
+                (None, None) => "n/a".into(),
+            };
+            let _ = writeln!(s, "{head} {} {value} (first sample, lowbit vs ORT)", d.name);
+        }
+    }
     print(&s)
 }
 
