@@ -163,6 +163,10 @@ pub struct BenchArgs {
     /// ./.venv/bin/python, else python3].
     #[arg(long, value_name = "PATH", requires = "vs_ort")]
     pub python: Option<PathBuf>,
+    /// After the timed runs, run as many again timing every step: time per op type and the
+    /// slowest nodes (not included in the latency figures).
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -412,6 +412,16 @@ impl Session {
         &self.fused
     }
 
+    /// Kernels one run executes (nodes left after fusion and constant folding).
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// The op type of every step, in run order (for profiles and tests).
+    pub fn step_ops(&self) -> Vec<&str> {
+        self.steps.iter().map(|s| s.op_type.as_str()).collect()
+    }
+
     /// Number of threads kernels run on.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
@@ -419,7 +429,23 @@ impl Session {
 
     /// Runs the model; returns graph outputs in graph order.
     pub fn run(&self, feeds: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
-        self.run_inner(feeds, None)
+        self.run_inner(feeds, None, None)
+    }
+
+    /// Runs the model and adds each step's wall time (seconds) to `times` (one entry per
+    /// step, in [`Session::step_ops`] order; resized on first use).
+    pub fn run_profiled(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        times: &mut Vec<f64>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        times.resize(self.steps.len(), 0.0);
+        self.run_inner(feeds, None, Some(times))
+    }
+
+    /// The node name of every step, in run order.
+    pub fn step_names(&self) -> Vec<&str> {
+        self.steps.iter().map(|s| s.node_name.as_str()).collect()
     }
 
     /// Runs the model, showing `observer` every tensor as it is produced, by ONNX name.
@@ -428,13 +454,14 @@ impl Session {
         feeds: Vec<(String, Tensor)>,
         observer: &mut Observer<'_>,
     ) -> Result<Vec<(String, Tensor)>> {
-        self.run_inner(feeds, Some(observer))
+        self.run_inner(feeds, Some(observer), None)
     }
 
     fn run_inner(
         &self,
         feeds: Vec<(String, Tensor)>,
         mut observer: Option<&mut Observer<'_>>,
+        mut times: Option<&mut Vec<f64>>,
     ) -> Result<Vec<(String, Tensor)>> {
         let mut values: Vec<Option<Tensor>> = vec![None; self.slot_names.len()];
         for (name, t) in feeds {
@@ -466,7 +493,8 @@ impl Session {
             }
         }
         self.pool.install(|| -> Result<()> {
-            for st in &self.steps {
+            for (i, st) in self.steps.iter().enumerate() {
+                let t0 = times.is_some().then(std::time::Instant::now);
                 let outs = {
                     let args: Vec<Option<&Tensor>> = st
                         .inputs
@@ -489,6 +517,9 @@ impl Session {
                 }
                 for &s in &st.free_after {
                     values[s] = None;
+                }
+                if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
+                    t[i] += t0.elapsed().as_secs_f64();
                 }
             }
             Ok(())

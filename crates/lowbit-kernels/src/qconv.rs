@@ -1,16 +1,18 @@
 //! Integer convolution (NCHW, u8 input × i8 weights → exact i32 sums), with the same fused
 //! output stages as [`crate::qgemm`].
 //!
-//! A grouped convolution is one GEMM per image and group: the input patches as rows
-//! (`pixels × cg_in·kernel`, padded positions filled with the input zero point so they add
-//! nothing once it is subtracted) times the group's packed weights, written straight into the
-//! NCHW output through a transposed store. A depthwise convolution (one input channel per
+//! A grouped convolution is one GEMM per image and group: the input is turned channels-last
+//! once, its patches laid out as rows (`pixels × kernel·cg_in`, one contiguous copy per tap;
+//! padded positions hold the input zero point so they add nothing once it is subtracted;
+//! a 1×1 stride-1 convolution multiplies the channels-last input itself), times the group's
+//! packed weights (reordered to taps × channels at load), written straight into the NCHW
+//! output through a transposed store. A depthwise convolution (one input channel per
 //! group, one output channel per group) has too little reuse for a GEMM and runs directly:
 //! for each kernel tap, a whole output row accumulates in i32 (contiguous for stride 1, so
 //! it vectorizes). [`qconv_ref`] is the loop both are tested against.
 
 use crate::gemm::Trans;
-use crate::qgemm::{qgemm, Output, PackedI8, Stage};
+use crate::qgemm::{qgemm, requantize_into, Output, PackedI8, Stage};
 use crate::quantize::requantize_one;
 use crate::window::Window;
 use rayon::prelude::*;
@@ -29,8 +31,9 @@ pub struct PackedConv {
 enum Kind {
     /// One packed `(cg_in·kernel) × cg_out` operand per group.
     Gemm(Vec<PackedI8>),
-    /// Weights minus their zero point, `c_out × kernel`.
-    Depthwise(Vec<i32>),
+    /// Weights minus their zero point, `c_out × kernel`, and channels-last (`kernel × c_out`,
+    /// i16) for the 2-D kernel.
+    Depthwise(Vec<i32>, Vec<i16>),
 }
 
 impl PackedConv {
@@ -53,18 +56,33 @@ impl PackedConv {
         let zp = |c: usize| if zero_points.len() == 1 { zero_points[0] } else { zero_points[c] };
         let cg_out = c_out / groups;
         let kind = if cg_in == 1 && cg_out == 1 {
-            Kind::Depthwise(
-                w.iter().enumerate().map(|(i, &v)| v as i32 - zp(i / kernel_size)).collect(),
-            )
+            let wc: Vec<i32> =
+                w.iter().enumerate().map(|(i, &v)| v as i32 - zp(i / kernel_size)).collect();
+            let mut wl = vec![0i16; wc.len()];
+            for c in 0..c_out {
+                for t in 0..kernel_size {
+                    wl[t * c_out + c] = wc[c * kernel_size + t] as i16;
+                }
+            }
+            Kind::Depthwise(wc, wl)
         } else {
             let kk = cg_in * kernel_size;
             Kind::Gemm(
                 (0..groups)
                     .map(|g| {
                         let wg = &w[g * cg_out * kk..(g + 1) * cg_out * kk];
+                        // Reordered to the patches' order (taps outer, channels inner).
+                        let mut wl = vec![0i8; wg.len()];
+                        for o in 0..cg_out {
+                            for c in 0..cg_in {
+                                for t in 0..kernel_size {
+                                    wl[o * kk + t * cg_in + c] = wg[o * kk + c * kernel_size + t];
+                                }
+                            }
+                        }
                         let zps: Vec<i32> = (0..cg_out).map(|c| zp(g * cg_out + c)).collect();
                         // Stored `cg_out × kk`: the GEMM's `kk × cg_out` operand transposed.
-                        PackedI8::pack(Trans::Yes, kk, cg_out, wg, kk, &zps)
+                        PackedI8::pack(Trans::Yes, kk, cg_out, &wl, kk, &zps)
                     })
                     .collect(),
             )
@@ -85,7 +103,7 @@ impl PackedConv {
     }
 
     pub fn is_depthwise(&self) -> bool {
-        matches!(self.kind, Kind::Depthwise(_))
+        matches!(self.kind, Kind::Depthwise(..))
     }
 }
 
@@ -106,12 +124,31 @@ pub enum ConvStage<'a> {
     },
 }
 
-/// Fills `rows` (`pixels × cg_in·kernel`) with the patches of `x` (`cg_in` planes).
-fn patches(win: &Window, cg_in: usize, x: &[u8], pad: u8, rows: &mut [u8]) {
-    let [_, ih, iw] = win.input;
+/// `cg_in` planes of `plane` bytes, channels-last: `out[p · cg_in + c] = x[c · plane + p]`.
+fn to_channels_last(x: &[u8], cg_in: usize, plane: usize, out: &mut [u8]) {
+    if cg_in == 1 {
+        out[..plane].copy_from_slice(&x[..plane]);
+        return;
+    }
+    // Blocks of 8 pixels keep reads and writes within a few cache lines.
+    const B: usize = 8;
+    for p0 in (0..plane).step_by(B) {
+        let pn = B.min(plane - p0);
+        for c in 0..cg_in {
+            let src = &x[c * plane + p0..][..pn];
+            for (j, &v) in src.iter().enumerate() {
+                out[(p0 + j) * cg_in + c] = v;
+            }
+        }
+    }
+}
+
+/// Fills `rows` (`pixels × kernel·cg_in`, taps outer, channels inner) with the patches of the
+/// channels-last input `xl`: one contiguous copy of `cg_in` bytes per tap.
+fn patches(win: &Window, cg_in: usize, xl: &[u8], pad: u8, rows: &mut [u8]) {
+    let [id, ih, iw] = win.input;
     let [kd, kh, kw] = win.kernel;
     let [od, oh, ow] = win.output;
-    let plane = win.input_size();
     let kk = cg_in * kd * kh * kw;
     let mut pix = 0;
     for oz in 0..od {
@@ -119,26 +156,28 @@ fn patches(win: &Window, cg_in: usize, x: &[u8], pad: u8, rows: &mut [u8]) {
             for ox in 0..ow {
                 let row = &mut rows[pix * kk..(pix + 1) * kk];
                 let mut t = 0;
-                for c in 0..cg_in {
-                    let xc = &x[c * plane..(c + 1) * plane];
-                    for kz in 0..kd {
-                        let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
-                        for ky in 0..kh {
-                            let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
-                            let inside_zy = iz >= 0
-                                && iz < win.input[0] as isize
-                                && iy >= 0
-                                && iy < ih as isize;
-                            let base = (iz.max(0) as usize * ih + iy.max(0) as usize) * iw;
-                            for kx in 0..kw {
-                                let ix = (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
-                                row[t] = if inside_zy && ix >= 0 && ix < iw as isize {
-                                    xc[base + ix as usize]
+                for kz in 0..kd {
+                    let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                    for ky in 0..kh {
+                        let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                        let inside = iz >= 0 && iz < id as isize && iy >= 0 && iy < ih as isize;
+                        let base = (iz.max(0) as usize * ih + iy.max(0) as usize) * iw;
+                        for kx in 0..kw {
+                            let ix = (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
+                            let ok = inside && ix >= 0 && ix < iw as isize;
+                            if cg_in == 1 {
+                                // One byte: a copy call per tap would cost more than the tap.
+                                row[t] = if ok { xl[base + ix as usize] } else { pad };
+                            } else {
+                                let dst = &mut row[t..t + cg_in];
+                                if ok {
+                                    let src = (base + ix as usize) * cg_in;
+                                    dst.copy_from_slice(&xl[src..src + cg_in]);
                                 } else {
-                                    pad
-                                };
-                                t += 1;
+                                    dst.fill(pad);
+                                }
                             }
+                            t += cg_in;
                         }
                     }
                 }
@@ -171,12 +210,17 @@ pub fn qconv(
     match (&w.kind, stage) {
         (Kind::Gemm(packed), stage) => {
             let kk = w.cg_in * w.kernel_size;
-            let mut rows = vec![0u8; plane_out * kk];
+            let pointwise = win.is_pointwise();
+            let mut xl = vec![0u8; plane_in * w.cg_in];
+            let mut rows = if pointwise { Vec::new() } else { vec![0u8; plane_out * kk] };
             let mut stage = stage;
             for b in 0..batch {
                 for (gi, pw) in packed.iter().enumerate() {
                     let xg = &x[(b * c_in + gi * w.cg_in) * plane_in..][..w.cg_in * plane_in];
-                    patches(win, w.cg_in, xg, x_zp as u8, &mut rows);
+                    to_channels_last(xg, w.cg_in, plane_in, &mut xl);
+                    if !pointwise {
+                        patches(win, w.cg_in, &xl, x_zp as u8, &mut rows);
+                    }
                     let off = (b * c_out + gi * cg_out) * plane_out;
                     let per = |v: &[f32]| {
                         if v.len() == 1 {
@@ -204,11 +248,39 @@ pub fn qconv(
                         }
                     };
                     let o = Output { stage: st, row_stride: 1, col_stride: plane_out };
-                    qgemm(plane_out, &rows, kk, x_zp, pw, o);
+                    let a = if pointwise { &xl } else { &rows };
+                    qgemm(plane_out, a, kk, x_zp, pw, o);
                 }
             }
         }
-        (Kind::Depthwise(wc), ConvStage::I32 { out }) => {
+        (Kind::Depthwise(_, wl), stage) if win.input[0] == 1 && win.kernel[0] == 1 => {
+            let sink = match stage {
+                ConvStage::I32 { out } => {
+                    assert!(out.len() >= out_len, "qconv: output is too short");
+                    DwSink::I32(SendPtr(out.as_mut_ptr()))
+                }
+                ConvStage::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
+                    assert!(out.len() >= out_len, "qconv: output is too short");
+                    let m: Vec<f32> = (0..c_out)
+                        .map(|c| if multiplier.len() == 1 { multiplier[0] } else { multiplier[c] })
+                        .collect();
+                    let bv: Vec<i32> = (0..c_out).map(|c| bias.map_or(0, |b| b[c])).collect();
+                    DwSink::Requantize {
+                        bias: bv,
+                        mult: m,
+                        zero_point,
+                        qmin,
+                        qmax,
+                        out: SendPtr(out.as_mut_ptr()),
+                    }
+                }
+            };
+            for b in 0..batch {
+                let xb = &x[b * c_in * plane_in..(b + 1) * c_in * plane_in];
+                depthwise_2d(win, c_out, xb, x_zp, wl, &sink, b * c_out * plane_out);
+            }
+        }
+        (Kind::Depthwise(wc, _), ConvStage::I32 { out }) => {
             assert!(out.len() >= out_len, "qconv: output is too short");
             out[..out_len].par_chunks_mut(plane_out).enumerate().for_each(|(bc, y)| {
                 let c = bc % c_out;
@@ -223,7 +295,7 @@ pub fn qconv(
             });
         }
         (
-            Kind::Depthwise(wc),
+            Kind::Depthwise(wc, _),
             ConvStage::Requantize { bias, multiplier, zero_point, qmin, qmax, out },
         ) => {
             assert!(out.len() >= out_len, "qconv: output is too short");
@@ -247,6 +319,109 @@ pub fn qconv(
                 );
             });
         }
+    }
+}
+
+/// A raw output pointer for row tasks that write disjoint pixels.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: each task writes only the pixels of its own output rows.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+enum DwSink {
+    I32(SendPtr<i32>),
+    Requantize {
+        bias: Vec<i32>,
+        mult: Vec<f32>,
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+        out: SendPtr<u8>,
+    },
+}
+
+/// A 2-D depthwise convolution of one image, channels-last inside: the input is padded with
+/// zeros (after subtracting its zero point) into a `rows × cols × c` i16 buffer, so every
+/// tap of every output pixel is one multiply-add over a contiguous run of `c` channels (SIMD
+/// over channels; a plane-at-a-time loop spends its time on row edges when planes are 7×7).
+/// Output pixel `p` of channel `ch` goes to `base + ch · pixels + p`.
+fn depthwise_2d(
+    win: &Window,
+    c: usize,
+    x: &[u8],
+    x_zp: i32,
+    wl: &[i16],
+    sink: &DwSink,
+    base: usize,
+) {
+    let [_, ih, iw] = win.input;
+    let [_, kh, kw] = win.kernel;
+    let [_, oh, ow] = win.output;
+    let (sy, sx) = (win.strides[1], win.strides[2]);
+    let (dy, dx) = (win.dilations[1], win.dilations[2]);
+    let (pt, pl) = (win.pads_begin[1], win.pads_begin[2]);
+    let rows = ((oh.max(1) - 1) * sy + (kh - 1) * dy + 1).max(pt + ih);
+    let cols = ((ow.max(1) - 1) * sx + (kw - 1) * dx + 1).max(pl + iw);
+    let plane = ih * iw;
+    let mut xp = vec![0i16; rows * cols * c];
+    for ch in 0..c {
+        let xc = &x[ch * plane..(ch + 1) * plane];
+        for iy in 0..ih {
+            for ix in 0..iw {
+                xp[((iy + pt) * cols + ix + pl) * c + ch] = xc[iy * iw + ix] as i16 - x_zp as i16;
+            }
+        }
+    }
+    let pixels = oh * ow;
+    let row = |oy: usize| {
+        let mut acc = vec![0i32; ow * c];
+        for ox in 0..ow {
+            let a = &mut acc[ox * c..(ox + 1) * c];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src = &xp[((oy * sy + ky * dy) * cols + ox * sx + kx * dx) * c..][..c];
+                    let wt = &wl[(ky * kw + kx) * c..][..c];
+                    for ((a, &v), &w) in a.iter_mut().zip(src).zip(wt) {
+                        *a = a.wrapping_add(v as i32 * w as i32);
+                    }
+                }
+            }
+        }
+        let p0 = base + oy * ow;
+        // SAFETY: `p0 + ox + ch · pixels` lies in this image's output (asserted by the
+        // caller); rows write disjoint pixels.
+        unsafe {
+            match sink {
+                DwSink::I32(out) => {
+                    for (ox, a) in acc.chunks(c).enumerate() {
+                        for (ch, &v) in a.iter().enumerate() {
+                            *out.get().add(p0 + ox + ch * pixels) = v;
+                        }
+                    }
+                }
+                DwSink::Requantize { bias, mult, zero_point, qmin, qmax, out } => {
+                    let mut q = vec![0u8; c];
+                    for (ox, a) in acc.chunks(c).enumerate() {
+                        requantize_into(a, bias, mult, *zero_point, *qmin, *qmax, &mut q);
+                        for (ch, &v) in q.iter().enumerate() {
+                            *out.get().add(p0 + ox + ch * pixels) = v;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if rayon::current_num_threads() > 1 && pixels * c * kh * kw >= 1 << 17 {
+        (0..oh).into_par_iter().for_each(row);
+    } else {
+        (0..oh).for_each(row);
     }
 }
 

@@ -471,10 +471,11 @@ unsafe fn finish_row(
                 }
             };
             #[cfg(target_arch = "x86_64")]
-            if isa != Isa::Scalar && cols == NR {
+            if isa != Isa::Scalar {
+                // Columns past `cols` (a partial panel) get multiplier 0 and are not stored.
                 let mut m = [0f32; NR];
                 let mut with_bias = *acc;
-                for jj in 0..NR {
+                for jj in 0..cols {
                     m[jj] = mult(jj);
                     if let Some(b) = bias {
                         with_bias[jj] = with_bias[jj].wrapping_add(b[j0 + jj]);
@@ -507,6 +508,40 @@ unsafe fn finish_row(
                 unsafe { *out.get().add(base + jj * cs) = y };
             }
         }
+    }
+}
+
+/// Requantizes `acc[i] + bias[i]` with `mult[i]` into `out[i]` (all the same length): the rule
+/// of [`requantize_one`], 16 lanes at a time with AVX2 (depthwise convolutions, channels-last).
+pub fn requantize_into(
+    acc: &[i32],
+    bias: &[i32],
+    mult: &[f32],
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [u8],
+) {
+    let n = acc.len();
+    assert!(bias.len() == n && mult.len() == n && out.len() == n, "requantize_into: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() != Isa::Scalar {
+        for i0 in (0..n).step_by(NR) {
+            let len = NR.min(n - i0);
+            let (mut a, mut m, mut q) = ([0i32; NR], [0f32; NR], [0u8; NR]);
+            for j in 0..len {
+                a[j] = acc[i0 + j].wrapping_add(bias[i0 + j]);
+                m[j] = mult[i0 + j];
+            }
+            // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
+            unsafe { x86::requantize16(&a, &m, zero_point, qmin, qmax, &mut q) };
+            out[i0..i0 + len].copy_from_slice(&q[..len]);
+        }
+        return;
+    }
+    for i in 0..n {
+        out[i] =
+            requantize_one(acc[i].wrapping_add(bias[i]), mult[i], zero_point, qmin, qmax) as u8;
     }
 }
 

@@ -121,18 +121,17 @@ pub fn int_range(dtype: DType) -> Option<(i32, i32)> {
 
 /// Round half to even, as [`f32::round_ties_even`] but without its libm call (`rintf`: baseline
 /// x86-64 has no SSE4.1 `roundss`; it was 7 % of running a static int8 model). Adding and
-/// subtracting 1.5·2^23 leaves the nearest integer under the default rounding mode, ties to
-/// even (the constant is even); it holds while the sum's ulp is 1, i.e. for |x| < 2^22. Larger
-/// values (and NaN) take the library path. The sign of a zero result may differ (irrelevant
-/// once a zero point is added).
+/// subtracting 2^23 to a magnitude below 2^23 leaves the nearest integer under the default
+/// rounding mode, ties to even (the sum's ulp is 1); magnitudes from 2^23 up (and NaN) are
+/// already integers and pass through. Branch-free, so loops over it vectorize: a branch to
+/// the library call got if-converted and called `rintf` for every element.
 #[inline(always)]
 pub fn round_half_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    if x.abs() < 4_194_304.0 {
-        (x + MAGIC) - MAGIC
-    } else {
-        x.round_ties_even()
-    }
+    const TWO_23: f32 = 8_388_608.0;
+    let a = x.abs();
+    let r = (a + TWO_23) - TWO_23;
+    let r = if a < TWO_23 { r } else { a };
+    r.copysign(x)
 }
 
 /// Quantizes one value: `saturate(round_half_even(x / scale) + zero_point)` into `[qmin, qmax]`.

@@ -93,6 +93,59 @@ struct OutputDiff {
     note: Option<String>,
 }
 
+/// Where a run's time goes (`--profile`): milliseconds per run by op type, slowest first, and
+/// the slowest steps.
+#[derive(Serialize)]
+struct Profile {
+    by_op: Vec<ProfileEntry>,
+    slowest: Vec<ProfileEntry>,
+}
+
+#[derive(Serialize)]
+struct ProfileEntry {
+    /// Op type, or `node (op)` for a step.
+    name: String,
+    ms_per_run: f64,
+    share: f64,
+}
+
+impl Profile {
+    fn of(session: &lowbit_engine::Session, step_s: &[f64], runs: usize) -> Profile {
+        let total: f64 = step_s.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let entry = |name: String, s: f64| ProfileEntry {
+            name,
+            ms_per_run: s * 1e3 / runs.max(1) as f64,
+            share: s / total,
+        };
+        let mut by: std::collections::BTreeMap<&str, f64> = Default::default();
+        for (op, s) in session.step_ops().into_iter().zip(step_s) {
+            *by.entry(op).or_default() += s;
+        }
+        let mut by_op: Vec<ProfileEntry> =
+            by.into_iter().map(|(op, s)| entry(op.to_string(), s)).collect();
+        by_op.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
+        let names = session.step_names();
+        let ops = session.step_ops();
+        let mut slowest: Vec<ProfileEntry> = (0..step_s.len())
+            .map(|i| entry(format!("{} ({})", names[i], ops[i]), step_s[i]))
+            .collect();
+        slowest.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
+        slowest.truncate(10);
+        Profile { by_op, slowest }
+    }
+
+    fn text(&self, s: &mut String) {
+        let _ = writeln!(s, "profile      time per run by op type (slowest first):");
+        for e in &self.by_op {
+            let _ = writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
+        }
+        let _ = writeln!(s, "             slowest steps:");
+        for e in &self.slowest {
+            let _ = writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct BenchReport {
     model: String,
@@ -111,6 +164,12 @@ struct BenchReport {
     peak_rss_mb: Option<f64>,
     /// Loading the file and planning the session.
     load_ms: f64,
+    /// Integer ops the engine's load-time QDQ fusion made, by op type (empty for float models).
+    fused_ops: std::collections::BTreeMap<String, usize>,
+    /// Steps one run executes (nodes after fusion and constant folding).
+    steps: usize,
+    /// `--profile` only.
+    profile: Option<Profile>,
     /// `--vs-ort` only.
     ort: Option<OrtReport>,
     /// lowbit's median / ORT's median (< 1: lowbit is faster); `--vs-ort` only.
@@ -278,6 +337,16 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let profile = if args.profile {
+        let mut step_s = Vec::new();
+        for i in 0..runs {
+            let feeds = sets[i % sets.len()].clone();
+            session.run_profiled(feeds, &mut step_s).with_context(|| label(i))?;
+        }
+        Some(Profile::of(&session, &step_s, runs))
+    } else {
+        None
+    };
     let peak_rss_mb = peak_rss_mb();
     let latency = Latency::of(&mut times);
     let threads = session.threads();
@@ -330,6 +399,9 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         latency,
         peak_rss_mb,
         load_ms,
+        fused_ops: session.fused_ops().clone(),
+        steps: session.num_steps(),
+        profile,
         ort: ort_report,
         ratio_median,
     };
@@ -347,6 +419,13 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         let _ = writeln!(s, "peak RSS     {mb:.1} MB");
     }
     let _ = writeln!(s, "load         {:.1} ms", r.load_ms);
+    if !r.fused_ops.is_empty() {
+        let f: Vec<String> = r.fused_ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        let _ = writeln!(s, "fused        {} ({} steps per run)", f.join(", "), r.steps);
+    }
+    if let Some(p) = &r.profile {
+        p.text(&mut s);
+    }
     if let Some(o) = &r.ort {
         let all_cpus =
             if args.threads == 0 { ", as lowbit's --threads 0: one per CPU" } else { "" };
