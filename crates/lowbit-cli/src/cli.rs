@@ -26,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// Measure per-sample latency, throughput and peak memory (--vs-ort: against ONNX Runtime).
     Bench(BenchArgs),
+    /// Time the int8 and f32 GEMM kernels on an N×N×N product against this core's int8 peak.
+    BenchKernels(BenchKernelsArgs),
     /// Write a small MLP model (fixed-seed weights) with sample inputs and expected outputs.
     ExampleModel(ExampleModelArgs),
     /// Stream --data samples through the model and write every tensor's ranges (ranges.json).
@@ -167,6 +169,19 @@ pub struct BenchArgs {
     /// slowest nodes (not included in the latency figures).
     #[arg(long)]
     pub profile: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchKernelsArgs {
+    /// M = N = K of the product.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub size: usize,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -16,6 +16,7 @@
 //! | DQ(a), DQ(b) → `Add` / `Mul` → Q | `com.microsoft.QLinearAdd` / `QLinearMul` | bit-identical |
 //! | DQ(x) → `MaxPool` / `Reshape` / `Flatten` / `Transpose` / … → Q with the same parameters | the op on the 8-bit tensor | bit-identical |
 //! | DQ(x) → `GlobalAveragePool` → Q | `com.microsoft.QLinearGlobalAveragePool` | integer sum; f32 requantize |
+//! | `MatMulInteger`(DynamicQuantizeLinear(x), W) → `Cast` → `Mul`(scales) [→ `Add`(bias)] | `com.microsoft.MatMulIntegerToFloat` | bit-identical |
 //!
 //! "Bit-identical": the table of a lookup is computed by running the graph's own DQ, op and Q
 //! kernels on all 256 codes. Integer products differ from the float simulation only where the
@@ -167,21 +168,25 @@ pub fn fuse_qdq(graph: &GraphProto, opsets: &HashMap<&str, i64>, reg: &Registry)
         if !canonical_domain(&n.domain).is_empty() {
             continue;
         }
+        let one = |r: Option<(NodeProto, usize)>| r.map(|(n, q)| (n, vec![q]));
         let fused = match n.op_type.as_str() {
-            "Conv" => f.conv(i),
-            "MatMul" => f.matmul(i),
-            "Gemm" => f.gemm(i),
-            "Add" | "Mul" => f.binary(i),
-            "GlobalAveragePool" => f.global_average_pool(i),
-            "DequantizeLinear" => f.requantize(i),
-            op if MOVES.contains(&op) => f.moves(i),
-            op if UNARY.contains(&op) => f.unary(i),
+            "Conv" => one(f.conv(i)),
+            "MatMul" => one(f.matmul(i)),
+            "Gemm" => one(f.gemm(i)),
+            "Add" | "Mul" => one(f.binary(i)),
+            "GlobalAveragePool" => one(f.global_average_pool(i)),
+            "MatMulInteger" => f.dynamic_matmul(i),
+            "DequantizeLinear" => one(f.requantize(i)),
+            op if MOVES.contains(&op) => one(f.moves(i)),
+            op if UNARY.contains(&op) => one(f.unary(i)),
             _ => None,
         };
-        if let Some((node, q)) = fused {
+        if let Some((node, gone)) = fused {
             *f.counts.entry(node.op_type.clone()).or_default() += 1;
             f.replaced.insert(i, Some(node));
-            f.replaced.insert(q, None);
+            for g in gone {
+                f.replaced.insert(g, None);
+            }
         }
     }
     f.finish()
@@ -522,6 +527,92 @@ impl<'g> Fuser<'g> {
         Some((node, y.node))
     }
 
+    /// The only reader of `value` when it has op type `op` (default domain) and `value` is not
+    /// a graph output.
+    fn sole_reader(&self, value: &str, op: &str) -> Option<usize> {
+        if self.graph_outputs.contains(value) {
+            return None;
+        }
+        let c = self.consumers.get(value)?;
+        let n = &self.nodes[*c.first()?];
+        (c.len() == 1 && n.op_type == op && canonical_domain(&n.domain).is_empty()).then(|| c[0])
+    }
+
+    /// Dynamic quantization as ONNX Runtime's and lowbit's quantizers write it:
+    /// `MatMulInteger(DynamicQuantizeLinear(x), W) → Cast(float) → Mul(x_scale · w_scale)
+    /// [→ Add(bias)]` becomes one `com.microsoft.MatMulIntegerToFloat` (the same f32
+    /// operations: `acc · (x_scale · w_scale) + bias`, so bit-identical).
+    fn dynamic_matmul(&mut self, i: usize) -> Option<(NodeProto, Vec<usize>)> {
+        let n = &self.nodes[i];
+        let (a, w) = (n.input.first()?.as_str(), n.input.get(1)?.as_str());
+        let &dq = self.producer.get(a)?;
+        let dqn = &self.nodes[dq];
+        if dqn.op_type != "DynamicQuantizeLinear" || dqn.output.len() < 3 || dqn.output[0] != a {
+            return None;
+        }
+        let a_scale = dqn.output[1].as_str();
+        let a_zp = n.input.get(2).map_or("", |s| s.as_str());
+        if !a_zp.is_empty() && a_zp != dqn.output[2] {
+            return None;
+        }
+        let (wdt, wdims) = self.constant_meta(w)?;
+        if !matches!(wdt, DType::U8 | DType::I8) || wdims.len() != 2 {
+            return None;
+        }
+        let cols = wdims[1];
+        let w_zp = n.input.get(3).map_or("", |s| s.as_str());
+        if !w_zp.is_empty() {
+            let z = self.constant(w_zp)?;
+            if z.dtype() != wdt || (z.len() != 1 && z.len() != cols) {
+                return None;
+            }
+        }
+        let cast = self.sole_reader(&n.output[0], "Cast")?;
+        if Attrs::new(&self.nodes[cast]).int_or("to", 0).ok()? != 1 {
+            return None;
+        }
+        let mul = self.sole_reader(&self.nodes[cast].output[0], "Mul")?;
+        let mn = &self.nodes[mul];
+        let s = if mn.input[0] == self.nodes[cast].output[0] { &mn.input[1] } else { &mn.input[0] };
+        let &sm = self.producer.get(s.as_str())?;
+        let smn = &self.nodes[sm];
+        if smn.op_type != "Mul" || smn.input.len() != 2 {
+            return None;
+        }
+        let w_scale = match (smn.input[0].as_str(), smn.input[1].as_str()) {
+            (x, ws) | (ws, x) if x == a_scale && self.is_constant(ws) => ws,
+            _ => return None,
+        };
+        let wsv = self.constant(w_scale)?;
+        if wsv.dtype() != DType::F32 || (wsv.len() != 1 && wsv.len() != cols) {
+            return None;
+        }
+        let mut out = mn.output[0].as_str();
+        let mut gone = vec![cast, mul];
+        let mut bias = String::new();
+        if let Some(add) = self.sole_reader(out, "Add") {
+            let an = &self.nodes[add];
+            let other = if an.input[0] == out { &an.input[1] } else { &an.input[0] };
+            let b = self.constant(other);
+            if b.is_some_and(|b| b.dtype() == DType::F32 && b.rank() == 1 && b.len() == cols) {
+                bias = other.clone();
+                out = an.output[0].as_str();
+                gone.push(add);
+            }
+        }
+        let inputs = vec![
+            a.to_string(),
+            w.to_string(),
+            a_scale.to_string(),
+            w_scale.to_string(),
+            a_zp.to_string(),
+            w_zp.to_string(),
+            bias,
+        ];
+        let node = self.node(i, "MatMulIntegerToFloat", "com.microsoft", inputs, out);
+        Some((node, gone))
+    }
+
     /// A value-moving op between a DQ and a Q of the same parameters runs on the codes.
     fn moves(&mut self, i: usize) -> Option<(NodeProto, usize)> {
         let n = &self.nodes[i];
@@ -650,8 +741,8 @@ impl<'g> Fuser<'g> {
                 None => Some(self.nodes[i].clone()),
             })
             .collect();
-        // Drop quantize/dequantize nodes nobody reads any more (repeat: a dead DQ can leave
-        // its Q dead).
+        // Drop quantize/dequantize nodes (and the scale products of fused dynamic matmuls)
+        // nobody reads any more (repeat: a dead DQ can leave its Q dead).
         loop {
             let mut read: HashSet<&str> = self.graph_outputs.clone();
             for n in nodes.iter().flatten() {
@@ -661,7 +752,7 @@ impl<'g> Fuser<'g> {
             let mut changed = false;
             for slot in nodes.iter_mut() {
                 let dead = slot.as_ref().is_some_and(|n| {
-                    matches!(n.op_type.as_str(), "DequantizeLinear" | "QuantizeLinear")
+                    matches!(n.op_type.as_str(), "DequantizeLinear" | "QuantizeLinear" | "Mul")
                         && canonical_domain(&n.domain).is_empty()
                         && n.output.iter().all(|o| o.is_empty() || !read.contains(o))
                 });

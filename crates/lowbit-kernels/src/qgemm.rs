@@ -319,8 +319,11 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     let (rs, cs) = (out.row_stride, out.col_stride);
     let panels = n.div_ceil(NR);
     let row_blocks = m.div_ceil(MR);
+    // Panel-major: a panel of B (k × 16 bytes) stays in L1 while every row block of A passes
+    // over it; A (m × k) is small in the shapes that matter (a sentence's tokens, a conv's
+    // patches are re-read from L2 at worst).
     let tile = |t: usize| {
-        let (rb, p) = (t / panels, t % panels);
+        let (p, rb) = (t / row_blocks, t % row_blocks);
         let i0 = rb * MR;
         let mr = MR.min(m - i0);
         let cols = NR.min(n - p * NR);
@@ -704,6 +707,32 @@ mod x86 {
         unsafe { spill(&c, acc) };
     }
 
+    /// The register-only loop of [`super::peak_probe`].
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn peak_loop(iters: u64) -> i32 {
+        let ones = _mm256_set1_epi16(1);
+        let b = _mm256_set1_epi32(0x0101_0101);
+        let mut c: [__m256i; 12] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32 + 1));
+        for _ in 0..iters {
+            // Each chain feeds on its own accumulator, so nothing can be hoisted or shared;
+            // 12 chains keep both multiply pipes busy despite the 7-cycle chain latency.
+            for v in c.iter_mut() {
+                *v = _mm256_add_epi32(*v, _mm256_madd_epi16(_mm256_maddubs_epi16(*v, b), ones));
+            }
+        }
+        let mut out = [0i32; 8];
+        let mut t = c[0];
+        for v in &c[1..] {
+            t = _mm256_add_epi32(t, *v);
+        }
+        // SAFETY: 8 lanes into an 8-element array.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, t) };
+        out[0]
+    }
+
     /// [`crate::quantize::requantize_one`] on 16 sums at once, bit for bit: the product is
     /// clamped to ±2^30 first (beyond it every result saturates anyway, and `vcvtps2dq` would
     /// turn out-of-range values into i32::MIN), rounded half to even by `vcvtps2dq`.
@@ -741,6 +770,23 @@ mod x86 {
             *o = v as u8;
         }
     }
+}
+
+/// Runs the AVX2 `vpmaddubsw` + `vpmaddwd` + `vpaddd` sequence of the micro-kernel on
+/// registers only (12 independent chains, no memory), `iters` times; returns the u8×i8
+/// multiply-adds it performed (`iters · 12 · 32`). Timed by the caller, it gives this core's
+/// peak for the instruction mix the fast int8 path uses, at the clock it runs at — the
+/// reference the GEMM's efficiency is quoted against. `None` without AVX2.
+pub fn peak_probe(iters: u64) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        let sink = unsafe { x86::peak_loop(iters) };
+        std::hint::black_box(sink);
+        return Some(iters * 12 * 32);
+    }
+    let _ = iters;
+    None
 }
 
 /// The textbook reference: `A` (`m × k` u8), `B` (`k × n` i8, row-major), exact i32 sums of

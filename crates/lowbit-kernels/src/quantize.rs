@@ -258,10 +258,17 @@ pub fn quantize(
             // The common case, straight into the storage type (no index arithmetic, no i32
             // buffer): most of a QDQ model's run time in lowbit's engine was here.
             let (s, z) = (scale[0], zp[0]);
-            let q = |v: f32| quantize_one(v, s, z, qmin, qmax);
             match dtype {
-                DType::U8 => return Ok(TensorData::U8(x.iter().map(|&v| q(v) as u8).collect())),
-                DType::I8 => return Ok(TensorData::I8(x.iter().map(|&v| q(v) as i8).collect())),
+                DType::U8 => {
+                    let mut out = vec![0u8; x.len()];
+                    quantize_bytes(x, s, z, qmin, qmax, &mut out);
+                    return Ok(TensorData::U8(out));
+                }
+                DType::I8 => {
+                    let mut out = vec![0u8; x.len()];
+                    quantize_bytes(x, s, z, qmin, qmax, &mut out);
+                    return Ok(TensorData::I8(out.into_iter().map(|b| b as i8).collect()));
+                }
                 _ => {}
             }
         }
@@ -371,6 +378,95 @@ pub fn dequantize(
         .collect())
 }
 
+/// [`quantize_one`] over a slice with one scale and zero point, into 8-bit storage (i8 results
+/// as their two's-complement bytes). AVX2 when the CPU has it, bit for bit the scalar rule:
+/// `vdivps`, then `vcvtps2dq` rounds half to even; the quotient is clamped to ±2^30 first (the
+/// result saturates either way), NaN lanes give 0 as the scalar `as` conversion does.
+pub fn quantize_bytes(
+    x: &[f32],
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [u8],
+) {
+    assert_eq!(x.len(), out.len(), "quantize_bytes: lengths");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present; the function reads and writes whole 8-lane chunks only.
+        done = unsafe { quantize_bytes_avx2(x, scale, zero_point, qmin, qmax, out) };
+    }
+    for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
+        *o = quantize_one(v, scale, zero_point, qmin, qmax) as u8;
+    }
+}
+
+/// The 8-lane body of [`quantize_bytes`]; returns how many elements it wrote.
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_bytes_avx2(
+    x: &[f32],
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [u8],
+) -> usize {
+    use std::arch::x86_64::*;
+    let n = x.len() / 8 * 8;
+    let s = _mm256_set1_ps(scale);
+    let lim = _mm256_set1_ps(1_073_741_824.0);
+    let nlim = _mm256_set1_ps(-1_073_741_824.0);
+    let zp = _mm256_set1_epi32(zero_point);
+    let lo = _mm256_set1_epi32(qmin);
+    let hi = _mm256_set1_epi32(qmax);
+    let mut lanes = [0i32; 8];
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= x.len().
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        let q = _mm256_div_ps(v, s);
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(q, q));
+        let q = _mm256_min_ps(_mm256_max_ps(q, nlim), lim);
+        let r = _mm256_add_epi32(_mm256_cvtps_epi32(q), zp);
+        let r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+        let r = _mm256_andnot_si256(nan, r);
+        // SAFETY: 8 i32 lanes into an 8-element array.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, r) };
+        for (o, &l) in out[i..i + 8].iter_mut().zip(&lanes) {
+            *o = l as u8;
+        }
+    }
+    n
+}
+
+/// The smallest and largest finite-or-not value of `x` (NaN ignored; `(+inf, -inf)` when
+/// empty), for `DynamicQuantizeLinear`'s range: 8 lanes at a time.
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    let mut lo = [f32::INFINITY; 8];
+    let mut hi = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            // `<`/`>` on each lane: compiles to vminps/vmaxps, skips NaN like the scalar loop.
+            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
+            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
+        }
+    }
+    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in lo.iter().chain(tail) {
+        l = if v < l { v } else { l };
+    }
+    for &v in hi.iter().chain(tail) {
+        h = if v > h { v } else { h };
+    }
+    (l, h)
+}
+
 /// ONNX `DynamicQuantizeLinear`'s uint8 parameters for data whose range is `[min, max]`: the
 /// range is widened to include 0, `scale = (max - min) / 255` (1 when the range is empty), and
 /// `zero_point = round_half_even(clamp(-min / scale, 0, 255))`, as ONNX Runtime computes them.
@@ -394,6 +490,38 @@ mod tests {
             let x = f32::from_bits(bits);
             let (a, b) = (round_half_even(x), x.round_ties_even());
             prop_assert!(a == b || (a.is_nan() && b.is_nan()), "{x}: {a} vs {b}");
+        }
+
+        /// The SIMD slice path equals the scalar rule, NaN, infinities and huge values included.
+        #[test]
+        fn quantize_bytes_is_quantize_one(
+            bits in proptest::collection::vec(any::<u32>(), 0..40),
+            scale in 1e-3f32..10.0,
+            zp in -128i32..256,
+        ) {
+            let mut x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+            x.extend(bits.iter().map(|&b| (b % 2001) as f32 / 7.0 - 140.0));
+            let (qmin, qmax) = if zp < 0 { (-128, 127) } else { (0, 255) };
+            let zp = if zp < 0 { zp + 64 } else { zp };
+            let mut out = vec![0u8; x.len()];
+            quantize_bytes(&x, scale, zp, qmin, qmax, &mut out);
+            for (&v, &o) in x.iter().zip(&out) {
+                prop_assert_eq!(o, quantize_one(v, scale, zp, qmin, qmax) as u8, "{}", v);
+            }
+        }
+
+        #[test]
+        fn min_max_skips_nan(v in proptest::collection::vec(-1e6f32..1e6, 0..50), nan_at in 0usize..60) {
+            let mut x = v.clone();
+            if nan_at < x.len() {
+                x[nan_at] = f32::NAN;
+            }
+            let finite: Vec<f32> = x.iter().copied().filter(|v| !v.is_nan()).collect();
+            let want = (
+                finite.iter().copied().fold(f32::INFINITY, f32::min),
+                finite.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            );
+            prop_assert_eq!(min_max(&x), want);
         }
 
         #[test]

@@ -137,11 +137,13 @@ impl Profile {
     fn text(&self, s: &mut String) {
         let _ = writeln!(s, "profile      time per run by op type (slowest first):");
         for e in &self.by_op {
-            let _ = writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
+            let _ =
+                writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
         }
         let _ = writeln!(s, "             slowest steps:");
         for e in &self.slowest {
-            let _ = writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
+            let _ =
+                writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
         }
     }
 }

@@ -238,7 +238,11 @@ fn float_or_unknown(o: &ValueInfo) -> bool {
 }
 
 /// The output to score: `asked`, or the first float output; errors list the outputs.
-pub(crate) fn choose_output(model: &ModelProto, path: &Path, asked: Option<&str>) -> Result<String> {
+pub(crate) fn choose_output(
+    model: &ModelProto,
+    path: &Path,
+    asked: Option<&str>,
+) -> Result<String> {
     let graph = model.graph.as_ref().with_context(|| format!("{}: no graph", path.display()))?;
     let outputs: Vec<ValueInfo> = graph.output.iter().map(ValueInfo::from_proto).collect();
     match asked {

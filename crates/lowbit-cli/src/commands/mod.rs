@@ -2,6 +2,7 @@
 //! names the file, building a session, printing to stdout.
 
 pub mod bench;
+pub mod bench_kernels;
 pub mod calibrate;
 pub mod compare;
 pub mod demo;
@@ -27,6 +28,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Run(a) => run::run(a, cli.quiet),
         Command::Bench(a) => bench::bench(a, cli.quiet),
+        Command::BenchKernels(a) => bench_kernels::bench_kernels(a),
         Command::ExampleModel(a) => example_model::example_model(a),
         Command::Calibrate(a) => calibrate::calibrate(a, cli.quiet),
         Command::Quantize(a) => quantize::quantize(a, cli.quiet),

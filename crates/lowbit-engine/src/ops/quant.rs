@@ -20,7 +20,8 @@ use crate::ops::nn::SpatialAttrs;
 use crate::ops::util::{broadcast_shapes, broadcast_strides, normalize_axis};
 use crate::registry::Registry;
 use lowbit_kernels::quantize::{
-    dequantize, dynamic_qparams_u8, int_range, int_values, quantize, requantize_one, ParamMap,
+    dequantize, dynamic_qparams_u8, int_range, int_values, min_max, quantize, quantize_bytes,
+    requantize_one, ParamMap,
 };
 use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
@@ -141,16 +142,15 @@ fn build_dynamic_quantize_linear(_ctx: &BuildCtx) -> KernelResult {
     kernel(|ins| {
         let x = input(ins, 0)?;
         let xv = x.as_f32()?;
-        let (mut lo, mut hi) = (0f32, 0f32);
-        for &v in xv {
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
-        let (scale, zp) = dynamic_qparams_u8(lo, hi);
-        let zpd = TensorData::U8(vec![zp]);
-        let q = quantize(xv, &[scale], Some(&zpd), &ParamMap::per_tensor(), DType::U8, true)
-            .map_err(qerr)?;
-        Ok(vec![Tensor::new(x.shape().to_vec(), q)?, Tensor::scalar(scale), Tensor::scalar(zp)])
+        let (lo, hi) = min_max(xv);
+        let (scale, zp) = dynamic_qparams_u8(lo.min(0.0), hi.max(0.0));
+        let mut q = vec![0u8; xv.len()];
+        quantize_bytes(xv, scale, zp as i32, 0, 255, &mut q);
+        Ok(vec![
+            Tensor::from_vec(x.shape().to_vec(), q)?,
+            Tensor::scalar(scale),
+            Tensor::scalar(zp),
+        ])
     })
 }
 

@@ -1,0 +1,126 @@
+//! `lowbit bench-kernels [--size N] [--threads N] [--json]`: the int8 and f32 GEMM kernels on
+//! an `N × N × N` product (weights packed once, as at model load), against this core's peak for
+//! the int8 instruction mix ([`lowbit_kernels::qgemm::peak_probe`], timed here).
+//!
+//! Reported: GMAC/s of u8×i8 GEMM with 7-bit weights (`vpmaddubsw` path, what reduce-range
+//! models run), with full-range weights (the exact `vpmaddwd` path on AVX2, `vpdpbusd` with
+//! VNNI), f32 GEMM (GFLOP/s / 2, i.e. multiply-adds), each as a fraction of the probe's peak
+//! per thread. Medians of repeated timings.
+
+use crate::cli::BenchKernelsArgs;
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+use lowbit_kernels::gemm::{sgemm_packed, PackedB, Trans};
+use lowbit_kernels::qgemm::{peak_probe, qgemm, Isa, Output, PackedI8, Stage};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+#[derive(Serialize)]
+struct KernelReport {
+    size: usize,
+    threads: usize,
+    isa: String,
+    /// u8×i8 multiply-adds per second one core can issue with the fast path's instructions.
+    peak_gmacs_per_core: Option<f64>,
+    int8_7bit_gmacs: f64,
+    int8_7bit_of_peak: Option<f64>,
+    int8_full_range_gmacs: f64,
+    int8_full_range_form: String,
+    f32_gmacs: f64,
+}
+
+/// Median seconds of `f` over enough repetitions to fill ~0.3 s (at least 5).
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t = Vec::new();
+    let start = Instant::now();
+    while t.len() < 5 || (start.elapsed().as_secs_f64() < 0.3 && t.len() < 1000) {
+        let s = Instant::now();
+        f();
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
+    let n = args.size;
+    if n == 0 || n > 8192 {
+        bail!("--size must be 1..=8192, got {n}");
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let threads = pool.current_num_threads();
+    let mut rng = Rng::new(7);
+    let a: Vec<u8> = (0..n * n).map(|_| rng.next_u64() as u8).collect();
+    let w7: Vec<i8> = (0..n * n).map(|_| ((rng.next_u64() % 129) as i32 - 64) as i8).collect();
+    let w8: Vec<i8> = (0..n * n).map(|_| rng.next_u64() as i8).collect();
+    let af: Vec<f32> = rng.normals(n * n, 1.0);
+    let wf: Vec<f32> = rng.normals(n * n, 1.0);
+    let macs = (n * n * n) as f64;
+    let (p7, p8) = (
+        PackedI8::pack(Trans::No, n, n, &w7, n, &[0]),
+        PackedI8::pack(Trans::No, n, n, &w8, n, &[0]),
+    );
+    let pf = PackedB::pack(Trans::No, n, n, &wf, n);
+    let mut out = vec![0u8; n * n];
+    let mult = [1e-4f32];
+    let mut run8 = |p: &PackedI8| {
+        pool.install(|| {
+            time(|| {
+                let stage = Stage::Requantize {
+                    bias: None,
+                    multiplier: &mult,
+                    zero_point: 128,
+                    qmin: 0,
+                    qmax: 255,
+                    out: &mut out,
+                };
+                qgemm(n, &a, n, 3, p, Output { stage, row_stride: n, col_stride: 1 });
+            })
+        })
+    };
+    let t7 = run8(&p7);
+    let t8 = run8(&p8);
+    let mut c = vec![0f32; n * n];
+    let tf = pool.install(|| time(|| sgemm_packed(n, &af, n, &pf, 0.0, &mut c, n)));
+    let probe_iters = 2_000_000u64;
+    let peak = peak_probe(probe_iters).map(|m| {
+        let s = time(|| {
+            peak_probe(probe_iters);
+        });
+        m as f64 / s / 1e9
+    });
+    let g = |t: f64| macs / t / 1e9;
+    let r = KernelReport {
+        size: n,
+        threads,
+        isa: format!("{:?}", Isa::detect()),
+        peak_gmacs_per_core: peak,
+        int8_7bit_gmacs: g(t7),
+        int8_7bit_of_peak: peak.map(|p| g(t7) / (p * threads as f64)),
+        int8_full_range_gmacs: g(t8),
+        int8_full_range_form: format!("{:?}", p8.form()),
+        f32_gmacs: g(tf),
+    };
+    if args.json {
+        return super::print(&(serde_json::to_string(&r)? + "\n"));
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "GEMM {n}x{n}x{n}, {threads} thread(s), int8 path {}", r.isa);
+    if let Some(p) = r.peak_gmacs_per_core {
+        let _ = writeln!(
+            s,
+            "peak         {p:.1} GMAC/s per core (register-only vpmaddubsw+vpmaddwd+vpaddd loop)"
+        );
+    }
+    let of = |v: Option<f64>| v.map_or(String::new(), |f| format!(" ({:.0} % of peak)", 100.0 * f));
+    let _ = writeln!(s, "int8 7-bit   {:.1} GMAC/s{}", r.int8_7bit_gmacs, of(r.int8_7bit_of_peak));
+    let _ = writeln!(
+        s,
+        "int8 8-bit   {:.1} GMAC/s (weights packed as {})",
+        r.int8_full_range_gmacs, r.int8_full_range_form
+    );
+    let _ = writeln!(s, "f32          {:.1} GMAC/s", r.f32_gmacs);
+    super::print(&s)
+}
