@@ -249,3 +249,51 @@ fn onnx_node_tests_pass_for_every_claimed_op() {
         failures.len()
     );
 }
+
+/// The integer ops' node tests again, with every input but the first (the activation) turned
+/// into an initializer, as in a real model: that is what sends `QLinearConv`, `QLinearMatMul`,
+/// `ConvInteger` and `MatMulInteger` to the packed int8 kernels (weights packed at load), so
+/// ONNX's expected outputs check the fast paths too, not only the reference loops.
+#[test]
+fn integer_op_node_tests_pass_with_constant_weights() {
+    let root = shared_dir().join("onnx-node-tests").join("node");
+    let prefixes =
+        ["test_qlinearconv", "test_qlinearmatmul", "test_convinteger", "test_matmulinteger"];
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            prefixes.iter().any(|pre| n.starts_with(pre))
+        })
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 10, "expected the integer op cases, found {}", cases.len());
+    let mut checked = 0;
+    for dir in cases {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let model = lowbit_onnx::load_model(dir.join("model.onnx")).expect("model loads");
+        let graph = model.graph.as_ref().expect("graph");
+        let inputs: Vec<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+        let set = dir.join("test_data_set_0");
+        let mut constant = model.clone();
+        let g = constant.graph.as_mut().expect("graph");
+        for (i, input) in inputs.iter().enumerate().skip(1) {
+            let p = set.join(format!("input_{i}.pb"));
+            let bytes = std::fs::read(&p).expect("input data");
+            let mut tp = TensorProto::decode(bytes.as_slice()).expect("tensor");
+            tp.name = input.clone();
+            g.initializer.push(tp);
+        }
+        g.input.truncate(1);
+        let session = Session::new(&constant, &SessionOptions::with_threads(1)).expect("plans");
+        let x = read_tensor(&set.join("input_0.pb")).expect("input 0");
+        let outs = session.run(vec![(inputs[0].clone(), x)]).expect("runs");
+        let want = read_tensor(&set.join("output_0.pb")).expect("output");
+        if let Err(e) = compare(&want, &outs[0].1) {
+            panic!("{name} with constant weights: {e}");
+        }
+        checked += 1;
+    }
+    eprintln!("integer op node tests with constant weights: {checked} passed");
+}

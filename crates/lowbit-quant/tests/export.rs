@@ -249,6 +249,18 @@ fn static_int8_check(name: &'static str) {
         assert!(a32 - a8 <= MAX_ACCURACY_DROP, "{name} {tag}: accuracy drop {:.2} pt", a32 - a8);
         assert!(agree >= 98.0, "{name} {tag}: top-1 agreement {agree:.2} %");
 
+        let (same, worst, step) = fused_vs_unfused(&m, &q, &table);
+        println!(
+            "{name} ({tag}): lowbit fused integer kernels vs unfused float simulation: {:.2} % of outputs identical, max |diff| {worst:.5} (output step {step:.5})",
+            100.0 * same
+        );
+        // One step of the last quantized tensor; burn's LogSoftmax after it spreads a one-step
+        // logit change over the normalizer too (measured 1.27 steps), hence 2.
+        assert!(
+            worst <= 2.0 * step,
+            "{name} {tag}: fused and unfused differ by {worst} > 2 steps of {step}"
+        );
+
         let Some((plain, fused, step)) = ort_agreement(&m, &path, &q, &table) else { return };
         println!(
             "{name} ({tag}): lowbit engine vs ORT on the file: max |diff| {plain:.5} (ORT unfused QDQ), {fused:.5} (ORT fused integer kernels); output step {step:.5}"
@@ -266,6 +278,38 @@ fn static_int8_check(name: &'static str) {
             );
         }
     }
+}
+
+/// lowbit's engine on the quantized model with load-time fusion (integer kernels) and without
+/// (float Q/DQ simulation), over 200 evaluation rows: the fraction of identical outputs, the
+/// largest difference, and the output's quantization step.
+fn fused_vs_unfused(m: &Mnist, q: &ModelProto, table: &CalibrationTable) -> (f64, f32, f32) {
+    let fused = Session::new(q, &SessionOptions::default()).unwrap();
+    let plain =
+        Session::new(q, &SessionOptions { fuse_quantized: false, ..Default::default() }).unwrap();
+    assert!(
+        fused.fused_ops().get("QLinearConv").is_some_and(|&n| n > 0),
+        "no conv fused: {:?}",
+        fused.fused_ops()
+    );
+    let r = table.range(&m.output, lowbit_quant::calibrate::Method::MinMax).unwrap();
+    let step =
+        lowbit_quant::qparams::range_qparams(&lowbit_quant::QuantScheme::uint8(), r.min, r.max)
+            .unwrap()
+            .scale;
+    let (mut same, mut n, mut worst) = (0usize, 0usize, 0f32);
+    for x in m.batches(EVAL.0, EVAL.0 + 200) {
+        let a = fused.run(vec![(m.input.clone(), x.clone())]).unwrap();
+        let b = plain.run(vec![(m.input.clone(), x)]).unwrap();
+        let (a, b) =
+            (output(&a, &m.output).as_f32().unwrap(), output(&b, &m.output).as_f32().unwrap());
+        for (x, y) in a.iter().zip(b) {
+            same += (x == y) as usize;
+            n += 1;
+            worst = worst.max((x - y).abs());
+        }
+    }
+    (same as f64 / n as f64, worst, step)
 }
 
 /// Max |lowbit − ORT| on the output over 20 evaluation batches, ORT unfused and fused, and the
@@ -491,6 +535,18 @@ fn minilm_check(
     let (path, q) = save(&q, tag);
     let e32 = embeddings(&m.model, &m.sentences);
     let eq = embeddings(&q, &m.sentences);
+    // The engine's load-time fusion against the graph as written (float Q/DQ): dynamic
+    // matmuls fuse bit-identically; static ones run integer sums (within 1e-4 cosine).
+    let plain =
+        Session::new(&q, &SessionOptions { fuse_quantized: false, ..Default::default() }).unwrap();
+    for (f, e) in m.sentences.iter().zip(&eq).take(10) {
+        let u = output(&plain.run(f.clone()).unwrap(), EMBEDDING).to_f32_vec().unwrap();
+        if cfg.mode == lowbit_quant::quantize::QuantMode::Dynamic {
+            assert_eq!(&u, e, "{tag}: fused and unfused embeddings differ");
+        } else {
+            assert!(cosine(&u, e) > 0.9999, "{tag}: fused vs unfused cosine {}", cosine(&u, e));
+        }
+    }
     let cos: Vec<f64> = e32.iter().zip(&eq).map(|(a, b)| cosine(a, b)).collect();
     let mean = cos.iter().sum::<f64>() / cos.len() as f64;
     let min = cos.iter().copied().fold(1.0, f64::min);
