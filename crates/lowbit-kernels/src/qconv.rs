@@ -143,6 +143,70 @@ fn to_channels_last(x: &[u8], cg_in: usize, plane: usize, out: &mut [u8]) {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short runs of patches: whole 8-byte words inline (a
+/// `memcpy` call per tap of a few channels cost more than the copy).
+#[inline(always)]
+fn copy_short(src: &[u8], dst: &mut [u8]) {
+    let n = src.len();
+    if n > 64 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let words = n / 8;
+    for w in 0..words {
+        let v: [u8; 8] = src[w * 8..w * 8 + 8].try_into().expect("8 bytes");
+        dst[w * 8..w * 8 + 8].copy_from_slice(&v);
+    }
+    for i in words * 8..n {
+        dst[i] = src[i];
+    }
+}
+
+/// [`patches`] for 1-D and 2-D windows, without a bounds check per tap: the input goes
+/// channels-last into a buffer padded with the zero point (`xpad`, reused), so each kernel row
+/// of a patch is one contiguous run of `kw · cg_in` bytes (dilation 1) or `kw` runs of `cg_in`.
+fn patches_2d(win: &Window, cg_in: usize, x: &[u8], pad: u8, xpad: &mut Vec<u8>, rows: &mut [u8]) {
+    let [_, ih, iw] = win.input;
+    let [_, kh, kw] = win.kernel;
+    let [_, oh, ow] = win.output;
+    let (sy, sx) = (win.strides[1], win.strides[2]);
+    let (dy, dx) = (win.dilations[1], win.dilations[2]);
+    let (pt, pl) = (win.pads_begin[1], win.pads_begin[2]);
+    let ph = ((oh.max(1) - 1) * sy + (kh - 1) * dy + 1).max(pt + ih);
+    let pw = ((ow.max(1) - 1) * sx + (kw - 1) * dx + 1).max(pl + iw);
+    xpad.clear();
+    xpad.resize(ph * pw * cg_in, pad);
+    let plane = ih * iw;
+    for c in 0..cg_in {
+        let xc = &x[c * plane..(c + 1) * plane];
+        for iy in 0..ih {
+            let dst = ((iy + pt) * pw + pl) * cg_in + c;
+            for (ix, &v) in xc[iy * iw..(iy + 1) * iw].iter().enumerate() {
+                xpad[dst + ix * cg_in] = v;
+            }
+        }
+    }
+    let kk = kh * kw * cg_in;
+    let run = kw * cg_in;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let row = &mut rows[(oy * ow + ox) * kk..][..kk];
+            for ky in 0..kh {
+                let src = ((oy * sy + ky * dy) * pw + ox * sx) * cg_in;
+                let dst = &mut row[ky * run..(ky + 1) * run];
+                if dx == 1 {
+                    copy_short(&xpad[src..src + run], dst);
+                } else {
+                    for kx in 0..kw {
+                        let s = src + kx * dx * cg_in;
+                        copy_short(&xpad[s..s + cg_in], &mut dst[kx * cg_in..(kx + 1) * cg_in]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Fills `rows` (`pixels × kernel·cg_in`, taps outer, channels inner) with the patches of the
 /// channels-last input `xl`: one contiguous copy of `cg_in` bytes per tap.
 fn patches(win: &Window, cg_in: usize, xl: &[u8], pad: u8, rows: &mut [u8]) {
@@ -172,7 +236,7 @@ fn patches(win: &Window, cg_in: usize, xl: &[u8], pad: u8, rows: &mut [u8]) {
                                 let dst = &mut row[t..t + cg_in];
                                 if ok {
                                     let src = (base + ix as usize) * cg_in;
-                                    dst.copy_from_slice(&xl[src..src + cg_in]);
+                                    copy_short(&xl[src..src + cg_in], dst);
                                 } else {
                                     dst.fill(pad);
                                 }
@@ -211,15 +275,20 @@ pub fn qconv(
         (Kind::Gemm(packed), stage) => {
             let kk = w.cg_in * w.kernel_size;
             let pointwise = win.is_pointwise();
-            let mut xl = vec![0u8; plane_in * w.cg_in];
+            let padded = !pointwise && win.input[0] == 1 && win.kernel[0] == 1;
+            let mut xl = if padded { Vec::new() } else { vec![0u8; plane_in * w.cg_in] };
             let mut rows = if pointwise { Vec::new() } else { vec![0u8; plane_out * kk] };
             let mut stage = stage;
             for b in 0..batch {
                 for (gi, pw) in packed.iter().enumerate() {
                     let xg = &x[(b * c_in + gi * w.cg_in) * plane_in..][..w.cg_in * plane_in];
-                    to_channels_last(xg, w.cg_in, plane_in, &mut xl);
-                    if !pointwise {
-                        patches(win, w.cg_in, &xl, x_zp as u8, &mut rows);
+                    if padded {
+                        patches_2d(win, w.cg_in, xg, x_zp as u8, &mut xl, &mut rows);
+                    } else {
+                        to_channels_last(xg, w.cg_in, plane_in, &mut xl);
+                        if !pointwise {
+                            patches(win, w.cg_in, &xl, x_zp as u8, &mut rows);
+                        }
                     }
                     let off = (b * c_out + gi * cg_out) * plane_out;
                     let per = |v: &[f32]| {

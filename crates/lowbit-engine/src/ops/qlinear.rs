@@ -20,7 +20,7 @@ use crate::registry::Registry;
 use lowbit_kernels::gemm::Trans;
 use lowbit_kernels::qconv::{qconv, ConvStage, PackedConv};
 use lowbit_kernels::qgemm::{qgemm, Output, PackedI8, Stage};
-use lowbit_kernels::quantize::{dequantize_one, int_range, quantize_one};
+use lowbit_kernels::quantize::{dequantize_one, int_range, quantize_bytes};
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use std::borrow::Cow;
@@ -677,11 +677,6 @@ impl Q8 {
             byte as i32
         }
     }
-
-    fn quantize(&self, v: f32) -> u8 {
-        let (lo, hi) = self.range();
-        quantize_one(v, self.scale, self.zp, lo, hi) as u8
-    }
 }
 
 /// The bytes of an 8-bit tensor of the expected type.
@@ -712,21 +707,30 @@ impl Kernel for QBinary {
         let b = input(ins, 3)?;
         let (ab, bb) = (bytes(a, &self.a, "A")?, bytes(b, &self.b, "B")?);
         let (ta, tb) = (self.a.table(), self.b.table());
-        let op = |x: u8, z: u8| -> u8 {
+        let f = |x: u8, z: u8| -> f32 {
             let (u, v) = (ta[x as usize], tb[z as usize]);
-            self.y.quantize(if self.mul { u * v } else { u + v })
+            if self.mul {
+                u * v
+            } else {
+                u + v
+            }
         };
         let shape = broadcast_shapes(a.shape(), b.shape())?;
-        let y: Vec<u8> = if a.shape() == b.shape() {
-            ab.iter().zip(bb.iter()).map(|(&x, &z)| op(x, z)).collect()
+        // The float values first (table lookups), then one vectorized quantization pass: the
+        // same f32 operations as DQ → Add/Mul → Q.
+        let v: Vec<f32> = if a.shape() == b.shape() {
+            ab.iter().zip(bb.iter()).map(|(&x, &z)| f(x, z)).collect()
         } else if b.len() == 1 {
-            ab.iter().map(|&x| op(x, bb[0])).collect()
+            ab.iter().map(|&x| f(x, bb[0])).collect()
         } else if a.len() == 1 {
-            bb.iter().map(|&z| op(ab[0], z)).collect()
+            bb.iter().map(|&z| f(ab[0], z)).collect()
         } else {
             let (oa, ob) = (offsets(a.shape(), &shape), offsets(b.shape(), &shape));
-            oa.iter().zip(&ob).map(|(&i, &j)| op(ab[i], bb[j])).collect()
+            oa.iter().zip(&ob).map(|(&i, &j)| f(ab[i], bb[j])).collect()
         };
+        let (lo, hi) = self.y.range();
+        let mut y = vec![0u8; v.len()];
+        quantize_bytes(&v, self.y.scale, self.y.zp, lo, hi, &mut y);
         Ok(vec![wrap_bytes(self.y.dtype, shape, y)?])
     }
 }
