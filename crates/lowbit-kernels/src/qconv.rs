@@ -157,8 +157,8 @@ fn copy_short(src: &[u8], dst: &mut [u8]) {
         let v: [u8; 8] = src[w * 8..w * 8 + 8].try_into().expect("8 bytes");
         dst[w * 8..w * 8 + 8].copy_from_slice(&v);
     }
-    for i in words * 8..n {
-        dst[i] = src[i];
+    for (d, &v) in dst[words * 8..n].iter_mut().zip(&src[words * 8..n]) {
+        *d = v;
     }
 }
 

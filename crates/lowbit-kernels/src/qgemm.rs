@@ -319,6 +319,36 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     let (rs, cs) = (out.row_stride, out.col_stride);
     let panels = n.div_ceil(NR);
     let row_blocks = m.div_ceil(MR);
+    // Everything per column is folded once per call into `adj` (added to every row's sums:
+    // the requantize bias, `-a_zp·colsum(B)`, `+k·a_zp·b_zp`) and `scale` (the multiplier or
+    // dequantization scale, expanded; 0 past `n`), so a tile's epilogue is one vector pass.
+    let width = panels * NR;
+    let (kz, az) = (k as i32, a_zero_point);
+    let mut adj: Vec<i32> = (0..width)
+        .map(|j| {
+            let zb = b.zero_points[j];
+            kz.wrapping_mul(az).wrapping_mul(zb).wrapping_sub(az.wrapping_mul(b.col_sums[j]))
+        })
+        .collect();
+    let mut scale = vec![0f32; width];
+    match sink {
+        Sink::Requantize { bias, multiplier: v, .. } => {
+            for (j, s) in scale.iter_mut().enumerate().take(n) {
+                *s = if v.len() == 1 { v[0] } else { v[j] };
+            }
+            if let Some(bv) = bias {
+                for (a, &x) in adj.iter_mut().zip(bv) {
+                    *a = a.wrapping_add(x);
+                }
+            }
+        }
+        Sink::Dequantize { scale: v, .. } => {
+            for (j, s) in scale.iter_mut().enumerate().take(n) {
+                *s = if v.len() == 1 { v[0] } else { v[j] };
+            }
+        }
+        Sink::I32(_) => {}
+    }
     // Panel-major: a panel of B (k × 16 bytes) stays in L1 while every row block of A passes
     // over it; A (m × k) is small in the shapes that matter (a sentence's tokens, a conv's
     // patches are re-read from L2 at worst).
@@ -326,7 +356,8 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         let (p, rb) = (t / row_blocks, t % row_blocks);
         let i0 = rb * MR;
         let mr = MR.min(m - i0);
-        let cols = NR.min(n - p * NR);
+        let j0 = p * NR;
+        let cols = NR.min(n - j0);
         let mut rows = [a.as_ptr(); MR];
         for (r, row) in rows.iter_mut().enumerate().take(mr) {
             *row = a[(i0 + r) * lda..].as_ptr();
@@ -336,13 +367,20 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         // a short tile repeat row i0 and are discarded); the panel holds `groups * NR * 4`
         // (or `* 2`) packed values for this panel.
         unsafe { micro(b, p, &rows, &mut acc) };
-        let ctx = TileCtx { b, a_zp: a_zero_point, row_sums: &row_sums, i0, j0: p * NR, cols };
-        for (r, acc_row) in acc.iter_mut().enumerate().take(mr) {
-            ctx.correct(r, acc_row);
-            let base = (i0 + r) * rs + p * NR * cs;
-            // SAFETY: (i0 + r, p·NR + jj) with jj < cols is inside C (asserted `last`); tiles
+        let adj_p: &[i32; NR] = adj[j0..j0 + NR].try_into().expect("one panel");
+        let scale_p: &[f32; NR] = scale[j0..j0 + NR].try_into().expect("one panel");
+        for (r, acc_row) in acc.iter().enumerate().take(mr) {
+            let mut adj_r = *adj_p;
+            if b.any_zero_point {
+                let rsum = row_sums[i0 + r];
+                for (v, &z) in adj_r.iter_mut().zip(&b.zero_points[j0..j0 + NR]) {
+                    *v = v.wrapping_sub(z.wrapping_mul(rsum));
+                }
+            }
+            let base = (i0 + r) * rs + j0 * cs;
+            // SAFETY: (i0 + r, j0 + jj) with jj < cols is inside C (asserted `last`); tiles
             // are disjoint.
-            unsafe { finish_row(b.isa, sink, acc_row, p * NR, cols, base, cs) };
+            unsafe { finish_row(b.isa, sink, acc_row, &adj_r, scale_p, j0, cols, base, cs) };
         }
     };
     let tiles = row_blocks * panels;
@@ -353,39 +391,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     } else {
         (0..tiles).for_each(tile);
     }
-}
-
-struct TileCtx<'a> {
-    b: &'a PackedI8,
-    a_zp: i32,
-    row_sums: &'a [i32],
-    i0: usize,
-    j0: usize,
-    cols: usize,
-}
-
-impl TileCtx<'_> {
-    /// Applies the zero-point terms to one accumulator row (wrapping, as the raw sums are).
-    #[inline]
-    fn correct(&self, r: usize, acc: &mut [i32; NR]) {
-        let b = self.b;
-        let k = b.k as i32;
-        let cs = &b.col_sums[self.j0..self.j0 + NR];
-        if self.a_zp != 0 {
-            for (v, &c) in acc.iter_mut().zip(cs) {
-                *v = v.wrapping_sub(self.a_zp.wrapping_mul(c));
-            }
-        }
-        if b.any_zero_point {
-            let rsum = self.row_sums[self.i0 + r];
-            let zps = &b.zero_points[self.j0..self.j0 + NR];
-            for (v, &z) in acc.iter_mut().zip(zps).take(self.cols) {
-                let t =
-                    z.wrapping_mul(rsum).wrapping_sub(k.wrapping_mul(self.a_zp).wrapping_mul(z));
-                *v = v.wrapping_sub(t);
-            }
-        }
-    }
+    adj.clear();
 }
 
 /// Dispatches the micro-kernel of `b`'s path for panel `p`.
@@ -443,15 +449,19 @@ unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, acc: &mu
     }
 }
 
-/// Applies the stage to one corrected row of a tile and stores `cols` values.
+/// Applies the stage to one row of a tile (`acc + adj`, scaled by `scale` for the float
+/// stages) and stores `cols` values.
 ///
 /// # Safety
 /// `base + jj · cs` for `jj < cols` inside the sink's output.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn finish_row(
     isa: Isa,
     sink: Sink<'_>,
     acc: &[i32; NR],
+    adj: &[i32; NR],
+    scale: &[f32; NR],
     j0: usize,
     cols: usize,
     base: usize,
@@ -459,57 +469,38 @@ unsafe fn finish_row(
 ) {
     match sink {
         Sink::I32(out) => {
-            for (jj, &v) in acc.iter().enumerate().take(cols) {
-                // SAFETY: per the contract.
-                unsafe { *out.get().add(base + jj * cs) = v };
+            let mut v = [0i32; NR];
+            for j in 0..NR {
+                v[j] = acc[j].wrapping_add(adj[j]);
             }
+            store(&v, cols, out, base, cs);
         }
-        Sink::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
+        Sink::Requantize { zero_point, qmin, qmax, out, .. } => {
             let mut q = [0u8; NR];
-            let mult = |jj: usize| {
-                if multiplier.len() == 1 {
-                    multiplier[0]
-                } else {
-                    multiplier[j0 + jj]
-                }
-            };
             #[cfg(target_arch = "x86_64")]
             if isa != Isa::Scalar {
-                // Columns past `cols` (a partial panel) get multiplier 0 and are not stored.
-                let mut m = [0f32; NR];
-                let mut with_bias = *acc;
-                for jj in 0..cols {
-                    m[jj] = mult(jj);
-                    if let Some(b) = bias {
-                        with_bias[jj] = with_bias[jj].wrapping_add(b[j0 + jj]);
-                    }
-                }
                 // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
-                unsafe { x86::requantize16(&with_bias, &m, zero_point, qmin, qmax, &mut q) };
+                unsafe { x86::requantize16(acc, adj, scale, zero_point, qmin, qmax, &mut q) };
                 store(&q, cols, out, base, cs);
                 return;
             }
             let _ = isa;
             for jj in 0..cols {
-                let v = match bias {
-                    Some(b) => acc[jj].wrapping_add(b[j0 + jj]),
-                    None => acc[jj],
-                };
-                q[jj] = requantize_one(v, mult(jj), zero_point, qmin, qmax) as u8;
+                let v = acc[jj].wrapping_add(adj[jj]);
+                q[jj] = requantize_one(v, scale[jj], zero_point, qmin, qmax) as u8;
             }
             store(&q, cols, out, base, cs);
         }
-        Sink::Dequantize { scale, bias, out } => {
-            for (jj, &v) in acc.iter().enumerate().take(cols) {
-                let s = if scale.len() == 1 { scale[0] } else { scale[j0 + jj] };
-                let y = v as f32 * s;
-                let y = match bias {
-                    Some(b) => y + b[j0 + jj],
-                    None => y,
+        Sink::Dequantize { bias, out, .. } => {
+            let mut y = [0f32; NR];
+            for jj in 0..cols {
+                let v = (acc[jj].wrapping_add(adj[jj])) as f32 * scale[jj];
+                y[jj] = match bias {
+                    Some(b) => v + b[j0 + jj],
+                    None => v,
                 };
-                // SAFETY: per the contract.
-                unsafe { *out.get().add(base + jj * cs) = y };
             }
+            store(&y, cols, out, base, cs);
         }
     }
 }
@@ -531,13 +522,12 @@ pub fn requantize_into(
     if Isa::detect() != Isa::Scalar {
         for i0 in (0..n).step_by(NR) {
             let len = NR.min(n - i0);
-            let (mut a, mut m, mut q) = ([0i32; NR], [0f32; NR], [0u8; NR]);
-            for j in 0..len {
-                a[j] = acc[i0 + j].wrapping_add(bias[i0 + j]);
-                m[j] = mult[i0 + j];
-            }
+            let (mut a, mut bb, mut m, mut q) = ([0i32; NR], [0i32; NR], [0f32; NR], [0u8; NR]);
+            a[..len].copy_from_slice(&acc[i0..i0 + len]);
+            bb[..len].copy_from_slice(&bias[i0..i0 + len]);
+            m[..len].copy_from_slice(&mult[i0..i0 + len]);
             // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
-            unsafe { x86::requantize16(&a, &m, zero_point, qmin, qmax, &mut q) };
+            unsafe { x86::requantize16(&a, &bb, &m, zero_point, qmin, qmax, &mut q) };
             out[i0..i0 + len].copy_from_slice(&q[..len]);
         }
         return;
@@ -733,15 +723,17 @@ mod x86 {
         out[0]
     }
 
-    /// [`crate::quantize::requantize_one`] on 16 sums at once, bit for bit: the product is
+    /// [`crate::quantize::requantize_one`] on 16 sums `acc + bias` at once, bit for bit: the product is
     /// clamped to ±2^30 first (beyond it every result saturates anyway, and `vcvtps2dq` would
     /// turn out-of-range values into i32::MIN), rounded half to even by `vcvtps2dq`.
     ///
     /// # Safety
     /// AVX2.
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn requantize16(
         acc: &[i32; NR],
+        bias: &[i32; NR],
         mult: &[f32; NR],
         zero_point: i32,
         qmin: i32,
@@ -757,7 +749,10 @@ mod x86 {
         for h in 0..2 {
             // SAFETY: 8 lanes inside 16-element arrays.
             unsafe {
-                let v = _mm256_loadu_si256(acc.as_ptr().add(8 * h) as *const __m256i);
+                let v = _mm256_add_epi32(
+                    _mm256_loadu_si256(acc.as_ptr().add(8 * h) as *const __m256i),
+                    _mm256_loadu_si256(bias.as_ptr().add(8 * h) as *const __m256i),
+                );
                 let m = _mm256_loadu_ps(mult.as_ptr().add(8 * h));
                 let x = _mm256_mul_ps(_mm256_cvtepi32_ps(v), m);
                 let x = _mm256_min_ps(_mm256_max_ps(x, nlim), lim);
