@@ -18,6 +18,9 @@
 //! | DQ(x) → `GlobalAveragePool` → Q | `com.microsoft.QLinearGlobalAveragePool` | integer sum; f32 requantize |
 //! | `MatMulInteger`(DynamicQuantizeLinear(x), W) → `Cast` → `Mul`(scales) [→ `Add`(bias)] | `com.microsoft.MatMulIntegerToFloat` | bit-identical |
 //!
+//! An integer conv/matmul whose output only feeds a lookup takes the table into its output
+//! stage (`ai.lowbit` `QLinearConv`/`QLinearMatMul`/`QGemm` with the table as a last input).
+//!
 //! "Bit-identical": the table of a lookup is computed by running the graph's own DQ, op and Q
 //! kernels on all 256 codes. Integer products differ from the float simulation only where the
 //! float sum's rounding moves a value across a rounding boundary (at most one step; measured
@@ -733,6 +736,45 @@ impl<'g> Fuser<'g> {
         out.into_iter().next()
     }
 
+    /// An integer conv/matmul whose 8-bit output only feeds a lookup (its activation: Relu,
+    /// Clip, … after the requantization) applies the table itself: the op moves to lowbit's
+    /// domain with the table as one more input, and the lookup step disappears.
+    fn merge_lookups(&self, nodes: &mut [Option<NodeProto>]) {
+        let mut readers: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for x in n.iter().flat_map(|n| n.input.iter()).filter(|x| !x.is_empty()) {
+                readers.entry(x.clone()).or_default().push(i);
+            }
+        }
+        for i in 0..nodes.len() {
+            let Some(n) = &nodes[i] else { continue };
+            let arity = match (canonical_domain(&n.domain), n.op_type.as_str()) {
+                ("", "QLinearConv") | ("com.microsoft", "QGemm") => 9,
+                ("", "QLinearMatMul") => 8,
+                _ => continue,
+            };
+            let out = &n.output[0];
+            if self.graph_outputs.contains(out.as_str()) || n.input.len() > arity {
+                continue;
+            }
+            let Some(r) = readers.get(out).filter(|r| r.len() == 1).map(|r| r[0]) else {
+                continue;
+            };
+            let Some(l) = &nodes[r] else { continue };
+            if l.op_type != "QLinearLookup" || l.domain != LOWBIT_DOMAIN || l.input[0] != *out {
+                continue;
+            }
+            let (table, lout) = (l.input[1].clone(), l.output[0].clone());
+            let mut merged = n.clone();
+            merged.input.resize(arity, String::new());
+            merged.input.push(table);
+            merged.output[0] = lout;
+            merged.domain = LOWBIT_DOMAIN.to_string();
+            nodes[i] = Some(merged);
+            nodes[r] = None;
+        }
+    }
+
     /// The rewritten node list: replacements in place, then dead DQ/Q nodes dropped.
     fn finish(mut self) -> Fused {
         let mut nodes: Vec<Option<NodeProto>> = (0..self.nodes.len())
@@ -765,6 +807,8 @@ impl<'g> Fuser<'g> {
                 break;
             }
         }
+        // After the dead DQs are gone, so a conv's output has the lookup as its only reader.
+        self.merge_lookups(&mut nodes);
         Fused {
             nodes: nodes.into_iter().flatten().collect(),
             constants: self.constants,

@@ -841,6 +841,65 @@ fn build_qlinear_global_average_pool(ctx: &BuildCtx) -> KernelResult {
     Ok(Box::new(QGlobalAvg { x: Q8::read(ctx, 1, 2)?, y: Q8::read(ctx, 3, 4)? }))
 }
 
+/// An integer op followed by a lookup table on its 8-bit output (see [`crate::fuse`]).
+struct WithTable {
+    inner: Box<dyn Kernel>,
+    table: [u8; 256],
+}
+
+impl Kernel for WithTable {
+    fn run(&self, ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        let mut out = self.inner.run(&ins[..ins.len() - 1])?;
+        match out[0].data_mut() {
+            TensorData::U8(v) => v.iter_mut().for_each(|b| *b = self.table[*b as usize]),
+            TensorData::I8(v) => {
+                v.iter_mut().for_each(|b| *b = self.table[*b as u8 as usize] as i8)
+            }
+            _ => bail!("a lookup needs 8-bit output"),
+        }
+        Ok(out)
+    }
+}
+
+/// `ai.lowbit` `QLinearConv` / `QLinearMatMul` / `QGemm`: the standard op's inputs, then a
+/// 256-entry table applied to its output.
+fn build_with_table(
+    ctx: &BuildCtx,
+    inner: fn(&BuildCtx) -> KernelResult,
+    domain: &str,
+) -> KernelResult {
+    let last = ctx.num_inputs().checked_sub(1).ok_or_else(|| OpError::new("no inputs"))?;
+    let t = ctx.constant(last).ok_or_else(|| OpError::new("the table must be a constant"))?;
+    let table: [u8; 256] = match t.data() {
+        TensorData::U8(v) => v.as_slice().try_into().ok(),
+        TensorData::I8(v) => v.iter().map(|&x| x as u8).collect::<Vec<_>>().try_into().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| OpError::new("the table must have 256 uint8/int8 entries"))?;
+    let mut node = ctx.node.clone();
+    node.input.truncate(last);
+    node.domain = domain.to_string();
+    let inner_ctx = BuildCtx {
+        node: &node,
+        attrs: lowbit_onnx::attr::Attrs::new(&node),
+        opset: ctx.opset,
+        constants: ctx.constants[..last].to_vec(),
+    };
+    Ok(Box::new(WithTable { inner: inner(&inner_ctx)?, table }))
+}
+
+fn build_conv_with_table(ctx: &BuildCtx) -> KernelResult {
+    build_with_table(ctx, build_qlinear_conv, "")
+}
+
+fn build_matmul_with_table(ctx: &BuildCtx) -> KernelResult {
+    build_with_table(ctx, build_qlinear_matmul, "")
+}
+
+fn build_qgemm_with_table(ctx: &BuildCtx) -> KernelResult {
+    build_with_table(ctx, build_qgemm, "com.microsoft")
+}
+
 pub fn register(reg: &mut Registry) {
     reg.register("", "QLinearConv", build_qlinear_conv);
     reg.register("", "ConvInteger", build_conv_integer);
@@ -852,4 +911,7 @@ pub fn register(reg: &mut Registry) {
     reg.register("com.microsoft", "QLinearMul", build_qlinear_mul);
     reg.register("com.microsoft", "QLinearGlobalAveragePool", build_qlinear_global_average_pool);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearLookup", build_lookup);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearConv", build_conv_with_table);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearMatMul", build_matmul_with_table);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "QGemm", build_qgemm_with_table);
 }
