@@ -177,12 +177,13 @@ fn patches_2d(win: &Window, cg_in: usize, x: &[u8], pad: u8, xpad: &mut Vec<u8>,
     xpad.clear();
     xpad.resize(ph * pw * cg_in, pad);
     let plane = ih * iw;
-    for c in 0..cg_in {
-        let xc = &x[c * plane..(c + 1) * plane];
-        for iy in 0..ih {
-            let dst = ((iy + pt) * pw + pl) * cg_in + c;
-            for (ix, &v) in xc[iy * iw..(iy + 1) * iw].iter().enumerate() {
-                xpad[dst + ix * cg_in] = v;
+    // Row by row, so the writes of one input row (all channels) stay in L1.
+    for iy in 0..ih {
+        let dst = &mut xpad[((iy + pt) * pw + pl) * cg_in..][..iw * cg_in];
+        for c in 0..cg_in {
+            let src = &x[c * plane + iy * iw..][..iw];
+            for (ix, &v) in src.iter().enumerate() {
+                dst[ix * cg_in + c] = v;
             }
         }
     }
@@ -440,11 +441,13 @@ fn depthwise_2d(
     let cols = ((ow.max(1) - 1) * sx + (kw - 1) * dx + 1).max(pl + iw);
     let plane = ih * iw;
     let mut xp = vec![0i16; rows * cols * c];
-    for ch in 0..c {
-        let xc = &x[ch * plane..(ch + 1) * plane];
-        for iy in 0..ih {
-            for ix in 0..iw {
-                xp[((iy + pt) * cols + ix + pl) * c + ch] = xc[iy * iw + ix] as i16 - x_zp as i16;
+    // Row by row, so the writes of one input row (all channels) stay in L1.
+    for iy in 0..ih {
+        let dst = &mut xp[((iy + pt) * cols + pl) * c..][..iw * c];
+        for ch in 0..c {
+            let src = &x[ch * plane + iy * iw..][..iw];
+            for (ix, &v) in src.iter().enumerate() {
+                dst[ix * c + ch] = v as i16 - x_zp as i16;
             }
         }
     }
