@@ -12,7 +12,7 @@
 //! it vectorizes). [`qconv_ref`] is the loop both are tested against.
 
 use crate::gemm::Trans;
-use crate::qgemm::{qgemm, requantize_into, Output, PackedI8, Stage};
+use crate::qgemm::{qgemm, requantize_into, Output, PackedI8, Ptr, Stage};
 use crate::quantize::requantize_one;
 use crate::window::Window;
 use rayon::prelude::*;
@@ -327,7 +327,7 @@ pub fn qconv(
             let sink = match stage {
                 ConvStage::I32 { out } => {
                     assert!(out.len() >= out_len, "qconv: output is too short");
-                    DwSink::I32(SendPtr(out.as_mut_ptr()))
+                    DwSink::I32(Ptr(out.as_mut_ptr()))
                 }
                 ConvStage::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
                     assert!(out.len() >= out_len, "qconv: output is too short");
@@ -341,7 +341,7 @@ pub fn qconv(
                         zero_point,
                         qmin,
                         qmax,
-                        out: SendPtr(out.as_mut_ptr()),
+                        out: Ptr(out.as_mut_ptr()),
                     }
                 }
             };
@@ -392,28 +392,15 @@ pub fn qconv(
     }
 }
 
-/// A raw output pointer for row tasks that write disjoint pixels.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: each task writes only the pixels of its own output rows.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 enum DwSink {
-    I32(SendPtr<i32>),
+    I32(Ptr<i32>),
     Requantize {
         bias: Vec<i32>,
         mult: Vec<f32>,
         zero_point: i32,
         qmin: i32,
         qmax: i32,
-        out: SendPtr<u8>,
+        out: Ptr<u8>,
     },
 }
 

@@ -233,15 +233,16 @@ pub struct Output<'a> {
     pub col_stride: usize,
 }
 
-/// A raw output pointer shared by tasks that write disjoint tiles.
+/// A raw output pointer shared by tasks that write disjoint elements (tiles here, rows of
+/// pixels in [`crate::qconv`]).
 #[derive(Clone, Copy)]
-struct Ptr<T>(*mut T);
+pub(crate) struct Ptr<T>(pub(crate) *mut T);
 // SAFETY: tasks given a Ptr write disjoint elements (one tile each).
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
 impl<T> Ptr<T> {
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
