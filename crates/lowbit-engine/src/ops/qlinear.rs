@@ -699,6 +699,9 @@ struct QBinary {
     b: Q8,
     y: Q8,
     mul: bool,
+    /// Dequantized value of every code of A and of B, built once at load.
+    ta: [f32; 256],
+    tb: [f32; 256],
 }
 
 impl Kernel for QBinary {
@@ -706,7 +709,7 @@ impl Kernel for QBinary {
         let a = input(ins, 0)?;
         let b = input(ins, 3)?;
         let (ab, bb) = (bytes(a, &self.a, "A")?, bytes(b, &self.b, "B")?);
-        let (ta, tb) = (self.a.table(), self.b.table());
+        let (ta, tb) = (&self.ta, &self.tb);
         let f = |x: u8, z: u8| -> f32 {
             let (u, v) = (ta[x as usize], tb[z as usize]);
             if self.mul {
@@ -754,12 +757,8 @@ fn offsets(shape: &[usize], out: &[usize]) -> Vec<usize> {
 }
 
 fn build_qlinear_binary(ctx: &BuildCtx, mul: bool) -> KernelResult {
-    Ok(Box::new(QBinary {
-        a: Q8::read(ctx, 1, 2)?,
-        b: Q8::read(ctx, 4, 5)?,
-        y: Q8::read(ctx, 6, 7)?,
-        mul,
-    }))
+    let (a, b) = (Q8::read(ctx, 1, 2)?, Q8::read(ctx, 4, 5)?);
+    Ok(Box::new(QBinary { a, b, y: Q8::read(ctx, 6, 7)?, mul, ta: a.table(), tb: b.table() }))
 }
 
 fn build_qlinear_add(ctx: &BuildCtx) -> KernelResult {
