@@ -18,6 +18,7 @@
 
 pub mod error;
 pub mod fuse;
+pub mod layout;
 pub mod op;
 pub mod ops;
 pub mod registry;

@@ -246,7 +246,16 @@ impl Session {
         }
 
         let fused = if opts.fuse_quantized {
-            crate::fuse::fuse_qdq(graph, &opsets, reg)
+            let mut f = crate::fuse::fuse_qdq(graph, &opsets, reg);
+            let rank = |name: &str| constant_rank(graph, name);
+            let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+            let (nodes, n) =
+                crate::layout::channels_last(std::mem::take(&mut f.nodes), rank, &outputs);
+            f.nodes = nodes;
+            if n > 0 {
+                f.counts.insert("channels-last convs".into(), n);
+            }
+            f
         } else {
             crate::fuse::Fused::default()
         };
@@ -535,4 +544,17 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// The rank of constant `name` (an initializer or a `Constant` node's value).
+fn constant_rank(graph: &lowbit_onnx::pb::GraphProto, name: &str) -> Option<usize> {
+    if let Some(t) = graph.initializer.iter().find(|t| t.name == name) {
+        return Some(t.dims.len());
+    }
+    let n = graph
+        .node
+        .iter()
+        .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))?;
+    let t = lowbit_onnx::attr::Attrs::new(n).tensor("value").ok()??;
+    Some(t.dims.len())
 }

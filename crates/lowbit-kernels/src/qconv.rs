@@ -10,6 +10,11 @@
 //! group, one output channel per group) has too little reuse for a GEMM and runs directly:
 //! for each kernel tap, a whole output row accumulates in i32 (contiguous for stride 1, so
 //! it vectorizes). [`qconv_ref`] is the loop both are tested against.
+//!
+//! With [`Layout::ChannelsLast`] (NHWC, 1-D and 2-D windows) input and output stay
+//! channels-last: the GEMM reads a pointwise conv's input in place, writes its natural
+//! `pixels × c_out` output rows directly, and no transposes happen at all. The engine keeps
+//! activations channels-last between integer convs for this reason.
 
 use crate::gemm::Trans;
 use crate::qgemm::{qgemm, requantize_into, Output, PackedI8, Ptr, Stage};
@@ -124,6 +129,50 @@ pub enum ConvStage<'a> {
     },
 }
 
+/// How a batch of images is laid out in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[batch, channels, spatial...]` (ONNX's NCHW).
+    ChannelsFirst,
+    /// `[batch, spatial..., channels]` (NHWC); 1-D and 2-D windows only.
+    ChannelsLast,
+}
+
+/// Where the channels-last rows of one group's input come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// `cg_in` planes of `plane` pixels.
+    Planes(&'a [u8]),
+    /// Pixels of `stride` channels, of which the group's start at `first`.
+    Pixels { x: &'a [u8], stride: usize, first: usize },
+}
+
+impl Source<'_> {
+    /// Writes input row `iy` (`iw` pixels × `cg_in` channels, channels-last) into `dst`.
+    #[inline]
+    fn row(&self, iy: usize, iw: usize, plane: usize, cg_in: usize, dst: &mut [u8]) {
+        match *self {
+            Source::Planes(x) => {
+                for c in 0..cg_in {
+                    let src = &x[c * plane + iy * iw..][..iw];
+                    for (ix, &v) in src.iter().enumerate() {
+                        dst[ix * cg_in + c] = v;
+                    }
+                }
+            }
+            Source::Pixels { x, stride, first } if stride == cg_in => {
+                dst[..iw * cg_in].copy_from_slice(&x[iy * iw * stride + first..][..iw * cg_in]);
+            }
+            Source::Pixels { x, stride, first } => {
+                for ix in 0..iw {
+                    let src = &x[(iy * iw + ix) * stride + first..][..cg_in];
+                    copy_short(src, &mut dst[ix * cg_in..(ix + 1) * cg_in]);
+                }
+            }
+        }
+    }
+}
+
 /// `cg_in` planes of `plane` bytes, channels-last: `out[p · cg_in + c] = x[c · plane + p]`.
 fn to_channels_last(x: &[u8], cg_in: usize, plane: usize, out: &mut [u8]) {
     if cg_in == 1 {
@@ -165,7 +214,7 @@ fn copy_short(src: &[u8], dst: &mut [u8]) {
 /// [`patches`] for 1-D and 2-D windows, without a bounds check per tap: the input goes
 /// channels-last into a buffer padded with the zero point (`xpad`, reused), so each kernel row
 /// of a patch is one contiguous run of `kw · cg_in` bytes (dilation 1) or `kw` runs of `cg_in`.
-fn patches_2d(win: &Window, cg_in: usize, x: &[u8], pad: u8, xpad: &mut Vec<u8>, rows: &mut [u8]) {
+fn patches_2d(win: &Window, cg_in: usize, x: Source, pad: u8, xpad: &mut Vec<u8>, rows: &mut [u8]) {
     let [_, ih, iw] = win.input;
     let [_, kh, kw] = win.kernel;
     let [_, oh, ow] = win.output;
@@ -179,13 +228,7 @@ fn patches_2d(win: &Window, cg_in: usize, x: &[u8], pad: u8, xpad: &mut Vec<u8>,
     let plane = ih * iw;
     // Row by row, so the writes of one input row (all channels) stay in L1.
     for iy in 0..ih {
-        let dst = &mut xpad[((iy + pt) * pw + pl) * cg_in..][..iw * cg_in];
-        for c in 0..cg_in {
-            let src = &x[c * plane + iy * iw..][..iw];
-            for (ix, &v) in src.iter().enumerate() {
-                dst[ix * cg_in + c] = v;
-            }
-        }
+        x.row(iy, iw, plane, cg_in, &mut xpad[((iy + pt) * pw + pl) * cg_in..][..iw * cg_in]);
     }
     let kk = kh * kw * cg_in;
     let run = kw * cg_in;
@@ -252,11 +295,12 @@ fn patches(win: &Window, cg_in: usize, xl: &[u8], pad: u8, rows: &mut [u8]) {
     }
 }
 
-/// Convolves `batch` images `x` (`[batch, c_in, input...]` u8, zero point `x_zp`) with `w`
-/// over the window `win`; the output is `[batch, c_out, output...]` through `stage`.
+/// Convolves `batch` images `x` (u8, zero point `x_zp`, laid out as `layout` says) with `w`
+/// over the window `win`; the output has the same layout, through `stage`.
 ///
 /// # Panics
-/// When `x` or the output is too short, or `x_zp` is not a u8 value (caller bugs).
+/// When `x` or the output is too short, `x_zp` is not a u8 value, or a channels-last window
+/// is 3-D (caller bugs).
 pub fn qconv(
     win: &Window,
     batch: usize,
@@ -264,34 +308,60 @@ pub fn qconv(
     x_zp: i32,
     w: &PackedConv,
     stage: ConvStage<'_>,
+    layout: Layout,
 ) {
     let (c_in, c_out, g) = (w.c_in(), w.c_out, w.groups);
     let (plane_in, plane_out) = (win.input_size(), win.output_size());
     assert!(x.len() >= batch * c_in * plane_in, "qconv: x is too short");
     assert!((0..=255).contains(&x_zp), "qconv: x zero point {x_zp}");
     assert_eq!(win.kernel_size(), w.kernel_size, "qconv: kernel size");
+    let flat = win.input[0] == 1 && win.kernel[0] == 1;
+    let last = layout == Layout::ChannelsLast;
+    assert!(flat || !last, "qconv: channels-last needs a 1-D or 2-D window");
     let cg_out = c_out / g;
     let out_len = batch * c_out * plane_out;
     match (&w.kind, stage) {
         (Kind::Gemm(packed), stage) => {
             let kk = w.cg_in * w.kernel_size;
             let pointwise = win.is_pointwise();
-            let padded = !pointwise && win.input[0] == 1 && win.kernel[0] == 1;
-            let mut xl = if padded { Vec::new() } else { vec![0u8; plane_in * w.cg_in] };
+            let padded = !pointwise && flat;
+            // Channels-last pointwise input is the GEMM's operand as it is.
+            let in_place = pointwise && last;
+            let mut xl =
+                if padded || in_place { Vec::new() } else { vec![0u8; plane_in * w.cg_in] };
             let mut rows = if pointwise { Vec::new() } else { vec![0u8; plane_out * kk] };
             let mut stage = stage;
             for b in 0..batch {
+                let xb = &x[b * c_in * plane_in..][..c_in * plane_in];
                 for (gi, pw) in packed.iter().enumerate() {
-                    let xg = &x[(b * c_in + gi * w.cg_in) * plane_in..][..w.cg_in * plane_in];
+                    let src = match layout {
+                        Layout::ChannelsFirst => {
+                            Source::Planes(&xb[gi * w.cg_in * plane_in..][..w.cg_in * plane_in])
+                        }
+                        Layout::ChannelsLast => {
+                            Source::Pixels { x: xb, stride: c_in, first: gi * w.cg_in }
+                        }
+                    };
                     if padded {
-                        patches_2d(win, w.cg_in, xg, x_zp as u8, &mut xl, &mut rows);
-                    } else {
-                        to_channels_last(xg, w.cg_in, plane_in, &mut xl);
+                        patches_2d(win, w.cg_in, src, x_zp as u8, &mut xl, &mut rows);
+                    } else if !in_place {
+                        match src {
+                            Source::Planes(xg) => to_channels_last(xg, w.cg_in, plane_in, &mut xl),
+                            // Only 1-D/2-D windows are channels-last: one "row" of all pixels.
+                            Source::Pixels { .. } => {
+                                src.row(0, plane_in, plane_in, w.cg_in, &mut xl)
+                            }
+                        }
                         if !pointwise {
                             patches(win, w.cg_in, &xl, x_zp as u8, &mut rows);
                         }
                     }
-                    let off = (b * c_out + gi * cg_out) * plane_out;
+                    let (off, row_stride, col_stride) = match layout {
+                        Layout::ChannelsFirst => {
+                            ((b * c_out + gi * cg_out) * plane_out, 1, plane_out)
+                        }
+                        Layout::ChannelsLast => (b * c_out * plane_out + gi * cg_out, c_out, 1),
+                    };
                     let per = |v: &[f32]| {
                         if v.len() == 1 {
                             (0, 1)
@@ -317,13 +387,16 @@ pub fn qconv(
                             }
                         }
                     };
-                    let o = Output { stage: st, row_stride: 1, col_stride: plane_out };
-                    let a = if pointwise { &xl } else { &rows };
-                    qgemm(plane_out, a, kk, x_zp, pw, o);
+                    let o = Output { stage: st, row_stride, col_stride };
+                    if in_place {
+                        qgemm(plane_out, &xb[gi * w.cg_in..], c_in, x_zp, pw, o);
+                    } else {
+                        qgemm(plane_out, if pointwise { &xl } else { &rows }, kk, x_zp, pw, o);
+                    }
                 }
             }
         }
-        (Kind::Depthwise(_, wl), stage) if win.input[0] == 1 && win.kernel[0] == 1 => {
+        (Kind::Depthwise(_, wl), stage) if flat => {
             let sink = match stage {
                 ConvStage::I32 { out } => {
                     assert!(out.len() >= out_len, "qconv: output is too short");
@@ -347,7 +420,7 @@ pub fn qconv(
             };
             for b in 0..batch {
                 let xb = &x[b * c_in * plane_in..(b + 1) * c_in * plane_in];
-                depthwise_2d(win, c_out, xb, x_zp, wl, &sink, b * c_out * plane_out);
+                depthwise_2d(win, c_out, xb, x_zp, wl, &sink, b * c_out * plane_out, layout);
             }
         }
         (Kind::Depthwise(wc, _), ConvStage::I32 { out }) => {
@@ -408,7 +481,9 @@ enum DwSink {
 /// zeros (after subtracting its zero point) into a `rows × cols × c` i16 buffer, so every
 /// tap of every output pixel is one multiply-add over a contiguous run of `c` channels (SIMD
 /// over channels; a plane-at-a-time loop spends its time on row edges when planes are 7×7).
-/// Output pixel `p` of channel `ch` goes to `base + ch · pixels + p`.
+/// Output pixel `p` of channel `ch` goes to `base + ch · pixels + p` (channels first) or
+/// `base + p · c + ch` (channels last).
+#[allow(clippy::too_many_arguments)]
 fn depthwise_2d(
     win: &Window,
     c: usize,
@@ -417,6 +492,7 @@ fn depthwise_2d(
     wl: &[i16],
     sink: &DwSink,
     base: usize,
+    layout: Layout,
 ) {
     let [_, ih, iw] = win.input;
     let [_, kh, kw] = win.kernel;
@@ -431,10 +507,19 @@ fn depthwise_2d(
     // Row by row, so the writes of one input row (all channels) stay in L1.
     for iy in 0..ih {
         let dst = &mut xp[((iy + pt) * cols + pl) * c..][..iw * c];
-        for ch in 0..c {
-            let src = &x[ch * plane + iy * iw..][..iw];
-            for (ix, &v) in src.iter().enumerate() {
-                dst[ix * c + ch] = v as i16 - x_zp as i16;
+        match layout {
+            Layout::ChannelsFirst => {
+                for ch in 0..c {
+                    let src = &x[ch * plane + iy * iw..][..iw];
+                    for (ix, &v) in src.iter().enumerate() {
+                        dst[ix * c + ch] = v as i16 - x_zp as i16;
+                    }
+                }
+            }
+            Layout::ChannelsLast => {
+                for (d, &v) in dst.iter_mut().zip(&x[iy * iw * c..][..iw * c]) {
+                    *d = v as i16 - x_zp as i16;
+                }
             }
         }
     }
@@ -453,24 +538,36 @@ fn depthwise_2d(
                 }
             }
         }
-        let p0 = base + oy * ow;
-        // SAFETY: `p0 + ox + ch · pixels` lies in this image's output (asserted by the
-        // caller); rows write disjoint pixels.
+        let p0 = oy * ow;
+        // SAFETY: every index below lies in this image's output (asserted by the caller);
+        // rows write disjoint pixels.
         unsafe {
-            match sink {
-                DwSink::I32(out) => {
+            match (sink, layout) {
+                (DwSink::I32(out), Layout::ChannelsFirst) => {
                     for (ox, a) in acc.chunks(c).enumerate() {
                         for (ch, &v) in a.iter().enumerate() {
-                            *out.get().add(p0 + ox + ch * pixels) = v;
+                            *out.get().add(base + p0 + ox + ch * pixels) = v;
                         }
                     }
                 }
-                DwSink::Requantize { bias, mult, zero_point, qmin, qmax, out } => {
+                (DwSink::I32(out), Layout::ChannelsLast) => {
+                    let dst = out.get().add(base + p0 * c);
+                    std::ptr::copy_nonoverlapping(acc.as_ptr(), dst, acc.len());
+                }
+                (DwSink::Requantize { bias, mult, zero_point, qmin, qmax, out }, _) => {
                     let mut q = vec![0u8; c];
                     for (ox, a) in acc.chunks(c).enumerate() {
+                        if layout == Layout::ChannelsLast {
+                            let dst = std::slice::from_raw_parts_mut(
+                                out.get().add(base + (p0 + ox) * c),
+                                c,
+                            );
+                            requantize_into(a, bias, mult, *zero_point, *qmin, *qmax, dst);
+                            continue;
+                        }
                         requantize_into(a, bias, mult, *zero_point, *qmin, *qmax, &mut q);
                         for (ch, &v) in q.iter().enumerate() {
-                            *out.get().add(p0 + ox + ch * pixels) = v;
+                            *out.get().add(base + p0 + ox + ch * pixels) = v;
                         }
                     }
                 }
@@ -608,6 +705,32 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `[n, c, plane]` → `[n, plane, c]`.
+    fn nhwc<T: Copy>(x: &[T], n: usize, c: usize, plane: usize) -> Vec<T> {
+        let mut y = x.to_vec();
+        for b in 0..n {
+            for ch in 0..c {
+                for p in 0..plane {
+                    y[(b * plane + p) * c + ch] = x[(b * c + ch) * plane + p];
+                }
+            }
+        }
+        y
+    }
+
+    /// `[n, plane, c]` → `[n, c, plane]`.
+    fn nchw<T: Copy>(x: &[T], n: usize, c: usize, plane: usize) -> Vec<T> {
+        let mut y = x.to_vec();
+        for b in 0..n {
+            for ch in 0..c {
+                for p in 0..plane {
+                    y[(b * c + ch) * plane + p] = x[(b * plane + p) * c + ch];
+                }
+            }
+        }
+        y
+    }
+
     fn geometry(
     ) -> impl Strategy<Value = (usize, usize, usize, [usize; 2], [usize; 2], usize, usize, usize)>
     {
@@ -637,6 +760,7 @@ mod tests {
             seed in any::<u64>(),
             x_zp in 0i32..256,
             per_channel in any::<bool>(),
+            channels_last in any::<bool>(),
         ) {
             let (cg_in, cg_out) = if depthwise { (1, 1) } else { (cg_in, cg_out) };
             let (c_in, c_out) = (cg_in * groups, cg_out * groups);
@@ -653,19 +777,27 @@ mod tests {
             let want = qconv_ref(&win, batch, c_in, &x, x_zp, &w, c_out, groups, &w_zp);
             let packed = PackedConv::pack(&w, c_out, cg_in, ks, groups, &w_zp);
             prop_assert_eq!(packed.is_depthwise(), cg_in == 1 && cg_out == 1);
+            let plane = out[0] * out[1];
+            // Channels-last runs take and give NHWC; compared in NCHW order.
+            let (layout, xs) = if channels_last {
+                (Layout::ChannelsLast, nhwc(&x, batch, c_in, hw[0] * hw[1]))
+            } else {
+                (Layout::ChannelsFirst, x.clone())
+            };
+            let back = |y: &[i32]| if channels_last { nchw(y, batch, c_out, plane) } else { y.to_vec() };
             let mut got = vec![0i32; want.len()];
-            qconv(&win, batch, &x, x_zp, &packed, ConvStage::I32 { out: &mut got });
-            prop_assert_eq!(&got, &want);
+            qconv(&win, batch, &xs, x_zp, &packed, ConvStage::I32 { out: &mut got }, layout);
+            prop_assert_eq!(&back(&got), &want);
             let bias: Vec<i32> = (0..c_out).map(|c| c as i32 * 37 - 50).collect();
             let mult: Vec<f32> = (0..c_out).map(|c| 0.001 + c as f32 * 0.0003).collect();
             let mut q = vec![0u8; want.len()];
-            qconv(&win, batch, &x, x_zp, &packed, ConvStage::Requantize {
+            qconv(&win, batch, &xs, x_zp, &packed, ConvStage::Requantize {
                 bias: Some(&bias), multiplier: &mult, zero_point: 7, qmin: 0, qmax: 255, out: &mut q,
-            });
-            let plane = out[0] * out[1];
+            }, layout);
+            let q: Vec<i32> = back(&q.iter().map(|&v| v as i32).collect::<Vec<_>>());
             for (i, (&qv, &acc)) in q.iter().zip(&want).enumerate() {
                 let c = (i / plane) % c_out;
-                prop_assert_eq!(qv as i32, requantize_one(acc + bias[c], mult[c], 7, 0, 255));
+                prop_assert_eq!(qv, requantize_one(acc + bias[c], mult[c], 7, 0, 255));
             }
         }
     }

@@ -290,6 +290,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         }
         Stage::Requantize { bias, multiplier, zero_point, qmin, qmax, out } => {
             assert!(out.len() > last, "qgemm: C is too short");
+            assert!(byte_range(qmin, qmax), "qgemm: [{qmin}, {qmax}] is not a u8 or i8 range");
             per_col(multiplier.len(), "multiplier");
             if let Some(b) = bias {
                 assert_eq!(b.len(), n, "qgemm: bias length");
@@ -519,6 +520,7 @@ pub fn requantize_into(
 ) {
     let n = acc.len();
     assert!(bias.len() == n && mult.len() == n && out.len() == n, "requantize_into: lengths");
+    assert!(byte_range(qmin, qmax), "requantize_into: [{qmin}, {qmax}] is not a u8 or i8 range");
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() != Isa::Scalar {
         for i0 in (0..n).step_by(NR) {
@@ -539,11 +541,19 @@ pub fn requantize_into(
     }
 }
 
+/// Whether `[qmin, qmax]` lies within the u8 or the i8 range (what the byte packing assumes).
+fn byte_range(qmin: i32, qmax: i32) -> bool {
+    qmin <= qmax && ((0..=255).contains(&qmin) && qmax <= 255 || qmin >= -128 && qmax <= 127)
+}
+
 #[inline]
 fn store<T: Copy>(vals: &[T; NR], cols: usize, out: Ptr<T>, base: usize, cs: usize) {
     // SAFETY: callers pass the `finish_row` contract on.
     unsafe {
-        if cs == 1 {
+        if cs == 1 && cols == NR {
+            // A fixed-size copy is a few vector moves; a `cols`-long one is a memmove call.
+            (out.get().add(base) as *mut [T; NR]).write_unaligned(*vals);
+        } else if cs == 1 {
             std::ptr::copy_nonoverlapping(vals.as_ptr(), out.get().add(base), cols);
         } else {
             for (jj, &v) in vals.iter().enumerate().take(cols) {
@@ -746,8 +756,8 @@ mod x86 {
         let zp = _mm256_set1_epi32(zero_point);
         let lo = _mm256_set1_epi32(qmin);
         let hi = _mm256_set1_epi32(qmax);
-        let mut r = [0i32; NR];
-        for h in 0..2 {
+        let mut q = [_mm256_setzero_si256(); 2];
+        for (h, qh) in q.iter_mut().enumerate() {
             // SAFETY: 8 lanes inside 16-element arrays.
             unsafe {
                 let v = _mm256_add_epi32(
@@ -757,14 +767,17 @@ mod x86 {
                 let m = _mm256_loadu_ps(mult.as_ptr().add(8 * h));
                 let x = _mm256_mul_ps(_mm256_cvtepi32_ps(v), m);
                 let x = _mm256_min_ps(_mm256_max_ps(x, nlim), lim);
-                let q = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
-                let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
-                _mm256_storeu_si256(r.as_mut_ptr().add(8 * h) as *mut __m256i, q);
+                let r = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
+                *qh = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
             }
         }
-        for (o, v) in out.iter_mut().zip(r) {
-            *o = v as u8;
-        }
+        // Clamped to [qmin, qmax] within [-128, 255]: the i16 packs are exact, and the bytes
+        // come out as `v as u8` (unsigned saturation for u8 codes, signed for i8 codes).
+        let w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0b11_01_10_00);
+        let (l, h) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        let b = if qmin >= 0 { _mm_packus_epi16(l, h) } else { _mm_packs_epi16(l, h) };
+        // SAFETY: 16 bytes.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, b) };
     }
 }
 

@@ -18,7 +18,7 @@ use crate::ops::quant::{self as reference, ConvAttrs};
 use crate::ops::util::broadcast_shapes;
 use crate::registry::Registry;
 use lowbit_kernels::gemm::Trans;
-use lowbit_kernels::qconv::{qconv, ConvStage, PackedConv};
+use lowbit_kernels::qconv::{qconv, ConvStage, Layout, PackedConv};
 use lowbit_kernels::qgemm::{qgemm, Output, PackedI8, Stage};
 use lowbit_kernels::quantize::{dequantize_one, int_range, quantize_bytes};
 use lowbit_tensor::tensor::numel;
@@ -140,6 +140,8 @@ struct FastConv {
     /// The input's zero point when constant (`QLinearConv`); `ConvInteger` reads input 2.
     x_zp: Option<i32>,
     x_dtype: Option<DType>,
+    /// `ChannelsLast`: input and output are `[N, spatial..., C]` (lowbit's `channels_last`).
+    layout: Layout,
 }
 
 impl Kernel for FastConv {
@@ -154,22 +156,30 @@ impl Kernel for FastConv {
                 bail!("input is {}, its zero point is {dt}", x.dtype());
             }
         }
-        if xs[1] != self.w.c_in() {
-            bail!("input has {} channels, the weights expect {}", xs[1], self.w.c_in());
+        let last = self.layout == Layout::ChannelsLast;
+        let (c_in, spatial) =
+            if last { (xs[xs.len() - 1], &xs[1..xs.len() - 1]) } else { (xs[1], &xs[2..]) };
+        if c_in != self.w.c_in() {
+            bail!("input {xs:?} has {c_in} channels, the weights expect {}", self.w.c_in());
         }
         let zp = match self.x_zp {
             Some(z) => z,
             None => runtime_zero_point(opt_input(ins, 2), x)?,
         };
         let (xu, zp) = activation_u8(x, zp)?;
-        let win = self.attrs.window(&xs[2..], &self.kernel_shape)?;
-        let mut shape = vec![xs[0], self.w.c_out()];
-        shape.extend_from_slice(&win.output[3 - self.kernel_shape.len()..]);
+        let win = self.attrs.window(spatial, &self.kernel_shape)?;
+        let out_spatial = &win.output[3 - self.kernel_shape.len()..];
+        let shape: Vec<usize> = if last {
+            [&[xs[0]], out_spatial, &[self.w.c_out()]].concat()
+        } else {
+            [&[xs[0], self.w.c_out()], out_spatial].concat()
+        };
         let n = numel(&shape);
         match &self.requant {
             None => {
                 let mut y = vec![0i32; n];
-                qconv(&win, xs[0], &xu, zp, &self.w, ConvStage::I32 { out: &mut y });
+                let stage = ConvStage::I32 { out: &mut y };
+                qconv(&win, xs[0], &xu, zp, &self.w, stage, self.layout);
                 Ok(vec![Tensor::from_vec(shape, y)?])
             }
             Some((bias, mult, q)) => {
@@ -188,6 +198,7 @@ impl Kernel for FastConv {
                         qmax: q.qmax,
                         out: &mut y,
                     },
+                    self.layout,
                 );
                 Ok(vec![wrap_bytes(q.dtype, shape, y)?])
             }
@@ -220,6 +231,12 @@ fn pack_conv(
 }
 
 fn build_qlinear_conv(ctx: &BuildCtx) -> KernelResult {
+    build_qlinear_conv_in(ctx, Layout::ChannelsFirst)
+}
+
+/// `QLinearConv` on `layout`: the fast kernel, or the reference loop (between transposes when
+/// channels-last).
+fn build_qlinear_conv_in(ctx: &BuildCtx, layout: Layout) -> KernelResult {
     let attrs = ConvAttrs::read(&ctx.attrs)?;
     let fast = || -> Option<FastConv> {
         let (x_dt, x_zp) = const_zero_points(ctx.constant(2).or(None))?;
@@ -264,11 +281,42 @@ fn build_qlinear_conv(ctx: &BuildCtx) -> KernelResult {
             requant: Some((bias, mult, q)),
             x_zp: Some(x_zp[0]),
             x_dtype: Some(x_dt),
+            layout,
         })
     };
-    match fast() {
-        Some(k) => Ok(Box::new(k)),
-        None => reference::build_qlinear_conv(ctx),
+    match (fast(), layout) {
+        (Some(k), Layout::ChannelsLast) if k.kernel_shape.len() > 2 => Ok(Box::new(ChannelsLast {
+            inner: Box::new(FastConv { layout: Layout::ChannelsFirst, ..k }),
+        })),
+        (Some(k), _) => Ok(Box::new(k)),
+        (None, Layout::ChannelsFirst) => reference::build_qlinear_conv(ctx),
+        (None, Layout::ChannelsLast) => {
+            Ok(Box::new(ChannelsLast { inner: reference::build_qlinear_conv(ctx)? }))
+        }
+    }
+}
+
+/// A channels-first kernel run on channels-last input 0, giving channels-last output 0: for
+/// the cases the channels-last kernels do not cover (3-D windows, reference fallbacks).
+struct ChannelsLast {
+    inner: Box<dyn Kernel>,
+}
+
+impl Kernel for ChannelsLast {
+    fn run(&self, ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        let x = input(ins, 0)?;
+        let r = x.rank();
+        if r < 3 {
+            bail!("channels-last input must be [N, spatial..., C], got {:?}", x.shape());
+        }
+        let to_first: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+        let to_last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+        let xf = crate::ops::shape::transposed(x, &to_first)?;
+        let mut args = ins.to_vec();
+        args[0] = Some(&xf);
+        let mut out = self.inner.run(&args)?;
+        out[0] = crate::ops::shape::transposed(&out[0], &to_last)?;
+        Ok(out)
     }
 }
 
@@ -282,6 +330,7 @@ fn build_conv_integer(ctx: &BuildCtx) -> KernelResult {
             w,
             requant: None,
             x_zp: None,
+            layout: Layout::ChannelsFirst,
             x_dtype: None,
         })
     };
@@ -807,6 +856,8 @@ fn build_lookup(ctx: &BuildCtx) -> KernelResult {
 struct QGlobalAvg {
     x: Q8,
     y: Q8,
+    /// `[N, spatial..., C]` in, `[N, 1..., C]` out.
+    channels_last: bool,
 }
 
 impl Kernel for QGlobalAvg {
@@ -817,27 +868,51 @@ impl Kernel for QGlobalAvg {
             bail!("input must be [N, C, spatial...], got {s:?}");
         }
         let xb = bytes(x, &self.x, "X")?;
-        let plane = numel(&s[2..]).max(1);
-        let mult = self.x.scale / (self.y.scale * plane as f32);
         let (lo, hi) = self.y.range();
+        let requantize = |sum: i32, plane: usize| {
+            let mult = self.x.scale / (self.y.scale * plane as f32);
+            lowbit_kernels::quantize::requantize_one(sum, mult, self.y.zp, lo, hi) as u8
+        };
+        let ones = std::iter::repeat_n(1, s.len() - 2);
+        if self.channels_last {
+            let (n, c) = (s[0], s[s.len() - 1]);
+            let plane = numel(&s[1..s.len() - 1]);
+            let mut y = Vec::with_capacity(n * c);
+            for img in xb.chunks(plane * c.max(1)).take(n) {
+                let mut sums = vec![0i32; c];
+                for px in img.chunks(c) {
+                    for (a, &b) in sums.iter_mut().zip(px) {
+                        *a += self.x.code(b) - self.x.zp;
+                    }
+                }
+                y.extend(sums.into_iter().map(|v| requantize(v, plane.max(1))));
+            }
+            let shape: Vec<usize> = [n].into_iter().chain(ones).chain([c]).collect();
+            return Ok(vec![wrap_bytes(self.y.dtype, shape, y)?]);
+        }
+        let plane = numel(&s[2..]).max(1);
         let y: Vec<u8> = xb
             .chunks(plane)
-            .map(|c| {
-                let sum: i32 = c.iter().map(|&b| self.x.code(b) - self.x.zp).sum();
-                lowbit_kernels::quantize::requantize_one(sum, mult, self.y.zp, lo, hi) as u8
-            })
+            .map(|c| requantize(c.iter().map(|&b| self.x.code(b) - self.x.zp).sum(), plane))
             .collect();
         let mut shape = s[..2].to_vec();
-        shape.extend(std::iter::repeat_n(1, s.len() - 2));
+        shape.extend(ones);
         Ok(vec![wrap_bytes(self.y.dtype, shape, y)?])
     }
 }
 
 fn build_qlinear_global_average_pool(ctx: &BuildCtx) -> KernelResult {
-    if ctx.attrs.int_or("channels_last", 0)? != 0 {
-        bail!("channels_last = 1 is not supported");
-    }
-    Ok(Box::new(QGlobalAvg { x: Q8::read(ctx, 1, 2)?, y: Q8::read(ctx, 3, 4)? }))
+    let channels_last = match ctx.attrs.int_or("channels_last", 0)? {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(ctx
+                .attrs
+                .invalid("channels_last", format!("must be 0 or 1, got {v}"))
+                .into())
+        }
+    };
+    Ok(Box::new(QGlobalAvg { x: Q8::read(ctx, 1, 2)?, y: Q8::read(ctx, 3, 4)?, channels_last }))
 }
 
 /// An integer op followed by a lookup table on its 8-bit output (see [`crate::fuse`]).
@@ -887,8 +962,29 @@ fn build_with_table(
     Ok(Box::new(WithTable { inner: inner(&inner_ctx)?, table }))
 }
 
-fn build_conv_with_table(ctx: &BuildCtx) -> KernelResult {
-    build_with_table(ctx, build_qlinear_conv, "")
+/// `ai.lowbit` `QLinearConv`: the standard op's 9 inputs (empty names for absent ones), an
+/// optional 10th, the table, and `channels_last` (0 or 1: input and output are
+/// `[N, spatial..., C]`).
+fn build_lowbit_conv(ctx: &BuildCtx) -> KernelResult {
+    let layout = match ctx.attrs.int_or("channels_last", 0)? {
+        0 => Layout::ChannelsFirst,
+        1 => Layout::ChannelsLast,
+        v => {
+            return Err(ctx
+                .attrs
+                .invalid("channels_last", format!("must be 0 or 1, got {v}"))
+                .into())
+        }
+    };
+    let inner = match layout {
+        Layout::ChannelsFirst => build_qlinear_conv,
+        Layout::ChannelsLast => |ctx: &BuildCtx| build_qlinear_conv_in(ctx, Layout::ChannelsLast),
+    };
+    if ctx.num_inputs() > 9 {
+        build_with_table(ctx, inner, "")
+    } else {
+        inner(ctx)
+    }
 }
 
 fn build_matmul_with_table(ctx: &BuildCtx) -> KernelResult {
@@ -910,7 +1006,7 @@ pub fn register(reg: &mut Registry) {
     reg.register("com.microsoft", "QLinearMul", build_qlinear_mul);
     reg.register("com.microsoft", "QLinearGlobalAveragePool", build_qlinear_global_average_pool);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearLookup", build_lookup);
-    reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearConv", build_conv_with_table);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearConv", build_lowbit_conv);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearMatMul", build_matmul_with_table);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QGemm", build_qgemm_with_table);
 }

@@ -466,6 +466,12 @@ fn build_transpose(ctx: &BuildCtx) -> KernelResult {
     })
 }
 
+/// `x` with its axes permuted by `perm` (a valid permutation of its rank).
+pub(crate) fn transposed(x: &Tensor, perm: &[usize]) -> OpResult<Tensor> {
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    Ok(Tensor::new(shape, transpose_data(x.data(), x.shape(), perm))?)
+}
+
 /// Depth/space rearrangement as reshape → transpose → reshape.
 fn rearrange(
     x: &Tensor,
