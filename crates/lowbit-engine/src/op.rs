@@ -32,6 +32,13 @@ impl<'a> BuildCtx<'a> {
 /// not panic on bad data: shape or dtype problems are returned as [`crate::OpError`].
 pub trait Kernel: Send + Sync {
     fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>>;
+
+    /// Narrows a requantizing kernel's output to the codes `[lo, hi]` (a following activation
+    /// that is only a clamp, folded at load: clamping the requantized code is the same as
+    /// requantizing into the narrower range). `false` when the kernel cannot.
+    fn clamp_output(&mut self, _lo: i32, _hi: i32) -> bool {
+        false
+    }
 }
 
 /// A kernel from a plain function, for ops that need no load-time state.

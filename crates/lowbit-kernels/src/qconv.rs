@@ -503,22 +503,19 @@ fn depthwise_2d(
     let rows = ((oh.max(1) - 1) * sy + (kh - 1) * dy + 1).max(pt + ih);
     let cols = ((ow.max(1) - 1) * sx + (kw - 1) * dx + 1).max(pl + iw);
     let plane = ih * iw;
-    let mut xp = vec![0i16; rows * cols * c];
-    // Row by row, so the writes of one input row (all channels) stay in L1.
-    for iy in 0..ih {
-        let dst = &mut xp[((iy + pt) * cols + pl) * c..][..iw * c];
-        match layout {
-            Layout::ChannelsFirst => {
-                for ch in 0..c {
-                    let src = &x[ch * plane + iy * iw..][..iw];
-                    for (ix, &v) in src.iter().enumerate() {
-                        dst[ix * c + ch] = v as i16 - x_zp as i16;
-                    }
-                }
-            }
-            Layout::ChannelsLast => {
-                for (d, &v) in dst.iter_mut().zip(&x[iy * iw * c..][..iw * c]) {
-                    *d = v as i16 - x_zp as i16;
+    // Channels-first input is made channels-last once, padded (zero after subtracting the
+    // zero point), so taps need no bounds checks; channels-last input is read in place and
+    // taps that fall in the padding are skipped.
+    let mut xp = Vec::new();
+    if layout == Layout::ChannelsFirst {
+        xp = vec![0i16; rows * cols * c];
+        // Row by row, so the writes of one input row (all channels) stay in L1.
+        for iy in 0..ih {
+            let dst = &mut xp[((iy + pt) * cols + pl) * c..][..iw * c];
+            for ch in 0..c {
+                let src = &x[ch * plane + iy * iw..][..iw];
+                for (ix, &v) in src.iter().enumerate() {
+                    dst[ix * c + ch] = v as i16 - x_zp as i16;
                 }
             }
         }
@@ -529,11 +526,26 @@ fn depthwise_2d(
         for ox in 0..ow {
             let a = &mut acc[ox * c..(ox + 1) * c];
             for ky in 0..kh {
+                let iy = (oy * sy + ky * dy) as isize - pt as isize;
+                if layout == Layout::ChannelsLast && !(0..ih as isize).contains(&iy) {
+                    continue;
+                }
                 for kx in 0..kw {
-                    let src = &xp[((oy * sy + ky * dy) * cols + ox * sx + kx * dx) * c..][..c];
                     let wt = &wl[(ky * kw + kx) * c..][..c];
+                    if layout == Layout::ChannelsFirst {
+                        let src = &xp[((oy * sy + ky * dy) * cols + ox * sx + kx * dx) * c..][..c];
+                        for ((a, &v), &w) in a.iter_mut().zip(src).zip(wt) {
+                            *a = a.wrapping_add(v as i32 * w as i32);
+                        }
+                        continue;
+                    }
+                    let ix = (ox * sx + kx * dx) as isize - pl as isize;
+                    if !(0..iw as isize).contains(&ix) {
+                        continue;
+                    }
+                    let src = &x[(iy as usize * iw + ix as usize) * c..][..c];
                     for ((a, &v), &w) in a.iter_mut().zip(src).zip(wt) {
-                        *a = a.wrapping_add(v as i32 * w as i32);
+                        *a = a.wrapping_add((v as i32 - x_zp) * w as i32);
                     }
                 }
             }

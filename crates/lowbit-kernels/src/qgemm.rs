@@ -364,13 +364,39 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         for (r, row) in rows.iter_mut().enumerate().take(mr) {
             *row = a[(i0 + r) * lda..].as_ptr();
         }
+        let adj_p: &[i32; NR] = adj[j0..j0 + NR].try_into().expect("one panel");
+        let scale_p: &[f32; NR] = scale[j0..j0 + NR].try_into().expect("one panel");
+        if let (Sink::Requantize { zero_point, qmin, qmax, out, .. }, true) =
+            (sink, cols == NR && cs == 1)
+        {
+            let mut e = RequantizeRows {
+                adj: *adj_p,
+                zps: [0; NR],
+                row_sums: [0; MR],
+                scale: *scale_p,
+                zero_point,
+                qmin,
+                qmax,
+                out: [out.get(); MR],
+                rows: mr,
+            };
+            if b.any_zero_point {
+                e.zps.copy_from_slice(&b.zero_points[j0..j0 + NR]);
+                e.row_sums[..mr].copy_from_slice(&row_sums[i0..i0 + mr]);
+            }
+            for (r, o) in e.out.iter_mut().enumerate().take(mr) {
+                // SAFETY: row i0 + r, columns j0..j0 + 16 are inside C (asserted `last`).
+                *o = unsafe { o.add((i0 + r) * rs + j0) };
+            }
+            // SAFETY: as below; each of the `mr` output rows has 16 writable bytes.
+            unsafe { micro(b, p, &rows, Done::Requantize(&e)) };
+            return;
+        }
         let mut acc = [[0i32; NR]; MR];
         // SAFETY: every row pointer is readable for k bytes (asserted above; missing rows of
         // a short tile repeat row i0 and are discarded); the panel holds `groups * NR * 4`
         // (or `* 2`) packed values for this panel.
-        unsafe { micro(b, p, &rows, &mut acc) };
-        let adj_p: &[i32; NR] = adj[j0..j0 + NR].try_into().expect("one panel");
-        let scale_p: &[f32; NR] = scale[j0..j0 + NR].try_into().expect("one panel");
+        unsafe { micro(b, p, &rows, Done::Spill(&mut acc)) };
         for (r, acc_row) in acc.iter().enumerate().take(mr) {
             let mut adj_r = *adj_p;
             if b.any_zero_point {
@@ -396,11 +422,34 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     adj.clear();
 }
 
+/// What a micro-kernel does with its tile's sums.
+enum Done<'a> {
+    /// Stores them for the caller's epilogue.
+    Spill(&'a mut [[i32; NR]; MR]),
+    /// Requantizes whole 16-byte rows in registers and stores them (the common case:
+    /// a spill and reload per tile cost as much as the multiply-adds at small `k`).
+    Requantize(&'a RequantizeRows),
+}
+
+/// One tile's requantize epilogue: row `r < rows` gets
+/// `clamp(round((acc + adj - zps·row_sums[r]) · scale) + zero_point)` into `out[r][..16]`.
+struct RequantizeRows {
+    adj: [i32; NR],
+    zps: [i32; NR],
+    row_sums: [i32; MR],
+    scale: [f32; NR],
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: [*mut u8; MR],
+    rows: usize,
+}
+
 /// Dispatches the micro-kernel of `b`'s path for panel `p`.
 ///
 /// # Safety
 /// Each of `rows` readable for `b.k` bytes.
-unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], acc: &mut [[i32; NR]; MR]) {
+unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], done: Done<'_>) {
     let k = b.k;
     match b.form {
         Form::Quads => {
@@ -409,12 +458,12 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], acc: &mut [[i32;
             match b.isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the CPU has AVX2 (Isa::Avx2 is only detected or requested then).
-                Isa::Avx2 => unsafe { x86::quads_avx2(rows, k, bp, acc) },
+                Isa::Avx2 => unsafe { x86::quads_avx2(rows, k, bp, done) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the CPU has AVX-512 VNNI and VL.
-                Isa::Avx512Vnni => unsafe { x86::quads_vnni(rows, k, bp, acc) },
+                Isa::Avx512Vnni => unsafe { x86::quads_vnni(rows, k, bp, done) },
                 // SAFETY: forwarded.
-                _ => unsafe { quads_scalar(rows, k, bp, acc) },
+                _ => unsafe { quads_scalar(rows, k, bp, done) },
             }
         }
         Form::Pairs => {
@@ -423,7 +472,7 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], acc: &mut [[i32;
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Pairs is only packed for Isa::Avx2.
             unsafe {
-                x86::pairs_avx2(rows, k, bp, acc)
+                x86::pairs_avx2(rows, k, bp, done)
             }
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("Pairs is an x86 layout: {bp:?}")
@@ -435,7 +484,12 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], acc: &mut [[i32;
 ///
 /// # Safety
 /// Each of `rows` readable for `k` bytes; `bp` for `k.div_ceil(4) * NR * 4` values.
-unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, acc: &mut [[i32; NR]; MR]) {
+unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, done: Done<'_>) {
+    let mut tile = [[0i32; NR]; MR];
+    let (acc, fused) = match done {
+        Done::Spill(acc) => (acc, None),
+        Done::Requantize(e) => (&mut tile, Some(e)),
+    };
     // SAFETY: per the contract.
     let b = unsafe { std::slice::from_raw_parts(bp, k.div_ceil(4) * NR * 4) };
     for (r, &row) in rows.iter().enumerate() {
@@ -446,6 +500,16 @@ unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, acc: &mu
             let grp = &b[g * NR * 4..];
             for (j, v) in acc[r].iter_mut().enumerate() {
                 *v = v.wrapping_add(av as i32 * grp[j * 4 + t] as i32);
+            }
+        }
+    }
+    if let Some(e) = fused {
+        for (r, row) in acc.iter().enumerate().take(e.rows) {
+            for (j, &v) in row.iter().enumerate() {
+                let v = v.wrapping_add(e.adj[j]).wrapping_sub(e.zps[j].wrapping_mul(e.row_sums[r]));
+                let q = requantize_one(v, e.scale[j], e.zero_point, e.qmin, e.qmax);
+                // SAFETY: the caller's contract: 16 writable bytes per row.
+                unsafe { *e.out[r].add(j) = q as u8 };
             }
         }
     }
@@ -565,8 +629,64 @@ fn store<T: Copy>(vals: &[T; NR], cols: usize, out: Ptr<T>, base: usize, cs: usi
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{Done, MR, NR};
     use std::arch::x86_64::*;
+
+    /// The end of every micro-kernel (a macro: it must expand inside each `target_feature`
+    /// function for its intrinsics to inline).
+    macro_rules! finish {
+        ($c:expr, $done:expr) => {
+            match $done {
+                // SAFETY: acc is a plain array.
+                Done::Spill(acc) => unsafe { spill(&$c, acc) },
+                Done::Requantize(e) => {
+                    let lim = _mm256_set1_ps(1_073_741_824.0);
+                    let nlim = _mm256_set1_ps(-1_073_741_824.0);
+                    let zp = _mm256_set1_epi32(e.zero_point);
+                    let (lo, hi) = (_mm256_set1_epi32(e.qmin), _mm256_set1_epi32(e.qmax));
+                    // SAFETY: 16-element arrays.
+                    let (adj, zps, scale) = unsafe {
+                        (
+                            [
+                                _mm256_loadu_si256(e.adj.as_ptr() as *const __m256i),
+                                _mm256_loadu_si256(e.adj.as_ptr().add(8) as *const __m256i),
+                            ],
+                            [
+                                _mm256_loadu_si256(e.zps.as_ptr() as *const __m256i),
+                                _mm256_loadu_si256(e.zps.as_ptr().add(8) as *const __m256i),
+                            ],
+                            [
+                                _mm256_loadu_ps(e.scale.as_ptr()),
+                                _mm256_loadu_ps(e.scale.as_ptr().add(8)),
+                            ],
+                        )
+                    };
+                    for r in 0..e.rows {
+                        let rs = _mm256_set1_epi32(e.row_sums[r]);
+                        let mut q = [_mm256_setzero_si256(); 2];
+                        for h in 0..2 {
+                            let v = _mm256_add_epi32($c[r][h], adj[h]);
+                            let v = _mm256_sub_epi32(v, _mm256_mullo_epi32(zps[h], rs));
+                            let x = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale[h]);
+                            let x = _mm256_min_ps(_mm256_max_ps(x, nlim), lim);
+                            let v = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
+                            q[h] = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+                        }
+                        let w =
+                            _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0b11_01_10_00);
+                        let (l, h) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+                        let b = if e.qmin >= 0 {
+                            _mm_packus_epi16(l, h)
+                        } else {
+                            _mm_packs_epi16(l, h)
+                        };
+                        // SAFETY: the caller's contract: 16 writable bytes per row.
+                        unsafe { _mm_storeu_si128(e.out[r] as *mut __m128i, b) };
+                    }
+                }
+            }
+        };
+    }
 
     /// Reads 4 bytes of row `a` at `4g`, zero-padding past `k`.
     ///
@@ -621,7 +741,7 @@ mod x86 {
         rows: &[*const u8; MR],
         k: usize,
         bp: *const i8,
-        acc: &mut [[i32; NR]; MR],
+        done: Done<'_>,
     ) {
         let ones = _mm256_set1_epi16(1);
         let mut c = [[_mm256_setzero_si256(); 2]; MR];
@@ -642,8 +762,7 @@ mod x86 {
                 c[r][1] = _mm256_add_epi32(c[r][1], p1);
             }
         }
-        // SAFETY: acc is a plain array.
-        unsafe { spill(&c, acc) };
+        finish!(c, done);
     }
 
     /// `vpdpbusd`: four u8×i8 products per i32 lane, exact.
@@ -655,7 +774,7 @@ mod x86 {
         rows: &[*const u8; MR],
         k: usize,
         bp: *const i8,
-        acc: &mut [[i32; NR]; MR],
+        done: Done<'_>,
     ) {
         let mut c = [[_mm256_setzero_si256(); 2]; MR];
         for g in 0..k.div_ceil(4) {
@@ -673,8 +792,7 @@ mod x86 {
                 c[r][1] = _mm256_dpbusd_epi32(c[r][1], a, b1);
             }
         }
-        // SAFETY: acc is a plain array.
-        unsafe { spill(&c, acc) };
+        finish!(c, done);
     }
 
     /// `vpmaddwd` on i16-widened values: exact for any i8 weights.
@@ -686,7 +804,7 @@ mod x86 {
         rows: &[*const u8; MR],
         k: usize,
         bp: *const i16,
-        acc: &mut [[i32; NR]; MR],
+        done: Done<'_>,
     ) {
         let mut c = [[_mm256_setzero_si256(); 2]; MR];
         for g in 0..k.div_ceil(2) {
@@ -704,8 +822,7 @@ mod x86 {
                 c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(a, b1));
             }
         }
-        // SAFETY: acc is a plain array.
-        unsafe { spill(&c, acc) };
+        finish!(c, done);
     }
 
     /// The register-only loop of [`super::peak_probe`].
@@ -885,14 +1002,16 @@ mod tests {
         }
 
         /// The fused requantize / dequantize stages equal the scalar rule on the exact sums,
-        /// through a transposed (NCHW-style) output.
+        /// through row-major output (whole tiles requantize inside the micro-kernel) and
+        /// transposed (NCHW-style) output, with and without per-column zero points.
         #[test]
         fn fused_stages_match_the_scalar_rule(
-            (m, n, k, full, _pc) in shapes(),
+            (m, n, k, full, per_col) in shapes(),
             seed in any::<u64>(),
             za in 0i32..256,
             zy in -128i32..256,
             per_col_mult in any::<bool>(),
+            row_major in any::<bool>(),
         ) {
             let mut s = seed | 1;
             let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
@@ -900,18 +1019,24 @@ mod tests {
             let b: Vec<i8> = (0..k * n)
                 .map(|_| if full { next() as i8 } else { ((next() % 129) as i32 - 64) as i8 })
                 .collect();
+            let zb: Vec<i32> = if per_col {
+                (0..n).map(|_| (next() % 21) as i32 - 10).collect()
+            } else {
+                vec![0]
+            };
             let bias: Vec<i32> = (0..n).map(|_| (next() % 20001) as i32 - 10000).collect();
             let mult: Vec<f32> = (0..if per_col_mult { n } else { 1 })
                 .map(|_| 1e-5 + (next() % 1000) as f32 * 1e-5)
                 .collect();
             let (qmin, qmax, zy) = if zy < 0 { (-128, 127, zy + 64) } else { (0, 255, zy) };
-            let exact = qgemm_ref(m, n, k, &a, za, &b, &[0]);
+            let exact = qgemm_ref(m, n, k, &a, za, &b, &zb);
+            let (rs, cs) = if row_major { (n, 1) } else { (1, m) };
             for isa in Isa::available() {
-                let p = PackedI8::pack_for(isa, Trans::No, k, n, &b, n, &[0]);
+                let p = PackedI8::pack_for(isa, Trans::No, k, n, &b, n, &zb);
                 let mut q = vec![0u8; m * n];
                 qgemm(m, &a, k, za, &p, Output {
                     stage: Stage::Requantize { bias: Some(&bias), multiplier: &mult, zero_point: zy, qmin, qmax, out: &mut q },
-                    row_stride: 1, col_stride: m,
+                    row_stride: rs, col_stride: cs,
                 });
                 let mut f = vec![0f32; m * n];
                 qgemm(m, &a, k, za, &p, Output {
@@ -922,7 +1047,7 @@ mod tests {
                     for j in 0..n {
                         let mj = if mult.len() == 1 { mult[0] } else { mult[j] };
                         let want = requantize_one(exact[i * n + j] + bias[j], mj, zy, qmin, qmax) as u8;
-                        prop_assert_eq!(q[j * m + i], want, "{:?} ({}, {})", isa, i, j);
+                        prop_assert_eq!(q[i * rs + j * cs], want, "{:?} ({}, {})", isa, i, j);
                         prop_assert_eq!(f[i * n + j], exact[i * n + j] as f32 * mj);
                     }
                 }

@@ -108,6 +108,18 @@ fn out_q(zps: (DType, Vec<i32>)) -> Option<OutQ> {
     Some(OutQ { dtype, zero_point: z[0], qmin, qmax })
 }
 
+impl OutQ {
+    /// Intersects the range with `[lo, hi]`; `false` (unchanged) when they do not meet.
+    fn clamp(&mut self, lo: i32, hi: i32) -> bool {
+        let (a, b) = (self.qmin.max(lo), self.qmax.min(hi));
+        if a > b {
+            return false;
+        }
+        (self.qmin, self.qmax) = (a, b);
+        true
+    }
+}
+
 /// Bytes from the requantizing kernels as a tensor of the output type.
 fn wrap_bytes(dtype: DType, shape: Vec<usize>, q: Vec<u8>) -> OpResult<Tensor> {
     Ok(match dtype {
@@ -145,6 +157,10 @@ struct FastConv {
 }
 
 impl Kernel for FastConv {
+    fn clamp_output(&mut self, lo: i32, hi: i32) -> bool {
+        self.requant.as_mut().is_some_and(|(_, _, q)| q.clamp(lo, hi))
+    }
+
     fn run(&self, ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
         let x = input(ins, 0)?;
         let xs = x.shape();
@@ -303,6 +319,10 @@ struct ChannelsLast {
 }
 
 impl Kernel for ChannelsLast {
+    fn clamp_output(&mut self, lo: i32, hi: i32) -> bool {
+        self.inner.clamp_output(lo, hi)
+    }
+
     fn run(&self, ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
         let x = input(ins, 0)?;
         let r = x.rank();
@@ -371,6 +391,13 @@ struct FastMatMul {
 }
 
 impl Kernel for FastMatMul {
+    fn clamp_output(&mut self, lo: i32, hi: i32) -> bool {
+        match &mut self.out {
+            MatOut::Requantize { q, .. } => q.clamp(lo, hi),
+            _ => false,
+        }
+    }
+
     fn run(&self, ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
         let a = input(ins, 0)?;
         let (k, n) = (self.b.k(), self.b.n());
@@ -936,11 +963,13 @@ impl Kernel for WithTable {
 }
 
 /// `ai.lowbit` `QLinearConv` / `QLinearMatMul` / `QGemm`: the standard op's inputs, then a
-/// 256-entry table applied to its output.
+/// 256-entry table applied to its output, or folded into its output range when the table is a
+/// clamp. `y_zp` is the input index of the op's output zero point (its code type).
 fn build_with_table(
     ctx: &BuildCtx,
     inner: fn(&BuildCtx) -> KernelResult,
     domain: &str,
+    y_zp: usize,
 ) -> KernelResult {
     let last = ctx.num_inputs().checked_sub(1).ok_or_else(|| OpError::new("no inputs"))?;
     let t = ctx.constant(last).ok_or_else(|| OpError::new("the table must be a constant"))?;
@@ -959,7 +988,27 @@ fn build_with_table(
         opset: ctx.opset,
         constants: ctx.constants[..last].to_vec(),
     };
-    Ok(Box::new(WithTable { inner: inner(&inner_ctx)?, table }))
+    let mut inner = inner(&inner_ctx)?;
+    // Relu/Clip after a requantization whose parameters they share are clamps of the codes
+    // (when the op's codes and the table's are the same type).
+    let signed = t.dtype() == DType::I8;
+    let same_type = ctx.constant(y_zp).map(|z| z.dtype()) == Some(t.dtype());
+    if let Some((lo, hi)) = clamp_of(&table, signed).filter(|_| same_type) {
+        if inner.clamp_output(lo, hi) {
+            return Ok(inner);
+        }
+    }
+    Ok(Box::new(WithTable { inner, table }))
+}
+
+/// `(lo, hi)` when `table` maps every code `c` to `clamp(c, lo, hi)` (codes in the order of the
+/// 8-bit type: signed for int8, whose code `c` is entry `c as u8`).
+fn clamp_of(table: &[u8; 256], signed: bool) -> Option<(i32, i32)> {
+    let code = |b: u8| if signed { b as i8 as i32 } else { b as i32 };
+    let (first, last) = if signed { (-128, 127) } else { (0, 255) };
+    let (lo, hi) = (code(table[first as u8 as usize]), code(table[last as u8 as usize]));
+    let ok = lo <= hi && (first..=last).all(|c| code(table[c as u8 as usize]) == c.clamp(lo, hi));
+    ok.then_some((lo, hi))
 }
 
 /// `ai.lowbit` `QLinearConv`: the standard op's 9 inputs (empty names for absent ones), an
@@ -981,18 +1030,18 @@ fn build_lowbit_conv(ctx: &BuildCtx) -> KernelResult {
         Layout::ChannelsLast => |ctx: &BuildCtx| build_qlinear_conv_in(ctx, Layout::ChannelsLast),
     };
     if ctx.num_inputs() > 9 {
-        build_with_table(ctx, inner, "")
+        build_with_table(ctx, inner, "", 7)
     } else {
         inner(ctx)
     }
 }
 
 fn build_matmul_with_table(ctx: &BuildCtx) -> KernelResult {
-    build_with_table(ctx, build_qlinear_matmul, "")
+    build_with_table(ctx, build_qlinear_matmul, "", 7)
 }
 
 fn build_qgemm_with_table(ctx: &BuildCtx) -> KernelResult {
-    build_with_table(ctx, build_qgemm, "com.microsoft")
+    build_with_table(ctx, build_qgemm, "com.microsoft", 8)
 }
 
 pub fn register(reg: &mut Registry) {
@@ -1009,4 +1058,25 @@ pub fn register(reg: &mut Registry) {
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearConv", build_lowbit_conv);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QLinearMatMul", build_matmul_with_table);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "QGemm", build_qgemm_with_table);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clamp_of;
+
+    #[test]
+    fn clamp_tables_are_recognized_in_the_codes_order() {
+        let u: [u8; 256] = std::array::from_fn(|b| (b as u8).clamp(3, 200));
+        assert_eq!(clamp_of(&u, false), Some((3, 200)));
+        let id: [u8; 256] = std::array::from_fn(|b| b as u8);
+        assert_eq!(clamp_of(&id, false), Some((0, 255)));
+        assert_eq!(clamp_of(&id, true), Some((-128, 127)));
+        // Relu on int8 codes with zero point -128 .. or 0: clamp(c, 0, 127), in signed order.
+        let relu: [u8; 256] = std::array::from_fn(|b| (b as u8 as i8).max(0) as u8);
+        assert_eq!(clamp_of(&relu, true), Some((0, 127)));
+        assert_eq!(clamp_of(&relu, false), None);
+        let mut bent = u;
+        bent[100] = 101;
+        assert_eq!(clamp_of(&bent, false), None);
+    }
 }
