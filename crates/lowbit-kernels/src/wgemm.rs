@@ -31,7 +31,8 @@ use std::sync::OnceLock;
 
 /// Columns per packed panel (the f32 GEMM's panel width: two AVX registers).
 pub const NR: usize = gemm::NR;
-/// Rows up to which the in-register path runs (measured: at 8 rows the buffered path wins).
+/// Rows up to which the in-register path runs (one 4-row tile; the crossover with the
+/// buffered path is not measured yet).
 pub const DIRECT_MAX_M: usize = 4;
 /// Panel rows dequantized per buffer (16 KiB of f32).
 const KC: usize = 256;
