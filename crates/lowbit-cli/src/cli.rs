@@ -185,6 +185,10 @@ pub struct BenchKernelsArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Instead: f32 × int8 / int4 weight-only GEMM against f32 GEMM at M = 1 and 16,
+    /// K, N in 384..1536 (the shapes of sentence encoders and small LLMs).
+    #[arg(long)]
+    pub weight_only: bool,
 }
 
 #[derive(Args, Debug)]

@@ -17,6 +17,7 @@
 //! | DQ(x) → `MaxPool` / `Reshape` / `Flatten` / `Transpose` / … → Q with the same parameters | the op on the 8-bit tensor | bit-identical |
 //! | DQ(x) → `GlobalAveragePool` → Q | `com.microsoft.QLinearGlobalAveragePool` | integer sum; f32 requantize |
 //! | `MatMulInteger`(DynamicQuantizeLinear(x), W) → `Cast` → `Mul`(scales) [→ `Add`(bias)] | `com.microsoft.MatMulIntegerToFloat` | bit-identical |
+//! | x, DQ(w const int8/int4, per column or blocked along K) → `MatMul` [→ `Add`(bias)] / `Gemm` | `ai.lowbit` `WeightOnlyMatMul` ([`weight_only`]) | f32 rounding |
 //!
 //! An integer conv/matmul whose output only feeds a lookup takes the table into its output
 //! stage (`ai.lowbit` `QLinearConv`/`QLinearMatMul`/`QGemm` with the table as a last input).
@@ -40,6 +41,8 @@ use lowbit_onnx::tensor_proto::tensor_from_proto;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+mod weight_only;
 
 /// The domain of lowbit's own ops (`QLinearLookup`).
 pub const LOWBIT_DOMAIN: &str = "ai.lowbit";
@@ -174,8 +177,8 @@ pub fn fuse_qdq(graph: &GraphProto, opsets: &HashMap<&str, i64>, reg: &Registry)
         let one = |r: Option<(NodeProto, usize)>| r.map(|(n, q)| (n, vec![q]));
         let fused = match n.op_type.as_str() {
             "Conv" => one(f.conv(i)),
-            "MatMul" => one(f.matmul(i)),
-            "Gemm" => one(f.gemm(i)),
+            "MatMul" => one(f.matmul(i)).or_else(|| f.weight_only(i)),
+            "Gemm" => one(f.gemm(i)).or_else(|| f.weight_only(i)),
             "Add" | "Mul" => one(f.binary(i)),
             "GlobalAveragePool" => one(f.global_average_pool(i)),
             "MatMulInteger" => f.dynamic_matmul(i),

@@ -185,7 +185,7 @@ fn sgemm_with(
 /// Columns per packed panel of B (two AVX registers).
 pub const NR: usize = 16;
 /// Rows of A per micro-kernel call.
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Rows of packed B (one cache line each) the micro-kernels prefetch ahead of their reads.
 const PREFETCH_ROWS: usize = 32;
 /// Depth of one K block: a `KC x NR` panel slice stays in L1 across row blocks.
@@ -355,7 +355,7 @@ pub(crate) fn has_avx2_fma() -> bool {
 /// `a` must be readable for `mr` rows of `kc` elements at stride `lda`; `b` for `kc * NR`
 /// elements; `c` writable for `mr` rows of `cols` elements at stride `ldc`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro(
+pub(crate) unsafe fn micro(
     avx2: bool,
     mr: usize,
     kc: usize,

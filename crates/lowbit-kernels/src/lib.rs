@@ -9,6 +9,7 @@
 //! | [`conv`] | N-d convolution (im2col + GEMM, direct depthwise), transposed convolution |
 //! | [`pool`] | max / average / Lp pooling |
 //! | [`norm`] | softmax, log-softmax, layer norm rows |
+//! | [`wgemm`] | f32 × int8/int4 weight-only GEMM, dequantizing inside the product |
 //! | [`window`] | the sliding-window geometry conv and pool share |
 
 pub mod conv;
@@ -18,4 +19,5 @@ pub mod pool;
 pub mod qconv;
 pub mod qgemm;
 pub mod quantize;
+pub mod wgemm;
 pub mod window;

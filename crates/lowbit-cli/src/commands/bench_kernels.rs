@@ -6,12 +6,18 @@
 //! models run), with full-range weights (the exact `vpmaddwd` path on AVX2, `vpdpbusd` with
 //! VNNI), f32 GEMM (GFLOP/s / 2, i.e. multiply-adds), each as a fraction of the probe's peak
 //! per thread. Medians of repeated timings.
+//!
+//! `--weight-only`: f32 × int8 (per column) and f32 × int4 (blocks of 32 along K) weight-only
+//! GEMM ([`lowbit_kernels::wgemm`]) against f32 GEMM with packed weights, at M = 1 and 16.
+//! Each timing cycles through enough copies of the weights that the f32 copies exceed 64 MiB,
+//! as a model's layers do, so f32 weights stream from memory as they would in a model run.
 
 use crate::cli::BenchKernelsArgs;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 use lowbit_kernels::gemm::{sgemm_packed, PackedB, Trans};
 use lowbit_kernels::qgemm::{peak_probe, qgemm, Isa, Output, PackedI8, Stage};
+use lowbit_kernels::wgemm::{wgemm, Codes, PackedWeights, WeightSpec};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -44,7 +50,102 @@ fn time(mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
+#[derive(Serialize)]
+struct WeightOnlyRow {
+    m: usize,
+    k: usize,
+    n: usize,
+    f32_us: f64,
+    int8_us: f64,
+    int4_us: f64,
+}
+
+/// The `--weight-only` table.
+fn bench_weight_only(args: &BenchKernelsArgs) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let threads = pool.current_num_threads();
+    let mut rng = Rng::new(11);
+    let mut rows = Vec::new();
+    for (k, n) in [(384, 384), (384, 1536), (1536, 384), (1536, 1536)] {
+        let copies = (64usize << 20).div_ceil(k * n * 4);
+        let wf: Vec<f32> = rng.normals(k * n, 0.05);
+        let f32s: Vec<PackedB> =
+            (0..copies).map(|_| PackedB::pack(Trans::No, k, n, &wf, n)).collect();
+        let i8s: Vec<i8> = (0..k * n).map(|_| rng.next_u64() as i8).collect();
+        let i4s: Vec<i8> = (0..k * n).map(|_| (rng.next_u64() % 16) as i8 - 8).collect();
+        let s8: Vec<f32> = (0..n).map(|j| 1e-3 + j as f32 * 1e-6).collect();
+        let s4: Vec<f32> = (0..k.div_ceil(32) * n).map(|j| 1e-2 + j as f32 * 1e-7).collect();
+        let spec8 = WeightSpec {
+            k,
+            n,
+            trans: Trans::No,
+            codes: Codes::I8(&i8s),
+            block_size: 0,
+            scales: &s8,
+            zero_points: None,
+        };
+        let spec4 = WeightSpec { codes: Codes::I4(&i4s), block_size: 32, scales: &s4, ..spec8 };
+        let p8: Vec<PackedWeights> = (0..copies)
+            .map(|_| PackedWeights::pack(&spec8))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let p4: Vec<PackedWeights> = (0..copies)
+            .map(|_| PackedWeights::pack(&spec4))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        for m in [1, 16] {
+            let a: Vec<f32> = rng.normals(m * k, 1.0);
+            let mut c = vec![0f32; m * n];
+            let mut i = 0;
+            let mut next = || {
+                i = (i + 1) % copies;
+                i
+            };
+            let tf =
+                pool.install(|| time(|| sgemm_packed(m, &a, k, &f32s[next()], 0.0, &mut c, n)));
+            let t8 = pool.install(|| time(|| wgemm(m, &a, k, &p8[next()], None, &mut c, n)));
+            let t4 = pool.install(|| time(|| wgemm(m, &a, k, &p4[next()], None, &mut c, n)));
+            rows.push(WeightOnlyRow {
+                m,
+                k,
+                n,
+                f32_us: tf * 1e6,
+                int8_us: t8 * 1e6,
+                int4_us: t4 * 1e6,
+            });
+        }
+    }
+    if args.json {
+        return super::print(&(serde_json::to_string(&rows)? + "\n"));
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "weight-only GEMM, {threads} thread(s), path {:?}, f32 weights streamed (> 64 MiB of copies)",
+        lowbit_kernels::wgemm::Path::detect()
+    );
+    let _ = writeln!(s, "   m     k     n   f32 µs   int8 µs (vs f32)   int4/b32 µs (vs f32)");
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "{:4} {:5} {:5} {:8.1} {:9.1} ({:4.2}x) {:12.1} ({:4.2}x)",
+            r.m,
+            r.k,
+            r.n,
+            r.f32_us,
+            r.int8_us,
+            r.f32_us / r.int8_us,
+            r.int4_us,
+            r.f32_us / r.int4_us
+        );
+    }
+    super::print(&s)
+}
+
 pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
+    if args.weight_only {
+        return bench_weight_only(&args);
+    }
     let n = args.size;
     if n == 0 || n > 8192 {
         bail!("--size must be 1..=8192, got {n}");

@@ -8,6 +8,7 @@
 //! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, activations with attributes |
 //! | `shape` | layout and indexing: `Reshape`, `Transpose`, `Concat`, `Gather`, `Slice`, `Shape`, … |
 //! | `quant` | `QuantizeLinear`, `DequantizeLinear`, `DynamicQuantizeLinear`, reference integer matmul/conv |
+//! | `weight_only` | f32 × int8/int4 weight-only products: lowbit's fused `WeightOnlyMatMul`, ORT's `MatMulNBits` |
 //! | `qlinear` | integer ops on the packed int8 kernels: `QLinearConv`/`MatMul`, `*Integer`, ORT's `QGemm`, `QLinearAdd`, … |
 
 pub mod elementwise;
@@ -18,6 +19,7 @@ pub mod quant;
 pub mod reduce;
 pub mod shape;
 pub mod util;
+pub mod weight_only;
 
 use crate::registry::Registry;
 
@@ -36,4 +38,5 @@ pub fn register_all_ops(reg: &mut Registry) {
     reg.set_family("quant");
     quant::register(reg);
     qlinear::register(reg);
+    weight_only::register(reg);
 }

@@ -1,0 +1,83 @@
+//! lowbit's weight-only files run by the engine with the weight-only fusion (`ai.lowbit`
+//! `WeightOnlyMatMul`: dequantization inside the GEMM) against the same file unfused (float
+//! `DequantizeLinear`, then f32 `MatMul`): every linear layer of MiniLM must fuse, and the
+//! embeddings agree to f32 rounding.
+//!
+//! Needs the shared corpus (`$LOWBIT_SHARED` or `<crate>/../../../shared`); without it the
+//! tests say so and pass.
+
+use lowbit_engine::{Session, SessionOptions};
+use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
+use lowbit_tensor::Tensor;
+use std::path::{Path, PathBuf};
+
+/// Largest |fused − unfused| allowed, relative to the embedding's largest |value|.
+const MAX_RELATIVE_DIFFERENCE: f32 = 1e-4;
+const SENTENCES: usize = 8;
+
+fn corpus() -> Option<PathBuf> {
+    let dir = std::env::var_os("LOWBIT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .join("corpus/dev");
+    let ok = dir.join("models/paraphrase-MiniLM-L3-v2.onnx").exists();
+    if !ok {
+        eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
+    }
+    ok.then_some(dir)
+}
+
+/// STS-B dev sentences (side `a`) as `[1, len]` feeds.
+fn sentences(dir: &Path) -> Vec<Vec<(String, Tensor)>> {
+    let read = |f: &str| {
+        lowbit_tensor::npy::read_npy(&dir.join(format!("data/stsb_dev/{f}_a.npy"))).unwrap()
+    };
+    let (ids, mask) = (read("input_ids"), read("attention_mask"));
+    let l = ids.shape()[1];
+    let (iv, mv) = (ids.as_slice::<i64>().unwrap(), mask.as_slice::<i64>().unwrap());
+    (0..SENTENCES)
+        .map(|r| {
+            let n = mv[r * l..(r + 1) * l].iter().filter(|&&v| v != 0).count();
+            let row =
+                |v: &[i64]| Tensor::from_vec(vec![1, n], v[r * l..r * l + n].to_vec()).unwrap();
+            vec![("input_ids".to_string(), row(iv)), ("attention_mask".to_string(), row(mv))]
+        })
+        .collect()
+}
+
+fn check(cfg: &QuantizeConfig, tag: &str) {
+    let Some(dir) = corpus() else { return };
+    let model = lowbit_onnx::load_model(dir.join("models/paraphrase-MiniLM-L3-v2.onnx")).unwrap();
+    let (q, summary) = quantize_model(model, cfg, None).unwrap();
+    let quantized = summary.quantized.get("MatMul").copied().unwrap_or(0);
+    let fused = Session::new(&q, &SessionOptions { threads: 2, ..Default::default() }).unwrap();
+    let plain =
+        Session::new(&q, &SessionOptions { fuse_quantized: false, ..Default::default() }).unwrap();
+    let count = fused.fused_ops().get("WeightOnlyMatMul").copied().unwrap_or(0);
+    assert!(quantized >= 18, "{tag}: {summary}");
+    assert_eq!(count, quantized, "{tag}: every quantized MatMul fuses ({:?})", fused.fused_ops());
+    assert!(!fused.step_ops().contains(&"DequantizeLinear"), "{tag}: a DQ is left");
+    for (i, feeds) in sentences(&dir).into_iter().enumerate() {
+        let a = fused.run(feeds.clone()).unwrap();
+        let b = plain.run(feeds).unwrap();
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            let (x, y) = (x.to_f32_vec().unwrap(), y.to_f32_vec().unwrap());
+            let top = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(
+                worst <= MAX_RELATIVE_DIFFERENCE * top,
+                "{tag}: sentence {i}, output {name}: max |fused - unfused| {worst} (max |y| {top})"
+            );
+        }
+    }
+}
+
+#[test]
+fn minilm_weight_only_int4_block32_fused_matches_unfused() {
+    check(&QuantizeConfig::weight_only_int4(32), "int4/32");
+}
+
+#[test]
+fn minilm_weight_only_int8_per_channel_fused_matches_unfused() {
+    check(&QuantizeConfig::weight_only_int8(), "int8");
+}
