@@ -37,8 +37,8 @@ enum Kind {
     /// One packed `(cg_in·kernel) × cg_out` operand per group.
     Gemm(Vec<PackedI8>),
     /// Weights minus their zero point, `c_out × kernel`, and channels-last (`kernel × c_out`,
-    /// i16) for the 2-D kernel.
-    Depthwise(Vec<i32>, Vec<i16>),
+    /// i16) for the 2-D kernel, plus that in [`dw_pairs`] order when `c_out` is a multiple of 16.
+    Depthwise(Vec<i32>, Vec<i16>, Vec<i16>),
 }
 
 impl PackedConv {
@@ -69,7 +69,9 @@ impl PackedConv {
                     wl[t * c_out + c] = wc[c * kernel_size + t] as i16;
                 }
             }
-            Kind::Depthwise(wc, wl)
+            let wp =
+                if c_out.is_multiple_of(16) { dw_pairs(&wl, c_out, kernel_size) } else { vec![] };
+            Kind::Depthwise(wc, wl, wp)
         } else {
             let kk = cg_in * kernel_size;
             Kind::Gemm(
@@ -396,7 +398,7 @@ pub fn qconv(
                 }
             }
         }
-        (Kind::Depthwise(_, wl), stage) if flat => {
+        (Kind::Depthwise(_, wl, wp), stage) if flat => {
             let sink = match stage {
                 ConvStage::I32 { out } => {
                     assert!(out.len() >= out_len, "qconv: output is too short");
@@ -420,10 +422,11 @@ pub fn qconv(
             };
             for b in 0..batch {
                 let xb = &x[b * c_in * plane_in..(b + 1) * c_in * plane_in];
-                depthwise_2d(win, c_out, xb, x_zp, wl, &sink, b * c_out * plane_out, layout);
+                let w = DwWeights { taps: wl, pairs: wp };
+                depthwise_2d(win, c_out, xb, x_zp, w, &sink, b * c_out * plane_out, layout);
             }
         }
-        (Kind::Depthwise(wc, _), ConvStage::I32 { out }) => {
+        (Kind::Depthwise(wc, ..), ConvStage::I32 { out }) => {
             assert!(out.len() >= out_len, "qconv: output is too short");
             out[..out_len].par_chunks_mut(plane_out).enumerate().for_each(|(bc, y)| {
                 let c = bc % c_out;
@@ -438,7 +441,7 @@ pub fn qconv(
             });
         }
         (
-            Kind::Depthwise(wc, _),
+            Kind::Depthwise(wc, ..),
             ConvStage::Requantize { bias, multiplier, zero_point, qmin, qmax, out },
         ) => {
             assert!(out.len() >= out_len, "qconv: output is too short");
@@ -461,6 +464,89 @@ pub fn qconv(
                     },
                 );
             });
+        }
+    }
+}
+
+/// A depthwise convolution's weights as the 2-D kernel reads them.
+#[derive(Clone, Copy)]
+struct DwWeights<'a> {
+    /// `kernel × c` (channels-last), minus the zero points.
+    taps: &'a [i16],
+    /// [`dw_pairs`] of `taps`, or empty.
+    pairs: &'a [i16],
+}
+
+/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of [`dw_x86::pixel`]: for
+/// each pair of taps `(2p, 2p + 1)` (a zero tap past the end) and block of 16 channels, the 16
+/// `(w[2p][ch], w[2p+1][ch])` pairs of channels `0-3, 8-11` then of `4-7, 12-15` — what
+/// `vpunpcklwd` / `vpunpckhwd` make of the two taps' inputs, ready for `vpmaddwd`.
+fn dw_pairs(wl: &[i16], c: usize, taps: usize) -> Vec<i16> {
+    let blocks = c / 16;
+    let mut out = Vec::with_capacity(taps.div_ceil(2) * blocks * 32);
+    let w = |t: usize, ch: usize| if t < taps { wl[t * c + ch] } else { 0 };
+    for p in 0..taps.div_ceil(2) {
+        for b in 0..blocks {
+            for half in [0, 4] {
+                for lane in [0, 8] {
+                    for j in 0..4 {
+                        let ch = b * 16 + lane + half + j;
+                        out.extend([w(2 * p, ch), w(2 * p + 1, ch)]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dw_x86 {
+    use std::arch::x86_64::*;
+
+    /// One output pixel of a channels-last depthwise convolution: `acc[ch] = Σ_t (x_t[ch] - zp)
+    /// · w[t][ch]` over the taps `taps` (each pointing at `c` input bytes; an even count, the
+    /// last one paired with zero weights when the kernel has an odd number of taps).
+    ///
+    /// # Safety
+    /// AVX2; `c` a multiple of 16; every tap readable for `c` bytes; `pairs` as [`super::dw_pairs`]
+    /// for `taps.len() / 2` pairs; `acc` writable for `c` lanes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pixel(
+        taps: &[*const u8],
+        pairs: *const i16,
+        c: usize,
+        zp: i32,
+        acc: *mut i32,
+    ) {
+        let zp16 = _mm256_set1_epi16(zp as i16);
+        let blocks = c / 16;
+        for b in 0..blocks {
+            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for (p, t) in taps.chunks_exact(2).enumerate() {
+                // SAFETY: per the contract.
+                unsafe {
+                    let x0 =
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(t[0].add(b * 16) as *const __m128i));
+                    let x1 =
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(t[1].add(b * 16) as *const __m128i));
+                    let (x0, x1) = (_mm256_sub_epi16(x0, zp16), _mm256_sub_epi16(x1, zp16));
+                    let w = pairs.add((p * blocks + b) * 32);
+                    let wlo = _mm256_loadu_si256(w as *const __m256i);
+                    let whi = _mm256_loadu_si256(w.add(16) as *const __m256i);
+                    lo =
+                        _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wlo));
+                    hi =
+                        _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), whi));
+                }
+            }
+            // lo holds channels 0-3 | 8-11, hi 4-7 | 12-15.
+            // SAFETY: 16 lanes of acc.
+            unsafe {
+                let a = acc.add(b * 16) as *mut __m256i;
+                _mm256_storeu_si256(a, _mm256_permute2x128_si256(lo, hi, 0x20));
+                _mm256_storeu_si256(a.add(1), _mm256_permute2x128_si256(lo, hi, 0x31));
+            }
         }
     }
 }
@@ -489,11 +575,20 @@ fn depthwise_2d(
     c: usize,
     x: &[u8],
     x_zp: i32,
-    wl: &[i16],
+    w: DwWeights,
     sink: &DwSink,
     base: usize,
     layout: Layout,
 ) {
+    let wl = w.taps;
+    // The AVX2 kernel: channels-last, whole blocks of 16 channels.
+    #[cfg(target_arch = "x86_64")]
+    let simd = layout == Layout::ChannelsLast
+        && !w.pairs.is_empty()
+        && std::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    let zp_pixel = vec![x_zp as u8; c];
     let [_, ih, iw] = win.input;
     let [_, kh, kw] = win.kernel;
     let [_, oh, ow] = win.output;
@@ -523,7 +618,36 @@ fn depthwise_2d(
     let pixels = oh * ow;
     let row = |oy: usize| {
         let mut acc = vec![0i32; ow * c];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            let taps = kh * kw;
+            let mut ptrs = vec![zp_pixel.as_ptr(); taps.next_multiple_of(2)];
+            for ox in 0..ow {
+                for ky in 0..kh {
+                    let iy = (oy * sy + ky * dy) as isize - pt as isize;
+                    for kx in 0..kw {
+                        let ix = (ox * sx + kx * dx) as isize - pl as isize;
+                        let inside =
+                            (0..ih as isize).contains(&iy) && (0..iw as isize).contains(&ix);
+                        // A tap in the padding reads a pixel of zero points: it adds nothing.
+                        ptrs[ky * kw + kx] = if inside {
+                            x[(iy as usize * iw + ix as usize) * c..][..c].as_ptr()
+                        } else {
+                            zp_pixel.as_ptr()
+                        };
+                    }
+                }
+                // SAFETY: AVX2 is present; every pointer reads `c` bytes; `pairs` holds
+                // `ptrs.len() / 2` tap pairs of `c / 16` blocks; `acc` row has `c` lanes.
+                unsafe {
+                    dw_x86::pixel(&ptrs, w.pairs.as_ptr(), c, x_zp, acc[ox * c..][..c].as_mut_ptr())
+                };
+            }
+        }
         for ox in 0..ow {
+            if simd {
+                break;
+            }
             let a = &mut acc[ox * c..(ox + 1) * c];
             for ky in 0..kh {
                 let iy = (oy * sy + ky * dy) as isize - pt as isize;
@@ -773,8 +897,11 @@ mod tests {
             x_zp in 0i32..256,
             per_channel in any::<bool>(),
             channels_last in any::<bool>(),
+            wide in any::<bool>(),
         ) {
             let (cg_in, cg_out) = if depthwise { (1, 1) } else { (cg_in, cg_out) };
+            // 16, 32 or 48 depthwise channels take the AVX2 kernel (whole blocks of 16).
+            let groups = if depthwise && wide { groups * 16 } else { groups };
             let (c_in, c_out) = (cg_in * groups, cg_out * groups);
             let ext = |i: usize| (kern[i] - 1) * dil + 1;
             prop_assume!(hw[0] + 2 * pad >= ext(0) && hw[1] + 2 * pad >= ext(1));
