@@ -366,9 +366,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         }
         let adj_p: &[i32; NR] = adj[j0..j0 + NR].try_into().expect("one panel");
         let scale_p: &[f32; NR] = scale[j0..j0 + NR].try_into().expect("one panel");
-        if let (Sink::Requantize { zero_point, qmin, qmax, out, .. }, true) =
-            (sink, cols == NR && cs == 1)
-        {
+        if let (Sink::Requantize { zero_point, qmin, qmax, out, .. }, true) = (sink, cs == 1) {
             let mut e = RequantizeRows {
                 adj: *adj_p,
                 zps: [0; NR],
@@ -379,16 +377,17 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
                 qmax,
                 out: [out.get(); MR],
                 rows: mr,
+                cols,
             };
             if b.any_zero_point {
                 e.zps.copy_from_slice(&b.zero_points[j0..j0 + NR]);
                 e.row_sums[..mr].copy_from_slice(&row_sums[i0..i0 + mr]);
             }
             for (r, o) in e.out.iter_mut().enumerate().take(mr) {
-                // SAFETY: row i0 + r, columns j0..j0 + 16 are inside C (asserted `last`).
+                // SAFETY: row i0 + r, columns j0..j0 + cols are inside C (asserted `last`).
                 *o = unsafe { o.add((i0 + r) * rs + j0) };
             }
-            // SAFETY: as below; each of the `mr` output rows has 16 writable bytes.
+            // SAFETY: as below; each of the `mr` output rows has `cols` writable bytes.
             unsafe { micro(b, p, &rows, Done::Requantize(&e)) };
             return;
         }
@@ -432,7 +431,7 @@ enum Done<'a> {
 }
 
 /// One tile's requantize epilogue: row `r < rows` gets
-/// `clamp(round((acc + adj - zps·row_sums[r]) · scale) + zero_point)` into `out[r][..16]`.
+/// `clamp(round((acc + adj - zps·row_sums[r]) · scale) + zero_point)` into `out[r][..cols]`.
 struct RequantizeRows {
     adj: [i32; NR],
     zps: [i32; NR],
@@ -443,6 +442,8 @@ struct RequantizeRows {
     qmax: i32,
     out: [*mut u8; MR],
     rows: usize,
+    /// Columns stored per row (16, or fewer in the last panel).
+    cols: usize,
 }
 
 /// Dispatches the micro-kernel of `b`'s path for panel `p`.
@@ -507,9 +508,11 @@ unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, done: Do
         for (r, row) in acc.iter().enumerate().take(e.rows) {
             for (j, &v) in row.iter().enumerate() {
                 let v = v.wrapping_add(e.adj[j]).wrapping_sub(e.zps[j].wrapping_mul(e.row_sums[r]));
-                let q = requantize_one(v, e.scale[j], e.zero_point, e.qmin, e.qmax);
-                // SAFETY: the caller's contract: 16 writable bytes per row.
-                unsafe { *e.out[r].add(j) = q as u8 };
+                if j < e.cols {
+                    let q = requantize_one(v, e.scale[j], e.zero_point, e.qmin, e.qmax);
+                    // SAFETY: the caller's contract: `cols` writable bytes per row.
+                    unsafe { *e.out[r].add(j) = q as u8 };
+                }
             }
         }
     }
@@ -587,8 +590,26 @@ pub fn requantize_into(
     assert!(byte_range(qmin, qmax), "requantize_into: [{qmin}, {qmax}] is not a u8 or i8 range");
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() != Isa::Scalar {
-        for i0 in (0..n).step_by(NR) {
-            let len = NR.min(n - i0);
+        let whole = n / NR * NR;
+        for i0 in (0..whole).step_by(NR) {
+            let r = i0..i0 + NR;
+            let (a, bb, m) = (&acc[r.clone()], &bias[r.clone()], &mult[r.clone()]);
+            let q: &mut [u8; NR] = (&mut out[r]).try_into().expect("16 lanes");
+            // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
+            unsafe {
+                x86::requantize16(
+                    a.try_into().expect("16 lanes"),
+                    bb.try_into().expect("16 lanes"),
+                    m.try_into().expect("16 lanes"),
+                    zero_point,
+                    qmin,
+                    qmax,
+                    q,
+                )
+            };
+        }
+        for i0 in (whole..n).step_by(NR) {
+            let len = n - i0;
             let (mut a, mut bb, mut m, mut q) = ([0i32; NR], [0i32; NR], [0f32; NR], [0u8; NR]);
             a[..len].copy_from_slice(&acc[i0..i0 + len]);
             bb[..len].copy_from_slice(&bias[i0..i0 + len]);
@@ -680,8 +701,19 @@ mod x86 {
                         } else {
                             _mm_packs_epi16(l, h)
                         };
-                        // SAFETY: the caller's contract: 16 writable bytes per row.
-                        unsafe { _mm_storeu_si128(e.out[r] as *mut __m128i, b) };
+                        if e.cols == NR {
+                            // SAFETY: the caller's contract: `cols` writable bytes per row.
+                            unsafe { _mm_storeu_si128(e.out[r] as *mut __m128i, b) };
+                        } else {
+                            let mut t = [0u8; NR];
+                            // SAFETY: 16 bytes; then `cols` writable bytes per row.
+                            unsafe {
+                                _mm_storeu_si128(t.as_mut_ptr() as *mut __m128i, b);
+                                for (j, &v) in t.iter().enumerate().take(e.cols) {
+                                    *e.out[r].add(j) = v;
+                                }
+                            }
+                        }
                     }
                 }
             }
