@@ -10,7 +10,11 @@
 //! - elementwise ops on 8-bit codes (`QLinearLookup`; `QLinearAdd`/`QLinearMul` whose two
 //!   data inputs are both channels-last: permuting both operands of a broadcast permutes
 //!   its result the same way);
-//! - `QLinearGlobalAveragePool`, which has a `channels_last` attribute.
+//! - `QLinearGlobalAveragePool`, which has a `channels_last` attribute;
+//! - `MaxPool` (one output) on 8-bit codes, as `ai.lowbit` `MaxPool` with `channels_last`.
+//!
+//! Only values produced by a converted op are channels-last, so a `MaxPool` or elementwise op
+//! converts only when its inputs are already 8-bit codes from the integer pipeline.
 //!
 //! A `Transpose` to NCHW followed by one back to NHWC cancels, so a chain of convs, residual
 //! adds and activations stays NHWC from the first conv to the pooling, and transposes remain
@@ -70,15 +74,20 @@ pub fn channels_last(
             if n.input.len() < 9 {
                 n.input.resize(9, String::new());
             }
-            n.domain = LOWBIT_DOMAIN.to_string();
         }
-        n.attribute.retain(|a| a.name != "channels_last");
-        n.attribute.push(AttributeProto {
-            name: "channels_last".into(),
-            r#type: attribute_proto::AttributeType::Int as i32,
-            i: 1,
-            ..Default::default()
-        });
+        // Elementwise ops need no flag; convs and pools run their channels-last kernels.
+        if matches!(n.op_type.as_str(), "QLinearConv" | "MaxPool" | "QLinearGlobalAveragePool") {
+            if n.op_type != "QLinearGlobalAveragePool" {
+                n.domain = LOWBIT_DOMAIN.to_string();
+            }
+            n.attribute.retain(|a| a.name != "channels_last");
+            n.attribute.push(AttributeProto {
+                name: "channels_last".into(),
+                r#type: attribute_proto::AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            });
+        }
         let y = n.output[0].clone();
         let z = format!("{y}::nhwc");
         n.output[0] = z.clone();
@@ -104,6 +113,8 @@ fn data_inputs(n: &NodeProto, rank_of: &impl Fn(&str) -> Option<usize>) -> Vec<u
         (LOWBIT_DOMAIN, "QLinearLookup") if has(0) => vec![0],
         ("com.microsoft", "QLinearAdd" | "QLinearMul") if has(0) && has(3) => vec![0, 3],
         ("com.microsoft", "QLinearGlobalAveragePool") if has(0) => vec![0],
+        // One output: the Indices output would need NCHW positions.
+        ("", "MaxPool") if has(0) && n.output.len() == 1 => vec![0],
         _ => vec![],
     }
 }
@@ -169,7 +180,8 @@ mod tests {
         nodes.iter().map(|n| format!("{}({})->{}", n.op_type, n.input[0], n.output[0])).collect()
     }
 
-    /// conv → relu table → conv → add(residual) → pool → flatten: one transpose in, one out.
+    /// conv → relu table → conv → add(residual) → max pool → average pool → flatten: one
+    /// transpose in, one out.
     #[test]
     fn a_residual_block_runs_channels_last_between_two_transposes() {
         let nodes = vec![
@@ -177,7 +189,8 @@ mod tests {
             node("QLinearLookup", LOWBIT_DOMAIN, &["a", "t"], "b"),
             conv("b", "w4", "c"),
             node("QLinearAdd", "com.microsoft", &["c", "s", "z", "b", "s", "z", "s", "z"], "d"),
-            node("QLinearGlobalAveragePool", "com.microsoft", &["d", "s", "z", "s", "z"], "e"),
+            node("MaxPool", "", &["d"], "m"),
+            node("QLinearGlobalAveragePool", "com.microsoft", &["m", "s", "z", "s", "z"], "e"),
             node("Flatten", "", &["e"], "f"),
         ];
         let rank = |w: &str| (w == "w4").then_some(4);
@@ -191,25 +204,31 @@ mod tests {
                 "QLinearLookup(a::nhwc)->b::nhwc",
                 "QLinearConv(b::nhwc)->c::nhwc",
                 "QLinearAdd(c::nhwc)->d::nhwc",
-                "QLinearGlobalAveragePool(d::nhwc)->e::nhwc",
+                "MaxPool(d::nhwc)->m::nhwc",
+                "QLinearGlobalAveragePool(m::nhwc)->e::nhwc",
                 "Transpose(e::nhwc)->e",
                 "Flatten(e)->f",
             ]
         );
         assert_eq!(got[4].input[3], "b::nhwc");
-        for n in &got[1..6] {
-            assert!(n.attribute.iter().any(|a| a.name == "channels_last" && a.i == 1));
-        }
+        let flagged: Vec<bool> = got
+            .iter()
+            .map(|n| n.attribute.iter().any(|a| a.name == "channels_last" && a.i == 1))
+            .collect();
+        assert_eq!(flagged, [false, true, false, true, false, true, true, false, false]);
         assert_eq!((got[1].domain.as_str(), got[1].input.len()), (LOWBIT_DOMAIN, 9));
+        assert_eq!(got[5].domain, LOWBIT_DOMAIN);
     }
 
     /// A value also read by an NCHW op keeps its transpose back; 1-D convs and adds with an
     /// NCHW operand stay as they are.
     #[test]
     fn values_read_elsewhere_keep_their_nchw_form() {
+        let mut pool = node("MaxPool", "", &["a"], "p");
+        pool.output.push("indices".into());
         let nodes = vec![
             conv("x", "w4", "a"),
-            node("MaxPool", "", &["a"], "p"),
+            pool,
             conv("p", "w3", "q"),
             node("QLinearAdd", "com.microsoft", &["a", "s", "z", "q", "s", "z", "s", "z"], "r"),
         ];

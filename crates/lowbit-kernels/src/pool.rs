@@ -176,6 +176,67 @@ fn lp_root(sum: f32, p: f32) -> f32 {
     }
 }
 
+/// Max pooling of `batch` channels-last images (`[batch, input..., c]`, 1-D to 3-D) into
+/// `[batch, output..., c]`: each output pixel is the elementwise max of its window's in-bounds
+/// pixels, `c` lanes at a time (8-bit codes between integer convolutions; any `Ord` type). A
+/// window entirely in the padding gives `lowest`, as [`pool`]'s `-inf` would.
+///
+/// # Panics
+/// When `x` or `y` is shorter than the window and `c` say.
+pub fn max_pool_channels_last<T: Copy + Ord>(
+    win: &Window,
+    batch: usize,
+    c: usize,
+    x: &[T],
+    lowest: T,
+    y: &mut [T],
+) {
+    let (in_sz, out_sz) = (win.input_size(), win.output_size());
+    assert!(x.len() >= batch * in_sz * c, "max_pool_channels_last: x too short");
+    assert!(y.len() >= batch * out_sz * c, "max_pool_channels_last: y too short");
+    let [od, oh, ow] = win.output;
+    let [_, ih, iw] = win.input;
+    let taps = |d: usize, o: usize| -> Vec<usize> {
+        (0..win.kernel[d])
+            .filter_map(|k| {
+                let i = (o * win.strides[d]) as isize + win.tap_offset(d, k);
+                (i >= 0 && i < win.input[d] as isize).then_some(i as usize)
+            })
+            .collect()
+    };
+    let tx: Vec<Vec<usize>> = (0..ow).map(|o| taps(2, o)).collect();
+    for b in 0..batch {
+        let xb = &x[b * in_sz * c..][..in_sz * c];
+        let yb = &mut y[b * out_sz * c..][..out_sz * c];
+        for oz in 0..od {
+            let tz = taps(0, oz);
+            for oy in 0..oh {
+                let ty = taps(1, oy);
+                for (ox, tx) in tx.iter().enumerate() {
+                    let dst = &mut yb[((oz * oh + oy) * ow + ox) * c..][..c];
+                    dst.fill(lowest);
+                    let mut first = true;
+                    for &iz in &tz {
+                        for &iy in &ty {
+                            for &ix in tx {
+                                let src = &xb[((iz * ih + iy) * iw + ix) * c..][..c];
+                                if first {
+                                    dst.copy_from_slice(src);
+                                    first = false;
+                                } else {
+                                    for (d, &v) in dst.iter_mut().zip(src) {
+                                        *d = (*d).max(v);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Scalar reference for [`pool`]: visits every window position and tests it against the
 /// input bounds.
 pub fn pool_ref(
@@ -305,6 +366,44 @@ mod tests {
             if kind == PoolKind::Max {
                 prop_assert_eq!(i1, i2);
             }
+        }
+
+        /// The channels-last 8-bit max pool equals the NCHW float one on the same codes.
+        #[test]
+        fn channels_last_max_pool_matches_pool(
+            dims in prop::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
+            batch in 1usize..3, c in 1usize..20, ceil in any::<bool>(), seed in any::<u32>(),
+        ) {
+            let input: Vec<usize> = dims.iter().map(|d| d.0 + d.1 * d.3).collect();
+            let kernel: Vec<usize> = dims.iter().map(|d| d.1).collect();
+            let strides: Vec<usize> = dims.iter().map(|d| d.2).collect();
+            let dil: Vec<usize> = dims.iter().map(|d| d.3).collect();
+            let pb: Vec<usize> = dims.iter().map(|d| d.4.min(d.1 - 1)).collect();
+            let pe: Vec<usize> = dims.iter().map(|d| d.5.min(d.1 - 1)).collect();
+            let output: Vec<usize> = (0..dims.len()).map(|i| {
+                let span = dil[i] * (kernel[i] - 1) + 1;
+                let total = input[i] + pb[i] + pe[i] - span;
+                if ceil { total.div_ceil(strides[i]) + 1 } else { total / strides[i] + 1 }
+            }).collect();
+            let win = Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap();
+            let (isz, osz) = (win.input_size(), win.output_size());
+            let codes: Vec<u8> = (0..batch * c * isz)
+                .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8)
+                .collect();
+            // NCHW float reference; the same codes channels-last for the byte kernel.
+            let xf: Vec<f32> = codes.iter().map(|&v| v as f32).collect();
+            let mut want = vec![0f32; batch * c * osz];
+            pool(PoolKind::Max, &win, batch * c, &xf, &mut want, None);
+            let mut xl = vec![0u8; codes.len()];
+            for b in 0..batch { for ch in 0..c { for p in 0..isz {
+                xl[(b * isz + p) * c + ch] = codes[(b * c + ch) * isz + p];
+            } } }
+            let mut got = vec![0u8; batch * c * osz];
+            max_pool_channels_last(&win, batch, c, &xl, 0, &mut got);
+            for b in 0..batch { for ch in 0..c { for p in 0..osz {
+                let w = want[(b * c + ch) * osz + p].max(0.0);
+                prop_assert_eq!(got[(b * osz + p) * c + ch] as f32, w);
+            } } }
         }
     }
 }

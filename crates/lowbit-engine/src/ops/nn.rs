@@ -16,7 +16,7 @@ use crate::ops::util::normalize_axis;
 use crate::registry::Registry;
 use lowbit_kernels::conv::{conv, conv_transpose, Activation, ConvParams};
 use lowbit_kernels::norm::{layer_norm_rows, log_softmax_rows, mean_inv_std, softmax_rows};
-use lowbit_kernels::pool::{pool, PoolKind};
+use lowbit_kernels::pool::{max_pool_channels_last, pool, PoolKind};
 use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
 use lowbit_tensor::tensor::numel;
@@ -27,6 +27,7 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "Conv", build_conv);
     reg.register("", "ConvTranspose", build_conv_transpose);
     reg.register("", "MaxPool", build_max_pool);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "MaxPool", build_max_pool_channels_last);
     reg.register("", "AveragePool", build_average_pool);
     reg.register("", "LpPool", build_lp_pool);
     reg.register("", "GlobalAveragePool", build_global_average_pool);
@@ -470,6 +471,55 @@ fn build_pool(ctx: &BuildCtx, kind: PoolKind, op: &'static str) -> OpResult<Box<
 
 fn build_max_pool(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
     build_pool(ctx, PoolKind::Max, "MaxPool")
+}
+
+/// `ai.lowbit` `MaxPool` with `channels_last = 1`: 8-bit codes `[N, spatial..., C]` (what
+/// [`crate::layout`] makes of a `MaxPool` between integer convs), one output.
+struct MaxPoolChannelsLast {
+    spatial: SpatialAttrs,
+    kernel: Vec<usize>,
+}
+
+fn build_max_pool_channels_last(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    if ctx.attrs.int_or("channels_last", 0)? != 1 {
+        return Err(ctx
+            .attrs
+            .invalid("channels_last", "must be 1 (lowbit's MaxPool is NHWC)")
+            .into());
+    }
+    if ctx.node.output.iter().skip(1).any(|o| !o.is_empty()) {
+        bail!("the channels-last MaxPool has no Indices output");
+    }
+    let spatial = SpatialAttrs::read(&ctx.attrs)?;
+    let kernel = kernel_attr(&spatial, "MaxPool")?;
+    Ok(Box::new(MaxPoolChannelsLast { spatial, kernel }))
+}
+
+impl Kernel for MaxPoolChannelsLast {
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        let x = input(inputs, 0)?;
+        let s = x.shape();
+        if s.len() < 3 {
+            bail!("input must be [N, spatial..., C], got {s:?}");
+        }
+        let (n, c) = (s[0], s[s.len() - 1]);
+        let win = self.spatial.window(&s[1..s.len() - 1], &self.kernel, true)?;
+        let shape: Vec<usize> = [&[n], &win.output[5 - s.len()..], &[c][..]].concat();
+        let data = match x.data() {
+            TensorData::U8(v) => {
+                let mut y = vec![0u8; numel(&shape)];
+                max_pool_channels_last(&win, n, c, v, u8::MIN, &mut y);
+                TensorData::U8(y)
+            }
+            TensorData::I8(v) => {
+                let mut y = vec![0i8; numel(&shape)];
+                max_pool_channels_last(&win, n, c, v, i8::MIN, &mut y);
+                TensorData::I8(y)
+            }
+            _ => bail!("the channels-last MaxPool takes uint8/int8 codes, got {}", x.dtype()),
+        };
+        Ok(vec![Tensor::new(shape, data)?])
+    }
 }
 
 fn build_average_pool(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
