@@ -893,9 +893,16 @@ mod tests {
             (8, 8, 8, 21, 3, 1, 1),
         ] {
             let o = out_len(size, k, s, 1, pad, pad);
-            let window =
-                Window::new(&[size, size], &[k, k], &[s, s], &[1, 1], &[pad, pad], &[pad, pad], &[o, o])
-                    .unwrap();
+            let window = Window::new(
+                &[size, size],
+                &[k, k],
+                &[s, s],
+                &[1, 1],
+                &[pad, pad],
+                &[pad, pad],
+                &[o, o],
+            )
+            .unwrap();
             let p = ConvParams { batch: 2, c_in, c_out, group, window };
             let (nx, nw, ny) = p.sizes();
             let (x, w, b) = (fill(nx, 1), fill(nw, 2), fill(c_out, 3));
@@ -907,7 +914,10 @@ mod tests {
                 pool.install(|| conv_packed(&p, &x, &weights, Some(&b), act, &mut y1));
                 conv_ref(&p, &x, &w, Some(&b), act, &mut y2);
                 for (a, r) in y1.iter().zip(&y2) {
-                    assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{act:?} {c_in}->{c_out}: {a} vs {r}");
+                    assert!(
+                        (a - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                        "{act:?} {c_in}->{c_out}: {a} vs {r}"
+                    );
                 }
             }
         }

@@ -564,7 +564,16 @@ pub fn sgemm_packed_with(
     let parallel = rayon::current_num_threads() > 1;
     // SAFETY: A is checked above, C just before; the epilogue in `packed_product`.
     unsafe {
-        packed_product(m, ASource::RowMajor(a, lda), b, beta, OutPtr(c.as_mut_ptr()), ldc, epi, parallel)
+        packed_product(
+            m,
+            ASource::RowMajor(a, lda),
+            b,
+            beta,
+            OutPtr(c.as_mut_ptr()),
+            ldc,
+            epi,
+            parallel,
+        )
     };
 }
 
@@ -740,7 +749,14 @@ unsafe fn micro(avx2: bool, mr: usize, t: &Tile, overwrite: bool, post: Post) {
 /// # Safety
 /// `c` writable for `cols` elements; `post`'s biases readable for row `r` and `cols` columns.
 #[inline(always)]
-unsafe fn store_row(acc: &[f32; NR], c: *mut f32, cols: usize, overwrite: bool, post: Post, r: usize) {
+unsafe fn store_row(
+    acc: &[f32; NR],
+    c: *mut f32,
+    cols: usize,
+    overwrite: bool,
+    post: Post,
+    r: usize,
+) {
     for (j, &v) in acc.iter().enumerate().take(cols) {
         // SAFETY: j < cols.
         unsafe {

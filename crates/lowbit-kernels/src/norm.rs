@@ -298,8 +298,9 @@ mod tests {
     #[test]
     fn batch_norm_folds_into_weights_and_bias() {
         // One input, two output channels: y = bn(w · x + b) must equal w' · x + b'.
-        let bn = ChannelAffine::batch_norm(&[2.0, 0.5], &[1.0, -1.0], &[3.0, 0.0], &[3.0, 15.0], 1.0)
-            .unwrap();
+        let bn =
+            ChannelAffine::batch_norm(&[2.0, 0.5], &[1.0, -1.0], &[3.0, 0.0], &[3.0, 15.0], 1.0)
+                .unwrap();
         assert_eq!(bn.scale, [1.0, 0.125]);
         assert_eq!(bn.shift, [-2.0, -1.0]);
         let (w, b) = ([4.0f32, 8.0], [1.0f32, 2.0]);

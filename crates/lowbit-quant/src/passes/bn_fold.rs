@@ -53,7 +53,13 @@ fn bn_affine(g: &Graph, bn: usize) -> Result<Option<ChannelAffine>> {
         }
     }
     let [gamma, beta, mean, var] = [&p[0], &p[1], &p[2], &p[3]];
-    Ok(ChannelAffine::batch_norm(gamma.as_f32()?, beta.as_f32()?, mean.as_f32()?, var.as_f32()?, eps))
+    Ok(ChannelAffine::batch_norm(
+        gamma.as_f32()?,
+        beta.as_f32()?,
+        mean.as_f32()?,
+        var.as_f32()?,
+        eps,
+    ))
 }
 
 fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
@@ -85,14 +91,16 @@ fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
     let wv = wt.as_f32()?;
     let mut new_prod = prod.clone();
     let (new_w, new_b): (Vec<f32>, Vec<f32>) = if prod.op_type == "Conv" {
-        if shape.is_empty() || shape[0] != c || c == 0 || bias.as_ref().is_some_and(|b| b.len() != c)
+        if shape.is_empty()
+            || shape[0] != c
+            || c == 0
+            || bias.as_ref().is_some_and(|b| b.len() != c)
         {
             return Ok(false);
         }
         let inner = wv.len() / c;
         let nw = bn_map.fold_weight(wv, 1.0, |i| i / inner);
-        let Some(nb) = bn_map.fold_bias(bias.as_ref().map(|b| b.as_f32()).transpose()?, 1.0)
-        else {
+        let Some(nb) = bn_map.fold_bias(bias.as_ref().map(|b| b.as_f32()).transpose()?, 1.0) else {
             return Ok(false);
         };
         (nw, nb)
