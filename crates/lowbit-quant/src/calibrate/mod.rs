@@ -278,7 +278,8 @@ type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 /// use lowbit_quant::calibrate::{Calibrator, CalibratorOptions, Method};
 /// # fn feeds() -> Vec<Vec<(String, lowbit_tensor::Tensor)>> { vec![] }
 /// let model = lowbit_onnx::load_model("model.onnx")?;
-/// let session = lowbit_engine::Session::new(&model, &Default::default())?;
+/// // Unfused, so the observer sees every value the model names.
+/// let session = lowbit_engine::Session::new(&model, &lowbit_engine::SessionOptions::unfused(0))?;
 /// let mut cal = Calibrator::new(CalibratorOptions::default())?;
 /// for batch in feeds() {
 ///     cal.run(&session, batch)?;
