@@ -382,6 +382,12 @@ impl Calibrator {
         session: &Session,
         feeds: Vec<(String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>> {
+        // A fused session never produces the values fusion removed: their ranges would be
+        // silently missing from the table.
+        if !session.fused_ops().is_empty() {
+            let kinds: Vec<&str> = session.fused_ops().keys().map(String::as_str).collect();
+            return Err(QuantError::FusedSession(kinds.join(", ")));
+        }
         let mut err: Option<QuantError> = None;
         let out = session.run_observed(feeds, &mut |name, t| {
             if err.is_none() {
