@@ -1,7 +1,8 @@
 //! The lowbit execution engine: ONNX graph → execution plan → run on the CPU.
 //!
-//! [`Session::new`] checks every node against the op [`registry`], builds one kernel per node
-//! (weights can be pre-packed then), folds nodes whose inputs are all constant, and records each
+//! [`Session::new`] checks every node against the op [`registry`], fuses quantized
+//! ([`fuse`]) and float ([`fuse_float`]) patterns, builds one kernel per node (weights can be
+//! pre-packed then), folds nodes whose inputs are all constant, and records each
 //! value's last use so its buffer is dropped as soon as nothing needs it. [`Session::run`] feeds
 //! named inputs; [`Session::run_observed`] also calls an observer with every tensor as it is
 //! produced (graph inputs, then each node output, by its ONNX name) — calibration and debugging
@@ -18,6 +19,7 @@
 
 pub mod error;
 pub mod fuse;
+pub mod fuse_float;
 pub mod layout;
 pub mod op;
 pub mod ops;

@@ -20,11 +20,15 @@ pub struct SessionOptions {
     /// Fuse QDQ patterns into integer ops at load ([`crate::fuse`]; on by default). Off, a
     /// quantized model runs as written (float Q/DQ), and every value it names is observable.
     pub fuse_quantized: bool,
+    /// Fuse float patterns at load ([`crate::fuse_float`]: batch norms folded into the conv
+    /// before them, bias adds and activations into the product's output stage; on by
+    /// default). Off, every value the model names is observable.
+    pub fuse_float: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 0, fuse_quantized: true }
+        SessionOptions { threads: 0, fuse_quantized: true, fuse_float: true }
     }
 }
 
@@ -32,6 +36,12 @@ impl SessionOptions {
     /// Default options with `threads` worker threads (0: one per core).
     pub fn with_threads(threads: usize) -> Self {
         SessionOptions { threads, ..Default::default() }
+    }
+
+    /// No load-time fusion, so observers see every value the model names (calibration,
+    /// `compare`), with `threads` worker threads.
+    pub fn unfused(threads: usize) -> Self {
+        SessionOptions { threads, fuse_quantized: false, fuse_float: false }
     }
 }
 
@@ -245,7 +255,7 @@ impl Session {
             });
         }
 
-        let fused = if opts.fuse_quantized {
+        let mut fused = if opts.fuse_quantized {
             let mut f = crate::fuse::fuse_qdq(graph, &opsets, reg);
             let rank = |name: &str| constant_rank(graph, name);
             let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
@@ -257,10 +267,13 @@ impl Session {
             }
             f
         } else {
-            crate::fuse::Fused::default()
+            crate::fuse::Fused { nodes: graph.node.clone(), ..Default::default() }
         };
-        let nodes: &[NodeProto] =
-            if opts.fuse_quantized { &fused.nodes } else { graph.node.as_slice() };
+        if opts.fuse_float {
+            let opset = opsets.get("").copied().unwrap_or(1);
+            crate::fuse_float::fuse_float(graph, opset, reg, &mut fused);
+        }
+        let nodes: &[NodeProto] = &fused.nodes;
 
         let mut slots: HashMap<String, usize> = HashMap::new();
         let mut slot_names: Vec<String> = Vec::new();
@@ -415,8 +428,9 @@ impl Session {
         self.outputs.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    /// How many integer ops of each kind load-time fusion made (empty when it was off or
-    /// found nothing to fuse).
+    /// How many ops of each kind load-time fusion made: integer ops (`QLinearConv`, …) and
+    /// float patterns (`Conv+BatchNormalization`, `Conv+Relu`, …); empty when it was off or
+    /// found nothing to fuse.
     pub fn fused_ops(&self) -> &BTreeMap<String, usize> {
         &self.fused
     }

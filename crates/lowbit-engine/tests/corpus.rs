@@ -205,3 +205,102 @@ fn third_party_int8_minilm_runs() {
     assert_eq!(y.shape(), &[1, 4, 384]);
     assert!(y.as_f32().unwrap().iter().all(|v| v.is_finite()));
 }
+
+/// Deterministic pseudo-random values in [-2, 2).
+fn noise(n: usize) -> Vec<f32> {
+    let mut state = 0x2545F4914F6CDD1Du64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// Runs `model` with float fusion on and off over `feeds`; returns the largest output
+/// difference relative to the output's largest magnitude, and the fused session's counts.
+fn fused_vs_unfused(
+    model: &str,
+    feeds: &[Vec<(String, Tensor)>],
+) -> (f32, std::collections::BTreeMap<String, usize>) {
+    let m = lowbit_onnx::load_model(corpus().join("models").join(model)).expect("model loads");
+    let opts = |fuse| SessionOptions { threads: 2, fuse_float: fuse, ..Default::default() };
+    let fused = Session::new(&m, &opts(true)).expect("model plans");
+    let plain = Session::new(&m, &opts(false)).expect("model plans");
+    let mut worst = 0f32;
+    for f in feeds {
+        let (a, b) = (fused.run(f.clone()).unwrap(), plain.run(f.clone()).unwrap());
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            let (Ok(x), Ok(y)) = (x.as_f32(), y.as_f32()) else { continue };
+            assert_eq!(x.len(), y.len(), "{model}: output {name}");
+            let scale = y.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            worst = worst.max(diff / scale);
+        }
+    }
+    (worst, fused.fused_ops().clone())
+}
+
+#[test]
+fn float_fusion_matches_the_unfused_graph_on_corpus_models() {
+    let (px, _) = mnist_images(1.0, 0.0, 1.0);
+    let image = |i: usize, scale: f32, mean: f32, std: f32| {
+        let v = px[i * 784..(i + 1) * 784].iter().map(|&x| (x * scale - mean) / std).collect();
+        Tensor::from_vec(vec![1, 1, 28, 28], v).unwrap()
+    };
+    let mnist = |name: &str, input: &str, scale: f32, mean: f32, std: f32| {
+        let feeds: Vec<_> =
+            (0..20).map(|i| vec![(input.to_string(), image(i, scale, mean, std))]).collect();
+        fused_vs_unfused(name, &feeds)
+    };
+    let norm = (1.0 / 255.0, 0.1307, 0.3081);
+    let cases = [
+        ("mnist-8", mnist("mnist-8_cntk.onnx", "Input3", 1.0, 0.0, 1.0), "Conv+Relu"),
+        // Its batch norms follow a Relu and a Gemm: only the Gemm one folds.
+        (
+            "burn",
+            mnist("burn_mnist_bn.onnx", "input.1", norm.0, norm.1, norm.2),
+            "Gemm+BatchNormalization",
+        ),
+        (
+            "mobilenetv2",
+            mnist("mnist_mobilenetv2.onnx", "input", norm.0, norm.1, norm.2),
+            "Conv+Clip",
+        ),
+        ("resnet", mnist("mnist_resnet.onnx", "input", norm.0, norm.1, norm.2), "Conv+Relu"),
+        (
+            "speed mobilenet",
+            fused_vs_unfused(
+                "speed/tv_mobilenet_v2_random.onnx",
+                &[vec![(
+                    "input".to_string(),
+                    Tensor::from_vec(vec![1, 3, 224, 224], noise(3 * 224 * 224)).unwrap(),
+                )]],
+            ),
+            "Conv+Clip",
+        ),
+        (
+            "MiniLM",
+            fused_vs_unfused(
+                "paraphrase-MiniLM-L3-v2.onnx",
+                &[vec![
+                    (
+                        "input_ids".into(),
+                        Tensor::from_vec(vec![1, 6], vec![101i64, 7592, 2088, 2003, 2307, 102])
+                            .unwrap(),
+                    ),
+                    ("attention_mask".into(), Tensor::from_vec(vec![1, 6], vec![1i64; 6]).unwrap()),
+                ]],
+            ),
+            "MatMul+Add",
+        ),
+    ];
+    for (model, (diff, counts), pattern) in &cases {
+        eprintln!("{model}: fused vs unfused max |diff| / max |y| = {diff:.2e}; fused {counts:?}");
+        assert!(counts.get(*pattern).is_some_and(|&n| n > 0), "{model}: no {pattern} fused");
+        // Folding rounds the weights once more, and the order of the bias add changes.
+        assert!(*diff <= 2e-5, "{model}: fused differs from unfused by {diff:.2e} of max |y|");
+    }
+}

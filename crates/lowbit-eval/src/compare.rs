@@ -1061,7 +1061,7 @@ pub fn compare_models(
     }
 
     // Unfused: the quantized model's intermediate float values are what is compared.
-    let so = SessionOptions { threads: opts.threads, fuse_quantized: false };
+    let so = SessionOptions::unfused(opts.threads);
     let s32 =
         Session::new(fp32, &so).map_err(|e| CompareError::Engine { model: f.what, source: e })?;
     let sq =

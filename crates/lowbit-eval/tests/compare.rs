@@ -63,7 +63,9 @@ impl Mnist {
     }
 
     fn calibrate(&self, start: usize, end: usize) -> CalibrationTable {
-        let session = lowbit_engine::Session::new(&self.model, &Default::default()).unwrap();
+        let session =
+            lowbit_engine::Session::new(&self.model, &lowbit_engine::SessionOptions::unfused(0))
+                .unwrap();
         let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
         for feeds in self.samples(start, end, 100) {
             cal.run(&session, feeds).unwrap();

@@ -18,33 +18,11 @@
 //! assert_eq!(y, [8.0, 12.0, 20.0, 24.0]);
 //! ```
 
-use crate::gemm::{sgemm, sgemm_packed, PackedB, Trans};
+use crate::gemm::{sgemm, sgemm_packed_ab_raw, Epilogue, PackedA, PackedB, Trans};
 use crate::window::Window;
 use std::cell::RefCell;
 
-/// An element-wise function fused after bias.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Activation {
-    None,
-    Relu,
-    /// Clamp to `[min, max]`.
-    Clip(f32, f32),
-    LeakyRelu(f32),
-}
-
-impl Activation {
-    /// Applies the activation in place.
-    pub fn apply(self, y: &mut [f32]) {
-        match self {
-            Activation::None => {}
-            Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::Clip(lo, hi) => y.iter_mut().for_each(|v| *v = v.max(lo).min(hi)),
-            Activation::LeakyRelu(a) => {
-                y.iter_mut().for_each(|v| *v = if *v < 0.0 { *v * a } else { *v })
-            }
-        }
-    }
-}
+pub use crate::gemm::Activation;
 
 /// Shape of one convolution: channels, groups and the spatial window.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,24 +64,6 @@ impl ConvParams {
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PACKED: RefCell<Option<PackedB>> = const { RefCell::new(None) };
-}
-
-/// `C = A * B + beta * C` for the convolution GEMM, packing `B` into a reused thread-local
-/// buffer (`B` changes every call, so it cannot be packed ahead).
-#[allow(clippy::too_many_arguments)]
-fn conv_gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
-    if m < 4 {
-        sgemm(Trans::No, Trans::No, m, n, k, 1.0, a, k, b, n, beta, c, n);
-        return;
-    }
-    PACKED.with(|p| match p.try_borrow_mut() {
-        Ok(mut slot) => {
-            let packed = slot.get_or_insert_with(|| PackedB::pack(Trans::No, 0, 0, &[], 0));
-            packed.repack(Trans::No, k, n, b, n);
-            sgemm_packed(m, a, k, packed, beta, c, n);
-        }
-        Err(_) => sgemm_packed(m, a, k, &PackedB::pack(Trans::No, k, n, b, n), beta, c, n),
-    })
 }
 
 /// Runs `f` with a thread-local scratch buffer of at least `n` elements (contents undefined).
@@ -234,8 +194,52 @@ fn fill_bias(y: &mut [f32], channels: usize, plane: usize, bias: Option<&[f32]>)
     }
 }
 
+/// Convolution weights prepared once for [`conv_packed`]: per group, the `C_out / group x K`
+/// weight matrix as a [`PackedA`]. Depthwise weights stay as stored (the direct kernel reads
+/// each channel's taps).
+#[derive(Clone, Debug)]
+pub struct ConvWeights {
+    c_out: usize,
+    group: usize,
+    kdim: usize,
+    is_depthwise: bool,
+    packed: Vec<PackedA>,
+    depthwise: Vec<f32>,
+}
+
+impl ConvWeights {
+    /// Prepares `w` (`[C_out, C_in / group, k...]`, `kdim = C_in / group · kernel size` values
+    /// per output channel). `depthwise` says the conv has one input and one output channel per
+    /// group ([`ConvParams::is_depthwise`]).
+    ///
+    /// # Panics
+    /// When `w` is shorter than `c_out · kdim` or `group` does not divide `c_out`.
+    pub fn new(c_out: usize, group: usize, kdim: usize, depthwise: bool, w: &[f32]) -> ConvWeights {
+        assert!(group > 0 && c_out.is_multiple_of(group), "conv weights: bad group");
+        assert!(w.len() >= c_out * kdim, "conv weights: w too short");
+        let cg = c_out / group;
+        let is_depthwise = depthwise;
+        let (packed, depthwise) = if is_depthwise {
+            (Vec::new(), w[..c_out * kdim].to_vec())
+        } else {
+            let g = (0..group).map(|g| PackedA::pack(cg, kdim, &w[g * cg * kdim..], kdim));
+            (g.collect(), Vec::new())
+        };
+        ConvWeights { c_out, group, kdim, is_depthwise, packed, depthwise }
+    }
+
+    /// Whether these weights serve the convolution `p`.
+    pub fn fits(&self, p: &ConvParams) -> bool {
+        self.c_out == p.c_out
+            && self.group == p.group
+            && self.kdim == p.c_in / p.group.max(1) * p.window.kernel_size()
+            && p.is_depthwise() == self.is_depthwise
+    }
+}
+
 /// `y = act(conv(x, w) + bias)` for a whole batch. `x` is `[N, C_in, in...]`, `w` is
-/// `[C_out, C_in / group, k...]`, `y` is `[N, C_out, out...]`.
+/// `[C_out, C_in / group, k...]`, `y` is `[N, C_out, out...]`. Packs `w` on every call: a
+/// constant weight is better prepared once with [`ConvWeights`] for [`conv_packed`].
 ///
 /// # Panics
 /// When buffers are shorter than `p` says or `group` does not divide the channels.
@@ -248,37 +252,170 @@ pub fn conv(
     y: &mut [f32],
 ) {
     p.check(x, w, bias, y);
+    let kdim = p.c_in / p.group * p.window.kernel_size();
+    conv_packed(p, x, &ConvWeights::new(p.c_out, p.group, kdim, p.is_depthwise(), w), bias, act, y);
+}
+
+/// Packed patches per column block: a block of B stays in L2 while every row block of the
+/// weights passes over it.
+const PATCH_BLOCK_FLOATS: usize = 48 * 1024;
+
+/// [`conv`] with weights prepared by [`ConvWeights::new`]. Each group's product runs over
+/// blocks of output positions: a block's patches are gathered straight into the packed layout
+/// (no full im2col buffer), multiplied with the packed weights, and bias and activation are
+/// applied as each tile is stored. Blocks run in parallel on the current rayon pool.
+///
+/// # Panics
+/// When buffers are shorter than `p` says, or `w` was prepared for another shape.
+pub fn conv_packed(
+    p: &ConvParams,
+    x: &[f32],
+    w: &ConvWeights,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    assert!(w.fits(p), "conv_packed: weights prepared for another convolution");
+    let (nx, _, ny) = p.sizes();
+    assert!(x.len() >= nx && y.len() >= ny, "conv: buffer too short");
+    assert!(bias.is_none_or(|b| b.len() >= p.c_out), "conv: bias too short");
     if p.is_depthwise() {
-        depthwise(p, x, w, bias, y);
-        act.apply(&mut y[..p.sizes().2]);
+        depthwise(p, x, &w.depthwise, bias, act, y);
         return;
     }
     let win = &p.window;
-    let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
+    let (in_sz, out_sz) = (win.input_size(), win.output_size());
     let cg_in = p.c_in / p.group;
     let cg_out = p.c_out / p.group;
-    let kdim = cg_in * k_sz;
+    let kdim = w.kdim;
+    if out_sz == 0 || cg_out == 0 {
+        return;
+    }
     let pointwise = win.is_pointwise();
-    let col_len = if pointwise { 0 } else { kdim * out_sz };
-    with_scratch(col_len, |col| {
-        for n in 0..p.batch {
-            for g in 0..p.group {
-                let xg = &x[(n * p.c_in + g * cg_in) * in_sz..][..cg_in * in_sz];
-                let wg = &w[g * cg_out * kdim..][..cg_out * kdim];
-                let yg = &mut y[(n * p.c_out + g * cg_out) * out_sz..][..cg_out * out_sz];
-                let bg = bias.map(|b| &b[g * cg_out..(g + 1) * cg_out]);
-                let beta = if fill_bias(yg, cg_out, out_sz, bg) { 1.0 } else { 0.0 };
-                let b: &[f32] = if pointwise {
-                    xg
+    let threads = rayon::current_num_threads();
+    // Blocks of whole NR panels, small enough to stay cached, and enough to share out.
+    let cached = (PATCH_BLOCK_FLOATS / kdim.max(1)).max(16);
+    let shared = if threads > 1 && cg_out * out_sz * kdim >= 1 << 17 {
+        out_sz.div_ceil(2 * threads)
+    } else {
+        out_sz
+    };
+    let nc = cached.min(shared).div_ceil(16) * 16;
+    let blocks = out_sz.div_ceil(nc);
+    let out = OutPtr(y.as_mut_ptr());
+    for n in 0..p.batch {
+        for g in 0..p.group {
+            let xg = &x[(n * p.c_in + g * cg_in) * in_sz..][..cg_in * in_sz];
+            let y0 = (n * p.c_out + g * cg_out) * out_sz;
+            let epi = Epilogue {
+                row_bias: bias.map(|b| &b[g * cg_out..(g + 1) * cg_out]),
+                col_bias: None,
+                act: Some(act),
+            };
+            let a = &w.packed[g];
+            let block = |bi: usize, packed: &mut PackedB| {
+                let j0 = bi * nc;
+                let cols = nc.min(out_sz - j0);
+                if pointwise {
+                    packed.repack_rows(kdim, cols, |r, d| {
+                        d.copy_from_slice(&xg[r * in_sz + j0..][..cols])
+                    });
                 } else {
-                    im2col(win, cg_in, xg, col);
-                    col
-                };
-                conv_gemm(cg_out, out_sz, kdim, wg, b, beta, yg);
-                act.apply(yg);
+                    packed.repack_rows(kdim, cols, |r, d| patch_row(win, xg, r, j0, d));
+                }
+                // SAFETY: rows `y0 + i * out_sz` for i < cg_out, columns `j0..j0 + cols` lie
+                // inside `y` (checked above); blocks write disjoint columns.
+                unsafe { sgemm_packed_ab_raw(a, packed, out.get().add(y0 + j0), out_sz, &epi) };
+            };
+            if blocks > 1 && threads > 1 && shared < out_sz {
+                use rayon::prelude::*;
+                (0..blocks).into_par_iter().for_each_init(
+                    || PackedB::pack(Trans::No, 0, 0, &[], 0),
+                    |packed, bi| block(bi, packed),
+                );
+            } else {
+                with_packed(|packed| (0..blocks).for_each(|bi| block(bi, packed)));
             }
         }
-    });
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint column blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks given an OutPtr write disjoint elements (one column block each).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `f` with this thread's reusable packing buffer.
+fn with_packed<R>(f: impl FnOnce(&mut PackedB) -> R) -> R {
+    PACKED.with(|p| match p.try_borrow_mut() {
+        Ok(mut slot) => f(slot.get_or_insert_with(|| PackedB::pack(Trans::No, 0, 0, &[], 0))),
+        Err(_) => f(&mut PackedB::pack(Trans::No, 0, 0, &[], 0)),
+    })
+}
+
+/// Row `r` of the im2col matrix of `channels` planes of `x` (row `(c, kz, ky, kx)`, as
+/// [`im2col`] orders them), for output positions `j0..j0 + d.len()`.
+fn patch_row(win: &Window, x: &[f32], r: usize, j0: usize, d: &mut [f32]) {
+    let [od, oh, ow] = win.output;
+    let [id, ih, iw] = win.input;
+    let [_, kh, kw] = win.kernel;
+    let k_sz = win.kernel_size();
+    let (c, tap) = (r / k_sz, r % k_sz);
+    let (kz, ky, kx) = (tap / (kh * kw), tap / kw % kh, tap % kw);
+    let xc = &x[c * id * ih * iw..(c + 1) * id * ih * iw];
+    let (offz, offy, offx) = (win.tap_offset(0, kz), win.tap_offset(1, ky), win.tap_offset(2, kx));
+    let (z_lo, z_hi) = win.valid_range(0, offz);
+    let (y_lo, y_hi) = win.valid_range(1, offy);
+    let (x_lo, x_hi) = win.valid_range(2, offx);
+    let sx = win.strides[2];
+    let plane = oh * ow;
+    let end = j0 + d.len();
+    debug_assert!(end <= od * plane);
+    // Walk the output rows the block covers: one run of `ow` positions (or less at the
+    // block's ends) per row, each a gather from one input row.
+    let (mut oz, mut oy, mut ox0) = (j0 / plane, j0 % plane / ow, j0 % ow);
+    let mut j = j0;
+    while j < end {
+        let run = (ow - ox0).min(end - j);
+        let dst = &mut d[j - j0..j - j0 + run];
+        if oz < z_lo || oz >= z_hi || oy < y_lo || oy >= y_hi {
+            dst.fill(0.0);
+        } else {
+            let iz = ((oz * win.strides[0]) as isize + offz) as usize;
+            let iy = ((oy * win.strides[1]) as isize + offy) as usize;
+            let src = &xc[(iz * ih + iy) * iw..][..iw];
+            // Valid outputs of this run: [lo, hi) in run coordinates.
+            let lo = x_lo.clamp(ox0, ox0 + run) - ox0;
+            let hi = x_hi.clamp(ox0 + lo, ox0 + run) - ox0;
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            let start = (((ox0 + lo) * sx) as isize + offx) as usize;
+            if hi == lo {
+            } else if sx == 1 {
+                dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+            } else {
+                for (t, v) in dst[lo..hi].iter_mut().enumerate() {
+                    *v = src[start + t * sx];
+                }
+            }
+        }
+        j += run;
+        ox0 = 0;
+        oy += 1;
+        if oy == oh {
+            oy = 0;
+            oz += 1;
+        }
+    }
 }
 
 /// One channel of a depthwise convolution over a zero-padded copy of the input plane `xp`
@@ -455,7 +592,14 @@ fn padded_dims(win: &Window) -> [usize; 3] {
     d
 }
 
-fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn depthwise(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
     let win = &p.window;
     let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
     let planes = p.batch * p.c_out;
@@ -463,7 +607,7 @@ fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
     let pad_len: usize = padded.iter().product();
     let avx2 = crate::gemm::has_avx2_fma();
     let dw3x3 = avx2 && is_dw3x3(win);
-    let run = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
+    let compute = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
         let c = plane % p.c_out;
         let b = bias.map_or(0.0, |b| b[c]);
         pad_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], padded, &mut buf[..pad_len]);
@@ -483,6 +627,11 @@ fn depthwise(p: &ConvParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
         }
         let _ = avx2;
         depthwise_plane_body(win, buf, padded, wc, yp);
+    };
+    // The activation runs on each plane while it is still cached.
+    let run = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
+        compute(plane, yp, buf);
+        act.apply(yp);
     };
     let y = &mut y[..planes * out_sz];
     if out_sz == 0 {
@@ -723,6 +872,55 @@ mod tests {
                     seed,
                 )
             })
+    }
+
+    /// Convolutions large enough for several K blocks (K > 256), several column blocks and
+    /// both threads, with every activation, against the reference.
+    #[test]
+    fn blocked_parallel_conv_with_activations_matches_reference() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let acts = [
+            Activation::None,
+            Activation::Relu,
+            Activation::Clip(-0.5, 0.75),
+            Activation::LeakyRelu(0.1),
+        ];
+        // (c_in, c_out, group, size, kernel, stride, pad)
+        for (c_in, c_out, group, size, k, s, pad) in [
+            (40, 20, 1, 30, 3, 1, 1),
+            (24, 36, 2, 17, 3, 2, 1),
+            (64, 13, 1, 40, 1, 1, 0),
+            (8, 8, 8, 21, 3, 1, 1),
+        ] {
+            let o = out_len(size, k, s, 1, pad, pad);
+            let window = Window::new(
+                &[size, size],
+                &[k, k],
+                &[s, s],
+                &[1, 1],
+                &[pad, pad],
+                &[pad, pad],
+                &[o, o],
+            )
+            .unwrap();
+            let p = ConvParams { batch: 2, c_in, c_out, group, window };
+            let (nx, nw, ny) = p.sizes();
+            let (x, w, b) = (fill(nx, 1), fill(nw, 2), fill(c_out, 3));
+            let kdim = c_in / group * k * k;
+            let weights = ConvWeights::new(c_out, group, kdim, p.is_depthwise(), &w);
+            for act in acts {
+                let mut y1 = vec![f32::NAN; ny];
+                let mut y2 = vec![0.0; ny];
+                pool.install(|| conv_packed(&p, &x, &weights, Some(&b), act, &mut y1));
+                conv_ref(&p, &x, &w, Some(&b), act, &mut y2);
+                for (a, r) in y1.iter().zip(&y2) {
+                    assert!(
+                        (a - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                        "{act:?} {c_in}->{c_out}: {a} vs {r}"
+                    );
+                }
+            }
+        }
     }
 
     proptest! {

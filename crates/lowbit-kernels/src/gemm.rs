@@ -5,6 +5,12 @@
 //! reference it is tested against. `beta == 0` ignores `C`'s old contents (NaNs included), as
 //! BLAS does. `op(X)` is `X` or its transpose.
 //!
+//! For products with a constant operand, [`PackedB`] (a constant right side: MatMul/Gemm
+//! weights) and [`PackedA`] (a constant left side: convolution weights, `C_out x K`) are laid
+//! out once in the order the micro-kernels read them. [`sgemm_packed_with`] and
+//! [`sgemm_packed_ab`] apply an [`Epilogue`] (per-row or per-column bias, then an
+//! [`Activation`]) to each output tile while it is still in registers.
+//!
 //! ```
 //! use lowbit_kernels::gemm::{sgemm, Trans};
 //! let a = [1.0, 2.0, 3.0, 4.0]; // 2x2
@@ -182,6 +188,145 @@ fn sgemm_with(
     }
 }
 
+/// An element-wise function applied to a product's output in its output stage.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    None,
+    Relu,
+    /// Clamp to `[min, max]`.
+    Clip(f32, f32),
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    /// The activation of one value.
+    #[inline(always)]
+    pub fn of(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Clip(lo, hi) => v.max(lo).min(hi),
+            Activation::LeakyRelu(a) => {
+                if v < 0.0 {
+                    v * a
+                } else {
+                    v
+                }
+            }
+        }
+    }
+
+    /// Applies the activation in place.
+    pub fn apply(self, y: &mut [f32]) {
+        if self != Activation::None {
+            y.iter_mut().for_each(|v| *v = self.of(*v));
+        }
+    }
+}
+
+/// The AVX2 form of [`Activation::of`] on 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn activation_avx2(
+    act: Activation,
+    v: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match act {
+        Activation::None => v,
+        Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+        Activation::Clip(lo, hi) => {
+            _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
+        }
+        Activation::LeakyRelu(a) => {
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
+            _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(a)), neg)
+        }
+    }
+}
+
+/// What a packed product does to each output value after the sum: `act(sum + row_bias[i] +
+/// col_bias[j])`. A convolution's bias is per row (output channel), a MatMul's per column.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub row_bias: Option<&'a [f32]>,
+    pub col_bias: Option<&'a [f32]>,
+    pub act: Option<Activation>,
+}
+
+impl Epilogue<'_> {
+    fn is_identity(&self) -> bool {
+        self.row_bias.is_none()
+            && self.col_bias.is_none()
+            && self.act.is_none_or(|a| a == Activation::None)
+    }
+
+    /// The epilogue of the tile at row `i0`, column `j0` (raw, for the micro-kernels).
+    fn at(&self, i0: usize, j0: usize) -> Post {
+        Post {
+            row_bias: self.row_bias.map_or(std::ptr::null(), |b| b[i0..].as_ptr()),
+            col_bias: self.col_bias.map_or(std::ptr::null(), |b| b[j0..].as_ptr()),
+            act: self.act.unwrap_or(Activation::None),
+        }
+    }
+
+    /// Applies the epilogue to an `m x n` block of `c` in place (for products computed
+    /// without it).
+    ///
+    /// # Panics
+    /// When `c` or a bias is too short for the block.
+    pub fn apply(&self, m: usize, n: usize, c: &mut [f32], ldc: usize) {
+        if self.is_identity() || m == 0 || n == 0 {
+            return;
+        }
+        assert!(c.len() >= needed(m, n, ldc), "epilogue: C is too short");
+        assert!(self.row_bias.is_none_or(|v| v.len() >= m), "epilogue: row bias too short");
+        assert!(self.col_bias.is_none_or(|v| v.len() >= n), "epilogue: column bias too short");
+        for i in 0..m {
+            let post = self.at(i, 0);
+            for (j, v) in c[i * ldc..i * ldc + n].iter_mut().enumerate() {
+                // SAFETY: `at` points into biases that cover rows `i` and columns `< n`.
+                *v = unsafe { post.one(*v, 0, j) };
+            }
+        }
+    }
+}
+
+/// [`Epilogue`] of one micro-tile: bias pointers offset to the tile (null: none).
+#[derive(Clone, Copy)]
+struct Post {
+    row_bias: *const f32,
+    col_bias: *const f32,
+    act: Activation,
+}
+
+impl Post {
+    const NONE: Post =
+        Post { row_bias: std::ptr::null(), col_bias: std::ptr::null(), act: Activation::None };
+
+    /// The output stage of the tile's value at row `r`, column `j`.
+    ///
+    /// # Safety
+    /// Non-null biases must cover row `r` and column `j`.
+    #[inline(always)]
+    unsafe fn one(self, mut v: f32, r: usize, j: usize) -> f32 {
+        // SAFETY: the caller's bounds.
+        unsafe {
+            if !self.row_bias.is_null() {
+                v += *self.row_bias.add(r);
+            }
+            if !self.col_bias.is_null() {
+                v += *self.col_bias.add(j);
+            }
+        }
+        self.act.of(v)
+    }
+}
+
 /// Columns per packed panel of B (two AVX registers).
 pub const NR: usize = 16;
 /// Rows of A per micro-kernel call.
@@ -253,6 +398,93 @@ impl PackedB {
     pub fn n(&self) -> usize {
         self.n
     }
+
+    /// Packs a `k x n` matrix given row by row: `row(r, dst)` writes row `r`'s `n` values
+    /// into `dst` (for operands built on the fly, such as convolution patches).
+    pub fn repack_rows(&mut self, k: usize, n: usize, mut row: impl FnMut(usize, &mut [f32])) {
+        let panels = n.div_ceil(NR);
+        // Lanes past `n` in the last panel are never stored (their sums are discarded), so
+        // the buffer is only grown, never cleared.
+        if self.data.len() < panels * k * NR {
+            self.data.resize(panels * k * NR, 0.0);
+        }
+        ROW.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < panels * NR {
+                buf.resize(panels * NR, 0.0);
+            }
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                for kk in 0..kc {
+                    row(k0 + kk, &mut buf[..n]);
+                    for (p, src) in buf[..panels * NR].chunks_exact(NR).enumerate() {
+                        let dst = block_offset(k0, panels, p, kc) + kk * NR;
+                        let dst: &mut [f32; NR] =
+                            (&mut self.data[dst..dst + NR]).try_into().expect("NR lanes");
+                        *dst = src.try_into().expect("NR lanes");
+                    }
+                }
+            }
+        });
+        self.k = k;
+        self.n = n;
+    }
+}
+
+thread_local! {
+    /// One row of [`PackedB::repack_rows`], reused across calls.
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `A` (`m x k`, a constant left operand such as convolution weights) re-laid out once: blocks
+/// of `KC` columns, each holding row blocks of `MR` rows stored column by column (`kc`
+/// columns of `MR` values, zero-padded past `m`), so a micro-kernel reads its rows as one
+/// linear stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    /// Packs row-major `A` (`m x k`, leading dim `lda`).
+    ///
+    /// # Panics
+    /// When `a` is too short for its dims.
+    pub fn pack(m: usize, k: usize, a: &[f32], lda: usize) -> PackedA {
+        assert!(k == 0 || m <= 1 || lda >= k, "PackedA: lda {lda} < {k}");
+        assert!(a.len() >= needed(m, k, lda), "PackedA: A is too short");
+        let rows = m.div_ceil(MR) * MR;
+        let mut data = vec![0f32; rows * k];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for i0 in (0..m).step_by(MR) {
+                let block = &mut data[k0 * rows + i0 * kc..][..kc * MR];
+                for r in 0..MR.min(m - i0) {
+                    let src = &a[(i0 + r) * lda + k0..][..kc];
+                    for (kk, &v) in src.iter().enumerate() {
+                        block[kk * MR + r] = v;
+                    }
+                }
+            }
+        }
+        PackedA { m, k, data }
+    }
+
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Start of the row block at `i0` in the K block at `k0` (`kc` deep).
+    fn block(&self, k0: usize, kc: usize, i0: usize) -> *const f32 {
+        let rows = self.m.div_ceil(MR) * MR;
+        self.data[k0 * rows + i0 * kc..].as_ptr()
+    }
 }
 
 /// Where panel `p` of the K block starting at row `k0` (`kc` rows deep) starts in packed data.
@@ -274,6 +506,23 @@ impl OutPtr {
     }
 }
 
+/// How the micro-kernels read `A`: element `(r, kk)` of the row block at `i0` in the K block
+/// at `k0` is `ptr[r * rs + kk * cs]`.
+#[derive(Clone, Copy)]
+enum ASource<'a> {
+    RowMajor(&'a [f32], usize),
+    Packed(&'a PackedA),
+}
+
+impl ASource<'_> {
+    fn at(&self, k0: usize, kc: usize, i0: usize) -> (*const f32, usize, usize) {
+        match *self {
+            ASource::RowMajor(a, lda) => (a[i0 * lda + k0..].as_ptr(), lda, 1),
+            ASource::Packed(p) => (p.block(k0, kc, i0), 1, MR),
+        }
+    }
+}
+
 /// `C = A * B + beta * C` with `B` pre-packed. `A` is `m x k` row-major (leading dim `lda`),
 /// `C` is `m x n` row-major (leading dim `ldc`).
 ///
@@ -288,42 +537,143 @@ pub fn sgemm_packed(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let (k, n) = (b.k, b.n);
+    sgemm_packed_with(m, a, lda, b, beta, c, ldc, &Epilogue::default());
+}
+
+/// [`sgemm_packed`] followed by `epi` on every output value, in the same pass.
+///
+/// # Panics
+/// When a slice (the epilogue's biases included) is too short for its dims.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_with(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
+    let k = b.k;
     assert!(k == 0 || m <= 1 || lda >= k, "sgemm_packed: lda {lda} < {k}");
-    assert!(n == 0 || m <= 1 || ldc >= n, "sgemm_packed: ldc {ldc} < {n}");
     assert!(a.len() >= needed(m, k, lda), "sgemm_packed: A is too short");
+    let n = b.n;
+    assert!(n == 0 || m <= 1 || ldc >= n, "sgemm_packed: ldc {ldc} < {n}");
     assert!(c.len() >= needed(m, n, ldc), "sgemm_packed: C is too short");
+    let parallel = rayon::current_num_threads() > 1;
+    // SAFETY: A is checked above, C just before; the epilogue in `packed_product`.
+    unsafe {
+        packed_product(
+            m,
+            ASource::RowMajor(a, lda),
+            b,
+            beta,
+            OutPtr(c.as_mut_ptr()),
+            ldc,
+            epi,
+            parallel,
+        )
+    };
+}
+
+/// `C = epi(A * B)` with both operands packed (`C` is `m x n`, leading dim `ldc`), on the
+/// calling thread: the convolution's product of packed weights and a block of patches.
+///
+/// # Panics
+/// When the operands' inner dims differ or a slice is too short for its dims.
+pub fn sgemm_packed_ab(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    let n = b.n;
+    assert!(n == 0 || a.m <= 1 || ldc >= n, "sgemm_packed_ab: ldc {ldc} < {n}");
+    assert!(c.len() >= needed(a.m, n, ldc), "sgemm_packed_ab: C is too short");
+    // SAFETY: C is checked above.
+    unsafe { sgemm_packed_ab_raw(a, b, c.as_mut_ptr(), ldc, epi) };
+}
+
+/// [`sgemm_packed_ab`] into a raw `C`, for callers that write disjoint column blocks of one
+/// output from several threads.
+///
+/// # Safety
+/// `c` must be writable for `a.m()` rows of `b.n()` elements at stride `ldc`, and no other
+/// thread may access those elements meanwhile.
+///
+/// # Panics
+/// When the operands' inner dims differ or the epilogue's biases are too short.
+pub(crate) unsafe fn sgemm_packed_ab_raw(
+    a: &PackedA,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epi: &Epilogue,
+) {
+    assert_eq!(a.k, b.k, "sgemm_packed_ab: inner dims differ");
+    // SAFETY: forwarded from the caller.
+    unsafe { packed_product(a.m, ASource::Packed(a), b, 0.0, OutPtr(c), ldc, epi, false) };
+}
+
+/// The shared driver: K blocks, then B panels (in parallel when allowed and worth it), then
+/// `MR`-row blocks of A, each one micro-kernel call; the epilogue runs on the last K block.
+///
+/// # Safety
+/// `out` must be writable for `m` rows of `b.n` elements at stride `ldc`, and `a` readable
+/// for `m x b.k`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_product(
+    m: usize,
+    a: ASource,
+    b: &PackedB,
+    beta: f32,
+    out: OutPtr,
+    ldc: usize,
+    epi: &Epilogue,
+    may_parallelize: bool,
+) {
+    let (k, n) = (b.k, b.n);
+    assert!(epi.row_bias.is_none_or(|v| v.len() >= m), "sgemm_packed: row bias too short");
+    assert!(epi.col_bias.is_none_or(|v| v.len() >= n), "sgemm_packed: column bias too short");
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
-        scale_c(m, n, beta, c, ldc);
-        return;
-    }
-    if beta != 0.0 && beta != 1.0 {
-        scale_c(m, n, beta, c, ldc);
+    if k == 0 || (beta != 0.0 && beta != 1.0) {
+        for i in 0..m {
+            let post = epi.at(i, 0);
+            for j in 0..n {
+                // SAFETY: (caller) element (i, j) of C; the asserts above bound the biases.
+                unsafe {
+                    let p = out.get().add(i * ldc + j);
+                    let v = if beta == 0.0 { 0.0 } else { beta * *p };
+                    *p = if k == 0 { post.one(v, 0, j) } else { v };
+                }
+            }
+        }
+        if k == 0 {
+            return;
+        }
     }
     let panels = n.div_ceil(NR);
-    let out = OutPtr(c.as_mut_ptr());
-    let threads = rayon::current_num_threads();
-    let parallel = threads > 1 && panels > 1 && m * n * k >= PARALLEL_MIN_WORK;
+    let parallel = may_parallelize && panels > 1 && m * n * k >= PARALLEL_MIN_WORK;
     let avx2 = has_avx2_fma();
+    let with_epi = !epi.is_identity();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let overwrite = k0 == 0 && beta == 0.0;
+        let last = k0 + kc == k;
         let panel = |p: usize| {
             let bp = &b.data[block_offset(k0, panels, p, kc)..][..kc * NR];
             let cols = NR.min(n - p * NR);
             let mut i0 = 0;
             while i0 < m {
                 let mr = MR.min(m - i0);
-                let ap = &a[i0 * lda + k0..];
-                // SAFETY: the asserts above bound every A row `i0 + r < m` read through `ap`
-                // with `kc` columns, every packed B element of this panel, and every C element
-                // `(i0 + r, p * NR + j)` with `j < cols`; panels write disjoint columns.
+                let (ap, rs, cs) = a.at(k0, kc, i0);
+                let post = if last && with_epi { epi.at(i0, p * NR) } else { Post::NONE };
+                // SAFETY: the caller bounds every A element of rows `i0 + r < m` and this K
+                // block read through `ap`, and every C element `(i0 + r, p * NR + j)` with
+                // `j < cols`; the slice above bounds this B panel, the asserts the biases of
+                // those rows and columns; panels write disjoint columns.
                 unsafe {
                     let cp = out.get().add(i0 * ldc + p * NR);
-                    micro(avx2, mr, kc, ap.as_ptr(), lda, bp.as_ptr(), cp, ldc, cols, overwrite);
+                    let tile = Tile { kc, a: ap, rs, cs, b: bp.as_ptr(), c: cp, ldc, cols };
+                    micro(avx2, mr, &tile, overwrite, post);
                 }
                 i0 += mr;
             }
@@ -349,33 +699,36 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
-/// Dispatches a micro-kernel for `mr <= MR` rows.
-///
-/// # Safety
-/// `a` must be readable for `mr` rows of `kc` elements at stride `lda`; `b` for `kc * NR`
-/// elements; `c` writable for `mr` rows of `cols` elements at stride `ldc`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn micro(
-    avx2: bool,
-    mr: usize,
+/// One micro-kernel call: `kc`-deep sums of A rows (element `(r, kk)` at `a[r * rs + kk *
+/// cs]`) with one packed B panel slice (`kc x NR`), into `cols` columns of C rows at stride
+/// `ldc`.
+struct Tile {
     kc: usize,
     a: *const f32,
-    lda: usize,
+    rs: usize,
+    cs: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
     cols: usize,
-    overwrite: bool,
-) {
+}
+
+/// Dispatches a micro-kernel for `mr <= MR` rows.
+///
+/// # Safety
+/// `t.a` must be readable for `mr` rows of `kc` elements through its strides; `t.b` for
+/// `kc * NR` elements; `t.c` writable for `mr` rows of `cols` elements at stride `ldc`;
+/// `post`'s biases readable for `mr` rows and `cols` columns.
+unsafe fn micro(avx2: bool, mr: usize, t: &Tile, overwrite: bool, post: Post) {
     macro_rules! go {
         ($f:ident) => {
             match mr {
-                1 => $f::<1>(kc, a, lda, b, c, ldc, cols, overwrite),
-                2 => $f::<2>(kc, a, lda, b, c, ldc, cols, overwrite),
-                3 => $f::<3>(kc, a, lda, b, c, ldc, cols, overwrite),
-                4 => $f::<4>(kc, a, lda, b, c, ldc, cols, overwrite),
-                5 => $f::<5>(kc, a, lda, b, c, ldc, cols, overwrite),
-                _ => $f::<6>(kc, a, lda, b, c, ldc, cols, overwrite),
+                1 => $f::<1>(t, overwrite, post),
+                2 => $f::<2>(t, overwrite, post),
+                3 => $f::<3>(t, overwrite, post),
+                4 => $f::<4>(t, overwrite, post),
+                5 => $f::<5>(t, overwrite, post),
+                _ => $f::<6>(t, overwrite, post),
             }
         };
     }
@@ -390,27 +743,16 @@ pub(crate) unsafe fn micro(
     unsafe { go!(micro_generic) };
 }
 
-/// Stores a finished `NR`-wide accumulator row into `c` (`cols` of it).
+/// [`micro`] over row-major A (`lda`) with no output stage, for kernels that build their own
+/// B panels ([`crate::wgemm`] dequantizes weights into one).
 ///
 /// # Safety
-/// `c` writable for `cols` elements.
-#[inline(always)]
-unsafe fn store_row(acc: &[f32; NR], c: *mut f32, cols: usize, overwrite: bool) {
-    for (j, &v) in acc.iter().enumerate().take(cols) {
-        // SAFETY: j < cols.
-        unsafe {
-            let p = c.add(j);
-            *p = if overwrite { v } else { *p + v };
-        }
-    }
-}
-
-/// Portable micro-kernel (auto-vectorized).
-///
-/// # Safety
-/// As [`micro`].
+/// `a` readable for `mr` rows of `kc` elements at stride `lda`; `b` for `kc * NR` elements;
+/// `c` writable for `mr` rows of `cols` elements at stride `ldc`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_generic<const R: usize>(
+pub(crate) unsafe fn micro_rows(
+    avx2: bool,
+    mr: usize,
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -420,12 +762,45 @@ unsafe fn micro_generic<const R: usize>(
     cols: usize,
     overwrite: bool,
 ) {
+    let t = Tile { kc, a, rs: lda, cs: 1, b, c, ldc, cols };
+    // SAFETY: forwarded.
+    unsafe { micro(avx2, mr, &t, overwrite, Post::NONE) };
+}
+
+/// Stores a finished `NR`-wide accumulator row `r` of a tile into `c` (`cols` of it), through
+/// the output stage.
+///
+/// # Safety
+/// `c` writable for `cols` elements; `post`'s biases readable for row `r` and `cols` columns.
+#[inline(always)]
+unsafe fn store_row(
+    acc: &[f32; NR],
+    c: *mut f32,
+    cols: usize,
+    overwrite: bool,
+    post: Post,
+    r: usize,
+) {
+    for (j, &v) in acc.iter().enumerate().take(cols) {
+        // SAFETY: j < cols.
+        unsafe {
+            let p = c.add(j);
+            *p = post.one(if overwrite { v } else { *p + v }, r, j);
+        }
+    }
+}
+
+/// Portable micro-kernel (auto-vectorized).
+///
+/// # Safety
+/// As [`micro`].
+unsafe fn micro_generic<const R: usize>(t: &Tile, overwrite: bool, post: Post) {
     let mut acc = [[0f32; NR]; R];
-    for kk in 0..kc {
+    for kk in 0..t.kc {
         // SAFETY: kk < kc, r < R = mr (caller's bounds).
-        let bv: &[f32; NR] = unsafe { &*(b.add(kk * NR) as *const [f32; NR]) };
+        let bv: &[f32; NR] = unsafe { &*(t.b.add(kk * NR) as *const [f32; NR]) };
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = unsafe { *a.add(r * lda + kk) };
+            let av = unsafe { *t.a.add(r * t.rs + kk * t.cs) };
             for j in 0..NR {
                 row[j] += av * bv[j];
             }
@@ -433,7 +808,7 @@ unsafe fn micro_generic<const R: usize>(
     }
     for (r, row) in acc.iter().enumerate() {
         // SAFETY: r < mr rows of C.
-        unsafe { store_row(row, c.add(r * ldc), cols, overwrite) };
+        unsafe { store_row(row, t.c.add(r * t.ldc), t.cols, overwrite, post, r) };
     }
 }
 
@@ -443,20 +818,11 @@ unsafe fn micro_generic<const R: usize>(
 /// As [`micro`], and the CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_avx2<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    overwrite: bool,
-) {
+unsafe fn micro_avx2<const R: usize>(t: &Tile, overwrite: bool, post: Post) {
     use std::arch::x86_64::*;
+    let (a, b, rs, cs) = (t.a, t.b, t.rs, t.cs);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for kk in 0..kc {
+    for kk in 0..t.kc {
         // Packed B is read as one linear stream: fetch ahead of it (a prefetch never faults,
         // so running past the end of the data is harmless).
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + PREFETCH_ROWS) * NR) as *const i8);
@@ -465,18 +831,18 @@ unsafe fn micro_avx2<const R: usize>(
             let b0 = _mm256_loadu_ps(b.add(kk * NR));
             let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*a.add(r * lda + kk));
+                let av = _mm256_set1_ps(*a.add(r * rs + kk * cs));
                 row[0] = _mm256_fmadd_ps(av, b0, row[0]);
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
         }
     }
     for (r, row) in acc.iter().enumerate() {
-        // SAFETY: r < mr rows of C, `cols` columns each.
+        // SAFETY: r < mr rows of C, `cols` columns each; biases cover them (caller).
         unsafe {
-            let cr = c.add(r * ldc);
-            if cols == NR {
-                let (v0, v1) = if overwrite {
+            let cr = t.c.add(r * t.ldc);
+            if t.cols == NR {
+                let (mut v0, mut v1) = if overwrite {
                     (row[0], row[1])
                 } else {
                     (
@@ -484,13 +850,22 @@ unsafe fn micro_avx2<const R: usize>(
                         _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), row[1]),
                     )
                 };
-                _mm256_storeu_ps(cr, v0);
-                _mm256_storeu_ps(cr.add(8), v1);
+                if !post.row_bias.is_null() {
+                    let rb = _mm256_set1_ps(*post.row_bias.add(r));
+                    v0 = _mm256_add_ps(v0, rb);
+                    v1 = _mm256_add_ps(v1, rb);
+                }
+                if !post.col_bias.is_null() {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(post.col_bias));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(post.col_bias.add(8)));
+                }
+                _mm256_storeu_ps(cr, activation_avx2(post.act, v0));
+                _mm256_storeu_ps(cr.add(8), activation_avx2(post.act, v1));
             } else {
                 let mut tmp = [0f32; NR];
                 _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
-                store_row(&tmp, cr, cols, overwrite);
+                store_row(&tmp, cr, t.cols, overwrite, post, r);
             }
         }
     }
@@ -587,6 +962,53 @@ mod tests {
             sgemm_ref(Trans::No, tb, m, n, k, 1.0, &a, k, &b, ldb, beta, &mut c2, n);
             for (x, y) in c1.iter().zip(&c2) {
                 prop_assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn packed_products_apply_the_epilogue(
+            m in 1usize..20, n in 1usize..50, k in 0usize..300, seed in any::<u32>(),
+            act_i in 0usize..4, rows in any::<bool>(), cols in any::<bool>(),
+        ) {
+            let act = [
+                Activation::None,
+                Activation::Relu,
+                Activation::Clip(-0.3, 0.4),
+                Activation::LeakyRelu(0.2),
+            ][act_i];
+            let (a, b) = (fill(m * k, seed), fill(k * n, seed ^ 77));
+            let (rb, cb) = (fill(m, seed ^ 3), fill(n, seed ^ 4));
+            let epi = Epilogue {
+                row_bias: rows.then_some(&rb[..]),
+                col_bias: cols.then_some(&cb[..]),
+                act: Some(act),
+            };
+            let mut want = vec![0.0; m * n];
+            sgemm_ref(Trans::No, Trans::No, m, n, k, 1.0, &a, k, &b, n, 0.0, &mut want, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let v = want[i * n + j]
+                        + if rows { rb[i] } else { 0.0 }
+                        + if cols { cb[j] } else { 0.0 };
+                    want[i * n + j] = act.of(v);
+                }
+            }
+            let packed_b = PackedB::pack(Trans::No, k, n, &b, n);
+            let mut c1 = vec![f32::NAN; m * n];
+            sgemm_packed_with(m, &a, k, &packed_b, 0.0, &mut c1, n, &epi);
+            let mut c2 = vec![f32::NAN; m * n];
+            sgemm_packed_ab(&PackedA::pack(m, k, &a, k), &packed_b, &mut c2, n, &epi);
+            let mut c3 = vec![f32::NAN; m * n];
+            let mut by_rows = PackedB::pack(Trans::No, 0, 0, &[], 0);
+            by_rows.repack_rows(k, n, |r, d| d.copy_from_slice(&b[r * n..(r + 1) * n]));
+            sgemm_packed_ab(&PackedA::pack(m, k, &a, k), &by_rows, &mut c3, n, &epi);
+            for ((x, y), (z, r)) in c1.iter().zip(&c2).zip(c3.iter().zip(&want)) {
+                prop_assert!((x - r).abs() <= 1e-4 * (1.0 + r.abs()), "{x} vs {r}");
+                prop_assert!((y - r).abs() <= 1e-4 * (1.0 + r.abs()), "{y} vs {r}");
+                prop_assert!((z - r).abs() <= 1e-4 * (1.0 + r.abs()), "{z} vs {r}");
             }
         }
     }

@@ -1,5 +1,8 @@
-//! Row-wise normalizations: softmax, log-softmax, layer norm, and the mean / inverse standard
-//! deviation helper the other normalizations share.
+//! Row-wise normalizations: softmax, log-softmax, layer norm, the mean / inverse standard
+//! deviation helper the other normalizations share, and the arithmetic that folds an
+//! inference-mode batch norm into the weights and bias of the product before it
+//! ([`ChannelAffine`], shared by the quantizer's BN-folding pass and the engine's load-time
+//! fusion so both fold identically).
 //!
 //! Rows are contiguous runs of `n` elements. Softmax subtracts the row max first (so large
 //! inputs do not overflow) and uses a vectorizable `exp` accurate to a few ulp ([`exp_fast`]),
@@ -199,6 +202,73 @@ pub fn layer_norm_rows(
     }
 }
 
+/// A per-channel affine map `y[c] = x[c] · scale[c] + shift[c]`, in f64: what an
+/// inference-mode `BatchNormalization` computes, in the form that folds into a product.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelAffine {
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
+}
+
+impl ChannelAffine {
+    /// `scale = gamma / sqrt(var + eps)`, `shift = beta − mean · scale`; `None` when the four
+    /// parameter vectors differ in length.
+    pub fn batch_norm(
+        gamma: &[f32],
+        beta: &[f32],
+        mean: &[f32],
+        var: &[f32],
+        eps: f32,
+    ) -> Option<ChannelAffine> {
+        let c = gamma.len();
+        if beta.len() != c || mean.len() != c || var.len() != c {
+            return None;
+        }
+        let eps = eps as f64;
+        let scale: Vec<f64> =
+            (0..c).map(|k| gamma[k] as f64 / (var[k] as f64 + eps).sqrt()).collect();
+        let shift = (0..c).map(|k| beta[k] as f64 - mean[k] as f64 * scale[k]).collect();
+        Some(ChannelAffine { scale, shift })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// Weights of the folded product: `w'[i] = w[i] · alpha · scale[channel_of(i)]`, where
+    /// `channel_of` maps a flat weight index to its output channel and `alpha` is a factor the
+    /// product already applies (Gemm's `alpha`; 1 for Conv).
+    pub fn fold_weight(
+        &self,
+        w: &[f32],
+        alpha: f64,
+        channel_of: impl Fn(usize) -> usize,
+    ) -> Vec<f32> {
+        w.iter()
+            .enumerate()
+            .map(|(i, &v)| (v as f64 * alpha * self.scale[channel_of(i)]) as f32)
+            .collect()
+    }
+
+    /// Bias of the folded product: `b'[c] = b[c] · beta · scale[c] + shift[c]` (`beta` as in
+    /// Gemm; 1 for Conv). `bias` is per channel, one value for all, or absent (zero); `None`
+    /// for any other length.
+    pub fn fold_bias(&self, bias: Option<&[f32]>, beta: f64) -> Option<Vec<f32>> {
+        let c = self.channels();
+        let b = |k: usize| -> f64 {
+            match bias {
+                Some(b) if b.len() == 1 => b[0] as f64,
+                Some(b) => b[k] as f64,
+                None => 0.0,
+            }
+        };
+        if bias.is_some_and(|b| b.len() != c && b.len() != 1) {
+            return None;
+        }
+        Some((0..c).map(|k| (b(k) * beta * self.scale[k] + self.shift[k]) as f32).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +293,29 @@ mod tests {
         softmax_rows(&mut x, 4);
         assert_eq!(x[1], 0.0);
         assert!((x[0] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn batch_norm_folds_into_weights_and_bias() {
+        // One input, two output channels: y = bn(w · x + b) must equal w' · x + b'.
+        let bn =
+            ChannelAffine::batch_norm(&[2.0, 0.5], &[1.0, -1.0], &[3.0, 0.0], &[3.0, 15.0], 1.0)
+                .unwrap();
+        assert_eq!(bn.scale, [1.0, 0.125]);
+        assert_eq!(bn.shift, [-2.0, -1.0]);
+        let (w, b) = ([4.0f32, 8.0], [1.0f32, 2.0]);
+        let wf = bn.fold_weight(&w, 1.0, |i| i);
+        let bf = bn.fold_bias(Some(&b), 1.0).unwrap();
+        for x in [-1.5f32, 0.0, 2.0] {
+            for c in 0..2 {
+                let want = (w[c] * x + b[c]) as f64 * bn.scale[c] + bn.shift[c];
+                assert!(((wf[c] * x + bf[c]) as f64 - want).abs() < 1e-6);
+            }
+        }
+        assert_eq!(bn.fold_bias(None, 1.0).unwrap(), [-2.0, -1.0]);
+        assert_eq!(bn.fold_bias(Some(&[1.0]), 2.0).unwrap(), [0.0, -0.75]);
+        assert!(bn.fold_bias(Some(&[1.0, 2.0, 3.0]), 1.0).is_none());
+        assert!(ChannelAffine::batch_norm(&[1.0], &[], &[0.0], &[1.0], 1e-5).is_none());
     }
 
     proptest! {

@@ -418,7 +418,7 @@ unsafe fn buffered_panel(
             // SAFETY: rows i0..i0 + mr < m, columns k0..k0 + kc < k of A; the buffer holds
             // kc·NR values; C as the caller bounds it.
             unsafe {
-                gemm::micro(
+                gemm::micro_rows(
                     avx2,
                     mr,
                     kc,

@@ -40,6 +40,9 @@ pub enum QuantError {
     #[error("tensor '{tensor}' has no range in the calibration table: calibrate this model (the FP32 original) again")]
     MissingRange { tensor: String },
     /// Options that contradict each other or the model.
+    #[error("calibration needs every value the model computes, but this session fused {0} at load: plan it with SessionOptions::unfused")]
+    FusedSession(String),
+
     #[error("quantize config: {0}")]
     Config(String),
 }

@@ -59,7 +59,7 @@ fn conv_matmul_outputs(m: &Mnist) -> Vec<String> {
 }
 
 fn calibrate(m: &Mnist, samples: usize, threads: usize) -> (CalibrationTable, usize) {
-    let session = Session::new(&m.model, &SessionOptions::with_threads(threads)).unwrap();
+    let session = Session::new(&m.model, &SessionOptions::unfused(threads)).unwrap();
     let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
     let input = input_name(m);
     for img in &m.images[..samples] {
@@ -75,7 +75,7 @@ fn mnist_calibration_covers_every_conv_and_matmul_output() {
     assert_eq!(table.batches, 200);
 
     // The true extremes, seen independently through the engine's observer hook.
-    let session = Session::new(&m.model, &SessionOptions::with_threads(1)).unwrap();
+    let session = Session::new(&m.model, &SessionOptions::unfused(1)).unwrap();
     let mut truth: BTreeMap<String, Range> = BTreeMap::new();
     for img in &m.images {
         session
@@ -151,7 +151,7 @@ fn calibration_table_is_saved_and_reused() {
 #[test]
 fn non_finite_input_is_reported_with_tensor_and_sample() {
     let Some(m) = mnist(3) else { return };
-    let session = Session::new(&m.model, &SessionOptions::with_threads(1)).unwrap();
+    let session = Session::new(&m.model, &SessionOptions::unfused(1)).unwrap();
     let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
     let input = input_name(&m);
     cal.run(&session, vec![(input.clone(), m.images[0].clone())]).unwrap();

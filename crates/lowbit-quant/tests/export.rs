@@ -180,7 +180,7 @@ impl Mnist {
     }
 
     fn calibrate(&self, start: usize, end: usize) -> CalibrationTable {
-        let session = Session::new(&self.model, &SessionOptions::default()).unwrap();
+        let session = Session::new(&self.model, &SessionOptions::unfused(0)).unwrap();
         let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
         for x in self.batches(start, end) {
             cal.run(&session, vec![(self.input.clone(), x)]).unwrap();
@@ -285,8 +285,7 @@ fn static_int8_check(name: &'static str) {
 /// largest difference, and the output's quantization step.
 fn fused_vs_unfused(m: &Mnist, q: &ModelProto, table: &CalibrationTable) -> (f64, f32, f32) {
     let fused = Session::new(q, &SessionOptions::default()).unwrap();
-    let plain =
-        Session::new(q, &SessionOptions { fuse_quantized: false, ..Default::default() }).unwrap();
+    let plain = Session::new(q, &SessionOptions::unfused(0)).unwrap();
     assert!(
         fused.fused_ops().get("QLinearConv").is_some_and(|&n| n > 0),
         "no conv fused: {:?}",
@@ -537,8 +536,7 @@ fn minilm_check(
     let eq = embeddings(&q, &m.sentences);
     // The engine's load-time fusion against the graph as written (float Q/DQ): dynamic
     // matmuls fuse bit-identically; static ones run integer sums (within 1e-4 cosine).
-    let plain =
-        Session::new(&q, &SessionOptions { fuse_quantized: false, ..Default::default() }).unwrap();
+    let plain = Session::new(&q, &SessionOptions::unfused(0)).unwrap();
     for (f, e) in m.sentences.iter().zip(&eq).take(10) {
         let u = output(&plain.run(f.clone()).unwrap(), EMBEDDING).to_f32_vec().unwrap();
         if cfg.mode == lowbit_quant::quantize::QuantMode::Dynamic {
@@ -567,7 +565,7 @@ fn minilm_check(
 #[test]
 fn minilm_static_int8_keeps_embeddings() {
     let Some(m) = minilm() else { return };
-    let session = Session::new(&m.model, &SessionOptions::default()).unwrap();
+    let session = Session::new(&m.model, &SessionOptions::unfused(0)).unwrap();
     let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
     for f in &m.calibration {
         cal.run(&session, f.clone()).unwrap();

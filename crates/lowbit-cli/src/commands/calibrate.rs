@@ -11,7 +11,7 @@
 //! with the number of samples. `quantize --data` runs the same code ([`calibrate_model`]).
 
 use super::run::{progress, DEFAULT_BATCH};
-use super::{load_model, new_session, preprocess_arg, print, print_notes};
+use super::{load_model, new_unfused_session, preprocess_arg, print, print_notes};
 use crate::cli::CalibrateArgs;
 use crate::feeds::{Dataset, FeedSource};
 use crate::preprocess::Preprocess;
@@ -52,7 +52,7 @@ pub fn calibrate_model(
     path: &Path,
     opts: &CalibrationData,
 ) -> Result<CalibrationRun> {
-    let session = new_session(model, path, opts.threads)?;
+    let session = new_unfused_session(model, path, opts.threads)?;
     let src = FeedSource::Data(opts.data.to_path_buf());
     let mut dataset = Dataset::load(&session.inputs(), &src, opts.preprocess)?;
     print_notes(&dataset, opts.quiet);

@@ -9,7 +9,7 @@
 
 use super::example_model::{node, opset17_model, value_info};
 use super::run::progress;
-use super::{human_bytes, new_session, print};
+use super::{human_bytes, new_session, new_unfused_session, print};
 use crate::cli::DemoArgs;
 use crate::rng::Rng;
 use anyhow::{Context, Result};
@@ -160,13 +160,15 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     )?;
 
     // 1. Calibrate: stream the calibration rows through the FP32 model, 10 at a time.
+    // Unfused, so calibration sees every value; the fused session times FP32 below.
+    let observed = new_unfused_session(&model, &fp32_path, args.threads)?;
     let session = new_session(&model, &fp32_path, args.threads)?;
     let mut cal = Calibrator::new(CalibratorOptions::default())?;
     let bar = progress(CALIBRATION_ROWS as u64, quiet, "calibrate");
     for rows in calib.chunks(10 * FEATURES) {
         let n = rows.len() / FEATURES;
         cal.run(
-            &session,
+            &observed,
             vec![("x".to_string(), Tensor::from_vec(vec![n, FEATURES], rows.to_vec())?)],
         )?;
         bar.inc(n as u64);

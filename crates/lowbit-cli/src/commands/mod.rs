@@ -45,7 +45,17 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
 
 /// Plans `model` on lowbit's engine with `threads` workers (0: one per core).
 pub fn new_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
-    Session::new(model, &SessionOptions::with_threads(threads))
+    session_with(model, path, &SessionOptions::with_threads(threads))
+}
+
+/// [`new_session`] without load-time fusion, for observers that need every value the model
+/// names (calibration).
+pub fn new_unfused_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
+    session_with(model, path, &SessionOptions::unfused(threads))
+}
+
+fn session_with(model: &ModelProto, path: &Path, opts: &SessionOptions) -> Result<Session> {
+    Session::new(model, opts)
         .with_context(|| format!("{}: lowbit's engine cannot run this model", path.display()))
 }
 

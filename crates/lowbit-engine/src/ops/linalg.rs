@@ -1,6 +1,10 @@
 //! Matrix products: `MatMul` (numpy semantics: 1-D operands promoted, batch dims broadcast)
 //! and `Gemm` (`alpha * op(A) * op(B) + beta * C`, `C` broadcast to the output).
 //!
+//! lowbit's `FusedMatMul(A, B, [bias])` and `FusedGemm` (made by [`crate::fuse_float`]) add
+//! a per-column bias and an activation (`activation`, `activation_params`) in the product's
+//! output stage.
+//!
 //! Both compute in f32 through [`lowbit_kernels::gemm`]; f64, f16 and bf16 inputs are converted
 //! to f32 and the result back. A `MatMul` whose `B` has no batch dims runs as one GEMM over all
 //! of `A`'s rows; batched products with small matrices are spread over the rayon pool one
@@ -10,23 +14,38 @@ use crate::bail;
 use crate::error::OpResult;
 use crate::op::{input, opt_input, BuildCtx, Kernel};
 use crate::ops::nn::{f32_data, from_f32, same_float_dtype};
+use crate::ops::util::fused_activation;
 use crate::ops::util::{broadcast_shapes, broadcast_strides};
 use crate::registry::Registry;
-use lowbit_kernels::gemm::{sgemm, sgemm_packed, sgemm_serial, PackedB, Trans};
+use lowbit_kernels::gemm::{
+    sgemm, sgemm_packed_with, sgemm_serial, Activation, Epilogue, PackedB, Trans,
+};
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::Tensor;
 
 pub fn register(reg: &mut Registry) {
     reg.register("", "MatMul", build_matmul);
     reg.register("", "Gemm", build_gemm);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "FusedMatMul", build_fused_matmul);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "FusedGemm", build_fused_gemm);
 }
 
-/// `MatMul`, with `B` packed once at load time when it is a constant matrix.
+/// `MatMul` (and `FusedMatMul`), with `B` packed once at load time when it is a constant
+/// matrix.
 struct MatMulKernel {
     packed_b: Option<PackedB>,
+    act: Activation,
 }
 
 fn build_matmul(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_matmul_with(ctx, Activation::None)
+}
+
+fn build_fused_matmul(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_matmul_with(ctx, fused_activation(&ctx.attrs)?)
+}
+
+fn build_matmul_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>> {
     let packed_b = match ctx.constant(1) {
         Some(b)
             if b.rank() >= 2 && numel(&b.shape()[..b.rank() - 2]) == 1 && b.dtype().is_float() =>
@@ -37,12 +56,36 @@ fn build_matmul(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
         }
         _ => None,
     };
-    Ok(Box::new(MatMulKernel { packed_b }))
+    Ok(Box::new(MatMulKernel { packed_b, act }))
 }
 
 impl Kernel for MatMulKernel {
     fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
-        Ok(vec![matmul_with(input(inputs, 0)?, input(inputs, 1)?, self.packed_b.as_ref())?])
+        let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
+        let c = opt_input(inputs, 2);
+        let bias = match c {
+            Some(c) => {
+                let n = if b.rank() == 1 { 1 } else { b.shape()[b.rank() - 1] };
+                let row = c.rank() > 0 && c.len() == n && c.shape()[c.rank() - 1] == n;
+                if !row {
+                    bail!("FusedMatMul bias must have shape [1, ..., 1, {n}], got {:?}", c.shape());
+                }
+                same_float_dtype(&[a, c])?;
+                Some(f32_data(c)?)
+            }
+            None => None,
+        };
+        let epi = Epilogue { row_bias: None, col_bias: bias.as_deref(), act: Some(self.act) };
+        let y = matmul_with(a, b, self.packed_b.as_ref(), &epi)?;
+        // The bias broadcasts: more dims than the product add leading ones.
+        match c {
+            Some(c) if c.rank() > y.rank() => {
+                let mut shape = vec![1; c.rank() - y.rank()];
+                shape.extend_from_slice(y.shape());
+                Ok(vec![y.reshape(shape)?])
+            }
+            _ => Ok(vec![y]),
+        }
     }
 }
 
@@ -60,16 +103,21 @@ fn product(
     packed: Option<&PackedB>,
     c: &mut [f32],
     serial: bool,
+    epi: &Epilogue,
 ) {
     match packed {
-        Some(p) => sgemm_packed(rows, a, k, p, 0.0, c, n),
+        Some(p) => sgemm_packed_with(rows, a, k, p, 0.0, c, n, epi),
         None if rows >= PACK_MIN_ROWS => {
-            sgemm_packed(rows, a, k, &PackedB::pack(Trans::No, k, n, b, n), 0.0, c, n)
+            sgemm_packed_with(rows, a, k, &PackedB::pack(Trans::No, k, n, b, n), 0.0, c, n, epi)
         }
         None if serial => {
-            sgemm_serial(Trans::No, Trans::No, rows, n, k, 1.0, a, k, b, n, 0.0, c, n)
+            sgemm_serial(Trans::No, Trans::No, rows, n, k, 1.0, a, k, b, n, 0.0, c, n);
+            epi.apply(rows, n, c, n);
         }
-        None => sgemm(Trans::No, Trans::No, rows, n, k, 1.0, a, k, b, n, 0.0, c, n),
+        None => {
+            sgemm(Trans::No, Trans::No, rows, n, k, 1.0, a, k, b, n, 0.0, c, n);
+            epi.apply(rows, n, c, n);
+        }
     }
 }
 
@@ -78,11 +126,17 @@ const SMALL_MATRIX_WORK: usize = 96 * 96 * 96;
 
 /// Numpy `matmul` of two float tensors of the same dtype.
 pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
-    matmul_with(a, b, None)
+    matmul_with(a, b, None, &Epilogue::default())
 }
 
-/// [`matmul`], with `packed_b` the pre-packed value of `b` when it is known.
-fn matmul_with(a: &Tensor, b: &Tensor, packed_b: Option<&PackedB>) -> OpResult<Tensor> {
+/// [`matmul`], with `packed_b` the pre-packed value of `b` when it is known, and `epi` on
+/// every output value (a column bias has the output's last dim).
+fn matmul_with(
+    a: &Tensor,
+    b: &Tensor,
+    packed_b: Option<&PackedB>,
+    epi: &Epilogue,
+) -> OpResult<Tensor> {
     let dtype = same_float_dtype(&[a, b])?;
     if a.rank() == 0 || b.rank() == 0 {
         bail!("MatMul needs operands of rank >= 1, got shapes {:?} and {:?}", a.shape(), b.shape());
@@ -120,7 +174,7 @@ fn matmul_with(a: &Tensor, b: &Tensor, packed_b: Option<&PackedB>) -> OpResult<T
         // B is one matrix: every row of every A batch is a row of one big GEMM.
         let rows = nb * m;
         let packed = packed_b.filter(|p| p.k() == k && p.n() == n && !b_vec);
-        product(rows, n, k, &av, &bv, packed, &mut out, false);
+        product(rows, n, k, &av, &bv, packed, &mut out, false, epi);
     } else {
         let sa = broadcast_strides(a_batch, &batch);
         let sb = broadcast_strides(b_batch, &batch);
@@ -138,7 +192,7 @@ fn matmul_with(a: &Tensor, b: &Tensor, packed_b: Option<&PackedB>) -> OpResult<T
             .collect();
         let one = |(i, c): (usize, &mut [f32]), serial: bool| {
             let (oa, ob) = offsets[i];
-            product(m, n, k, &av[oa..oa + m * k], &bv[ob..ob + k * n], None, c, serial);
+            product(m, n, k, &av[oa..oa + m * k], &bv[ob..ob + k * n], None, c, serial, epi);
         };
         if m * n == 0 {
         } else if rayon::current_num_threads() > 1 && m * n * k < SMALL_MATRIX_WORK && nb > 1 {
@@ -158,9 +212,18 @@ struct GemmKernel {
     beta: f32,
     /// `op(B)` packed at load time when `B` is a constant.
     packed_b: Option<PackedB>,
+    act: Activation,
 }
 
 fn build_gemm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_gemm_with(ctx, Activation::None)
+}
+
+fn build_fused_gemm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_gemm_with(ctx, fused_activation(&ctx.attrs)?)
+}
+
+fn build_gemm_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>> {
     let a = &ctx.attrs;
     let trans_b = a.int_or("transB", 0)? != 0;
     let packed_b = match ctx.constant(1) {
@@ -178,6 +241,7 @@ fn build_gemm(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
         alpha: a.float_or("alpha", 1.0)?,
         beta: a.float_or("beta", 1.0)?,
         packed_b,
+        act,
     }))
 }
 
@@ -218,23 +282,6 @@ impl Kernel for GemmKernel {
         } else {
             av.into_owned()
         };
-        let mut out = vec![0f32; m * n];
-        let tb = if self.trans_b { Trans::Yes } else { Trans::No };
-        match self.packed_b.as_ref().filter(|p| p.k() == k && p.n() == n) {
-            Some(p) => sgemm_packed(m, &av, k, p, 0.0, &mut out, n),
-            None => {
-                let bv = f32_data(b)?;
-                let ldb = b.shape()[1];
-                if m >= PACK_MIN_ROWS {
-                    sgemm_packed(m, &av, k, &PackedB::pack(tb, k, n, &bv, ldb), 0.0, &mut out, n)
-                } else {
-                    sgemm(Trans::No, tb, m, n, k, 1.0, &av, k, &bv, ldb, 0.0, &mut out, n)
-                }
-            }
-        }
-        if self.alpha != 1.0 {
-            out.iter_mut().for_each(|v| *v *= self.alpha);
-        }
         if let Some(c) = c {
             if c.rank() > 2 {
                 bail!("Gemm C must have rank <= 2, got shape {:?}", c.shape());
@@ -243,13 +290,46 @@ impl Kernel for GemmKernel {
             if bs != [m, n] {
                 bail!("Gemm C of shape {:?} does not broadcast to [{m}, {n}]", c.shape());
             }
-            let cv = f32_data(c)?;
-            let st = broadcast_strides(c.shape(), &[m, n]);
-            for i in 0..m {
-                for j in 0..n {
-                    out[i * n + j] += self.beta * cv[i * st[0] + j * st[1]];
+        }
+        let cv = c.map(f32_data).transpose()?;
+        // A row-vector C with unit alpha and beta is a column bias: added in the output stage.
+        let row_vector =
+            c.is_some_and(|c| c.len() == n && c.shape().iter().rev().skip(1).all(|&d| d == 1));
+        let in_stage = self.alpha == 1.0 && self.beta == 1.0 && (c.is_none() || row_vector);
+        let epi = if in_stage {
+            Epilogue { row_bias: None, col_bias: cv.as_deref(), act: Some(self.act) }
+        } else {
+            Epilogue::default()
+        };
+        let mut out = vec![0f32; m * n];
+        let tb = if self.trans_b { Trans::Yes } else { Trans::No };
+        match self.packed_b.as_ref().filter(|p| p.k() == k && p.n() == n) {
+            Some(p) => sgemm_packed_with(m, &av, k, p, 0.0, &mut out, n, &epi),
+            None => {
+                let bv = f32_data(b)?;
+                let ldb = b.shape()[1];
+                if m >= PACK_MIN_ROWS {
+                    let p = PackedB::pack(tb, k, n, &bv, ldb);
+                    sgemm_packed_with(m, &av, k, &p, 0.0, &mut out, n, &epi)
+                } else {
+                    sgemm(Trans::No, tb, m, n, k, 1.0, &av, k, &bv, ldb, 0.0, &mut out, n);
+                    epi.apply(m, n, &mut out, n);
                 }
             }
+        }
+        if !in_stage {
+            if self.alpha != 1.0 {
+                out.iter_mut().for_each(|v| *v *= self.alpha);
+            }
+            if let (Some(c), Some(cv)) = (c, &cv) {
+                let st = broadcast_strides(c.shape(), &[m, n]);
+                for i in 0..m {
+                    for j in 0..n {
+                        out[i * n + j] += self.beta * cv[i * st[0] + j * st[1]];
+                    }
+                }
+            }
+            self.act.apply(&mut out);
         }
         Ok(vec![from_f32(dtype, vec![m, n], out)?])
     }

@@ -12,9 +12,11 @@
 use crate::bail;
 use crate::error::OpResult;
 use crate::op::{input, opt_input, BuildCtx, Kernel};
-use crate::ops::util::normalize_axis;
+use crate::ops::util::{fused_activation, normalize_axis};
 use crate::registry::Registry;
-use lowbit_kernels::conv::{conv, conv_transpose, Activation, ConvParams};
+use lowbit_kernels::conv::{
+    conv, conv_packed, conv_transpose, Activation, ConvParams, ConvWeights,
+};
 use lowbit_kernels::norm::{layer_norm_rows, log_softmax_rows, mean_inv_std, softmax_rows};
 use lowbit_kernels::pool::{max_pool_channels_last, pool, PoolKind};
 use lowbit_kernels::window::Window;
@@ -25,6 +27,7 @@ use std::borrow::Cow;
 
 pub fn register(reg: &mut Registry) {
     reg.register("", "Conv", build_conv);
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "FusedConv", build_fused_conv);
     reg.register("", "ConvTranspose", build_conv_transpose);
     reg.register("", "MaxPool", build_max_pool);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "MaxPool", build_max_pool_channels_last);
@@ -254,9 +257,15 @@ fn nc_spatial(x: &Tensor) -> OpResult<(usize, usize, Vec<usize>)> {
 // ---------------------------------------------------------------------------------------------
 // Conv, ConvTranspose
 
+/// `Conv`, and lowbit's `FusedConv` (a `Conv` with an activation in its output stage, made by
+/// [`crate::fuse_float`]). A constant weight is packed once at load, a constant bias converted
+/// once.
 struct ConvKernel {
     spatial: SpatialAttrs,
     group: usize,
+    act: Activation,
+    weights: Option<ConvWeights>,
+    bias: Option<Vec<f32>>,
 }
 
 fn group_attr(a: &Attrs) -> OpResult<usize> {
@@ -268,10 +277,31 @@ fn group_attr(a: &Attrs) -> OpResult<usize> {
 }
 
 fn build_conv(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
-    Ok(Box::new(ConvKernel {
-        spatial: SpatialAttrs::read(&ctx.attrs)?,
-        group: group_attr(&ctx.attrs)?,
-    }))
+    build_conv_with(ctx, Activation::None)
+}
+
+fn build_fused_conv(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_conv_with(ctx, fused_activation(&ctx.attrs)?)
+}
+
+fn build_conv_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>> {
+    let group = group_attr(&ctx.attrs)?;
+    // Shapes the weight cannot serve are left to `run`, which reports them.
+    let weights = match ctx.constant(1) {
+        Some(w) if w.rank() >= 3 && w.dtype().is_float() && w.shape()[0] % group == 0 => {
+            let ws = w.shape();
+            let c_out = ws[0];
+            let kdim = numel(&ws[1..]);
+            let depthwise = ws[1] == 1 && c_out == group && group > 1;
+            Some(ConvWeights::new(c_out, group, kdim, depthwise, &f32_data(w)?))
+        }
+        _ => None,
+    };
+    let bias = match ctx.constant(2) {
+        Some(b) if b.dtype().is_float() => Some(f32_data(b)?.into_owned()),
+        _ => None,
+    };
+    Ok(Box::new(ConvKernel { spatial: SpatialAttrs::read(&ctx.attrs)?, group, act, weights, bias }))
 }
 
 impl Kernel for ConvKernel {
@@ -303,16 +333,21 @@ impl Kernel for ConvKernel {
                 if b.len() != c_out {
                     bail!("bias has {} elements, expected {c_out}", b.len());
                 }
-                Some(f32_data(b)?)
+                match &self.bias {
+                    Some(v) => Some(Cow::Borrowed(v.as_slice())),
+                    None => Some(f32_data(b)?),
+                }
             }
             None => None,
         };
         let xv = f32_data(x)?;
-        let wv = f32_data(w)?;
         let mut out_shape = vec![n, c_out];
         out_shape.extend(&p.window.output[3 - in_sp.len()..]);
         let mut y = vec![0f32; numel(&out_shape)];
-        conv(&p, &xv, &wv, bias.as_deref(), Activation::None, &mut y);
+        match self.weights.as_ref().filter(|w| w.fits(&p)) {
+            Some(pw) => conv_packed(&p, &xv, pw, bias.as_deref(), self.act, &mut y),
+            None => conv(&p, &xv, &f32_data(w)?, bias.as_deref(), self.act, &mut y),
+        }
         Ok(vec![from_f32(dtype, out_shape, y)?])
     }
 }

@@ -64,3 +64,32 @@ mod tests {
         assert!(normalize_axis(3, 3).is_err());
     }
 }
+
+/// The output-stage activation of a fused op, written as ONNX Runtime's `FusedConv` writes it:
+/// `activation` (`Relu`, `Clip`, `LeakyRelu`; absent: none) and `activation_params`
+/// (`[min, max]` for `Clip`, `[alpha]` for `LeakyRelu`).
+pub(crate) fn fused_activation(
+    a: &lowbit_onnx::attr::Attrs,
+) -> OpResult<lowbit_kernels::gemm::Activation> {
+    use lowbit_kernels::gemm::Activation;
+    let params = a.floats("activation_params")?.unwrap_or_default();
+    let want = |n: usize, what: &str| -> OpResult<()> {
+        if params.len() != n {
+            bail!("activation {what} needs {n} activation_params, got {}", params.len());
+        }
+        Ok(())
+    };
+    Ok(match a.string("activation")?.as_deref() {
+        None => Activation::None,
+        Some("Relu") => Activation::Relu,
+        Some("Clip") => {
+            want(2, "Clip")?;
+            Activation::Clip(params[0], params[1])
+        }
+        Some("LeakyRelu") => {
+            want(1, "LeakyRelu")?;
+            Activation::LeakyRelu(params[0])
+        }
+        Some(other) => bail!("unsupported fused activation '{other}'"),
+    })
+}

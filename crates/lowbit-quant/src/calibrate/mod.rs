@@ -278,7 +278,8 @@ type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 /// use lowbit_quant::calibrate::{Calibrator, CalibratorOptions, Method};
 /// # fn feeds() -> Vec<Vec<(String, lowbit_tensor::Tensor)>> { vec![] }
 /// let model = lowbit_onnx::load_model("model.onnx")?;
-/// let session = lowbit_engine::Session::new(&model, &Default::default())?;
+/// // Unfused, so the observer sees every value the model names.
+/// let session = lowbit_engine::Session::new(&model, &lowbit_engine::SessionOptions::unfused(0))?;
 /// let mut cal = Calibrator::new(CalibratorOptions::default())?;
 /// for batch in feeds() {
 ///     cal.run(&session, batch)?;
@@ -381,6 +382,12 @@ impl Calibrator {
         session: &Session,
         feeds: Vec<(String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>> {
+        // A fused session never produces the values fusion removed: their ranges would be
+        // silently missing from the table.
+        if !session.fused_ops().is_empty() {
+            let kinds: Vec<&str> = session.fused_ops().keys().map(String::as_str).collect();
+            return Err(QuantError::FusedSession(kinds.join(", ")));
+        }
         let mut err: Option<QuantError> = None;
         let out = session.run_observed(feeds, &mut |name, t| {
             if err.is_none() {

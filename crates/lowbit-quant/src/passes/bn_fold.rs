@@ -3,7 +3,8 @@
 //!
 //! `s = gamma / sqrt(var + eps)`, `W'[c] = W[c] · s[c]`, `b'[c] = (b[c] − mean[c]) · s[c] + beta[c]`
 //!
-//! (computed in f64, stored as f32). The folded weight and bias are **new** initializers; the
+//! (computed in f64, stored as f32, by [`ChannelAffine`], which the engine's load-time fusion
+//! shares). The folded weight and bias are **new** initializers; the
 //! originals are never edited, so initializers shared between nodes (mnist_resnet's
 //! BatchNormalization nodes share a bias) stay correct. The producer takes over the
 //! BatchNormalization's output name, so calibration ranges of the FP32 model still apply.
@@ -12,6 +13,7 @@
 
 use super::{add_init, attr_f, attr_i, init_f32, int_attr, remove_attr, set_attr};
 use crate::error::Result;
+use lowbit_kernels::norm::ChannelAffine;
 use lowbit_onnx::graph::Graph;
 use lowbit_tensor::Tensor;
 
@@ -33,8 +35,8 @@ pub fn fold_batch_norms(g: &mut Graph) -> Result<usize> {
     }
 }
 
-/// Per-channel `(scale, shift)` of a BatchNormalization whose parameters are initializers.
-fn bn_affine(g: &Graph, bn: usize) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+/// The per-channel affine map of a BatchNormalization whose parameters are initializers.
+fn bn_affine(g: &Graph, bn: usize) -> Result<Option<ChannelAffine>> {
     let node = &g.nodes()[bn];
     if node.input.len() < 5 || attr_i(node, "training_mode").unwrap_or(0) != 0 {
         return Ok(None);
@@ -42,21 +44,22 @@ fn bn_affine(g: &Graph, bn: usize) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
     if node.output.iter().skip(1).any(|o| !o.is_empty()) {
         return Ok(None);
     }
-    let eps = attr_f(node, "epsilon").unwrap_or(1e-5) as f64;
+    let eps = attr_f(node, "epsilon").unwrap_or(1e-5);
     let mut p = Vec::new();
     for name in &node.input[1..5] {
         match init_f32(g, name)? {
-            Some(t) => p.push(t.as_f32()?.iter().map(|&v| v as f64).collect::<Vec<f64>>()),
+            Some(t) => p.push(t),
             None => return Ok(None),
         }
     }
-    let c = p[0].len();
-    if p.iter().any(|v| v.len() != c) {
-        return Ok(None);
-    }
-    let scale: Vec<f64> = (0..c).map(|k| p[0][k] / (p[3][k] + eps).sqrt()).collect();
-    let shift: Vec<f64> = (0..c).map(|k| p[1][k] - p[2][k] * scale[k]).collect();
-    Ok(Some((scale, shift)))
+    let [gamma, beta, mean, var] = [&p[0], &p[1], &p[2], &p[3]];
+    Ok(ChannelAffine::batch_norm(
+        gamma.as_f32()?,
+        beta.as_f32()?,
+        mean.as_f32()?,
+        var.as_f32()?,
+        eps,
+    ))
 }
 
 fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
@@ -73,8 +76,8 @@ fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
     if g.consumers(x) != [bn] || g.is_graph_output(x) || prod.output.len() != 1 {
         return Ok(false);
     }
-    let Some((scale, shift)) = bn_affine(g, bn)? else { return Ok(false) };
-    let c = scale.len();
+    let Some(bn_map) = bn_affine(g, bn)? else { return Ok(false) };
+    let c = bn_map.channels();
     let Some(w) = prod.input.get(1).map(|s| s.as_str()) else { return Ok(false) };
     let Some(wt) = init_f32(g, w)? else { return Ok(false) };
     let bias = match prod.input.get(2).filter(|s| !s.is_empty()) {
@@ -88,18 +91,18 @@ fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
     let wv = wt.as_f32()?;
     let mut new_prod = prod.clone();
     let (new_w, new_b): (Vec<f32>, Vec<f32>) = if prod.op_type == "Conv" {
-        if shape.is_empty() || shape[0] != c {
+        if shape.is_empty()
+            || shape[0] != c
+            || c == 0
+            || bias.as_ref().is_some_and(|b| b.len() != c)
+        {
             return Ok(false);
         }
         let inner = wv.len() / c;
-        let nw =
-            wv.iter().enumerate().map(|(k, &v)| (v as f64 * scale[k / inner]) as f32).collect();
-        let b0 = match &bias {
-            Some(b) if b.len() == c => b.as_f32()?.to_vec(),
-            Some(_) => return Ok(false),
-            None => vec![0.0; c],
+        let nw = bn_map.fold_weight(wv, 1.0, |i| i / inner);
+        let Some(nb) = bn_map.fold_bias(bias.as_ref().map(|b| b.as_f32()).transpose()?, 1.0) else {
+            return Ok(false);
         };
-        let nb = (0..c).map(|k| (b0[k] as f64 * scale[k] + shift[k]) as f32).collect();
         (nw, nb)
     } else {
         if shape.len() != 2 || attr_i(&prod, "transA").unwrap_or(0) != 0 {
@@ -113,21 +116,11 @@ fn try_fold(g: &mut Graph, bn: usize) -> Result<bool> {
         let alpha = attr_f(&prod, "alpha").unwrap_or(1.0) as f64;
         let beta = attr_f(&prod, "beta").unwrap_or(1.0) as f64;
         let cols = shape[1];
-        let nw = wv
-            .iter()
-            .enumerate()
-            .map(|(k, &v)| {
-                let ch = if trans_b { k / cols } else { k % cols };
-                (v as f64 * alpha * scale[ch]) as f32
-            })
-            .collect();
-        let b0: Vec<f32> = match &bias {
-            Some(b) if b.len() == c => b.as_f32()?.to_vec(),
-            Some(b) if b.len() == 1 => vec![b.as_f32()?[0]; c],
-            Some(_) => return Ok(false),
-            None => vec![0.0; c],
+        let nw = bn_map.fold_weight(wv, alpha, |k| if trans_b { k / cols } else { k % cols });
+        let Some(nb) = bn_map.fold_bias(bias.as_ref().map(|b| b.as_f32()).transpose()?, beta)
+        else {
+            return Ok(false);
         };
-        let nb = (0..c).map(|k| (b0[k] as f64 * beta * scale[k] + shift[k]) as f32).collect();
         remove_attr(&mut new_prod, "alpha");
         set_attr(&mut new_prod, int_attr("transB", trans_b as i64));
         remove_attr(&mut new_prod, "beta");
