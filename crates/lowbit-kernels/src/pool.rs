@@ -328,6 +328,32 @@ mod tests {
             .collect()
     }
 
+    /// Per spatial dim: (input base, kernel, stride, dilation, pad begin, pad end).
+    type Dims = [(usize, usize, usize, usize, usize, usize)];
+
+    /// A valid pooling window from generated dims: pads smaller than the kernel span, as ONNX
+    /// requires.
+    fn window(dims: &Dims, ceil: bool) -> Window {
+        let input: Vec<usize> = dims.iter().map(|d| d.0 + d.1 * d.3).collect();
+        let kernel: Vec<usize> = dims.iter().map(|d| d.1).collect();
+        let strides: Vec<usize> = dims.iter().map(|d| d.2).collect();
+        let dil: Vec<usize> = dims.iter().map(|d| d.3).collect();
+        let pb: Vec<usize> = dims.iter().map(|d| d.4.min(d.1 - 1)).collect();
+        let pe: Vec<usize> = dims.iter().map(|d| d.5.min(d.1 - 1)).collect();
+        let output: Vec<usize> = (0..dims.len())
+            .map(|i| {
+                let span = dil[i] * (kernel[i] - 1) + 1;
+                let total = input[i] + pb[i] + pe[i] - span;
+                if ceil {
+                    total.div_ceil(strides[i]) + 1
+                } else {
+                    total / strides[i] + 1
+                }
+            })
+            .collect();
+        Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
@@ -335,19 +361,7 @@ mod tests {
             dims in prop::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
             planes in 1usize..4, kind in 0usize..4, ceil in any::<bool>(), seed in any::<u32>(),
         ) {
-            let input: Vec<usize> = dims.iter().map(|d| d.0 + d.1 * d.3).collect();
-            let kernel: Vec<usize> = dims.iter().map(|d| d.1).collect();
-            let strides: Vec<usize> = dims.iter().map(|d| d.2).collect();
-            let dil: Vec<usize> = dims.iter().map(|d| d.3).collect();
-            // Pads smaller than the kernel span, as ONNX requires.
-            let pb: Vec<usize> = dims.iter().map(|d| d.4.min(d.1 - 1)).collect();
-            let pe: Vec<usize> = dims.iter().map(|d| d.5.min(d.1 - 1)).collect();
-            let output: Vec<usize> = (0..dims.len()).map(|i| {
-                let span = dil[i] * (kernel[i] - 1) + 1;
-                let total = input[i] + pb[i] + pe[i] - span;
-                if ceil { total.div_ceil(strides[i]) + 1 } else { total / strides[i] + 1 }
-            }).collect();
-            let win = Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap();
+            let win = window(&dims, ceil);
             let kind = [
                 PoolKind::Max,
                 PoolKind::Average { count_include_pad: false },
@@ -374,18 +388,7 @@ mod tests {
             dims in prop::collection::vec((1usize..9, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3), 1..=3),
             batch in 1usize..3, c in 1usize..20, ceil in any::<bool>(), seed in any::<u32>(),
         ) {
-            let input: Vec<usize> = dims.iter().map(|d| d.0 + d.1 * d.3).collect();
-            let kernel: Vec<usize> = dims.iter().map(|d| d.1).collect();
-            let strides: Vec<usize> = dims.iter().map(|d| d.2).collect();
-            let dil: Vec<usize> = dims.iter().map(|d| d.3).collect();
-            let pb: Vec<usize> = dims.iter().map(|d| d.4.min(d.1 - 1)).collect();
-            let pe: Vec<usize> = dims.iter().map(|d| d.5.min(d.1 - 1)).collect();
-            let output: Vec<usize> = (0..dims.len()).map(|i| {
-                let span = dil[i] * (kernel[i] - 1) + 1;
-                let total = input[i] + pb[i] + pe[i] - span;
-                if ceil { total.div_ceil(strides[i]) + 1 } else { total / strides[i] + 1 }
-            }).collect();
-            let win = Window::new(&input, &kernel, &strides, &dil, &pb, &pe, &output).unwrap();
+            let win = window(&dims, ceil);
             let (isz, osz) = (win.input_size(), win.output_size());
             let codes: Vec<u8> = (0..batch * c * isz)
                 .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8)
