@@ -46,25 +46,6 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     (0..out.len()).map(|i| if i < off || shape[i - off] == 1 { 0 } else { s[i - off] }).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broadcasting_follows_numpy() {
-        assert_eq!(broadcast_shapes(&[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
-        assert_eq!(broadcast_shapes(&[], &[5]).unwrap(), vec![5]);
-        assert!(broadcast_shapes(&[2, 3], &[4]).is_err());
-        assert_eq!(broadcast_strides(&[4, 1], &[2, 4, 3]), vec![0, 1, 0]);
-    }
-
-    #[test]
-    fn negative_axes() {
-        assert_eq!(normalize_axis(-1, 3).unwrap(), 2);
-        assert!(normalize_axis(3, 3).is_err());
-    }
-}
-
 /// The output-stage activation of a fused op, written as ONNX Runtime's `FusedConv` writes it:
 /// `activation` (`Relu`, `Clip`, `LeakyRelu`; absent: none) and `activation_params`
 /// (`[min, max]` for `Clip`, `[alpha]` for `LeakyRelu`).
@@ -92,4 +73,23 @@ pub(crate) fn fused_activation(
         }
         Some(other) => bail!("unsupported fused activation '{other}'"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast_shapes(&[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
+        assert_eq!(broadcast_shapes(&[], &[5]).unwrap(), vec![5]);
+        assert!(broadcast_shapes(&[2, 3], &[4]).is_err());
+        assert_eq!(broadcast_strides(&[4, 1], &[2, 4, 3]), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn negative_axes() {
+        assert_eq!(normalize_axis(-1, 3).unwrap(), 2);
+        assert!(normalize_axis(3, 3).is_err());
+    }
 }
