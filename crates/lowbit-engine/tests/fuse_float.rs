@@ -2,54 +2,18 @@
 //! batch norms folded into convs and Gemms, bias adds and activations taken into the
 //! product's output stage, and the conditions that must keep a pattern unfused.
 
+mod common;
+
+use common::{float, int, ints, Graph as G};
 use lowbit_engine::{Session, SessionOptions};
-use lowbit_onnx::pb::{
-    self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
-};
-use lowbit_onnx::tensor_proto::tensor_to_proto;
+use lowbit_onnx::pb::ModelProto;
 use lowbit_tensor::Tensor;
 
-/// A small float graph under construction, with one input `x`.
-struct G {
-    nodes: Vec<NodeProto>,
-    inits: Vec<pb::TensorProto>,
-    outputs: Vec<String>,
-    n: usize,
-}
-
 impl G {
-    fn new() -> G {
-        G { nodes: Vec::new(), inits: Vec::new(), outputs: Vec::new(), n: 0 }
-    }
-
-    fn fresh(&mut self, p: &str) -> String {
-        self.n += 1;
-        format!("{p}{}", self.n)
-    }
-
-    fn init(&mut self, t: Tensor) -> String {
-        let name = self.fresh("c");
-        self.inits.push(tensor_to_proto(&name, &t));
-        name
-    }
-
     /// A constant of `shape` with varied values in about [lo, lo + span].
     fn values(&mut self, shape: Vec<usize>, seed: u32, lo: f32, span: f32) -> String {
         let v = varied(shape.iter().product(), seed, lo, span);
         self.init(Tensor::from_vec(shape, v).unwrap())
-    }
-
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
-        let out = self.fresh(&op.to_lowercase());
-        self.nodes.push(NodeProto {
-            op_type: op.into(),
-            name: out.clone(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            attribute: attrs,
-            ..Default::default()
-        });
-        out
     }
 
     /// A BatchNormalization of `x` over `c` channels with varied constant parameters.
@@ -61,41 +25,8 @@ impl G {
         self.op("BatchNormalization", &[x, &gamma, &beta, &mean, &var], vec![])
     }
 
-    fn model(mut self, x_shape: &[usize], outs: &[&str]) -> ModelProto {
-        self.outputs.extend(outs.iter().map(|s| s.to_string()));
-        let vi = |name: &str, dims: Option<&[usize]>| pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: dims.map(|d| pb::TensorShapeProto {
-                        dim: d
-                            .iter()
-                            .map(|&v| pb::tensor_shape_proto::Dimension {
-                                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                    v as i64,
-                                )),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-            graph: Some(pb::GraphProto {
-                node: self.nodes,
-                initializer: self.inits,
-                input: vec![vi("x", Some(x_shape))],
-                output: self.outputs.iter().map(|o| vi(o, None)).collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+    fn model(self, x_shape: &[usize], outs: &[&str]) -> ModelProto {
+        self.build(Some(x_shape), outs, 8, &[("", 17)])
     }
 }
 
@@ -106,33 +37,6 @@ fn varied(n: usize, seed: u32, lo: f32, span: f32) -> Vec<f32> {
             lo + span * ((h >> 7) % 1000) as f32 / 1000.0
         })
         .collect()
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Float as i32,
-        f: v,
-        ..Default::default()
-    }
 }
 
 fn input(shape: &[usize]) -> Tensor {

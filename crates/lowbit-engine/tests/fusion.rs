@@ -3,49 +3,14 @@
 //! bit-identical; integer convolutions and matmuls may differ where the float simulation's
 //! rounding of the sum crosses a rounding boundary, by one output step at most.
 
+mod common;
+
+use common::{int, ints, Graph as G};
 use lowbit_engine::{Session, SessionOptions};
-use lowbit_onnx::pb::{
-    self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
-};
-use lowbit_onnx::tensor_proto::tensor_to_proto;
+use lowbit_onnx::pb::{ModelProto, NodeProto};
 use lowbit_tensor::{DType, Tensor};
 
-/// A small graph under construction: nodes, initializers, one float input `x`.
-struct G {
-    nodes: Vec<NodeProto>,
-    inits: Vec<pb::TensorProto>,
-    n: usize,
-}
-
 impl G {
-    fn new() -> G {
-        G { nodes: Vec::new(), inits: Vec::new(), n: 0 }
-    }
-
-    fn fresh(&mut self, p: &str) -> String {
-        self.n += 1;
-        format!("{p}{}", self.n)
-    }
-
-    fn init(&mut self, t: Tensor) -> String {
-        let name = self.fresh("c");
-        self.inits.push(tensor_to_proto(&name, &t));
-        name
-    }
-
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
-        let out = self.fresh(&op.to_lowercase());
-        self.nodes.push(NodeProto {
-            op_type: op.into(),
-            name: out.clone(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            attribute: attrs,
-            ..Default::default()
-        });
-        out
-    }
-
     /// Q then DQ with per-tensor uint8 parameters (an activation's QDQ pair).
     fn qdq(&mut self, x: &str, scale: f32, zp: u8) -> (String, String) {
         let s = self.init(Tensor::scalar(scale));
@@ -72,57 +37,7 @@ impl G {
     }
 
     fn model(self, x_shape: &[usize], out: &str) -> ModelProto {
-        let vi = |name: &str, dims: Option<&[usize]>| pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: dims.map(|d| pb::TensorShapeProto {
-                        dim: d
-                            .iter()
-                            .map(|&v| pb::tensor_shape_proto::Dimension {
-                                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                    v as i64,
-                                )),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-            graph: Some(pb::GraphProto {
-                node: self.nodes,
-                initializer: self.inits,
-                input: vec![vi("x", Some(x_shape))],
-                output: vec![vi(out, None)],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
+        self.build(Some(x_shape), &[out], 8, &[("", 17)])
     }
 }
 

@@ -3,88 +3,16 @@
 //! Runtime's `MatMulNBits` against the same weights written as DQ → MatMul. The products
 //! differ by f32 rounding only.
 
+mod common;
+
+use common::{int, Graph as G};
 use lowbit_engine::{Session, SessionOptions};
-use lowbit_onnx::pb::{
-    self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
-};
-use lowbit_onnx::tensor_proto::tensor_to_proto;
+use lowbit_onnx::pb::ModelProto;
 use lowbit_tensor::Tensor;
 
-struct G {
-    nodes: Vec<NodeProto>,
-    inits: Vec<pb::TensorProto>,
-    n: usize,
-}
-
 impl G {
-    fn new() -> G {
-        G { nodes: Vec::new(), inits: Vec::new(), n: 0 }
-    }
-
-    fn init(&mut self, t: Tensor) -> String {
-        self.n += 1;
-        let name = format!("c{}", self.n);
-        self.inits.push(tensor_to_proto(&name, &t));
-        name
-    }
-
-    fn op(
-        &mut self,
-        op: &str,
-        domain: &str,
-        inputs: &[&str],
-        attrs: Vec<AttributeProto>,
-    ) -> String {
-        self.n += 1;
-        let out = format!("{}{}", op.to_lowercase(), self.n);
-        self.nodes.push(NodeProto {
-            op_type: op.into(),
-            domain: domain.into(),
-            name: out.clone(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            attribute: attrs,
-            ..Default::default()
-        });
-        out
-    }
-
     fn model(self, outs: &[&str]) -> ModelProto {
-        let vi = |name: &str| pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: None,
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        ModelProto {
-            ir_version: 10,
-            opset_import: vec![
-                pb::OperatorSetIdProto { domain: String::new(), version: 21 },
-                pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 },
-            ],
-            graph: Some(pb::GraphProto {
-                node: self.nodes,
-                initializer: self.inits,
-                input: vec![vi("x")],
-                output: outs.iter().map(|o| vi(o)).collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
+        self.build(None, outs, 10, &[("", 21), ("com.microsoft", 1)])
     }
 }
 
@@ -105,7 +33,9 @@ fn floats(shape: &[usize], seed: u32, lo: f32, step: f32) -> Tensor {
 /// Runs `m` on `x` fused and unfused: (fused output, unfused output, WeightOnlyMatMul count).
 fn both(m: &ModelProto, x: &Tensor) -> (Vec<f32>, Vec<f32>, Vec<usize>, usize) {
     let run = |fuse: bool| {
-        let s = Session::new(m, &SessionOptions { threads: 2, fuse_quantized: fuse, fuse_float: fuse }).unwrap();
+        let s =
+            Session::new(m, &SessionOptions { threads: 2, fuse_quantized: fuse, fuse_float: fuse })
+                .unwrap();
         let out = s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1;
         let count = s.fused_ops().get("WeightOnlyMatMul").copied().unwrap_or(0);
         (out.shape().to_vec(), out.to_f32_vec().unwrap(), count)
@@ -138,15 +68,11 @@ fn int4_blocked_matmul_and_bias_add_fuse_into_one_op() {
         )
         .unwrap(),
     );
-    let dq = g.op(
-        "DequantizeLinear",
-        "",
-        &[&w, &s, &z],
-        vec![int("axis", 0), int("block_size", bs as i64)],
-    );
-    let mm = g.op("MatMul", "", &["x", &dq], vec![]);
+    let dq =
+        g.op("DequantizeLinear", &[&w, &s, &z], vec![int("axis", 0), int("block_size", bs as i64)]);
+    let mm = g.op("MatMul", &["x", &dq], vec![]);
     let b = g.init(floats(&[n], 4, -1.0, 2e-3));
-    let y = g.op("Add", "", &[&mm, &b], vec![]);
+    let y = g.op("Add", &[&mm, &b], vec![]);
     let m = g.model(&[&y]);
     for rows in [1, 3, 9] {
         let x = floats(&[2, rows, k], 5, -1.0, 2e-3);
@@ -167,14 +93,10 @@ fn gemm_trans_b_uint4_blocked_along_k_with_bias_fuses() {
     let s = g.init(floats(&[n, nb], 8, 0.002, 1e-4));
     let zps: Vec<u8> = (0..n * nb).map(|i| hash(i, 9, 16) as u8).collect();
     let z = g.init(Tensor::new(vec![n, nb], lowbit_tensor::TensorData::U4(zps)).unwrap());
-    let dq = g.op(
-        "DequantizeLinear",
-        "",
-        &[&w, &s, &z],
-        vec![int("axis", 1), int("block_size", bs as i64)],
-    );
+    let dq =
+        g.op("DequantizeLinear", &[&w, &s, &z], vec![int("axis", 1), int("block_size", bs as i64)]);
     let c = g.init(floats(&[n], 10, -0.5, 1e-3));
-    let y = g.op("Gemm", "", &["x", &dq, &c], vec![int("transB", 1)]);
+    let y = g.op("Gemm", &["x", &dq, &c], vec![int("transB", 1)]);
     let m = g.model(&[&y]);
     let x = floats(&[6, k], 11, -1.0, 2e-3);
     let (fused, plain, shape, count) = both(&m, &x);
@@ -194,8 +116,8 @@ fn int8_per_channel_matmul_fuses_and_a_shared_weight_does_not() {
         .unwrap(),
     );
     let s = g.init(floats(&[n], 13, 0.001, 1e-5));
-    let dq = g.op("DequantizeLinear", "", &[&w, &s], vec![int("axis", 1)]);
-    let y = g.op("MatMul", "", &["x", &dq], vec![]);
+    let dq = g.op("DequantizeLinear", &[&w, &s], vec![int("axis", 1)]);
+    let y = g.op("MatMul", &["x", &dq], vec![]);
     let x = floats(&[k], 14, -1.0, 2e-3);
     let (fused, plain, shape, count) = both(&g.model(&[&y]), &x);
     assert_eq!((count, shape), (1, vec![n]), "a 1-D A gives a 1-D output");
@@ -205,8 +127,8 @@ fn int8_per_channel_matmul_fuses_and_a_shared_weight_does_not() {
     let mut g = G::new();
     let w = g.init(Tensor::from_vec(vec![k, n], vec![3i8; k * n]).unwrap());
     let s = g.init(floats(&[n], 13, 0.001, 1e-5));
-    let dq = g.op("DequantizeLinear", "", &[&w, &s], vec![int("axis", 1)]);
-    let y = g.op("MatMul", "", &["x", &dq], vec![]);
+    let dq = g.op("DequantizeLinear", &[&w, &s], vec![int("axis", 1)]);
+    let y = g.op("MatMul", &["x", &dq], vec![]);
     let x = floats(&[2, k], 14, -1.0, 2e-3);
     let s = Session::new(&g.model(&[&y, &dq]), &SessionOptions::default()).unwrap();
     assert!(s.fused_ops().get("WeightOnlyMatMul").is_none());
@@ -240,13 +162,9 @@ fn matmul_nbits_matches_the_same_weights_as_dequantize_matmul() {
         )
         .unwrap(),
     );
-    let dq = g.op(
-        "DequantizeLinear",
-        "",
-        &[&w, &s, &z],
-        vec![int("axis", 0), int("block_size", bs as i64)],
-    );
-    let y = g.op("MatMul", "", &["x", &dq], vec![]);
+    let dq =
+        g.op("DequantizeLinear", &[&w, &s, &z], vec![int("axis", 0), int("block_size", bs as i64)]);
+    let y = g.op("MatMul", &["x", &dq], vec![]);
     let reference = g.model(&[&y]);
     // MatMulNBits: per column, K codes in order, two per byte (low nibble first), padded.
     let blob = bs / 2;
@@ -270,11 +188,13 @@ fn matmul_nbits_matches_the_same_weights_as_dequantize_matmul() {
     let z = g.init(Tensor::from_vec(vec![n * zrow], zbytes).unwrap());
     let attrs =
         vec![int("K", k as i64), int("N", n as i64), int("bits", 4), int("block_size", bs as i64)];
-    let y = g.op("MatMulNBits", "com.microsoft", &["x", &b, &s, &z], attrs);
+    let y = g.op_in("com.microsoft", "MatMulNBits", &["x", &b, &s, &z], attrs);
     let nbits = g.model(&[&y]);
     let x = floats(&[5, k], 24, -1.0, 2e-3);
     let run = |m: &ModelProto, fuse: bool| {
-        let s = Session::new(m, &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse }).unwrap();
+        let s =
+            Session::new(m, &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse })
+                .unwrap();
         s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1.to_f32_vec().unwrap()
     };
     assert_close(&run(&nbits, true), &run(&reference, false));

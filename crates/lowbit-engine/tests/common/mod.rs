@@ -1,0 +1,141 @@
+//! Small ONNX graphs built by hand for the engine's integration tests: float input `x`,
+//! initializers and nodes named in creation order.
+
+// Each test binary uses part of this module.
+#![allow(dead_code)]
+
+use lowbit_onnx::pb::{
+    self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
+};
+use lowbit_onnx::tensor_proto::tensor_to_proto;
+use lowbit_tensor::Tensor;
+
+/// A graph under construction.
+pub struct Graph {
+    pub nodes: Vec<NodeProto>,
+    pub inits: Vec<pb::TensorProto>,
+    n: usize,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph { nodes: Vec::new(), inits: Vec::new(), n: 0 }
+    }
+
+    /// A new value name: `p` and a counter.
+    pub fn fresh(&mut self, p: &str) -> String {
+        self.n += 1;
+        format!("{p}{}", self.n)
+    }
+
+    /// An initializer holding `t`; returns its name.
+    pub fn init(&mut self, t: Tensor) -> String {
+        let name = self.fresh("c");
+        self.inits.push(tensor_to_proto(&name, &t));
+        name
+    }
+
+    /// A node of the default domain with one output; returns the output's name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.op_in("", op, inputs, attrs)
+    }
+
+    /// A node of `domain` with one output; returns the output's name.
+    pub fn op_in(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            domain: domain.into(),
+            name: out.clone(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    /// The model: input `x` (float, of shape `x_shape` when given), float `outputs`, the
+    /// opset of each domain in `opsets`.
+    pub fn build(
+        self,
+        x_shape: Option<&[usize]>,
+        outputs: &[&str],
+        ir_version: i64,
+        opsets: &[(&str, i64)],
+    ) -> ModelProto {
+        ModelProto {
+            ir_version,
+            opset_import: opsets
+                .iter()
+                .map(|&(domain, version)| pb::OperatorSetIdProto { domain: domain.into(), version })
+                .collect(),
+            graph: Some(pb::GraphProto {
+                node: self.nodes,
+                initializer: self.inits,
+                input: vec![float_value("x", x_shape)],
+                output: outputs.iter().map(|o| float_value(o, None)).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// A float tensor value, with its dims when given.
+pub fn float_value(name: &str, dims: Option<&[usize]>) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: dims.map(|d| pb::TensorShapeProto {
+                    dim: d
+                        .iter()
+                        .map(|&v| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
+                                v as i64,
+                            )),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f: v,
+        ..Default::default()
+    }
+}
