@@ -213,6 +213,18 @@ fn copy_short(src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// Rows and columns of a 2-D window's input plane padded so every tap of every output pixel
+/// lands inside it (the leading padding included).
+fn padded_plane(win: &Window) -> [usize; 2] {
+    let extent = |d: usize| {
+        let span = (win.output[d].max(1) - 1) * win.strides[d]
+            + (win.kernel[d] - 1) * win.dilations[d]
+            + 1;
+        span.max(win.pads_begin[d] + win.input[d])
+    };
+    [extent(1), extent(2)]
+}
+
 /// [`patches`] for 1-D and 2-D windows, without a bounds check per tap: the input goes
 /// channels-last into a buffer padded with the zero point (`xpad`, reused), so each kernel row
 /// of a patch is one contiguous run of `kw · cg_in` bytes (dilation 1) or `kw` runs of `cg_in`.
@@ -223,8 +235,7 @@ fn patches_2d(win: &Window, cg_in: usize, x: Source, pad: u8, xpad: &mut Vec<u8>
     let (sy, sx) = (win.strides[1], win.strides[2]);
     let (dy, dx) = (win.dilations[1], win.dilations[2]);
     let (pt, pl) = (win.pads_begin[1], win.pads_begin[2]);
-    let ph = ((oh.max(1) - 1) * sy + (kh - 1) * dy + 1).max(pt + ih);
-    let pw = ((ow.max(1) - 1) * sx + (kw - 1) * dx + 1).max(pl + iw);
+    let [ph, pw] = padded_plane(win);
     xpad.clear();
     xpad.resize(ph * pw * cg_in, pad);
     let plane = ih * iw;
@@ -595,8 +606,7 @@ fn depthwise_2d(
     let (sy, sx) = (win.strides[1], win.strides[2]);
     let (dy, dx) = (win.dilations[1], win.dilations[2]);
     let (pt, pl) = (win.pads_begin[1], win.pads_begin[2]);
-    let rows = ((oh.max(1) - 1) * sy + (kh - 1) * dy + 1).max(pt + ih);
-    let cols = ((ow.max(1) - 1) * sx + (kw - 1) * dx + 1).max(pl + iw);
+    let [rows, cols] = padded_plane(win);
     let plane = ih * iw;
     // Channels-first input is made channels-last once, padded (zero after subtracting the
     // zero point), so taps need no bounds checks; channels-last input is read in place and
@@ -644,10 +654,9 @@ fn depthwise_2d(
                 };
             }
         }
-        for ox in 0..ow {
-            if simd {
-                break;
-            }
+        // The portable loop, for the pixels the SIMD kernel did not fill (none or all).
+        let rest = if simd { 0..0 } else { 0..ow };
+        for ox in rest {
             let a = &mut acc[ox * c..(ox + 1) * c];
             for ky in 0..kh {
                 let iy = (oy * sy + ky * dy) as isize - pt as isize;
