@@ -12,7 +12,7 @@
 use crate::bail;
 use crate::error::OpResult;
 use crate::op::{input, opt_input, BuildCtx, Kernel};
-use crate::ops::util::{fused_activation, normalize_axis};
+use crate::ops::util::{channels_last_attr, fused_activation, normalize_axis};
 use crate::registry::Registry;
 use lowbit_kernels::conv::{
     conv, conv_packed, conv_transpose, Activation, ConvParams, ConvWeights,
@@ -516,7 +516,7 @@ struct MaxPoolChannelsLast {
 }
 
 fn build_max_pool_channels_last(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
-    if ctx.attrs.int_or("channels_last", 0)? != 1 {
+    if !channels_last_attr(&ctx.attrs)? {
         return Err(ctx
             .attrs
             .invalid("channels_last", "must be 1 (lowbit's MaxPool is NHWC)")

@@ -15,7 +15,7 @@ use crate::bail;
 use crate::error::{OpError, OpResult};
 use crate::op::{input, opt_input, BuildCtx, Kernel};
 use crate::ops::quant::{self as reference, ConvAttrs};
-use crate::ops::util::broadcast_shapes;
+use crate::ops::util::{broadcast_shapes, channels_last_attr};
 use crate::registry::Registry;
 use lowbit_kernels::gemm::Trans;
 use lowbit_kernels::qconv::{qconv, ConvStage, Layout, PackedConv};
@@ -929,16 +929,7 @@ impl Kernel for QGlobalAvg {
 }
 
 fn build_qlinear_global_average_pool(ctx: &BuildCtx) -> KernelResult {
-    let channels_last = match ctx.attrs.int_or("channels_last", 0)? {
-        0 => false,
-        1 => true,
-        v => {
-            return Err(ctx
-                .attrs
-                .invalid("channels_last", format!("must be 0 or 1, got {v}"))
-                .into())
-        }
-    };
+    let channels_last = channels_last_attr(&ctx.attrs)?;
     Ok(Box::new(QGlobalAvg { x: Q8::read(ctx, 1, 2)?, y: Q8::read(ctx, 3, 4)?, channels_last }))
 }
 
@@ -1015,16 +1006,8 @@ fn clamp_of(table: &[u8; 256], signed: bool) -> Option<(i32, i32)> {
 /// optional 10th, the table, and `channels_last` (0 or 1: input and output are
 /// `[N, spatial..., C]`).
 fn build_lowbit_conv(ctx: &BuildCtx) -> KernelResult {
-    let layout = match ctx.attrs.int_or("channels_last", 0)? {
-        0 => Layout::ChannelsFirst,
-        1 => Layout::ChannelsLast,
-        v => {
-            return Err(ctx
-                .attrs
-                .invalid("channels_last", format!("must be 0 or 1, got {v}"))
-                .into())
-        }
-    };
+    let layout =
+        if channels_last_attr(&ctx.attrs)? { Layout::ChannelsLast } else { Layout::ChannelsFirst };
     let inner = match layout {
         Layout::ChannelsFirst => build_qlinear_conv,
         Layout::ChannelsLast => |ctx: &BuildCtx| build_qlinear_conv_in(ctx, Layout::ChannelsLast),

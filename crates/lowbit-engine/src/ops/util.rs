@@ -75,6 +75,15 @@ pub(crate) fn fused_activation(
     })
 }
 
+/// The `channels_last` attribute (0, the default, or 1) of the ops that read `[N, spatial..., C]`.
+pub(crate) fn channels_last_attr(a: &lowbit_onnx::attr::Attrs) -> OpResult<bool> {
+    match a.int_or("channels_last", 0)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(a.invalid("channels_last", format!("must be 0 or 1, got {v}")).into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
