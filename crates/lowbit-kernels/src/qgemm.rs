@@ -653,6 +653,38 @@ mod x86 {
     use super::{Done, MR, NR};
     use std::arch::x86_64::*;
 
+    /// `clamp(round(v · scale) + zp, lo, hi)` on 8 i32 lanes: [`super::requantize_one`]'s rule
+    /// (the float product clamped to ±2^30 before rounding, as it does). A macro, like
+    /// `finish!`, so the intrinsics inline into each `target_feature` function.
+    macro_rules! requantize8 {
+        ($v:expr, $scale:expr, $zp:expr, $lo:expr, $hi:expr) => {{
+            let x = _mm256_mul_ps(_mm256_cvtepi32_ps($v), $scale);
+            let x = _mm256_min_ps(
+                _mm256_max_ps(x, _mm256_set1_ps(-1_073_741_824.0)),
+                _mm256_set1_ps(1_073_741_824.0),
+            );
+            _mm256_min_epi32(
+                _mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(x), $zp), $lo),
+                $hi,
+            )
+        }};
+    }
+
+    /// Two requantized halves (clamped within [-128, 255]) as 16 bytes: the i16 packs are
+    /// exact, and the bytes come out as `v as u8` (unsigned saturation for u8 codes, signed
+    /// for i8 codes).
+    macro_rules! pack16 {
+        ($q0:expr, $q1:expr, $qmin:expr) => {{
+            let w = _mm256_permute4x64_epi64(_mm256_packs_epi32($q0, $q1), 0b11_01_10_00);
+            let (l, h) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+            if $qmin >= 0 {
+                _mm_packus_epi16(l, h)
+            } else {
+                _mm_packs_epi16(l, h)
+            }
+        }};
+    }
+
     /// The end of every micro-kernel (a macro: it must expand inside each `target_feature`
     /// function for its intrinsics to inline).
     macro_rules! finish {
@@ -661,8 +693,6 @@ mod x86 {
                 // SAFETY: acc is a plain array.
                 Done::Spill(acc) => unsafe { spill(&$c, acc) },
                 Done::Requantize(e) => {
-                    let lim = _mm256_set1_ps(1_073_741_824.0);
-                    let nlim = _mm256_set1_ps(-1_073_741_824.0);
                     let zp = _mm256_set1_epi32(e.zero_point);
                     let (lo, hi) = (_mm256_set1_epi32(e.qmin), _mm256_set1_epi32(e.qmax));
                     // SAFETY: 16-element arrays.
@@ -688,19 +718,9 @@ mod x86 {
                         for h in 0..2 {
                             let v = _mm256_add_epi32($c[r][h], adj[h]);
                             let v = _mm256_sub_epi32(v, _mm256_mullo_epi32(zps[h], rs));
-                            let x = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale[h]);
-                            let x = _mm256_min_ps(_mm256_max_ps(x, nlim), lim);
-                            let v = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
-                            q[h] = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+                            q[h] = requantize8!(v, scale[h], zp, lo, hi);
                         }
-                        let w =
-                            _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0b11_01_10_00);
-                        let (l, h) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-                        let b = if e.qmin >= 0 {
-                            _mm_packus_epi16(l, h)
-                        } else {
-                            _mm_packs_epi16(l, h)
-                        };
+                        let b = pack16!(q[0], q[1], e.qmin);
                         if e.cols == NR {
                             // SAFETY: the caller's contract: `cols` writable bytes per row.
                             unsafe { _mm_storeu_si128(e.out[r] as *mut __m128i, b) };
@@ -900,31 +920,24 @@ mod x86 {
         qmax: i32,
         out: &mut [u8; NR],
     ) {
-        let lim = _mm256_set1_ps(1_073_741_824.0);
-        let nlim = _mm256_set1_ps(-1_073_741_824.0);
         let zp = _mm256_set1_epi32(zero_point);
         let lo = _mm256_set1_epi32(qmin);
         let hi = _mm256_set1_epi32(qmax);
         let mut q = [_mm256_setzero_si256(); 2];
         for (h, qh) in q.iter_mut().enumerate() {
             // SAFETY: 8 lanes inside 16-element arrays.
-            unsafe {
-                let v = _mm256_add_epi32(
-                    _mm256_loadu_si256(acc.as_ptr().add(8 * h) as *const __m256i),
-                    _mm256_loadu_si256(bias.as_ptr().add(8 * h) as *const __m256i),
-                );
-                let m = _mm256_loadu_ps(mult.as_ptr().add(8 * h));
-                let x = _mm256_mul_ps(_mm256_cvtepi32_ps(v), m);
-                let x = _mm256_min_ps(_mm256_max_ps(x, nlim), lim);
-                let r = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
-                *qh = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
-            }
+            let (v, m) = unsafe {
+                (
+                    _mm256_add_epi32(
+                        _mm256_loadu_si256(acc.as_ptr().add(8 * h) as *const __m256i),
+                        _mm256_loadu_si256(bias.as_ptr().add(8 * h) as *const __m256i),
+                    ),
+                    _mm256_loadu_ps(mult.as_ptr().add(8 * h)),
+                )
+            };
+            *qh = requantize8!(v, m, zp, lo, hi);
         }
-        // Clamped to [qmin, qmax] within [-128, 255]: the i16 packs are exact, and the bytes
-        // come out as `v as u8` (unsigned saturation for u8 codes, signed for i8 codes).
-        let w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0b11_01_10_00);
-        let (l, h) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-        let b = if qmin >= 0 { _mm_packus_epi16(l, h) } else { _mm_packs_epi16(l, h) };
+        let b = pack16!(q[0], q[1], qmin);
         // SAFETY: 16 bytes.
         unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, b) };
     }
