@@ -34,7 +34,7 @@
 
 use crate::op::BuildCtx;
 use crate::registry::{canonical_domain, Registry};
-use lowbit_kernels::quantize::quantize_one;
+use lowbit_kernels::quantize::{self, quantize_one};
 use lowbit_onnx::attr::Attrs;
 use lowbit_onnx::pb::{attribute_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
 use lowbit_onnx::tensor_proto::tensor_from_proto;
@@ -326,7 +326,8 @@ impl<'g> Fuser<'g> {
         n: usize,
         label: &str,
     ) -> Option<String> {
-        let want = |c: usize| xs * ws[if ws.len() == 1 { 0 } else { c }];
+        let scales = quantize::bias_scales(xs, ws);
+        let want = |c: usize| scales[if scales.len() == 1 { 0 } else { c }];
         if let Some(b) = self.dq_of(name) {
             let (dt, dims) = self.constant_meta(b.data)?;
             if dt != DType::I32 || dims.iter().product::<usize>() != n {
@@ -346,14 +347,8 @@ impl<'g> Fuser<'g> {
         if v.len() != n {
             return None;
         }
-        let mut q = Vec::with_capacity(n);
-        for (c, &b) in v.iter().enumerate() {
-            let r = (b / want(c)).round_ties_even();
-            if !r.is_finite() || r.abs() > i32::MAX as f32 / 2.0 {
-                return None;
-            }
-            q.push(r as i32);
-        }
+        // A code the int32 accumulator cannot carry keeps the op in float.
+        let q = quantize::quantize_bias(v, xs, ws).ok()?;
         let name = format!("{label}::bias_int32");
         self.constants.push((name.clone(), Tensor::from_vec(vec![n], q).ok()?));
         Some(name)

@@ -171,6 +171,56 @@ pub fn requantize_one(acc: i32, multiplier: f32, zero_point: i32, qmin: i32, qma
     }
 }
 
+/// Per-channel requantize multipliers `in_scale · w_scale[c] / out_scale`, in that order of f32
+/// operations (ONNX Runtime's), for [`requantize_one`] and the integer kernels' output stage.
+pub fn requantize_multipliers(in_scale: f32, w_scales: &[f32], out_scale: f32) -> Vec<f32> {
+    w_scales.iter().map(|&s| in_scale * s / out_scale).collect()
+}
+
+/// The scales of an int32 bias: `in_scale · w_scale[c]` (zero point 0), one per weight scale.
+pub fn bias_scales(in_scale: f32, w_scales: &[f32]) -> Vec<f32> {
+    w_scales.iter().map(|&s| in_scale * s).collect()
+}
+
+/// The largest bias code [`quantize_bias`] writes: half of the int32 range, so that adding the
+/// accumulator (bounded by `K · 255 · 127`) cannot wrap in realistic layers.
+pub const BIAS_CODE_LIMIT: f32 = (1u32 << 30) as f32;
+
+/// A bias channel whose int32 code would exceed [`BIAS_CODE_LIMIT`] (its weight scale is tiny
+/// next to the bias: the weights of that channel are all near zero).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BiasOverflow {
+    pub channel: usize,
+    pub bias: f32,
+    pub scale: f32,
+}
+
+/// Quantizes a conv/matmul bias to int32 with `scale[c] = in_scale · w_scales[c]` (one weight
+/// scale for all channels, or one per channel), zero point 0: `round_half_even(b / scale)`.
+/// The one bias formula of lowbit: the quantizer writes it and the engine's fusion computes it
+/// for float biases. A code beyond [`BIAS_CODE_LIMIT`] (or a non-finite one) is an error naming
+/// the channel, for the caller to handle (the quantizer widens that channel's weight scale, the
+/// engine keeps the op in float).
+pub fn quantize_bias(
+    bias: &[f32],
+    in_scale: f32,
+    w_scales: &[f32],
+) -> Result<Vec<i32>, BiasOverflow> {
+    let scale_of = |c: usize| in_scale * w_scales[if w_scales.len() == 1 { 0 } else { c }];
+    bias.iter()
+        .enumerate()
+        .map(|(c, &b)| {
+            let scale = scale_of(c);
+            let q = round_half_even(b / scale);
+            if q.is_finite() && q.abs() <= BIAS_CODE_LIMIT {
+                Ok(q as i32)
+            } else {
+                Err(BiasOverflow { channel: c, bias: b, scale })
+            }
+        })
+        .collect()
+}
+
 /// The integer values of an integer tensor's storage, widened to i32 (`None` for other types
 /// or for 32/64-bit storage that would not fit).
 pub fn int_values(d: &TensorData) -> Option<Vec<i32>> {
@@ -482,6 +532,26 @@ pub fn dynamic_qparams_u8(min: f32, max: f32) -> (f32, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bias_codes_use_the_input_times_weight_scale_and_refuse_overflow() {
+        // Per channel: b / (s_in · s_w[c]), ties to even.
+        assert_eq!(quantize_bias(&[1.0, -0.5, 0.0], 0.5, &[0.5, 0.25, 1.0]), Ok(vec![4, -4, 0]));
+        assert_eq!(quantize_bias(&[0.625], 0.5, &[0.5]), Ok(vec![2])); // 2.5 → 2
+        // One weight scale for every channel.
+        assert_eq!(quantize_bias(&[1.0, 2.0], 1.0, &[0.5]), Ok(vec![2, 4]));
+        assert_eq!(bias_scales(0.5, &[0.5, 0.25]), vec![0.25, 0.125]);
+        // A near-zero weight scale would need a code beyond the accumulator's headroom.
+        let e = quantize_bias(&[0.1, 3.0], 0.02, &[0.1, 1e-9]).unwrap_err();
+        assert_eq!((e.channel, e.bias), (1, 3.0));
+        assert!(quantize_bias(&[f32::NAN], 1.0, &[1.0]).is_err());
+    }
+
+    #[test]
+    fn requantize_multipliers_follow_the_reference_operation_order() {
+        let m = requantize_multipliers(0.1, &[0.3, 0.7], 0.9);
+        assert_eq!(m, vec![0.1f32 * 0.3 / 0.9, 0.1f32 * 0.7 / 0.9]);
+    }
     use proptest::prelude::*;
 
     proptest! {

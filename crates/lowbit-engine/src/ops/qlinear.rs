@@ -128,10 +128,7 @@ fn wrap_bytes(dtype: DType, shape: Vec<usize>, q: Vec<u8>) -> OpResult<Tensor> {
     })
 }
 
-/// Multipliers `a_scale · w_scale[c] / y_scale`, in that order (the reference's f32 rounding).
-fn multipliers(a_scale: f32, w_scale: &[f32], y_scale: f32) -> Vec<f32> {
-    w_scale.iter().map(|&s| a_scale * s / y_scale).collect()
-}
+use lowbit_kernels::quantize::requantize_multipliers as multipliers;
 
 fn finite(v: &[f32], what: &str) -> OpResult<()> {
     if v.iter().any(|s| !s.is_finite()) {

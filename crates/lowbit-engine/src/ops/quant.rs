@@ -21,7 +21,7 @@ use crate::ops::util::{broadcast_shapes, broadcast_strides, normalize_axis};
 use crate::registry::Registry;
 use lowbit_kernels::quantize::{
     dequantize, dynamic_qparams_u8, int_range, int_values, min_max, quantize, quantize_bytes,
-    requantize_one, ParamMap,
+    requantize_multipliers, requantize_one, ParamMap,
 };
 use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
@@ -343,7 +343,7 @@ pub(crate) fn qlinear_matmul(ins: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
         let a_scale = scale_values(input(ins, 1)?, "a_scale", 1)?[0];
         let b_scale = scale_values(input(ins, 4)?, "b_scale", d.n)?;
         let y_scale = scale_values(input(ins, 6)?, "y_scale", 1)?[0];
-        let mult: Vec<f32> = b_scale.iter().map(|&s| a_scale * s / y_scale).collect();
+        let mult = requantize_multipliers(a_scale, &b_scale, y_scale);
         let (dt, zp, qmin, qmax) = output_qparams(opt_input(ins, 7))?;
         let n = d.n.max(1);
         let q: Vec<i32> = acc
@@ -507,7 +507,7 @@ pub(crate) fn build_qlinear_conv(ctx: &BuildCtx) -> KernelResult {
         let x_scale = scale_values(input(ins, 1)?, "x_scale", 1)?[0];
         let w_scale = scale_values(input(ins, 4)?, "w_scale", c_out)?;
         let y_scale = scale_values(input(ins, 6)?, "y_scale", 1)?[0];
-        let mult: Vec<f32> = w_scale.iter().map(|&s| x_scale * s / y_scale).collect();
+        let mult = requantize_multipliers(x_scale, &w_scale, y_scale);
         let (dt, zp, qmin, qmax) = output_qparams(opt_input(ins, 7))?;
         let q: Vec<i32> = acc
             .iter()
