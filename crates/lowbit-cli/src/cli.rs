@@ -256,19 +256,27 @@ pub struct QuantizeArgs {
     /// One weight scale per weight tensor.
     #[arg(long)]
     pub per_tensor: bool,
-    /// Activation type (static).
-    #[arg(long, default_value = "uint8", value_parser = ["uint8", "int8", "int16"])]
-    pub activations: String,
+    /// The runtime and CPU the file is for: auto (this CPU under ONNX Runtime), ort-avx2,
+    /// ort-vnni, arm, openvino, tensorrt or lowbit. It sets what the options below leave open
+    /// (8- or 7-bit weights, activation type) and refuses what the target cannot run.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ort-avx2", "ort-vnni", "arm", "openvino", "tensorrt", "lowbit"])]
+    pub target: String,
+    /// Activation type (static) [default: the target's, uint8 except tensorrt's int8].
+    #[arg(long, value_parser = ["uint8", "int8", "int16"])]
+    pub activations: Option<String>,
     /// Weight type.
     #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "uint8", "uint4"])]
     pub weights: String,
-    /// Weight-only: quantize weights in blocks of N along the reduction axis (0: per channel;
-    /// 4-bit weights default to 32).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub block_size: usize,
-    /// Use all 8 bits of int8 weights. By default they use 7 (ONNX Runtime's reduce_range):
-    /// on x86 CPUs without AVX-512 VNNI, ORT's fused u8×s8 kernels (AVX2 `vpmaddubsw`)
-    /// saturate 16-bit pair sums of full-range weights. Full range suits VNNI and ARM targets.
+    /// Weight-only: quantize weights in blocks of N along the reduction axis; 0: per channel
+    /// (or per tensor with --per-tensor) [default: 32 for 4-bit weights, else 0].
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<usize>,
+    /// Give 8-bit weights 7 bits (ONNX Runtime's reduce_range), whatever the target says.
+    /// By default only target ort-avx2 does: ORT's u8×s8 AVX2 kernel (`vpmaddubsw`) saturates
+    /// 16-bit pair sums of full-range weights; VNNI, ARM, OpenVINO and lowbit do not.
+    #[arg(long, conflicts_with = "no_reduce_range")]
+    pub reduce_range: bool,
+    /// Use all 8 bits of int8 weights, whatever the target says.
     #[arg(long)]
     pub no_reduce_range: bool,
     /// Static: keep in float any Conv/MatMul/Gemm whose input activation is expected to keep
@@ -280,6 +288,28 @@ pub struct QuantizeArgs {
     /// (repeat for more).
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
+    /// Static: cross-layer equalization of consecutive convolutions' weight ranges before
+    /// calibration (Nagel et al. 2019). Needs --data.
+    #[arg(long)]
+    pub equalize: bool,
+    /// Static: remove the per-channel output shift quantization adds to each layer, measured on
+    /// --data (empirical) or from the weights' rounding error (analytic) [Nagel et al. 2019].
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "empirical", value_parser = ["empirical", "analytic"])]
+    pub bias_correction: Option<String>,
+    /// Static: learn each weight's rounding (up or down) layer by layer on --data (AdaRound,
+    /// Nagel et al. 2020).
+    #[arg(long)]
+    pub adaround: bool,
+    /// AdaRound optimizer steps per layer.
+    #[arg(long, value_name = "N", default_value_t = lowbit_quant::config::AdaRoundOptions::default().iterations)]
+    pub adaround_iters: usize,
+    /// Stop AdaRound after this many minutes (layers not reached keep round-to-nearest).
+    #[arg(long, value_name = "MIN")]
+    pub time_budget: Option<f64>,
+    /// Static: migrate activation outliers of MatMul/Gemm inputs into their weights with
+    /// strength ALPHA in [0, 1] (SmoothQuant, Xiao et al. 2023; 0.5 is the paper's default).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth_quant: Option<f32>,
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,

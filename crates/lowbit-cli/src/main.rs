@@ -12,6 +12,7 @@ mod model_info;
 mod outputs;
 mod preprocess;
 mod rng;
+mod samples;
 mod stack;
 mod usage;
 

@@ -45,6 +45,12 @@ pub enum QuantError {
 
     #[error("quantize config: {0}")]
     Config(String),
+    /// Calibration samples that cannot be read or fed (the message names the file and rows).
+    #[error("calibration data: {0}")]
+    Data(String),
+    /// The input model is already quantized (the quantized ops it holds, counted).
+    #[error("the model is already quantized ({0}): quantize its FP32 original instead")]
+    AlreadyQuantized(String),
 }
 
 fn sample_text(s: &Option<u64>) -> String {

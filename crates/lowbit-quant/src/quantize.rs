@@ -23,249 +23,22 @@
 //! | `weight-only` | int8 (per channel) or int4 (blocked along K) weights + DequantizeLinear before MatMul/Gemm | — |
 //! | `fp16` / `bf16` | float32 initializers and compute in float16/bfloat16, float32 I/O kept by default | — |
 
-use crate::calibrate::{CalibrationTable, Method};
+pub use crate::config::{
+    parse_int_type, QuantMode, QuantPlan, QuantizeConfig, DEFAULT_MIN_ACTIVATION_SQNR,
+};
+
+use crate::algorithms::{self, StepContext, StepReport};
+use crate::calibrate::{calibrate_samples, CalibrationTable, CalibratorOptions};
 use crate::error::{QuantError, Result};
-use crate::passes::{self, Exclusions};
-use crate::scheme::{IntType, Mode};
+use crate::passes;
+use crate::samples::{NoProgress, Progress, SampleSource};
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::ModelProto;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
-
-/// What kind of quantization [`quantize_model`] does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuantMode {
-    /// Calibrated activations and weights, QDQ format.
-    Static,
-    /// Weights offline, activations quantized at run time.
-    Dynamic,
-    /// Weights only; compute stays float.
-    WeightOnly,
-    /// float16 weights and compute.
-    Fp16,
-    /// bfloat16 weights and compute (ONNX Runtime's CPU provider has few bf16 kernels).
-    Bf16,
-}
-
-impl QuantMode {
-    pub const ALL: [QuantMode; 5] = [
-        QuantMode::Static,
-        QuantMode::Dynamic,
-        QuantMode::WeightOnly,
-        QuantMode::Fp16,
-        QuantMode::Bf16,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            QuantMode::Static => "static",
-            QuantMode::Dynamic => "dynamic",
-            QuantMode::WeightOnly => "weight-only",
-            QuantMode::Fp16 => "fp16",
-            QuantMode::Bf16 => "bf16",
-        }
-    }
-}
-
-impl fmt::Display for QuantMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for QuantMode {
-    type Err = QuantError;
-    fn from_str(s: &str) -> Result<QuantMode> {
-        QuantMode::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            QuantError::Config(format!(
-                "unknown mode '{s}' (use static, dynamic, weight-only, fp16 or bf16)"
-            ))
-        })
-    }
-}
-
-/// Parses `int8`, `uint8`, `int16`, `uint16`, `int4`, `uint4`.
-pub fn parse_int_type(s: &str) -> Result<IntType> {
-    Ok(match s {
-        "int8" => IntType::Int8,
-        "uint8" => IntType::Uint8,
-        "int16" => IntType::Int16,
-        "uint16" => IntType::Uint16,
-        "int4" => IntType::Int4,
-        "uint4" => IntType::Uint4,
-        _ => {
-            return Err(QuantError::Config(format!(
-                "unknown integer type '{s}' (use int8, uint8, int16, uint16, int4, uint4)"
-            )))
-        }
-    })
-}
-
-/// The default floor (dB) on an activation's expected SQNR under static quantization. An 8-bit
-/// grid over a Gaussian's ±4σ gives about 41 dB. Measured: the MNIST CNNs' activations sit at
-/// 35–49 dB; MiniLM's at 25.5–42 dB except its first FFN output (GELU with outliers to 22.6
-/// while most values are below 1: 20.7–22.0 dB depending on the calibration sentences), which
-/// alone costs about 0.03 of mean cosine to FP32.
-pub const DEFAULT_MIN_ACTIVATION_SQNR: f64 = 24.0;
-
-/// Everything `lowbit quantize` can be asked. [`Default`]: static, uint8 asymmetric
-/// activations, int8 symmetric per-channel weights, min-max ranges, BN folding on, float
-/// inputs/outputs kept.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QuantizeConfig {
-    pub mode: QuantMode,
-    /// Activation type (static): uint8 (default), int8, int16, uint16.
-    pub activations: IntType,
-    /// Symmetric activation ranges (static). Default asymmetric.
-    pub symmetric_activations: bool,
-    /// Weight type: int8 (default), uint8, int4, uint4 (int16 also accepted in static mode).
-    pub weights: IntType,
-    /// Weight range mode; `None`: symmetric for int8/int16 (ORT's default), asymmetric for
-    /// unsigned and 4-bit weights.
-    pub weight_mode: Option<Mode>,
-    /// One scale per output channel (Conv axis 0, Gemm transB=1 axis 0 else 1, MatMul last
-    /// axis). Off: one scale per weight tensor.
-    pub per_channel: bool,
-    /// Blocked weight quantization along the reduction axis (weight-only; 0 = per channel or
-    /// per tensor). int4 weight-only defaults to 32 when 0 is given.
-    pub block_size: usize,
-    /// ONNX Runtime's reduce_range: 8-bit integer weights use 7 bits (static and dynamic
-    /// modes). On by default: ONNX Runtime's fused u8×s8 kernels on x86 CPUs without AVX-512
-    /// VNNI (AVX2 `vpmaddubsw`) add pairs of products in saturating int16, which full-range
-    /// weights overflow. Measured with score.py on this AVX2 machine: burn_mnist_bn loses
-    /// 0.38 pt top-1 with 8-bit weights and 0.07 pt with 7-bit ones; MiniLM static keeps a mean
-    /// cosine of 0.985 vs 0.995. Turn it off for VNNI or ARM deployments.
-    pub reduce_range: bool,
-    /// Which calibration range to use (static).
-    pub method: Method,
-    /// Static: leave in float any Conv/MatMul/Gemm whose activation input, quantized with its
-    /// calibrated range, is expected to fall below this SQNR in dB (estimated from the
-    /// calibration histogram). Catches activations whose outliers leave the bulk of values a
-    /// handful of levels, e.g. a transformer's first FFN output. `None`: quantize everything.
-    /// Default [`DEFAULT_MIN_ACTIVATION_SQNR`].
-    pub min_activation_sqnr: Option<f64>,
-    /// Nodes left in float32.
-    pub exclude: Exclusions,
-    /// Keep float32 graph inputs/outputs (fp16/bf16: Casts at the boundary). Quantized modes
-    /// always keep float interfaces.
-    pub keep_float_io: bool,
-    /// Fold BatchNormalization into the preceding Conv/Gemm first (static).
-    pub fold_batch_norm: bool,
-}
-
-impl Default for QuantizeConfig {
-    fn default() -> Self {
-        QuantizeConfig {
-            mode: QuantMode::Static,
-            activations: IntType::Uint8,
-            symmetric_activations: false,
-            weights: IntType::Int8,
-            weight_mode: None,
-            per_channel: true,
-            block_size: 0,
-            reduce_range: true,
-            method: Method::MinMax,
-            min_activation_sqnr: Some(DEFAULT_MIN_ACTIVATION_SQNR),
-            exclude: Exclusions::default(),
-            keep_float_io: true,
-            fold_batch_norm: true,
-        }
-    }
-}
-
-impl QuantizeConfig {
-    /// Static QDQ with the defaults.
-    pub fn static_int8() -> QuantizeConfig {
-        QuantizeConfig::default()
-    }
-
-    /// Dynamic int8 (per channel).
-    pub fn dynamic_int8() -> QuantizeConfig {
-        QuantizeConfig { mode: QuantMode::Dynamic, ..Default::default() }
-    }
-
-    /// Weight-only int8 per channel.
-    pub fn weight_only_int8() -> QuantizeConfig {
-        QuantizeConfig { mode: QuantMode::WeightOnly, ..Default::default() }
-    }
-
-    /// Weight-only int4, blocks of `block_size` along K.
-    pub fn weight_only_int4(block_size: usize) -> QuantizeConfig {
-        QuantizeConfig {
-            mode: QuantMode::WeightOnly,
-            weights: IntType::Int4,
-            block_size,
-            ..Default::default()
-        }
-    }
-
-    /// float16 (or bfloat16 with `bf16`), float32 I/O kept.
-    pub fn float16(bf16: bool) -> QuantizeConfig {
-        QuantizeConfig {
-            mode: if bf16 { QuantMode::Bf16 } else { QuantMode::Fp16 },
-            ..Default::default()
-        }
-    }
-
-    /// The weight range mode actually used.
-    pub fn resolved_weight_mode(&self) -> Mode {
-        self.weight_mode.unwrap_or(match self.weights {
-            IntType::Int8 | IntType::Int16 => Mode::Symmetric,
-            _ => Mode::Asymmetric,
-        })
-    }
-
-    /// The block size actually used by weight-only quantization (0: none).
-    pub fn resolved_block_size(&self) -> usize {
-        match (self.block_size, self.weights) {
-            (0, IntType::Int4 | IntType::Uint4) if self.mode == QuantMode::WeightOnly => 32,
-            (b, _) => b,
-        }
-    }
-
-    /// Rejects combinations the passes cannot write.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(QuantError::Config(m));
-        match self.mode {
-            QuantMode::Static => {
-                if matches!(self.activations, IntType::Int4 | IntType::Uint4) {
-                    return bad(
-                        "4-bit activations are not supported (use uint8, int8, int16 or uint16)"
-                            .into(),
-                    );
-                }
-                if self.block_size != 0 {
-                    return bad("--block-size applies to weight-only quantization".into());
-                }
-            }
-            QuantMode::Dynamic => {
-                if !matches!(self.weights, IntType::Int8 | IntType::Uint8) {
-                    return bad(format!(
-                        "dynamic quantization stores int8 or uint8 weights (MatMulInteger), not {}",
-                        self.weights.name()
-                    ));
-                }
-                if self.block_size != 0 {
-                    return bad("--block-size applies to weight-only quantization".into());
-                }
-            }
-            QuantMode::WeightOnly => {
-                if matches!(self.weights, IntType::Int16 | IntType::Uint16) {
-                    return bad("weight-only quantization writes 8- or 4-bit weights".into());
-                }
-                let b = self.resolved_block_size();
-                if b != 0 && (b < 16 || !b.is_power_of_two()) {
-                    return bad(format!("block size must be a power of two >= 16, got {b}"));
-                }
-            }
-            QuantMode::Fp16 | QuantMode::Bf16 => {}
-        }
-        Ok(())
-    }
-}
+use std::time::Instant;
 
 /// A node a pass left alone, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +52,12 @@ pub struct NodeNote {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantizeSummary {
     pub mode: Option<QuantMode>,
+    /// The deployment target the plan was resolved for.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Why each target-dependent choice was made.
+    #[serde(default)]
+    pub decisions: Vec<String>,
     /// Nodes quantized (or converted), per op type.
     pub quantized: BTreeMap<String, usize>,
     /// Nodes the user excluded.
@@ -295,6 +74,15 @@ pub struct QuantizeSummary {
     pub size_after: u64,
     /// Free-form remarks (mode limitations, opset rewrites).
     pub notes: Vec<String>,
+    /// Settings that probably do not do what the user meant (an exclusion matching nothing).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// What each accuracy-recovery step did, in the order they ran.
+    #[serde(default)]
+    pub steps: Vec<StepReport>,
+    /// Calibration done inside the run (after a graph-transforming step): batches, seconds.
+    #[serde(default)]
+    pub calibrated: Option<(u64, f64)>,
 }
 
 impl QuantizeSummary {
@@ -338,6 +126,9 @@ impl fmt::Display for QuantizeSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = self.mode.map(|m| m.name()).unwrap_or("?");
         writeln!(f, "mode: {mode}")?;
+        for d in &self.decisions {
+            writeln!(f, "plan: {d}")?;
+        }
         let per_op: Vec<String> = self.quantized.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(f, "quantized: {} nodes ({})", self.total_quantized(), per_op.join(", "))?;
         if self.folded_batch_norms > 0 {
@@ -369,55 +160,201 @@ impl fmt::Display for QuantizeSummary {
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
+        if let Some((batches, secs)) = self.calibrated {
+            writeln!(f, "calibrated the transformed FP32 graph: {batches} batches in {secs:.1} s")?;
+        }
+        for st in &self.steps {
+            writeln!(f, "{}: {} ({:.1} s)", st.step, st.summary, st.seconds)?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         Ok(())
     }
 }
 
-/// Quantizes `model` as `config` says. Static mode needs `calibration` (a table made on this
-/// FP32 model); the others ignore it. Graph input and output names are kept.
+/// Quantizes `model` as `config` says: resolves the [`QuantPlan`] (against the config's target)
+/// and runs [`quantize_with_plan`].
 pub fn quantize_model(
     model: ModelProto,
     config: &QuantizeConfig,
     calibration: Option<&CalibrationTable>,
 ) -> Result<(ModelProto, QuantizeSummary)> {
-    config.validate()?;
+    quantize_with_plan(model, &QuantPlan::resolve(config)?, calibration)
+}
+
+/// What a quantization run reads besides the model and the plan.
+pub struct QuantizeInputs<'a> {
+    /// A calibration table made on the FP32 model (static), used as is unless a step transforms
+    /// the FP32 graph first.
+    pub table: Option<&'a CalibrationTable>,
+    /// Calibration samples: calibration when there is no (usable) table, and the data-driven
+    /// steps.
+    pub samples: Option<&'a mut dyn SampleSource>,
+    /// Engine worker threads for the runs on samples (0: one per core).
+    pub threads: usize,
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> QuantizeInputs<'a> {
+    /// A calibration table only.
+    pub fn table(table: Option<&'a CalibrationTable>) -> QuantizeInputs<'a> {
+        QuantizeInputs { table, samples: None, threads: 0, progress: &NoProgress }
+    }
+}
+
+/// [`quantize_run`] with a calibration table only.
+pub fn quantize_with_plan(
+    model: ModelProto,
+    plan: &QuantPlan,
+    calibration: Option<&CalibrationTable>,
+) -> Result<(ModelProto, QuantizeSummary)> {
+    quantize_run(model, plan, QuantizeInputs::table(calibration))
+}
+
+/// Ops that only a quantized model holds: quantizing it again would stack a second grid on
+/// the first (or, in fp16 mode, give DequantizeLinear float16 scales ONNX Runtime refuses).
+const QUANTIZED_OPS: &[&str] = &[
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+    "DynamicQuantizeMatMul",
+];
+
+/// Static quantization with the plan's accuracy-recovery steps (see [`algorithms`] for the order).
+fn static_run(
+    g: &mut Graph,
+    plan: &QuantPlan,
+    inputs: QuantizeInputs,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    let alg = &plan.algorithms;
+    let QuantizeInputs { table, mut samples, threads, progress } = inputs;
+    if samples.is_none() && (alg.needs_samples() || alg.transforms_fp32()) {
+        return Err(QuantError::Config(
+            "equalization, SmoothQuant, AdaRound and empirical bias correction run on calibration \
+             samples (the FP32 graph is calibrated again after equalization): pass the data, not \
+             only a calibration table"
+                .into(),
+        ));
+    }
+    if table.is_none() && samples.is_none() {
+        return Err(QuantError::Config(
+            "static quantization needs calibration ranges or samples (calibrate the model first)"
+                .into(),
+        ));
+    }
+    if plan.fold_batch_norm {
+        summary.folded_batch_norms = passes::bn_fold::fold_batch_norms(g)?;
+    }
+    let timed = |r: Result<StepReport>, start: Instant| {
+        r.map(|mut s| {
+            s.seconds = start.elapsed().as_secs_f64();
+            s
+        })
+    };
+    if alg.equalize {
+        let t = Instant::now();
+        summary.steps.push(timed(algorithms::equalize::equalize(g), t)?);
+    }
+    if let Some(a) = alg.smooth_quant {
+        let t = Instant::now();
+        let mut ctx = StepContext { samples: reborrow(&mut samples), threads, progress };
+        summary.steps.push(timed(algorithms::smooth_quant::smooth_quant(g, a, &mut ctx), t)?);
+    }
+    let table: Cow<CalibrationTable> = match (table, reborrow(&mut samples)) {
+        (Some(t), _) if !alg.transforms_fp32() => Cow::Borrowed(t),
+        (_, Some(src)) => {
+            let t = Instant::now();
+            let opts = CalibratorOptions::for_plan(&plan.activations.calibration);
+            let table = calibrate_samples(g.model(), src, opts, threads, progress)?;
+            summary.calibrated = Some((table.batches, t.elapsed().as_secs_f64()));
+            Cow::Owned(table)
+        }
+        (None, None) => unreachable!("checked above"),
+        (Some(_), None) => unreachable!("transforming steps need samples, checked above"),
+    };
+    let fp32 = (alg.adaround.is_some() || alg.bias_correction.is_some()).then(|| g.clone());
+    passes::qdq::quantize_static(g, plan, &table, summary)?;
+    if let (Some(opts), Some(fp32)) = (&alg.adaround, &fp32) {
+        let t = Instant::now();
+        let mut ctx = StepContext { samples: reborrow(&mut samples), threads, progress };
+        let r = algorithms::adaround::adaround(fp32, g, plan, opts, &mut ctx);
+        summary.steps.push(timed(r, t)?);
+    }
+    if let (Some(kind), Some(fp32)) = (alg.bias_correction, &fp32) {
+        let t = Instant::now();
+        let mut ctx = StepContext { samples: reborrow(&mut samples), threads, progress };
+        let r = algorithms::bias_correction::bias_correction(fp32, g, kind, &table, &mut ctx);
+        summary.steps.push(timed(r, t)?);
+    }
+    Ok(())
+}
+
+/// A shorter-lived borrow of the samples (the trait object's lifetime shrinks with it, which
+/// `Option::as_deref_mut` cannot do).
+fn reborrow<'r>(s: &'r mut Option<&mut dyn SampleSource>) -> Option<&'r mut dyn SampleSource> {
+    match s {
+        Some(s) => Some(&mut **s),
+        None => None,
+    }
+}
+
+/// An error when `g` is already quantized, counting the quantized ops it holds.
+fn refuse_quantized(g: &Graph) -> Result<()> {
+    let mut found: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in g.nodes() {
+        if let Some(op) = QUANTIZED_OPS.iter().find(|&&o| o == n.op_type) {
+            *found.entry(op).or_default() += 1;
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = found.iter().map(|(op, n)| format!("{n} {op}")).collect();
+    Err(QuantError::AlreadyQuantized(list.join(", ")))
+}
+
+/// Quantizes `model` with a resolved `plan`. Static mode needs a calibration table made on this
+/// FP32 model or samples to calibrate on (always samples when a step transforms the FP32 graph
+/// or runs on data); the other modes need neither. Graph input and output names are kept. An
+/// already quantized model is refused ([`QuantError::AlreadyQuantized`]).
+pub fn quantize_run(
+    model: ModelProto,
+    plan: &QuantPlan,
+    inputs: QuantizeInputs,
+) -> Result<(ModelProto, QuantizeSummary)> {
     let mut summary = QuantizeSummary {
-        mode: Some(config.mode),
+        mode: Some(plan.mode),
+        target: Some(plan.target.to_string()),
+        decisions: plan.decisions.clone(),
         size_before: passes::initializer_bytes(&model),
         opset_before: lowbit_onnx::graph::opset_version(&model, "").unwrap_or(1),
         ..Default::default()
     };
     let mut g = Graph::new(model)?;
+    refuse_quantized(&g)?;
     g.topo_sort()?;
-    match config.mode {
-        QuantMode::Static => {
-            let table = calibration.ok_or_else(|| {
-                QuantError::Config(
-                    "static quantization needs calibration ranges (calibrate the model first)"
-                        .into(),
-                )
-            })?;
-            if config.fold_batch_norm {
-                summary.folded_batch_norms = passes::bn_fold::fold_batch_norms(&mut g)?;
-            }
-            passes::qdq::quantize_static(&mut g, config, table, &mut summary)?;
-        }
-        QuantMode::Dynamic => passes::dynamic::quantize_dynamic(&mut g, config, &mut summary)?,
-        QuantMode::WeightOnly => {
-            passes::weight_only::quantize_weights(&mut g, config, &mut summary)?
-        }
-        QuantMode::Fp16 | QuantMode::Bf16 => {
-            passes::fp16::convert_float(&mut g, config, &mut summary)?
-        }
+    for p in plan.exclude.unmatched(g.nodes()) {
+        summary.warnings.push(format!("--exclude {p} matches no node of this model"));
     }
-    let integer_matmuls = matches!(config.mode, QuantMode::Static | QuantMode::Dynamic);
-    if integer_matmuls && config.weights == IntType::Int8 && !config.reduce_range {
-        summary.notes.push(
-            "full 8-bit weights: ONNX Runtime's fused u8×s8 kernels on x86 CPUs without AVX-512 \
-             VNNI (AVX2 vpmaddubsw) saturate 16-bit pair sums and drift from the QDQ graph; \
-             deploy this file on VNNI or ARM CPUs, or keep reduce_range on"
-                .into(),
-        );
+    match plan.mode {
+        QuantMode::Static => static_run(&mut g, plan, inputs, &mut summary)?,
+        QuantMode::Dynamic => passes::dynamic::quantize_dynamic(&mut g, plan, &mut summary)?,
+        QuantMode::WeightOnly => passes::weight_only::quantize_weights(&mut g, plan, &mut summary)?,
+        QuantMode::Fp16 | QuantMode::Bf16 => {
+            passes::fp16::convert_float(&mut g, plan, &mut summary)?
+        }
     }
     g.remove_unused_initializers();
     g.topo_sort()?;
@@ -430,25 +367,47 @@ pub fn quantize_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lowbit_onnx::pb::{GraphProto, NodeProto, ValueInfoProto};
 
-    #[test]
-    fn modes_and_types_parse_by_name() {
-        for m in QuantMode::ALL {
-            assert_eq!(m.name().parse::<QuantMode>().unwrap(), m);
+    fn model(ops: &[&str]) -> ModelProto {
+        let node = |i: usize, op: &str| NodeProto {
+            op_type: op.into(),
+            name: format!("n{i}"),
+            input: vec![format!("v{i}")],
+            output: vec![format!("v{}", i + 1)],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            graph: Some(GraphProto {
+                node: ops.iter().enumerate().map(|(i, op)| node(i, op)).collect(),
+                input: vec![ValueInfoProto { name: "v0".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
         }
-        assert!("int8".parse::<QuantMode>().is_err());
-        assert_eq!(parse_int_type("int4").unwrap(), IntType::Int4);
-        assert!(parse_int_type("int3").is_err());
     }
 
     #[test]
-    fn configs_are_validated() {
-        assert!(QuantizeConfig::default().validate().is_ok());
-        let c = QuantizeConfig { weights: IntType::Int4, ..QuantizeConfig::dynamic_int8() };
-        assert!(c.validate().is_err());
-        assert_eq!(QuantizeConfig::weight_only_int4(0).resolved_block_size(), 32);
-        assert!(QuantizeConfig::weight_only_int4(48).validate().is_err());
-        assert_eq!(QuantizeConfig::default().resolved_weight_mode(), Mode::Symmetric);
-        assert_eq!(QuantizeConfig::weight_only_int4(64).resolved_weight_mode(), Mode::Asymmetric);
+    fn an_already_quantized_model_is_refused_in_every_mode() {
+        let q = model(&["QuantizeLinear", "DequantizeLinear", "Relu", "DequantizeLinear"]);
+        for mode in QuantMode::ALL {
+            let cfg = QuantizeConfig { mode, ..Default::default() };
+            let e = quantize_model(q.clone(), &cfg, None).unwrap_err();
+            assert!(matches!(e, QuantError::AlreadyQuantized(_)), "{mode}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("2 DequantizeLinear, 1 QuantizeLinear"), "{msg}");
+            assert!(msg.contains("FP32 original"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn exclusions_matching_no_node_are_warned_about() {
+        let mut cfg = QuantizeConfig::weight_only_int8();
+        cfg.exclude.patterns.push("/encoder/*".into());
+        cfg.exclude.node_names.push("n0".into());
+        let (_, s) = quantize_model(model(&["Relu"]), &cfg, None).unwrap();
+        assert_eq!(s.warnings, vec!["--exclude '/encoder/*' matches no node of this model"]);
+        assert!(s.to_string().contains("warning: --exclude '/encoder/*'"), "{s}");
     }
 }

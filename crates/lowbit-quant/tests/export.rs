@@ -9,7 +9,8 @@
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::{CalibrationTable, Calibrator, CalibratorOptions};
-use lowbit_quant::quantize::{quantize_model, QuantizeConfig, QuantizeSummary};
+use lowbit_quant::quantize::{quantize_model, QuantPlan, QuantizeConfig, QuantizeSummary};
+use lowbit_quant::target::{Target, TargetChoice};
 use lowbit_tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -228,7 +229,7 @@ fn static_int8_check(name: &'static str) {
     let table = m.calibrate(CALIB.0, CALIB.1);
     let (p32, _) = m.predict(&m.model, EVAL.0, EVAL.1);
     for reduce_range in [false, true] {
-        let cfg = QuantizeConfig { reduce_range, ..QuantizeConfig::default() };
+        let cfg = QuantizeConfig { reduce_range: Some(reduce_range), ..QuantizeConfig::default() };
         let tag = if reduce_range { "int8-rr" } else { "int8" };
         let (q, summary) = quantize_model(m.model.clone(), &cfg, Some(&table)).unwrap();
         println!("{name} ({tag}):\n{summary}");
@@ -571,8 +572,12 @@ fn minilm_static_int8_keeps_embeddings() {
         cal.run(&session, f.clone()).unwrap();
     }
     let table = cal.table().unwrap();
-    let cfg = QuantizeConfig::static_int8();
-    assert!(cfg.reduce_range, "7-bit weights are the default");
+    // The ort-avx2 target: the one whose defaults give 7-bit weights.
+    let cfg = QuantizeConfig {
+        target: TargetChoice::Named(Target::OrtAvx2),
+        ..QuantizeConfig::static_int8()
+    };
+    assert!(QuantPlan::resolve(&cfg).unwrap().weights.reduce_range, "7-bit weights on ort-avx2");
     let (mean, min, ort, s) = minilm_check(&m, &cfg, Some(&table), true, "minilm-static");
     println!("{s}");
     println!("MiniLM static int8 (reduce_range, min-max, {CALIBRATION_SENTENCES} calibration sentences): mean cosine to FP32 {mean:.4} (min {min:.4}) on {SENTENCES} sentences; ORT (fused) vs lowbit min cosine {ort:?}");

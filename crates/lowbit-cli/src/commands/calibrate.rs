@@ -15,8 +15,10 @@ use super::{load_model, new_unfused_session, preprocess_arg, print, print_notes}
 use crate::cli::CalibrateArgs;
 use crate::feeds::{Dataset, FeedSource};
 use crate::preprocess::Preprocess;
+use crate::samples::DatasetSamples;
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
+use lowbit_engine::Session;
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::{CalibrationTable, Calibrator, CalibratorOptions};
 use lowbit_tensor::Tensor;
@@ -53,6 +55,27 @@ pub fn calibrate_model(
     opts: &CalibrationData,
 ) -> Result<CalibrationRun> {
     let session = new_unfused_session(model, path, opts.threads)?;
+    let DatasetSamples { mut dataset, ranges, trim } = calibration_samples(&session, opts)?;
+    let mut cal = Calibrator::new(CalibratorOptions::default())?;
+    let bar = progress(dataset.samples as u64, opts.quiet, "calibrate");
+    let start = Instant::now();
+    for (k, &(s, e)) in ranges.iter().enumerate() {
+        let feeds = dataset.feeds(s, e, trim)?;
+        check_finite(&dataset, &feeds, s, k == 0)?;
+        cal.run(&session, feeds).with_context(|| {
+            format!("{}: calibration run on {} failed", path.display(), dataset.range_label(s, e))
+        })?;
+        bar.inc((e - s) as u64);
+    }
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    let table = cal.table().context("cannot finish the calibration")?;
+    Ok(CalibrationRun { table, samples: dataset.samples, runs: ranges.len(), elapsed })
+}
+
+/// The samples `opts` names for a model planned as `session`, cut into the runs calibration
+/// feeds (see the module docs).
+pub fn calibration_samples(session: &Session, opts: &CalibrationData) -> Result<DatasetSamples> {
     let src = FeedSource::Data(opts.data.to_path_buf());
     let mut dataset = Dataset::load(&session.inputs(), &src, opts.preprocess)?;
     print_notes(&dataset, opts.quiet);
@@ -67,7 +90,6 @@ pub fn calibrate_model(
         }
         dataset.limit(n)?;
     }
-
     // With a mask input each row is fed alone, cut to its real length: rows batched together
     // are padded to the longest, and the padded positions' activations (which deployment never
     // computes) would enter the statistics. Measured on MiniLM, entropy ranges from padded
@@ -78,21 +100,7 @@ pub fn calibrate_model(
         None => DEFAULT_BATCH,
     };
     let ranges = dataset.ranges(batch);
-    let mut cal = Calibrator::new(CalibratorOptions::default())?;
-    let bar = progress(dataset.samples as u64, opts.quiet, "calibrate");
-    let start = Instant::now();
-    for (k, &(s, e)) in ranges.iter().enumerate() {
-        let feeds = dataset.feeds(s, e, opts.trim)?;
-        check_finite(&dataset, &feeds, s, k == 0)?;
-        cal.run(&session, feeds).with_context(|| {
-            format!("{}: calibration run on {} failed", path.display(), dataset.range_label(s, e))
-        })?;
-        bar.inc((e - s) as u64);
-    }
-    let elapsed = start.elapsed();
-    bar.finish_and_clear();
-    let table = cal.table().context("cannot finish the calibration")?;
-    Ok(CalibrationRun { table, samples: dataset.samples, runs: ranges.len(), elapsed })
+    Ok(DatasetSamples { dataset, ranges, trim: opts.trim })
 }
 
 /// The first NaN or ±inf in the float feeds of the run starting at sample `start`, as an error

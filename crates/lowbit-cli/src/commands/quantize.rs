@@ -6,17 +6,22 @@
 //! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
 //! overwritten; an existing output only with `--force`; the output is written atomically.
 
-use super::calibrate::{calibrate_model, same_file, CalibrationData};
+use super::calibrate::{calibrate_model, calibration_samples, same_file, CalibrationData};
 use super::compare::{
     check_outputs, noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES,
 };
+use super::new_unfused_session;
 use super::{human_bytes, load_model, preprocess_arg, print};
 use crate::cli::QuantizeArgs;
+use crate::samples::Bars;
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
 use lowbit_quant::calibrate::{CalibrationTable, Method};
+use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
 use lowbit_quant::passes::Exclusions;
-use lowbit_quant::quantize::{parse_int_type, quantize_model, QuantMode, QuantizeConfig};
+use lowbit_quant::quantize::{
+    parse_int_type, quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs,
+};
 use std::fmt::Write as _;
 
 /// The quantizer's settings from the command line (clap has already checked the names).
@@ -36,13 +41,32 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
     let cfg = QuantizeConfig {
         mode,
         method,
-        activations: parse_int_type(&args.activations)?,
+        target: args.target.parse()?,
+        activations: args.activations.as_deref().map(parse_int_type).transpose()?,
         weights: parse_int_type(&args.weights)?,
         per_channel: !args.per_tensor,
         block_size: args.block_size,
-        reduce_range: !args.no_reduce_range,
+        reduce_range: match (args.reduce_range, args.no_reduce_range) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         min_activation_sqnr: (args.min_sqnr > 0.0).then_some(args.min_sqnr),
         exclude,
+        algorithms: Algorithms {
+            equalize: args.equalize,
+            smooth_quant: args.smooth_quant,
+            adaround: args.adaround.then(|| AdaRoundOptions {
+                iterations: args.adaround_iters,
+                time_budget_s: args.time_budget.map(|m| m * 60.0),
+                ..AdaRoundOptions::default()
+            }),
+            bias_correction: match args.bias_correction.as_deref() {
+                None => None,
+                Some("analytic") => Some(BiasCorrection::Analytic),
+                Some(_) => Some(BiasCorrection::Empirical),
+            },
+        },
         ..QuantizeConfig::default()
     };
     if let Err(e) = cfg.validate() {
@@ -88,35 +112,60 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         eprintln!("note: --preprocess applies to --data only; ignoring it");
     }
 
+    let plan = QuantPlan::resolve(&cfg)?;
+    let alg = &plan.algorithms;
+    if (alg.needs_samples() || alg.transforms_fp32()) && args.data.is_none() {
+        usage_bail!(
+            "--equalize, --smooth-quant, --adaround and --bias-correction empirical run on \
+             calibration samples: pass --data DIR"
+        );
+    }
     let model = load_model(&args.model)?;
     let file_before = std::fs::metadata(&args.model).map(|m| m.len()).ok();
     let mut out = String::new();
-    let table = match (cfg.mode, &args.ranges, &args.data) {
-        (QuantMode::Static, Some(r), _) => Some(CalibrationTable::load(r)?),
-        (QuantMode::Static, None, Some(d)) => {
-            let opts = CalibrationData {
-                data: d,
-                preprocess: preprocess.as_ref(),
-                samples: args.samples.map(|n| n as usize),
-                threads: args.threads,
-                trim: !args.no_trim,
-                quiet,
-            };
-            let run = calibrate_model(&model, &args.model, &opts)?;
-            let _ = writeln!(
-                out,
-                "calibrated {} tensors on {} sample{} in {:.2} s",
-                run.table.tensors.len(),
-                run.samples,
-                if run.samples == 1 { "" } else { "s" },
-                run.elapsed.as_secs_f64()
-            );
-            Some(run.table)
-        }
-        _ => None,
+    let cal_opts = |d| CalibrationData {
+        data: d,
+        preprocess: preprocess.as_ref(),
+        samples: args.samples.map(|n| n as usize),
+        threads: args.threads,
+        trim: !args.no_trim,
+        quiet,
     };
-    let (q, summary) = quantize_model(model, &cfg, table.as_ref())
-        .with_context(|| format!("cannot quantize {}", args.model.display()))?;
+    let bars = Bars::new(quiet);
+    let (q, summary) = if alg.any() {
+        // The steps calibrate (again, after a transform) and run on the samples themselves.
+        let data = args.data.as_ref().expect("checked above");
+        let session = new_unfused_session(&model, &args.model, args.threads)?;
+        let mut samples = calibration_samples(&session, &cal_opts(data))?;
+        drop(session);
+        let table = args.ranges.as_ref().map(|r| CalibrationTable::load(r)).transpose()?;
+        let inputs = QuantizeInputs {
+            table: table.as_ref(),
+            samples: Some(&mut samples),
+            threads: args.threads,
+            progress: &bars,
+        };
+        quantize_run(model, &plan, inputs)
+    } else {
+        let table = match (cfg.mode, &args.ranges, &args.data) {
+            (QuantMode::Static, Some(r), _) => Some(CalibrationTable::load(r)?),
+            (QuantMode::Static, None, Some(d)) => {
+                let run = calibrate_model(&model, &args.model, &cal_opts(d))?;
+                let _ = writeln!(
+                    out,
+                    "calibrated {} tensors on {} sample{} in {:.2} s",
+                    run.table.tensors.len(),
+                    run.samples,
+                    if run.samples == 1 { "" } else { "s" },
+                    run.elapsed.as_secs_f64()
+                );
+                Some(run.table)
+            }
+            _ => None,
+        };
+        quantize_run(model, &plan, QuantizeInputs::table(table.as_ref()))
+    }
+    .with_context(|| format!("cannot quantize {}", args.model.display()))?;
     lowbit_onnx::save_model(&q, &args.output).context("cannot write the quantized model")?;
     let file_after = std::fs::metadata(&args.output).map(|m| m.len()).ok();
 

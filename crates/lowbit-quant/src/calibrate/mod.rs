@@ -36,6 +36,7 @@ pub use minmax::{MinMax, MovingAverageMinMax};
 pub use table::{CalibrationSettings, CalibrationTable, MethodRanges, TensorCalibration};
 
 use crate::error::{QuantError, Result};
+use crate::samples::{Progress, SampleSource};
 use lowbit_engine::Session;
 use lowbit_tensor::{DType, Tensor};
 use rayon::prelude::*;
@@ -245,6 +246,15 @@ impl Default for CalibratorOptions {
 }
 
 impl CalibratorOptions {
+    /// The defaults, with entropy and MSE searching for the grid `plan` aims at.
+    pub fn for_plan(plan: &crate::config::CalibrationPlan) -> CalibratorOptions {
+        CalibratorOptions {
+            entropy_levels: (plan.levels / 2).max(2),
+            mse_levels: plan.levels.max(2),
+            ..Default::default()
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(QuantError::Scheme(m));
         if !(16..=65_535).contains(&self.bins) {
@@ -423,6 +433,28 @@ impl Calibrator {
             .collect();
         Ok(CalibrationTable::new(opts, self.batches, tensors.into_iter().collect()))
     }
+}
+
+/// Calibrates `model` on one pass over `samples` (an unfused session with `threads` workers)
+/// and returns its table.
+pub fn calibrate_samples(
+    model: &lowbit_onnx::pb::ModelProto,
+    samples: &mut dyn SampleSource,
+    opts: CalibratorOptions,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<CalibrationTable> {
+    let session = Session::new(model, &lowbit_engine::SessionOptions::unfused(threads))?;
+    let mut cal = Calibrator::new(opts)?;
+    progress.start("calibrate", samples.batches().unwrap_or(0) as u64);
+    let pass = samples.replay(&mut |feeds| {
+        cal.run(&session, feeds)?;
+        progress.advance(1, None);
+        Ok(())
+    });
+    progress.finish();
+    pass?;
+    cal.table()
 }
 
 #[cfg(test)]

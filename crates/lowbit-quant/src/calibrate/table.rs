@@ -20,6 +20,7 @@
 use super::histogram::{Histogram, HistogramSummary};
 use super::minmax::MovingAverageMinMax;
 use super::{CalibratorOptions, Method, Observer, Range};
+use crate::config::CalibrationPlan;
 use crate::error::{QuantError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,6 +114,25 @@ impl CalibrationTable {
         CalibrationTable { format: FORMAT.to_string(), settings, batches, tensors }
     }
 
+    /// The range `plan.method` gives `tensor` on a grid of `plan.levels`, if it was calibrated.
+    /// Entropy and MSE ranges depend on the grid: when the table was computed for another
+    /// one (8-bit by default, a 16-bit plan asks for 65536 levels), they are searched again
+    /// in the stored histogram.
+    pub fn range_for(&self, tensor: &str, plan: &CalibrationPlan) -> Option<Range> {
+        let t = self.tensors.get(tensor)?;
+        let stored = t.ranges.get(plan.method);
+        let again = match plan.method {
+            Method::Entropy if plan.levels / 2 != self.settings.entropy_levels => {
+                t.histogram().and_then(|h| h.entropy_range(plan.levels / 2))
+            }
+            Method::Mse if plan.levels != self.settings.mse_levels => {
+                t.histogram().and_then(|h| h.mse_range(plan.levels))
+            }
+            _ => None,
+        };
+        Some(again.unwrap_or(stored))
+    }
+
     /// The range `method` gives `tensor`, if it was calibrated.
     pub fn range(&self, tensor: &str, method: Method) -> Option<Range> {
         self.tensors.get(tensor).map(|t| t.ranges.get(method))
@@ -164,6 +184,28 @@ mod tests {
             c.end_batch();
         }
         c.table().unwrap()
+    }
+
+    #[test]
+    fn entropy_and_mse_ranges_are_searched_for_the_plan_grid() {
+        // A heavy tail: 8-bit entropy clips it, a 16-bit grid has levels to spare for it.
+        let mut c = Calibrator::new(CalibratorOptions::default()).unwrap();
+        let mut v: Vec<f32> = (0..20_000).map(|i| ((i % 200) as f32 - 100.0) * 0.01).collect();
+        v.extend([40.0, -35.0, 25.0]);
+        c.observe("act", &Tensor::from_vec(vec![v.len()], v).unwrap()).unwrap();
+        c.end_batch();
+        let t = c.table().unwrap();
+        for method in [Method::Entropy, Method::Mse] {
+            let eight = t.range_for("act", &CalibrationPlan { method, levels: 256 }).unwrap();
+            assert_eq!(Some(eight), t.range("act", method), "{method}: the stored 8-bit range");
+            let sixteen = t.range_for("act", &CalibrationPlan { method, levels: 65536 }).unwrap();
+            assert!(
+                sixteen.max > eight.max && sixteen.max >= 25.0,
+                "{method}: 16-bit range {sixteen:?} should keep the tail 8-bit {eight:?} clips"
+            );
+        }
+        let mm = t.range_for("act", &CalibrationPlan { method: Method::MinMax, levels: 65536 });
+        assert_eq!(mm, t.range("act", Method::MinMax));
     }
 
     #[test]

@@ -15,14 +15,14 @@
 //! asymmetric), per output column or per tensor. `Conv` stays float: `ConvInteger` is not
 //! reliably supported by ONNX Runtime's CPU provider (a note says so in the summary).
 
-use super::qdq::weight_scheme;
 use super::{
     add_init, attr_f, attr_i, constant_values, ensure_opset, init_f32, int_attr, is_default_domain,
     make_node, value_dtypes,
 };
+use crate::config::QuantPlan;
 use crate::error::Result;
 use crate::qparams::quantize_tensor;
-use crate::quantize::{QuantizeConfig, QuantizeSummary};
+use crate::quantize::QuantizeSummary;
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::NodeProto;
 use lowbit_tensor::{DType, Tensor};
@@ -30,10 +30,10 @@ use std::collections::HashMap;
 
 pub fn quantize_dynamic(
     g: &mut Graph,
-    config: &QuantizeConfig,
+    plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    if let Some((a, b)) = ensure_opset(g, 11)? {
+    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
         summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
     }
     let consts = constant_values(g);
@@ -57,7 +57,7 @@ pub fn quantize_dynamic(
         if !matches!(op, "MatMul" | "Gemm") {
             continue;
         }
-        if let Some(r) = config.exclude.reason(&node) {
+        if let Some(r) = plan.exclude.reason(&node) {
             summary.exclude(&node, idx, r);
             continue;
         }
@@ -100,8 +100,8 @@ pub fn quantize_dynamic(
             wt.clone()
         };
         let nout = wkn.shape()[1];
-        let scheme = weight_scheme(config, config.weights);
-        let scheme = if config.per_channel { scheme.per_channel(1) } else { scheme.per_tensor() };
+        // The weight is now a MatMul `[K, N]`: its output channels are axis 1.
+        let scheme = plan.weights.scheme_for("MatMul", false, 2).expect("2-D MatMul weight");
         let q = quantize_tensor(&wkn, &scheme)?;
         let label = if node.name.is_empty() { w.clone() } else { node.name.clone() };
         let wq = add_init(g, &format!("{w}_quantized"), &q.values);

@@ -16,8 +16,9 @@ use super::{
     attr, int_attr, is_default_domain, make_node, set_attr, set_value_info_dtype, tensor_attr,
     value_dtypes,
 };
+use crate::config::{QuantMode, QuantPlan};
 use crate::error::Result;
-use crate::quantize::{QuantMode, QuantizeConfig, QuantizeSummary};
+use crate::quantize::QuantizeSummary;
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::TensorProto;
 use lowbit_onnx::{tensor_from_proto, tensor_to_proto};
@@ -49,12 +50,8 @@ fn convert_proto(p: &TensorProto, to: DType) -> Result<TensorProto> {
     Ok(tensor_to_proto(&p.name, &convert_tensor(&t, to)?))
 }
 
-pub fn convert_float(
-    g: &mut Graph,
-    config: &QuantizeConfig,
-    summary: &mut QuantizeSummary,
-) -> Result<()> {
-    let to = if config.mode == QuantMode::Bf16 { DType::BF16 } else { DType::F16 };
+pub fn convert_float(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
+    let to = if plan.mode == QuantMode::Bf16 { DType::BF16 } else { DType::F16 };
     let suffix = if to == DType::BF16 { "bf16" } else { "fp16" };
     let dtypes = value_dtypes(g);
     let f32v = |v: &str| dtypes.get(v) == Some(&DType::F32);
@@ -68,7 +65,7 @@ pub fn convert_float(
         if !touches || !is_default_domain(n) {
             continue;
         }
-        if let Some(r) = config.exclude.reason(n) {
+        if let Some(r) = plan.exclude.reason(n) {
             summary.exclude(n, i, r);
             continue;
         }
@@ -109,7 +106,7 @@ pub fn convert_float(
     }
     let inputs: Vec<String> = g.runtime_inputs().iter().map(|v| v.name.clone()).collect();
     for name in inputs.iter().filter(|n| f32v(n)) {
-        if config.keep_float_io {
+        if plan.keep_float_io {
             newty.insert(name.clone(), DType::F32);
         } else {
             newty.insert(name.clone(), to);
@@ -150,7 +147,7 @@ pub fn convert_float(
         if newty.get(&o) != Some(&to) {
             continue;
         }
-        if !config.keep_float_io {
+        if !plan.keep_float_io {
             let gp = g.proto_mut();
             if let Some(v) = gp.output.iter_mut().find(|v| v.name == o) {
                 set_value_info_dtype(v, to);

@@ -45,6 +45,21 @@ impl Exclusions {
         self.node_names.is_empty() && self.op_types.is_empty() && self.patterns.is_empty()
     }
 
+    /// The exclusions (names, `op:Type`, patterns as given) that match none of `nodes`.
+    pub fn unmatched(&self, nodes: &[NodeProto]) -> Vec<String> {
+        let names = self.node_names.iter().filter(|n| !nodes.iter().any(|x| &x.name == *n));
+        let ops = self
+            .op_types
+            .iter()
+            .filter(|o| !nodes.iter().any(|x| x.op_type.eq_ignore_ascii_case(o)));
+        let pats = self.patterns.iter().filter(|p| !nodes.iter().any(|x| glob(p, &x.name)));
+        names
+            .map(|n| format!("'{n}'"))
+            .chain(ops.map(|o| format!("'op:{o}'")))
+            .chain(pats.map(|p| format!("'{p}'")))
+            .collect()
+    }
+
     /// Why `node` is excluded, or `None`.
     pub fn reason(&self, node: &NodeProto) -> Option<String> {
         if !node.name.is_empty() && self.node_names.contains(&node.name) {
@@ -430,5 +445,23 @@ mod tests {
         assert!(e.reason(&n("x", "Gemm")).unwrap().contains("Gemm"));
         assert!(e.reason(&n("/fc1/MatMul", "MatMul")).unwrap().contains("/fc*"));
         assert!(e.reason(&n("x", "MatMul")).is_none());
+    }
+
+    #[test]
+    fn exclusions_that_match_nothing_are_named() {
+        let e = Exclusions {
+            node_names: vec!["n1".into(), "ghost".into()],
+            op_types: vec!["gemm".into(), "LSTM".into()],
+            patterns: vec!["/fc*".into(), "/nowhere/*".into()],
+        };
+        let nodes = [
+            NodeProto { name: "n1".into(), op_type: "Gemm".into(), ..Default::default() },
+            NodeProto {
+                name: "/fc1/MatMul".into(),
+                op_type: "MatMul".into(),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(e.unmatched(&nodes), vec!["'ghost'", "'op:LSTM'", "'/nowhere/*'"]);
     }
 }

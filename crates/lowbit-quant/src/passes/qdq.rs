@@ -28,11 +28,12 @@ use super::{
     int_attr, is_default_domain, make_node, value_dtypes,
 };
 use crate::calibrate::CalibrationTable;
+use crate::config::{CalibrationPlan, QuantPlan};
 use crate::error::{QuantError, Result};
 use crate::qparams::{quantize_tensor, QParams};
-use crate::quantize::{QuantMode, QuantizeConfig, QuantizeSummary};
-use crate::scheme::{IntType, Mode, QuantScheme, ValueType};
-use lowbit_kernels::quantize::{self as core, ParamMap};
+use crate::quantize::QuantizeSummary;
+use crate::scheme::{IntType, QuantScheme};
+use lowbit_kernels::quantize as core;
 use lowbit_onnx::graph::Graph;
 use lowbit_tensor::{DType, Tensor};
 use std::collections::{BTreeSet, HashMap};
@@ -47,35 +48,16 @@ const OWN_GRID: &[&str] = &["GlobalAveragePool", "AveragePool"];
 /// Binary ops quantized where both inputs already are (ORT: QLinearAdd / QLinearMul).
 const JOINS: &[&str] = &["Add", "Mul"];
 
-/// The scheme of an integer weight type under `config`.
-/// `reduce_range` applies to 8-bit weights feeding integer kernels (static and dynamic modes):
-/// that is where ONNX Runtime's u8×s8 pair sums can saturate. Weight-only and 4-bit weights
-/// keep their full grid.
-pub(crate) fn weight_scheme(config: &QuantizeConfig, weights: IntType) -> QuantScheme {
-    let mode = config.resolved_weight_mode();
-    let integer_kernel = matches!(config.mode, QuantMode::Static | QuantMode::Dynamic);
-    let eight_bit = matches!(weights, IntType::Int8 | IntType::Uint8);
-    QuantScheme::new(ValueType::Int(weights))
-        .with_mode(mode)
-        .with_reduce_range(config.reduce_range && integer_kernel && eight_bit)
-}
-
-/// Grid levels of an activation type.
-fn act_levels(t: IntType) -> usize {
-    let (lo, hi) = t.full_range();
-    (hi - lo) as usize + 1
-}
-
 /// Expected SQNR (dB) of `tensor` quantized with the range `method` gives it, from its
 /// calibration histogram.
 pub(crate) fn expected_sqnr(
     table: &CalibrationTable,
     tensor: &str,
-    method: crate::calibrate::Method,
-    levels: usize,
+    calibration: &CalibrationPlan,
 ) -> Option<f64> {
     let t = table.tensors.get(tensor)?;
-    t.histogram()?.expected_sqnr_db(t.ranges.get(method), levels)
+    let range = table.range_for(tensor, calibration)?;
+    t.histogram()?.expected_sqnr_db(range, calibration.levels)
 }
 
 /// The per-channel axis of a weight, or `None` when the layout is not understood.
@@ -129,8 +111,8 @@ struct Target {
     idx: usize,
     /// Float activation inputs (slot, name).
     acts: Vec<(usize, String)>,
-    /// Weight slot, initializer name and per-channel axis.
-    weight: Option<(usize, String, Option<i64>)>,
+    /// Weight slot, initializer name and the scheme the plan gives it.
+    weight: Option<(usize, String, QuantScheme)>,
     /// Bias slot and initializer name (quantized to int32 when possible).
     bias: Option<(usize, String)>,
 }
@@ -138,19 +120,17 @@ struct Target {
 /// Runs static QDQ quantization on `g` (BatchNormalization already folded).
 pub fn quantize_static(
     g: &mut Graph,
-    config: &QuantizeConfig,
+    plan: &QuantPlan,
     table: &CalibrationTable,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    let wide_act = matches!(config.activations, IntType::Int16 | IntType::Uint16);
-    let four_bit_w = matches!(config.weights, IntType::Int4 | IntType::Uint4);
-    let opset = if wide_act || four_bit_w { 21 } else { 13 };
-    if let Some((a, b)) = ensure_opset(g, opset)? {
+    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
         summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
     }
-    if four_bit_w {
+    if matches!(plan.weights.value, IntType::Int4 | IntType::Uint4) {
         ensure_ir(g, 10);
     }
+    let act = &plan.activations;
 
     let consts = constant_values(g);
     let dtypes = value_dtypes(g);
@@ -169,7 +149,7 @@ pub fn quantize_static(
         if !is_default_domain(node) || !matches!(op, "Conv" | "MatMul" | "Gemm") {
             continue;
         }
-        if let Some(r) = config.exclude.reason(node) {
+        if let Some(r) = plan.exclude.reason(node) {
             summary.exclude(node, idx, r);
             continue;
         }
@@ -187,21 +167,20 @@ pub fn quantize_static(
             }
             let rank = g.initializer(&w).map(|p| p.dims.len()).unwrap_or(0);
             let trans_b = attr_i(node, "transB").unwrap_or(0) != 0;
-            let Some(axis) = weight_axis(op, trans_b, rank) else {
+            let Some(scheme) = plan.weights.scheme_for(op, trans_b, rank) else {
                 summary.leave(node, idx, format!("weight of rank {rank} not understood"));
                 continue;
             };
-            t.weight = Some((1, w, config.per_channel.then_some(axis)));
+            t.weight = Some((1, w, scheme));
         } else if op == "MatMul" && is_act(&w) {
             t.acts.push((1, w));
         } else {
             summary.leave(node, idx, "weight is neither an initializer nor a float activation");
             continue;
         }
-        if let Some(min_db) = config.min_activation_sqnr {
-            let levels = act_levels(config.activations);
+        if let Some(min_db) = act.min_sqnr {
             let low = t.acts.iter().find_map(|(_, a)| {
-                let db = expected_sqnr(table, a, config.method, levels)?;
+                let db = expected_sqnr(table, a, &act.calibration)?;
                 (db < min_db).then(|| (a.clone(), db))
             });
             if let Some((a, db)) = low {
@@ -211,7 +190,7 @@ pub fn quantize_static(
                     format!(
                         "activation '{a}' would keep an expected {db:.1} dB SQNR with its {} \
                          range (< {min_db} dB): outliers or clipping",
-                        config.method
+                        act.calibration.method
                     ),
                 );
                 continue;
@@ -264,7 +243,7 @@ pub fn quantize_static(
                 || !JOINS.contains(&op)
                 || joins.contains(&idx)
                 || n.input.len() != 2
-                || config.exclude.reason(n).is_some()
+                || plan.exclude.reason(n).is_some()
             {
                 continue;
             }
@@ -279,7 +258,7 @@ pub fn quantize_static(
             }
         }
         for n in g.nodes() {
-            if !pass_node(n) || config.exclude.reason(n).is_some() {
+            if !pass_node(n) || plan.exclude.reason(n).is_some() {
                 continue;
             }
             let (d, o) = (&n.input[0], &n.output[0]);
@@ -330,15 +309,13 @@ pub fn quantize_static(
             }
         }
     }
-    let act_scheme = QuantScheme::new(ValueType::Int(config.activations))
-        .with_mode(if config.symmetric_activations { Mode::Symmetric } else { Mode::Asymmetric });
     let mut params: HashMap<String, QParams> = HashMap::new();
     for t in &qset {
         let s = resolve(&src, t);
         let r = table
-            .range(&s, config.method)
+            .range_for(&s, &act.calibration)
             .ok_or_else(|| QuantError::MissingRange { tensor: s.clone() })?;
-        params.insert(t.clone(), QParams::from_range(&act_scheme, r.min, r.max)?);
+        params.insert(t.clone(), QParams::from_range(&act.scheme, r.min, r.max)?);
     }
 
     // 4. Activation Q/DQ pairs.
@@ -391,13 +368,8 @@ pub fn quantize_static(
     for t in &targets {
         let node = g.nodes()[t.idx].clone();
         let mut wparams: Option<QParams> = None;
-        if let Some((slot, w, axis)) = &t.weight {
-            let scheme = weight_scheme(config, config.weights);
-            let scheme = match axis {
-                Some(a) => scheme.per_channel(*a),
-                None => scheme.per_tensor(),
-            };
-            if let Some((dq, p)) = insert_weight_dq(g, w, &scheme, &mut wcache, &mut new_nodes)? {
+        if let Some((slot, w, scheme)) = &t.weight {
+            if let Some((dq, p)) = insert_weight_dq(g, w, scheme, &mut wcache, &mut new_nodes)? {
                 g.node_mut(t.idx).expect("target index").input[*slot] = dq;
                 wparams = Some(p);
             }
@@ -405,8 +377,17 @@ pub fn quantize_static(
         if let (Some((slot, b)), Some(wp)) = (&t.bias, &wparams) {
             let x = &t.acts[0].1;
             let s_in = params[x].scales()[0];
-            if let Some(dq) = quantize_bias(g, b, s_in, wp, &mut new_nodes)? {
-                g.node_mut(t.idx).expect("target index").input[*slot] = dq;
+            match quantize_bias(g, b, s_in, wp, &mut new_nodes)? {
+                Ok(Some(dq)) => g.node_mut(t.idx).expect("target index").input[*slot] = dq,
+                Ok(None) => {}
+                Err(o) => summary.notes.push(format!(
+                    "bias of {} stays float: channel {} ({}) over scale {:e} needs more than \
+                     the int32 accumulator's headroom (its weights are near zero)",
+                    super::label(&node, t.idx),
+                    o.channel,
+                    o.bias,
+                    o.scale
+                )),
             }
         }
         summary.count(&node.op_type);
@@ -422,26 +403,30 @@ pub fn quantize_static(
     Ok(())
 }
 
-/// The bias as int32 with `scale = s_in · s_w` and a DequantizeLinear; `None` when the bias
-/// does not match the weight's channels.
+/// The bias as int32 with `scale = s_in · s_w` ([`core::quantize_bias`]) and a
+/// DequantizeLinear, per channel exactly when the weight is. `Ok(None)` when the bias does not
+/// match the weight's channels; `Err(overflow)` when a channel's code would not fit (its
+/// weights are near zero next to its bias): the bias then stays float.
 fn quantize_bias(
     g: &mut Graph,
     bias: &str,
     s_in: f32,
     wp: &QParams,
     new_nodes: &mut Vec<lowbit_onnx::pb::NodeProto>,
-) -> Result<Option<String>> {
-    let Some(b) = init_f32(g, bias)? else { return Ok(None) };
+) -> Result<std::result::Result<Option<String>, core::BiasOverflow>> {
+    let Some(b) = init_f32(g, bias)? else { return Ok(Ok(None)) };
     let bv = b.as_f32()?;
     let ws = wp.scales();
-    let per_channel = ws.len() > 1;
+    let per_channel = wp.axis.is_some();
     if b.shape().len() != 1 || (per_channel && ws.len() != bv.len()) {
-        return Ok(None);
+        return Ok(Ok(None));
     }
-    let scales: Vec<f32> = ws.iter().map(|&s| s_in * s).collect();
-    let map = if per_channel { ParamMap::per_axis(b.shape(), 0) } else { ParamMap::per_tensor() };
-    let q = core::quantize(bv, &scales, None, &map, DType::I32, true)?;
-    let qt = Tensor::new(b.shape().to_vec(), q)?;
+    let q = match core::quantize_bias(bv, s_in, ws) {
+        Ok(q) => q,
+        Err(e) => return Ok(Err(e)),
+    };
+    let scales = core::bias_scales(s_in, ws);
+    let qt = Tensor::from_vec(b.shape().to_vec(), q)?;
     let sshape = if per_channel { vec![scales.len()] } else { vec![] };
     let qname = add_init(g, &format!("{bias}_quantized"), &qt);
     let sname = add_init(g, &format!("{bias}_scale"), &Tensor::from_vec(sshape, scales)?);
@@ -455,5 +440,5 @@ fn quantize_bias(
         vec![out.clone()],
         attrs,
     ));
-    Ok(Some(out))
+    Ok(Ok(Some(out)))
 }

@@ -10,33 +10,24 @@
 //! int4 and blocked layouts raise the default-domain opset to 21 (IR 10), per channel to 13.
 //! Conv weights are left alone.
 
-use super::qdq::{insert_weight_dq, weight_axis, weight_scheme};
+use super::qdq::insert_weight_dq;
 use super::{attr_i, ensure_ir, ensure_opset, init_dtype, is_default_domain};
+use crate::config::QuantPlan;
 use crate::error::Result;
-use crate::quantize::{QuantizeConfig, QuantizeSummary};
-use crate::scheme::IntType;
+use crate::quantize::QuantizeSummary;
 use lowbit_onnx::graph::Graph;
 use lowbit_tensor::DType;
 use std::collections::HashMap;
 
 pub fn quantize_weights(
     g: &mut Graph,
-    config: &QuantizeConfig,
+    plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    let block = config.resolved_block_size();
-    let four_bit = matches!(config.weights, IntType::Int4 | IntType::Uint4);
-    let opset = if block > 0 || four_bit {
-        21
-    } else if config.per_channel {
-        13
-    } else {
-        10
-    };
-    if let Some((a, b)) = ensure_opset(g, opset)? {
+    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
         summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
     }
-    if opset >= 21 {
+    if plan.min_opset >= 21 {
         ensure_ir(g, 10);
     }
     let mut cache = HashMap::new();
@@ -47,7 +38,7 @@ pub fn quantize_weights(
         if !is_default_domain(&node) || !matches!(op, "MatMul" | "Gemm") {
             continue;
         }
-        if let Some(r) = config.exclude.reason(&node) {
+        if let Some(r) = plan.exclude.reason(&node) {
             summary.exclude(&node, idx, r);
             continue;
         }
@@ -58,22 +49,9 @@ pub fn quantize_weights(
         }
         let rank = g.initializer(&w).map(|p| p.dims.len()).unwrap_or(0);
         let trans_b = attr_i(&node, "transB").unwrap_or(0) != 0;
-        let Some(ch_axis) = weight_axis(op, trans_b, rank) else {
+        let Some(scheme) = plan.weights.scheme_for(op, trans_b, rank) else {
             summary.leave(&node, idx, format!("weight of rank {rank} not understood"));
             continue;
-        };
-        let scheme = weight_scheme(config, config.weights);
-        let scheme = if block > 0 {
-            let k_axis = match op {
-                "Gemm" if trans_b => 1,
-                "Gemm" => 0,
-                _ => rank as i64 - 2,
-            };
-            scheme.per_block(k_axis, block)
-        } else if config.per_channel {
-            scheme.per_channel(ch_axis)
-        } else {
-            scheme.per_tensor()
         };
         if let Some((dq, _)) = insert_weight_dq(g, &w, &scheme, &mut cache, &mut new_nodes)? {
             g.node_mut(idx).expect("node index").input[1] = dq;

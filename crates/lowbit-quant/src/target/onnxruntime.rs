@@ -1,0 +1,37 @@
+//! ONNX Runtime's CPU provider: QDQ groups fuse into its u8×s8 (and u8×u8) integer kernels
+//! (MLAS). On x86 without VNNI, `vpmaddubsw` adds pairs of u8×s8 products in saturating int16:
+//! full-range weights overflow it (255·127·2 > 32767), so weights use 7 bits there
+//! (`reduce_range`, ORT's own advice). VNNI (`vpdpbusd`) and ARM `sdot`/`udot` accumulate in
+//! int32 and need no such cut.
+
+use super::{Target, TargetRules};
+use crate::scheme::IntType;
+
+const ACTIVATIONS: &[IntType] = &[IntType::Uint8, IntType::Int8, IntType::Uint16, IntType::Int16];
+const WEIGHTS: &[IntType] = &[
+    IntType::Int8,
+    IntType::Uint8,
+    IntType::Int4,
+    IntType::Uint4,
+    IntType::Int16,
+    IntType::Uint16,
+];
+
+pub(super) fn rules(t: Target) -> TargetRules {
+    let (reduce, why) = match t {
+        Target::OrtAvx2 => (
+            true,
+            "7-bit weights: ONNX Runtime's AVX2 u8×s8 kernel (vpmaddubsw) saturates int16 pair sums of full-range weights",
+        ),
+        Target::Arm => (false, "8-bit weights: ARM sdot/udot accumulate in int32"),
+        _ => (false, "8-bit weights: VNNI (vpdpbusd) accumulates in int32"),
+    };
+    TargetRules {
+        reduce_range_weights: reduce,
+        weight_reason: why,
+        activation_types: ACTIVATIONS,
+        symmetric_activations: false,
+        weight_types: WEIGHTS,
+        type_reason: None,
+    }
+}
