@@ -1,9 +1,9 @@
 //! Per-layer quantization noise between an FP32 model and its quantized (QDQ) version.
 //!
-//! The data model below is what `lowbit compare` prints as JSON (documented in
-//! `docs/compare-json.md`) and what the HTML report draws. [`compare_models`] fills it,
-//! streaming: each sample runs through both models once and only running sums are kept, so
-//! memory does not grow with the number of samples.
+//! The data model ([`CompareReport`] and its parts) is what `lowbit compare` prints as JSON
+//! (documented in `docs/json.md`) and what the HTML report draws. [`compare_models`] fills it,
+//! streaming: each run (a batch of samples) goes through both models once and only running
+//! sums are kept, so memory does not grow with the number of samples.
 //!
 //! Tensors are matched **by name**, which is what makes this work on QDQ files from any tool
 //! (lowbit's `X_quantized`/`X_dequantized`, ONNX Runtime's `X_QuantizeLinear_Output`/
