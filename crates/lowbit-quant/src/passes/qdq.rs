@@ -60,14 +60,9 @@ pub(crate) fn expected_sqnr(
     t.histogram()?.expected_sqnr_db(range, calibration.levels)
 }
 
-/// The per-channel axis of a weight, or `None` when the layout is not understood.
+/// The per-channel axis of a weight (the core's), or `None` when the layout is not understood.
 pub(crate) fn weight_axis(op: &str, trans_b: bool, rank: usize) -> Option<i64> {
-    match op {
-        "Conv" if rank >= 3 => Some(0),
-        "Gemm" if rank == 2 => Some(if trans_b { 0 } else { 1 }),
-        "MatMul" if rank >= 2 => Some(rank as i64 - 1),
-        _ => None,
-    }
+    lowbit_kernels::quantize::weight_channel_axis(op, trans_b, rank).map(|a| a as i64)
 }
 
 /// A weight quantized once and the DequantizeLinear output that stands for it.
