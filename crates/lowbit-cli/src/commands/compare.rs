@@ -167,9 +167,11 @@ pub fn render_text(r: &CompareReport, top: usize) -> String {
     let db = |v: f64| if v.is_finite() { format!("{v:.1} dB") } else { "exact".into() };
     let _ = writeln!(
         out,
-        "compared over {} run{}: {} quantized activations, {} quantized weights",
+        "compared over {} sample{} ({} run{}): {} quantized activations, {} quantized weights",
         r.samples,
         if r.samples == 1 { "" } else { "s" },
+        r.runs,
+        if r.runs == 1 { "" } else { "s" },
         r.activations.len(),
         r.weights.len()
     );
