@@ -310,6 +310,17 @@ pub struct QuantizeArgs {
     /// strength ALPHA in [0, 1] (SmoothQuant, Xiao et al. 2023; 0.5 is the paper's default).
     #[arg(long, value_name = "ALPHA")]
     pub smooth_quant: Option<f32>,
+    /// Validate the quantized model before writing it: run it and the FP32 model on N samples
+    /// of --data the calibration did not use (the next N after --samples; the last N
+    /// calibration samples when there are no others) and compare every output. 0: skip.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub validate: usize,
+    /// The validation floor: every float output keeps at least this SQNR (dB) against FP32.
+    #[arg(long, value_name = "DB", default_value_t = lowbit_eval::validate::Floor::DEFAULT_SQNR_DB)]
+    pub min_output_sqnr: f64,
+    /// Write the model even when it fails validation (the failure is still printed).
+    #[arg(long)]
+    pub allow_degraded: bool,
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,

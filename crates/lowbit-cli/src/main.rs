@@ -1,7 +1,8 @@
 //! `lowbit`: inspect, run and benchmark ONNX models on lowbit's CPU engine.
 //!
 //! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
-//! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors. Errors
+//! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors, 4 when a
+//! quantized model fails validation (`quantize`). Errors
 //! are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
 //! each; [`cli`] declares the arguments.
 
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
             if e.downcast_ref::<usage::UsageError>().is_some() {
                 eprintln!("\nFor more information, try '--help'.");
                 ExitCode::from(2)
+            } else if e.downcast_ref::<usage::ValidationFailed>().is_some() {
+                ExitCode::from(4)
             } else {
                 ExitCode::FAILURE
             }

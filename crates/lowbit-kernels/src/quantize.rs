@@ -629,7 +629,7 @@ mod tests {
         // Per channel: b / (s_in · s_w[c]), ties to even.
         assert_eq!(quantize_bias(&[1.0, -0.5, 0.0], 0.5, &[0.5, 0.25, 1.0]), Ok(vec![4, -4, 0]));
         assert_eq!(quantize_bias(&[0.625], 0.5, &[0.5]), Ok(vec![2])); // 2.5 → 2
-        // One weight scale for every channel.
+                                                                       // One weight scale for every channel.
         assert_eq!(quantize_bias(&[1.0, 2.0], 1.0, &[0.5]), Ok(vec![2, 4]));
         assert_eq!(bias_scales(0.5, &[0.5, 0.25]), vec![0.25, 0.125]);
         // A near-zero weight scale would need a code beyond the accumulator's headroom.

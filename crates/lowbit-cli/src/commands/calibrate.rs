@@ -103,6 +103,46 @@ pub fn calibration_samples(session: &Session, opts: &CalibrationData) -> Result<
     Ok(DatasetSamples { dataset, ranges, trim: opts.trim })
 }
 
+/// Up to `n` samples of `opts.data` for validating a model calibrated on `opts`: the ones after
+/// the calibration samples (`--samples`), or, when there are none, the last calibration ones.
+/// Returns them and whether they were held back from calibration.
+pub fn validation_samples(
+    session: &Session,
+    opts: &CalibrationData,
+    n: usize,
+) -> Result<(DatasetSamples, bool)> {
+    let all = CalibrationData { samples: None, quiet: true, ..*opts };
+    let DatasetSamples { dataset, ranges, trim } = calibration_samples(session, &all)?;
+    let used = opts.samples.unwrap_or(dataset.samples).min(dataset.samples);
+    let held_back = used < dataset.samples;
+    let pick: Vec<(usize, usize)> = if held_back {
+        let mut rows = 0;
+        ranges
+            .into_iter()
+            .filter(|&(s, _)| s >= used)
+            .take_while(|&(s, e)| {
+                let take = rows < n;
+                rows += e - s;
+                take
+            })
+            .collect()
+    } else {
+        let mut rows = 0;
+        let mut last: Vec<(usize, usize)> = ranges
+            .into_iter()
+            .rev()
+            .take_while(|&(s, e)| {
+                let take = rows < n;
+                rows += e - s;
+                take
+            })
+            .collect();
+        last.reverse();
+        last
+    };
+    Ok((DatasetSamples { dataset, ranges: pick, trim }, held_back))
+}
+
 /// The first NaN or ±inf in the float feeds of the run starting at sample `start`, as an error
 /// naming the input and the sample. Inputs fed whole are checked on the `first` run only.
 fn check_finite(

@@ -6,22 +6,31 @@
 //! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
 //! overwritten; an existing output only with `--force`; the output is written atomically.
 
-use super::calibrate::{calibrate_model, calibration_samples, same_file, CalibrationData};
+use super::calibrate::{
+    calibrate_model, calibration_samples, same_file, validation_samples, CalibrationData,
+};
 use super::compare::{
     check_outputs, noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES,
 };
+use super::new_session;
 use super::new_unfused_session;
 use super::{human_bytes, load_model, preprocess_arg, print};
 use crate::cli::QuantizeArgs;
 use crate::samples::Bars;
 use crate::usage::usage_bail;
+use crate::usage::ValidationFailed;
 use anyhow::{bail, Context, Result};
+use lowbit_engine::{Session, SessionOptions};
+use lowbit_eval::compare::{compare_models, CompareOptions};
+use lowbit_eval::validate::{validate, Floor};
+use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::{CalibrationTable, Method};
 use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
 use lowbit_quant::passes::Exclusions;
 use lowbit_quant::quantize::{
     parse_int_type, quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs,
 };
+use lowbit_quant::samples::SampleSource;
 use std::fmt::Write as _;
 
 /// The quantizer's settings from the command line (clap has already checked the names).
@@ -121,6 +130,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         );
     }
     let model = load_model(&args.model)?;
+    let fp32 = (args.validate > 0 && args.data.is_some()).then(|| model.clone());
     let file_before = std::fs::metadata(&args.model).map(|m| m.len()).ok();
     let mut out = String::new();
     let cal_opts = |d| CalibrationData {
@@ -166,10 +176,21 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         quantize_run(model, &plan, QuantizeInputs::table(table.as_ref()))
     }
     .with_context(|| format!("cannot quantize {}", args.model.display()))?;
+    out.push_str(&summary.to_string());
+    match (&fp32, &args.data) {
+        (Some(fp32), Some(data)) => {
+            let opts = cal_opts(data);
+            gate(fp32, &q, &args, &opts, &mut out)?;
+        }
+        _ if args.validate > 0 => out.push_str(
+            "note: not validated: pass --data to compare the quantized model's outputs with \
+             FP32 before it is written\n",
+        ),
+        _ => {}
+    }
     lowbit_onnx::save_model(&q, &args.output).context("cannot write the quantized model")?;
     let file_after = std::fs::metadata(&args.output).map(|m| m.len()).ok();
 
-    out.push_str(&summary.to_string());
     if let (Some(b), Some(a)) = (file_before, file_after) {
         let _ = writeln!(out, "file: {} -> {}", human_bytes(b), human_bytes(a));
     }
@@ -197,4 +218,69 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         let _ = writeln!(out, "wrote report {}", html.display());
     }
     print(&out)
+}
+
+/// The validation gate (`lowbit_eval::validate`): the quantized model as deployment runs it
+/// (fused) against the FP32 one on held-back samples. Below the floor it names the worst layers
+/// (a per-layer comparison on a few of those samples) and fails with [`ValidationFailed`]
+/// unless `--allow-degraded`.
+fn gate(
+    fp32: &ModelProto,
+    q: &ModelProto,
+    args: &QuantizeArgs,
+    opts: &CalibrationData,
+    out: &mut String,
+) -> Result<()> {
+    let fp32_session = new_session(fp32, &args.model, args.threads)?;
+    let q_session = Session::new(q, &SessionOptions::with_threads(args.threads))
+        .context("lowbit's engine cannot run the quantized model")?;
+    let (mut samples, held_back) = validation_samples(&fp32_session, opts, args.validate)?;
+    let floor = Floor { min_sqnr_db: args.min_output_sqnr, ..Floor::default() };
+    let v = validate(&fp32_session, &q_session, &mut samples, floor)
+        .context("validation run failed")?;
+    let which = if held_back { "held-back" } else { "calibration (no others in --data)" };
+    let _ = writeln!(out, "validation on {} {which} samples:", v.samples);
+    for l in v.lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+    if v.passed() {
+        return Ok(());
+    }
+    // Name the layers that lost most, on a few of the same samples.
+    let mut few = Vec::new();
+    samples.replay(&mut |f| {
+        if few.len() < 4 {
+            few.push(f);
+        }
+        Ok(())
+    })?;
+    let copts = CompareOptions {
+        threads: args.threads,
+        fp32_model: args.model.display().to_string(),
+        quant_model: args.output.display().to_string(),
+    };
+    let worst: Vec<String> = match compare_models(fp32, q, few, &copts) {
+        Ok(r) => r
+            .ranking
+            .iter()
+            .take(5)
+            .map(|l| format!("{} ({}): {:.1} dB, {}", l.node, l.op_type, l.sqnr_db, l.hint))
+            .collect(),
+        Err(e) => vec![format!("(per-layer comparison failed: {e})")],
+    };
+    let msg = format!(
+        "the quantized model fails validation ({}, floor {} dB); worst layers:\n  {}",
+        v.failures.join("; "),
+        floor.min_sqnr_db,
+        worst.join("\n  ")
+    );
+    if args.allow_degraded {
+        let _ = writeln!(out, "warning: {msg}\nwarning: written anyway (--allow-degraded)");
+        return Ok(());
+    }
+    print(out)?;
+    Err(anyhow::Error::new(ValidationFailed(format!(
+        "{msg}\nnot written: try --per-channel, another --method, --exclude on those layers, or \
+         pass --allow-degraded to write it anyway"
+    ))))
 }
