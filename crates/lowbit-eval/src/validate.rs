@@ -154,3 +154,60 @@ pub fn validate(
 fn find<'a>(outs: &'a [(String, Tensor)], name: &str) -> Option<&'a Tensor> {
     outs.iter().find(|(n, _)| n == name).map(|(_, t)| t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowbit_engine::SessionOptions;
+    use lowbit_onnx::build::{self, Dim::Fixed, Dim::Named};
+    use lowbit_onnx::pb::GraphProto;
+    use lowbit_onnx::tensor_proto::tensor_to_proto;
+
+    /// `y = x · W` with `x: [N, 4]`, `W: [4, 10]`.
+    fn matmul(w: Vec<f32>) -> Session {
+        let graph = GraphProto {
+            node: vec![build::node("MatMul", "mm", &["x", "w"], &["y"])],
+            initializer: vec![tensor_to_proto("w", &Tensor::from_vec(vec![4, 10], w).unwrap())],
+            input: vec![build::tensor_value_info("x", DType::F32, &[Named("N"), Fixed(4)])],
+            output: vec![build::tensor_value_info("y", DType::F32, &[Named("N"), Fixed(10)])],
+            ..Default::default()
+        };
+        Session::new(&build::model(graph, 17), &SessionOptions::with_threads(1)).unwrap()
+    }
+
+    fn weights(seed: u32) -> Vec<f32> {
+        (0..40).map(|i| (((i * 7 + seed) % 13) as f32 - 6.0) / 6.0).collect()
+    }
+
+    fn batches() -> Vec<Feeds> {
+        (0..3)
+            .map(|b| {
+                let x: Vec<f32> =
+                    (0..32).map(|i| ((i * 5 + b * 3) % 11) as f32 / 5.0 - 1.0).collect();
+                vec![("x".to_string(), Tensor::from_vec(vec![8, 4], x).unwrap())]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_identical_model_passes_and_counts_rows() {
+        let (a, b) = (matmul(weights(0)), matmul(weights(0)));
+        let v = validate(&a, &b, &mut batches(), Floor::default()).unwrap();
+        assert!(v.passed(), "{:?}", v.failures);
+        assert_eq!(v.samples, 24);
+        assert_eq!(v.outputs[0].top1_agreement, Some(1.0));
+        assert!(v.outputs[0].noise.sqnr_db.is_infinite());
+        assert!(v.lines()[0].contains("SQNR exact"), "{:?}", v.lines());
+    }
+
+    #[test]
+    fn a_model_that_lost_its_outputs_fails_naming_the_output() {
+        let (a, b) = (matmul(weights(0)), matmul(weights(5)));
+        let floor = Floor { min_top1_agreement: Some(0.99), ..Floor::default() };
+        let v = validate(&a, &b, &mut batches(), floor).unwrap();
+        assert!(!v.passed());
+        assert!(v.failures.iter().any(|f| f.contains("output 'y': SQNR")), "{:?}", v.failures);
+        assert!(v.failures.iter().any(|f| f.contains("top-1 agreement")), "{:?}", v.failures);
+        assert!(v.outputs[0].noise.sqnr_db < Floor::DEFAULT_SQNR_DB);
+    }
+}

@@ -312,6 +312,14 @@ pub fn quantize_bias(
         .collect()
 }
 
+/// The smallest weight scale per channel that lets [`quantize_bias`] code `bias` with input
+/// scale `in_scale` (ONNX Runtime's quantizer widens such weight scales too): the channels
+/// whose weights are all near zero get a scale their bias fits under.
+pub fn min_weight_scales_for_bias(bias: &[f32], in_scale: f32) -> Vec<f32> {
+    // A little above the exact bound, so f32 rounding of s_in · s_w cannot push a code past it.
+    bias.iter().map(|&b| b.abs() / (in_scale * BIAS_CODE_LIMIT) * (1.0 + 1e-5)).collect()
+}
+
 /// The integer values of an integer tensor's storage, widened to i32 (`None` for other types
 /// or for 32/64-bit storage that would not fit).
 pub fn int_values(d: &TensorData) -> Option<Vec<i32>> {

@@ -33,7 +33,10 @@ mod table;
 
 pub use histogram::{Entropy, Histogram, HistogramSummary, Mse, Percentile};
 pub use minmax::{MinMax, MovingAverageMinMax};
-pub use table::{CalibrationSettings, CalibrationTable, MethodRanges, TensorCalibration};
+pub use table::{
+    CalibrationSettings, CalibrationTable, MethodRanges, RangeChoice, TensorCalibration,
+    METHOD_GUARD_DB,
+};
 
 use crate::error::{QuantError, Result};
 use crate::samples::{Progress, SampleSource};
