@@ -7,12 +7,7 @@
 
 mod cli;
 mod commands;
-mod feeds;
 mod model_info;
-mod outputs;
-mod preprocess;
-mod rng;
-mod stack;
 mod usage;
 
 use clap::Parser;
@@ -32,7 +27,7 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", render(&e));
-            if e.downcast_ref::<usage::UsageError>().is_some() {
+            if usage::is_usage(&e) {
                 eprintln!("\nFor more information, try '--help'.");
                 ExitCode::from(2)
             } else {

@@ -13,8 +13,8 @@
 //! as a model's layers do, so f32 weights stream from memory as they would in a model run.
 
 use crate::cli::BenchKernelsArgs;
-use crate::rng::Rng;
 use anyhow::{bail, Result};
+use lowbit_data::Rng;
 use lowbit_kernels::gemm::{sgemm_packed, PackedB, Trans};
 use lowbit_kernels::qgemm::{peak_probe, qgemm, Isa, Output, PackedI8, Stage};
 use lowbit_kernels::wgemm::{wgemm, Codes, PackedWeights, WeightSpec};

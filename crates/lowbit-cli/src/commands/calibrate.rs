@@ -3,7 +3,7 @@
 //! (every float32 tensor's extremes, histogram summary and the range each method gives), which
 //! `lowbit quantize --ranges` reuses.
 //!
-//! Samples are fed as `run` feeds them (see [`crate::feeds`]): batches of [`DEFAULT_BATCH`]
+//! Samples are fed as `run` feeds them (see [`lowbit_data::dataset`]): batches of [`DEFAULT_BATCH`]
 //! where the model's first dimension is free, the fixed batch (row by row for batch 1) where it
 //! is not; a model with a `*mask*` input gets one row per run, cut to its real length (unless
 //! `--no-trim`), so padding never enters the statistics. Per-sample `.npz` files are read as
@@ -13,10 +13,9 @@
 use super::run::{progress, DEFAULT_BATCH};
 use super::{load_model, new_unfused_session, preprocess_arg, print, print_notes};
 use crate::cli::CalibrateArgs;
-use crate::feeds::{Dataset, FeedSource};
-use crate::preprocess::Preprocess;
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
+use lowbit_data::{Dataset, FeedSource, Preprocess};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::{CalibrationTable, Calibrator, CalibratorOptions};
 use lowbit_tensor::Tensor;

@@ -14,9 +14,8 @@ use super::eval::{choose_output, load_data, load_sized, read_labels, time_runs, 
 use super::run::{progress, DEFAULT_BATCH};
 use super::{new_session, preprocess_arg, print};
 use crate::cli::CompareArgs;
-use crate::feeds::Dataset;
-use crate::preprocess::Preprocess;
 use anyhow::{Context, Result};
+use lowbit_data::{Dataset, Preprocess};
 use lowbit_eval::compare::{compare_models, CompareOptions, CompareReport};
 use lowbit_eval::metrics::argmax;
 use lowbit_eval::report::{render_html, BeforeAfter, ReportSummary, SummaryMetric};
@@ -82,7 +81,7 @@ pub fn noise_report(req: &NoiseReportRequest) -> Result<CompareReport> {
     let report = compare_models(&fp32, &quant, feeds, &opts);
     bar.finish_and_clear();
     if let Some(e) = feed_error {
-        return Err(e);
+        return Err(e.into());
     }
     let report = report.with_context(|| {
         format!("cannot compare {} with {}", req.quant_path.display(), req.fp32_path.display())

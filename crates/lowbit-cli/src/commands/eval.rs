@@ -2,7 +2,7 @@
 //! SCORES.npy] [--output NAME] [--json]`: what a model scores on real data, and what it costs.
 //!
 //! One output is scored: `--output NAME`, by default the model's first float output. Samples are
-//! fed as `run` feeds them (see [`crate::feeds`]): `--batch` rows at a time (default
+//! fed as `run` feeds them (see [`lowbit_data::dataset`]): `--batch` rows at a time (default
 //! [`DEFAULT_BATCH`]) where the model's first dimension is free, its fixed batch where not, each
 //! batch cut to its `*mask*` input's longest real length unless `--no-trim`; `--preprocess`
 //! converts integer images. The output must hold one row per sample along axis 0; a row is
@@ -31,12 +31,11 @@
 use super::run::{progress, DEFAULT_BATCH};
 use super::{human_bytes, new_session, preprocess_arg, print, print_notes, thousands};
 use crate::cli::EvalArgs;
-use crate::feeds::{Dataset, FeedSource};
 use crate::model_info::ValueInfo;
-use crate::preprocess::Preprocess;
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use lowbit_data::{Dataset, FeedSource, Preprocess};
 use lowbit_engine::Session;
 use lowbit_eval::metrics::{self, Noise, NoiseAccumulator};
 use lowbit_onnx::pb::ModelProto;
@@ -531,7 +530,7 @@ pub(crate) fn time_runs(
     let sets = picked
         .iter()
         .map(|&k| data.feeds(ranges[k].0, ranges[k].1, trim))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let label = |k: usize| {
         let (s, e) = ranges[picked[k]];
         format!("{}: timed run on {} failed", model.path, data.range_label(s, e))

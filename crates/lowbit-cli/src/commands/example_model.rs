@@ -9,8 +9,8 @@
 
 use super::print;
 use crate::cli::ExampleModelArgs;
-use crate::rng::Rng;
 use anyhow::{Context, Result};
+use lowbit_data::Rng;
 use lowbit_onnx::pb::{self, attribute_proto::AttributeType, tensor_shape_proto};
 use lowbit_onnx::tensor_to_proto;
 use lowbit_tensor::{npy, DType, Tensor};

@@ -13,9 +13,9 @@ pub mod quantize;
 pub mod run;
 
 use crate::cli::{Cli, Command};
-use crate::feeds::Dataset;
-use crate::preprocess::Preprocess;
+use crate::usage::usage_bail;
 use anyhow::{Context, Result};
+use lowbit_data::{Dataset, FeedSource, Preprocess};
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
 use std::io::Write;
@@ -61,7 +61,27 @@ fn session_with(model: &ModelProto, path: &Path, opts: &SessionOptions) -> Resul
 
 /// Parses `--preprocess SPEC` (bad keys are usage errors).
 pub fn preprocess_arg(spec: Option<&str>) -> Result<Option<Preprocess>> {
-    spec.map(Preprocess::parse).transpose()
+    Ok(spec.map(Preprocess::parse).transpose()?)
+}
+
+/// Validates `--input NAME=FILE` / `--data` as given on the command line.
+pub fn feed_source(inputs: &[String], data: Option<&Path>) -> Result<FeedSource> {
+    if let Some(d) = data {
+        return Ok(FeedSource::Data(d.to_path_buf()));
+    }
+    let mut pairs = Vec::new();
+    for spec in inputs {
+        let Some((name, file)) =
+            spec.split_once('=').filter(|(n, f)| !n.is_empty() && !f.is_empty())
+        else {
+            usage_bail!("--input '{spec}': expected NAME=FILE.npy");
+        };
+        if pairs.iter().any(|(n, _)| n == name) {
+            usage_bail!("--input '{name}' is given twice");
+        }
+        pairs.push((name.to_string(), std::path::PathBuf::from(file)));
+    }
+    Ok(FeedSource::Files(pairs))
 }
 
 /// Prints the data set's notes (what `--preprocess` does) on stderr unless `quiet`.

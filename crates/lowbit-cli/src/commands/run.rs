@@ -1,14 +1,14 @@
 //! `lowbit run MODEL (--input NAME=FILE.npy ... | --data DIR) -o OUTDIR`: runs a model over
 //! every sample and writes each graph output as `OUTDIR/<output-name>.npy`, samples stacked
-//! along axis 0. How inputs are batched is described in [`crate::feeds`]; how outputs are
-//! named and joined in [`crate::outputs`].
+//! along axis 0. How inputs are batched is described in [`lowbit_data::dataset`]; how outputs
+//! are named and joined in [`lowbit_data::outputs`].
 
-use super::{load_model, new_session, preprocess_arg, print, print_notes};
+use super::{feed_source, load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::RunArgs;
-use crate::feeds::{Dataset, FeedSource};
-use crate::outputs::Collector;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use lowbit_data::outputs::Collector;
+use lowbit_data::Dataset;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -32,7 +32,7 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
 }
 
 pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
-    let src = FeedSource::from_args(&args.input, args.data.as_deref())?;
+    let src = feed_source(&args.input, args.data.as_deref())?;
     let preprocess = preprocess_arg(args.preprocess.as_deref())?;
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
