@@ -24,6 +24,13 @@ pub enum FeedSource {
     Data(PathBuf),
 }
 
+impl From<&Path> for FeedSource {
+    /// A `--data` folder or `.npz` file.
+    fn from(path: &Path) -> FeedSource {
+        FeedSource::Data(path.to_path_buf())
+    }
+}
+
 /// Where one input's data was found.
 pub(crate) enum Found {
     /// A whole array and its file label.

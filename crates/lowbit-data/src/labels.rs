@@ -72,13 +72,13 @@ mod tests {
     #[test]
     fn labels_are_checked_for_count_type_and_sign() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path();
         let file = |name: &str, t: Tensor| {
             let p = dir.path().join(name);
             npy::write_npy(&p, &t).unwrap();
             p
         };
         let ok = file("ok.npy", Tensor::from_vec(vec![3, 1], vec![2i64, 0, 7]).unwrap());
+        let data = dir.path();
         assert_eq!(read_labels(&ok, 3, data).unwrap(), vec![2, 0, 7]);
         let e = read_labels(&ok, 4, data).unwrap_err().to_string();
         assert!(e.contains("holds 3 labels") && e.contains("4 samples"), "{e}");

@@ -44,7 +44,7 @@ pub mod rows;
 pub mod synthetic;
 pub mod trim;
 
-pub use dataset::Dataset;
+pub use dataset::{Dataset, DEFAULT_BATCH};
 pub use error::DataError;
 pub use folder::FeedSource;
 pub use preprocess::Preprocess;

@@ -71,7 +71,7 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Element type and shape from a `.npy` header dict; `path` only labels errors.
-fn parse_header(header: &str, path: &str) -> Result<(DType, Vec<usize>)> {
+fn parse_header(header: &str, path: &str) -> Result<Header> {
     let descr = header_field(header, "descr")
         .map(|s| s.trim_matches(|c| c == '\'' || c == '"'))
         .ok_or_else(|| err(path, "header has no 'descr'"))?;
@@ -143,7 +143,7 @@ pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
 }
 
 /// Element type and shape from the header at the start of a `.npy` stream, reading no data.
-pub fn read_header(r: &mut impl Read, path: &str) -> Result<(DType, Vec<usize>)> {
+pub fn read_header(r: &mut impl Read, path: &str) -> Result<Header> {
     let truncated = |_| err(path, "truncated header");
     let mut prefix = [0u8; 12];
     r.read_exact(&mut prefix[..10]).map_err(truncated)?;
@@ -298,9 +298,12 @@ pub fn npz_names(path: &Path) -> Result<Vec<String>> {
     Ok(open_npz(path)?.file_names().map(|n| n.trim_end_matches(".npy").to_string()).collect())
 }
 
-/// Element type and shape of the arrays `names` of a `.npz` file (`None` for a name it does
-/// not hold), from their `.npy` headers only.
-pub fn npz_headers(path: &Path, names: &[&str]) -> Result<Vec<Option<(DType, Vec<usize>)>>> {
+/// An array's element type and shape, as its `.npy` header states them.
+pub type Header = (DType, Vec<usize>);
+
+/// The headers of the arrays `names` of a `.npz` file (`None` for a name it does not hold),
+/// reading no data.
+pub fn npz_headers(path: &Path, names: &[&str]) -> Result<Vec<Option<Header>>> {
     let mut zip = open_npz(path)?;
     let members: Vec<String> = zip.file_names().map(str::to_string).collect();
     let mut out = Vec::with_capacity(names.len());

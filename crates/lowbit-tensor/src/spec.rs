@@ -3,6 +3,7 @@
 //! checks arrays against it.
 
 use crate::DType;
+use std::fmt;
 
 /// One dimension of a graph input as the model declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +13,24 @@ pub enum Dim {
     Symbolic(String),
     /// Free and unnamed.
     Unknown,
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbolic(s) => f.write_str(s),
+            Dim::Unknown => f.write_str("?"),
+        }
+    }
+}
+
+/// `[1, batch, ?]` for declared dimensions, `(any shape)` for none.
+pub fn shape_text(dims: Option<&[Dim]>) -> String {
+    match dims {
+        None => "(any shape)".into(),
+        Some(d) => format!("[{}]", d.iter().map(Dim::to_string).collect::<Vec<_>>().join(", ")),
+    }
 }
 
 /// A graph input the caller must feed.
@@ -26,20 +45,7 @@ pub struct InputSpec {
 impl InputSpec {
     /// `[1, batch, ?]`-style text for messages.
     pub fn shape_text(&self) -> String {
-        match &self.dims {
-            None => "(any shape)".into(),
-            Some(d) => {
-                let parts: Vec<String> = d
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => n.to_string(),
-                        Dim::Symbolic(s) => s.clone(),
-                        Dim::Unknown => "?".into(),
-                    })
-                    .collect();
-                format!("[{}]", parts.join(", "))
-            }
-        }
+        shape_text(self.dims.as_deref())
     }
 
     /// Whether `shape` fits the declared dimensions (any shape when none are declared).
