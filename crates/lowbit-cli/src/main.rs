@@ -3,11 +3,18 @@
 //! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
 //! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors. Errors
 //! are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
-//! each; [`cli`] declares the arguments.
+//! each; [`cli`] declares the arguments; the modules beside them hold what commands share.
 
+mod calibration;
 mod cli;
 mod commands;
-mod model_info;
+mod inputs;
+mod models;
+mod noise_report;
+mod onnx_build;
+mod paths;
+mod progress;
+mod text;
 mod usage;
 
 use clap::Parser;

@@ -15,12 +15,16 @@
 //! compete for cores; the report adds ORT's latency, the median ratio lowbit/ORT, and each
 //! output's largest difference between the two on the first sample fed.
 
-use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::BenchArgs;
+use crate::inputs::{load_dataset, preprocess_arg};
+use crate::models::{load_model, new_session};
+use crate::progress::progress;
+use crate::text::{print, print_json};
 use crate::usage::usage_bail;
 use anyhow::{Context, Result};
 use lowbit_data::synthetic::synth_input;
-use lowbit_data::{Dataset, FeedSource, Rng};
+use lowbit_data::Rng;
+use lowbit_eval::metrics::{median, percentile};
 use lowbit_tensor::Tensor;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -214,23 +218,8 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if !n.is_multiple_of(2) {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
 pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
-    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
+    let preprocess = preprocess_arg(&args.pre)?;
     let t0 = Instant::now();
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
@@ -239,9 +228,8 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 
     let (sets, batch, inputs_label) = match &args.data {
         Some(dir) => {
-            let src = FeedSource::Data(dir.clone());
-            let mut data = Dataset::load(&session.inputs(), &src, preprocess.as_ref())?;
-            print_notes(&data, quiet || args.json);
+            let mut data =
+                load_dataset(&session, dir.as_path(), preprocess.as_ref(), quiet || args.json)?;
             if let Some(n) = args.limit {
                 data.limit(n)?;
             }
@@ -283,7 +271,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             first_out = Some(out);
         }
     }
-    let bar = super::run::progress(runs as u64, quiet || args.json, "bench");
+    let bar = progress(runs as u64, quiet || args.json, "bench");
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs {
         let feeds = sets[i % sets.len()].clone();
@@ -365,7 +353,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         ratio_median,
     };
     if args.json {
-        return print(&(serde_json::to_string(&r)? + "\n"));
+        return print_json(&r);
     }
     let mut s = String::new();
     let _ = writeln!(s, "model        {}", r.model);
@@ -423,14 +411,6 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(median(&v), 5.5);
-        assert_eq!(percentile(&v, 90.0), 9.0);
-        assert_eq!(percentile(&[3.0], 90.0), 3.0);
-    }
 
     #[test]
     fn peak_rss_is_read_on_linux() {

@@ -3,17 +3,19 @@
 //! type, excluded nodes, sizes before and after).
 //!
 //! Static mode needs calibration ranges: `--ranges` (a table from `lowbit calibrate`) or
-//! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
-//! overwritten; an existing output only with `--force`; the output is written atomically.
+//! `--data` (calibrated here, by the same code as `lowbit calibrate`). Every output is checked
+//! before any work ([`crate::paths`]): the input is never overwritten, an existing output only
+//! with `--force`; outputs are written atomically.
 
-use super::calibrate::{calibrate_model, same_file, CalibrationData};
-use super::compare::{
-    check_outputs, noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES,
-};
-use super::{human_bytes, load_model, preprocess_arg, print};
+use crate::calibration::{calibrate_model, CalibrationData};
 use crate::cli::QuantizeArgs;
+use crate::inputs::preprocess_arg;
+use crate::models::load_model;
+use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES};
+use crate::paths::OutputPaths;
+use crate::text::{human_bytes, plural, print};
 use crate::usage::usage_bail;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lowbit_quant::calibrate::{CalibrationTable, Method};
 use lowbit_quant::passes::Exclusions;
 use lowbit_quant::quantize::{parse_int_type, quantize_model, QuantMode, QuantizeConfig};
@@ -53,7 +55,7 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
 
 pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let cfg = config(&args)?;
-    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
+    let preprocess = preprocess_arg(&args.pre)?;
     if cfg.mode == QuantMode::Static && args.data.is_none() && args.ranges.is_none() {
         usage_bail!(
             "static quantization needs calibration data: pass --data DIR (one <input>.npy per \
@@ -61,28 +63,24 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
              --mode dynamic, weight-only or fp16, which need none"
         );
     }
-    if same_file(&args.model, &args.output) {
-        bail!(
-            "-o {} is the input model: lowbit never overwrites its input; choose another \
-             output file",
-            args.output.display()
+    let report_data = args.report_data.as_ref().or(args.data.as_ref());
+    if let (Some(r), None) = (&args.report, report_data) {
+        usage_bail!(
+            "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
+            r.display()
         );
     }
-    if args.output.exists() && !args.force {
-        bail!("{} already exists; pass --force to replace it", args.output.display());
+    let mut inputs = vec![("the input model", args.model.as_path())];
+    if let Some(r) = &args.ranges {
+        inputs.push(("the calibration table", r.as_path()));
+    }
+    let mut outputs = OutputPaths::new(args.force, &inputs);
+    outputs.file("-o", &args.output)?;
+    if let Some(r) = &args.report {
+        outputs.file("--report", r)?;
     }
     if cfg.mode != QuantMode::Static && !quiet && (args.data.is_some() || args.ranges.is_some()) {
         eprintln!("note: --mode {} needs no calibration; ignoring --data/--ranges", cfg.mode);
-    }
-    let report_data = args.report_data.as_ref().or(args.data.as_ref());
-    if let Some(r) = &args.report {
-        if report_data.is_none() {
-            usage_bail!(
-                "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
-                r.display()
-            );
-        }
-        check_outputs(&[r], &[&args.model, &args.output])?;
     }
     if preprocess.is_some() && args.data.is_none() && !quiet {
         eprintln!("note: --preprocess applies to --data only; ignoring it");
@@ -95,12 +93,10 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         (QuantMode::Static, Some(r), _) => Some(CalibrationTable::load(r)?),
         (QuantMode::Static, None, Some(d)) => {
             let opts = CalibrationData {
-                data: d,
-                preprocess: preprocess.as_ref(),
-                samples: args.samples.map(|n| n as usize),
                 threads: args.threads,
                 trim: !args.no_trim,
                 quiet,
+                ..CalibrationData::new(d, preprocess.as_ref(), args.samples)
             };
             let run = calibrate_model(&model, &args.model, &opts)?;
             let _ = writeln!(
@@ -108,7 +104,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
                 "calibrated {} tensors on {} sample{} in {:.2} s",
                 run.table.tensors.len(),
                 run.samples,
-                if run.samples == 1 { "" } else { "s" },
+                plural(run.samples),
                 run.elapsed.as_secs_f64()
             );
             Some(run.table)
@@ -138,7 +134,6 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
             labels: args.report_labels.as_deref(),
             threads: args.threads,
             trim: !args.no_trim,
-            json: None,
             html: Some(html),
             quiet,
         };
