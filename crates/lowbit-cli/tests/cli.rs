@@ -787,6 +787,8 @@ fn every_command_that_writes_replaces_only_with_force() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["format"], "lowbit-compare/1");
     assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+    // run never writes into its data folder.
+    assert_fails(&lowbit(&["run", m, "--data", d, "-o", d, "--force"]), 1, &["the data folder"]);
     // demo -o: a folder that holds files needs --force.
     let o = lowbit(&["demo", "-o", s(&dir), "-q"]);
     assert_fails(&o, 1, &["not empty", "--force"]);

@@ -18,8 +18,11 @@ use std::time::Instant;
 pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     let src = feed_source(&args.input, args.data.as_deref())?;
     let preprocess = preprocess_arg(&args.pre)?;
-    OutputPaths::new(args.force, &[("the input model", args.model.as_path())])
-        .folder("-o", &args.output)?;
+    let mut inputs = vec![("the input model", args.model.as_path())];
+    if let Some(d) = &args.data {
+        inputs.push(("the data folder", d.as_path()));
+    }
+    OutputPaths::new(args.force, &inputs).folder("-o", &args.output)?;
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
     drop(model);
