@@ -27,6 +27,14 @@ impl fmt::Display for ValidationFailed {
 
 impl std::error::Error for ValidationFailed {}
 
+/// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<UsageError>().is_some()
+            || c.downcast_ref::<lowbit_data::DataError>().is_some_and(|d| d.is_usage())
+    })
+}
+
 /// Returns early with a [`UsageError`].
 macro_rules! usage_bail {
     ($($arg:tt)*) => {

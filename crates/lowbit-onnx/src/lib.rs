@@ -7,6 +7,7 @@ pub mod infer;
 pub mod io;
 pub mod pb;
 pub mod tensor_proto;
+pub mod value_info;
 
 pub use error::OnnxError;
 pub use io::{load_model, load_model_bytes, save_model, save_model_with_external_data};

@@ -13,8 +13,10 @@
 //! as a model's layers do, so f32 weights stream from memory as they would in a model run.
 
 use crate::cli::BenchKernelsArgs;
-use crate::rng::Rng;
+use crate::text::{print, print_json};
 use anyhow::{bail, Result};
+use lowbit_data::Rng;
+use lowbit_eval::metrics::median;
 use lowbit_kernels::gemm::{sgemm_packed, PackedB, Trans};
 use lowbit_kernels::qgemm::{peak_probe, qgemm, Isa, Output, PackedI8, Stage};
 use lowbit_kernels::wgemm::{wgemm, Codes, PackedWeights, WeightSpec};
@@ -47,7 +49,7 @@ fn time(mut f: impl FnMut()) -> f64 {
         t.push(s.elapsed().as_secs_f64());
     }
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    median(&t)
 }
 
 #[derive(Serialize)]
@@ -116,7 +118,7 @@ fn bench_weight_only(args: &BenchKernelsArgs) -> Result<()> {
         }
     }
     if args.json {
-        return super::print(&(serde_json::to_string(&rows)? + "\n"));
+        return print_json(&rows);
     }
     let mut s = String::new();
     let _ = writeln!(
@@ -139,7 +141,7 @@ fn bench_weight_only(args: &BenchKernelsArgs) -> Result<()> {
             r.f32_us / r.int4_us
         );
     }
-    super::print(&s)
+    print(&s)
 }
 
 pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
@@ -205,7 +207,7 @@ pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
         f32_gmacs: g(tf),
     };
     if args.json {
-        return super::print(&(serde_json::to_string(&r)? + "\n"));
+        return print_json(&r);
     }
     let mut s = String::new();
     let _ = writeln!(s, "GEMM {n}x{n}x{n}, {threads} thread(s), int8 path {}", r.isa);
@@ -223,5 +225,5 @@ pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
         r.int8_full_range_gmacs, r.int8_full_range_form
     );
     let _ = writeln!(s, "f32          {:.1} GMAC/s", r.f32_gmacs);
-    super::print(&s)
+    print(&s)
 }

@@ -3,27 +3,25 @@
 //! type, excluded nodes, sizes before and after).
 //!
 //! Static mode needs calibration ranges: `--ranges` (a table from `lowbit calibrate`) or
-//! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
-//! overwritten; an existing output only with `--force`; the output is written atomically.
+//! `--data` (calibrated here, by the same code as `lowbit calibrate`). Every output is checked
+//! before any work ([`crate::paths`]): the input is never overwritten, an existing output only
+//! with `--force`; outputs are written atomically.
 
-use super::calibrate::{
-    calibrate_model, calibration_samples, same_file, validation_samples, CalibrationData,
-};
-use super::compare::{
-    check_outputs, noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES,
-};
-use super::new_session;
-use super::new_unfused_session;
-use super::{human_bytes, load_model, preprocess_arg, print};
+use crate::calibration::{calibrate_model, dataset_batches, CalibrationData};
 use crate::cli::QuantizeArgs;
-use crate::samples::Bars;
-use crate::usage::usage_bail;
-use crate::usage::ValidationFailed;
-use anyhow::{bail, Context, Result};
+use crate::inputs::preprocess_arg;
+use crate::models::{load_model, new_session};
+use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES};
+use crate::paths::OutputPaths;
+use crate::progress::Bars;
+use crate::text::{human_bytes, plural, print};
+use crate::usage::{usage_bail, ValidationFailed};
+use anyhow::{Context, Result};
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_eval::compare::{compare_models, CompareOptions};
 use lowbit_eval::validate::{validate, Floor};
 use lowbit_onnx::pb::ModelProto;
+use lowbit_quant::calibrate::dataset::DatasetBatches;
 use lowbit_quant::calibrate::{CalibrationTable, Method};
 use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
 use lowbit_quant::passes::Exclusions;
@@ -86,7 +84,7 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
 
 pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let cfg = config(&args)?;
-    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
+    let preprocess = preprocess_arg(&args.pre)?;
     if cfg.mode == QuantMode::Static && args.data.is_none() && args.ranges.is_none() {
         usage_bail!(
             "static quantization needs calibration data: pass --data DIR (one <input>.npy per \
@@ -94,28 +92,24 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
              --mode dynamic, weight-only or fp16, which need none"
         );
     }
-    if same_file(&args.model, &args.output) {
-        bail!(
-            "-o {} is the input model: lowbit never overwrites its input; choose another \
-             output file",
-            args.output.display()
+    let report_data = args.report_data.as_ref().or(args.data.as_ref());
+    if let (Some(r), None) = (&args.report, report_data) {
+        usage_bail!(
+            "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
+            r.display()
         );
     }
-    if args.output.exists() && !args.force {
-        bail!("{} already exists; pass --force to replace it", args.output.display());
+    let mut inputs = vec![("the input model", args.model.as_path())];
+    if let Some(r) = &args.ranges {
+        inputs.push(("the calibration table", r.as_path()));
+    }
+    let mut outputs = OutputPaths::new(args.force, &inputs);
+    outputs.file("-o", &args.output)?;
+    if let Some(r) = &args.report {
+        outputs.file("--report", r)?;
     }
     if cfg.mode != QuantMode::Static && !quiet && (args.data.is_some() || args.ranges.is_some()) {
         eprintln!("note: --mode {} needs no calibration; ignoring --data/--ranges", cfg.mode);
-    }
-    let report_data = args.report_data.as_ref().or(args.data.as_ref());
-    if let Some(r) = &args.report {
-        if report_data.is_none() {
-            usage_bail!(
-                "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
-                r.display()
-            );
-        }
-        check_outputs(&[r], &[&args.model, &args.output])?;
     }
     if preprocess.is_some() && args.data.is_none() && !quiet {
         eprintln!("note: --preprocess applies to --data only; ignoring it");
@@ -134,20 +128,16 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let file_before = std::fs::metadata(&args.model).map(|m| m.len()).ok();
     let mut out = String::new();
     let cal_opts = |d| CalibrationData {
-        data: d,
-        preprocess: preprocess.as_ref(),
-        samples: args.samples.map(|n| n as usize),
         threads: args.threads,
         trim: !args.no_trim,
         quiet,
+        ..CalibrationData::new(d, preprocess.as_ref(), args.samples)
     };
     let bars = Bars::new(quiet);
     let (q, summary) = if alg.any() {
         // The steps calibrate (again, after a transform) and run on the samples themselves.
         let data = args.data.as_ref().expect("checked above");
-        let session = new_unfused_session(&model, &args.model, args.threads)?;
-        let mut samples = calibration_samples(&session, &cal_opts(data))?;
-        drop(session);
+        let mut samples = dataset_batches(&model, &args.model, &cal_opts(data))?;
         let table = args.ranges.as_ref().map(|r| CalibrationTable::load(r)).transpose()?;
         let inputs = QuantizeInputs {
             table: table.as_ref(),
@@ -166,7 +156,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
                     "calibrated {} tensors on {} sample{} in {:.2} s",
                     run.table.tensors.len(),
                     run.samples,
-                    if run.samples == 1 { "" } else { "s" },
+                    plural(run.samples),
                     run.elapsed.as_secs_f64()
                 );
                 Some(run.table)
@@ -208,7 +198,6 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
             labels: args.report_labels.as_deref(),
             threads: args.threads,
             trim: !args.no_trim,
-            json: None,
             html: Some(html),
             quiet,
         };
@@ -234,7 +223,14 @@ fn gate(
     let fp32_session = new_session(fp32, &args.model, args.threads)?;
     let q_session = Session::new(q, &SessionOptions::with_threads(args.threads))
         .context("lowbit's engine cannot run the quantized model")?;
-    let (mut samples, held_back) = validation_samples(&fp32_session, opts, args.validate)?;
+    let all = dataset_batches(
+        fp32,
+        &args.model,
+        &CalibrationData { samples: None, quiet: true, ..*opts },
+    )?;
+    let calibrated = opts.samples.unwrap_or(all.data.samples);
+    let (mut samples, held_back) =
+        DatasetBatches::validation(all.data, all.trim, calibrated, args.validate);
     let floor = Floor { min_sqnr_db: args.min_output_sqnr, ..Floor::default() };
     let v = validate(&fp32_session, &q_session, &mut samples, floor)
         .context("validation run failed")?;

@@ -27,6 +27,7 @@
 //! deterministic: the calibrator sees tensors in the session's fixed order, parallel reductions
 //! are exact (min/max, integer bin counts), and float sums run in a fixed order.
 
+pub mod dataset;
 mod histogram;
 mod minmax;
 mod table;
