@@ -11,7 +11,7 @@
 
 use crate::bail;
 use crate::error::OpResult;
-use crate::op::{input, opt_input, BuildCtx, Kernel};
+use crate::op::{input, kernel, opt_input, BuildCtx, Kernel};
 use crate::ops::util::{channels_last_attr, fused_activation, normalize_axis};
 use crate::registry::Registry;
 use lowbit_kernels::conv::{
@@ -84,14 +84,6 @@ pub(crate) fn from_f32(dtype: DType, shape: Vec<usize>, v: Vec<f32>) -> OpResult
 
 fn float_input(t: &Tensor) -> OpResult<DType> {
     same_float_dtype(&[t])
-}
-
-/// A boxed kernel from a closure.
-fn kernel<F>(f: F) -> OpResult<Box<dyn Kernel>>
-where
-    F: Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync + 'static,
-{
-    Ok(Box::new(crate::op::FnKernel(f)))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@
 
 use crate::bail;
 use crate::error::{OpError, OpResult};
-use crate::op::{input, opt_input, BuildCtx, Kernel};
+use crate::op::{input, opt_input, BuildCtx, Kernel, KernelResult};
 use crate::ops::quant::{self as reference, ConvAttrs};
 use crate::ops::util::{broadcast_shapes, channels_last_attr};
 use crate::registry::Registry;
@@ -24,8 +24,6 @@ use lowbit_kernels::quantize::{dequantize_one, int_range, quantize_bytes};
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use std::borrow::Cow;
-
-type KernelResult = OpResult<Box<dyn Kernel>>;
 
 // ---------------------------------------------------------------------------------------------
 // Reading constant parameters
