@@ -38,8 +38,15 @@ pub(super) const RULES: &[(&str, RuleFn)] = &[
     ("NonMaxSuppression", non_max_suppression),
 ];
 
-/// Strides, dilations, pads (all begins, then all ends) and `auto_pad` of a conv or pool.
-type Window = (Vec<i64>, Vec<i64>, Vec<i64>, String);
+/// The sliding window of a conv or pool over `n` spatial dims: kernel, strides, dilations,
+/// pads (`n` begins, then `n` ends) and `auto_pad`.
+struct Window {
+    kernel: Vec<i64>,
+    strides: Vec<i64>,
+    dil: Vec<i64>,
+    pads: Vec<i64>,
+    auto: String,
+}
 
 fn conv(cx: &mut Cx) -> Result<Vec<Out>> {
     Ok(vec![out(cx.dtype(0), conv_shape(cx, 0, 1, false)?)])
@@ -126,34 +133,42 @@ fn non_max_suppression(cx: &mut Cx) -> Result<Vec<Out>> {
     Ok(vec![out(Some(DType::I64), Some(vec![cx.fresh(), SymDim::Known(3)]))])
 }
 
-/// Spatial parameters of a conv or pool over `n` spatial dims.
-fn spatial(cx: &Cx, n: usize, kernel: &[i64]) -> Result<Window> {
+/// Input 0's shape, `[batch, channels, spatial…]` (an error with fewer dims), when known.
+fn batch_channels_spatial(cx: &Cx, x: usize) -> Result<Option<Vec<SymDim>>> {
+    match cx.shape(x) {
+        Some(xs) if xs.len() < 3 => Err(cx.err(format!(
+            "input {} must have a batch, a channel and spatial dims",
+            fmt_shape(&xs)
+        ))),
+        xs => Ok(xs),
+    }
+}
+
+/// The window attributes of a conv or pool with `kernel` over `n` spatial dims.
+fn window(cx: &Cx, n: usize, kernel: Vec<i64>) -> Result<Window> {
     let strides = cx.attrs.ints_or("strides", &vec![1; n])?;
     let dil = cx.attrs.ints_or("dilations", &vec![1; n])?;
     let pads = cx.attrs.ints_or("pads", &vec![0; 2 * n])?;
-    let auto_pad = cx.attrs.string_or("auto_pad", "NOTSET")?;
+    let auto = cx.attrs.string_or("auto_pad", "NOTSET")?;
     if strides.len() != n || dil.len() != n || pads.len() != 2 * n || kernel.len() != n {
         return Err(cx.err(format!(
             "kernel {kernel:?}, strides {strides:?}, dilations {dil:?}, pads {pads:?} do not fit \
              {n} spatial dims"
         )));
     }
-    Ok((strides, dil, pads, auto_pad))
+    Ok(Window { kernel, strides, dil, pads, auto })
 }
 
-/// One output spatial dim of a conv/pool.
-#[allow(clippy::too_many_arguments)]
-fn window_dim(
-    cx: &mut Cx,
-    d: &SymDim,
-    k: i64,
-    s: i64,
-    dil: i64,
-    pb: i64,
-    pe: i64,
-    auto: &str,
-    ceil: bool,
-) -> Result<SymDim> {
+/// The output dims of a conv or pool over input spatial dims `xs`.
+fn window_dims(cx: &mut Cx, xs: &[SymDim], w: &Window, ceil: bool) -> Result<Vec<SymDim>> {
+    (0..xs.len()).map(|i| window_dim(cx, &xs[i], w, i, ceil)).collect()
+}
+
+/// Output spatial dim `i` of a conv or pool whose input dim is `d`.
+fn window_dim(cx: &mut Cx, d: &SymDim, w: &Window, i: usize, ceil: bool) -> Result<SymDim> {
+    let n = w.kernel.len();
+    let (k, s, dil, pb, pe) = (w.kernel[i], w.strides[i], w.dil[i], w.pads[i], w.pads[i + n]);
+    let auto = w.auto.as_str();
     let eff = dil * (k - 1) + 1;
     if s <= 0 {
         return Err(cx.err(format!("stride {s} must be positive")));
@@ -196,13 +211,7 @@ pub(super) fn conv_shape(
     w: usize,
     transpose: bool,
 ) -> Result<Option<Vec<SymDim>>> {
-    let Some(xs) = cx.shape(x) else { return Ok(None) };
-    if xs.len() < 3 {
-        return Err(cx.err(format!(
-            "input {} must have a batch, a channel and spatial dims",
-            fmt_shape(&xs)
-        )));
-    }
+    let Some(xs) = batch_channels_spatial(cx, x)? else { return Ok(None) };
     let n = xs.len() - 2;
     let ws = cx.shape(w);
     let group = cx.attrs.int_or("group", 1)?;
@@ -243,7 +252,8 @@ pub(super) fn conv_shape(
         shape.extend((0..n).map(|_| cx.fresh.dim()));
         return Ok(Some(shape));
     };
-    let (strides, dil, pads, auto) = spatial(cx, n, &kernel)?;
+    let win = window(cx, n, kernel)?;
+    let Window { kernel, strides, dil, pads, auto } = &win;
     if transpose {
         let out_pad = cx.attrs.ints_or("output_padding", &vec![0; n])?;
         let explicit = cx.attrs.ints("output_shape")?;
@@ -272,55 +282,22 @@ pub(super) fn conv_shape(
             shape.push(d);
         }
     } else {
-        for i in 0..n {
-            let d = window_dim(
-                cx,
-                &xs[i + 2],
-                kernel[i],
-                strides[i],
-                dil[i],
-                pads[i],
-                pads[i + n],
-                &auto,
-                false,
-            )?;
-            shape.push(d);
-        }
+        shape.extend(window_dims(cx, &xs[2..], &win, false)?);
     }
     Ok(Some(shape))
 }
 
 /// The output shape of a pool (`kernel_shape` is required).
 fn pool_shape(cx: &mut Cx) -> Result<Option<Vec<SymDim>>> {
-    let Some(xs) = cx.shape(0) else { return Ok(None) };
-    if xs.len() < 3 {
-        return Err(cx.err(format!(
-            "input {} must have a batch, a channel and spatial dims",
-            fmt_shape(&xs)
-        )));
-    }
-    let n = xs.len() - 2;
+    let Some(xs) = batch_channels_spatial(cx, 0)? else { return Ok(None) };
     let kernel = cx
         .attrs
         .ints("kernel_shape")?
         .ok_or_else(|| cx.err("attribute 'kernel_shape' is required"))?;
-    let (strides, dil, pads, auto) = spatial(cx, n, &kernel)?;
+    let win = window(cx, xs.len() - 2, kernel)?;
     let ceil = cx.attrs.int_or("ceil_mode", 0)? != 0;
     let mut shape = vec![xs[0].clone(), xs[1].clone()];
-    for i in 0..n {
-        let d = window_dim(
-            cx,
-            &xs[i + 2],
-            kernel[i],
-            strides[i],
-            dil[i],
-            pads[i],
-            pads[i + n],
-            &auto,
-            ceil,
-        )?;
-        shape.push(d);
-    }
+    shape.extend(window_dims(cx, &xs[2..], &win, ceil)?);
     Ok(Some(shape))
 }
 
