@@ -249,6 +249,28 @@ fn nc_spatial(x: &Tensor) -> OpResult<(usize, usize, Vec<usize>)> {
 // ---------------------------------------------------------------------------------------------
 // Conv, ConvTranspose
 
+/// A float convolution's inputs: `x` (`[n, c_in, in_sp…]`, of float type `dtype`), weight `w`
+/// and optional bias `b`.
+struct ConvOperands<'t> {
+    x: &'t Tensor,
+    w: &'t Tensor,
+    b: Option<&'t Tensor>,
+    dtype: DType,
+    n: usize,
+    c_in: usize,
+    in_sp: Vec<usize>,
+}
+
+impl<'t> ConvOperands<'t> {
+    fn read(inputs: &[Option<&'t Tensor>]) -> OpResult<Self> {
+        let x = input(inputs, 0)?;
+        let (w, b) = (input(inputs, 1)?, opt_input(inputs, 2));
+        let dtype = float_input(x)?;
+        let (n, c_in, in_sp) = nc_spatial(x)?;
+        Ok(ConvOperands { x, w, b, dtype, n, c_in, in_sp })
+    }
+}
+
 /// `Conv`, and lowbit's `FusedConv` (a `Conv` with an activation in its output stage, made by
 /// [`crate::fuse_float`]). A constant weight is packed once at load, a constant bias converted
 /// once.
@@ -298,11 +320,7 @@ fn build_conv_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>>
 
 impl Kernel for ConvKernel {
     fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
-        let x = input(inputs, 0)?;
-        let w = input(inputs, 1)?;
-        let b = opt_input(inputs, 2);
-        let dtype = float_input(x)?;
-        let (n, c_in, in_sp) = nc_spatial(x)?;
+        let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read(inputs)?;
         let ws = w.shape();
         if ws.len() != x.rank() {
             bail!("weight shape {ws:?} does not match input rank {} ({:?})", x.rank(), x.shape());
@@ -437,11 +455,7 @@ impl ConvTransposeKernel {
 
 impl Kernel for ConvTransposeKernel {
     fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
-        let x = input(inputs, 0)?;
-        let w = input(inputs, 1)?;
-        let b = opt_input(inputs, 2);
-        let dtype = float_input(x)?;
-        let (n, c_in, in_sp) = nc_spatial(x)?;
+        let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read(inputs)?;
         let r = in_sp.len();
         if r > 3 {
             bail!("only 1-D to 3-D spatial inputs are supported, got {r} spatial dims");
