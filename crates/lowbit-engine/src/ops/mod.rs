@@ -27,8 +27,11 @@ pub mod weight_only;
 
 use crate::registry::Registry;
 
+/// A family's `register` functions.
+type Registers = &'static [fn(&mut Registry)];
+
 /// Each family's name (the file) and its `register` functions.
-const FAMILIES: [(&str, &[fn(&mut Registry)]); 7] = [
+const FAMILIES: [(&str, Registers); 7] = [
     ("elementwise", &[elementwise::register]),
     ("reduce", &[reduce::register]),
     ("linalg", &[linalg::register]),
