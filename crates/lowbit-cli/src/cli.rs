@@ -326,6 +326,11 @@ pub struct QuantizeArgs {
     /// strength ALPHA in [0, 1] (SmoothQuant, Xiao et al. 2023; 0.5 is the paper's default).
     #[arg(long, value_name = "ALPHA")]
     pub smooth_quant: Option<f32>,
+    /// Keep embedding tables (a Gather's float32 initializer, e.g. word embeddings) float32.
+    /// By default static, dynamic and weight-only mode store them int8 with one scale per row,
+    /// dequantized after the Gather.
+    #[arg(long)]
+    pub float_embeddings: bool,
     /// Validate the quantized model before writing it: run it and the FP32 model on N samples
     /// of --data the calibration did not use (the next N after --samples; the last N
     /// calibration samples when there are no others) and compare every output. 0: skip.

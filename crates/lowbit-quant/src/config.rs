@@ -211,6 +211,10 @@ pub struct QuantizeConfig {
     /// Accuracy-recovery algorithms (static).
     #[serde(default)]
     pub algorithms: Algorithms,
+    /// int8 per-row embedding tables (`Gather` on a float32 initializer, see
+    /// [`crate::passes::embeddings`]); `None`: on in static, dynamic and weight-only mode.
+    #[serde(default)]
+    pub quantize_embeddings: Option<bool>,
 }
 
 impl Default for QuantizeConfig {
@@ -231,6 +235,7 @@ impl Default for QuantizeConfig {
             keep_float_io: true,
             fold_batch_norm: true,
             algorithms: Algorithms::default(),
+            quantize_embeddings: None,
         }
     }
 }
@@ -349,6 +354,8 @@ pub struct QuantPlan {
     pub keep_float_io: bool,
     pub fold_batch_norm: bool,
     pub algorithms: Algorithms,
+    /// int8 per-row embedding tables ([`crate::passes::embeddings`]).
+    pub quantize_embeddings: bool,
     /// The default-domain opset the written model needs at least.
     pub min_opset: i64,
     /// Why each target-dependent choice was made, for the summary.
@@ -480,6 +487,17 @@ impl QuantPlan {
             }
         }
 
+        let quantize_embeddings = match (config.quantize_embeddings, mode) {
+            (Some(true), QuantMode::Fp16 | QuantMode::Bf16) => {
+                return bad(format!(
+                    "--mode {mode} converts embedding tables to {mode} with every other weight; \
+                     int8 embedding tables go with the integer modes"
+                ));
+            }
+            (Some(q), _) => q,
+            (None, m) => m.integer_kernels() || m == QuantMode::WeightOnly,
+        };
+
         let wide_act = matches!(act_type, IntType::Int16 | IntType::Uint16);
         let min_opset = match mode {
             QuantMode::Static if wide_act || four_bit => 21,
@@ -499,6 +517,7 @@ impl QuantPlan {
             keep_float_io: config.keep_float_io,
             fold_batch_norm: config.fold_batch_norm,
             algorithms: config.algorithms.clone(),
+            quantize_embeddings,
             min_opset,
             decisions,
         })

@@ -22,6 +22,10 @@
 //! | `dynamic` | MatMul/Gemm → DynamicQuantizeLinear + MatMulInteger; Conv stays float | — |
 //! | `weight-only` | int8 (per channel) or int4 (blocked along K) weights + DequantizeLinear before MatMul/Gemm | — |
 //! | `fp16` / `bf16` | float32 initializers and compute in float16/bfloat16, float32 I/O kept by default | — |
+//!
+//! In `static`, `dynamic` and `weight-only` mode embedding tables (`Gather` on a float32
+//! initializer) also become int8 with a scale per row ([`passes::embeddings`]) unless
+//! [`QuantizeConfig::quantize_embeddings`] says otherwise.
 
 pub use crate::config::{
     parse_int_type, QuantMode, QuantPlan, QuantizeConfig, DEFAULT_MIN_ACTIVATION_SQNR,
@@ -355,6 +359,9 @@ pub fn quantize_run(
         QuantMode::Fp16 | QuantMode::Bf16 => {
             passes::fp16::convert_float(&mut g, plan, &mut summary)?
         }
+    }
+    if plan.quantize_embeddings {
+        passes::embeddings::quantize_embeddings(&mut g, plan, &mut summary)?;
     }
     g.remove_unused_initializers();
     g.topo_sort()?;

@@ -56,6 +56,7 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
             _ => None,
         },
         min_activation_sqnr: (args.min_sqnr > 0.0).then_some(args.min_sqnr),
+        quantize_embeddings: args.float_embeddings.then_some(false),
         exclude,
         algorithms: Algorithms {
             equalize: args.equalize,

@@ -6,6 +6,7 @@
 //! | [`qdq`] | static PTQ: `QuantizeLinear`/`DequantizeLinear` pairs (QDQ format) |
 //! | [`dynamic`] | dynamic PTQ: `DynamicQuantizeLinear` + `MatMulInteger` |
 //! | [`weight_only`] | int8/int4 weights + `DequantizeLinear` before `MatMul`/`Gemm` |
+//! | [`embeddings`] | int8 per-row `Gather` tables, dequantized after the gather (every integer mode) |
 //! | [`fp16`] | float16 / bfloat16 conversion, optionally keeping float32 inputs/outputs |
 //!
 //! Shared here: node exclusion rules, attribute and initializer helpers, and the opset
@@ -17,6 +18,7 @@
 
 pub mod bn_fold;
 pub mod dynamic;
+pub mod embeddings;
 pub mod fp16;
 pub mod qdq;
 pub mod weight_only;
@@ -195,6 +197,26 @@ pub(crate) fn init_f32(g: &Graph, name: &str) -> Result<Option<Tensor>> {
         Some(t) if t.dtype() == DType::F32 => Some(t),
         _ => None,
     })
+}
+
+/// The float32 value of `name` when it is known at load time: an initializer, or the output
+/// of a `Constant` node (`value` or `value_float`).
+pub(crate) fn const_f32(g: &Graph, name: &str) -> Result<Option<Tensor>> {
+    if g.is_initializer(name) {
+        return init_f32(g, name);
+    }
+    let Some(n) = g.producer_node(name).filter(|n| n.op_type == "Constant" && is_default_domain(n))
+    else {
+        return Ok(None);
+    };
+    let t = if let Some(t) = attr(n, "value").and_then(|a| a.t.as_ref()) {
+        tensor_from_proto(t)?
+    } else if let Some(a) = attr(n, "value_float") {
+        Tensor::scalar(a.f)
+    } else {
+        return Ok(None);
+    };
+    Ok((t.dtype() == DType::F32).then_some(t))
 }
 
 /// Adds `t` as a new initializer named after `prefix` (made unique); returns the name.
