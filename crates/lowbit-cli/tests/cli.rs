@@ -688,6 +688,107 @@ fn quantize_replaces_an_existing_output_only_with_force() {
 }
 
 #[test]
+fn validation_below_the_floor_exits_4_without_a_file_unless_allowed() {
+    let dir = example64("quantize-gate");
+    let (model, data, q) = (dir.join("model.onnx"), dir.join("data"), dir.join("q.onnx"));
+    // No int8 model keeps 200 dB of output SQNR: the floor must refuse it.
+    let args = argv(
+        "quantize {} -o {} --data {} --samples 32 --min-output-sqnr 200",
+        &[&model, &q, &data],
+    );
+    let o = lowbit(&args);
+    assert_fails(&o, 4, &["fails validation", "worst layers", "--allow-degraded"]);
+    assert!(stdout(&o).contains("validation on 32 held-back samples"), "{}", stdout(&o));
+    assert!(!q.exists(), "a model that failed validation was written");
+    let mut allowed = args.clone();
+    allowed.push("--allow-degraded".into());
+    let o = ok(&allowed);
+    assert!(stdout(&o).contains("written anyway (--allow-degraded)"), "{}", stdout(&o));
+    assert!(lowbit_onnx::load_model(&q).is_ok());
+    // The default floor passes this easy model and says what it measured.
+    let o = ok(&argv("quantize {} -o {} --data {} --force", &[&model, &q, &data]));
+    assert!(stdout(&o).contains("top-1 agreement"), "{}", stdout(&o));
+}
+
+#[test]
+fn an_already_quantized_model_is_refused_and_unmatched_excludes_are_named() {
+    let dir = example64("quantize-twice");
+    let (model, data, q) = (dir.join("model.onnx"), dir.join("data"), dir.join("q.onnx"));
+    let o = ok(&argv("quantize {} -o {} --data {} --exclude no_such_node", &[&model, &q, &data]));
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(text.contains("--exclude 'no_such_node' matches no node"), "{text}");
+    // fp16 used to write a file ONNX Runtime refuses (DequantizeLinear with a float16 scale).
+    let again = dir.join("again.onnx");
+    for args in [
+        argv("quantize {} -o {} --data {}", &[&q, &again, &data]),
+        argv("quantize {} -o {} --mode fp16", &[&q, &again]),
+    ] {
+        let o = lowbit(&args);
+        assert_fails(&o, 1, &["already quantized", "FP32 original"]);
+        assert!(!again.exists());
+    }
+}
+
+#[test]
+fn block_size_0_gives_int4_weights_one_scale_per_channel() {
+    let dir = example64("quantize-int4-channels");
+    let model = dir.join("model.onnx");
+    let scale_dims = |block: &str| {
+        let q = dir.join(format!("q{block}.onnx"));
+        ok(&argv(
+            &format!(
+                "quantize {{}} -o {{}} --mode weight-only --weights int4 --block-size {block}"
+            ),
+            &[&model, &q],
+        ));
+        let m = lowbit_onnx::load_model(&q).unwrap();
+        let g = m.graph.unwrap();
+        let dq =
+            g.node.iter().find(|n| n.op_type == "DequantizeLinear").expect("a DequantizeLinear");
+        let scale = g.initializer.iter().find(|t| t.name == dq.input[1]).expect("its scale");
+        scale.dims.clone()
+    };
+    // The first MatMul's weight is [16, 32]: 32 output channels, 16 inputs (one block of 16).
+    assert_eq!(scale_dims("0"), vec![32]);
+    assert_eq!(scale_dims("16"), vec![1, 32]);
+}
+
+#[test]
+fn the_target_sets_weight_bits_and_activation_type_and_says_why() {
+    let dir = example64("quantize-targets");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let summary = |target: &str| {
+        let q = dir.join(format!("{target}.onnx"));
+        let o = ok(&argv(
+            &format!("quantize {{}} -o {{}} --data {{}} --target {target}"),
+            &[&model, &q, &data],
+        ));
+        stdout(&o)
+    };
+    let avx2 = summary("ort-avx2");
+    assert!(avx2.contains("ort-avx2") && avx2.contains("7-bit"), "{avx2}");
+    let vnni = summary("ort-vnni");
+    assert!(vnni.contains("ort-vnni") && !vnni.contains("7-bit"), "{vnni}");
+    let trt = summary("tensorrt");
+    assert!(trt.contains("tensorrt") && trt.contains("int8"), "{trt}");
+    let q = dir.join("bad.onnx");
+    let o = lowbit(&argv(
+        "quantize {} -o {} --data {} --target tensorrt --activations uint8",
+        &[&model, &q, &data],
+    ));
+    assert_fails(&o, 2, &["tensorrt"]);
+}
+
+#[test]
+fn compare_with_the_models_swapped_says_so() {
+    let dir = example64("compare-swapped");
+    let (model, data, q) = (dir.join("model.onnx"), dir.join("data"), dir.join("q.onnx"));
+    ok(&argv("quantize {} -o {} --data {}", &[&model, &q, &data]));
+    let o = lowbit(&argv("compare {} {} --data {}", &[&q, &model, &data]));
+    assert_fails(&o, 1, &["wrong order"]);
+}
+
+#[test]
 fn static_quantization_without_data_says_what_it_needs() {
     let dir = example64("quantize-nodata");
     let q = dir.join("q.onnx");

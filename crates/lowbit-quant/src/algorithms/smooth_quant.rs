@@ -54,7 +54,9 @@ type Edit = (usize, usize, Tensor);
 /// unchanged.
 pub fn smooth_quant(g: &mut Graph, alpha: f32, ctx: &mut StepContext) -> Result<StepReport> {
     if !(0.0..=1.0).contains(&alpha) {
-        return Err(QuantError::Config(format!("SmoothQuant's alpha must be in [0, 1], got {alpha}")));
+        return Err(QuantError::Config(format!(
+            "SmoothQuant's alpha must be in [0, 1], got {alpha}"
+        )));
     }
     let groups = smoothable_inputs(g);
     let observed = channel_maxima(g, &groups, ctx)?;
@@ -67,13 +69,14 @@ pub fn smooth_quant(g: &mut Graph, alpha: f32, ctx: &mut StepContext) -> Result<
         for c in &group.consumers {
             let w = &g.nodes()[c.node].input[1];
             let t = init_f32(g, w)?.ok_or_else(|| {
-                QuantError::Config(format!("SmoothQuant: weight '{w}' is no longer a float32 initializer"))
+                QuantError::Config(format!(
+                    "SmoothQuant: weight '{w}' is no longer a float32 initializer"
+                ))
             })?;
             w_rows.push(row_maxima(&t, c.k_axis));
         }
-        let w_max: Vec<f32> = (0..group.channels)
-            .map(|j| w_rows.iter().map(|r| r[j]).fold(0.0, f32::max))
-            .collect();
+        let w_max: Vec<f32> =
+            (0..group.channels).map(|j| w_rows.iter().map(|r| r[j]).fold(0.0, f32::max)).collect();
         let s = smoothing_factors(&x_max, &w_max, alpha);
         let x_after: Vec<f32> = x_max.iter().zip(&s).map(|(x, s)| x / s).collect();
         let (before, after) = (max_over_median(&x_max), max_over_median(&x_after));
@@ -353,7 +356,11 @@ fn producer_edits(
                 return Ok(None);
             }
             let Some(c) = const_f32(g, &n.input[slot])? else { return Ok(None) };
-            let f: Vec<f32> = if n.op_type == "Div" { inv.iter().map(|v| 1.0 / v).collect() } else { inv.to_vec() };
+            let f: Vec<f32> = if n.op_type == "Div" {
+                inv.iter().map(|v| 1.0 / v).collect()
+            } else {
+                inv.to_vec()
+            };
             let Some(t) = per_channel_times(&c, &f)? else { return Ok(None) };
             edits.push((p, slot, t));
         }
@@ -634,8 +641,12 @@ mod tests {
         };
         let plan = QuantPlan::resolve(&cfg).unwrap();
         let mut data = samples();
-        let inputs =
-            QuantizeInputs { table: None, samples: Some(&mut data), threads: 1, progress: &NoProgress };
+        let inputs = QuantizeInputs {
+            table: None,
+            samples: Some(&mut data),
+            threads: 1,
+            progress: &NoProgress,
+        };
         let (q, summary) = quantize_run(model(), &plan, inputs).unwrap();
         assert_eq!(summary.steps.len(), 1);
         assert_eq!(summary.steps[0].step, "smooth-quant");

@@ -63,7 +63,11 @@ pub fn quantize_embeddings(
         let readers = g.consumers(&table).to_vec();
         if readers.len() != gathers.len() || g.is_graph_output(&table) {
             let n = &g.nodes()[gathers[0]];
-            summary.leave(n, gathers[0], format!("embedding table '{table}' is also read by other nodes"));
+            summary.leave(
+                n,
+                gathers[0],
+                format!("embedding table '{table}' is also read by other nodes"),
+            );
             continue;
         }
         let excluded =
@@ -232,14 +236,18 @@ mod tests {
 
     #[test]
     fn the_plan_decides_per_mode_and_can_keep_tables_float() {
-        let keep = QuantizeConfig { quantize_embeddings: Some(false), ..QuantizeConfig::weight_only_int8() };
+        let keep = QuantizeConfig {
+            quantize_embeddings: Some(false),
+            ..QuantizeConfig::weight_only_int8()
+        };
         let (_, s) = quantize_model(model(), &keep, None).unwrap();
         assert_eq!(s.quantized.get("Gather"), None);
         for mode in [QuantMode::Static, QuantMode::Dynamic, QuantMode::WeightOnly] {
             let p = QuantPlan::resolve(&QuantizeConfig { mode, ..Default::default() }).unwrap();
             assert!(p.quantize_embeddings, "{mode}");
         }
-        let fp16 = QuantizeConfig { quantize_embeddings: Some(true), ..QuantizeConfig::float16(false) };
+        let fp16 =
+            QuantizeConfig { quantize_embeddings: Some(true), ..QuantizeConfig::float16(false) };
         assert!(QuantPlan::resolve(&fp16).unwrap_err().to_string().contains("embedding"));
         assert!(!QuantPlan::resolve(&QuantizeConfig::float16(true)).unwrap().quantize_embeddings);
     }
