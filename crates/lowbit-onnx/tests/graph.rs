@@ -12,19 +12,8 @@ use lowbit_onnx::pb::{type_proto, ModelProto, ValueInfoProto};
 use lowbit_tensor::DType;
 use prost::Message;
 
-/// The shared data folder: `$LOWBIT_SHARED`, else `shared/` beside the repository.
-fn shared() -> PathBuf {
-    let p = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    assert!(
-        p.join("corpus").is_dir() && p.join("onnx-node-tests").is_dir(),
-        "shared test data not found at {} (set LOWBIT_SHARED to the folder that holds corpus/ \
-         and onnx-node-tests/)",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::shared;
 
 /// Every `.onnx` file of the corpus' dev models, subfolders included.
 fn corpus_models() -> Vec<PathBuf> {
