@@ -262,29 +262,13 @@ fn the_report_does_not_depend_on_engine_threads() {
 
 // ------------------------------------------------------------- ONNX Runtime's QDQ files
 
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOWBIT_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping ONNX Runtime check: no LOWBIT_PYTHON and no .venv \
-             (source scripts/setup-test-env.sh)"
-        );
-        None
-    }
-}
-
 /// MobileNetV2 quantized per tensor by ONNX Runtime's `quantize_static` (its names:
 /// `X_QuantizeLinear_Output`, `ConvBnFusion_W_…`, Clip removed, graph output renamed): matched
 /// by name against the FP32 file, BatchNormalization folded by ORT found as the reference.
 #[test]
 fn onnx_runtime_qdq_model_is_matched_by_name() {
     let Some(m) = Mnist::load("mnist_mobilenetv2") else { return };
-    let Some(py) = python() else { return };
+    let Some(py) = corpus::python() else { return };
     let dir = std::env::temp_dir().join(format!("lowbit-compare-ort-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let calib = dir.join("calib.npy");

@@ -13,27 +13,7 @@ use lowbit_tensor::DType;
 use prost::Message;
 
 mod common;
-use common::shared;
-
-/// Every `.onnx` file of the corpus' dev models, subfolders included.
-fn corpus_models() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "onnx") {
-                out.push(p);
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(&shared().join("corpus/dev/models"), &mut v);
-    assert!(!v.is_empty());
-    v
-}
+use common::{corpus_models, shared};
 
 fn model(name: &str) -> ModelProto {
     load_model(shared().join("corpus/dev/models").join(name)).unwrap()

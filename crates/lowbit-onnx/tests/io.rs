@@ -13,29 +13,7 @@ use lowbit_tensor::DType;
 use prost::Message;
 
 mod common;
-use common::shared;
-
-fn onnx_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            onnx_files_under(&p, out);
-        } else if p.extension().is_some_and(|e| e == "onnx") {
-            out.push(p);
-        }
-    }
-}
-
-fn corpus_models() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    onnx_files_under(&shared().join("corpus/dev/models"), &mut v);
-    assert!(v.len() >= 5, "expected the corpus models, found {v:?}");
-    v
-}
+use common::{corpus_models, shared};
 
 fn node_test_dirs() -> Vec<PathBuf> {
     let root = shared().join("onnx-node-tests/node");

@@ -16,20 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{shared, stsb_sentences};
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOWBIT_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping ONNX Runtime checks: no LOWBIT_PYTHON and no .venv (source scripts/setup-test-env.sh)");
-        None
-    }
-}
+use common::{python, shared, stsb_sentences};
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lowbit-export-{tag}-{}", std::process::id()));

@@ -1,4 +1,4 @@
-//! What the integration tests share: where the shared test data lives.
+//! What the integration tests share: where the shared test data lives, and its corpus models.
 
 use std::path::{Path, PathBuf};
 
@@ -15,4 +15,27 @@ pub fn shared() -> PathBuf {
         p.display()
     );
     p
+}
+
+fn onnx_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            onnx_files_under(&p, out);
+        } else if p.extension().is_some_and(|e| e == "onnx") {
+            out.push(p);
+        }
+    }
+}
+
+/// Every `.onnx` file of the corpus' dev models, subfolders included.
+pub fn corpus_models() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    onnx_files_under(&shared().join("corpus/dev/models"), &mut v);
+    assert!(v.len() >= 5, "expected the corpus models, found {v:?}");
+    v
 }

@@ -1,5 +1,5 @@
-//! What the integration tests share: the shared corpus (skipped with a note when it is
-//! missing) and STS-B sentences as feeds.
+//! What the integration tests share: the shared corpus and the Python with ONNX Runtime (each
+//! skipped with a note when missing), and STS-B sentences as feeds.
 
 // Each test file uses only some of these.
 #![allow(dead_code)]
@@ -18,6 +18,24 @@ pub fn shared(model: &str) -> Option<PathBuf> {
         eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
     }
     ok.then_some(dir)
+}
+
+/// The Python with onnxruntime: `$LOWBIT_PYTHON`, else `<workspace>/.venv/bin/python`;
+/// otherwise `None`, after saying the ONNX Runtime checks skip.
+pub fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LOWBIT_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping ONNX Runtime checks: no LOWBIT_PYTHON and no .venv \
+             (source scripts/setup-test-env.sh)"
+        );
+        None
+    }
 }
 
 /// Rows `0..rows` of STS-B dev side `side` (`a` or `b`) under the corpus folder `dev`, as
