@@ -3,7 +3,7 @@
 //! int8 model, MobileNetV2) and every ONNX backend node test whose ops inference covers.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::infer::{annotate_value_info, infer_shapes, is_supported_op, SymDim, ValueType};
