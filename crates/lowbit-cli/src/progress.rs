@@ -10,12 +10,15 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     if quiet || len < 2 {
         return ProgressBar::hidden();
     }
+    styled(len, "{prefix} [{bar:30}] {pos}/{len} samples, {elapsed} elapsed, ETA {eta}", what)
+}
+
+/// A bar over `len` steps drawn with `template`, its prefix `what`.
+fn styled(len: u64, template: &str, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} samples, {elapsed} elapsed, ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(what.to_string());
     bar
@@ -44,14 +47,8 @@ impl Progress for Bars {
         if self.quiet || total < 2 {
             return;
         }
-        let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len}, {elapsed} elapsed, ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix(stage.to_string());
+        let template = "{prefix} [{bar:30}] {pos}/{len}, {elapsed} elapsed, ETA {eta} {msg}";
+        let bar = styled(total, template, stage);
         *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
     }
 

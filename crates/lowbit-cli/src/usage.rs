@@ -3,29 +3,31 @@
 
 use std::fmt;
 
-/// An error in how lowbit was called, as opposed to one in the files it was given.
-#[derive(Debug)]
-pub struct UsageError(pub String);
+/// An error type that is its message.
+macro_rules! message_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name(pub String);
 
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
 }
 
-impl std::error::Error for UsageError {}
-
-/// A quantized model that failed the validation gate; `main` exits 4 on it.
-#[derive(Debug)]
-pub struct ValidationFailed(pub String);
-
-impl fmt::Display for ValidationFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ValidationFailed {}
+message_error!(
+    /// An error in how lowbit was called, as opposed to one in the files it was given.
+    UsageError
+);
+message_error!(
+    /// A quantized model that failed the validation gate; `main` exits 4 on it.
+    ValidationFailed
+);
 
 /// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.
 pub fn is_usage(e: &anyhow::Error) -> bool {

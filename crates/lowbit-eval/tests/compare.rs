@@ -6,6 +6,7 @@
 //! without it they say so and pass.
 
 use lowbit_eval::compare::{compare_models, CompareError, CompareOptions, CompareReport};
+use lowbit_onnx::build::node;
 use lowbit_onnx::infer::{SymDim, ValueType};
 use lowbit_onnx::pb::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
@@ -16,17 +17,15 @@ use lowbit_tensor::Tensor;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+// The corpus lookup lowbit-quant's integration tests use.
+#[path = "../../lowbit-quant/tests/common/mod.rs"]
+mod corpus;
+
 // ------------------------------------------------------------------------- corpus: MobileNetV2
 
+/// The shared data folder when it holds MobileNetV2 (else `None`: the test skips).
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let ok = dir.join("corpus/dev/models/mnist_mobilenetv2.onnx").exists();
-    if !ok {
-        eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
-    }
-    ok.then_some(dir)
+    corpus::shared("mnist_mobilenetv2.onnx")
 }
 
 struct Mnist {
@@ -263,29 +262,13 @@ fn the_report_does_not_depend_on_engine_threads() {
 
 // ------------------------------------------------------------- ONNX Runtime's QDQ files
 
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOWBIT_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping ONNX Runtime check: no LOWBIT_PYTHON and no .venv \
-             (source scripts/setup-test-env.sh)"
-        );
-        None
-    }
-}
-
 /// MobileNetV2 quantized per tensor by ONNX Runtime's `quantize_static` (its names:
 /// `X_QuantizeLinear_Output`, `ConvBnFusion_W_…`, Clip removed, graph output renamed): matched
 /// by name against the FP32 file, BatchNormalization folded by ORT found as the reference.
 #[test]
 fn onnx_runtime_qdq_model_is_matched_by_name() {
     let Some(m) = Mnist::load("mnist_mobilenetv2") else { return };
-    let Some(py) = python() else { return };
+    let Some(py) = corpus::python() else { return };
     let dir = std::env::temp_dir().join(format!("lowbit-compare-ort-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let calib = dir.join("calib.npy");
@@ -322,16 +305,6 @@ fn onnx_runtime_qdq_model_is_matched_by_name() {
 }
 
 // ------------------------------------------------------------------------- hand-made models
-
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: name.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
 
 fn value(name: &str) -> ValueInfoProto {
     ValueInfoProto { name: name.into(), ..Default::default() }

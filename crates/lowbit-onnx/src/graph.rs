@@ -623,13 +623,7 @@ mod tests {
     use crate::pb::{AttributeProto, OperatorSetIdProto};
 
     fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-        NodeProto {
-            name: name.into(),
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outputs.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
+        crate::build::node(op, name, inputs, outputs)
     }
 
     fn vi(name: &str) -> ValueInfoProto {

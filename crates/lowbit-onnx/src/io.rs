@@ -523,27 +523,6 @@ mod tests {
     use super::*;
     use crate::pb::{tensor_proto::DataType, AttributeProto, ValueInfoProto};
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TmpDir(PathBuf);
-
-    impl TmpDir {
-        fn new(tag: &str) -> TmpDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir()
-                .join(format!("lowbit-onnx-io-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TmpDir(p)
-        }
-    }
-
-    impl Drop for TmpDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn float_tensor(name: &str, n: usize) -> TensorProto {
         TensorProto {
             name: name.into(),
@@ -605,11 +584,11 @@ mod tests {
 
     #[test]
     fn external_data_round_trip() {
-        let dir = TmpDir::new("ext");
-        let path = dir.0.join("m.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
         let m = model();
         save_model_with_external_data(&m, &path, "m.bin", 1024).unwrap();
-        assert_eq!(files_in(&dir.0), vec!["m.bin", "m.onnx"]);
+        assert_eq!(files_in(dir.path()), vec!["m.bin", "m.onnx"]);
 
         // The file on disk refers to the data file; the small tensor stayed inline.
         let raw = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
@@ -634,43 +613,43 @@ mod tests {
 
     #[test]
     fn save_switches_to_external_over_the_limit() {
-        let dir = TmpDir::new("limit");
-        let path = dir.0.join("big.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.onnx");
         let m = model();
         save_model_limited(&m, &path, 10_000).unwrap();
-        assert_eq!(files_in(&dir.0), vec!["big.onnx", "big.onnx.data"]);
+        assert_eq!(files_in(dir.path()), vec!["big.onnx", "big.onnx.data"]);
         assert!(std::fs::metadata(&path).unwrap().len() < 10_000);
         assert_eq!(load_model(&path).unwrap(), m);
 
         // Under the limit: one self-contained file, no temp files left behind.
-        let dir = TmpDir::new("inline");
-        let path = dir.0.join("small.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small.onnx");
         save_model(&m, &path).unwrap();
-        assert_eq!(files_in(&dir.0), vec!["small.onnx"]);
+        assert_eq!(files_in(dir.path()), vec!["small.onnx"]);
         assert_eq!(load_model_bytes(&std::fs::read(&path).unwrap()).unwrap(), m);
 
         // Too large even when external: an error, and nothing written.
-        let dir = TmpDir::new("toolarge");
-        let path = dir.0.join("x.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.onnx");
         let e = save_model_limited(&m, &path, 10).unwrap_err();
         assert!(matches!(e, OnnxError::TooLarge { .. }), "{e}");
-        assert!(files_in(&dir.0).is_empty());
+        assert!(files_in(dir.path()).is_empty());
     }
 
     #[test]
     fn bad_data_file_names_are_rejected() {
-        let dir = TmpDir::new("names");
-        let path = dir.0.join("m.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
         for name in ["", "../x.data", "/tmp/x.data", "sub/x.data", "m.onnx"] {
             let e = save_model_with_external_data(&model(), &path, name, 1).unwrap_err();
             assert!(matches!(e, OnnxError::InvalidArgument(_)), "{name}: {e}");
         }
-        assert!(files_in(&dir.0).is_empty());
+        assert!(files_in(dir.path()).is_empty());
     }
 
     /// `model()` saved with external data, for tests that then damage the data reference.
-    fn saved_external(dir: &TmpDir) -> PathBuf {
-        let path = dir.0.join("m.onnx");
+    fn saved_external(dir: &tempfile::TempDir) -> PathBuf {
+        let path = dir.path().join("m.onnx");
         save_model_with_external_data(&model(), &path, "m.bin", 1024).unwrap();
         path
     }
@@ -683,9 +662,9 @@ mod tests {
 
     #[test]
     fn external_data_errors() {
-        let dir = TmpDir::new("errs");
+        let dir = tempfile::tempdir().unwrap();
         let path = saved_external(&dir);
-        let data = dir.0.join("m.bin");
+        let data = dir.path().join("m.bin");
         let full = std::fs::read(&data).unwrap();
 
         std::fs::write(&data, &full[..100]).unwrap();

@@ -3,7 +3,7 @@
 //! int8 model, MobileNetV2) and every ONNX backend node test whose ops inference covers.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::infer::{annotate_value_info, infer_shapes, is_supported_op, SymDim, ValueType};
@@ -12,39 +12,8 @@ use lowbit_onnx::pb::{type_proto, ModelProto, ValueInfoProto};
 use lowbit_tensor::DType;
 use prost::Message;
 
-/// The shared data folder: `$LOWBIT_SHARED`, else `shared/` beside the repository.
-fn shared() -> PathBuf {
-    let p = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    assert!(
-        p.join("corpus").is_dir() && p.join("onnx-node-tests").is_dir(),
-        "shared test data not found at {} (set LOWBIT_SHARED to the folder that holds corpus/ \
-         and onnx-node-tests/)",
-        p.display()
-    );
-    p
-}
-
-/// Every `.onnx` file of the corpus' dev models, subfolders included.
-fn corpus_models() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "onnx") {
-                out.push(p);
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(&shared().join("corpus/dev/models"), &mut v);
-    assert!(!v.is_empty());
-    v
-}
+mod common;
+use common::{corpus_models, shared};
 
 fn model(name: &str) -> ModelProto {
     load_model(shared().join("corpus/dev/models").join(name)).unwrap()

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use lowbit_onnx::io::{load_model_with_external_refs, save_model_with_external_data};
 use lowbit_onnx::pb::{type_proto, ModelProto, TensorProto};
@@ -13,41 +12,8 @@ use lowbit_onnx::{load_model, load_model_bytes, save_model, OnnxError};
 use lowbit_tensor::DType;
 use prost::Message;
 
-/// The shared data folder: `$LOWBIT_SHARED`, else `shared/` beside the repository.
-fn shared() -> PathBuf {
-    let p = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    assert!(
-        p.join("corpus").is_dir() && p.join("onnx-node-tests").is_dir(),
-        "shared test data not found at {} (expected corpus/ and onnx-node-tests/ there; set \
-         LOWBIT_SHARED to the folder that holds them)",
-        p.display()
-    );
-    p
-}
-
-fn onnx_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            onnx_files_under(&p, out);
-        } else if p.extension().is_some_and(|e| e == "onnx") {
-            out.push(p);
-        }
-    }
-}
-
-fn corpus_models() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    onnx_files_under(&shared().join("corpus/dev/models"), &mut v);
-    assert!(v.len() >= 5, "expected the corpus models, found {v:?}");
-    v
-}
+mod common;
+use common::{corpus_models, shared};
 
 fn node_test_dirs() -> Vec<PathBuf> {
     let root = shared().join("onnx-node-tests/node");
@@ -59,27 +25,6 @@ fn node_test_dirs() -> Vec<PathBuf> {
     v.sort();
     assert!(v.len() > 1000, "expected the ONNX node tests under {}", root.display());
     v
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TmpDir(PathBuf);
-
-impl TmpDir {
-    fn new(tag: &str) -> TmpDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("lowbit-onnx-it-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TmpDir(p)
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Field numbers each ONNX message declares, with the message type of message-typed fields.
@@ -333,15 +278,15 @@ fn node_test_tensors_decode() {
 fn minilm_external_data_round_trip() {
     let src = shared().join("corpus/dev/models/paraphrase-MiniLM-L3-v2.onnx");
     let original = load_model(&src).unwrap();
-    let dir = TmpDir::new("minilm");
-    let path = dir.0.join("minilm.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("minilm.onnx");
     save_model_with_external_data(&original, &path, "minilm.weights", 1024).unwrap();
 
     let model_len = std::fs::metadata(&path).unwrap().len();
-    let data_len = std::fs::metadata(dir.0.join("minilm.weights")).unwrap().len();
+    let data_len = std::fs::metadata(dir.path().join("minilm.weights")).unwrap().len();
     assert!(model_len < 1 << 20, "model file is {model_len} bytes");
     assert!(data_len > 60_000_000, "data file is {data_len} bytes");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp"))
@@ -363,16 +308,16 @@ fn minilm_external_data_round_trip() {
 
 #[test]
 fn damaged_and_foreign_files_are_errors() {
-    let dir = TmpDir::new("bad");
+    let dir = tempfile::tempdir().unwrap();
     let real = std::fs::read(shared().join("corpus/dev/models/mnist-8_cntk.onnx")).unwrap();
 
-    let half = dir.0.join("half.onnx");
+    let half = dir.path().join("half.onnx");
     std::fs::write(&half, &real[..real.len() / 2]).unwrap();
     let e = load_model(&half).unwrap_err();
     assert!(matches!(e, OnnxError::Decode { .. }), "{e}");
     assert!(e.to_string().contains("half.onnx") && e.to_string().contains("not a valid ONNX"));
 
-    let text = dir.0.join("notes.onnx");
+    let text = dir.path().join("notes.onnx");
     std::fs::write(&text, "This is a text file, not a model.\nSecond line.\n").unwrap();
     let e = load_model(&text).unwrap_err();
     assert!(e.to_string().contains("notes.onnx"), "{e}");
@@ -394,7 +339,7 @@ fn damaged_and_foreign_files_are_errors() {
         let _ = load_model_bytes(&real[..cut]);
     }
 
-    let e = load_model(dir.0.join("absent.onnx")).unwrap_err();
+    let e = load_model(dir.path().join("absent.onnx")).unwrap_err();
     assert!(matches!(e, OnnxError::Io { .. }) && e.to_string().contains("absent.onnx"), "{e}");
 }
 
@@ -402,14 +347,14 @@ fn damaged_and_foreign_files_are_errors() {
 fn save_model_writes_a_loadable_file() {
     let src = shared().join("corpus/dev/models/burn_mnist_bn.onnx");
     let m = load_model(&src).unwrap();
-    let dir = TmpDir::new("save");
-    let path = dir.0.join("copy.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("copy.onnx");
     save_model(&m, &path).unwrap();
     // Overwriting an existing file goes through the same temp-and-rename path.
     save_model(&m, &path).unwrap();
     assert_eq!(load_model(&path).unwrap(), m);
     let names: Vec<_> =
-        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec!["copy.onnx"]);
 }
 

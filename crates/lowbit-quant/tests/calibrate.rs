@@ -8,18 +8,9 @@ use lowbit_engine::{Session, SessionOptions};
 use lowbit_quant::calibrate::{CalibrationTable, Calibrator, CalibratorOptions, Method, Range};
 use lowbit_tensor::Tensor;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let ok = dir.join("corpus/dev/models/mnist-8_cntk.onnx").exists();
-    if !ok {
-        eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
-    }
-    ok.then_some(dir)
-}
+mod common;
+use common::shared;
 
 struct Mnist {
     model: lowbit_onnx::pb::ModelProto,
@@ -28,7 +19,7 @@ struct Mnist {
 }
 
 fn mnist(n: usize) -> Option<Mnist> {
-    let dir = shared()?;
+    let dir = shared("mnist-8_cntk.onnx")?;
     let model = lowbit_onnx::load_model(dir.join("corpus/dev/models/mnist-8_cntk.onnx")).unwrap();
     let all =
         lowbit_tensor::npy::read_npy(&dir.join("corpus/dev/data/mnist_test_0-4999/images.npy"))

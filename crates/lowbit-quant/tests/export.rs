@@ -15,29 +15,8 @@ use lowbit_tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let ok = dir.join("corpus/dev/models/mnist-8_cntk.onnx").exists();
-    if !ok {
-        eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
-    }
-    ok.then_some(dir)
-}
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOWBIT_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping ONNX Runtime checks: no LOWBIT_PYTHON and no .venv (source scripts/setup-test-env.sh)");
-        None
-    }
-}
+mod common;
+use common::{python, shared, stsb_sentences};
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lowbit-export-{tag}-{}", std::process::id()));
@@ -139,7 +118,7 @@ struct Mnist {
 }
 
 fn mnist(name: &'static str) -> Option<Mnist> {
-    let dir = shared()?.join("corpus/dev");
+    let dir = shared("mnist-8_cntk.onnx")?.join("corpus/dev");
     let model = lowbit_onnx::load_model(dir.join(format!("models/{name}.onnx"))).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("models/{name}.json"))).unwrap(),
@@ -482,26 +461,8 @@ const SENTENCES: usize = 50;
 const CALIBRATION_SENTENCES: usize = 100;
 const EMBEDDING: &str = "461";
 
-/// Rows `0..rows` of STS-B dev side `side` (`a` or `b`) as `[1, n]` feeds cut to their length.
-fn stsb_sentences(dir: &Path, side: &str, rows: usize) -> Vec<Vec<(String, Tensor)>> {
-    let read = |f: &str| {
-        lowbit_tensor::npy::read_npy(&dir.join(format!("data/stsb_dev/{f}_{side}.npy"))).unwrap()
-    };
-    let (ids, mask) = (read("input_ids"), read("attention_mask"));
-    let l = ids.shape()[1];
-    let (iv, mv) = (ids.as_slice::<i64>().unwrap(), mask.as_slice::<i64>().unwrap());
-    (0..rows)
-        .map(|r| {
-            let n = mv[r * l..(r + 1) * l].iter().filter(|&&v| v != 0).count();
-            let row =
-                |v: &[i64]| Tensor::from_vec(vec![1, n], v[r * l..r * l + n].to_vec()).unwrap();
-            vec![("input_ids".to_string(), row(iv)), ("attention_mask".to_string(), row(mv))]
-        })
-        .collect()
-}
-
 fn minilm() -> Option<MiniLm> {
-    let dir = shared()?.join("corpus/dev");
+    let dir = shared("mnist-8_cntk.onnx")?.join("corpus/dev");
     let model = lowbit_onnx::load_model(dir.join("models/paraphrase-MiniLM-L3-v2.onnx")).unwrap();
     let sentences = stsb_sentences(&dir, "a", SENTENCES);
     let calibration = stsb_sentences(&dir, "b", CALIBRATION_SENTENCES);

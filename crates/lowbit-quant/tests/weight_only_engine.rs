@@ -8,45 +8,20 @@
 
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
-use lowbit_tensor::Tensor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
 
 /// Largest |fused − unfused| allowed, relative to the embedding's largest |value|.
 const MAX_RELATIVE_DIFFERENCE: f32 = 1e-4;
 const SENTENCES: usize = 8;
 
-fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-        .join("corpus/dev");
-    let ok = dir.join("models/paraphrase-MiniLM-L3-v2.onnx").exists();
-    if !ok {
-        eprintln!("skipping: shared corpus not found at {} (set LOWBIT_SHARED)", dir.display());
-    }
-    ok.then_some(dir)
-}
-
-/// STS-B dev sentences (side `a`) as `[1, len]` feeds.
-fn sentences(dir: &Path) -> Vec<Vec<(String, Tensor)>> {
-    let read = |f: &str| {
-        lowbit_tensor::npy::read_npy(&dir.join(format!("data/stsb_dev/{f}_a.npy"))).unwrap()
-    };
-    let (ids, mask) = (read("input_ids"), read("attention_mask"));
-    let l = ids.shape()[1];
-    let (iv, mv) = (ids.as_slice::<i64>().unwrap(), mask.as_slice::<i64>().unwrap());
-    (0..SENTENCES)
-        .map(|r| {
-            let n = mv[r * l..(r + 1) * l].iter().filter(|&&v| v != 0).count();
-            let row =
-                |v: &[i64]| Tensor::from_vec(vec![1, n], v[r * l..r * l + n].to_vec()).unwrap();
-            vec![("input_ids".to_string(), row(iv)), ("attention_mask".to_string(), row(mv))]
-        })
-        .collect()
+fn corpus_dev() -> Option<PathBuf> {
+    Some(common::shared("paraphrase-MiniLM-L3-v2.onnx")?.join("corpus/dev"))
 }
 
 fn check(cfg: &QuantizeConfig, tag: &str) {
-    let Some(dir) = corpus() else { return };
+    let Some(dir) = corpus_dev() else { return };
     let model = lowbit_onnx::load_model(dir.join("models/paraphrase-MiniLM-L3-v2.onnx")).unwrap();
     let (q, summary) = quantize_model(model, cfg, None).unwrap();
     let quantized = summary.quantized.get("MatMul").copied().unwrap_or(0);
@@ -57,7 +32,7 @@ fn check(cfg: &QuantizeConfig, tag: &str) {
     assert!(quantized >= 18, "{tag}: {summary}");
     assert_eq!(count, quantized, "{tag}: every quantized MatMul fuses ({:?})", fused.fused_ops());
     assert!(!fused.step_ops().contains(&"DequantizeLinear"), "{tag}: a DQ is left");
-    for (i, feeds) in sentences(&dir).into_iter().enumerate() {
+    for (i, feeds) in common::stsb_sentences(&dir, "a", SENTENCES).into_iter().enumerate() {
         let a = fused.run(feeds.clone()).unwrap();
         let b = plain.run(feeds).unwrap();
         for ((name, x), (_, y)) in a.iter().zip(&b) {

@@ -20,26 +20,36 @@ pub fn round_half_even(x: f32) -> f32 {
     x.round_ties_even()
 }
 
+/// A `match` on `d` mapping every element of the integer variants with `|x| e` (`x` of the
+/// variant's own type) into a collection, then the caller's `{ arms }` for the others.
+macro_rules! map_ints {
+    ($d:expr, |$x:ident| $e:expr, { $($arm:tt)* }) => {
+        match $d {
+            TensorData::I64(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::I32(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::I16(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::I8(v) | TensorData::I4(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::U64(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::U32(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::U16(v) => v.iter().map(|&$x| $e).collect(),
+            TensorData::U8(v) | TensorData::U4(v) => v.iter().map(|&$x| $e).collect(),
+            $($arm)*
+        }
+    };
+}
+
 /// Every element as f64. Errors for strings.
 pub fn to_f64_vec(d: &TensorData) -> Result<Vec<f64>> {
-    Ok(match d {
+    Ok(map_ints!(d, |x| x as f64, {
         TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
         TensorData::F64(v) => v.clone(),
         TensorData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
         TensorData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
         TensorData::F8E4M3FN(v) => v.iter().map(|&b| E4M3FN.decode(b) as f64).collect(),
         TensorData::F8E5M2(v) => v.iter().map(|&b| E5M2.decode(b) as f64).collect(),
-        TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::I16(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::I8(v) | TensorData::I4(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::U64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::U32(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::U16(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::U8(v) | TensorData::U4(v) => v.iter().map(|&x| x as f64).collect(),
         TensorData::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
         TensorData::String(_) => return Err(TensorError::Unsupported("string to number".into())),
-    })
+    }))
 }
 
 fn is_int_source(d: &TensorData) -> bool {
@@ -48,18 +58,10 @@ fn is_int_source(d: &TensorData) -> bool {
 
 /// Integer sources go through i128 so 64-bit values convert exactly between integer types.
 fn to_i128_vec(d: &TensorData) -> Vec<i128> {
-    match d {
-        TensorData::I64(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::I32(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::I16(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::I8(v) | TensorData::I4(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::U64(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::U32(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::U16(v) => v.iter().map(|&x| x as i128).collect(),
-        TensorData::U8(v) | TensorData::U4(v) => v.iter().map(|&x| x as i128).collect(),
+    map_ints!(d, |x| x as i128, {
         TensorData::Bool(v) => v.iter().map(|&x| x as i128).collect(),
         _ => unreachable!("to_i128_vec on a non-integer source"),
-    }
+    })
 }
 
 /// Converts storage to `to` with ONNX `Cast` semantics (float8 targets saturate).

@@ -89,26 +89,15 @@ impl TensorData {
 
     /// `n` zero (false, empty string) elements of `dtype`.
     pub fn zeros(dtype: DType, n: usize) -> TensorData {
-        match dtype {
-            DType::F32 => TensorData::F32(vec![0.0; n]),
-            DType::F64 => TensorData::F64(vec![0.0; n]),
-            DType::F16 => TensorData::F16(vec![f16::ZERO; n]),
-            DType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
-            DType::F8E4M3FN => TensorData::F8E4M3FN(vec![0; n]),
-            DType::F8E5M2 => TensorData::F8E5M2(vec![0; n]),
-            DType::I64 => TensorData::I64(vec![0; n]),
-            DType::I32 => TensorData::I32(vec![0; n]),
-            DType::I16 => TensorData::I16(vec![0; n]),
-            DType::I8 => TensorData::I8(vec![0; n]),
-            DType::U64 => TensorData::U64(vec![0; n]),
-            DType::U32 => TensorData::U32(vec![0; n]),
-            DType::U16 => TensorData::U16(vec![0; n]),
-            DType::U8 => TensorData::U8(vec![0; n]),
-            DType::I4 => TensorData::I4(vec![0; n]),
-            DType::U4 => TensorData::U4(vec![0; n]),
-            DType::Bool => TensorData::Bool(vec![false; n]),
-            DType::String => TensorData::String(vec![String::new(); n]),
+        // Every element type's `Default` is its zero (false, empty string).
+        macro_rules! zeros {
+            ($($v:ident)*) => {
+                match dtype {
+                    $(DType::$v => TensorData::$v(vec![Default::default(); n]),)*
+                }
+            };
         }
+        zeros! { F32 F64 F16 BF16 F8E4M3FN F8E5M2 I64 I32 I16 I8 U64 U32 U16 U8 I4 U4 Bool String }
     }
 
     /// Elements picked by `idx` (a gather over the flat storage), same dtype.
@@ -179,19 +168,11 @@ macro_rules! element {
     };
 }
 
-element!(f32, F32);
-element!(f64, F64);
-element!(f16, F16);
-element!(bf16, BF16);
-element!(i64, I64);
-element!(i32, I32);
-element!(i16, I16);
-element!(i8, I8);
-element!(u64, U64);
-element!(u32, U32);
-element!(u16, U16);
-element!(u8, U8);
-element!(bool, Bool);
+macro_rules! elements {
+    ($($t:ty => $variant:ident),*) => { $(element!($t, $variant);)* };
+}
+elements! { f32 => F32, f64 => F64, f16 => F16, bf16 => BF16, i64 => I64, i32 => I32, i16 => I16 }
+elements! { i8 => I8, u64 => U64, u32 => U32, u16 => U16, u8 => U8, bool => Bool }
 
 /// A dense row-major tensor.
 #[derive(Clone, Debug, PartialEq)]

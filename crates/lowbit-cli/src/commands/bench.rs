@@ -24,131 +24,13 @@ use crate::usage::usage_bail;
 use anyhow::{Context, Result};
 use lowbit_data::synthetic::synth_input;
 use lowbit_data::Rng;
-use lowbit_eval::metrics::{median, percentile};
-use lowbit_tensor::Tensor;
+use lowbit_eval::bench::{diff_outputs, peak_rss_mb, Latency, Ort, OrtReport, Profile};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-mod ort;
-
 /// Timed runs without `--data`.
 const DEFAULT_RUNS: usize = 100;
-
-/// Summary of per-run times in ms.
-#[derive(Serialize)]
-struct Latency {
-    median_ms: f64,
-    p90_ms: f64,
-    min_ms: f64,
-    mean_ms: f64,
-}
-
-impl Latency {
-    /// Summarizes non-empty `times` (sorting them).
-    fn of(times: &mut [f64]) -> Latency {
-        let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
-        times.sort_by(f64::total_cmp);
-        Latency {
-            median_ms: median(times),
-            p90_ms: percentile(times, 90.0),
-            min_ms: times[0],
-            mean_ms,
-        }
-    }
-
-    fn text(&self) -> String {
-        format!(
-            "median {:.3} ms, p90 {:.3} ms, min {:.3} ms, mean {:.3} ms",
-            self.median_ms, self.p90_ms, self.min_ms, self.mean_ms
-        )
-    }
-}
-
-/// ONNX Runtime's side of `--vs-ort` (fields in docs/json.md).
-#[derive(Serialize)]
-struct OrtReport {
-    version: String,
-    python: String,
-    providers: Vec<String>,
-    /// `intra_op_num_threads`: lowbit's own thread count, resolved (with `--threads 0`, one
-    /// per CPU this process may use, not ORT's default of one per physical core).
-    intra_op_threads: usize,
-    inter_op_threads: usize,
-    execution_mode: &'static str,
-    graph_optimization: &'static str,
-    runs: usize,
-    warmup: usize,
-    #[serde(flatten)]
-    latency: Latency,
-    /// `InferenceSession` construction.
-    load_ms: Option<f64>,
-    /// lowbit's outputs against ORT's on the first sample fed.
-    outputs: Vec<OutputDiff>,
-}
-
-#[derive(Serialize)]
-struct OutputDiff {
-    name: String,
-    /// `null` when the two cannot be compared (`note` says why).
-    max_abs_diff: Option<f64>,
-    note: Option<String>,
-}
-
-/// Where a run's time goes (`--profile`): milliseconds per run by op type, slowest first, and
-/// the slowest steps.
-#[derive(Serialize)]
-struct Profile {
-    by_op: Vec<ProfileEntry>,
-    slowest: Vec<ProfileEntry>,
-}
-
-#[derive(Serialize)]
-struct ProfileEntry {
-    /// Op type, or `node (op)` for a step.
-    name: String,
-    ms_per_run: f64,
-    share: f64,
-}
-
-impl Profile {
-    fn of(session: &lowbit_engine::Session, step_s: &[f64], runs: usize) -> Profile {
-        let total: f64 = step_s.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-        let entry = |name: String, s: f64| ProfileEntry {
-            name,
-            ms_per_run: s * 1e3 / runs.max(1) as f64,
-            share: s / total,
-        };
-        let mut by: std::collections::BTreeMap<&str, f64> = Default::default();
-        for (op, s) in session.step_ops().into_iter().zip(step_s) {
-            *by.entry(op).or_default() += s;
-        }
-        let mut by_op: Vec<ProfileEntry> =
-            by.into_iter().map(|(op, s)| entry(op.to_string(), s)).collect();
-        by_op.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
-        let names = session.step_names();
-        let ops = session.step_ops();
-        let mut slowest: Vec<ProfileEntry> = (0..step_s.len())
-            .map(|i| entry(format!("{} ({})", names[i], ops[i]), step_s[i]))
-            .collect();
-        slowest.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
-        slowest.truncate(10);
-        Profile { by_op, slowest }
-    }
-
-    fn text(&self, s: &mut String) {
-        let _ = writeln!(s, "profile      time per run by op type (slowest first):");
-        for e in &self.by_op {
-            let _ =
-                writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
-        }
-        let _ = writeln!(s, "             slowest steps:");
-        for e in &self.slowest {
-            let _ =
-                writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
-        }
-    }
-}
 
 #[derive(Serialize)]
 struct BenchReport {
@@ -180,42 +62,21 @@ struct BenchReport {
     ratio_median: Option<f64>,
 }
 
-/// Each output's largest difference, lowbit (graph order) against ORT, by name.
-fn diff_outputs(
-    lowbit: &[(String, Tensor)],
-    mut theirs: Vec<(String, Result<Tensor, String>)>,
-) -> Vec<OutputDiff> {
-    let mut diffs = Vec::new();
-    for (name, t) in lowbit {
-        let Some(k) = theirs.iter().position(|(n, _)| n == name) else {
-            diffs.push(OutputDiff {
-                name: name.clone(),
-                max_abs_diff: None,
-                note: Some("ONNX Runtime did not return it".into()),
-            });
-            continue;
-        };
-        let (_, o) = theirs.remove(k);
-        let (max_abs_diff, note) = match o.and_then(|o| ort::max_abs_diff(t, &o)) {
-            Ok(d) if d.is_nan() => (None, Some("NaN in one runtime's output only".into())),
-            Ok(d) => (Some(d), None),
-            Err(why) => (None, Some(why)),
-        };
-        diffs.push(OutputDiff { name: name.clone(), max_abs_diff, note });
-    }
-    for (name, _) in theirs {
-        let note = Some("not among lowbit's outputs".into());
-        diffs.push(OutputDiff { name, max_abs_diff: None, note });
-    }
-    diffs
+fn latency_text(l: &Latency) -> String {
+    format!(
+        "median {:.3} ms, p90 {:.3} ms, min {:.3} ms, mean {:.3} ms",
+        l.median_ms, l.p90_ms, l.min_ms, l.mean_ms
+    )
 }
 
-/// Peak resident set size in MB, from `/proc/self/status` (Linux only).
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+fn profile_text(p: &Profile, s: &mut String) {
+    let _ = writeln!(s, "profile      time per run by op type (slowest first):");
+    let line = |s: &mut String, e: &lowbit_eval::bench::ProfileEntry| {
+        let _ = writeln!(s, "  {:>9.4} ms {:>5.1} %  {}", e.ms_per_run, 100.0 * e.share, e.name);
+    };
+    p.by_op.iter().for_each(|e| line(s, e));
+    let _ = writeln!(s, "             slowest steps:");
+    p.slowest.iter().for_each(|e| line(s, e));
 }
 
 pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
@@ -260,7 +121,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         .map_or(if args.data.is_some() { sets.len() } else { DEFAULT_RUNS }, |r| r as usize);
 
     // Checked before lowbit's runs so a missing Python or onnxruntime fails at once.
-    let ort_side = if args.vs_ort { Some(ort::Ort::start(args.python.as_deref())?) } else { None };
+    let ort_side = if args.vs_ort { Some(Ort::start(args.python.as_deref())?) } else { None };
 
     let label = |i: usize| format!("{}: run {} failed", args.model.display(), i + 1);
     // The outputs of the first run fed (set 0), kept for the comparison with ORT.
@@ -360,7 +221,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let _ = writeln!(s, "inputs       {} (batch {})", r.inputs, r.batch);
     let _ = writeln!(s, "threads      {}", r.threads);
     let _ = writeln!(s, "runs         {} (+{} warm-up)", r.runs, r.warmup);
-    let _ = writeln!(s, "latency      {}", r.latency.text());
+    let _ = writeln!(s, "latency      {}", latency_text(&r.latency));
     let _ = writeln!(s, "throughput   {:.1} samples/s", r.throughput_per_s);
     if let Some(mb) = r.peak_rss_mb {
         let _ = writeln!(s, "peak RSS     {mb:.1} MB");
@@ -371,7 +232,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         let _ = writeln!(s, "fused        {} ({} steps per run)", f.join(", "), r.steps);
     }
     if let Some(p) = &r.profile {
-        p.text(&mut s);
+        profile_text(p, &mut s);
     }
     if let Some(o) = &r.ort {
         let all_cpus =
@@ -385,7 +246,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             o.intra_op_threads,
             o.python
         );
-        let _ = writeln!(s, "ORT latency  {}", o.latency.text());
+        let _ = writeln!(s, "ORT latency  {}", latency_text(&o.latency));
         if let Some(ms) = o.load_ms {
             let _ = writeln!(s, "ORT load     {ms:.1} ms");
         }
@@ -406,16 +267,4 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         }
     }
     print(&s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peak_rss_is_read_on_linux() {
-        if cfg!(target_os = "linux") {
-            assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
-        }
-    }
 }

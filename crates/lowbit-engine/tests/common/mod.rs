@@ -113,29 +113,19 @@ pub fn float_value(name: &str, dims: Option<&[usize]>) -> pb::ValueInfoProto {
     }
 }
 
+/// An attribute `name` of type `t`, its value left for the caller to set.
+fn attr(name: &str, t: AttributeType) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: t as i32, ..Default::default() }
+}
+
 pub fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
+    AttributeProto { i: v, ..attr(name, AttributeType::Int) }
 }
 
 pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
+    AttributeProto { ints: v.to_vec(), ..attr(name, AttributeType::Ints) }
 }
 
 pub fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Float as i32,
-        f: v,
-        ..Default::default()
-    }
+    AttributeProto { f: v, ..attr(name, AttributeType::Float) }
 }

@@ -16,8 +16,8 @@
 //! reliably supported by ONNX Runtime's CPU provider (a note says so in the summary).
 
 use super::{
-    add_init, attr_f, attr_i, constant_values, ensure_opset, init_f32, int_attr, is_default_domain,
-    make_node, value_dtypes,
+    add_init, attr_f, attr_i, constant_values, init_f32, int_attr, is_default_domain, make_node,
+    raise_opset, value_dtypes,
 };
 use crate::config::QuantPlan;
 use crate::error::Result;
@@ -33,9 +33,7 @@ pub fn quantize_dynamic(
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
-        summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
-    }
+    raise_opset(g, plan, summary)?;
     let consts = constant_values(g);
     let dtypes = value_dtypes(g);
     let mut dql: HashMap<String, [String; 3]> = HashMap::new();

@@ -23,7 +23,9 @@ pub mod fp16;
 pub mod qdq;
 pub mod weight_only;
 
+use crate::config::QuantPlan;
 use crate::error::{QuantError, Result};
+use crate::quantize::QuantizeSummary;
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::attribute_proto::AttributeType;
 use lowbit_onnx::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
@@ -302,6 +304,14 @@ fn ir_for_opset(opset: i64) -> i64 {
         19..=20 => 9,
         _ => 10,
     }
+}
+
+/// [`ensure_opset`] to the plan's `min_opset`, noting the change in `summary`.
+pub fn raise_opset(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
+    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
+        summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
+    }
+    Ok(())
 }
 
 /// Raises the default-domain opset to at least `min` (and the IR version with it), rewriting

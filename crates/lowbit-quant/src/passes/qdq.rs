@@ -24,8 +24,8 @@
 //!   weights, see [`super::ensure_opset`].
 
 use super::{
-    add_init, attr_f, attr_i, constant_values, ensure_ir, ensure_opset, init_dtype, init_f32,
-    int_attr, is_default_domain, make_node, value_dtypes,
+    add_init, attr_f, attr_i, constant_values, ensure_ir, init_dtype, init_f32, int_attr,
+    is_default_domain, make_node, raise_opset, value_dtypes,
 };
 use crate::calibrate::CalibrationTable;
 use crate::config::{CalibrationPlan, QuantPlan};
@@ -137,9 +137,7 @@ pub fn quantize_static(
     table: &CalibrationTable,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
-        summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
-    }
+    raise_opset(g, plan, summary)?;
     if matches!(plan.weights.value, IntType::Int4 | IntType::Uint4) {
         ensure_ir(g, 10);
     }

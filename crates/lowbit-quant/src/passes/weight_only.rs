@@ -11,7 +11,7 @@
 //! Conv weights are left alone.
 
 use super::qdq::insert_weight_dq;
-use super::{attr_i, ensure_ir, ensure_opset, init_dtype, is_default_domain};
+use super::{attr_i, ensure_ir, init_dtype, is_default_domain, raise_opset};
 use crate::config::QuantPlan;
 use crate::error::Result;
 use crate::quantize::QuantizeSummary;
@@ -24,9 +24,7 @@ pub fn quantize_weights(
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    if let Some((a, b)) = ensure_opset(g, plan.min_opset)? {
-        summary.notes.push(format!("default-domain opset raised from {a} to {b}"));
-    }
+    raise_opset(g, plan, summary)?;
     if plan.min_opset >= 21 {
         ensure_ir(g, 10);
     }

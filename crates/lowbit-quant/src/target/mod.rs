@@ -22,6 +22,18 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// The 8- and 16-bit integer types, for activations (and weights) of targets that take all.
+const ALL_8_16: &[IntType] = &[IntType::Uint8, IntType::Int8, IntType::Uint16, IntType::Int16];
+/// Every weight type lowbit writes, for targets that take all.
+const ALL_WEIGHTS: &[IntType] = &[
+    IntType::Int8,
+    IntType::Uint8,
+    IntType::Int4,
+    IntType::Uint4,
+    IntType::Int16,
+    IntType::Uint16,
+];
+
 /// A deployment target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

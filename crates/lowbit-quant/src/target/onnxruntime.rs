@@ -4,18 +4,7 @@
 //! (`reduce_range`, ORT's own advice). VNNI (`vpdpbusd`) and ARM `sdot`/`udot` accumulate in
 //! int32 and need no such cut.
 
-use super::{Target, TargetRules};
-use crate::scheme::IntType;
-
-const ACTIVATIONS: &[IntType] = &[IntType::Uint8, IntType::Int8, IntType::Uint16, IntType::Int16];
-const WEIGHTS: &[IntType] = &[
-    IntType::Int8,
-    IntType::Uint8,
-    IntType::Int4,
-    IntType::Uint4,
-    IntType::Int16,
-    IntType::Uint16,
-];
+use super::{Target, TargetRules, ALL_8_16, ALL_WEIGHTS};
 
 pub(super) fn rules(t: Target) -> TargetRules {
     let (reduce, why) = match t {
@@ -29,9 +18,9 @@ pub(super) fn rules(t: Target) -> TargetRules {
     TargetRules {
         reduce_range_weights: reduce,
         weight_reason: why,
-        activation_types: ACTIVATIONS,
+        activation_types: ALL_8_16,
         symmetric_activations: false,
-        weight_types: WEIGHTS,
+        weight_types: ALL_WEIGHTS,
         type_reason: None,
     }
 }

@@ -7,18 +7,8 @@
 //! * lowbit's engine is exact for full-range weights on every ISA (AVX2 widens to `vpmaddwd`
 //!   where a pair could saturate).
 
-use super::{Target, TargetRules};
+use super::{Target, TargetRules, ALL_8_16, ALL_WEIGHTS};
 use crate::scheme::IntType;
-
-const ALL_8_16: &[IntType] = &[IntType::Uint8, IntType::Int8, IntType::Uint16, IntType::Int16];
-const WEIGHTS: &[IntType] = &[
-    IntType::Int8,
-    IntType::Uint8,
-    IntType::Int4,
-    IntType::Uint4,
-    IntType::Int16,
-    IntType::Uint16,
-];
 
 pub(super) fn rules(t: Target) -> TargetRules {
     match t {
@@ -48,7 +38,7 @@ pub(super) fn rules(t: Target) -> TargetRules {
                 "8-bit weights: lowbit's kernels are exact for full-range weights on every ISA",
             activation_types: ALL_8_16,
             symmetric_activations: false,
-            weight_types: WEIGHTS,
+            weight_types: ALL_WEIGHTS,
             type_reason: None,
         },
     }

@@ -29,6 +29,20 @@ pub trait Num: Element + PartialOrd + Default {
     fn is_nan(self) -> bool;
 }
 
+/// `to_f64`/`from_f64` as Rust's `as` casts (saturating from f64), for the primitive types.
+macro_rules! as_f64_casts {
+    ($t:ty) => {
+        #[inline(always)]
+        fn to_f64(self) -> f64 {
+            self as f64
+        }
+        #[inline(always)]
+        fn from_f64(v: f64) -> Self {
+            v as $t
+        }
+    };
+}
+
 macro_rules! int_num {
     ($t:ty, $signed:expr) => {
         impl Num for $t {
@@ -89,14 +103,7 @@ macro_rules! int_num {
             fn neg(self) -> Self {
                 (0 as $t).wrapping_sub(self)
             }
-            #[inline(always)]
-            fn to_f64(self) -> f64 {
-                self as f64
-            }
-            #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
+            as_f64_casts!($t);
             #[inline(always)]
             fn is_nan(self) -> bool {
                 false
@@ -164,14 +171,7 @@ macro_rules! float_num {
             fn neg(self) -> Self {
                 -self
             }
-            #[inline(always)]
-            fn to_f64(self) -> f64 {
-                self as f64
-            }
-            #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
+            as_f64_casts!($t);
             #[inline(always)]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)

@@ -8,14 +8,62 @@
 //! runs the script once and reads back its timings and the outputs of the first run. The folder
 //! is removed when [`Ort`] drops, errors included.
 
-use anyhow::{anyhow, bail, Context, Result};
-use lowbit_tensor::{npy, Tensor};
+use lowbit_tensor::{npy, Tensor, TensorError};
 use serde::Deserialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use tempfile::TempDir;
 
 const SCRIPT: &str = include_str!("ort.py");
+
+/// Why ONNX Runtime could not be timed; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OrtError {
+    #[error("cannot create a fresh folder in {}", .base.display())]
+    TempDir { base: PathBuf, source: std::io::Error },
+    #[error("cannot create {}", .path.display())]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}", .path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the inputs for ONNX Runtime to {}", .path.display())]
+    WriteInputs { path: PathBuf, source: TensorError },
+    #[error(
+        "--vs-ort: cannot run Python '{}' (from {from}): {source}; pass --python PATH or set \
+         LOWBIT_PYTHON to a Python with onnxruntime and numpy (`source \
+         scripts/setup-test-env.sh` creates .venv with both)",
+        .python.display()
+    )]
+    NoPython { python: PathBuf, from: &'static str, source: std::io::Error },
+    #[error(
+        "--vs-ort: Python '{}' (from {from}) lacks onnxruntime or numpy ({message}); \
+         install them with `{} -m pip install onnxruntime numpy`, or `source \
+         scripts/setup-test-env.sh` (creates .venv with both and exports \
+         LOWBIT_PYTHON)",
+        .python.display(),
+        .python.display()
+    )]
+    NoOnnxRuntime { python: PathBuf, from: &'static str, message: String },
+    #[error("ONNX Runtime {version} cannot load {}: {message}", .model.display())]
+    Load { version: String, model: PathBuf, message: String },
+    #[error("ONNX Runtime failed on {}: {message}", .model.display())]
+    Run { model: PathBuf, message: String },
+    #[error(
+        "--vs-ort: '{} ort.py' (Python from {from}) gave no result ({status}; is it a Python 3 \
+         with onnxruntime?){stderr_tail}",
+        .python.display()
+    )]
+    NoResult {
+        python: PathBuf,
+        from: &'static str,
+        status: std::process::ExitStatus,
+        stderr_tail: String,
+    },
+    #[error("ort.py reported {got} timed runs instead of {runs}")]
+    RunCount { got: usize, runs: usize },
+}
+
+type Result<T> = std::result::Result<T, OrtError>;
 
 /// The Python that runs ONNX Runtime, and where the choice came from (shown in errors).
 struct Python {
@@ -41,35 +89,10 @@ impl Python {
     }
 }
 
-/// A temp folder of our own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        // create_dir (not _all) fails on an existing folder, so we never share or delete one
-        // that is not ours.
-        for attempt in 0..100 {
-            let dir =
-                base.join(format!("lowbit-bench-ort-{}-{nanos:09}-{attempt}", std::process::id()));
-            match std::fs::create_dir(&dir) {
-                Ok(()) => return Ok(TempDir(dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", dir.display()))
-                }
-            }
-        }
-        bail!("cannot create a fresh folder in {}", base.display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+fn write(path: PathBuf, contents: &str) -> Result<PathBuf> {
+    match std::fs::write(&path, contents) {
+        Ok(()) => Ok(path),
+        Err(source) => Err(OrtError::Write { path, source }),
     }
 }
 
@@ -113,17 +136,20 @@ pub struct OrtRun {
     /// One per timed run, in run order.
     pub times_ms: Vec<f64>,
     /// Graph outputs in ORT's order: the tensor of the first run fed, or why there is none.
-    pub outputs: Vec<(String, Result<Tensor, String>)>,
+    pub outputs: Vec<(String, std::result::Result<Tensor, String>)>,
 }
 
 impl Ort {
     /// Finds the Python (see [`Python::resolve`]) and checks it imports onnxruntime.
     pub fn start(python: Option<&Path>) -> Result<Ort> {
         let python = Python::resolve(python);
-        let dir = TempDir::new()?;
-        let script = dir.0.join("ort.py");
-        std::fs::write(&script, SCRIPT)
-            .with_context(|| format!("cannot write {}", script.display()))?;
+        let base = std::env::temp_dir();
+        // Named after the process so a test can check that nothing is left behind.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("lowbit-bench-ort-{}-", std::process::id()))
+            .tempdir_in(&base)
+            .map_err(|source| OrtError::TempDir { base, source })?;
+        write(dir.path().join("ort.py"), SCRIPT)?;
         let mut ort = Ort { python, dir, version: String::new() };
         let r = ort.call(&json!({ "mode": "check" }), Path::new(""))?;
         ort.version = r.version.unwrap_or_default();
@@ -145,10 +171,11 @@ impl Ort {
         warmup: usize,
         runs: usize,
     ) -> Result<OrtRun> {
-        let feeds_dir = self.dir.0.join("feeds");
-        let out_dir = self.dir.0.join("out");
+        let feeds_dir = self.dir.path().join("feeds");
+        let out_dir = self.dir.path().join("out");
         for d in [&feeds_dir, &out_dir] {
-            std::fs::create_dir(d).with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::create_dir(d)
+                .map_err(|source| OrtError::CreateDir { path: d.clone(), source })?;
         }
         let mut feeds = Vec::with_capacity(sets.len());
         for (k, set) in sets.iter().enumerate() {
@@ -156,9 +183,8 @@ impl Ort {
             // Members are numbered: input names may hold `/` or `:`, which zip paths mangle.
             let arrays: Vec<(String, Tensor)> =
                 set.iter().enumerate().map(|(j, (_, t))| (format!("i{j}"), t.clone())).collect();
-            npy::write_npz(&path, &arrays).with_context(|| {
-                format!("cannot write the inputs for ONNX Runtime to {}", path.display())
-            })?;
+            npy::write_npz(&path, &arrays)
+                .map_err(|source| OrtError::WriteInputs { path: path.clone(), source })?;
             let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
             feeds.push(json!({ "file": path, "inputs": names }));
         }
@@ -175,7 +201,7 @@ impl Ort {
         });
         let r = self.call(&job, model)?;
         if r.times_ms.len() != runs {
-            bail!("ort.py reported {} timed runs instead of {runs}", r.times_ms.len());
+            return Err(OrtError::RunCount { got: r.times_ms.len(), runs });
         }
         let outputs = r
             .outputs
@@ -200,23 +226,17 @@ impl Ort {
     /// Runs the script on `job` and parses its last stdout line; every failure becomes one
     /// message saying what to do.
     fn call(&self, job: &serde_json::Value, model: &Path) -> Result<ScriptResult> {
-        let job_path = self.dir.0.join("job.json");
-        std::fs::write(&job_path, job.to_string())
-            .with_context(|| format!("cannot write {}", job_path.display()))?;
+        let job_path = write(self.dir.path().join("job.json"), &job.to_string())?;
         let py = &self.python;
         let out = Command::new(&py.path)
-            .arg(self.dir.0.join("ort.py"))
+            .arg(self.dir.path().join("ort.py"))
             .arg(&job_path)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| {
-                anyhow!(
-                    "--vs-ort: cannot run Python '{}' (from {}): {e}; pass --python PATH or set \
-                     LOWBIT_PYTHON to a Python with onnxruntime and numpy (`source \
-                     scripts/setup-test-env.sh` creates .venv with both)",
-                    py.path.display(),
-                    py.from
-                )
+            .map_err(|source| OrtError::NoPython {
+                python: py.path.clone(),
+                from: py.from,
+                source,
             })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -228,34 +248,26 @@ impl Ort {
         match parsed {
             Some(r) if r.error.is_none() && out.status.success() => Ok(r),
             Some(ScriptResult { error: Some(kind), message, .. }) => {
-                let msg = message.unwrap_or_default();
-                match kind.as_str() {
-                    "import" => bail!(
-                        "--vs-ort: Python '{}' (from {}) lacks onnxruntime or numpy ({msg}); \
-                         install them with `{} -m pip install onnxruntime numpy`, or `source \
-                         scripts/setup-test-env.sh` (creates .venv with both and exports \
-                         LOWBIT_PYTHON)",
-                        py.path.display(),
-                        py.from,
-                        py.path.display()
-                    ),
-                    "load" => bail!(
-                        "ONNX Runtime {} cannot load {}: {}",
-                        self.version,
-                        model.display(),
-                        msg.trim()
-                    ),
-                    _ => bail!("ONNX Runtime failed on {}: {}", model.display(), msg.trim()),
-                }
+                let message = message.unwrap_or_default();
+                let model = model.to_path_buf();
+                Err(match kind.as_str() {
+                    "import" => {
+                        OrtError::NoOnnxRuntime { python: py.path.clone(), from: py.from, message }
+                    }
+                    "load" => OrtError::Load {
+                        version: self.version.clone(),
+                        model,
+                        message: message.trim().to_string(),
+                    },
+                    _ => OrtError::Run { model, message: message.trim().to_string() },
+                })
             }
-            _ => bail!(
-                "--vs-ort: '{} ort.py' (Python from {}) gave no result ({}; is it a Python 3 \
-                 with onnxruntime?){}",
-                py.path.display(),
-                py.from,
-                out.status,
-                tail(&stderr, 20)
-            ),
+            _ => Err(OrtError::NoResult {
+                python: py.path.clone(),
+                from: py.from,
+                status: out.status,
+                stderr_tail: tail(&stderr, 20),
+            }),
         }
     }
 }
@@ -271,7 +283,7 @@ fn tail(text: &str, n: usize) -> String {
 
 /// Largest |a − b| over two outputs (as f64), or why they cannot be compared. Positions where
 /// both are NaN count as equal; NaN on one side only makes the answer NaN.
-pub fn max_abs_diff(lowbit: &Tensor, ort: &Tensor) -> Result<f64, String> {
+pub fn max_abs_diff(lowbit: &Tensor, ort: &Tensor) -> std::result::Result<f64, String> {
     if lowbit.shape() != ort.shape() {
         return Err(format!("shapes differ: lowbit {:?}, ORT {:?}", lowbit.shape(), ort.shape()));
     }
@@ -302,16 +314,5 @@ mod tests {
         assert_eq!(max_abs_diff(&t(vec![f32::NAN]), &t(vec![f32::NAN])), Ok(0.0));
         assert!(max_abs_diff(&t(vec![f32::NAN]), &t(vec![0.0])).unwrap().is_nan());
         assert!(max_abs_diff(&t(vec![1.0]), &t(vec![1.0, 2.0])).unwrap_err().contains("shapes"));
-    }
-
-    #[test]
-    fn temp_dirs_are_fresh_and_removed() {
-        let a = TempDir::new().unwrap();
-        let b = TempDir::new().unwrap();
-        assert_ne!(a.0, b.0);
-        let p = a.0.clone();
-        std::fs::write(p.join("f"), "x").unwrap();
-        drop(a);
-        assert!(!p.exists());
     }
 }
