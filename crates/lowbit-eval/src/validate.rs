@@ -7,8 +7,10 @@
 //!
 //! Streaming: one batch of both models' outputs is held at a time.
 
+use crate::compare::{compare_models, CompareOptions};
 use crate::metrics::{argmax, Noise, NoiseAccumulator};
 use lowbit_engine::Session;
+use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::samples::{Feeds, SampleSource};
 use lowbit_tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -149,6 +151,38 @@ pub fn validate(
         outputs.push(OutputAgreement { name: name.clone(), noise, top1_agreement: top1 });
     }
     Ok(Validation { samples: rows, floor, outputs, failures })
+}
+
+/// For a model that failed: the `top` layers that lose most, worst first, as
+/// `node (op): SQNR dB, hint` lines, from a per-layer comparison ([`crate::compare`]) on the
+/// first few batches of `samples`. A comparison that fails says so in the one line returned.
+pub fn worst_layers(
+    fp32: &ModelProto,
+    quant: &ModelProto,
+    samples: &mut dyn SampleSource,
+    opts: &CompareOptions,
+    top: usize,
+) -> Vec<String> {
+    const BATCHES: usize = 4;
+    let mut few = Vec::new();
+    let replayed = samples.replay(&mut |f| {
+        if few.len() < BATCHES {
+            few.push(f);
+        }
+        Ok(())
+    });
+    let report = replayed
+        .map_err(|e| e.to_string())
+        .and_then(|()| compare_models(fp32, quant, few, opts).map_err(|e| e.to_string()));
+    match report {
+        Ok(r) => r
+            .ranking
+            .iter()
+            .take(top)
+            .map(|l| format!("{} ({}): {:.1} dB, {}", l.node, l.op_type, l.sqnr_db, l.hint))
+            .collect(),
+        Err(e) => vec![format!("(per-layer comparison failed: {e})")],
+    }
 }
 
 fn find<'a>(outs: &'a [(String, Tensor)], name: &str) -> Option<&'a Tensor> {
