@@ -23,7 +23,7 @@ pub fn data_format(arg: &DataArgs) -> Result<DataFormat> {
 /// Validates `--input NAME=FILE` / `--data` as given on the command line.
 pub fn feed_source(inputs: &[String], data: Option<&Path>, fmt: &DataFormat) -> Result<FeedSource> {
     if let Some(d) = data {
-        return fmt.source(d);
+        return Ok(fmt.source(d)?);
     }
     let mut pairs = Vec::new();
     for spec in inputs {

@@ -7,9 +7,9 @@
 //!
 //! Streaming: one batch of both models' outputs is held at a time.
 
-use crate::compare::{compare_models, CompareOptions};
+use crate::compare::{compare_models, CompareOptions, RankedLayer};
 use crate::metrics::{argmax, Noise, NoiseAccumulator};
-use lowbit_engine::Session;
+use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::samples::{Feeds, SampleSource};
 use lowbit_tensor::{DType, Tensor};
@@ -54,6 +54,9 @@ pub struct Validation {
     pub outputs: Vec<OutputAgreement>,
     /// Why the model fails the floor; empty when it passes.
     pub failures: Vec<String>,
+    /// When it fails: the layers that lose most, worst first ([`validate_models`]).
+    #[serde(default)]
+    pub worst_layers: Vec<RankedLayer>,
 }
 
 impl Validation {
@@ -150,39 +153,42 @@ pub fn validate(
         }
         outputs.push(OutputAgreement { name: name.clone(), noise, top1_agreement: top1 });
     }
-    Ok(Validation { samples: rows, floor, outputs, failures })
+    Ok(Validation { samples: rows, floor, outputs, failures, worst_layers: Vec::new() })
 }
 
-/// For a model that failed: the `top` layers that lose most, worst first, as
-/// `node (op): SQNR dB, hint` lines, from a per-layer comparison ([`crate::compare`]) on the
-/// first few batches of `samples`. A comparison that fails says so in the one line returned.
-pub fn worst_layers(
+/// Batches the per-layer comparison of a failing model runs on.
+const CULPRIT_BATCHES: usize = 4;
+
+/// [`validate`] on the two models as deployment runs them (load-time fusion on, `threads`
+/// workers); when the quantized model fails, a per-layer comparison on the first few batches
+/// names the layers that lose most ([`Validation::worst_layers`]).
+pub fn validate_models(
     fp32: &ModelProto,
     quant: &ModelProto,
     samples: &mut dyn SampleSource,
-    opts: &CompareOptions,
-    top: usize,
-) -> Vec<String> {
-    const BATCHES: usize = 4;
+    floor: Floor,
+    threads: usize,
+) -> lowbit_quant::error::Result<Validation> {
+    let opts = SessionOptions::with_threads(threads);
+    let mut v =
+        validate(&Session::new(fp32, &opts)?, &Session::new(quant, &opts)?, samples, floor)?;
+    if v.passed() {
+        return Ok(v);
+    }
     let mut few = Vec::new();
-    let replayed = samples.replay(&mut |f| {
-        if few.len() < BATCHES {
+    samples.replay(&mut |f| {
+        if few.len() < CULPRIT_BATCHES {
             few.push(f);
         }
         Ok(())
-    });
-    let report = replayed
-        .map_err(|e| e.to_string())
-        .and_then(|()| compare_models(fp32, quant, few, opts).map_err(|e| e.to_string()));
-    match report {
-        Ok(r) => r
-            .ranking
-            .iter()
-            .take(top)
-            .map(|l| format!("{} ({}): {:.1} dB, {}", l.node, l.op_type, l.sqnr_db, l.hint))
-            .collect(),
-        Err(e) => vec![format!("(per-layer comparison failed: {e})")],
+    })?;
+    let copts =
+        CompareOptions { threads, fp32_model: "FP32".into(), quant_model: "quantized".into() };
+    // The comparison refuses some models (no matched tensor); the failure stands without it.
+    if let Ok(r) = compare_models(fp32, quant, few, &copts) {
+        v.worst_layers = r.ranking.into_iter().take(5).collect();
     }
+    Ok(v)
 }
 
 fn find<'a>(outs: &'a [(String, Tensor)], name: &str) -> Option<&'a Tensor> {

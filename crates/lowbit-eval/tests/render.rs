@@ -197,3 +197,34 @@ fn the_header_counts_samples_and_runs() {
     (r.samples, r.runs) = (1, 1);
     assert!(render_html(&r, None).contains("· 1 sample ·"));
 }
+
+#[test]
+fn the_quantization_section_lists_decisions_and_steps_largest_change_first() {
+    use lowbit_quant::algorithms::{LayerChange, StepReport};
+    use lowbit_quant::quantize::QuantizeSummary;
+    let mut r = synthetic(8);
+    assert!(!render_html(&r, None).contains("id=\"quantization\""), "no summary, no section");
+    let change = |node: &str, before, after| LayerChange {
+        node: node.into(),
+        metric: "output SQNR (dB)".into(),
+        before,
+        after,
+    };
+    r.quantization = Some(QuantizeSummary {
+        decisions: vec!["weights 7-bit <because>".into()],
+        steps: vec![StepReport {
+            step: "bias-correction".into(),
+            seconds: 1.2,
+            summary: "corrected 2 layers".into(),
+            layers: vec![change("small", 20.0, 21.0), change("big", 10.0, 25.0)],
+        }],
+        ..Default::default()
+    });
+    let h = render_html(&r, None);
+    let sec = &h[h.find("<section id=\"quantization\">").expect("section")..];
+    let sec = &sec[..sec.find("</section>").unwrap()];
+    assert!(sec.contains("weights 7-bit &lt;because&gt;"), "{sec}");
+    assert!(sec.contains("bias-correction <small>(1.2 s)</small>"), "{sec}");
+    let (big, small) = (sec.find(">big<").expect("big"), sec.find(">small<").expect("small"));
+    assert!(big < small, "largest change first: {sec}");
+}

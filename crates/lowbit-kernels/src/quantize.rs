@@ -542,7 +542,7 @@ pub fn quantize_bytes(
     assert_eq!(x.len(), out.len(), "quantize_bytes: lengths");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::cpu::best().quantize >= crate::cpu::Isa::Avx2 {
         // SAFETY: AVX2 is present; the function reads and writes whole 8-lane chunks only.
         done = unsafe { quantize_bytes_avx2(x, scale, zero_point, qmin, qmax, out) };
     }

@@ -7,9 +7,7 @@
 use crate::data::{load, unfused_session, DataOptions};
 use crate::errors::{to_py, with_context, ValidationError};
 use crate::reader::{ReaderSource, DEFAULT_MEMORY_BUDGET};
-use lowbit_engine::{Session, SessionOptions};
-use lowbit_eval::compare::CompareOptions;
-use lowbit_eval::validate::{validate, worst_layers, Floor, Validation};
+use lowbit_eval::validate::{validate_models, Floor, Validation};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::dataset::DatasetBatches;
 use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
@@ -39,22 +37,13 @@ fn gate(
     floor: Floor,
     threads: usize,
     held_back: bool,
-    names: (&str, &str),
 ) -> lowbit_quant::error::Result<Gate> {
-    let opts = SessionOptions::with_threads(threads);
-    let fp32_session = Session::new(fp32, &opts)?;
-    let q_session = Session::new(q, &opts)?;
-    let validation = validate(&fp32_session, &q_session, samples, floor)?;
-    let worst = if validation.passed() {
-        Vec::new()
-    } else {
-        let copts = CompareOptions {
-            threads,
-            fp32_model: names.0.to_string(),
-            quant_model: names.1.to_string(),
-        };
-        worst_layers(fp32, q, samples, &copts, 5)
-    };
+    let validation = validate_models(fp32, q, samples, floor, threads)?;
+    let worst = validation
+        .worst_layers
+        .iter()
+        .map(|l| format!("{} ({}): {:.1} dB, {}", l.node, l.op_type, l.sqnr_db, l.hint))
+        .collect();
     Ok(Gate { validation, held_back, worst })
 }
 
@@ -210,7 +199,6 @@ pub fn quantize(
     let opts = DataOptions { preprocess, tokenizer, text_field, ..DataOptions::default() };
     let format = opts.format()?;
     let floor = Floor { min_sqnr_db: min_output_sqnr, ..Floor::default() };
-    let names = (model_input.display().to_string(), model_output.display().to_string());
     let fp32 = (static_mode && validate > 0).then(|| model.clone());
 
     // The work, without the GIL (a reader's get_next() takes it back for each call).
@@ -244,12 +232,11 @@ pub fn quantize(
         let (q, summary) = quantized
             .map_err(|e| with_context(&format!("cannot quantize {}", model_input.display()), e))?;
         let Some(fp32) = &fp32 else { return Ok((q, summary, None)) };
-        let names = (names.0.as_str(), names.1.as_str());
         let outcome = match (&mut reader_source, &data) {
             (Some(src), _) => {
                 src.read_all().map_err(to_py)?;
                 let mut tail = src.tail(validate);
-                gate(fp32, &q, &mut tail, floor, threads, false, names)
+                gate(fp32, &q, &mut tail, floor, threads, false)
             }
             (None, Some(path)) => {
                 let session = unfused_session(fp32, &model_input, threads)?;
@@ -257,7 +244,7 @@ pub fn quantize(
                 let calibrated = samples.unwrap_or(all.samples);
                 let (mut held, held_back) =
                     DatasetBatches::validation(all, true, calibrated, validate);
-                gate(fp32, &q, &mut held, floor, threads, held_back, names)
+                gate(fp32, &q, &mut held, floor, threads, held_back)
             }
             (None, None) => return Ok((q, summary, None)),
         };
@@ -272,11 +259,10 @@ pub fn quantize(
     if let Some(g) = &outcome {
         if !g.validation.passed() && !allow_degraded {
             return Err(ValidationError::new_err(format!(
-                "the quantized model fails validation ({}, floor {} dB); worst layers:\n  {}\n\
+                "the quantized model fails validation ({}); worst layers:\n  {}\n\
                  not written: try per_channel=True, another calibrate_method, nodes_to_exclude \
                  on those layers, or allow_degraded=True to write it anyway",
                 g.validation.failures.join("; "),
-                floor.min_sqnr_db,
                 g.worst.join("\n  ")
             )));
         }

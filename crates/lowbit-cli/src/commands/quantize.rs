@@ -10,16 +10,14 @@
 use crate::calibration::{calibrate_model, dataset_batches, CalibrationData};
 use crate::cli::QuantizeArgs;
 use crate::inputs::data_format;
-use crate::models::{load_model, new_session};
+use crate::models::load_model;
 use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES};
 use crate::paths::OutputPaths;
 use crate::progress::Bars;
 use crate::text::{human_bytes, plural, print};
 use crate::usage::{usage_bail, ValidationFailed};
 use anyhow::{Context, Result};
-use lowbit_engine::{Session, SessionOptions};
-use lowbit_eval::compare::CompareOptions;
-use lowbit_eval::validate::{validate, worst_layers, Floor};
+use lowbit_eval::validate::{validate_models, Floor};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::dataset::DatasetBatches;
 use lowbit_quant::calibrate::{CalibrationTable, Method};
@@ -204,10 +202,9 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     print(&out)
 }
 
-/// The validation gate (`lowbit_eval::validate`): the quantized model as deployment runs it
-/// (fused) against the FP32 one on held-back samples. Below the floor it names the worst layers
-/// (a per-layer comparison on a few of those samples) and fails with [`ValidationFailed`]
-/// unless `--allow-degraded`.
+/// The validation gate ([`validate_models`]): the quantized model as deployment runs it against
+/// the FP32 one on held-back samples; below the floor it fails with [`ValidationFailed`],
+/// naming the worst layers, unless `--allow-degraded`.
 fn gate(
     fp32: &ModelProto,
     q: &ModelProto,
@@ -215,19 +212,13 @@ fn gate(
     opts: &CalibrationData,
     out: &mut String,
 ) -> Result<()> {
-    let fp32_session = new_session(fp32, &args.model, args.threads)?;
-    let q_session = Session::new(q, &SessionOptions::with_threads(args.threads))
-        .context("lowbit's engine cannot run the quantized model")?;
-    let all = dataset_batches(
-        fp32,
-        &args.model,
-        &CalibrationData { samples: None, quiet: true, ..*opts },
-    )?;
+    let all = CalibrationData { samples: None, quiet: true, ..*opts };
+    let all = dataset_batches(fp32, &args.model, &all)?;
     let calibrated = opts.samples.unwrap_or(all.data.samples);
     let (mut samples, held_back) =
         DatasetBatches::validation(all.data, all.trim, calibrated, args.validate);
     let floor = Floor { min_sqnr_db: args.min_output_sqnr, ..Floor::default() };
-    let v = validate(&fp32_session, &q_session, &mut samples, floor)
+    let v = validate_models(fp32, q, &mut samples, floor, args.threads)
         .context("validation run failed")?;
     let which = if held_back { "held-back" } else { "calibration (no others in --data)" };
     let _ = writeln!(out, "validation on {} {which} samples:", v.samples);
@@ -237,17 +228,14 @@ fn gate(
     if v.passed() {
         return Ok(());
     }
-    // Name the layers that lost most, on a few of the same samples.
-    let copts = CompareOptions {
-        threads: args.threads,
-        fp32_model: args.model.display().to_string(),
-        quant_model: args.output.display().to_string(),
-    };
-    let worst = worst_layers(fp32, q, &mut samples, &copts, 5);
+    let worst: Vec<String> = v
+        .worst_layers
+        .iter()
+        .map(|l| format!("{} ({}): {:.1} dB, {}", l.node, l.op_type, l.sqnr_db, l.hint))
+        .collect();
     let msg = format!(
-        "the quantized model fails validation ({}, floor {} dB); worst layers:\n  {}",
+        "the quantized model fails validation ({}); worst layers:\n  {}",
         v.failures.join("; "),
-        floor.min_sqnr_db,
         worst.join("\n  ")
     );
     if args.allow_degraded {

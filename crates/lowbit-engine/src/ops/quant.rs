@@ -15,7 +15,7 @@
 
 use crate::bail;
 use crate::error::{OpError, OpResult};
-use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
+use crate::op::{input, kernel, opt_input, BuildCtx, KernelResult};
 use crate::ops::nn::SpatialAttrs;
 use crate::ops::util::{broadcast_shapes, broadcast_strides};
 use crate::registry::Registry;
@@ -27,14 +27,6 @@ use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::{DType, Tensor, TensorData};
-
-type KernelResult = OpResult<Box<dyn Kernel>>;
-
-fn kernel(
-    f: impl Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync + 'static,
-) -> KernelResult {
-    Ok(Box::new(FnKernel(f)))
-}
 
 fn qerr(e: lowbit_kernels::quantize::QuantizeError) -> OpError {
     OpError::new(e.0)

@@ -234,6 +234,7 @@ pub fn compare_models(
         activations,
         weights: weights.into_iter().map(|w| w.report).collect(),
         ranking,
+        quantization: lowbit_quant::quantize::recorded_summary(quant),
     })
 }
 

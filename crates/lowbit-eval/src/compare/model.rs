@@ -32,6 +32,10 @@ pub struct CompareReport {
     pub weights: Vec<WeightNoise>,
     /// The worst layers first, each with a hint.
     pub ranking: Vec<RankedLayer>,
+    /// What lowbit did to make the quantized model (its plan and each accuracy-recovery
+    /// step, per layer before → after), when lowbit made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<lowbit_quant::quantize::QuantizeSummary>,
 }
 
 /// Noise of one graph output.

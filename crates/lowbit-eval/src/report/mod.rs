@@ -6,23 +6,25 @@
 //!
 //! 1. **Summary** (`id="summary"`): the two models, and with a [`ReportSummary`] their file
 //!    sizes, a task metric and latency before and after.
-//! 2. **Outputs** (`id="outputs"`): noise of each graph output against FP32.
-//! 3. **Per-layer SQNR** (`<svg id="sqnr-chart">`): every quantized activation in graph order
+//! 2. **Quantization** (`id="quantization"`, for models lowbit made): the plan's decisions and
+//!    what each accuracy-recovery step did, with its per-layer figure before → after.
+//! 3. **Outputs** (`id="outputs"`): noise of each graph output against FP32.
+//! 4. **Per-layer SQNR** (`<svg id="sqnr-chart">`): every quantized activation in graph order
 //!    (sorted by [`ActivationNoise::order`]); a bar (`class="bar acc …"`) per activation for the
 //!    accumulated SQNR and a marker (`class="mark iso …"`) for the isolated one, on a dB axis.
 //!    The worst layers of the ranking (up to [`HIGHLIGHTED`]) are drawn in red (`worst`) and
 //!    labelled. An infinite SQNR (identical tensors) is drawn to the top of the axis in a pale
 //!    colour (`inf`); hundreds of layers give thin bars (and a horizontally scrolling chart
 //!    past [`MAX_LAYERS_AT_DEFAULT_WIDTH`]), only the highlighted layers get labels.
-//! 4. **Histograms** (`<svg id="hist-1">`, `hist-2`, `hist-3`): the FP32 values of the worst
+//! 5. **Histograms** (`<svg id="hist-1">`, `hist-2`, `hist-3`): the FP32 values of the worst
 //!    three activations (`class="hist-bar"`), log-scaled counts when the peak dwarfs the tails,
 //!    and the clip range of their quantization, `[(qmin − zp)·s, (qmax − zp)·s]` over the
 //!    storage type's full range (`class="clip-line"`, what QuantizeLinear saturates to), with
 //!    the saturated region shaded.
-//! 5. **Weight ranges** (`<svg id="weight-ranges">`): min..max per output channel
+//! 6. **Weight ranges** (`<svg id="weight-ranges">`): min..max per output channel
 //!    (`class="range-bar"`) of the worst Conv/Gemm weight of the ranking; for a per-tensor
 //!    weight the shared range every channel is quantized over is drawn too.
-//! 6. **Ranking** (`<table id="ranking">`): the worst layers with their hints, then all layers
+//! 7. **Ranking** (`<table id="ranking">`): the worst layers with their hints, then all layers
 //!    and weights in collapsed tables.
 //!
 //! Every name is HTML-escaped. Non-finite numbers print as `∞`, `−∞` or `–`.
@@ -40,6 +42,7 @@
 //!     activations: vec![],
 //!     weights: vec![],
 //!     ranking: vec![],
+//!     quantization: None,
 //! };
 //! let html = render_html(&report, None);
 //! assert!(html.starts_with("<!DOCTYPE html>") && html.contains("model.int8.onnx"));
@@ -57,8 +60,8 @@ pub use svg::clip_range;
 use crate::compare::{ActivationNoise, CompareReport};
 use format::{esc, name, w};
 use sections::{
-    histogram_section, outputs_section, ranking_section, sqnr_section, summary_section,
-    weight_section,
+    histogram_section, outputs_section, quantization_section, ranking_section, sqnr_section,
+    summary_section, weight_section,
 };
 use select::worst_activations;
 use serde::{Deserialize, Serialize};
@@ -143,6 +146,7 @@ pub fn render_html(report: &CompareReport, summary: Option<&ReportSummary>) -> S
         ),
     );
     summary_section(&mut h, report, summary);
+    quantization_section(&mut h, report);
     outputs_section(&mut h, report);
     sqnr_section(&mut h, report, &acts);
     histogram_section(&mut h, report, &acts, &worst);

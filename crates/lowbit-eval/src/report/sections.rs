@@ -1,5 +1,5 @@
-//! The report's six sections as HTML: summary, outputs, per-layer SQNR, worst activations,
-//! per-channel weight ranges and the ranking tables (the charts come from [`super::svg`]).
+//! The report's sections as HTML: summary, what lowbit did, outputs, per-layer SQNR, worst
+//! activations, per-channel weight ranges and the ranking tables (the charts come from [`super::svg`]).
 
 use super::format::{esc, fmt_bytes, fmt_db, fmt_fixed, fmt_sig, name, signed, w};
 use super::select::{highlighted_layers, worst_weight};
@@ -109,6 +109,72 @@ pub(super) fn summary_section(
     }
     if !facts.is_empty() {
         w(h, format_args!("<p class=\"note\">{}</p>\n", facts.join(" · ")));
+    }
+    h.push_str("</section>\n");
+}
+
+/// Layers listed per step (the largest changes first).
+const STEP_LAYERS: usize = 12;
+
+/// The plan's decisions and each accuracy-recovery step with its per-layer figure.
+pub(super) fn quantization_section(h: &mut String, report: &CompareReport) {
+    let Some(q) = &report.quantization else { return };
+    h.push_str("<section id=\"quantization\"><h2>How it was quantized</h2>\n<ul>\n");
+    for d in &q.decisions {
+        w(h, format_args!("<li>{}</li>\n", esc(d)));
+    }
+    if let Some((batches, secs)) = q.calibrated {
+        w(h, format_args!("<li>calibrated the transformed FP32 graph: {batches} batches in {secs:.1} s</li>\n"));
+    }
+    for n in &q.notes {
+        w(h, format_args!("<li>{}</li>\n", esc(n)));
+    }
+    h.push_str("</ul>\n");
+    for st in &q.steps {
+        w(
+            h,
+            format_args!(
+                "<h3>{} <small>({:.1} s)</small></h3>\n<p>{}</p>\n",
+                esc(&st.step),
+                st.seconds,
+                esc(&st.summary)
+            ),
+        );
+        if st.layers.is_empty() {
+            continue;
+        }
+        let mut layers: Vec<_> = st.layers.iter().collect();
+        layers.sort_by(|a, b| (b.after - b.before).abs().total_cmp(&(a.after - a.before).abs()));
+        w(
+            h,
+            format_args!(
+                "<table class=\"step\"><tr><th>layer</th><th>{}</th>\
+                 <th class=\"num\">before</th><th class=\"num\">after</th></tr>\n",
+                esc(&layers[0].metric)
+            ),
+        );
+        for l in layers.iter().take(STEP_LAYERS) {
+            w(
+                h,
+                format_args!(
+                    "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+                    name(&l.node),
+                    esc(&l.metric),
+                    fmt_sig(l.before),
+                    fmt_sig(l.after)
+                ),
+            );
+        }
+        if layers.len() > STEP_LAYERS {
+            w(
+                h,
+                format_args!(
+                    "<tr><td colspan=\"4\">… {} more layers</td></tr>\n",
+                    layers.len() - STEP_LAYERS
+                ),
+            );
+        }
+        h.push_str("</table>\n");
     }
     h.push_str("</section>\n");
 }

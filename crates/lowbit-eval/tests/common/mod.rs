@@ -88,6 +88,7 @@ pub fn synthetic(layers: usize) -> CompareReport {
         activations,
         weights,
         ranking,
+        quantization: None,
     }
 }
 
