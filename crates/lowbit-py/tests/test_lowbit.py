@@ -203,22 +203,27 @@ def mnist_reader(n, start=0):
 def test_burn_mnist_quantized_from_an_ort_reader_keeps_accuracy(tmp_path):
     out = tmp_path / "burn.int8.onnx"
     lowbit.quantize_static(BURN, out, mnist_reader(100))
+    # Scored on 1000 photos the reader never gave, by ONNX Runtime where it is installed (the
+    # issue's goal: within 0.3 pt of FP32), else by lowbit's own engine.
     images = np.load(MNIST / "images.npy")[1000:2000].astype(np.float32)
     labels = np.load(MNIST / "labels.npy")[1000:2000]
     x = ((images / 255.0 - 0.1307) / 0.3081)[:, None]
-    acc = {}
-    for name, path in [("fp32", BURN), ("int8", out)]:
-        s = lowbit.Session(path, threads=1)
-        pred = [s.run(None, {"input.1": x[i:i + 1]})[0].argmax() for i in range(len(x))]
-        acc[name] = float(np.mean(np.array(pred) == labels))
-    assert acc["int8"] >= acc["fp32"] - 0.005, acc
     try:
         import onnxruntime as ort
-    except ImportError:
-        return
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"input.1": x[:1]})[0]
-    assert y.shape == (1, 10)
+
+        def session(path):
+            return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except ImportError:  # onnxruntime is not needed by lowbit
+
+        def session(path):
+            return lowbit.Session(path, threads=1)
+
+    acc = {}
+    for name, path in [("fp32", BURN), ("int8", out)]:
+        s = session(path)
+        pred = [s.run(None, {"input.1": x[i:i + 1]})[0].argmax() for i in range(len(x))]
+        acc[name] = float(np.mean(np.array(pred) == labels))
+    assert acc["int8"] >= acc["fp32"] - 0.003, acc
 
 
 @pytest.mark.skipif(not EFFNET.is_file(), reason="corpus not present")
