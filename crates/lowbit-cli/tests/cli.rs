@@ -1694,10 +1694,11 @@ fn bad_photos_labels_and_tokenizers_are_named() {
     };
     assert_fails(&run(&photos, "--preprocess mean=127,std=128 --force"), 1, &["b.jpg", "decode"]);
     std::fs::write(&labels, "a.png\t0\nmissing.png\t1\n").unwrap();
-    assert_fails(&run(&photos, "--preprocess mean=127,std=128 --force"), 1, &[
-        "labels.tsv:2",
-        "missing.png",
-    ]);
+    assert_fails(
+        &run(&photos, "--preprocess mean=127,std=128 --force"),
+        1,
+        &["labels.tsv:2", "missing.png"],
+    );
     std::fs::write(&labels, "a.png\n").unwrap();
     assert_fails(&run(&photos, "--preprocess mean=127,std=128 --force"), 1, &["labels.tsv:1"]);
 
@@ -1725,12 +1726,10 @@ fn bad_photos_labels_and_tokenizers_are_named() {
     std::fs::write(&sentences, "A man is dancing.\n").unwrap();
     let not_tokenizer = dir.join("not-a-tokenizer.json");
     std::fs::write(&not_tokenizer, "{\"vocab\": []}").unwrap();
-    let o = lowbit(&argv("run {} --data {} -o {} --tokenizer {}", &[
-        &text_path,
-        &sentences,
-        &out,
-        &not_tokenizer,
-    ]));
+    let o = lowbit(&argv(
+        "run {} --data {} -o {} --tokenizer {}",
+        &[&text_path, &sentences, &out, &not_tokenizer],
+    ));
     assert_fails(&o, 1, &["not-a-tokenizer.json", "tokenizer"]);
     // Raw text without a tokenizer is a usage error.
     let o = lowbit(&argv("run {} --data {} -o {}", &[&text_path, &sentences, &out]));

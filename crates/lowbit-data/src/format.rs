@@ -46,7 +46,9 @@ impl DataFormat {
             usage_bail!("--preprocess converts images; raw text (--tokenizer) takes none");
         }
         if tokenizer.is_none() && (!fields.is_empty() || gold_field.is_some()) {
-            usage_bail!("--text-field, --pair-fields and --gold-field read raw text: pass --tokenizer");
+            usage_bail!(
+                "--text-field, --pair-fields and --gold-field read raw text: pass --tokenizer"
+            );
         }
         Ok(DataFormat {
             preprocess,

@@ -57,5 +57,5 @@ pub use error::DataError;
 pub use folder::FeedSource;
 pub use format::DataFormat;
 pub use preprocess::Preprocess;
-pub use text::TextSpec;
 pub use rng::Rng;
+pub use text::TextSpec;

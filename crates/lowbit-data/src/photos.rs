@@ -37,10 +37,8 @@ fn is_photo(p: &Path) -> bool {
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let io = |source| DataError::Io { what: format!("cannot list {}", dir.display()), source };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     v.sort();
     Ok(v)
 }
@@ -53,9 +51,9 @@ pub fn is_photo_folder(dir: &Path) -> Result<bool> {
     }
     let entries = list_dir(dir)?;
     let arrays = |p: &PathBuf| {
-        p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-            e.eq_ignore_ascii_case("npy") || e.eq_ignore_ascii_case("npz")
-        })
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy") || e.eq_ignore_ascii_case("npz"))
     };
     if entries.iter().any(arrays) {
         return Ok(false);
@@ -93,7 +91,8 @@ impl PhotoList {
             }
         }
         let entries = list_dir(dir)?;
-        let top: Vec<PathBuf> = entries.iter().filter(|p| p.is_file() && is_photo(p)).cloned().collect();
+        let top: Vec<PathBuf> =
+            entries.iter().filter(|p| p.is_file() && is_photo(p)).cloned().collect();
         let mut classes = Vec::new();
         let mut files = Vec::new();
         let mut labels = Vec::new();
@@ -146,8 +145,10 @@ impl PhotoList {
     }
 
     fn from_label_file(dir: &Path, file: &Path, name: &str) -> Result<PhotoList> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| DataError::Io { what: format!("cannot read {}", file.display()), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| DataError::Io {
+            what: format!("cannot read {}", file.display()),
+            source,
+        })?;
         let mut files = Vec::new();
         let mut raw = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -470,7 +471,10 @@ mod tests {
         assert!(list.files[1].ends_with("a b.png"));
         std::fs::write(dir.path().join("labels.tsv"), "b.png\tdog\na b.png\tcat\n").unwrap();
         let list = PhotoList::read(dir.path()).unwrap();
-        assert_eq!((list.labels, list.classes), (Some(vec![1, 0]), Some(vec!["cat".into(), "dog".into()])));
+        assert_eq!(
+            (list.labels, list.classes),
+            (Some(vec![1, 0]), Some(vec!["cat".into(), "dog".into()]))
+        );
         std::fs::write(dir.path().join("labels.tsv"), "b.png\t1\nmissing.png\t2\n").unwrap();
         let e = PhotoList::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("labels.tsv:2") && e.contains("missing.png"), "{e}");
@@ -482,7 +486,8 @@ mod tests {
         // 8 wide, 4 high; the column index as red.
         let p = dir.path().join("x.png");
         save_png(&p, 8, 4, |x, y| [x as u8 * 10, y as u8, 200]);
-        let f = PhotoFormat { resize: 4, crop: [4, 4], color: Color::Rgb, interp: Filter::Bilinear };
+        let f =
+            PhotoFormat { resize: 4, crop: [4, 4], color: Color::Rgb, interp: Filter::Bilinear };
         let mut out = vec![0u8; f.len()];
         f.load(&p, &mut out).unwrap();
         // No resize (shorter side already 4); columns 2..6 kept.

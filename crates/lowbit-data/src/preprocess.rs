@@ -139,8 +139,11 @@ impl Preprocess {
             return Preprocess::from_json_file(Path::new(spec.trim()));
         }
         let items = split_top_level(spec);
-        let (file, inline): (Vec<&str>, Vec<&str>) =
-            items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()).partition(|i| !i.contains('='));
+        let (file, inline): (Vec<&str>, Vec<&str>) = items
+            .iter()
+            .map(|i| i.trim())
+            .filter(|i| !i.is_empty())
+            .partition(|i| !i.contains('='));
         let base = match file.as_slice() {
             [] => Preprocess::default(),
             [f] => Preprocess::from_json_file(Path::new(f))?,

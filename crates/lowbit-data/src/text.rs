@@ -59,8 +59,10 @@ fn extension(path: &Path) -> String {
 /// The records of `spec.path` and the names of the fields read.
 fn read_records(spec: &TextSpec) -> Result<(Vec<Record>, Vec<String>)> {
     let path = &spec.path;
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| DataError::Io { what: format!("cannot read {}", path.display()), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        what: format!("cannot read {}", path.display()),
+        source,
+    })?;
     let ext = extension(path);
     if ext == "txt" {
         if !spec.fields.is_empty() || spec.gold_field.is_some() {
@@ -86,9 +88,11 @@ fn read_records(spec: &TextSpec) -> Result<(Vec<Record>, Vec<String>)> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|source| {
-                    DataError::Json { what: format!("{}:{}: not valid JSON", path.display(), i + 1), source }
-                })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line).map_err(|source| DataError::Json {
+                        what: format!("{}:{}: not valid JSON", path.display(), i + 1),
+                        source,
+                    })?;
                 let Some(obj) = v.as_object() else {
                     invalid_bail!("{}:{}: expected a JSON object per line", path.display(), i + 1);
                 };
@@ -117,21 +121,15 @@ fn read_records(spec: &TextSpec) -> Result<(Vec<Record>, Vec<String>)> {
                 rows.push((line, fields));
             }
         }
-        _ => invalid_bail!(
-            "{}: text data must be .txt, .jsonl, .csv or .tsv",
-            path.display()
-        ),
+        _ => invalid_bail!("{}: text data must be .txt, .jsonl, .csv or .tsv", path.display()),
     }
     let Some((_, first)) = rows.first() else {
         invalid_bail!("{}: no records", path.display());
     };
     let names: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
     let fields: Vec<String> = if spec.fields.is_empty() {
-        let strings: Vec<&str> = first
-            .iter()
-            .filter(|(_, v)| v.is_string())
-            .map(|(k, _)| k.as_str())
-            .collect();
+        let strings: Vec<&str> =
+            first.iter().filter(|(_, v)| v.is_string()).map(|(k, _)| k.as_str()).collect();
         let pick = ["text", "sentence"].into_iter().find(|f| names.contains(f));
         match (pick, strings.as_slice()) {
             (Some(f), _) => vec![f.to_string()],
@@ -160,10 +158,9 @@ fn read_records(spec: &TextSpec) -> Result<(Vec<Record>, Vec<String>)> {
         for f in &fields {
             match value_of(row, f, *line)? {
                 serde_json::Value::String(s) => texts.push(s),
-                other => invalid_bail!(
-                    "{}:{line}: field '{f}' holds {other}, not text",
-                    path.display()
-                ),
+                other => {
+                    invalid_bail!("{}:{line}: field '{f}' holds {other}, not text", path.display())
+                }
             }
         }
         let gold = match &spec.gold_field {
@@ -262,7 +259,10 @@ impl Texts {
             }
             if let Some(d) = &s.dims {
                 if d.len() != 2 {
-                    return Err(fail(format!("{}; raw text gives [batch, sequence] arrays", needs(s))));
+                    return Err(fail(format!(
+                        "{}; raw text gives [batch, sequence] arrays",
+                        needs(s)
+                    )));
                 }
                 if let Dim::Fixed(l) = d[1] {
                     match pad_to {
@@ -279,7 +279,10 @@ impl Texts {
         }
         let (records, fields) = read_records(spec)?;
         let mut tok = tokenizers::Tokenizer::from_file(&spec.tokenizer).map_err(|e| {
-            DataError::Invalid(format!("{}: cannot load the tokenizer: {e}", spec.tokenizer.display()))
+            DataError::Invalid(format!(
+                "{}: cannot load the tokenizer: {e}",
+                spec.tokenizer.display()
+            ))
         })?;
         // The corpus's tokenizer.json pads to 128; each sentence keeps its own length.
         tok.with_padding(None);

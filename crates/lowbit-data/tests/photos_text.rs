@@ -77,12 +77,8 @@ np.save(out, np.stack(rows))
         assert!(status.success());
         let pil = npy::read_npy(&out).unwrap();
         let pil = pil.as_slice::<u8>().unwrap();
-        let f = PhotoFormat {
-            resize,
-            crop: [crop, crop],
-            color: Color::Rgb,
-            interp: Filter::Bilinear,
-        };
+        let f =
+            PhotoFormat { resize, crop: [crop, crop], color: Color::Rgb, interp: Filter::Bilinear };
         let mut ours = vec![0u8; f.len() * picked.len()];
         for (p, out) in picked.iter().zip(ours.chunks_exact_mut(f.len())) {
             f.load(p, out).unwrap();
@@ -105,13 +101,21 @@ np.save(out, np.stack(rows))
 fn photo_folder_dataset_feeds_preprocessed_nchw_batches_with_labels() {
     let Some(root) = corpus() else { return };
     let dir = root.join("data/imagenet_sample1000");
-    let x = spec("input", DType::F32, vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)]);
+    let x = spec(
+        "input",
+        DType::F32,
+        vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)],
+    );
     let pre = Preprocess::parse("mean=127,std=128").unwrap();
     let mut d = Dataset::load(&[&x], &FeedSource::Data(dir.clone()), Some(&pre)).unwrap();
     assert_eq!(d.samples, 1000);
     let labels = d.labels().unwrap();
     assert_eq!((labels[0], labels[999]), (0, 999));
-    assert!(d.notes().iter().any(|n| n.contains("labels.tsv") && n.contains("224×224")), "{:?}", d.notes());
+    assert!(
+        d.notes().iter().any(|n| n.contains("labels.tsv") && n.contains("224×224")),
+        "{:?}",
+        d.notes()
+    );
     let f = d.feeds(0, 3, false).unwrap();
     assert_eq!(f[0].1.shape(), &[3, 3, 224, 224]);
     let v = f[0].1.as_f32().unwrap();
@@ -128,8 +132,13 @@ fn photo_folder_dataset_feeds_preprocessed_nchw_batches_with_labels() {
 fn corpus_sentences_tokenize_to_the_corpus_token_ids() {
     let Some(root) = corpus() else { return };
     let data = root.join("data/stsb_dev");
-    let ids = spec("input_ids", DType::I64, vec![Dim::Symbolic("b".into()), Dim::Symbolic("s".into())]);
-    let mask = spec("attention_mask", DType::I64, vec![Dim::Symbolic("b".into()), Dim::Symbolic("s".into())]);
+    let ids =
+        spec("input_ids", DType::I64, vec![Dim::Symbolic("b".into()), Dim::Symbolic("s".into())]);
+    let mask = spec(
+        "attention_mask",
+        DType::I64,
+        vec![Dim::Symbolic("b".into()), Dim::Symbolic("s".into())],
+    );
     let mut identical = 0;
     for (field, side) in [("sentence1", "a"), ("sentence2", "b")] {
         let src = FeedSource::Text(TextSpec {
@@ -208,7 +217,11 @@ fn text_files_read_lines_csv_columns_and_name_missing_fields() {
 fn photo_decoding_throughput() {
     let Some(root) = corpus() else { return };
     let dir = root.join("data/imagenet_sample1000");
-    let x = spec("input", DType::F32, vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)]);
+    let x = spec(
+        "input",
+        DType::F32,
+        vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)],
+    );
     let pre = Preprocess::parse("resize=256,crop=224,mean=127,std=128").unwrap();
     let mut d = Dataset::load(&[&x], &FeedSource::Data(dir), Some(&pre)).unwrap();
     let start = std::time::Instant::now();

@@ -61,7 +61,11 @@ pub fn feeds_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Tensor)>>
         .collect()
 }
 
-fn numpy_from<'py, T: Element>(py: Python<'py>, v: Vec<T>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+fn numpy_from<'py, T: Element>(
+    py: Python<'py>,
+    v: Vec<T>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyAny>> {
     Ok(PyArray1::from_vec(py, v).reshape(shape.to_vec())?.into_any())
 }
 
@@ -90,7 +94,10 @@ pub fn to_numpy(py: Python<'_>, t: Tensor) -> PyResult<Bound<'_, PyAny>> {
         TensorData::Bool(v) => numpy_from(py, v, &shape),
         TensorData::String(v) => {
             let list = pyo3::types::PyList::new(py, v)?;
-            Ok(py.import("numpy")?.call_method1("array", (list,))?.call_method1("reshape", (shape,))?)
+            Ok(py
+                .import("numpy")?
+                .call_method1("array", (list,))?
+                .call_method1("reshape", (shape,))?)
         }
         other => Err(PyTypeError::new_err(format!("cannot return {} values", other.dtype()))),
     }

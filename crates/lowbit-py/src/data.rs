@@ -33,8 +33,12 @@ impl DataOptions {
 
 /// A planned, unfused session for `model` (every value observable, as calibration needs).
 pub fn unfused_session(model: &ModelProto, path: &Path, threads: usize) -> PyResult<Session> {
-    Session::new(model, &SessionOptions::unfused(threads))
-        .map_err(|e| crate::errors::with_context(&format!("{}: lowbit's engine cannot run this model", path.display()), e))
+    Session::new(model, &SessionOptions::unfused(threads)).map_err(|e| {
+        crate::errors::with_context(
+            &format!("{}: lowbit's engine cannot run this model", path.display()),
+            e,
+        )
+    })
 }
 
 /// The samples at `path` for `session`'s inputs, the first `samples` of them.
@@ -45,7 +49,8 @@ pub fn load(
     samples: Option<usize>,
 ) -> PyResult<Dataset> {
     let src = format.source(path).map_err(to_py)?;
-    let mut data = Dataset::load(&session.inputs(), &src, format.preprocess.as_ref()).map_err(to_py)?;
+    let mut data =
+        Dataset::load(&session.inputs(), &src, format.preprocess.as_ref()).map_err(to_py)?;
     if let Some(n) = samples {
         data.limit(n).map_err(to_py)?;
     }

@@ -75,9 +75,9 @@ fn config(
             .extend(present.into_iter().filter(|o| !ops.iter().any(|x| x == o)).map(String::from));
     }
     if let Some(names) = quantize_nodes {
-        exclude.node_names.extend(
-            nodes.iter().filter(|n| !names.contains(&n.name)).map(|n| n.name.clone()),
-        );
+        exclude
+            .node_names
+            .extend(nodes.iter().filter(|n| !names.contains(&n.name)).map(|n| n.name.clone()));
     }
     let cfg = QuantizeConfig {
         mode: mode.parse().map_err(to_py)?,
@@ -217,7 +217,8 @@ pub fn quantize(
             }
             (true, None, Some(path)) => {
                 let session = unfused_session(&model, &model_input, threads)?;
-                let mut batches = DatasetBatches::new(load(&session, &format, path, samples)?, true);
+                let mut batches =
+                    DatasetBatches::new(load(&session, &format, path, samples)?, true);
                 drop(session);
                 let inputs = QuantizeInputs {
                     table: None,

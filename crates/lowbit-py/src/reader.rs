@@ -101,7 +101,10 @@ impl ReaderSource {
         }
         if self.spill.is_none() {
             let dir = tempfile::Builder::new().prefix("lowbit-reader-").tempdir().map_err(|e| {
-                DataError::Io { what: "cannot make a folder for the reader's batches".into(), source: e }
+                DataError::Io {
+                    what: "cannot make a folder for the reader's batches".into(),
+                    source: e,
+                }
             })?;
             self.spill = Some(dir);
         }

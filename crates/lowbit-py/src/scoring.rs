@@ -10,8 +10,8 @@ use lowbit_engine::{Session, SessionOptions};
 use lowbit_eval::compare::{compare_dataset, CompareOptions};
 use lowbit_eval::latency::time_runs;
 use lowbit_eval::score::{
-    choose_output, load_with_size, pair_scores, score_side, EvalReport, ScoredModel,
-    SentencePairs, Side, Tally,
+    choose_output, load_with_size, pair_scores, score_side, EvalReport, ScoredModel, SentencePairs,
+    Side, Tally,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -66,8 +66,9 @@ pub fn eval(
         };
         let load_side = |src: lowbit_data::Result<lowbit_data::FeedSource>| -> PyResult<_> {
             let src = src.map_err(to_py)?;
-            let mut d = lowbit_data::Dataset::load(&m.session.inputs(), &src, format.preprocess.as_ref())
-                .map_err(to_py)?;
+            let mut d =
+                lowbit_data::Dataset::load(&m.session.inputs(), &src, format.preprocess.as_ref())
+                    .map_err(to_py)?;
             if let Some(n) = limit {
                 d.limit(n).map_err(to_py)?;
             }
@@ -91,7 +92,8 @@ pub fn eval(
             labels_path: &labels_path,
             keep: b.is_some(),
         };
-        let (emb_a, _) = score_side(&m, None, side, trim, &mut tally, &mut |_| {}).map_err(to_py)?;
+        let (emb_a, _) =
+            score_side(&m, None, side, trim, &mut tally, &mut |_| {}).map_err(to_py)?;
         let mut sentence_pairs = None;
         if let Some(b) = &mut b {
             let gold = a.gold().unwrap_or_default();

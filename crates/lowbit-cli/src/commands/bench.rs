@@ -228,8 +228,12 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 
     let (sets, batch, inputs_label) = match &args.data {
         Some(dir) => {
-            let mut data =
-                load_dataset(&session, &format.source(dir)?, format.preprocess.as_ref(), quiet || args.json)?;
+            let mut data = load_dataset(
+                &session,
+                &format.source(dir)?,
+                format.preprocess.as_ref(),
+                quiet || args.json,
+            )?;
             if let Some(n) = args.limit {
                 data.limit(n)?;
             }
