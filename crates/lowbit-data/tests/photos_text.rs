@@ -27,6 +27,12 @@ fn spec(name: &str, dtype: DType, dims: Vec<Dim>) -> InputSpec {
     InputSpec { name: name.into(), dtype: Some(dtype), dims: Some(dims) }
 }
 
+/// EfficientNet-Lite0's input: float32 `[N, 3, 224, 224]`.
+fn imagenet_input() -> InputSpec {
+    let dims = vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)];
+    spec("input", DType::F32, dims)
+}
+
 /// The Python of `$LOWBIT_PYTHON` when it can import Pillow.
 fn python_with_pillow() -> Option<String> {
     let py = std::env::var("LOWBIT_PYTHON").ok()?;
@@ -101,11 +107,7 @@ np.save(out, np.stack(rows))
 fn photo_folder_dataset_feeds_preprocessed_nchw_batches_with_labels() {
     let Some(root) = corpus() else { return };
     let dir = root.join("data/imagenet_sample1000");
-    let x = spec(
-        "input",
-        DType::F32,
-        vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)],
-    );
+    let x = imagenet_input();
     let pre = Preprocess::parse("mean=127,std=128").unwrap();
     let mut d = Dataset::load(&[&x], &FeedSource::Data(dir.clone()), Some(&pre)).unwrap();
     assert_eq!(d.samples, 1000);
@@ -217,11 +219,7 @@ fn text_files_read_lines_csv_columns_and_name_missing_fields() {
 fn photo_decoding_throughput() {
     let Some(root) = corpus() else { return };
     let dir = root.join("data/imagenet_sample1000");
-    let x = spec(
-        "input",
-        DType::F32,
-        vec![Dim::Unknown, Dim::Fixed(3), Dim::Fixed(224), Dim::Fixed(224)],
-    );
+    let x = imagenet_input();
     let pre = Preprocess::parse("resize=256,crop=224,mean=127,std=128").unwrap();
     let mut d = Dataset::load(&[&x], &FeedSource::Data(dir), Some(&pre)).unwrap();
     let start = std::time::Instant::now();
