@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this and nothing else):
 # the ONNX Runtime reference environment (scripts/setup-test-env.sh), then every crate's tests,
-# then the Python module: `pip install ./crates/lowbit-py` (one release build through maturin)
-# into the venv and its pytest tests.
+# then the Python module: `pip install ./crates/lowbit-py` (through maturin, on the test profile's
+# build) into the venv and its pytest tests.
 # Extra arguments go to `cargo test` (e.g. `./scripts/test.sh -p lowbit-cli`) and skip the
 # Python module.
 set -euo pipefail
@@ -22,8 +22,11 @@ cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 if [ "$#" -eq 0 ]; then
     echo "building the Python module (pip install ./crates/lowbit-py)" >&2
     py_start=$SECONDS
-    if "$LOWBIT_PYTHON" -m pip install --quiet --disable-pip-version-check --no-build-isolation \
-        --no-deps --force-reinstall ./crates/lowbit-py; then
+    # The test profile (optimized, as above) reuses what `cargo test` just built instead of a
+    # second, release build of every crate.
+    if MATURIN_PEP517_ARGS="--profile test" "$LOWBIT_PYTHON" -m pip install --quiet \
+        --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall \
+        ./crates/lowbit-py; then
         echo "python module built in $((SECONDS - py_start)) s" >&2
         "$LOWBIT_PYTHON" -m pytest -q -p no:cacheprovider crates/lowbit-py/tests 2>&1 | tee -a "$log" ||
             status=1
