@@ -1688,7 +1688,7 @@ fn bad_photos_labels_and_tokenizers_are_named() {
     std::fs::write(&labels, "a.png\t0\nb.jpg\t1\n").unwrap();
     let out = dir.join("out");
     let run = |data: &Path, extra: &str| {
-        let mut a = argv("run {} --data {} -o {}", &[&model, data, &out]);
+        let mut a = argv("-q run {} --data {} -o {}", &[&model, data, &out]);
         a.extend(extra.split(' ').filter(|w| !w.is_empty()).map(OsString::from));
         lowbit(&a)
     };
