@@ -8,6 +8,8 @@
 #   reused while it holds the pinned onnxruntime version.
 # - ORT_DYLIB_PATH: ONNX Runtime's shared library inside that venv (for Rust tests using `ort`).
 # - LOWBIT_PYTHON: the venv's python (tests that drive onnxruntime from Python use it).
+# - maturin and pytest in that venv: scripts/test.sh builds the Python module
+#   (crates/lowbit-py) into it with `pip install` and runs its tests.
 #
 # - LOWBIT_CHROMIUM: a headless Chromium for the HTML report's screenshot test
 #   (crates/lowbit-eval/tests/report.rs): an executable $LOWBIT_CHROMIUM is kept, else
@@ -32,6 +34,13 @@ if ! "$_lowbit_venv/bin/python" -c "import numpy, onnx, onnxruntime, sys; sys.ex
     fi
     "$_lowbit_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         "onnxruntime==$_lowbit_ort_version" "onnx==$_lowbit_onnx_version" numpy
+fi
+
+# The Python module's build backend and test runner (pyproject.toml asks for maturin >= 1.16).
+if ! "$_lowbit_venv/bin/python" -c "import maturin, pytest" 2>/dev/null; then
+    echo "setup-test-env: installing maturin and pytest into $_lowbit_venv" >&2
+    "$_lowbit_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "maturin>=1.16,<2" "pytest>=7"
 fi
 
 # The library's exact file name varies between wheels (libonnxruntime.so.1.32.0, .so.1, .so):

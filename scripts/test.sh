@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this and nothing else):
-# the ONNX Runtime reference environment (scripts/setup-test-env.sh), then every crate's tests.
-# Extra arguments go to `cargo test` (e.g. `./scripts/test.sh -p lowbit-cli`).
+# the ONNX Runtime reference environment (scripts/setup-test-env.sh), then every crate's tests,
+# then the Python module: `pip install ./crates/lowbit-py` (through maturin, on the test profile's
+# build) into the venv and its pytest tests.
+# Extra arguments go to `cargo test` (e.g. `./scripts/test.sh -p lowbit-cli`) and skip the
+# Python module.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,8 +19,35 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 
+if [ "$#" -eq 0 ]; then
+    echo "building the Python module (pip install ./crates/lowbit-py)" >&2
+    py_start=$SECONDS
+    # The test profile (optimized, as above) reuses what `cargo test` just built instead of a
+    # second, release build of every crate.
+    if MATURIN_PEP517_ARGS="--profile test" "$LOWBIT_PYTHON" -m pip install --quiet \
+        --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall \
+        ./crates/lowbit-py; then
+        echo "python module built in $((SECONDS - py_start)) s" >&2
+        "$LOWBIT_PYTHON" -m pytest -q -p no:cacheprovider crates/lowbit-py/tests 2>&1 | tee -a "$log" ||
+            status=1
+    else
+        echo "pip install ./crates/lowbit-py failed" | tee -a "$log"
+        status=1
+    fi
+fi
+
 # One closing line over all test binaries (cargo prints one `test result:` line per binary).
-awk '/^test result:/ {
+# pytest's closing line ("12 passed, 2 skipped in 9.1s") is counted too.
+awk '/^[0-9]+ (passed|failed|skipped|error)/ && / in [0-9.]+s/ {
+        for (i = 1; i < NF; i++) {
+            w = $(i + 1); sub(/,$/, "", w)
+            if (w == "passed") p += $i
+            if (w == "failed" || w == "errors" || w == "error") f += $i
+            if (w == "skipped") s += $i
+        }
+        n++
+     }
+     /^test result:/ {
         for (i = 1; i < NF; i++) {
             if ($(i + 1) ~ /^passed;?$/) p += $i
             if ($(i + 1) ~ /^failed;?$/) f += $i

@@ -5,7 +5,7 @@ use crate::inputs::{keep_samples, load_dataset};
 use crate::models::new_unfused_session;
 use crate::progress::{advance, progress};
 use anyhow::{Context, Result};
-use lowbit_data::Preprocess;
+use lowbit_data::{FeedSource, Preprocess};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::dataset::{calibrate_dataset, CalibrationRun, DatasetBatches};
 use lowbit_quant::calibrate::CalibratorOptions;
@@ -14,8 +14,8 @@ use std::path::Path;
 
 /// Where the calibration samples come from and how they are fed.
 pub struct CalibrationData<'a> {
-    /// The `--data` folder (or `.npz` file).
-    pub data: &'a Path,
+    /// `--data`: a folder, a `.npz` file, photos or raw text.
+    pub data: &'a FeedSource,
     pub preprocess: Option<&'a Preprocess>,
     /// Only the first N samples.
     pub samples: Option<usize>,
@@ -28,7 +28,11 @@ pub struct CalibrationData<'a> {
 impl<'a> CalibrationData<'a> {
     /// The first `samples` (all with `None`) of `data`, trimmed, one thread per core, notes
     /// shown.
-    pub fn new(data: &'a Path, preprocess: Option<&'a Preprocess>, samples: Option<u64>) -> Self {
+    pub fn new(
+        data: &'a FeedSource,
+        preprocess: Option<&'a Preprocess>,
+        samples: Option<u64>,
+    ) -> Self {
         let samples = samples.map(|n| n as usize);
         CalibrationData { data, preprocess, samples, threads: 0, trim: true, quiet: false }
     }

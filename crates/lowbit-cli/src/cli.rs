@@ -42,14 +42,32 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
-/// `--preprocess`, the same for every command that reads `--data`.
-#[derive(Args, Debug)]
-pub struct PreprocessArg {
-    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
-    /// std, layout (as the corpus sidecar configs), or inline
-    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
+/// How `--data` is read, the same for every command that reads it: `--preprocess` for image
+/// arrays and photo folders, `--tokenizer` and the field flags for raw text.
+#[derive(Args, Debug, Default)]
+pub struct DataArgs {
+    /// Convert integer (uint8) images and photos for float inputs: inline
+    /// `resize=256,crop=224,mean=127,std=128` (keys scale, mean, std, layout, resize, crop,
+    /// color, interp), a JSON file with those keys (the corpus sidecar configs), or both:
+    /// `model.json,crop=224`.
     #[arg(long, value_name = "SPEC")]
     pub preprocess: Option<String>,
+    /// Raw text --data (.txt, .jsonl, .csv, .tsv): the Hugging Face tokenizer.json that turns
+    /// each sentence into token ids (its truncation is kept, its padding switched off).
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    /// Raw text: the field (.jsonl) or column (.csv, .tsv) holding the sentences [default:
+    /// text, else sentence, else the only text field].
+    #[arg(long, value_name = "NAME", requires = "tokenizer", conflicts_with = "pair_fields")]
+    pub text_field: Option<String>,
+    /// Raw text: sentence pairs in fields A and B (two samples per record, a then b; eval
+    /// scores the pairs with --gold-field).
+    #[arg(long, value_name = "A,B", requires = "tokenizer")]
+    pub pair_fields: Option<String>,
+    /// Raw text: the field holding each record's gold similarity score (eval: Spearman of
+    /// the pairs' cosine against it).
+    #[arg(long, value_name = "NAME", requires = "pair_fields")]
+    pub gold_field: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -79,8 +97,9 @@ pub struct CompareArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub samples: Option<u64>,
     #[command(flatten)]
-    pub pre: PreprocessArg,
-    /// Labels (one per sample, .npy): the report then shows top-1 of both models.
+    pub format: DataArgs,
+    /// Labels (one per sample, .npy): the report then shows top-1 of both models [default: a
+    /// photo folder's own labels].
     #[arg(long, value_name = "FILE.npy")]
     pub labels: Option<PathBuf>,
     /// Print the full comparison as one JSON object instead of text (schema: docs/json.md).
@@ -117,9 +136,10 @@ pub struct RunArgs {
     /// A graph input from a .npy file, samples along axis 0 (repeat for each input).
     #[arg(short, long, value_name = "NAME=FILE.npy")]
     pub input: Vec<String>,
-    /// A folder with one <input-name>.npy per graph input, or .npz files (one data set, or one
-    /// file per sample).
-    #[arg(short, long, value_name = "DIR")]
+    /// A folder with one <input-name>.npy per graph input, .npz files (one data set, or one
+    /// file per sample), a photo folder (JPEG/PNG/WebP, see --preprocess), or a text file
+    /// (.txt, .jsonl, .csv, .tsv, with --tokenizer).
+    #[arg(short, long, value_name = "DIR|FILE")]
     pub data: Option<PathBuf>,
     /// Folder for the outputs: one <output-name>.npy each, plus outputs.json.
     #[arg(short, long, value_name = "OUTDIR")]
@@ -141,7 +161,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub trim_padding: bool,
     #[command(flatten)]
-    pub pre: PreprocessArg,
+    pub format: DataArgs,
 }
 
 #[derive(Args, Debug)]
@@ -168,7 +188,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_trim: bool,
     #[command(flatten)]
-    pub pre: PreprocessArg,
+    pub format: DataArgs,
     /// Also time ONNX Runtime (Python onnxruntime) on the same file and feeds, after lowbit:
     /// same warm-up, runs and threads; prints both, the median ratio and the outputs' max
     /// difference on the first sample.
@@ -220,9 +240,9 @@ pub struct ExampleModelArgs {
 pub struct CalibrateArgs {
     /// The FP32 .onnx file.
     pub model: PathBuf,
-    /// A folder with one <input-name>.npy per graph input (samples on axis 0), or .npz files
-    /// (one data set, or one file per sample).
-    #[arg(short, long, value_name = "DIR")]
+    /// A folder with one <input-name>.npy per graph input (samples on axis 0), .npz files (one
+    /// data set, or one file per sample), a photo folder, or a text file with --tokenizer.
+    #[arg(short, long, value_name = "DIR|FILE")]
     pub data: PathBuf,
     /// Calibrate on the first N samples only [default: all].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -235,7 +255,7 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub no_trim: bool,
     #[command(flatten)]
-    pub pre: PreprocessArg,
+    pub format: DataArgs,
     /// The calibration table to write (JSON).
     #[arg(short, long, value_name = "RANGES.json")]
     pub output: PathBuf,
@@ -352,7 +372,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub no_trim: bool,
     #[command(flatten)]
-    pub pre: PreprocessArg,
+    pub format: DataArgs,
     /// After writing, compare the quantized model with the FP32 one on --report-data (or
     /// --data) and write an HTML report of per-layer noise (see `lowbit compare`).
     #[arg(long, value_name = "FILE.html")]
@@ -372,7 +392,8 @@ pub struct EvalArgs {
     /// Inputs as for `run --data` (side a's with --pairs).
     #[arg(short, long, value_name = "DIR")]
     pub data: PathBuf,
-    /// Integer class labels (.npy, one per sample of --data): top-1 and top-5 accuracy.
+    /// Integer class labels (.npy, one per sample of --data): top-1 and top-5 accuracy [default:
+    /// a photo folder's own labels (labels.tsv, labels.txt or class sub-folders)].
     #[arg(long, value_name = "FILE.npy", conflicts_with = "pairs")]
     pub labels: Option<PathBuf>,
     /// The FP32 original: top-1 agreement, output cosine and SQNR against its outputs on the
@@ -390,7 +411,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "NAME")]
     pub output: Option<String>,
     #[command(flatten)]
-    pub pre: PreprocessArg,
+    pub format: DataArgs,
     /// Score only the first N samples (pairs).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,

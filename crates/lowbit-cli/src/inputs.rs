@@ -1,17 +1,29 @@
-//! The data options commands share: `--input`/`--data` into a feed source, `--preprocess`
-//! parsed, a data set loaded for a session with its notes on stderr (unless `--quiet`).
+//! The data options commands share: `--input`/`--data` into a feed source (arrays, photos or
+//! raw text), `--preprocess` parsed, a data set loaded for a session with its notes on stderr
+//! (unless `--quiet`).
 
-use crate::cli::PreprocessArg;
+use crate::cli::DataArgs;
 use crate::usage::usage_bail;
 use anyhow::Result;
-use lowbit_data::{Dataset, FeedSource, Preprocess};
+use lowbit_data::{DataFormat, Dataset, FeedSource, Preprocess};
 use lowbit_engine::Session;
 use std::path::{Path, PathBuf};
 
+/// Checks the data flags (bad values are usage errors).
+pub fn data_format(arg: &DataArgs) -> Result<DataFormat> {
+    Ok(DataFormat::new(
+        arg.preprocess.as_deref(),
+        arg.tokenizer.as_deref(),
+        arg.text_field.as_deref(),
+        arg.pair_fields.as_deref(),
+        arg.gold_field.as_deref(),
+    )?)
+}
+
 /// Validates `--input NAME=FILE` / `--data` as given on the command line.
-pub fn feed_source(inputs: &[String], data: Option<&Path>) -> Result<FeedSource> {
+pub fn feed_source(inputs: &[String], data: Option<&Path>, fmt: &DataFormat) -> Result<FeedSource> {
     if let Some(d) = data {
-        return Ok(FeedSource::Data(d.to_path_buf()));
+        return Ok(fmt.source(d)?);
     }
     let mut pairs = Vec::new();
     for spec in inputs {
@@ -28,20 +40,14 @@ pub fn feed_source(inputs: &[String], data: Option<&Path>) -> Result<FeedSource>
     Ok(FeedSource::Files(pairs))
 }
 
-/// Parses `--preprocess SPEC` (bad keys are usage errors).
-pub fn preprocess_arg(arg: &PreprocessArg) -> Result<Option<Preprocess>> {
-    Ok(arg.preprocess.as_deref().map(Preprocess::parse).transpose()?)
-}
-
-/// The data set `src` (a `--data` path, or a feed source) holds for `session`'s inputs; its
-/// notes go to stderr unless `quiet`.
+/// The data set `src` holds for `session`'s inputs; its notes go to stderr unless `quiet`.
 pub fn load_dataset(
     session: &Session,
-    src: impl Into<FeedSource>,
+    src: &FeedSource,
     pre: Option<&Preprocess>,
     quiet: bool,
 ) -> Result<Dataset> {
-    let data = Dataset::load(&session.inputs(), &src.into(), pre)?;
+    let data = Dataset::load(&session.inputs(), src, pre)?;
     if !quiet {
         for n in data.notes() {
             eprintln!("note: {n}");

@@ -12,8 +12,8 @@ use crate::progress::{advance, progress};
 use crate::text::plural;
 use anyhow::{Context, Result};
 use lowbit_data::labels::read_labels;
-use lowbit_data::Preprocess;
-use lowbit_eval::compare::{compare_models, CompareOptions, CompareReport};
+use lowbit_data::{FeedSource, Preprocess};
+use lowbit_eval::compare::{compare_dataset, CompareOptions, CompareReport};
 use lowbit_eval::report::render_html;
 use lowbit_eval::score::{choose_output, load_with_size, ScoredModel};
 use lowbit_eval::summary::report_summary;
@@ -29,9 +29,10 @@ const LATENCY_RUNS: usize = 50;
 pub struct NoiseReportRequest<'a> {
     pub fp32_path: &'a Path,
     pub quant_path: &'a Path,
-    pub data: &'a Path,
+    pub data: &'a FeedSource,
     pub preprocess: Option<&'a Preprocess>,
     pub samples: usize,
+    /// Labels from a file; without it, the data's own (a photo folder's).
     pub labels: Option<&'a Path>,
     pub threads: usize,
     pub trim: bool,
@@ -46,30 +47,14 @@ pub fn noise_report(req: &NoiseReportRequest) -> Result<CompareReport> {
     let session = new_session(&fp32, req.fp32_path, req.threads)?;
     let mut data = load_dataset(&session, req.data, req.preprocess, req.quiet)?;
     data.limit(req.samples.min(data.samples))?;
-    let ranges = data.ranges(data.observed_batch(req.trim));
-
     let bar = progress(data.samples as u64, req.quiet, "compare");
-    let mut feed_error = None;
-    let feeds = ranges.iter().map_while(|&(s, e)| match data.feeds(s, e, req.trim) {
-        Ok(f) => {
-            bar.inc((e - s) as u64);
-            Some(f)
-        }
-        Err(err) => {
-            feed_error = Some(err);
-            None
-        }
-    });
     let opts = CompareOptions {
         threads: req.threads,
         fp32_model: req.fp32_path.display().to_string(),
         quant_model: req.quant_path.display().to_string(),
     };
-    let report = compare_models(&fp32, &quant, feeds, &opts);
+    let report = compare_dataset(&fp32, &quant, &mut data, req.trim, &opts, &mut advance(&bar));
     bar.finish_and_clear();
-    if let Some(e) = feed_error {
-        return Err(e.into());
-    }
     let report = report.with_context(|| {
         format!("cannot compare {} with {}", req.quant_path.display(), req.fp32_path.display())
     })?;
@@ -86,8 +71,8 @@ pub fn noise_report(req: &NoiseReportRequest) -> Result<CompareReport> {
         let a = scored(req.fp32_path, fp32_bytes, session);
         let b = scored(req.quant_path, quant_bytes, quant_session);
         let labels = match req.labels {
-            Some(p) => Some(read_labels(p, data.samples, req.data)?),
-            None => None,
+            Some(p) => Some(read_labels(p, data.samples, req.data.path().unwrap_or(p))?),
+            None => data.labels(),
         };
         let bar = progress(2 * LATENCY_RUNS as u64, req.quiet, "latency");
         let summary = report_summary(

@@ -1752,3 +1752,87 @@ fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
     ));
     assert_fails(&o, 1, &["input model"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Photo folders and raw text
+
+#[test]
+fn photo_folders_are_fed_resized_cropped_and_converted() {
+    let dir = tmp("photos");
+    let model = one_node_model(&dir, "Relu", "", &[-1, 3, 4, 4], "y");
+    let photos = dir.join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    // 6 wide, 4 high: no resize (the shorter side is the model's 4), columns 1..5 kept.
+    let img = image::RgbImage::from_fn(6, 4, |x, y| image::Rgb([x as u8 * 40, y as u8 * 40, 200]));
+    img.save(photos.join("a.png")).unwrap();
+    std::fs::write(photos.join("labels.tsv"), "a.png\t0\n").unwrap();
+    let out = dir.join("out");
+    ok(&argv("run {} --data {} -o {} --preprocess mean=127,std=128", &[&model, &photos, &out]));
+    let y = npy::read_npy(&out.join("y.npy")).unwrap();
+    assert_eq!(y.shape(), &[1, 3, 4, 4]);
+    let y = y.as_f32().unwrap();
+    // NCHW: red of crop column 3 is source column 4 (160); blue is 200 everywhere.
+    assert!((y[3] - (160.0 - 127.0) / 128.0).abs() < 1e-6, "{}", y[3]);
+    assert!((y[32] - (200.0 - 127.0) / 128.0).abs() < 1e-6, "{}", y[32]);
+    assert_eq!(y[0], 0.0, "red 40 maps below 0, through Relu");
+}
+
+#[test]
+fn bad_photos_labels_and_tokenizers_are_named() {
+    let dir = tmp("bad-inputs");
+    let model = one_node_model(&dir, "Relu", "", &[-1, 3, 4, 4], "y");
+    let photos = dir.join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    image::RgbImage::new(4, 4).save(photos.join("a.png")).unwrap();
+    std::fs::write(photos.join("b.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
+    let labels = photos.join("labels.tsv");
+    std::fs::write(&labels, "a.png\t0\nb.jpg\t1\n").unwrap();
+    let out = dir.join("out");
+    let run = |data: &Path, extra: &str| {
+        let mut a = argv("-q run {} --data {} -o {}", &[&model, data, &out]);
+        a.extend(extra.split(' ').filter(|w| !w.is_empty()).map(OsString::from));
+        lowbit(&a)
+    };
+    assert_fails(&run(&photos, "--preprocess mean=127,std=128 --force"), 1, &["b.jpg", "decode"]);
+    std::fs::write(&labels, "a.png\t0\nmissing.png\t1\n").unwrap();
+    assert_fails(
+        &run(&photos, "--preprocess mean=127,std=128 --force"),
+        1,
+        &["labels.tsv:2", "missing.png"],
+    );
+    std::fs::write(&labels, "a.png\n").unwrap();
+    assert_fails(&run(&photos, "--preprocess mean=127,std=128 --force"), 1, &["labels.tsv:1"]);
+
+    // Raw text through a file that is not a tokenizer.json.
+    let text_model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(pb::GraphProto {
+            name: "ids".into(),
+            node: vec![pb::NodeProto {
+                op_type: "Identity".into(),
+                input: vec!["input_ids".into()],
+                output: vec!["ids".into()],
+                ..Default::default()
+            }],
+            input: vec![value_info("input_ids", 7, &[-1, -1])],
+            output: vec![value_info("ids", 7, &[-1, -1])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let text_path = dir.join("ids.onnx");
+    lowbit_onnx::save_model(&text_model, &text_path).unwrap();
+    let sentences = dir.join("s.txt");
+    std::fs::write(&sentences, "A man is dancing.\n").unwrap();
+    let not_tokenizer = dir.join("not-a-tokenizer.json");
+    std::fs::write(&not_tokenizer, "{\"vocab\": []}").unwrap();
+    let o = lowbit(&argv(
+        "run {} --data {} -o {} --tokenizer {}",
+        &[&text_path, &sentences, &out, &not_tokenizer],
+    ));
+    assert_fails(&o, 1, &["not-a-tokenizer.json", "tokenizer"]);
+    // Raw text without a tokenizer is a usage error.
+    let o = lowbit(&argv("run {} --data {} -o {}", &[&text_path, &sentences, &out]));
+    assert_fails(&o, 2, &["--tokenizer"]);
+}

@@ -13,17 +13,19 @@ use crate::check::{check_array, common_rows, fed_form, fixed_batch};
 use crate::error::{invalid_bail, usage_bail, DataError, Result};
 use crate::folder::{find_arrays, FeedSource, Found, Stored};
 use crate::npz_samples::SampleFiles;
-use crate::preprocess::Preprocess;
+use crate::photos::{is_photo_folder, PhotoFormat, PhotoList, Photos};
+use crate::preprocess::{Layout, Preprocess};
 use crate::rows::slice_rows;
+use crate::text::Texts;
 use crate::trim::{find_mask, trim_to_mask};
-use lowbit_tensor::{DType, InputSpec, Tensor};
-use std::path::PathBuf;
+use lowbit_tensor::{DType, Dim, InputSpec, Tensor};
+use std::path::{Path, PathBuf};
 
 /// Samples per run where the model's first dimension is free and the caller names no batch.
 pub const DEFAULT_BATCH: usize = 32;
 
-/// Where a data set's samples are kept, and how a run's rows are read: whole arrays in memory
-/// or per-sample files today; photo folders and text files are further sources. A source
+/// Where a data set's samples are kept, and how a run's rows are read: whole arrays in memory,
+/// per-sample files, photos ([`crate::photos`]) or tokenized text ([`crate::text`]). A source
 /// stores and reads; [`Dataset`] checks, converts and trims.
 pub(crate) trait SampleSource: Send {
     /// Samples held (1 when no input is batched).
@@ -42,6 +44,18 @@ pub(crate) trait SampleSource: Send {
     fn rows(&mut self, start: usize, end: usize) -> Result<Vec<Tensor>>;
     /// Keeps the first `n` samples (`n` less than the samples held).
     fn truncate(&mut self, n: usize) -> Result<()>;
+    /// Class labels the source itself holds, one per sample (a photo folder's).
+    fn labels(&self) -> Option<Vec<usize>> {
+        None
+    }
+    /// Gold scores the source itself holds, one per sample (a text file's gold field).
+    fn gold(&self) -> Option<Vec<f64>> {
+        None
+    }
+    /// What the source read, for a person.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One graph input as the data set feeds it.
@@ -125,14 +139,61 @@ impl Dataset {
         src: &FeedSource,
         preprocess: Option<&Preprocess>,
     ) -> Result<Dataset> {
-        let (found, files) = find_arrays(inputs, src)?;
-        let mut d = if files.is_empty() {
-            Dataset::from_arrays(inputs, found, preprocess)?
-        } else {
-            Dataset::from_files(inputs, found, files, preprocess)?
+        let mut d = match src {
+            FeedSource::Text(spec) => {
+                let (texts, checked) = Texts::new(inputs, spec)?;
+                Dataset::new(checked, Box::new(texts), None)?
+            }
+            FeedSource::Data(dir) if is_photo_folder(dir)? => {
+                Dataset::from_photos(inputs, dir, preprocess)?
+            }
+            _ => {
+                let (found, files) = find_arrays(inputs, src)?;
+                if files.is_empty() {
+                    Dataset::from_arrays(inputs, found, preprocess)?
+                } else {
+                    Dataset::from_files(inputs, found, files, preprocess)?
+                }
+            }
         };
-        d.note_preprocessing();
+        d.notes = d.source.notes();
+        if !matches!(src, FeedSource::Text(_)) {
+            d.note_preprocessing();
+        }
         Ok(d)
+    }
+
+    /// A photo folder for a model with one image input; `pre` converts the photos as it
+    /// converts `NHWC` uint8 arrays, its `layout` naming the model's.
+    fn from_photos(specs: &[&InputSpec], dir: &Path, pre: Option<&Preprocess>) -> Result<Dataset> {
+        let [spec] = specs else {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            invalid_bail!(
+                "--data {} is a photo folder, which feeds one image input, but the model has {} \
+                 inputs ({})",
+                dir.display(),
+                specs.len(),
+                names.join(", ")
+            );
+        };
+        let pre = pre.map(Preprocess::for_photos);
+        let layout = pre.clone().unwrap_or_default().for_photos().model_layout(spec);
+        let fixed = |i: usize| match spec.dims.as_ref().and_then(|d| d.get(i)) {
+            Some(Dim::Fixed(n)) if spec.dims.as_ref().is_some_and(|d| d.len() == 4) => Some(*n),
+            _ => None,
+        };
+        let (c, h, w) = match layout {
+            Layout::Nchw => (fixed(1), fixed(2), fixed(3)),
+            Layout::Nhwc => (fixed(3), fixed(1), fixed(2)),
+        };
+        let hw = h.zip(w).map(|(h, w)| [h, w]);
+        let format = PhotoFormat::resolve(pre.as_ref(), dir, hw, c)?;
+        let photos = Photos::new(PhotoList::read(dir)?, format);
+        let (dtype, shape) = photos.stored_form(0).expect("one input");
+        let source = format!("photos in {}, {}", dir.display(), format.describe());
+        let batched = check_array(spec, dtype, &shape, &source, pre.as_ref())?;
+        let inputs = vec![Input { spec: (*spec).clone(), batched }];
+        Dataset::new(inputs, Box::new(photos), pre.as_ref())
     }
 
     fn from_arrays(
@@ -242,6 +303,17 @@ impl Dataset {
                 "--preprocess: no integer array feeds a float input; nothing is converted".into(),
             );
         }
+    }
+
+    /// Class labels the data holds itself (a photo folder's `labels.tsv` or class
+    /// sub-folders), one per sample kept.
+    pub fn labels(&self) -> Option<Vec<usize>> {
+        self.source.labels()
+    }
+
+    /// Gold scores the data holds itself (a text file's gold field), one per sample kept.
+    pub fn gold(&self) -> Option<Vec<f64>> {
+        self.source.gold()
     }
 
     /// Notes for a person (what `--preprocess` does); the caller shows them or not.

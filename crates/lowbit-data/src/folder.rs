@@ -11,6 +11,7 @@
 use crate::check::needs;
 use crate::error::{invalid_bail, DataError, Result};
 use crate::outputs::file_stem;
+use crate::text::TextSpec;
 use lowbit_tensor::{npy, DType, InputSpec, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,21 @@ use std::path::{Path, PathBuf};
 pub enum FeedSource {
     /// `--input NAME=FILE` pairs.
     Files(Vec<(String, PathBuf)>),
-    /// `--data DIR` (or a `.npz` file).
+    /// `--data DIR` (or a `.npz` file): arrays, per-sample files or photos.
     Data(PathBuf),
+    /// `--data FILE.txt|.jsonl|.csv|.tsv --tokenizer tokenizer.json`.
+    Text(TextSpec),
+}
+
+impl FeedSource {
+    /// The `--data` folder or file (`None` for `--input` pairs).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            FeedSource::Files(_) => None,
+            FeedSource::Data(p) => Some(p.as_path()),
+            FeedSource::Text(t) => Some(t.path.as_path()),
+        }
+    }
 }
 
 impl From<&Path> for FeedSource {
@@ -58,6 +72,7 @@ pub(crate) fn find_arrays(inputs: &[&InputSpec], src: &FeedSource) -> Result<Sou
     match src {
         FeedSource::Files(pairs) => from_pairs(inputs, pairs),
         FeedSource::Data(path) => from_data(inputs, path),
+        FeedSource::Text(_) => unreachable!("text is tokenized, not read as arrays"),
     }
 }
 

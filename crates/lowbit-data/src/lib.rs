@@ -7,9 +7,13 @@
 //! | module | holds |
 //! |---|---|
 //! | [`dataset`] | [`Dataset`]: inputs checked against the model, batches, sample labels for messages |
+//! | [`format`] | the data options (`--preprocess`, tokenizer, text fields) and the source a path is |
 //! | [`folder`] | finding each input's arrays: `--input` files, a `--data` folder of `.npy`/`.npz`, one `.npz` |
 //! | [`npz_samples`] | per-sample `.npz` files, read as their turn comes |
-//! | [`preprocess`] | `--preprocess`: integer images to the float tensors a model expects |
+//! | [`photos`] | photo folders (JPEG, PNG, WebP): listed, labelled, decoded a batch at a time |
+//! | [`resample`] | resizing 8-bit images exactly as Pillow does |
+//! | [`text`] | raw text files tokenized by a `tokenizer.json` |
+//! | [`preprocess`] | `--preprocess`: integer images and photos to the float tensors a model expects |
 //! | [`trim`] | cutting a batch's padding to its `*mask*` input's longest real length |
 //! | [`rows`] | slicing samples along axis 0 and joining batches back (dtype-generic) |
 //! | [`outputs`] | collecting a model's outputs over runs and writing them as `.npy` |
@@ -35,17 +39,23 @@ mod check;
 pub mod dataset;
 pub mod error;
 pub mod folder;
+pub mod format;
 pub mod labels;
 pub mod npz_samples;
 pub mod outputs;
+pub mod photos;
 pub mod preprocess;
+pub mod resample;
 pub mod rng;
 pub mod rows;
 pub mod synthetic;
+pub mod text;
 pub mod trim;
 
 pub use dataset::{Dataset, DEFAULT_BATCH};
 pub use error::DataError;
 pub use folder::FeedSource;
+pub use format::DataFormat;
 pub use preprocess::Preprocess;
 pub use rng::Rng;
+pub use text::TextSpec;

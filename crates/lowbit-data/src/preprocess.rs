@@ -1,11 +1,18 @@
-//! `--preprocess SPEC`: turning integer image arrays (uint8 pixels, as datasets store them) into
-//! the float tensors a model expects.
+//! `--preprocess SPEC`: turning integer images (uint8 pixels, as datasets store them, or the
+//! photos of a photo folder) into the float tensors a model expects.
 //!
-//! SPEC is a JSON file in the format of the corpus sidecar configs (keys `scale`, `mean`, `std`
-//! and `layout`; any other key is ignored), or, when it contains `=`, the same keys inline:
-//! `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`. `scale`, `mean` and `std`
-//! are numbers or per-channel lists (`mean=[0.485,0.456,0.406]` inline); they default to 1, 0
-//! and 1. `layout` (`NCHW`, the default, or `NHWC`) is the layout of the *stored* arrays.
+//! SPEC is inline `key=value,...` (`scale=0.00392156862745098,mean=0.1307,std=0.3081`), a JSON
+//! file in the format of the corpus sidecar configs (same keys; any other key is ignored), or
+//! both: `model.json,crop=224` reads the file, then the inline keys override it.
+//!
+//! | key | values | default |
+//! |---|---|---|
+//! | `scale`, `mean`, `std` | a number or a per-channel list (`mean=[123.7,116.3,103.5]`) | 1, 0, 1 |
+//! | `layout` | `NCHW` or `NHWC`: for arrays, how they are *stored*; for photo folders, the model's layout | arrays NCHW; photos: from the model's input shape |
+//! | `resize` | photos: the shorter side is resized to this many pixels | the folder's `meta.json`, else the crop |
+//! | `crop` | photos: centre crop, `224` or `[224,192]` (height, width) | `meta.json`, else the model's fixed height and width |
+//! | `color` | photos: `RGB`, `BGR` or `L` (grey, Pillow's luma) | `meta.json`, else `L` for a one-channel input, else `RGB` |
+//! | `interp` | photos: `bilinear`, `bicubic`, `lanczos` or `nearest`, as Pillow resizes ([`crate::resample`]) | `bilinear` |
 //!
 //! It applies to an integer array feeding a float graph input, and only there (float arrays are
 //! fed as they are; integer inputs get their integers):
@@ -16,14 +23,18 @@
 //!    its axis 1 is not; otherwise it is taken as `NCHW` (ONNX's convention);
 //! 3. every value becomes `(v * scale - mean) / std` (per-channel values along the channel axis)
 //!    in the input's float type.
+//!
+//! Photos are decoded, resized and cropped to `uint8 [N, H, W, C]` first ([`crate::photos`]),
+//! then converted by the same steps.
 
 use crate::error::{invalid_bail, usage_bail, DataError, Result};
-use lowbit_tensor::{DType, Dim, InputSpec, Tensor};
+use crate::resample::Filter;
+use lowbit_tensor::{DType, Dim, InputSpec, Tensor, TensorData};
 use serde_json::Value;
 use std::path::Path;
 
 /// The keys a spec may set.
-const KEYS: &str = "scale, mean, std, layout";
+const KEYS: &str = "scale, mean, std, layout, resize, crop, color, interp";
 
 /// Axis order of 4-D image arrays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,10 +44,46 @@ pub enum Layout {
 }
 
 impl Layout {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Layout::Nchw => "NCHW",
             Layout::Nhwc => "NHWC",
+        }
+    }
+}
+
+/// The channels photos are decoded to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Color {
+    Rgb,
+    Bgr,
+    /// One grey channel, Pillow's `convert("L")` (ITU-R 601-2 luma).
+    Gray,
+}
+
+impl Color {
+    pub fn parse(name: &str) -> Option<Color> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "RGB" => Color::Rgb,
+            "BGR" => Color::Bgr,
+            "L" | "GRAY" | "GREY" => Color::Gray,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Color::Rgb => "RGB",
+            Color::Bgr => "BGR",
+            Color::Gray => "L",
+        }
+    }
+
+    pub fn channels(self) -> usize {
+        if self == Color::Gray {
+            1
+        } else {
+            3
         }
     }
 }
@@ -48,13 +95,32 @@ pub struct Preprocess {
     pub scale: Vec<f64>,
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
-    /// How the stored arrays are laid out.
-    pub layout: Layout,
+    /// Arrays: how they are stored (`None`: NCHW). Photos: the model's layout (`None`: from
+    /// its input shape).
+    pub layout: Option<Layout>,
+    /// Photos: the shorter side's length after resizing.
+    pub resize: Option<usize>,
+    /// Photos: the centre crop, height and width.
+    pub crop: Option<[usize; 2]>,
+    pub color: Option<Color>,
+    pub interp: Filter,
+    /// The arrays are decoded photos, `NHWC` ([`Preprocess::for_photos`]).
+    photos: bool,
 }
 
 impl Default for Preprocess {
     fn default() -> Preprocess {
-        Preprocess { scale: vec![1.0], mean: vec![0.0], std: vec![1.0], layout: Layout::Nchw }
+        Preprocess {
+            scale: vec![1.0],
+            mean: vec![0.0],
+            std: vec![1.0],
+            layout: None,
+            resize: None,
+            crop: None,
+            color: None,
+            interp: Filter::Bilinear,
+            photos: false,
+        }
     }
 }
 
@@ -66,23 +132,32 @@ enum Raw {
 }
 
 impl Preprocess {
-    /// Parses SPEC: inline `key=value,...` when it contains `=`, else a JSON file.
+    /// Parses SPEC: inline `key=value,...`, a JSON file, or a JSON file then inline keys
+    /// (`model.json,crop=224`).
     pub fn parse(spec: &str) -> Result<Preprocess> {
-        if spec.contains('=') {
-            Preprocess::inline(spec)
-        } else {
-            Preprocess::from_json_file(Path::new(spec))
+        if !spec.contains('=') {
+            return Preprocess::from_json_file(Path::new(spec.trim()));
         }
+        let items = split_top_level(spec);
+        let (file, inline): (Vec<&str>, Vec<&str>) = items
+            .iter()
+            .map(|i| i.trim())
+            .filter(|i| !i.is_empty())
+            .partition(|i| !i.contains('='));
+        let base = match file.as_slice() {
+            [] => Preprocess::default(),
+            [f] => Preprocess::from_json_file(Path::new(f))?,
+            [_, second, ..] => usage_bail!(
+                "--preprocess '{spec}': '{second}' is not key=value (keys: {KEYS}); one JSON \
+                 file may come first"
+            ),
+        };
+        Preprocess::inline(base, &inline, spec)
     }
 
-    fn inline(spec: &str) -> Result<Preprocess> {
-        let mut p = Preprocess::default();
+    fn inline(mut p: Preprocess, items: &[&str], spec: &str) -> Result<Preprocess> {
         let mut seen: Vec<String> = Vec::new();
-        for item in split_top_level(spec) {
-            let item = item.trim();
-            if item.is_empty() {
-                continue;
-            }
+        for item in items {
             let Some((key, value)) = item.split_once('=') else {
                 usage_bail!("--preprocess '{spec}': '{item}' is not key=value (keys: {KEYS})");
             };
@@ -105,9 +180,6 @@ impl Preprocess {
             if !p.set(key, raw, "--preprocess")? {
                 usage_bail!("--preprocess: unknown key '{key}' (keys: {KEYS})");
             }
-        }
-        if seen.is_empty() {
-            usage_bail!("--preprocess '{spec}': no key=value given (keys: {KEYS})");
         }
         Ok(p)
     }
@@ -169,15 +241,80 @@ impl Preprocess {
                 }
             }
             "layout" => {
-                self.layout = match raw {
+                self.layout = Some(match raw {
                     Raw::Text(t) if t.eq_ignore_ascii_case("NCHW") => Layout::Nchw,
                     Raw::Text(t) if t.eq_ignore_ascii_case("NHWC") => Layout::Nhwc,
                     _ => usage_bail!("{label}: key 'layout' must be \"NCHW\" or \"NHWC\""),
+                })
+            }
+            "resize" | "crop" => {
+                let sizes = match &raw {
+                    Raw::Numbers(v) => v
+                        .iter()
+                        .map(|&x| (x >= 1.0 && x.fract() == 0.0 && x < 1e6).then_some(x as usize))
+                        .collect::<Option<Vec<usize>>>(),
+                    _ => None,
+                };
+                match (key, sizes.as_deref()) {
+                    ("resize", Some(&[n])) => self.resize = Some(n),
+                    ("crop", Some(&[n])) => self.crop = Some([n, n]),
+                    ("crop", Some(&[h, w])) => self.crop = Some([h, w]),
+                    ("resize", _) => usage_bail!(
+                        "{label}: key 'resize' must be a whole number of pixels (the shorter \
+                         side), e.g. resize=256"
+                    ),
+                    _ => usage_bail!(
+                        "{label}: key 'crop' must be a whole number of pixels or [height, width], \
+                         e.g. crop=224"
+                    ),
                 }
+            }
+            "color" => {
+                self.color = match &raw {
+                    Raw::Text(t) => Color::parse(t),
+                    _ => None,
+                };
+                if self.color.is_none() {
+                    usage_bail!("{label}: key 'color' must be RGB, BGR or L");
+                }
+            }
+            "interp" => {
+                self.interp = match &raw {
+                    Raw::Text(t) => Filter::parse(t),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    DataError::Usage(format!(
+                        "{label}: key 'interp' must be bilinear, bicubic, lanczos or nearest"
+                    ))
+                })?;
             }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// This spec for photos decoded as `uint8 [N, H, W, C]`: `layout` then names the model's
+    /// layout.
+    pub fn for_photos(&self) -> Preprocess {
+        Preprocess { photos: true, ..self.clone() }
+    }
+
+    /// How the arrays to convert are laid out.
+    pub fn stored_layout(&self) -> Layout {
+        match (self.photos, self.layout) {
+            (true, _) => Layout::Nhwc,
+            (false, l) => l.unwrap_or(Layout::Nchw),
+        }
+    }
+
+    /// The layout of the model input `spec` (photo folders: as `layout` says, else from its
+    /// shape).
+    pub fn model_layout(&self, spec: &InputSpec) -> Layout {
+        match (self.photos, self.layout) {
+            (true, Some(l)) => l,
+            _ => spec.dims.as_deref().map_or(Layout::Nchw, model_layout),
+        }
     }
 
     /// How an array of `dtype` and rank `rank` becomes input `spec`'s tensor; `None` when the
@@ -187,19 +324,20 @@ impl Preprocess {
         if !target.is_float() || !dtype.is_integer() {
             return None;
         }
+        let stored = self.stored_layout();
         let model_rank = spec.dims.as_ref().map_or(rank, Vec::len);
-        let insert_channel = (rank + 1 == model_rank).then_some(match self.layout {
+        let insert_channel = (rank + 1 == model_rank).then_some(match stored {
             Layout::Nchw => rank.min(1),
             Layout::Nhwc => rank,
         });
         let fed_rank = rank + usize::from(insert_channel.is_some());
-        let model_layout = spec.dims.as_ref().map(|d| model_layout(d));
-        let perm = match (fed_rank, model_layout, self.layout) {
+        let model_layout = (self.photos || spec.dims.is_some()).then(|| self.model_layout(spec));
+        let perm = match (fed_rank, model_layout, stored) {
             (4, Some(Layout::Nchw), Layout::Nhwc) => Some([0, 3, 1, 2]),
             (4, Some(Layout::Nhwc), Layout::Nchw) => Some([0, 2, 3, 1]),
             _ => None,
         };
-        let channel_axis = match (fed_rank, model_layout, self.layout) {
+        let channel_axis = match (fed_rank, model_layout, stored) {
             (0 | 1, _, _) => None,
             (4, Some(l), _) | (_, _, l) => Some(match l {
                 Layout::Nchw => 1,
@@ -280,7 +418,7 @@ impl Conversion {
             steps.push("adds a channel axis".to_string());
         }
         if self.perm.is_some() {
-            steps.push(format!("transposes from {}", self.pre.layout.name()));
+            steps.push(format!("transposes from {}", self.pre.stored_layout().name()));
         }
         steps.push(format!("maps {from} to {} as (v * scale - mean) / std", self.dtype));
         steps.join(", ")
@@ -312,59 +450,70 @@ impl Conversion {
     /// Converts one batch (samples along axis 0); `what` names the input in errors.
     pub fn apply(&self, t: &Tensor, what: &str) -> Result<Tensor> {
         let mut shape = t.shape().to_vec();
-        let mut values = t.to_f64_vec()?;
         if let Some(a) = self.insert_channel {
             shape.insert(a.min(shape.len()), 1);
         }
-        if let (Some(p), 4) = (self.perm, shape.len()) {
-            let (out_shape, idx) = permute4(&shape, p);
-            values = idx.iter().map(|&i| values[i]).collect();
-            shape = out_shape;
-        }
-        self.check_channels(&shape, what)?;
-        let channels = self.channel_axis.map_or(1, |a| shape[a]);
-        let inner: usize = self.channel_axis.map_or(1, |a| shape[a + 1..].iter().product());
+        let perm = self.perm.filter(|_| shape.len() == 4);
+        let out_shape: Vec<usize> = match perm {
+            Some(p) => p.iter().map(|&i| shape[i]).collect(),
+            None => shape.clone(),
+        };
+        self.check_channels(&out_shape, what)?;
+        let channels = self.channel_axis.map_or(1, |a| out_shape[a]).max(1);
+        let inner: usize =
+            self.channel_axis.map_or(1, |a| out_shape[a + 1..].iter().product()).max(1);
         let pick = |v: &[f64], c: usize| if v.len() == 1 { v[0] } else { v[c] };
-        let out: Vec<f32> = values
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let c = (i / inner.max(1)) % channels.max(1);
-                ((x * pick(&self.pre.scale, c) - pick(&self.pre.mean, c)) / pick(&self.pre.std, c))
-                    as f32
-            })
-            .collect();
-        let f = Tensor::from_vec(shape, out)?;
+        let map = |x: f64, c: usize| {
+            ((x * pick(&self.pre.scale, c) - pick(&self.pre.mean, c)) / pick(&self.pre.std, c))
+                as f32
+        };
+        let mut out = Vec::with_capacity(t.len());
+        let mut o = 0usize;
+        if let TensorData::U8(v) = t.data() {
+            // Pixels take 256 values: one table per channel, same formula.
+            let table: Vec<f32> =
+                (0..channels).flat_map(|c| (0..256).map(move |x| map(x as f64, c))).collect();
+            for_each_source(&shape, perm, |i| {
+                let c = (o / inner) % channels;
+                out.push(table[c * 256 + v[i] as usize]);
+                o += 1;
+            });
+        } else {
+            let values = t.to_f64_vec()?;
+            for_each_source(&shape, perm, |i| {
+                out.push(map(values[i], (o / inner) % channels));
+                o += 1;
+            });
+        }
+        let f = Tensor::from_vec(out_shape, out)?;
         Ok(if self.dtype == DType::F32 { f } else { f.cast(self.dtype)? })
     }
 }
 
-/// The shape after permuting 4-D `shape` by `p`, and for every output element the index of
-/// its source element.
-fn permute4(shape: &[usize], p: [usize; 4]) -> (Vec<usize>, Vec<usize>) {
-    let out: Vec<usize> = p.iter().map(|&i| shape[i]).collect();
+/// Calls `f` with the source index of every element of `shape` permuted by `perm` (4-D), in
+/// the output's order; without `perm`, every index in order.
+fn for_each_source(shape: &[usize], perm: Option<[usize; 4]>, mut f: impl FnMut(usize)) {
+    let Some(p) = perm else {
+        (0..shape.iter().product::<usize>()).for_each(f);
+        return;
+    };
     let mut strides = [0usize; 4];
     let mut acc = 1;
     for ax in (0..4).rev() {
         strides[ax] = acc;
         acc *= shape[ax];
     }
-    let mut idx = Vec::with_capacity(acc);
-    for a in 0..out[0] {
-        for b in 0..out[1] {
-            for c in 0..out[2] {
-                for d in 0..out[3] {
-                    idx.push(
-                        a * strides[p[0]]
-                            + b * strides[p[1]]
-                            + c * strides[p[2]]
-                            + d * strides[p[3]],
-                    );
+    let (n, s) = (p.map(|i| shape[i]), p.map(|i| strides[i]));
+    for a in 0..n[0] {
+        for b in 0..n[1] {
+            for c in 0..n[2] {
+                let base = a * s[0] + b * s[1] + c * s[2];
+                for d in 0..n[3] {
+                    f(base + d * s[3]);
                 }
             }
         }
     }
-    (out, idx)
 }
 
 #[cfg(test)]
@@ -389,7 +538,8 @@ mod tests {
                 scale: vec![0.5],
                 mean: vec![1.0, 2.0, 3.0],
                 std: vec![2.0],
-                layout: Layout::Nhwc
+                layout: Some(Layout::Nhwc),
+                ..Preprocess::default()
             }
         );
         let dir = tempfile::tempdir().unwrap();

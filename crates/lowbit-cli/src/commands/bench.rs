@@ -16,7 +16,7 @@
 //! output's largest difference between the two on the first sample fed.
 
 use crate::cli::BenchArgs;
-use crate::inputs::{load_dataset, preprocess_arg};
+use crate::inputs::{data_format, load_dataset};
 use crate::models::{load_model, new_session};
 use crate::progress::progress;
 use crate::text::{print, print_json};
@@ -80,7 +80,7 @@ fn profile_text(p: &Profile, s: &mut String) {
 }
 
 pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
-    let preprocess = preprocess_arg(&args.pre)?;
+    let format = data_format(&args.format)?;
     let t0 = Instant::now();
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
@@ -89,8 +89,12 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 
     let (sets, batch, inputs_label) = match &args.data {
         Some(dir) => {
-            let mut data =
-                load_dataset(&session, dir.as_path(), preprocess.as_ref(), quiet || args.json)?;
+            let mut data = load_dataset(
+                &session,
+                &format.source(dir)?,
+                format.preprocess.as_ref(),
+                quiet || args.json,
+            )?;
             if let Some(n) = args.limit {
                 data.limit(n)?;
             }
@@ -103,7 +107,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             (sets, batch, dir.display().to_string())
         }
         None => {
-            if args.limit.is_some() || args.no_trim || preprocess.is_some() {
+            if args.limit.is_some() || args.no_trim || format.preprocess.is_some() {
                 usage_bail!("--limit, --no-trim and --preprocess apply to --data only");
             }
             let mut rng = Rng::new(0x10_b17);

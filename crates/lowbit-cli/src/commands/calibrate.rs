@@ -11,14 +11,15 @@
 
 use crate::calibration::{calibrate_model, CalibrationData};
 use crate::cli::CalibrateArgs;
-use crate::inputs::preprocess_arg;
+use crate::inputs::data_format;
 use crate::models::load_model;
 use crate::paths::OutputPaths;
 use crate::text::{plural, print};
 use anyhow::{Context, Result};
 
 pub fn calibrate(args: CalibrateArgs, quiet: bool) -> Result<()> {
-    let preprocess = preprocess_arg(&args.pre)?;
+    let format = data_format(&args.format)?;
+    let source = format.source(&args.data)?;
     OutputPaths::new(args.force, &[("the input model", args.model.as_path())])
         .file("-o", &args.output)?;
     let model = load_model(&args.model)?;
@@ -26,7 +27,7 @@ pub fn calibrate(args: CalibrateArgs, quiet: bool) -> Result<()> {
         threads: args.threads,
         trim: !args.no_trim,
         quiet,
-        ..CalibrationData::new(&args.data, preprocess.as_ref(), args.samples)
+        ..CalibrationData::new(&source, format.preprocess.as_ref(), args.samples)
     };
     let run = calibrate_model(&model, &args.model, &opts)?;
     run.table.save(&args.output).context("cannot write the calibration table")?;

@@ -6,7 +6,7 @@
 //! `--labels`, top-1 accuracy of both ([`crate::noise_report`]).
 
 use crate::cli::CompareArgs;
-use crate::inputs::preprocess_arg;
+use crate::inputs::data_format;
 use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES};
 use crate::paths::OutputPaths;
 use crate::text::{print, print_json};
@@ -14,7 +14,8 @@ use anyhow::Result;
 use std::fmt::Write as _;
 
 pub fn compare(args: CompareArgs, quiet: bool) -> Result<()> {
-    let preprocess = preprocess_arg(&args.pre)?;
+    let format = data_format(&args.format)?;
+    let source = format.source(&args.data)?;
     let inputs = [("the FP32 model", args.fp32.as_path()), ("the quantized model", &args.quant)];
     if let Some(r) = &args.report {
         OutputPaths::new(args.force, &inputs).file("--report", r)?;
@@ -22,8 +23,8 @@ pub fn compare(args: CompareArgs, quiet: bool) -> Result<()> {
     let req = NoiseReportRequest {
         fp32_path: &args.fp32,
         quant_path: &args.quant,
-        data: &args.data,
-        preprocess: preprocess.as_ref(),
+        data: &source,
+        preprocess: format.preprocess.as_ref(),
         samples: args.samples.map_or(DEFAULT_SAMPLES, |n| n as usize),
         labels: args.labels.as_deref(),
         threads: args.threads,

@@ -15,7 +15,7 @@ use crate::paths::{same_file, OutputPaths};
 use crate::progress::progress;
 use crate::text::{human_bytes, print};
 use anyhow::{Context, Result};
-use lowbit_data::Rng;
+use lowbit_data::{FeedSource, Rng};
 use lowbit_engine::Session;
 use lowbit_eval::metrics::{argmax, cosine, median, NoiseAccumulator};
 use lowbit_onnx::pb;
@@ -178,7 +178,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
 
     // 1. Calibrate on calibration/, exactly as `lowbit calibrate` does.
     let session = new_session(&model, &fp32_path, args.threads)?;
-    let calibration = dir.join("calibration");
+    let calibration = FeedSource::Data(dir.join("calibration"));
     let opts = CalibrationData {
         threads: args.threads,
         quiet,

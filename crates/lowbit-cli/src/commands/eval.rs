@@ -14,7 +14,7 @@
 //! Text output is for a person; `--json` prints one [`EvalReport`] object.
 
 use crate::cli::EvalArgs;
-use crate::inputs::{load_dataset, preprocess_arg};
+use crate::inputs::{data_format, load_dataset};
 use crate::models::new_session;
 use crate::progress::{advance, progress};
 use crate::text::{human_bytes, plural, print, print_json, thousands};
@@ -82,9 +82,16 @@ fn latency(
 
 pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
     let quiet_notes = quiet || args.json;
-    let preprocess = preprocess_arg(&args.pre)?;
+    let format = data_format(&args.format)?;
     if args.limit == Some(0) {
         usage_bail!("--limit must be at least 1");
+    }
+    let text_pairs = format.pair_fields();
+    if let (Some(_), Some(_)) = (text_pairs, &args.pairs) {
+        usage_bail!("--pair-fields reads both sides from --data; --pairs DIR_B is for arrays");
+    }
+    if text_pairs.is_some() && format.gold_field().is_none() && args.gold.is_none() {
+        usage_bail!("--pair-fields: pass --gold-field NAME (the gold score of each pair)");
     }
     let model = scored(&args.model, args.output.as_deref(), None, args.threads)?;
     let reference = match &args.reference {
@@ -92,29 +99,47 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         None => None,
     };
 
-    let pre = preprocess.as_ref();
-    let mut data = load_dataset(&model.session, args.data.as_path(), pre, quiet_notes)?;
+    let pre = format.preprocess.as_ref();
+    let src = match text_pairs {
+        Some(_) => format.side(&args.data, 0)?,
+        None => format.source(&args.data)?,
+    };
+    let mut data = load_dataset(&model.session, &src, pre, quiet_notes)?;
     let mut ref_data = match &reference {
-        Some(r) => Some(load_dataset(&r.session, args.data.as_path(), pre, true)?),
+        Some(r) => Some(load_dataset(&r.session, &src, pre, true)?),
         None => None,
     };
     let all = data.samples;
-    let labels = args.labels.as_ref().map(|p| read_labels(p, all, &args.data)).transpose()?;
-    let gold = args.gold.as_ref().map(|p| read_gold(p, all, &args.data)).transpose()?;
-    let mut pairs = match &args.pairs {
-        Some(dir) => {
-            let b = load_dataset(&model.session, dir.as_path(), pre, true)?;
+    // Labels from --labels, else the data's own (a photo folder's), named in the report by the
+    // file, or the folder.
+    let labels = match &args.labels {
+        Some(p) => Some(read_labels(p, all, &args.data)?),
+        None => data.labels(),
+    };
+    let labels_path = args.labels.clone().unwrap_or_else(|| args.data.clone());
+    let gold = match &args.gold {
+        Some(p) => Some(read_gold(p, all, &args.data)?),
+        None => data.gold(),
+    };
+    let side_b = match (&args.pairs, text_pairs) {
+        (Some(dir), _) => Some(format.source(dir)?),
+        (None, Some(_)) => Some(format.side(&args.data, 1)?),
+        (None, None) => None,
+    };
+    let mut pairs = match &side_b {
+        Some(src_b) => {
+            let b = load_dataset(&model.session, src_b, pre, true)?;
             if b.samples != all {
                 bail!(
                     "--pairs {} holds {} samples but --data {} holds {all}: side b needs one \
                      sample per pair, as side a",
-                    dir.display(),
+                    src_b.path().unwrap_or(Path::new("")).display(),
                     b.samples,
                     args.data.display()
                 );
             }
             let rb = match &reference {
-                Some(r) => Some(load_dataset(&r.session, dir.as_path(), pre, true)?),
+                Some(r) => Some(load_dataset(&r.session, src_b, pre, true)?),
                 None => None,
             };
             Some((b, rb))
@@ -189,7 +214,7 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
             data: &mut data,
             reference: ref_data.as_mut(),
             labels: labels.as_ref().map(|l| &l[..samples]),
-            labels_path: args.labels.as_deref().unwrap_or(Path::new("")),
+            labels_path: &labels_path,
             keep: pairs.is_some(),
         };
         let (emb_a, ref_a) =
@@ -207,9 +232,18 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
                 score_side(&model, reference.as_ref(), side, trim, &mut tally, &mut advance(&bar))?;
             let gold = &gold[..samples];
             let (spearman, pearson) = pair_scores(&emb_a, &emb_b, gold)?;
+            let field = |f: &str| format!("{} field '{f}'", args.data.display());
             sentence_pairs = Some(SentencePairs {
-                data_b: args.pairs.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                gold: args.gold.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                data_b: match (&args.pairs, text_pairs) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, Some((_, b))) => field(b),
+                    (None, None) => String::new(),
+                },
+                gold: match (&args.gold, format.gold_field()) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, Some(g)) => field(g),
+                    (None, None) => String::new(),
+                },
                 pairs: samples,
                 spearman_x100: spearman,
                 pearson_x100: pearson,
@@ -219,8 +253,12 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
             }
         }
         bar.finish_and_clear();
-        if let Some(p) = &args.labels {
-            classification = Some(tally.classification(p.display().to_string(), samples));
+        if labels.is_some() {
+            let name = match &args.labels {
+                Some(p) => p.display().to_string(),
+                None => format!("{} (the folder's own labels)", args.data.display()),
+            };
+            classification = Some(tally.classification(name, samples));
         }
     }
 

@@ -9,7 +9,7 @@
 
 use crate::calibration::{calibrate_model, dataset_batches, CalibrationData};
 use crate::cli::QuantizeArgs;
-use crate::inputs::preprocess_arg;
+use crate::inputs::data_format;
 use crate::models::load_model;
 use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES};
 use crate::paths::OutputPaths;
@@ -32,16 +32,7 @@ use std::fmt::Write as _;
 fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
     let mode: QuantMode = args.mode.parse()?;
     let method: Method = args.method.parse()?;
-    let mut exclude = Exclusions::default();
-    for p in &args.exclude {
-        if let Some(op) = p.strip_prefix("op:") {
-            exclude.op_types.push(op.to_string());
-        } else if p.contains(['*', '?']) {
-            exclude.patterns.push(p.clone());
-        } else {
-            exclude.node_names.push(p.clone());
-        }
-    }
+    let exclude = Exclusions::parse(&args.exclude);
     let cfg = QuantizeConfig {
         mode,
         method,
@@ -82,7 +73,8 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
 
 pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let cfg = config(&args)?;
-    let preprocess = preprocess_arg(&args.pre)?;
+    let format = data_format(&args.format)?;
+    let preprocess = format.preprocess.as_ref();
     if cfg.mode == QuantMode::Static && args.data.is_none() && args.ranges.is_none() {
         usage_bail!(
             "static quantization needs calibration data: pass --data DIR (one <input>.npy per \
@@ -90,8 +82,12 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
              --mode dynamic, weight-only or fp16, which need none"
         );
     }
-    let report_data = args.report_data.as_ref().or(args.data.as_ref());
-    if let (Some(r), None) = (&args.report, report_data) {
+    let source = args.data.as_ref().map(|d| format.source(d)).transpose()?;
+    let report_data = match &args.report_data {
+        Some(d) => Some(format.source(d)?),
+        None => source.clone(),
+    };
+    if let (Some(r), None) = (&args.report, &report_data) {
         usage_bail!(
             "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
             r.display()
@@ -129,12 +125,12 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         threads: args.threads,
         trim: !args.no_trim,
         quiet,
-        ..CalibrationData::new(d, preprocess.as_ref(), args.samples)
+        ..CalibrationData::new(d, preprocess, args.samples)
     };
     let bars = Bars::new(quiet);
     let (q, summary) = if alg.any() {
         // The steps calibrate (again, after a transform) and run on the samples themselves.
-        let data = args.data.as_ref().expect("checked above");
+        let data = source.as_ref().expect("checked above");
         let mut samples = dataset_batches(&model, &args.model, &cal_opts(data))?;
         let table = args.ranges.as_ref().map(|r| CalibrationTable::load(r)).transpose()?;
         let inputs = QuantizeInputs {
@@ -145,7 +141,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         };
         quantize_run(model, &plan, inputs)
     } else {
-        let table = match (cfg.mode, &args.ranges, &args.data) {
+        let table = match (cfg.mode, &args.ranges, &source) {
             (QuantMode::Static, Some(r), _) => Some(CalibrationTable::load(r)?),
             (QuantMode::Static, None, Some(d)) => {
                 let run = calibrate_model(&model, &args.model, &cal_opts(d))?;
@@ -165,7 +161,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     }
     .with_context(|| format!("cannot quantize {}", args.model.display()))?;
     out.push_str(&summary.to_string());
-    match (&fp32, &args.data) {
+    match (&fp32, &source) {
         (Some(fp32), Some(data)) => {
             let opts = cal_opts(data);
             gate(fp32, &q, &args, &opts, &mut out)?;
@@ -183,7 +179,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         let _ = writeln!(out, "file: {} -> {}", human_bytes(b), human_bytes(a));
     }
     let _ = writeln!(out, "wrote {}", args.output.display());
-    if let (Some(html), Some(data)) = (&args.report, report_data) {
+    if let (Some(html), Some(data)) = (&args.report, &report_data) {
         if args.report_data.is_none() && !quiet {
             eprintln!("note: --report compares on the calibration samples (--data); pass --report-data DIR for held-out ones");
         }
@@ -191,7 +187,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
             fp32_path: &args.model,
             quant_path: &args.output,
             data,
-            preprocess: preprocess.as_ref(),
+            preprocess,
             samples: args.samples.map_or(DEFAULT_SAMPLES, |n| n as usize),
             labels: args.report_labels.as_deref(),
             threads: args.threads,

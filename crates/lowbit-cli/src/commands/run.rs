@@ -4,7 +4,7 @@
 //! are named and joined in [`lowbit_data::outputs`].
 
 use crate::cli::RunArgs;
-use crate::inputs::{feed_source, load_dataset, preprocess_arg};
+use crate::inputs::{data_format, feed_source, load_dataset};
 use crate::models::{load_model, new_session};
 use crate::paths::OutputPaths;
 use crate::progress::progress;
@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
-    let src = feed_source(&args.input, args.data.as_deref())?;
-    let preprocess = preprocess_arg(&args.pre)?;
+    let format = data_format(&args.format)?;
+    let src = feed_source(&args.input, args.data.as_deref(), &format)?;
     let mut inputs = vec![("the input model", args.model.as_path())];
     if let Some(d) = &args.data {
         inputs.push(("the data folder", d.as_path()));
@@ -27,7 +27,7 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     let session = new_session(&model, &args.model, args.threads)?;
     drop(model);
 
-    let mut data = load_dataset(&session, src, preprocess.as_ref(), quiet)?;
+    let mut data = load_dataset(&session, &src, format.preprocess.as_ref(), quiet)?;
     if let Some(n) = args.limit {
         data.limit(n)?;
     }

@@ -8,6 +8,7 @@ use super::model::{ActivationNoise, CompareReport, TensorNoise, FORMAT};
 use super::ranking::rank;
 use super::view::View;
 use crate::metrics::NoiseAccumulator;
+use lowbit_data::Dataset;
 use lowbit_engine::{InputSpec, Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_tensor::Tensor;
@@ -22,6 +23,36 @@ pub struct CompareOptions {
     /// Written to the report's `fp32_model` and `quant_model` (typically the file paths).
     pub fp32_model: String,
     pub quant_model: String,
+}
+
+/// [`compare_models`] over every sample of `data`, fed as calibration feeds them
+/// ([`Dataset::observed_batch`]: a model with a `*mask*` input one row per run, cut to its real
+/// length with `trim`); `progress` is told how many samples each run fed.
+pub fn compare_dataset(
+    fp32: &ModelProto,
+    quant: &ModelProto,
+    data: &mut Dataset,
+    trim: bool,
+    opts: &CompareOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<CompareReport> {
+    let ranges = data.ranges(data.observed_batch(trim));
+    let mut feed_error = None;
+    let feeds = ranges.iter().map_while(|&(s, e)| match data.feeds(s, e, trim) {
+        Ok(f) => {
+            progress(e - s);
+            Some(f)
+        }
+        Err(err) => {
+            feed_error = Some(err);
+            None
+        }
+    });
+    let report = compare_models(fp32, quant, feeds, opts);
+    match feed_error {
+        Some(e) => Err(e.into()),
+        None => report,
+    }
 }
 
 /// Per-layer quantization noise of `quant` (a QDQ model) against `fp32` (the model it was made

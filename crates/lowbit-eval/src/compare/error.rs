@@ -46,6 +46,9 @@ pub enum CompareError {
     },
     #[error("no samples to compare")]
     NoSamples,
+    /// The samples could not be read or fed (the error names the file or sample).
+    #[error(transparent)]
+    Data(#[from] lowbit_data::DataError),
 }
 
 fn swapped_message(first: &str, second: &str, nodes: usize) -> String {

@@ -52,7 +52,7 @@ mod model;
 mod ranking;
 mod view;
 
-pub use driver::{compare_models, CompareOptions};
+pub use driver::{compare_dataset, compare_models, CompareOptions};
 pub use error::CompareError;
 pub use model::{
     ActivationNoise, CompareReport, Histogram, RankedLayer, TensorNoise, WeightNoise, FORMAT,

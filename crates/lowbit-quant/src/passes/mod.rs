@@ -45,6 +45,22 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
+    /// Exclusions as a person writes them (`--exclude`): `op:TYPE` for an op type, a name with
+    /// `*` or `?` for a pattern, anything else a node name.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Exclusions {
+        let mut e = Exclusions::default();
+        for p in items.iter().map(AsRef::as_ref) {
+            if let Some(op) = p.strip_prefix("op:") {
+                e.op_types.push(op.to_string());
+            } else if p.contains(['*', '?']) {
+                e.patterns.push(p.to_string());
+            } else {
+                e.node_names.push(p.to_string());
+            }
+        }
+        e
+    }
+
     pub fn is_empty(&self) -> bool {
         self.node_names.is_empty() && self.op_types.is_empty() && self.patterns.is_empty()
     }
