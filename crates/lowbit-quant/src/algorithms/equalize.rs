@@ -47,6 +47,13 @@ use std::collections::HashMap;
 pub const SETTLED: f64 = 1e-4;
 /// At most this many sweeps over the pairs (chains of three settle in a few dozen).
 const MAX_SWEEPS: usize = 500;
+/// A channel whose range is below this fraction of its layer's largest is unused (dead after
+/// BN folding): it keeps scale 1 rather than a scale that would blow its bias up.
+const DEAD: f64 = 1e-6;
+
+fn max_of(v: &[f64]) -> f64 {
+    v.iter().fold(0f64, |a, &b| a.max(b))
+}
 
 /// A Conv or Gemm whose weight (and bias) are float initializers.
 struct Layer {
@@ -122,7 +129,7 @@ impl Layer {
 /// How uniform a layer's output-channel weight ranges are: the mean channel range over the
 /// largest (1: every channel uses the whole per-tensor grid).
 pub fn range_uniformity(ranges: &[f64]) -> f64 {
-    let max = ranges.iter().fold(0f64, |a, &b| a.max(b));
+    let max = max_of(ranges);
     if max == 0.0 || ranges.is_empty() {
         return 1.0;
     }
@@ -252,7 +259,7 @@ fn read_layer(g: &Graph, i: usize) -> Result<Option<Layer>> {
         },
     };
     let (kind, out_ch, in_ch) = if n.op_type == "Conv" {
-        if shape.len() < 3 || shape.iter().any(|&d| d == 0) {
+        if shape.len() < 3 || shape.contains(&0) {
             return Ok(None);
         }
         let group = attr_i(n, "group").unwrap_or(1).max(1) as usize;
@@ -469,10 +476,11 @@ fn settle(layers: &mut [Layer], pairs: &mut [Pair]) -> usize {
         for p in pairs.iter_mut() {
             let ra = layers[p.a].out_ranges();
             let rb = layers[p.b].in_ranges(p.per);
+            let (fa, fb) = (DEAD * max_of(&ra), DEAD * max_of(&rb));
             let s: Vec<f64> = ra
                 .iter()
                 .zip(&rb)
-                .map(|(&x, &y)| if x > 0.0 && y > 0.0 { (x / y).sqrt() } else { 1.0 })
+                .map(|(&x, &y)| if x > fa && y > fb { (x / y).sqrt() } else { 1.0 })
                 .collect();
             moved = s.iter().fold(moved, |m, &v| m.max((v - 1.0).abs()));
             let la = &mut layers[p.a];
