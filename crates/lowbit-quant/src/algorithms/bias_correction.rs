@@ -450,8 +450,9 @@ fn bias_scale(q: &Graph, dq: usize) -> Result<Vec<f32>> {
 
 /// The codes of an integer tensor, as i32.
 fn int_codes(t: &Tensor) -> Result<Vec<i32>> {
-    core::int_values(t.data())
-        .ok_or_else(|| QuantError::Data(format!("{} is not an integer bias", t.dtype())))
+    core::int_values(t.data()).ok_or_else(|| {
+        QuantError::Recovery(format!("bias correction: {} is not an integer bias", t.dtype()))
+    })
 }
 
 /// Per probe, the mean of each channel over one pass of `samples` through `model` (unfused,
@@ -488,7 +489,10 @@ fn channel_means(
     }
     for (k, p) in probes.iter().enumerate() {
         if counts[k] == 0 {
-            return Err(QuantError::Data(format!("the samples never produced '{}'", p.value)));
+            return Err(QuantError::Recovery(format!(
+                "bias correction: the samples never produced '{}'",
+                p.value
+            )));
         }
         for s in &mut sums[k] {
             *s /= counts[k] as f64;
@@ -503,8 +507,8 @@ fn add_channel_sums(t: &Tensor, axis: Option<usize>, sums: &mut [f64]) -> Result
     let axis = axis.unwrap_or(shape.len().saturating_sub(1));
     let c = sums.len();
     if shape.get(axis) != Some(&c) {
-        return Err(QuantError::Data(format!(
-            "a layer output of shape {shape:?} has no {c} channels on axis {axis}"
+        return Err(QuantError::Recovery(format!(
+            "bias correction: a layer output of shape {shape:?} has no {c} channels on axis {axis}"
         )));
     }
     let inner: usize = shape[axis + 1..].iter().product();
