@@ -383,6 +383,26 @@ pub fn recorded_summary(model: &ModelProto) -> Option<QuantizeSummary> {
     serde_json::from_str(&p.value).ok()
 }
 
+/// The FP32 graph whose values a quantized model's activations stand for, when a recorded
+/// step transformed the FP32 graph before calibration (equalization scales the channels
+/// between layers): `fp32` topologically sorted, BatchNormalization folded when the summary
+/// folded any, and equalized, as [`quantize_run`] does. `None` when no step transformed it.
+pub fn transformed_fp32(
+    fp32: &ModelProto,
+    summary: &QuantizeSummary,
+) -> Result<Option<ModelProto>> {
+    if !summary.steps.iter().any(|s| s.step == "equalize") {
+        return Ok(None);
+    }
+    let mut g = Graph::new(fp32.clone())?;
+    g.topo_sort()?;
+    if summary.folded_batch_norms > 0 {
+        passes::bn_fold::fold_batch_norms(&mut g)?;
+    }
+    algorithms::equalize::equalize(&mut g)?;
+    Ok(Some(g.into_model()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
