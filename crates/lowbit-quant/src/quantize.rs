@@ -116,6 +116,17 @@ impl QuantizeSummary {
         });
     }
 
+    /// What the calibration done inside the run covered, when there was one.
+    pub fn calibration_line(&self) -> Option<String> {
+        let (batches, secs) = self.calibrated?;
+        // Equalization and SmoothQuant change the graph before calibration; bias correction
+        // alone calibrates here only because it runs on the samples anyway.
+        let transformed =
+            self.steps.iter().any(|s| matches!(s.step.as_str(), "equalize" | "smooth-quant"));
+        let what = if transformed { "the transformed FP32 graph" } else { "the FP32 graph" };
+        Some(format!("calibrated {what}: {batches} batches in {secs:.1} s"))
+    }
+
     /// Total nodes quantized.
     pub fn total_quantized(&self) -> usize {
         self.quantized.values().sum()
@@ -160,8 +171,8 @@ impl fmt::Display for QuantizeSummary {
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
-        if let Some((batches, secs)) = self.calibrated {
-            writeln!(f, "calibrated the transformed FP32 graph: {batches} batches in {secs:.1} s")?;
+        if let Some(line) = self.calibration_line() {
+            writeln!(f, "{line}")?;
         }
         for st in &self.steps {
             writeln!(f, "{}: {} ({:.1} s)", st.step, st.summary, st.seconds)?;
