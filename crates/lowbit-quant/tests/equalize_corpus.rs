@@ -69,6 +69,15 @@ fn mnist_mobilenetv2_keeps_its_logits() {
     let (before, after, summary) = folded_and_equalized(&model);
     assert!(summary.contains("layer pairs equalized"), "{summary}");
     assert!(!summary.starts_with("0 layer pairs"), "{summary}");
+    // The Constant nodes that made the ReLU6 bounds (exported as Clip(x, Constant, Constant))
+    // go with the bounds they made.
+    let unread: Vec<&str> = after
+        .nodes()
+        .iter()
+        .filter(|n| n.op_type == "Constant" && after.consumers(&n.output[0]).is_empty())
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(unread.is_empty(), "Constant nodes nothing reads: {unread:?}");
     let (a, b) = (logits(&before, "input", &x), logits(&after, "input", &x));
     let d = max_rel_diff(&a, &b);
     assert!(d < EXACT, "logits moved by {d} of their range ({summary})");

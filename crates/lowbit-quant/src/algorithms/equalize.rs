@@ -599,6 +599,8 @@ fn write(g: &mut Graph, layers: &mut [Layer], pairs: &[Pair]) -> Result<usize> {
     }
     let opset = g.opset_version("").unwrap_or(1);
     let mut bounded = 0;
+    // Clip bounds replaced: the Constant nodes that made them, dropped once nothing reads them.
+    let mut old_bounds: Vec<String> = Vec::new();
     for p in pairs {
         let Some(clip) = &p.clip else { continue };
         let bound: Vec<f32> =
@@ -617,7 +619,7 @@ fn write(g: &mut Graph, layers: &mut [Layer], pairs: &[Pair]) -> Result<usize> {
             while n.input.len() < 3 {
                 n.input.push(String::new());
             }
-            n.input[2] = name;
+            old_bounds.push(std::mem::replace(&mut n.input[2], name));
         }
         if bound.iter().all(|&b| b == hi) {
             continue;
@@ -637,6 +639,17 @@ fn write(g: &mut Graph, layers: &mut [Layer], pairs: &[Pair]) -> Result<usize> {
         let mname = g.unique_name(&format!("{label}_channel_min"));
         g.push_node(make_node("Min", mname, vec![clipped, bname], vec![out], vec![]));
         bounded += 1;
+    }
+    let mut dead: Vec<usize> = old_bounds
+        .iter()
+        .filter(|v| !v.is_empty() && g.consumers(v).is_empty() && !g.is_graph_output(v))
+        .filter_map(|v| g.producer(v))
+        .filter(|&i| g.nodes()[i].op_type == "Constant" && is_default_domain(&g.nodes()[i]))
+        .collect();
+    dead.sort_unstable();
+    dead.dedup();
+    for i in dead.into_iter().rev() {
+        g.remove_node(i)?;
     }
     Ok(bounded)
 }
