@@ -33,7 +33,7 @@ pub enum Command {
     /// Stream --data samples through the model and write every tensor's ranges (ranges.json).
     Calibrate(CalibrateArgs),
     /// Quantize a model: static (QDQ), dynamic, weight-only, fp16 or bf16.
-    Quantize(QuantizeArgs),
+    Quantize(Box<QuantizeArgs>),
     /// Per-layer quantization noise between an FP32 model and its quantized version, worst
     /// layers first with hints; JSON and an HTML report.
     Compare(CompareArgs),
