@@ -1588,6 +1588,17 @@ fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
 // ---------------------------------------------------------------------------------------------
 // lowbit compare and quantize --report
 
+/// The dev corpus folder and its model `name`, or `None` (saying so) without the corpus.
+fn dev_model(name: &str) -> Option<(PathBuf, PathBuf)> {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models").join(name);
+    if !model.exists() {
+        eprintln!("skipped: {} not found", model.display());
+        return None;
+    }
+    Some((corpus, model))
+}
+
 /// MNIST images `start..end` normalized as mnist_mobilenetv2's sidecar says, as float32
 /// `[N, 1, 28, 28]` in `dir/input.npy`; returns `dir`.
 fn mnist_normalized(corpus: &Path, dir: &Path, start: usize, end: usize) -> PathBuf {
@@ -1606,12 +1617,7 @@ fn mnist_normalized(corpus: &Path, dir: &Path, start: usize, end: usize) -> Path
 /// charts; `quantize --report` writes the same report in one step.
 #[test]
 fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
-    let corpus = shared_dir().join("corpus/dev");
-    let model = corpus.join("models/mnist_mobilenetv2.onnx");
-    if !model.exists() {
-        eprintln!("skipped: {} not found", model.display());
-        return;
-    }
+    let Some((corpus, model)) = dev_model("mnist_mobilenetv2.onnx") else { return };
     let dir = tmp("compare");
     let data = |name: &str, start, end| mnist_normalized(&corpus, &dir.join(name), start, end);
     let (calib, eval) = (data("calib", 0, 100), data("eval", 1000, 1040));
@@ -1654,17 +1660,12 @@ fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
 }
 
 /// `--per-tensor --equalize --bias-correction` (7-bit weights) on a MobileNetV2 (depthwise
-/// convs, ReLU6 as Clip): the summary lists both steps with the layers they changed, `compare` measures the
-/// equalized model against the FP32 graph equalized the same way (its activations are scaled
-/// per channel), and the output is closer to FP32 than with `--per-tensor` alone.
+/// convs, ReLU6 as Clip): the summary lists both steps with the layers they changed, `compare`
+/// measures the equalized model against the FP32 graph equalized the same way (its activations
+/// are scaled per channel), and the output is closer to FP32 than with `--per-tensor` alone.
 #[test]
 fn equalization_and_bias_correction_bring_per_tensor_weights_closer_to_fp32() {
-    let corpus = shared_dir().join("corpus/dev");
-    let model = corpus.join("models/mnist_mobilenetv2.onnx");
-    if !model.exists() {
-        eprintln!("skipped: {} not found", model.display());
-        return;
-    }
+    let Some((corpus, model)) = dev_model("mnist_mobilenetv2.onnx") else { return };
     let dir = tmp("recovery");
     let calib = mnist_normalized(&corpus, &dir.join("calib"), 0, 100);
     let eval = mnist_normalized(&corpus, &dir.join("eval"), 1000, 1100);
