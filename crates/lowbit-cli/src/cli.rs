@@ -33,7 +33,7 @@ pub enum Command {
     /// Stream --data samples through the model and write every tensor's ranges (ranges.json).
     Calibrate(CalibrateArgs),
     /// Quantize a model: static (QDQ), dynamic, weight-only, fp16 or bf16.
-    Quantize(QuantizeArgs),
+    Quantize(Box<QuantizeArgs>),
     /// Per-layer quantization noise between an FP32 model and its quantized version, worst
     /// layers first with hints; JSON and an HTML report.
     Compare(CompareArgs),
@@ -324,12 +324,15 @@ pub struct QuantizeArgs {
     /// (repeat for more).
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
-    /// Static: cross-layer equalization of consecutive convolutions' weight ranges before
-    /// calibration (Nagel et al. 2019). Needs --data.
+    /// Static: cross-layer equalization before calibration (Nagel et al. 2019, DFQ): rescales
+    /// the channels of consecutive Conv/Gemm pairs (through Relu, Clip/ReLU6, pools) so one
+    /// weight scale fits every channel; the FP32 function is unchanged (a clip's bound becomes
+    /// per channel: Clip + Min). For --per-tensor weights. Needs --data.
     #[arg(long)]
     pub equalize: bool,
     /// Static: remove the per-channel output shift quantization adds to each layer, measured on
-    /// --data (empirical) or from the weights' rounding error (analytic) [Nagel et al. 2019].
+    /// --data against the FP32 layer on the same inputs (empirical, two passes) or from the
+    /// weights' rounding error times the input's calibrated mean (analytic) [Nagel et al. 2019].
     #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "empirical", value_parser = ["empirical", "analytic"])]
     pub bias_correction: Option<String>,
     /// Static: learn each weight's rounding (up or down) layer by layer on --data (AdaRound,

@@ -1689,31 +1689,38 @@ fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
 // ---------------------------------------------------------------------------------------------
 // lowbit compare and quantize --report
 
+/// The dev corpus folder and its model `name`, or `None` (saying so) without the corpus.
+fn dev_model(name: &str) -> Option<(PathBuf, PathBuf)> {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models").join(name);
+    if !model.exists() {
+        eprintln!("skipped: {} not found", model.display());
+        return None;
+    }
+    Some((corpus, model))
+}
+
+/// MNIST images `start..end` normalized as mnist_mobilenetv2's sidecar says, as float32
+/// `[N, 1, 28, 28]` in `dir/input.npy`; returns `dir`.
+fn mnist_normalized(corpus: &Path, dir: &Path, start: usize, end: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let images = npy::read_npy(&corpus.join("data/mnist_test_0-4999/images.npy")).unwrap();
+    let v = images.to_f64_vec().unwrap();
+    let rows: Vec<f32> =
+        v[start * 784..end * 784].iter().map(|&p| ((p / 255.0 - 0.1307) / 0.3081) as f32).collect();
+    let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
+    npy::write_npy(&dir.join("input.npy"), &t).unwrap();
+    dir.to_path_buf()
+}
+
 /// MobileNetV2-style model with per-tensor weights: `compare` ranks depthwise convs first with
 /// the per-channel hint, writes JSON with the documented format and an HTML report with its
 /// charts; `quantize --report` writes the same report in one step.
 #[test]
 fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
-    let corpus = shared_dir().join("corpus/dev");
-    let model = corpus.join("models/mnist_mobilenetv2.onnx");
-    if !model.exists() {
-        eprintln!("skipped: {} not found", model.display());
-        return;
-    }
+    let Some((corpus, model)) = dev_model("mnist_mobilenetv2.onnx") else { return };
     let dir = tmp("compare");
-    let data = |name: &str, start: usize, end: usize| {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let images = npy::read_npy(&corpus.join("data/mnist_test_0-4999/images.npy")).unwrap();
-        let v = images.to_f64_vec().unwrap();
-        let rows: Vec<f32> = v[start * 784..end * 784]
-            .iter()
-            .map(|&p| ((p / 255.0 - 0.1307) / 0.3081) as f32)
-            .collect();
-        let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
-        npy::write_npy(&d.join("input.npy"), &t).unwrap();
-        d
-    };
+    let data = |name: &str, start, end| mnist_normalized(&corpus, &dir.join(name), start, end);
     let (calib, eval) = (data("calib", 0, 100), data("eval", 1000, 1040));
     let quant = dir.join("per-tensor.onnx");
     let html = dir.join("quantize-report.html");
@@ -1835,4 +1842,66 @@ fn bad_photos_labels_and_tokenizers_are_named() {
     // Raw text without a tokenizer is a usage error.
     let o = lowbit(&argv("run {} --data {} -o {}", &[&text_path, &sentences, &out]));
     assert_fails(&o, 2, &["--tokenizer"]);
+}
+
+/// `--per-tensor --equalize --bias-correction` (7-bit weights) on a MobileNetV2 (depthwise
+/// convs, ReLU6 as Clip): the summary lists both steps with the layers they changed, `compare`
+/// measures the equalized model against the FP32 graph equalized the same way (its activations
+/// are scaled per channel), and the output is closer to FP32 than with `--per-tensor` alone.
+#[test]
+fn equalization_and_bias_correction_bring_per_tensor_weights_closer_to_fp32() {
+    let Some((corpus, model)) = dev_model("mnist_mobilenetv2.onnx") else { return };
+    let dir = tmp("recovery");
+    let calib = mnist_normalized(&corpus, &dir.join("calib"), 0, 100);
+    let eval = mnist_normalized(&corpus, &dir.join("eval"), 1000, 1100);
+    let output_sqnr = |quant: &Path| -> (f64, serde_json::Value) {
+        let o = ok(&["compare", s(&model), s(quant), "--data", s(&eval), "--json", "-q"]);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (r["outputs"][0]["noise"]["sqnr_db"].as_f64().unwrap(), r)
+    };
+
+    // 7-bit weights (--reduce-range): this MNIST model's channel ranges differ by 5x at most,
+    // so only with the coarser grid do per-tensor scales starve its small channels (with 8
+    // bits both land within 0.3 dB of each other).
+    let plain = dir.join("per-tensor.onnx");
+    ok(&argv(
+        "quantize {} -o {} --data {} --per-tensor --reduce-range -q",
+        &[&model, &plain, &calib],
+    ));
+    let (plain_sqnr, _) = output_sqnr(&plain);
+
+    let recovered = dir.join("recovered.onnx");
+    let o = ok(&argv(
+        "quantize {} -o {} --data {} --per-tensor --reduce-range --equalize --bias-correction -q",
+        &[&model, &recovered, &calib],
+    ));
+    let text = stdout(&o);
+    // 9 inverted residual blocks: expand → depthwise → project chains, the stem and the head.
+    assert!(text.contains("equalize: ") && !text.contains("equalize: 0 layer pairs"), "{text}");
+    assert!(text.contains("bias-correction: ") && !text.contains(": 0 biases"), "{text}");
+    let (sqnr, r) = output_sqnr(&recovered);
+    assert!(sqnr > plain_sqnr, "output SQNR {sqnr:.1} dB, per-tensor alone {plain_sqnr:.1} dB");
+
+    // The summary carried in the model: each step with per-layer before/after figures.
+    let steps = r["quantization"]["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|st| st["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["equalize", "bias-correction"]);
+    for st in steps {
+        let layers = st["layers"].as_array().unwrap();
+        assert!(!layers.is_empty(), "{st}");
+        let changed = layers.iter().filter(|l| l["before"] != l["after"]).count();
+        assert!(changed * 2 > layers.len(), "most layers change: {st}");
+    }
+    // Equalization makes channel ranges more uniform; bias correction shrinks the shift.
+    let mean = |st: &serde_json::Value, k: &str| {
+        let l = st["layers"].as_array().unwrap();
+        l.iter().map(|x| x[k].as_f64().unwrap()).sum::<f64>() / l.len() as f64
+    };
+    assert!(mean(&steps[0], "after") > mean(&steps[0], "before"), "{}", steps[0]);
+    assert!(mean(&steps[1], "after") < mean(&steps[1], "before"), "{}", steps[1]);
+    // Activations are matched with the equalized FP32 graph: none is far off.
+    for a in r["activations"].as_array().unwrap() {
+        let db = a["isolated"]["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
+        assert!(db > 20.0, "{}: isolated SQNR {db}", a["tensor"]);
+    }
 }

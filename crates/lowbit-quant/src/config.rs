@@ -480,7 +480,7 @@ impl QuantPlan {
             }
         }
         if let Some(o) = &alg.adaround {
-            if o.iterations == 0 || !(o.reg_weight >= 0.0) {
+            if o.iterations == 0 || o.reg_weight.is_nan() || o.reg_weight < 0.0 {
                 return bad(
                     "AdaRound needs at least one iteration and a regularizer weight >= 0".into()
                 );

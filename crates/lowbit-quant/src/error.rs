@@ -59,6 +59,10 @@ pub enum QuantError {
 
     #[error("quantize config: {0}")]
     Config(String),
+    /// A recovery algorithm (equalization, bias correction) that met a model or samples it
+    /// cannot measure (the message names the tensor).
+    #[error("{0}")]
+    Recovery(String),
     /// The input model is already quantized (the quantized ops it holds, counted).
     #[error("the model is already quantized ({0}): quantize its FP32 original instead")]
     AlreadyQuantized(String),

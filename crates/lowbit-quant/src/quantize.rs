@@ -120,6 +120,17 @@ impl QuantizeSummary {
         });
     }
 
+    /// What the calibration done inside the run covered, when there was one.
+    pub fn calibration_line(&self) -> Option<String> {
+        let (batches, secs) = self.calibrated?;
+        // Equalization and SmoothQuant change the graph before calibration; bias correction
+        // alone calibrates here only because it runs on the samples anyway.
+        let transformed =
+            self.steps.iter().any(|s| matches!(s.step.as_str(), "equalize" | "smooth-quant"));
+        let what = if transformed { "the transformed FP32 graph" } else { "the FP32 graph" };
+        Some(format!("calibrated {what}: {batches} batches in {secs:.1} s"))
+    }
+
     /// Total nodes quantized.
     pub fn total_quantized(&self) -> usize {
         self.quantized.values().sum()
@@ -164,8 +175,8 @@ impl fmt::Display for QuantizeSummary {
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
-        if let Some((batches, secs)) = self.calibrated {
-            writeln!(f, "calibrated the transformed FP32 graph: {batches} batches in {secs:.1} s")?;
+        if let Some(line) = self.calibration_line() {
+            writeln!(f, "{line}")?;
         }
         for st in &self.steps {
             writeln!(f, "{}: {} ({:.1} s)", st.step, st.summary, st.seconds)?;
@@ -388,6 +399,26 @@ fn record_summary(model: &mut ModelProto, summary: &QuantizeSummary) {
 pub fn recorded_summary(model: &ModelProto) -> Option<QuantizeSummary> {
     let p = model.metadata_props.iter().find(|p| p.key == SUMMARY_METADATA_KEY)?;
     serde_json::from_str(&p.value).ok()
+}
+
+/// The FP32 graph whose values a quantized model's activations stand for, when a recorded
+/// step transformed the FP32 graph before calibration (equalization scales the channels
+/// between layers): `fp32` topologically sorted, BatchNormalization folded when the summary
+/// folded any, and equalized, as [`quantize_run`] does. `None` when no step transformed it.
+pub fn transformed_fp32(
+    fp32: &ModelProto,
+    summary: &QuantizeSummary,
+) -> Result<Option<ModelProto>> {
+    if !summary.steps.iter().any(|s| s.step == "equalize") {
+        return Ok(None);
+    }
+    let mut g = Graph::new(fp32.clone())?;
+    g.topo_sort()?;
+    if summary.folded_batch_norms > 0 {
+        passes::bn_fold::fold_batch_norms(&mut g)?;
+    }
+    algorithms::equalize::equalize(&mut g)?;
+    Ok(Some(g.into_model()))
 }
 
 #[cfg(test)]

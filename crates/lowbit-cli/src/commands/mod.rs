@@ -25,7 +25,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::BenchKernels(a) => bench_kernels::bench_kernels(a),
         Command::ExampleModel(a) => example_model::example_model(a),
         Command::Calibrate(a) => calibrate::calibrate(a, cli.quiet),
-        Command::Quantize(a) => quantize::quantize(a, cli.quiet),
+        Command::Quantize(a) => quantize::quantize(*a, cli.quiet),
         Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
     }

@@ -68,12 +68,24 @@ pub fn compare_models(
     opts: &CompareOptions,
 ) -> Result<CompareReport> {
     let q = View::new(quant, "quantized")?;
+    let quantization = lowbit_quant::quantize::recorded_summary(quant);
+    // Equalization scaled the channels between layers: activations and weights compare with
+    // the FP32 graph transformed the same way (its function, so its outputs, unchanged).
+    let transformed = match &quantization {
+        Some(s) => lowbit_quant::quantize::transformed_fp32(fp32, s)
+            .map_err(|e| CompareError::Model { model: "FP32", msg: e.to_string() })?,
+        None => None,
+    };
     let folded = bn_folded(fp32);
     let mut refs = vec![View::new(fp32, "FP32")?];
     if let Some(m) = &folded {
         refs.push(View::new(m, "FP32 (BatchNormalization folded)")?);
     }
-    let f = &refs[0];
+    if let Some(m) = &transformed {
+        refs.push(View::new(m, "FP32 (equalized as the quantized model was)")?);
+    }
+    // The reference for activations: the transformed graph when there is one.
+    let f = if transformed.is_some() { refs.last().expect("pushed") } else { &refs[0] };
     let (fp32_qnodes, quant_qnodes) = (f.quantization_nodes(), q.quantization_nodes());
     if fp32_qnodes > 0 && quant_qnodes == 0 {
         return Err(CompareError::Swapped {
@@ -100,8 +112,8 @@ pub fn compare_models(
 
     // Unfused: the quantized model's intermediate float values are what is compared.
     let so = SessionOptions::unfused(opts.threads);
-    let s32 =
-        Session::new(fp32, &so).map_err(|e| CompareError::Engine { model: f.what, source: e })?;
+    let s32 = Session::new(transformed.as_ref().unwrap_or(fp32), &so)
+        .map_err(|e| CompareError::Engine { model: f.what, source: e })?;
     let sq =
         Session::new(quant, &so).map_err(|e| CompareError::Engine { model: q.what, source: e })?;
 
@@ -234,7 +246,7 @@ pub fn compare_models(
         activations,
         weights: weights.into_iter().map(|w| w.report).collect(),
         ranking,
-        quantization: lowbit_quant::quantize::recorded_summary(quant),
+        quantization,
     })
 }
 

@@ -123,8 +123,8 @@ pub(super) fn quantization_section(h: &mut String, report: &CompareReport) {
     for d in &q.decisions {
         w(h, format_args!("<li>{}</li>\n", esc(d)));
     }
-    if let Some((batches, secs)) = q.calibrated {
-        w(h, format_args!("<li>calibrated the transformed FP32 graph: {batches} batches in {secs:.1} s</li>\n"));
+    if let Some(line) = q.calibration_line() {
+        w(h, format_args!("<li>{}</li>\n", esc(&line)));
     }
     for n in &q.notes {
         w(h, format_args!("<li>{}</li>\n", esc(n)));

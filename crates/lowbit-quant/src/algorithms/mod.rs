@@ -15,6 +15,8 @@ pub mod adaround;
 pub mod bias_correction;
 pub mod equalize;
 pub mod smooth_quant;
+#[cfg(test)]
+pub(crate) mod test_graphs;
 
 use crate::samples::{Progress, SampleSource};
 use serde::{Deserialize, Serialize};
@@ -48,4 +50,21 @@ pub struct StepReport {
     /// One line for the summary.
     pub summary: String,
     pub layers: Vec<LayerChange>,
+}
+
+/// Stores `t` as initializer `name` when node `reader` is its only reader (and it is no graph
+/// input or output), else as a new initializer named after it, so another reader keeps the old
+/// value; returns the name `reader` must read.
+pub(crate) fn store_initializer(
+    g: &mut lowbit_onnx::graph::Graph,
+    name: &str,
+    reader: usize,
+    t: lowbit_tensor::Tensor,
+) -> String {
+    if g.consumers(name) == [reader] && !g.is_graph_output(name) && !g.is_graph_input(name) {
+        g.add_initializer(lowbit_onnx::tensor_to_proto(name, &t));
+        name.to_string()
+    } else {
+        crate::passes::add_init(g, &format!("{name}_rewritten"), &t)
+    }
 }

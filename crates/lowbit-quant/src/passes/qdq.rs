@@ -3,7 +3,8 @@
 //!
 //! * **activations**: one `QuantizeLinear → DequantizeLinear` pair per tensor, shared by all
 //!   its consumers, on every float input of a quantized `Conv`/`MatMul`/`Gemm` and on their
-//!   outputs; the pairs spread through pass-through ops (`Relu`, `Clip`, `MaxPool`, `Reshape`,
+//!   outputs; the pairs spread through pass-through ops (`Relu`, `Clip`, `Min` of a constant,
+//!   `MaxPool`, `Reshape`,
 //!   `Transpose`, `Flatten`, `Squeeze`, `Unsqueeze`, `Identity`) and average pools next to
 //!   quantized tensors, so the runtime sees complete QDQ groups. An `Add`/`Mul` of two
 //!   quantized tensors (a residual join) gets its output quantized as well, so ORT runs it as
@@ -13,7 +14,7 @@
 //!   the chosen method (per tensor, [`QParams::from_range`]).
 //! * **shared parameters**: the output of `MaxPool`, `Reshape`, `Transpose`, `Flatten`,
 //!   `Squeeze`, `Unsqueeze`, `Identity` uses its input's parameters (the op commutes with
-//!   quantization, as ORT's fused kernels require); the input of a `Relu`/`Clip` that feeds
+//!   quantization, as ORT's fused kernels require); the input of a `Relu`/`Clip`/`Min` that feeds
 //!   nothing else uses the activation's output range (quantizing with it then clamps exactly as
 //!   the activation does).
 //! * **weights**: int8 (or the configured type) initializers + `DequantizeLinear`; per
@@ -43,8 +44,10 @@ use std::collections::{BTreeSet, HashMap};
 /// Ops whose output uses the input's quantization parameters.
 const SAME_GRID: &[&str] =
     &["MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"];
-/// Clamping activations: their input may take the output's parameters.
-const CLAMPS: &[&str] = &["Relu", "Clip"];
+/// Clamping activations: their input may take the output's parameters. `Min` with constant
+/// bounds is the per-channel upper bound equalization gives a `Clip` (`Clip → Min`): one grid
+/// for both, so the activation is rounded once.
+const CLAMPS: &[&str] = &["Relu", "Clip", "Min"];
 /// Ops with their own output parameters that ORT runs quantized when surrounded by QDQ.
 const OWN_GRID: &[&str] = &["GlobalAveragePool", "AveragePool"];
 /// Binary ops quantized where both inputs already are (ORT: QLinearAdd / QLinearMul).
@@ -240,6 +243,7 @@ pub fn quantize_static(
             && (SAME_GRID.contains(&op) || CLAMPS.contains(&op) || OWN_GRID.contains(&op))
             && n.output.iter().skip(1).all(|o| o.is_empty())
             && (op != "Clip" || n.input.iter().skip(1).all(|m| m.is_empty() || consts.contains(m)))
+            && (op != "Min" || (n.input.len() == 2 && consts.contains(&n.input[1])))
     };
     // Element-wise Add/Mul joining two quantized branches (residual Adds) are quantized too:
     // ONNX Runtime then runs them as QLinearAdd/QLinearMul and the int8 flow is unbroken.
