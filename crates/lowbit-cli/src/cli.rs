@@ -42,11 +42,25 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
+/// `--preprocess`, the same for every command that reads `--data`.
+#[derive(Args, Debug)]
+pub struct PreprocessArg {
+    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
+    /// std, layout (as the corpus sidecar configs), or inline
+    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
+    #[arg(long, value_name = "SPEC")]
+    pub preprocess: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Folder for the model, data, ranges and int8 model [default: <temp>/lowbit-demo].
+    /// Folder for the model, data, ranges and int8 model [default: <temp>/lowbit-demo,
+    /// replaced on every run].
     #[arg(short, long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Write into an existing, non-empty -o folder.
+    #[arg(long)]
+    pub force: bool,
     /// Worker threads (0: one per core).
     #[arg(short, long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
@@ -64,18 +78,20 @@ pub struct CompareArgs {
     /// Compare on the first N samples [default: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub samples: Option<u64>,
-    /// Convert integer image arrays for float inputs (as `run --preprocess`).
-    #[arg(long, value_name = "SPEC")]
-    pub preprocess: Option<String>,
+    #[command(flatten)]
+    pub pre: PreprocessArg,
     /// Labels (one per sample, .npy): the report then shows top-1 of both models.
     #[arg(long, value_name = "FILE.npy")]
     pub labels: Option<PathBuf>,
-    /// Write the full comparison as JSON (schema: docs/json.md).
-    #[arg(long, value_name = "FILE.json")]
-    pub json: Option<PathBuf>,
+    /// Print the full comparison as one JSON object instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
     /// Write a self-contained HTML report (charts inline).
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// Replace an existing --report file.
+    #[arg(long)]
+    pub force: bool,
     /// Worker threads (0: one per core).
     #[arg(short, long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
@@ -108,6 +124,9 @@ pub struct RunArgs {
     /// Folder for the outputs: one <output-name>.npy each, plus outputs.json.
     #[arg(short, long, value_name = "OUTDIR")]
     pub output: PathBuf,
+    /// Write into an existing, non-empty output folder (replacing files of the same names).
+    #[arg(long)]
+    pub force: bool,
     /// Worker threads (0: one per core).
     #[arg(short, long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
@@ -121,11 +140,8 @@ pub struct RunArgs {
     /// the batch's longest real length (outputs are zero-padded back when stacked).
     #[arg(long)]
     pub trim_padding: bool,
-    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
-    /// std, layout (as the corpus sidecar configs), or inline
-    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
-    #[arg(long, value_name = "SPEC")]
-    pub preprocess: Option<String>,
+    #[command(flatten)]
+    pub pre: PreprocessArg,
 }
 
 #[derive(Args, Debug)]
@@ -151,11 +167,8 @@ pub struct BenchArgs {
     /// input's real length).
     #[arg(long)]
     pub no_trim: bool,
-    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
-    /// std, layout (as the corpus sidecar configs), or inline
-    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
-    #[arg(long, value_name = "SPEC")]
-    pub preprocess: Option<String>,
+    #[command(flatten)]
+    pub pre: PreprocessArg,
     /// Also time ONNX Runtime (Python onnxruntime) on the same file and feeds, after lowbit:
     /// same warm-up, runs and threads; prints both, the median ratio and the outputs' max
     /// difference on the first sample.
@@ -198,6 +211,9 @@ pub struct ExampleModelArgs {
     /// Number of sample rows in data/x.npy.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub samples: usize,
+    /// Write into an existing, non-empty OUT_DIR.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -218,14 +234,14 @@ pub struct CalibrateArgs {
     /// gets one row per run, cut to its real length, so padding stays out of the statistics).
     #[arg(long)]
     pub no_trim: bool,
-    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
-    /// std, layout (as the corpus sidecar configs), or inline
-    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
-    #[arg(long, value_name = "SPEC")]
-    pub preprocess: Option<String>,
+    #[command(flatten)]
+    pub pre: PreprocessArg,
     /// The calibration table to write (JSON).
     #[arg(short, long, value_name = "RANGES.json")]
     pub output: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -310,7 +326,18 @@ pub struct QuantizeArgs {
     /// strength ALPHA in [0, 1] (SmoothQuant, Xiao et al. 2023; 0.5 is the paper's default).
     #[arg(long, value_name = "ALPHA")]
     pub smooth_quant: Option<f32>,
-    /// Replace an existing output file.
+    /// Validate the quantized model before writing it: run it and the FP32 model on N samples
+    /// of --data the calibration did not use (the next N after --samples; the last N
+    /// calibration samples when there are no others) and compare every output. 0: skip.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub validate: usize,
+    /// The validation floor: every float output keeps at least this SQNR (dB) against FP32.
+    #[arg(long, value_name = "DB", default_value_t = lowbit_eval::validate::Floor::DEFAULT_SQNR_DB)]
+    pub min_output_sqnr: f64,
+    /// Write the model even when it fails validation (the failure is still printed).
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// Replace existing output files (-o, --report).
     #[arg(long)]
     pub force: bool,
     /// Worker threads for calibration (0: one per core).
@@ -319,10 +346,8 @@ pub struct QuantizeArgs {
     /// Calibrate on rows at their padded length (see `calibrate --no-trim`).
     #[arg(long)]
     pub no_trim: bool,
-    /// Calibration data (static): convert integer (uint8) image arrays for float inputs, as
-    /// `calibrate --preprocess` does (a JSON file or inline `scale=...,mean=...,std=...`).
-    #[arg(long, value_name = "SPEC")]
-    pub preprocess: Option<String>,
+    #[command(flatten)]
+    pub pre: PreprocessArg,
     /// After writing, compare the quantized model with the FP32 one on --report-data (or
     /// --data) and write an HTML report of per-layer noise (see `lowbit compare`).
     #[arg(long, value_name = "FILE.html")]
@@ -359,11 +384,8 @@ pub struct EvalArgs {
     /// model's first float output].
     #[arg(long, value_name = "NAME")]
     pub output: Option<String>,
-    /// Convert integer (uint8) image arrays for float inputs: a JSON file with scale, mean,
-    /// std, layout (as the corpus sidecar configs), or inline
-    /// `scale=0.00392156862745098,mean=0.1307,std=0.3081,layout=NCHW`.
-    #[arg(long, value_name = "SPEC")]
-    pub preprocess: Option<String>,
+    #[command(flatten)]
+    pub pre: PreprocessArg,
     /// Score only the first N samples (pairs).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -374,7 +396,7 @@ pub struct EvalArgs {
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
     /// Time N samples one at a time, evenly spread over the data (0: no timing).
-    #[arg(long, value_name = "N", default_value_t = crate::commands::eval::DEFAULT_LATENCY_SAMPLES)]
+    #[arg(long, value_name = "N", default_value_t = lowbit_eval::latency::DEFAULT_SAMPLES)]
     pub latency: usize,
     /// Feed rows at their padded length (by default each batch is cut to its *mask* input's
     /// longest real length, and each timed sample to its own).

@@ -1,19 +1,20 @@
 //! `lowbit`: inspect, run and benchmark ONNX models on lowbit's CPU engine.
 //!
 //! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
-//! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors. Errors
-//! are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
-//! each; [`cli`] declares the arguments.
+//! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors, 4 when a
+//! quantized model fails validation (`quantize`). Errors are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
+//! each; [`cli`] declares the arguments; the modules beside them hold what commands share.
 
+mod calibration;
 mod cli;
 mod commands;
-mod feeds;
-mod model_info;
-mod outputs;
-mod preprocess;
-mod rng;
-mod samples;
-mod stack;
+mod inputs;
+mod models;
+mod noise_report;
+mod onnx_build;
+mod paths;
+mod progress;
+mod text;
 mod usage;
 
 use clap::Parser;
@@ -33,9 +34,11 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", render(&e));
-            if e.downcast_ref::<usage::UsageError>().is_some() {
+            if usage::is_usage(&e) {
                 eprintln!("\nFor more information, try '--help'.");
                 ExitCode::from(2)
+            } else if e.downcast_ref::<usage::ValidationFailed>().is_some() {
+                ExitCode::from(4)
             } else {
                 ExitCode::FAILURE
             }

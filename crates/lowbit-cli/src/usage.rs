@@ -1,4 +1,5 @@
-//! Usage errors: arguments that parse but make no sense together. `main` exits 2 on them.
+//! Errors with their own exit status: usage errors (arguments that parse but make no sense
+//! together, exit 2) and a quantized model that failed validation (exit 4).
 
 use std::fmt;
 
@@ -13,6 +14,26 @@ impl fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// A quantized model that failed the validation gate; `main` exits 4 on it.
+#[derive(Debug)]
+pub struct ValidationFailed(pub String);
+
+impl fmt::Display for ValidationFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ValidationFailed {}
+
+/// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<UsageError>().is_some()
+            || c.downcast_ref::<lowbit_data::DataError>().is_some_and(|d| d.is_usage())
+    })
+}
 
 /// Returns early with a [`UsageError`].
 macro_rules! usage_bail {

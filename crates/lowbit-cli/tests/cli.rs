@@ -4,15 +4,35 @@
 
 use lowbit_onnx::pb;
 use lowbit_tensor::{npy, Tensor};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn lowbit(args: &[&str]) -> Output {
+fn lowbit(args: &[impl AsRef<OsStr>]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lowbit"))
         .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("the lowbit binary runs")
+}
+
+/// `lowbit ARGS`, which must succeed.
+fn ok(args: &[impl AsRef<OsStr>]) -> Output {
+    let o = lowbit(args);
+    let line: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    assert!(o.status.success(), "lowbit {}: {}", line.join(" "), stderr(&o));
+    o
+}
+
+/// Arguments from a template: its words, each `{}` replaced by the next of `paths` (which may
+/// hold spaces).
+fn argv(template: &str, paths: &[&Path]) -> Vec<OsString> {
+    let mut paths = paths.iter();
+    let word = |w: &str| match w {
+        "{}" => paths.next().expect("a path per {}").as_os_str().to_owned(),
+        w => w.into(),
+    };
+    template.split(' ').map(word).collect()
 }
 
 fn stdout(o: &Output) -> String {
@@ -23,12 +43,19 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A fresh, empty folder for one test.
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lowbit-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty folder for one test, removed (with all the test wrote) when it drops.
+struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+fn tmp(name: &str) -> Scratch {
+    let prefix = format!("lowbit-cli-{name}-");
+    Scratch(tempfile::Builder::new().prefix(&prefix).tempdir().unwrap())
 }
 
 fn s(p: &Path) -> &str {
@@ -49,10 +76,9 @@ fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
 }
 
 /// Writes the example model into a fresh folder and returns the folder.
-fn example(name: &str) -> PathBuf {
+fn example(name: &str) -> Scratch {
     let dir = tmp(name);
-    let o = lowbit(&["example-model", s(&dir), "--samples", "40"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["example-model", s(&dir), "--samples", "40"]);
     dir
 }
 
@@ -138,17 +164,10 @@ fn version_names_the_package_version() {
 fn example_model_runs_and_matches_its_reference_outputs() {
     let dir = example("run-example");
     let out = dir.join("out");
-    let o = lowbit(&[
-        "run",
-        s(&dir.join("model.onnx")),
-        "--data",
-        s(&dir.join("data")),
-        "-o",
-        s(&out),
-        "--batch",
-        "16",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&argv(
+        "run {} --data {} -o {} --batch 16",
+        &[&dir.join("model.onnx"), &dir.join("data"), &out],
+    ));
     assert!(stdout(&o).contains("ran 40 samples in 3 runs"), "{}", stdout(&o));
     let got = npy::read_npy(&out.join("probs.npy")).unwrap();
     let want = npy::read_npy(&dir.join("expected/probs.npy")).unwrap();
@@ -165,8 +184,7 @@ fn run_takes_named_input_files_and_a_sample_limit() {
     let dir = example("run-input");
     let out = dir.join("out");
     let x = format!("x={}", s(&dir.join("data/x.npy")));
-    let o = lowbit(&["run", s(&dir.join("model.onnx")), "-i", &x, "-o", s(&out), "--limit", "5"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["run", s(&dir.join("model.onnx")), "-i", &x, "-o", s(&out), "--limit", "5"]);
     assert_eq!(npy::read_npy(&out.join("probs.npy")).unwrap().shape(), &[5, 10]);
 }
 
@@ -177,8 +195,7 @@ fn run_reads_inputs_from_an_npz() {
     let npz = dir.join("inputs.npz");
     npy::write_npz(&npz, &[("x".to_string(), x)]).unwrap();
     let out = dir.join("out");
-    let o = lowbit(&["run", s(&dir.join("model.onnx")), "--data", s(&npz), "-o", s(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["run", s(&dir.join("model.onnx")), "--data", s(&npz), "-o", s(&out)]);
     assert_eq!(npy::read_npy(&out.join("probs.npy")).unwrap().shape(), &[40, 10]);
 }
 
@@ -189,8 +206,7 @@ fn fixed_batch_models_are_fed_row_by_row_and_output_names_are_sanitized() {
     let x = Tensor::from_vec(vec![4, 3], (0..12).map(|i| i as f32 - 6.0).collect()).unwrap();
     npy::write_npy(&dir.join("x.npy"), &x).unwrap();
     let out = dir.join("out");
-    let o = lowbit(&["run", s(&model), "--data", s(&dir), "-o", s(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["run", s(&model), "--data", s(&dir), "-o", s(&out)]);
     assert!(stdout(&o).contains("in 4 runs (batch 1"), "{}", stdout(&o));
     let y = npy::read_npy(&out.join("onnx__Relu_out_0.npy")).unwrap();
     let want: Vec<f32> = (0..12).map(|i| (i as f32 - 6.0).max(0.0)).collect();
@@ -201,16 +217,14 @@ fn fixed_batch_models_are_fed_row_by_row_and_output_names_are_sanitized() {
 fn inspect_lists_io_ops_and_parameters() {
     let dir = example("inspect");
     let model = dir.join("model.onnx");
-    let o = lowbit(&["inspect", s(&model)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["inspect", s(&model)]);
     let text = stdout(&o);
     for needle in
         ["producer     lowbit", "ai.onnx 17", "x  float32 [batch, 16]", "MatMul", "Softmax"]
     {
         assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
     }
-    let o = lowbit(&["inspect", s(&model), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["inspect", s(&model), "--json"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["nodes"], 6);
     assert_eq!(j["parameters"], 16 * 32 + 32 + 32 * 10 + 10);
@@ -224,8 +238,7 @@ fn inspect_lists_io_ops_and_parameters() {
 fn inspect_names_unsupported_ops() {
     let dir = tmp("inspect-unsupported");
     let model = one_node_model(&dir, "FrobnicateV9", "com.example", &[-1, 4], "y");
-    let o = lowbit(&["inspect", s(&model), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["inspect", s(&model), "--json"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["unsupported_ops"], serde_json::json!(["com.example.FrobnicateV9"]));
     assert_eq!(j["inputs"][0]["shape"], serde_json::json!(["N", 4]));
@@ -234,18 +247,8 @@ fn inspect_names_unsupported_ops() {
 #[test]
 fn bench_json_reports_latency_from_synthetic_inputs() {
     let dir = example("bench");
-    let o = lowbit(&[
-        "bench",
-        s(&dir.join("model.onnx")),
-        "--runs",
-        "5",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o =
+        ok(&argv("bench {} --runs 5 --warmup 1 --threads 1 --json", &[&dir.join("model.onnx")]));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(j["median_ms"].as_f64().unwrap() > 0.0, "{j}");
     assert!(j["p90_ms"].as_f64().unwrap() >= j["median_ms"].as_f64().unwrap(), "{j}");
@@ -257,17 +260,10 @@ fn bench_json_reports_latency_from_synthetic_inputs() {
 #[test]
 fn bench_with_data_runs_once_per_sample() {
     let dir = example("bench-data");
-    let o = lowbit(&[
-        "bench",
-        s(&dir.join("model.onnx")),
-        "--data",
-        s(&dir.join("data")),
-        "--limit",
-        "7",
-        "--warmup",
-        "0",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&argv(
+        "bench {} --data {} --limit 7 --warmup 0",
+        &[&dir.join("model.onnx"), &dir.join("data")],
+    ));
     assert!(stdout(&o).contains("runs         7 (+0 warm-up)"), "{}", stdout(&o));
 }
 
@@ -588,10 +584,9 @@ fn broken_pipe_is_a_clean_exit() {
 // calibrate and quantize
 
 /// The example model with its default 64 samples.
-fn example64(name: &str) -> PathBuf {
+fn example64(name: &str) -> Scratch {
     let dir = tmp(name);
-    let o = lowbit(&["example-model", s(&dir)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["example-model", s(&dir)]);
     dir
 }
 
@@ -623,15 +618,13 @@ fn calibrate_writes_a_table_that_quantize_ranges_accepts() {
     let dir = example64("calibrate-ranges");
     let model = dir.join("model.onnx");
     let ranges = dir.join("ranges.json");
-    let o = lowbit(&["calibrate", s(&model), "--data", s(&dir.join("data")), "-o", s(&ranges)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["calibrate", s(&model), "--data", s(&dir.join("data")), "-o", s(&ranges)]);
     assert!(stdout(&o).contains("on 64 samples"), "{}", stdout(&o));
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
     assert!(table["tensors"].as_object().is_some_and(|t| !t.is_empty()), "{table}");
     let q = dir.join("q.onnx");
-    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--ranges", s(&ranges)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["quantize", s(&model), "-o", s(&q), "--ranges", s(&ranges)]);
     assert!(stdout(&o).contains("MatMul"), "{}", stdout(&o));
     run_model(&q, &dir.join("data"), &dir.join("out"), "probs.npy");
 }
@@ -641,17 +634,8 @@ fn static_quantization_with_data_agrees_with_fp32() {
     let dir = example64("quantize-static");
     let model = dir.join("model.onnx");
     let q = dir.join("q.onnx");
-    let o = lowbit(&[
-        "quantize",
-        s(&model),
-        "-o",
-        s(&q),
-        "--mode",
-        "static",
-        "--data",
-        s(&dir.join("data")),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o =
+        ok(&argv("quantize {} -o {} --mode static --data {}", &[&model, &q, &dir.join("data")]));
     let text = stdout(&o);
     assert!(text.contains("quantized:") && text.contains("initializers:"), "{text}");
     let fp32 = run_model(&model, &dir.join("data"), &dir.join("out32"), "probs.npy");
@@ -699,8 +683,7 @@ fn quantize_replaces_an_existing_output_only_with_force() {
     let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--mode", "dynamic"]);
     assert_fails(&o, 1, &["already exists", "--force"]);
     assert_eq!(std::fs::read(&q).unwrap(), b"keep me");
-    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--mode", "dynamic", "--force"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["quantize", s(&model), "-o", s(&q), "--mode", "dynamic", "--force"]);
     assert!(lowbit_onnx::load_model(&q).is_ok());
 }
 
@@ -735,6 +718,82 @@ fn nan_in_calibration_data_names_the_input_and_row() {
     assert!(!q.exists());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Outputs: checked before any work, replaced only with --force
+
+#[test]
+fn outputs_are_checked_before_calibration_and_a_folder_is_never_the_output_file() {
+    let dir = example64("outputs-checked");
+    let model = dir.join("model.onnx");
+    // NaN data would fail calibration: the path errors come first, so they ran before it.
+    let x = npy::read_npy(&dir.join("data/x.npy")).unwrap();
+    let mut v = x.as_f32().unwrap().to_vec();
+    v[0] = f32::NAN;
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    npy::write_npy(&bad.join("x.npy"), &Tensor::from_vec(x.shape().to_vec(), v).unwrap()).unwrap();
+    let folder = format!("{}/", s(&dir.join("data")));
+    for cmd in ["quantize", "calibrate"] {
+        let o = lowbit(&[cmd, s(&model), "--data", s(&bad), "-o", &folder, "--force"]);
+        assert_fails(&o, 1, &["-o", "is a folder", "name the file"]);
+        assert!(!stderr(&o).contains("Is a directory"), "{}", stderr(&o));
+        let missing = dir.join("no/such/out.onnx");
+        let o = lowbit(&[cmd, s(&model), "--data", s(&bad), "-o", s(&missing)]);
+        assert_fails(&o, 1, &["no/such", "does not exist"]);
+        let o = lowbit(&[cmd, s(&model), "--data", s(&bad), "-o", s(&model), "--force"]);
+        assert_fails(&o, 1, &["is the input model", "never overwrites"]);
+    }
+    // The report and the model written are two files.
+    let q = dir.join("q.onnx");
+    let args = ["quantize", s(&model), "-o", s(&q), "--data", s(&bad), "--report", s(&q)];
+    assert_fails(&lowbit(&args), 1, &["--report", "is also -o"]);
+    assert!(!q.exists());
+}
+
+#[test]
+fn every_command_that_writes_replaces_only_with_force() {
+    let dir = example64("force");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let m = s(&model);
+    let d = s(&data);
+    let (out, ranges, q) = (dir.join("out"), dir.join("ranges.json"), dir.join("q.onnx"));
+    let runs: [Vec<&str>; 4] = [
+        vec!["run", m, "--data", d, "-o", s(&out)],
+        vec!["calibrate", m, "--data", d, "-o", s(&ranges)],
+        vec!["quantize", m, "--ranges", s(&ranges), "-o", s(&q)],
+        vec!["example-model", s(&dir)],
+    ];
+    for args in &runs {
+        if args[0] != "example-model" {
+            let o = lowbit(args);
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        }
+        assert_fails(&lowbit(args), 1, &["already exists", "--force"]);
+        let mut forced = args.clone();
+        forced.push("--force");
+        let o = lowbit(&forced);
+        assert!(o.status.success(), "{forced:?}: {}", stderr(&o));
+    }
+    // compare: --report replaced only with --force; --json prints one JSON object on stdout.
+    let html = dir.join("report.html");
+    std::fs::write(&html, "keep").unwrap();
+    let compare = ["compare", m, s(&q), "--data", d, "--samples", "8", "--report", s(&html)];
+    assert_fails(&lowbit(&compare), 1, &["report.html", "already exists", "--force"]);
+    assert_eq!(std::fs::read_to_string(&html).unwrap(), "keep");
+    let mut forced = compare.to_vec();
+    forced.extend(["--force", "--json"]);
+    let o = lowbit(&forced);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["format"], "lowbit-compare/1");
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+    // run never writes into its data folder.
+    assert_fails(&lowbit(&["run", m, "--data", d, "-o", d, "--force"]), 1, &["the data folder"]);
+    // demo -o: a folder that holds files needs --force.
+    let o = lowbit(&["demo", "-o", s(&dir), "-q"]);
+    assert_fails(&o, 1, &["not empty", "--force"]);
+}
+
 fn shared_dir() -> PathBuf {
     std::env::var_os("LOWBIT_SHARED")
         .map(PathBuf::from)
@@ -766,8 +825,7 @@ fn mnist_static_int8_agrees_with_fp32() {
     mnist_data(&images, 0, 50, &dir.join("calib"));
     mnist_data(&images, 1000, 1200, &dir.join("eval"));
     let q = dir.join("mnist.int8.onnx");
-    let o = lowbit(&["quantize", s(&model), "-o", s(&q), "--data", s(&dir.join("calib"))]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["quantize", s(&model), "-o", s(&q), "--data", s(&dir.join("calib"))]);
     assert!(stdout(&o).contains("Conv"), "{}", stdout(&o));
     let out = "Plus214_Output_0.npy";
     let fp32 = run_model(&model, &dir.join("eval"), &dir.join("out32"), out);
@@ -863,7 +921,17 @@ fn ids(shape: Vec<usize>, v: &[i64]) -> Tensor {
     Tensor::from_vec(shape, v.to_vec()).unwrap()
 }
 
-/// Four per-sample files, sorted s0..s3: lengths 3, 3 (no batch axis), 5 (no batch axis), 2.
+/// A fresh folder with the sequence model and, in `data/`, four per-sample files, sorted
+/// s0..s3: lengths 3, 3 (no batch axis), 5 (no batch axis), 2. Returns the folder, the model
+/// and the data folder.
+fn sentences(name: &str) -> (Scratch, PathBuf, PathBuf) {
+    let dir = tmp(name);
+    let model = sequence_model(&dir);
+    let data = dir.join("data");
+    sentence_files(&data);
+    (dir, model, data)
+}
+
 fn sentence_files(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let files = [
@@ -881,12 +949,9 @@ fn sentence_files(dir: &Path) {
 
 #[test]
 fn per_sample_npz_files_of_different_lengths_run_as_they_are() {
-    let dir = tmp("per-sample-run");
-    let model = sequence_model(&dir);
-    sentence_files(&dir.join("data"));
+    let (dir, model, data) = sentences("per-sample-run");
     let out = dir.join("out");
-    let o = lowbit(&["run", s(&model), "--data", s(&dir.join("data")), "-o", s(&out)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["run", s(&model), "--data", s(&data), "-o", s(&out)]);
     // s0 and s1 share a length and are batched together; s2 and s3 run alone.
     assert!(stdout(&o).contains("ran 4 samples in 3 runs"), "{}", stdout(&o));
     let total = npy::read_npy(&out.join("total.npy")).unwrap();
@@ -901,39 +966,23 @@ fn per_sample_npz_files_of_different_lengths_run_as_they_are() {
         7., 8., 0., 0., 0.,
     ];
     assert_eq!(f, Tensor::from_vec(vec![4, 5], want).unwrap());
-    // --batch 1: one run per file; --limit 3 stops after s2.
-    let o = lowbit(&[
-        "run",
-        s(&model),
-        "--data",
-        s(&dir.join("data")),
-        "-o",
-        s(&out),
-        "--batch",
-        "1",
-        "--limit",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // --batch 1: one run per file; --limit 3 stops after s2 (--force: `out` holds the first
+    // run's files).
+    let o = ok(&argv("run {} --data {} -o {} --force --batch 1 --limit 3", &[&model, &data, &out]));
     assert!(stdout(&o).contains("ran 3 samples in 3 runs"), "{}", stdout(&o));
     let total = npy::read_npy(&out.join("total.npy")).unwrap();
     assert_eq!(total, Tensor::from_vec(vec![3], vec![6f32, 15.0, 150.0]).unwrap());
     // bench feeds one sample per run.
-    let o =
-        lowbit(&["bench", s(&model), "--data", s(&dir.join("data")), "--warmup", "0", "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["bench", s(&model), "--data", s(&data), "--warmup", "0", "--json"]);
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!((j["runs"].as_u64(), j["batch"].as_u64()), (Some(4), Some(1)), "{j}");
 }
 
 #[test]
 fn per_sample_npz_files_of_different_lengths_calibrate() {
-    let dir = tmp("per-sample-calibrate");
-    let model = sequence_model(&dir);
-    sentence_files(&dir.join("data"));
+    let (dir, model, data) = sentences("per-sample-calibrate");
     let ranges = dir.join("ranges.json");
-    let o = lowbit(&["calibrate", s(&model), "--data", s(&dir.join("data")), "-o", s(&ranges)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["calibrate", s(&model), "--data", s(&data), "-o", s(&ranges)]);
     assert!(stdout(&o).contains("on 4 samples (3 runs)"), "{}", stdout(&o));
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
@@ -946,17 +995,7 @@ fn per_sample_npz_files_of_different_lengths_calibrate() {
     assert_eq!((total["min"].as_f64(), total["max"].as_f64()), (Some(6.0), Some(150.0)), "{t}");
     assert_eq!(total["count"], 4, "{t}");
     // --samples 2: s0 and s1 only.
-    let o = lowbit(&[
-        "calibrate",
-        s(&model),
-        "--data",
-        s(&dir.join("data")),
-        "--samples",
-        "2",
-        "-o",
-        s(&ranges),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&argv("calibrate {} --data {} --samples 2 -o {} --force", &[&model, &data, &ranges]));
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
     assert_eq!(table["tensors"]["f"]["max"].as_f64(), Some(6.0), "{table}");
@@ -965,10 +1004,7 @@ fn per_sample_npz_files_of_different_lengths_calibrate() {
 
 #[test]
 fn a_per_sample_file_missing_an_input_is_named() {
-    let dir = tmp("per-sample-missing");
-    let model = sequence_model(&dir);
-    let data = dir.join("data");
-    sentence_files(&data);
+    let (dir, model, data) = sentences("per-sample-missing");
     npy::write_npz(&data.join("s2.npz"), &[("ids".to_string(), ids(vec![2], &[1, 2]))]).unwrap();
     for cmd in ["run", "calibrate"] {
         let o = lowbit(&[cmd, s(&model), "--data", s(&data), "-o", s(&dir.join("o"))]);
@@ -1005,6 +1041,7 @@ fn run_preprocessed(dir: &Path, model: &Path, spec: &str) -> (Tensor, String) {
         spec,
         "-o",
         s(&out),
+        "--force",
     ]);
     assert!(o.status.success(), "{spec}: {}", stderr(&o));
     (npy::read_npy(&out.join("y.npy")).unwrap(), stderr(&o))
@@ -1039,17 +1076,7 @@ fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
     assert!(max_abs_diff(&y, &want) < 1e-6, "{y:?}");
     // The same through calibrate: the input's range is the converted one.
     let ranges = dir.join("ranges.json");
-    let o = lowbit(&[
-        "calibrate",
-        s(&model),
-        "--data",
-        s(&data),
-        "--preprocess",
-        s(&json),
-        "-o",
-        s(&ranges),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["calibrate", s(&model), "--data", s(&data), "--preprocess", s(&json), "-o", s(&ranges)]);
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
     let x = &table["tensors"]["x"];
@@ -1124,19 +1151,10 @@ fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
     std::fs::create_dir_all(&data).unwrap();
     std::os::unix::fs::symlink(&images, data.join("input.npy")).unwrap();
     let ranges = dir.join("ranges.json");
-    let o = lowbit(&[
-        "calibrate",
-        s(&model),
-        "--data",
-        s(&data),
-        "--preprocess",
-        s(&spec),
-        "--samples",
-        "100",
-        "-o",
-        s(&ranges),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&argv(
+        "calibrate {} --data {} --preprocess {} --samples 100 -o {}",
+        &[&model, &data, &spec, &ranges],
+    ));
     assert!(stdout(&o).contains("on 100 samples"), "{}", stdout(&o));
     let table: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ranges).unwrap()).unwrap();
@@ -1145,19 +1163,7 @@ fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
     assert!((x["min"].as_f64().unwrap() + 0.424_212).abs() < 1e-4, "{x}");
     assert!((x["max"].as_f64().unwrap() - 2.821_487).abs() < 1e-4, "{x}");
     let out = dir.join("out");
-    let o = lowbit(&[
-        "run",
-        s(&model),
-        "--data",
-        s(&data),
-        "--preprocess",
-        s(&spec),
-        "--limit",
-        "100",
-        "-o",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&argv("run {} --data {} --preprocess {} --limit 100 -o {}", &[&model, &data, &spec, &out]));
     let logits = npy::read_npy(&out.join("logits.npy")).unwrap();
     assert_eq!(logits.shape(), &[100, 10]);
     let labels = npy::read_npy(&labels).unwrap().to_f64_vec().unwrap();
@@ -1174,8 +1180,7 @@ fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
 #[test]
 fn demo_quantizes_its_own_model_and_reports_what_it_cost() {
     let dir = tmp("demo");
-    let o = lowbit(&["demo", "-o", s(&dir), "-q"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["demo", "-o", s(&dir), "-q"]);
     let out = stdout(&o);
     let field = |label: &str| -> f64 {
         let line = out.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{out}"));
@@ -1193,16 +1198,25 @@ fn demo_quantizes_its_own_model_and_reports_what_it_cost() {
         assert!(dir.join(f).exists(), "{f} missing: {out}");
     }
 
-    // The steps it prints work by hand and give the same file.
+    // The steps it prints run as printed (this binary by its path, outputs replaced with
+    // --force) and give the same file.
+    let int8 = std::fs::read(dir.join("model.int8.onnx")).unwrap();
+    let steps: Vec<&str> =
+        out.lines().skip_while(|l| *l != "same steps by hand:").skip(1).map(str::trim).collect();
+    assert_eq!(steps.len(), 3, "{out}");
+    for (step, cmd) in steps.iter().zip(["calibrate", "quantize", "bench"]) {
+        let bin = env!("CARGO_BIN_EXE_lowbit");
+        let by_path = step.starts_with(&format!("{bin} {cmd} "));
+        assert!(by_path || step.starts_with(&format!("lowbit {cmd} ")), "{step}");
+        let o = Command::new("sh").args(["-c", step]).stdin(Stdio::null()).output().unwrap();
+        assert!(o.status.success(), "{step}: {}", stderr(&o));
+    }
+    assert_eq!(std::fs::read(dir.join("model.int8.onnx")).unwrap(), int8);
     let again = dir.join("again.int8.onnx");
-    let q = lowbit(&[
-        "quantize",
-        s(&dir.join("model.onnx")),
-        "--ranges",
-        s(&dir.join("ranges.json")),
-        "-o",
-        s(&again),
-    ]);
+    let q = lowbit(&argv(
+        "quantize {} --ranges {} -o {}",
+        &[&dir.join("model.onnx"), &dir.join("ranges.json"), &again],
+    ));
     assert!(q.status.success(), "{}", stderr(&q));
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(dir.join("model.int8.onnx")).unwrap());
 
@@ -1298,9 +1312,7 @@ fn eval_scores_the_example_model_against_labels_and_itself() {
     assert!(rf["latency"]["median_ms"].is_number(), "{rf}");
 
     // The text form, limited: a person's report.
-    let o =
-        lowbit(&["eval", s(&model), "--data", s(&data), "--labels", s(&labels), "--limit", "8"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&["eval", s(&model), "--data", s(&data), "--labels", s(&labels), "--limit", "8"]);
     let out = stdout(&o);
     for want in ["top-1 100.00 % (8/8)", "the first 8 of 40", "'probs' (10 values", "median "] {
         assert!(out.contains(want), "{want:?} in:\n{out}");
@@ -1421,19 +1433,10 @@ fn eval_mnist_top1_matches_score_py_and_scores_a_static_copy_against_fp32() {
     assert!(top1 >= 0.98 && f(&r["classification"]["top5"]) >= top1, "{r}");
 
     let q = dir.join("resnet.int8.onnx");
-    let o = lowbit(&[
-        "quantize",
-        s(&model),
-        "-o",
-        s(&q),
-        "--data",
-        s(&data),
-        "--preprocess",
-        s(&spec),
-        "--samples",
-        "100",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&argv(
+        "quantize {} -o {} --data {} --preprocess {} --samples 100",
+        &[&model, &q, &data, &spec],
+    ));
     let mut args = vec![s(&q)];
     args.extend_from_slice(&common);
     args.extend_from_slice(&["--reference", s(&model)]);
@@ -1574,9 +1577,7 @@ fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
     }
     let table = |data: &Path| -> serde_json::Value {
         let out = dir.join("ranges.json");
-        let o =
-            lowbit(&["calibrate", s(&model), "--data", s(data), "-o", s(&out), "-q", "-t", "1"]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        ok(&["calibrate", s(&model), "--data", s(data), "-o", s(&out), "-q", "-t", "1", "--force"]);
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
     };
     let (a, b) = (table(&padded), table(&files));
@@ -1615,39 +1616,23 @@ fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
     let (calib, eval) = (data("calib", 0, 100), data("eval", 1000, 1040));
     let quant = dir.join("per-tensor.onnx");
     let html = dir.join("quantize-report.html");
-    let o = lowbit(&[
-        "quantize",
-        s(&model),
-        "-o",
-        s(&quant),
-        "--data",
-        s(&calib),
-        "--per-tensor",
-        "--report",
-        s(&html),
-        "--report-data",
-        s(&eval),
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ok(&argv(
+        "quantize {} -o {} --data {} --per-tensor --report {} --report-data {} -q",
+        &[&model, &quant, &calib, &html, &eval],
+    ));
     assert!(stdout(&o).contains("depthwise conv with per-tensor weights"), "{}", stdout(&o));
     let page = std::fs::read_to_string(&html).unwrap();
     for id in ["sqnr-chart", "hist-1", "weight-ranges"] {
         assert!(page.contains(&format!("id=\"{id}\"")), "no {id} in the report");
     }
 
-    let json = dir.join("compare.json");
-    let o =
-        lowbit(&["compare", s(&model), s(&quant), "--data", s(&eval), "--json", s(&json), "-q"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = stdout(&o);
-    let first =
-        out.lines().find(|l| l.trim_start().starts_with("1. ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(first.contains("(Conv)") && first.contains("per-channel"), "{out}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let o = ok(&["compare", s(&model), s(&quant), "--data", s(&eval), "--json", "-q"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["format"], "lowbit-compare/1");
     let ranking = r["ranking"].as_array().unwrap();
+    let first = &ranking[0];
+    assert_eq!(first["op_type"], "Conv", "{first}");
+    assert!(first["hint"].as_str().unwrap().contains("per-channel"), "{first}");
     let weights = r["weights"].as_array().unwrap();
     // The top three are depthwise convs (group > 1).
     for l in &ranking[..3] {
@@ -1660,15 +1645,9 @@ fn compare_ranks_depthwise_convs_of_a_per_tensor_mobilenet_first() {
     // Errors: a model that is not quantized, and a report path that is an input model.
     let o = lowbit(&["compare", s(&model), s(&model), "--data", s(&eval)]);
     assert_fails(&o, 1, &["no quantized tensor"]);
-    let o = lowbit(&[
-        "quantize",
-        s(&model),
-        "-o",
-        s(&dir.join("x.onnx")),
-        "--data",
-        s(&calib),
-        "--report",
-        s(&model),
-    ]);
+    let o = lowbit(&argv(
+        "quantize {} -o {} --data {} --report {}",
+        &[&model, &dir.join("x.onnx"), &calib, &model],
+    ));
     assert_fails(&o, 1, &["input model"]);
 }

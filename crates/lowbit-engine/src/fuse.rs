@@ -198,6 +198,13 @@ pub fn fuse_qdq(graph: &GraphProto, opsets: &HashMap<&str, i64>, reg: &Registry)
     f.finish()
 }
 
+/// The first inputs of `QLinearConv`/`QLinearMatMul`: `a`'s data, scale and zero point, the
+/// weight `b`'s (its zero point may be omitted), then the output's scale and zero point.
+fn qlinear_inputs(a: &Qdq, b: &Qdq, y: &Qdq) -> Option<Vec<String>> {
+    let names = [a.data, a.scale, a.zero_point?, b.data, b.scale, b.zero_point.unwrap_or("")];
+    Some(names.into_iter().chain([y.scale, y.zero_point?]).map(str::to_string).collect())
+}
+
 impl<'g> Fuser<'g> {
     /// The value of a constant (initializer or `Constant` output), decoded once.
     fn constant(&self, name: &str) -> Option<Tensor> {
@@ -260,6 +267,15 @@ impl<'g> Fuser<'g> {
             && a.int_or("output_dtype", 0).ok()? == 0
             && a.int_or("block_size", 0).ok()? == 0;
         ok.then(|| self.qdq(c[0]))
+    }
+
+    /// The `DequantizeLinear`s feeding inputs 0 and 1 of node `i` and the sole
+    /// `QuantizeLinear` reading its output: the pattern every two-operand integer op fuses.
+    fn binary_pattern(&self, i: usize) -> Option<(Qdq<'g>, Qdq<'g>, Qdq<'g>)> {
+        let n = &self.nodes[i];
+        let a = self.dq_of(n.input.first()?)?;
+        let b = self.dq_of(n.input.get(1)?)?;
+        Some((a, b, self.sole_q(n.output.first()?)?))
     }
 
     /// Per-tensor 8-bit parameters of a Q or DQ (zero point required, to know the type).
@@ -384,9 +400,7 @@ impl<'g> Fuser<'g> {
 
     fn conv(&mut self, i: usize) -> Option<(NodeProto, usize)> {
         let n = &self.nodes[i];
-        let x = self.dq_of(n.input.first()?)?;
-        let w = self.dq_of(n.input.get(1)?)?;
-        let y = self.sole_q(n.output.first()?)?;
+        let (x, w, y) = self.binary_pattern(i)?;
         let xp = self.params(&x)?;
         self.params(&y)?;
         let (_, wdims) = self.constant_meta(w.data)?;
@@ -394,16 +408,7 @@ impl<'g> Fuser<'g> {
             return None;
         }
         let ws = self.weight_scales(&w, wdims[0], 0, wdims.len())?;
-        let mut inputs = vec![
-            x.data.to_string(),
-            x.scale.to_string(),
-            x.zero_point?.to_string(),
-            w.data.to_string(),
-            w.scale.to_string(),
-            w.zero_point.unwrap_or("").to_string(),
-            y.scale.to_string(),
-            y.zero_point?.to_string(),
-        ];
+        let mut inputs = qlinear_inputs(&x, &w, &y)?;
         if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
             let label = self.label(i);
             inputs.push(self.int_bias(b, xp.scale, &ws, wdims[0], &label)?);
@@ -414,10 +419,7 @@ impl<'g> Fuser<'g> {
     }
 
     fn matmul(&mut self, i: usize) -> Option<(NodeProto, usize)> {
-        let n = &self.nodes[i];
-        let a = self.dq_of(n.input.first()?)?;
-        let b = self.dq_of(n.input.get(1)?)?;
-        let y = self.sole_q(n.output.first()?)?;
+        let (a, b, y) = self.binary_pattern(i)?;
         self.params(&a)?;
         self.params(&y)?;
         if self.params(&b).is_none() {
@@ -428,16 +430,7 @@ impl<'g> Fuser<'g> {
             }
             self.weight_scales(&b, dims[1], 1, 2)?;
         }
-        let inputs = vec![
-            a.data.to_string(),
-            a.scale.to_string(),
-            a.zero_point?.to_string(),
-            b.data.to_string(),
-            b.scale.to_string(),
-            b.zero_point.unwrap_or("").to_string(),
-            y.scale.to_string(),
-            y.zero_point?.to_string(),
-        ];
+        let inputs = qlinear_inputs(&a, &b, &y)?;
         let out = self.nodes[y.node].output[0].as_str();
         Some((self.node(i, "QLinearMatMul", "", inputs, out), y.node))
     }
@@ -452,9 +445,7 @@ impl<'g> Fuser<'g> {
             return None;
         }
         let trans_b = at.int_or("transB", 0).ok()? != 0;
-        let a = self.dq_of(n.input.first()?)?;
-        let b = self.dq_of(n.input.get(1)?)?;
-        let y = self.sole_q(n.output.first()?)?;
+        let (a, b, y) = self.binary_pattern(i)?;
         let ap = self.params(&a)?;
         self.params(&y)?;
         let (_, dims) = self.constant_meta(b.data)?;
@@ -488,9 +479,7 @@ impl<'g> Fuser<'g> {
 
     fn binary(&mut self, i: usize) -> Option<(NodeProto, usize)> {
         let n = &self.nodes[i];
-        let a = self.dq_of(n.input.first()?)?;
-        let b = self.dq_of(n.input.get(1)?)?;
-        let y = self.sole_q(n.output.first()?)?;
+        let (a, b, y) = self.binary_pattern(i)?;
         self.params(&a)?;
         self.params(&b)?;
         self.params(&y)?;

@@ -41,8 +41,18 @@ pub trait Kernel: Send + Sync {
     }
 }
 
+/// What a builder returns.
+pub type KernelResult = OpResult<Box<dyn Kernel>>;
+
 /// A kernel from a plain function, for ops that need no load-time state.
 pub struct FnKernel<F>(pub F);
+
+/// Boxes `f` as a [`FnKernel`].
+pub fn kernel(
+    f: impl Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync + 'static,
+) -> KernelResult {
+    Ok(Box::new(FnKernel(f)))
+}
 
 impl<F> Kernel for FnKernel<F>
 where

@@ -68,3 +68,80 @@ impl Registry {
         self.builders.keys().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowbit_onnx::infer::{ops_with_rules, rule_family};
+
+    /// Ops shape inference types but the engine does not run: models carry them and `inspect`
+    /// shows their shapes, but a session refuses them.
+    const TYPED_ONLY: &[(&str, &str)] = &[
+        ("", "Bernoulli"),
+        ("", "Det"),
+        ("", "GRU"),
+        ("", "GridSample"),
+        ("", "LSTM"),
+        ("", "LpNormalization"),
+        ("", "NonMaxSuppression"),
+        ("", "RMSNormalization"),
+        ("", "RNN"),
+        ("", "RandomNormal"),
+        ("", "RandomNormalLike"),
+        ("", "RandomUniform"),
+        ("", "RandomUniformLike"),
+        ("", "RoiAlign"),
+        ("", "RotaryEmbedding"),
+        ("", "Swish"),
+        ("", "Upsample"),
+        ("com.microsoft", "DequantizeLinear"),
+        ("com.microsoft", "QuantizeLinear"),
+    ];
+
+    /// Ops the engine runs outside the ONNX domain that inference leaves untyped: ONNX
+    /// Runtime's contrib ops. (lowbit's own domain holds the fused ops a session makes from a
+    /// pattern; they never reach inference.)
+    const RUN_UNTYPED: &[(&str, &str)] = &[
+        ("com.microsoft", "MatMulIntegerToFloat"),
+        ("com.microsoft", "MatMulNBits"),
+        ("com.microsoft", "QGemm"),
+        ("com.microsoft", "QLinearAdd"),
+        ("com.microsoft", "QLinearGlobalAveragePool"),
+        ("com.microsoft", "QLinearMul"),
+    ];
+
+    #[test]
+    fn every_op_the_engine_runs_has_a_shape_rule_in_the_same_family() {
+        let reg = Registry::with_all_ops();
+        for (domain, op) in reg.claimed_ops() {
+            if domain == crate::fuse::LOWBIT_DOMAIN
+                || RUN_UNTYPED.contains(&(domain.as_str(), op.as_str()))
+            {
+                assert!(rule_family(&domain, &op).is_none(), "{domain} {op} has a rule now");
+                continue;
+            }
+            assert_eq!(
+                rule_family(&domain, &op),
+                reg.family_of(&domain, &op),
+                "{domain:?} {op}: shape rule family vs engine family"
+            );
+        }
+    }
+
+    #[test]
+    fn every_shape_rule_is_for_an_op_the_engine_runs_or_one_named_typed_only() {
+        let reg = Registry::with_all_ops();
+        for (domain, op, family) in ops_with_rules() {
+            match reg.family_of(domain, op) {
+                Some(f) => assert_eq!(f, family, "{domain:?} {op}"),
+                None => assert!(
+                    TYPED_ONLY.contains(&(domain, op)),
+                    "{domain:?} {op} has a shape rule but no kernel: list it in TYPED_ONLY"
+                ),
+            }
+        }
+        for (domain, op) in TYPED_ONLY {
+            assert!(!reg.supports(domain, op), "{domain:?} {op} runs now: drop it from TYPED_ONLY");
+        }
+    }
+}

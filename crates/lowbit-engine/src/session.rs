@@ -45,67 +45,27 @@ impl SessionOptions {
     }
 }
 
-/// One dimension of a graph input as the model declares it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Dim {
-    Fixed(usize),
-    /// A named free dimension (`batch_size`, `sequence_length`).
-    Symbolic(String),
-    /// Free and unnamed.
-    Unknown,
-}
+pub use lowbit_tensor::spec::{Dim, InputSpec};
 
-/// A graph input the caller must feed.
-#[derive(Clone, Debug)]
-pub struct InputSpec {
-    pub name: String,
-    pub dtype: Option<DType>,
-    /// `None` when the model declares no shape at all.
-    pub dims: Option<Vec<Dim>>,
-}
-
-impl InputSpec {
-    /// `[1, 'batch', ?]`-style text for messages.
-    pub fn shape_text(&self) -> String {
-        match &self.dims {
-            None => "(any shape)".into(),
-            Some(d) => {
-                let parts: Vec<String> = d
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => n.to_string(),
-                        Dim::Symbolic(s) => s.clone(),
-                        Dim::Unknown => "?".into(),
-                    })
-                    .collect();
-                format!("[{}]", parts.join(", "))
-            }
+/// Checks a fed tensor against the input's declared element type and shape.
+fn check_input(spec: &InputSpec, t: &Tensor) -> Result<()> {
+    if let Some(dt) = spec.dtype {
+        if dt != t.dtype() {
+            return Err(EngineError::InputDType {
+                name: spec.name.clone(),
+                expected: dt,
+                actual: t.dtype(),
+            });
         }
     }
-
-    fn check(&self, t: &Tensor) -> Result<()> {
-        if let Some(dt) = self.dtype {
-            if dt != t.dtype() {
-                return Err(EngineError::InputDType {
-                    name: self.name.clone(),
-                    expected: dt,
-                    actual: t.dtype(),
-                });
-            }
-        }
-        if let Some(dims) = &self.dims {
-            let ok = dims.len() == t.rank()
-                && dims.iter().zip(t.shape()).all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
-            if !ok {
-                return Err(EngineError::InputShape {
-                    name: self.name.clone(),
-                    expected: self.shape_text(),
-                    actual: t.shape().to_vec(),
-                });
-            }
-        }
-        Ok(())
+    if !spec.accepts_shape(t.shape()) {
+        return Err(EngineError::InputShape {
+            name: spec.name.clone(),
+            expected: spec.shape_text(),
+            actual: t.shape().to_vec(),
+        });
     }
+    Ok(())
 }
 
 struct Step {
@@ -492,7 +452,7 @@ impl Session {
                 let known: Vec<&str> = self.inputs.iter().map(|(s, _)| s.name.as_str()).collect();
                 return Err(EngineError::UnknownInput { name, known: known.join(", ") });
             };
-            spec.check(&t)?;
+            check_input(spec, &t)?;
             values[*slot] = Some(t);
         }
         for (spec, slot) in &self.inputs {

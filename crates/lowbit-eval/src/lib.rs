@@ -1,8 +1,16 @@
 //! What quantization cost, measured: [`metrics`] (noise between a reference and a test tensor,
-//! top-k accuracy, Spearman correlation), [`compare`] (per-layer quantization noise between an
+//! top-k accuracy, Spearman correlation, medians), [`score`] (a model's output scored on a data
+//! set: accuracy, sentence-pair Spearman, agreement with a reference), [`latency`] (timing
+//! `Session::run` on spread samples), [`compare`] (per-layer quantization noise between an
 //! FP32 model and its quantized version, accumulated and isolated, ranked with hints), [`report`]
-//! (that comparison as one self-contained HTML file with inline SVG charts).
+//! (that comparison as one self-contained HTML file with inline SVG charts), [`summary`] (the
+//! sizes, latency and accuracy at its top) and [`validate`] (the gate a quantized model must
+//! pass before lowbit writes it).
 
 pub mod compare;
+pub mod latency;
 pub mod metrics;
 pub mod report;
+pub mod score;
+pub mod summary;
+pub mod validate;

@@ -1,6 +1,7 @@
 //! Numbers that say how far a quantized result is from its reference, computed streaming (a
 //! [`NoiseAccumulator`] holds five sums, whatever the number of samples), plus the task metrics
-//! `lowbit eval` reports: top-k accuracy and Spearman rank correlation (STS-B's metric).
+//! `lowbit eval` reports: top-k accuracy and Spearman rank correlation (STS-B's metric), and
+//! the median and percentiles of timings.
 
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +133,25 @@ pub fn argmax(scores: &[f32]) -> usize {
     best.unwrap_or(0)
 }
 
+/// The median of sorted values: the middle one, or the mean of the middle two (NaN when empty).
+pub fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if !n.is_multiple_of(2) => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The nearest-rank `p`-th percentile of sorted values (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// Ranks 1..=n with ties sharing their average rank (as scipy's `rankdata`).
 pub fn average_ranks(x: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..x.len()).collect();
@@ -198,6 +218,17 @@ pub(crate) mod finite_or_null {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_and_percentiles_of_sorted_values() {
+        assert_eq!(median(&[1.0, 2.0, 4.0, 8.0]), 3.0);
+        assert_eq!(median(&[1.0, 2.0, 4.0]), 2.0);
+        assert!(median(&[]).is_nan());
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(median(&v), 5.5);
+        assert_eq!(percentile(&v, 90.0), 9.0);
+        assert_eq!(percentile(&[3.0], 90.0), 3.0);
+    }
 
     #[test]
     fn noise_of_a_known_perturbation() {

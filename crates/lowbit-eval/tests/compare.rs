@@ -6,6 +6,7 @@
 //! without it they say so and pass.
 
 use lowbit_eval::compare::{compare_models, CompareError, CompareOptions, CompareReport};
+use lowbit_onnx::infer::{SymDim, ValueType};
 use lowbit_onnx::pb::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
@@ -143,7 +144,8 @@ fn per_tensor_mobilenet_ranks_depthwise_convs_first() {
     print_top("mnist_mobilenetv2, static int8, per-tensor weights", r, 5);
     print_top("mnist_mobilenetv2, static int8, per-channel weights", &mb.report_pc, 5);
     assert_eq!(r.format, "lowbit-compare/1");
-    assert_eq!(r.samples, 5);
+    // 50 rows in runs of 10 (the input is declared [N, 1, 28, 28]).
+    assert_eq!((r.samples, r.runs), (50, 5));
     assert!(!r.activations.is_empty() && !r.weights.is_empty());
     let depthwise = r.weights.iter().filter(|w| w.group > 1).count();
     assert!(depthwise >= 3, "expected depthwise convs, got {depthwise}");
@@ -335,6 +337,13 @@ fn value(name: &str) -> ValueInfoProto {
     ValueInfoProto { name: name.into(), ..Default::default() }
 }
 
+/// A float tensor value declared with `dims` (`None`: the symbolic dimension `batch`).
+fn declared(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dims = dims.iter().map(|d| d.map_or(SymDim::sym("batch"), SymDim::Known)).collect();
+    let t = ValueType::new(Some(lowbit_tensor::DType::F32), Some(dims));
+    ValueInfoProto { name: name.into(), r#type: t.to_proto(), ..Default::default() }
+}
+
 fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
     ModelProto {
         ir_version: 8,
@@ -416,7 +425,8 @@ fn uniform_input_on_a_fine_grid_has_the_uniform_noise_sqnr() {
     let s = 2.0 / 255.0;
     let (fp32, quant) = matmul_pair(s);
     let r = compare_models(&fp32, &quant, x_samples(20, 500), &CompareOptions::default()).unwrap();
-    assert_eq!(r.samples, 20);
+    // `x` is declared without a shape: each run is fed whole, one sample.
+    assert_eq!((r.samples, r.runs), (20, 20));
     assert_eq!(r.activations.len(), 1);
     let a = &r.activations[0];
     assert_eq!((a.tensor.as_str(), a.value_type.as_str(), a.zero_point), ("x", "uint8", 128));
@@ -483,4 +493,48 @@ fn errors_name_what_is_missing() {
     let e = compare_models(&fp32, &quant, bad, &CompareOptions::default()).unwrap_err();
     assert!(matches!(e, CompareError::Engine { .. }), "{e}");
     assert!(e.to_string().contains("mm"), "{e}");
+}
+
+#[test]
+fn samples_are_rows_of_the_batched_inputs() {
+    // `x` declared [batch, 4]: every run of 500 rows is 500 samples.
+    let (mut fp32, mut quant) = matmul_pair(2.0 / 255.0);
+    for m in [&mut fp32, &mut quant] {
+        m.graph.as_mut().unwrap().input[0] = declared("x", &[None, Some(4)]);
+    }
+    let opts = CompareOptions::default();
+    let r = compare_models(&fp32, &quant, x_samples(3, 500), &opts).unwrap();
+    assert_eq!((r.samples, r.runs), (1500, 3));
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!((json["samples"].as_u64(), json["runs"].as_u64()), (Some(1500), Some(3)));
+    // A fixed batch of 1 fed row by row: one sample per run.
+    for m in [&mut fp32, &mut quant] {
+        m.graph.as_mut().unwrap().input[0] = declared("x", &[Some(1), Some(4)]);
+    }
+    let r = compare_models(&fp32, &quant, x_samples(4, 1), &opts).unwrap();
+    assert_eq!((r.samples, r.runs), (4, 4));
+}
+
+#[test]
+fn swapped_models_are_refused_naming_the_order() {
+    let (fp32, quant) = matmul_pair(2.0 / 255.0);
+    let opts = CompareOptions {
+        fp32_model: "model.int8.onnx".into(),
+        quant_model: "model.onnx".into(),
+        ..Default::default()
+    };
+    let e = compare_models(&quant, &fp32, x_samples(1, 4), &opts).unwrap_err();
+    assert!(matches!(e, CompareError::Swapped { nodes: 3, .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the models are in the wrong order: the first model ('model.int8.onnx') has 3 \
+         quantization nodes and the second model ('model.onnx') has none; give the FP32 model \
+         first, then its quantized version"
+    );
+    // Unnamed models (library use) are called first and second.
+    let e = compare_models(&quant, &fp32, x_samples(1, 4), &CompareOptions::default()).unwrap_err();
+    assert!(e.to_string().starts_with("the models are in the wrong order: the first model has 3"));
+    // Nothing quantized in either order is still "no quantized tensor".
+    let e = compare_models(&fp32, &fp32, x_samples(1, 4), &opts).unwrap_err();
+    assert!(matches!(e, CompareError::NoQuantizedTensor), "{e}");
 }

@@ -6,11 +6,11 @@
 //! PATH (`scripts/setup-test-env.sh` installs Debian's `chromium`). Without one the test says so
 //! and passes. `LOWBIT_KEEP_SCREENSHOT=1` keeps the HTML and PNG (their folder is printed).
 
-use lowbit_eval::compare::{
-    ActivationNoise, CompareReport, Histogram, RankedLayer, TensorNoise, WeightNoise,
-};
-use lowbit_eval::metrics::Noise;
-use lowbit_eval::report::{render_html, BeforeAfter, ReportSummary, SummaryMetric};
+mod common;
+
+use common::{summary, synthetic, CHANNELS};
+use lowbit_eval::compare::CompareReport;
+use lowbit_eval::report::render_html;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,79 +25,6 @@ const WORST_BAR: [u8; 3] = [0xe1, 0x57, 0x59];
 const HIST_BAR: [u8; 3] = [0x76, 0xb7, 0xb2];
 const CLIP_LINE: [u8; 3] = [0x7b, 0x32, 0x94];
 const RANGE_BAR: [u8; 3] = [0x59, 0xa1, 0x4f];
-
-fn noise(sqnr_db: f64) -> Noise {
-    Noise { sqnr_db, mse: 1e-4, cosine: 0.999, max_abs: 0.05, count: 1000 }
-}
-
-/// `layers` (at least 16) conv layers in graph order, SQNR falling with depth; three ranked
-/// worst, one identical to FP32 (infinite SQNR), one name with markup.
-fn synthetic(layers: usize) -> CompareReport {
-    let mut activations = Vec::new();
-    let mut weights = Vec::new();
-    for i in 0..layers {
-        let acc = 42.0 - 21.0 * i as f64 / layers as f64 + 4.0 * ((i * 7) % 5) as f64;
-        let counts = (0..128)
-            .map(|b| {
-                let z = (b as f64 - 40.0) / 10.0;
-                (20_000.0 * (-z * z).exp()) as u64 + 3 * (b % 5 == 0) as u64
-            })
-            .collect();
-        activations.push(ActivationNoise {
-            tensor: format!("/features.{i}/conv/Conv_output_0"),
-            producer: format!("/features.{i}/conv/Conv"),
-            producer_op: "Conv".into(),
-            order: 3 * i + 1,
-            scale: 0.02,
-            zero_point: 100,
-            value_type: "uint8".into(),
-            accumulated: noise(acc),
-            isolated: noise(acc + 5.0),
-            clip_rate: 0.002,
-            min: -2.5,
-            max: 4.0,
-            histogram: Histogram { lo: -2.5, hi: 4.0, counts },
-        });
-        weights.push(WeightNoise {
-            weight: format!("features.{i}.weight"),
-            node: format!("/features.{i}/conv/Conv"),
-            op_type: "Conv".into(),
-            group: 48,
-            axis: None,
-            value_type: "int8".into(),
-            noise: noise(28.0 + i as f64),
-            channel_min: (0..48).map(|c| -0.2 - 0.1 * (c % 7) as f32).collect(),
-            channel_max: (0..48).map(|c| 0.15 + 0.12 * (c % 5) as f32).collect(),
-        });
-    }
-    activations[7].accumulated.sqnr_db = f64::INFINITY;
-    activations[7].isolated.sqnr_db = f64::INFINITY;
-    activations[12].tensor = "/features.12/<script>alert(1)</script>".into();
-    let ranking = [
-        (layers - 3, "depthwise conv with per-tensor weights: use per-channel"),
-        (12, "activation outliers: try percentile"),
-        (layers * 2 / 3, "try entropy"),
-    ]
-    .iter()
-    .map(|&(i, hint)| RankedLayer {
-        node: activations[i].producer.clone(),
-        op_type: "Conv".into(),
-        tensor: activations[i].tensor.clone(),
-        sqnr_db: activations[i].isolated.sqnr_db,
-        hint: hint.into(),
-    })
-    .collect();
-    CompareReport {
-        format: "lowbit-compare/1".into(),
-        fp32_model: "mobilenet.onnx".into(),
-        quant_model: "mobilenet.int8.onnx".into(),
-        samples: 8,
-        outputs: vec![TensorNoise { name: "logits".into(), noise: noise(21.0) }],
-        activations,
-        weights,
-        ranking,
-    }
-}
 
 fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("LOWBIT_CHROMIUM").filter(|p| !p.is_empty()) {
@@ -287,18 +214,7 @@ impl Shot {
             std::env::temp_dir().join(format!("lowbit-report-it-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let summary = ReportSummary {
-            fp32_model: "mobilenet.onnx".into(),
-            quant_model: "mobilenet.int8.onnx".into(),
-            fp32_bytes: 14_000_000,
-            quant_bytes: 3_600_000,
-            metric: Some(SummaryMetric {
-                name: "top-1 %".into(),
-                value: BeforeAfter { fp32: 71.8, quant: 70.9 },
-            }),
-            latency_ms: Some(BeforeAfter { fp32: 12.0, quant: 5.5 }),
-        };
-        let html = render_html(report, Some(&summary));
+        let html = render_html(report, Some(&summary()));
         let page = dir.join("report.html");
         std::fs::write(&page, &html).unwrap();
         let (png, took) = screenshot(&browser, &page, &dir);
@@ -356,7 +272,7 @@ fn chromium_draws_every_chart_of_the_report() {
     // The fullest green row (the dashed zero line cuts the bars on its own rows).
     let fullest = (g0..=g1).max_by_key(|&y| img.count(RANGE_BAR, y, y + 1)).unwrap();
     let channels = img.runs(RANGE_BAR, fullest);
-    assert_eq!(channels.len(), 48, "channel bars across row {fullest}");
+    assert_eq!(channels.len(), CHANNELS, "channel bars across row {fullest}");
     // Both full-width charts start at the same page x (their sections' content edge).
     let wr_left = channels[0].0 as f64 - ranges[0][0];
     assert!((wr_left - svg_left).abs() <= 2.0, "chart origins {svg_left} vs {wr_left}");

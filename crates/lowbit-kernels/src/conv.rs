@@ -18,6 +18,7 @@
 //! assert_eq!(y, [8.0, 12.0, 20.0, 24.0]);
 //! ```
 
+use crate::cpu::{self, Isa};
 use crate::gemm::{sgemm, sgemm_packed_ab_raw, Epilogue, PackedA, PackedB, Trans};
 use crate::window::Window;
 use std::cell::RefCell;
@@ -83,52 +84,42 @@ fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// Unfolds `channels` planes of `x` into `col`: row `(c, kz, ky, kx)`, column = output position.
 pub fn im2col(win: &Window, channels: usize, x: &[f32], col: &mut [f32]) {
     let [od, oh, ow] = win.output;
-    let [id, ih, iw] = win.input;
-    let [kd, kh, kw] = win.kernel;
-    let out_size = od * oh * ow;
-    let in_size = id * ih * iw;
+    let [_, ih, iw] = win.input;
+    let (out_size, in_size) = (win.output_size(), win.input_size());
     let mut row = 0;
     for c in 0..channels {
         let xc = &x[c * in_size..(c + 1) * in_size];
-        for kz in 0..kd {
-            let offz = win.tap_offset(0, kz);
-            let (z_lo, z_hi) = win.valid_range(0, offz);
-            for ky in 0..kh {
-                let offy = win.tap_offset(1, ky);
-                let (y_lo, y_hi) = win.valid_range(1, offy);
-                for kx in 0..kw {
-                    let offx = win.tap_offset(2, kx);
-                    let (x_lo, x_hi) = win.valid_range(2, offx);
-                    let dst = &mut col[row * out_size..(row + 1) * out_size];
-                    row += 1;
-                    for oz in 0..od {
-                        let dz = &mut dst[oz * oh * ow..(oz + 1) * oh * ow];
-                        if oz < z_lo || oz >= z_hi {
-                            dz.fill(0.0);
-                            continue;
-                        }
-                        let iz = (oz * win.strides[0]) as isize + offz;
-                        let plane = &xc[iz as usize * ih * iw..(iz as usize + 1) * ih * iw];
-                        for oy in 0..oh {
-                            let d = &mut dz[oy * ow..(oy + 1) * ow];
-                            if oy < y_lo || oy >= y_hi {
-                                d.fill(0.0);
-                                continue;
-                            }
-                            let iy = ((oy * win.strides[1]) as isize + offy) as usize;
-                            let src = &plane[iy * iw..(iy + 1) * iw];
-                            d[..x_lo].fill(0.0);
-                            d[x_hi..].fill(0.0);
-                            let sx = win.strides[2];
-                            if x_hi > x_lo {
-                                let start = ((x_lo * sx) as isize + offx) as usize;
-                                if sx == 1 {
-                                    d[x_lo..x_hi].copy_from_slice(&src[start..start + x_hi - x_lo]);
-                                } else {
-                                    for (j, v) in d[x_lo..x_hi].iter_mut().enumerate() {
-                                        *v = src[start + j * sx];
-                                    }
-                                }
+        for tap in win.taps() {
+            let ([offz, offy, offx], [z_lo, y_lo, x_lo], [z_hi, y_hi, x_hi]) =
+                (tap.off, tap.lo, tap.hi);
+            let dst = &mut col[row * out_size..(row + 1) * out_size];
+            row += 1;
+            for oz in 0..od {
+                let dz = &mut dst[oz * oh * ow..(oz + 1) * oh * ow];
+                if oz < z_lo || oz >= z_hi {
+                    dz.fill(0.0);
+                    continue;
+                }
+                let iz = (oz * win.strides[0]) as isize + offz;
+                let plane = &xc[iz as usize * ih * iw..(iz as usize + 1) * ih * iw];
+                for oy in 0..oh {
+                    let d = &mut dz[oy * ow..(oy + 1) * ow];
+                    if oy < y_lo || oy >= y_hi {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let iy = ((oy * win.strides[1]) as isize + offy) as usize;
+                    let src = &plane[iy * iw..(iy + 1) * iw];
+                    d[..x_lo].fill(0.0);
+                    d[x_hi..].fill(0.0);
+                    let sx = win.strides[2];
+                    if x_hi > x_lo {
+                        let start = ((x_lo * sx) as isize + offx) as usize;
+                        if sx == 1 {
+                            d[x_lo..x_hi].copy_from_slice(&src[start..start + x_hi - x_lo]);
+                        } else {
+                            for (j, v) in d[x_lo..x_hi].iter_mut().enumerate() {
+                                *v = src[start + j * sx];
                             }
                         }
                     }
@@ -141,40 +132,30 @@ pub fn im2col(win: &Window, channels: usize, x: &[f32], col: &mut [f32]) {
 /// Adds `col` (as produced by [`im2col`] for this window) back into `channels` planes of `y`:
 /// the adjoint of [`im2col`], used by the transposed convolution.
 pub fn col2im_add(win: &Window, channels: usize, col: &[f32], y: &mut [f32]) {
-    let [od, oh, ow] = win.output;
-    let [id, ih, iw] = win.input;
-    let [kd, kh, kw] = win.kernel;
-    let out_size = od * oh * ow;
-    let in_size = id * ih * iw;
+    let [_, oh, ow] = win.output;
+    let [_, ih, iw] = win.input;
+    let (out_size, in_size) = (win.output_size(), win.input_size());
     let mut row = 0;
     for c in 0..channels {
         let yc = &mut y[c * in_size..(c + 1) * in_size];
-        for kz in 0..kd {
-            let offz = win.tap_offset(0, kz);
-            let (z_lo, z_hi) = win.valid_range(0, offz);
-            for ky in 0..kh {
-                let offy = win.tap_offset(1, ky);
-                let (y_lo, y_hi) = win.valid_range(1, offy);
-                for kx in 0..kw {
-                    let offx = win.tap_offset(2, kx);
-                    let (x_lo, x_hi) = win.valid_range(2, offx);
-                    let src = &col[row * out_size..(row + 1) * out_size];
-                    row += 1;
-                    if x_hi <= x_lo {
-                        continue;
-                    }
-                    let sx = win.strides[2];
-                    for oz in z_lo..z_hi {
-                        let iz = ((oz * win.strides[0]) as isize + offz) as usize;
-                        for oy in y_lo..y_hi {
-                            let iy = ((oy * win.strides[1]) as isize + offy) as usize;
-                            let s = &src[(oz * oh + oy) * ow..(oz * oh + oy + 1) * ow];
-                            let d = &mut yc[(iz * ih + iy) * iw..(iz * ih + iy + 1) * iw];
-                            let start = ((x_lo * sx) as isize + offx) as usize;
-                            for (j, v) in s[x_lo..x_hi].iter().enumerate() {
-                                d[start + j * sx] += v;
-                            }
-                        }
+        for tap in win.taps() {
+            let ([offz, offy, offx], [z_lo, y_lo, x_lo], [z_hi, y_hi, x_hi]) =
+                (tap.off, tap.lo, tap.hi);
+            let src = &col[row * out_size..(row + 1) * out_size];
+            row += 1;
+            if x_hi <= x_lo {
+                continue;
+            }
+            let sx = win.strides[2];
+            for oz in z_lo..z_hi {
+                let iz = ((oz * win.strides[0]) as isize + offz) as usize;
+                for oy in y_lo..y_hi {
+                    let iy = ((oy * win.strides[1]) as isize + offy) as usize;
+                    let s = &src[(oz * oh + oy) * ow..(oz * oh + oy + 1) * ow];
+                    let d = &mut yc[(iz * ih + iy) * iw..(iz * ih + iy + 1) * iw];
+                    let start = ((x_lo * sx) as isize + offx) as usize;
+                    for (j, v) in s[x_lo..x_hi].iter().enumerate() {
+                        d[start + j * sx] += v;
                     }
                 }
             }
@@ -458,19 +439,7 @@ fn depthwise_plane_body(win: &Window, xp: &[f32], padded: [usize; 3], w: &[f32],
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn depthwise_plane_avx2(
-    win: &Window,
-    xp: &[f32],
-    padded: [usize; 3],
-    w: &[f32],
-    y: &mut [f32],
-) {
-    depthwise_plane_body(win, xp, padded, w, y)
-}
-
-/// Whether [`depthwise3x3_avx2`] handles this window: a 2-D 3x3 kernel, dilation 1, stride 1
+/// Whether [`x86_64::depthwise3x3`] handles this window: a 2-D 3x3 kernel, dilation 1, stride 1
 /// or 2 (the same both ways).
 fn is_dw3x3(win: &Window) -> bool {
     win.kernel == [1, 3, 3]
@@ -480,91 +449,9 @@ fn is_dw3x3(win: &Window) -> bool {
         && matches!(win.strides, [1, 1, 1] | [1, 2, 2])
 }
 
-/// Floats read past the end of a padded plane by [`depthwise3x3_avx2`]'s last vector (their
+/// Floats read past the end of a padded plane by [`x86_64::depthwise3x3`]'s last vector (their
 /// lanes are discarded).
 const DW_SLACK: usize = 16;
-
-/// A 2-D 3x3 depthwise plane (see [`is_dw3x3`]) over the zero-padded input `xp`
-/// (`ph x pw`): `y = bias + conv(x, w)`, 8 outputs per step with all 9 taps in registers.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `xp` must hold `ph * pw + DW_SLACK` elements, `w` 9,
-/// `y` `oh * ow`, and `padded` must come from [`padded_dims`] for `win`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn depthwise3x3_avx2(
-    win: &Window,
-    xp: &[f32],
-    padded: [usize; 3],
-    w: &[f32],
-    bias: f32,
-    y: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let [_, oh, ow] = win.output;
-    let s = win.strides[2];
-    let pw = padded[2];
-    debug_assert!(xp.len() >= padded[1] * pw + DW_SLACK && w.len() >= 9 && y.len() >= oh * ow);
-    let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(w[t]));
-    let x = xp.as_ptr();
-    // Even lanes of 16 consecutive floats at `p`.
-    let evens = |p: *const f32| {
-        // SAFETY: the caller's bounds (see below) cover 16 floats at `p`.
-        unsafe {
-            let a = _mm256_loadu_ps(p);
-            let b = _mm256_loadu_ps(p.add(8));
-            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
-        }
-    };
-    let scalar = |oy: usize, ox: usize| {
-        let mut acc = bias;
-        for ky in 0..3 {
-            let row = &xp[(oy * s + ky) * pw + ox * s..];
-            acc += w[ky * 3] * row[0] + w[ky * 3 + 1] * row[1] + w[ky * 3 + 2] * row[2];
-        }
-        acc
-    };
-    for oy in 0..oh {
-        let yrow = &mut y[oy * ow..(oy + 1) * ow];
-        if ow < 8 {
-            for (ox, v) in yrow.iter_mut().enumerate() {
-                *v = scalar(oy, ox);
-            }
-            continue;
-        }
-        let mut ox = 0;
-        loop {
-            // The last step overlaps the one before it so no output needs a scalar tail.
-            let o = ox.min(ow - 8);
-            let mut acc = _mm256_set1_ps(bias);
-            for ky in 0..3 {
-                // Row `oy * s + ky` of the padded plane; output `o + i` reads its columns
-                // `(o + i) * s + kx` <= (ow - 1) * s + 2 < pw; the 16-wide stride-2 loads read at
-                // most 17 past `o * s`, within the row or the DW_SLACK floats after the plane.
-                // SAFETY: as above.
-                unsafe {
-                    let r = x.add((oy * s + ky) * pw + o * s);
-                    if s == 1 {
-                        acc = _mm256_fmadd_ps(wv[ky * 3], _mm256_loadu_ps(r), acc);
-                        acc = _mm256_fmadd_ps(wv[ky * 3 + 1], _mm256_loadu_ps(r.add(1)), acc);
-                        acc = _mm256_fmadd_ps(wv[ky * 3 + 2], _mm256_loadu_ps(r.add(2)), acc);
-                    } else {
-                        acc = _mm256_fmadd_ps(wv[ky * 3], evens(r), acc);
-                        acc = _mm256_fmadd_ps(wv[ky * 3 + 1], evens(r.add(1)), acc);
-                        acc = _mm256_fmadd_ps(wv[ky * 3 + 2], evens(r.add(2)), acc);
-                    }
-                }
-            }
-            // SAFETY: o + 8 <= ow.
-            unsafe { _mm256_storeu_ps(yrow.as_mut_ptr().add(o), acc) };
-            if o + 8 >= ow {
-                break;
-            }
-            ox += 8;
-        }
-    }
-}
 
 /// Copies plane `x` into the middle of a zeroed `padded` buffer.
 fn pad_plane(win: &Window, x: &[f32], padded: [usize; 3], buf: &mut [f32]) {
@@ -605,7 +492,7 @@ fn depthwise(
     let planes = p.batch * p.c_out;
     let padded = padded_dims(win);
     let pad_len: usize = padded.iter().product();
-    let avx2 = crate::gemm::has_avx2_fma();
+    let avx2 = cpu::best().depthwise_f32 >= Isa::Avx2;
     let dw3x3 = avx2 && is_dw3x3(win);
     let compute = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
         let c = plane % p.c_out;
@@ -615,14 +502,14 @@ fn depthwise(
         #[cfg(target_arch = "x86_64")]
         if dw3x3 {
             // SAFETY: the CPU supports AVX2 and FMA; `buf` has DW_SLACK floats past the plane.
-            unsafe { depthwise3x3_avx2(win, buf, padded, wc, b, yp) };
+            unsafe { x86_64::depthwise3x3(win, buf, padded, wc, b, yp) };
             return;
         }
         yp.fill(b);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the CPU supports AVX2 and FMA.
-            unsafe { depthwise_plane_avx2(win, buf, padded, wc, yp) };
+            unsafe { x86_64::depthwise_plane(win, buf, padded, wc, yp) };
             return;
         }
         let _ = avx2;
@@ -724,23 +611,13 @@ pub fn conv_ref(
                         let mut acc = bias.map_or(0.0, |b| b[co] as f64);
                         for ci in 0..cg_in {
                             for kz in 0..kd {
-                                let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                                let Some(iz) = win.tap_input(0, oz, kz) else { continue };
                                 for ky in 0..kh {
-                                    let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                                    let Some(iy) = win.tap_input(1, oy, ky) else { continue };
                                     for kx in 0..kw {
-                                        let ix =
-                                            (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
-                                        let inside = (0..id as isize).contains(&iz)
-                                            && (0..ih as isize).contains(&iy)
-                                            && (0..iw as isize).contains(&ix);
-                                        if !inside {
-                                            continue;
-                                        }
+                                        let Some(ix) = win.tap_input(2, ox, kx) else { continue };
                                         let c = g * cg_in + ci;
-                                        let xi = (((n * p.c_in + c) * id + iz as usize) * ih
-                                            + iy as usize)
-                                            * iw
-                                            + ix as usize;
+                                        let xi = (((n * p.c_in + c) * id + iz) * ih + iy) * iw + ix;
                                         let wi =
                                             (((co * cg_in + ci) * kd + kz) * kh + ky) * kw + kx;
                                         acc += x[xi] as f64 * w[wi] as f64;
@@ -785,24 +662,15 @@ pub fn conv_transpose_ref(
                         for ox in 0..ow {
                             let xv = x[(((n * p.c_in + ci) * od + oz) * oh + oy) * ow + ox];
                             for kz in 0..kd {
-                                let iz = (oz * win.strides[0]) as isize + win.tap_offset(0, kz);
+                                let Some(iz) = win.tap_input(0, oz, kz) else { continue };
                                 for ky in 0..kh {
-                                    let iy = (oy * win.strides[1]) as isize + win.tap_offset(1, ky);
+                                    let Some(iy) = win.tap_input(1, oy, ky) else { continue };
                                     for kx in 0..kw {
-                                        let ix =
-                                            (ox * win.strides[2]) as isize + win.tap_offset(2, kx);
-                                        let inside = (0..id as isize).contains(&iz)
-                                            && (0..ih as isize).contains(&iy)
-                                            && (0..iw as isize).contains(&ix);
-                                        if !inside {
-                                            continue;
-                                        }
+                                        let Some(ix) = win.tap_input(2, ox, kx) else { continue };
                                         let wi =
                                             (((ci * cg_out + cl) * kd + kz) * kh + ky) * kw + kx;
-                                        let yi = (((n * p.c_out + co) * id + iz as usize) * ih
-                                            + iy as usize)
-                                            * iw
-                                            + ix as usize;
+                                        let yi =
+                                            (((n * p.c_out + co) * id + iz) * ih + iy) * iw + ix;
                                         y[yi] += xv * w[wi];
                                     }
                                 }
@@ -815,18 +683,112 @@ pub fn conv_transpose_ref(
     }
 }
 
+/// The AVX2 + FMA depthwise planes.
+#[cfg(target_arch = "x86_64")]
+mod x86_64 {
+    use super::{depthwise_plane_body, Window, DW_SLACK};
+    use std::arch::x86_64::*;
+
+    /// [`super::depthwise_plane_body`] compiled for AVX2 and FMA (its loops vectorize 8 wide).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn depthwise_plane(
+        win: &Window,
+        xp: &[f32],
+        padded: [usize; 3],
+        w: &[f32],
+        y: &mut [f32],
+    ) {
+        depthwise_plane_body(win, xp, padded, w, y)
+    }
+
+    /// A 2-D 3x3 depthwise plane (see [`super::is_dw3x3`]) over the zero-padded input `xp`
+    /// (`ph x pw`): `y = bias + conv(x, w)`, 8 outputs per step with all 9 taps in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `xp` must hold `ph * pw + DW_SLACK` elements, `w` 9,
+    /// `y` `oh * ow`, and `padded` must come from [`super::padded_dims`] for `win`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn depthwise3x3(
+        win: &Window,
+        xp: &[f32],
+        padded: [usize; 3],
+        w: &[f32],
+        bias: f32,
+        y: &mut [f32],
+    ) {
+        let [_, oh, ow] = win.output;
+        let s = win.strides[2];
+        let pw = padded[2];
+        debug_assert!(xp.len() >= padded[1] * pw + DW_SLACK && w.len() >= 9 && y.len() >= oh * ow);
+        let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(w[t]));
+        let x = xp.as_ptr();
+        // Even lanes of 16 consecutive floats at `p`.
+        let evens = |p: *const f32| {
+            // SAFETY: the caller's bounds (see below) cover 16 floats at `p`.
+            unsafe {
+                let a = _mm256_loadu_ps(p);
+                let b = _mm256_loadu_ps(p.add(8));
+                let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
+            }
+        };
+        let scalar = |oy: usize, ox: usize| {
+            let mut acc = bias;
+            for ky in 0..3 {
+                let row = &xp[(oy * s + ky) * pw + ox * s..];
+                acc += w[ky * 3] * row[0] + w[ky * 3 + 1] * row[1] + w[ky * 3 + 2] * row[2];
+            }
+            acc
+        };
+        for oy in 0..oh {
+            let yrow = &mut y[oy * ow..(oy + 1) * ow];
+            if ow < 8 {
+                for (ox, v) in yrow.iter_mut().enumerate() {
+                    *v = scalar(oy, ox);
+                }
+                continue;
+            }
+            let mut ox = 0;
+            loop {
+                // The last step overlaps the one before it so no output needs a scalar tail.
+                let o = ox.min(ow - 8);
+                let mut acc = _mm256_set1_ps(bias);
+                for ky in 0..3 {
+                    // Row `oy * s + ky` of the padded plane; output `o + i` reads its columns
+                    // `(o + i) * s + kx` <= (ow - 1) * s + 2 < pw; the 16-wide stride-2 loads read at
+                    // most 17 past `o * s`, within the row or the DW_SLACK floats after the plane.
+                    // SAFETY: as above.
+                    unsafe {
+                        let r = x.add((oy * s + ky) * pw + o * s);
+                        if s == 1 {
+                            acc = _mm256_fmadd_ps(wv[ky * 3], _mm256_loadu_ps(r), acc);
+                            acc = _mm256_fmadd_ps(wv[ky * 3 + 1], _mm256_loadu_ps(r.add(1)), acc);
+                            acc = _mm256_fmadd_ps(wv[ky * 3 + 2], _mm256_loadu_ps(r.add(2)), acc);
+                        } else {
+                            acc = _mm256_fmadd_ps(wv[ky * 3], evens(r), acc);
+                            acc = _mm256_fmadd_ps(wv[ky * 3 + 1], evens(r.add(1)), acc);
+                            acc = _mm256_fmadd_ps(wv[ky * 3 + 2], evens(r.add(2)), acc);
+                        }
+                    }
+                }
+                // SAFETY: o + 8 <= ow.
+                unsafe { _mm256_storeu_ps(yrow.as_mut_ptr().add(o), acc) };
+                if o + 8 >= ow {
+                    break;
+                }
+                ox += 8;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 19) as f32 / 9.0
-                    - 1.0
-            })
-            .collect()
+        crate::test_data::levels(n, seed, 19, 9.0, 1.0)
     }
 
     fn out_len(i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> usize {

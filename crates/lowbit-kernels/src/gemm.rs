@@ -20,6 +20,8 @@
 //! assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
 //! ```
 
+use crate::cpu::{self, Isa};
+
 /// Whether an operand is read as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trans {
@@ -220,31 +222,6 @@ impl Activation {
     pub fn apply(self, y: &mut [f32]) {
         if self != Activation::None {
             y.iter_mut().for_each(|v| *v = self.of(*v));
-        }
-    }
-}
-
-/// The AVX2 form of [`Activation::of`] on 8 lanes.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn activation_avx2(
-    act: Activation,
-    v: std::arch::x86_64::__m256,
-) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    match act {
-        Activation::None => v,
-        Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-        Activation::Clip(lo, hi) => {
-            _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
-        }
-        Activation::LeakyRelu(a) => {
-            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
-            _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(a)), neg)
         }
     }
 }
@@ -492,16 +469,17 @@ fn block_offset(k0: usize, panels: usize, p: usize, kc: usize) -> usize {
     (k0 * panels + p * kc) * NR
 }
 
-/// A raw output pointer shared by tasks that write disjoint column panels.
+/// A raw output pointer shared by tasks that write disjoint elements (column panels here,
+/// tiles in [`crate::qgemm`], rows of pixels in [`crate::qconv`]).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks given an OutPtr write disjoint elements (one column panel each).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+pub(crate) struct Ptr<T>(pub(crate) *mut T);
+// SAFETY: tasks given a Ptr write disjoint elements.
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
 
-impl OutPtr {
+impl<T> Ptr<T> {
     /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -569,7 +547,7 @@ pub fn sgemm_packed_with(
             ASource::RowMajor(a, lda),
             b,
             beta,
-            OutPtr(c.as_mut_ptr()),
+            Ptr(c.as_mut_ptr()),
             ldc,
             epi,
             parallel,
@@ -608,7 +586,7 @@ pub(crate) unsafe fn sgemm_packed_ab_raw(
 ) {
     assert_eq!(a.k, b.k, "sgemm_packed_ab: inner dims differ");
     // SAFETY: forwarded from the caller.
-    unsafe { packed_product(a.m, ASource::Packed(a), b, 0.0, OutPtr(c), ldc, epi, false) };
+    unsafe { packed_product(a.m, ASource::Packed(a), b, 0.0, Ptr(c), ldc, epi, false) };
 }
 
 /// The shared driver: K blocks, then B panels (in parallel when allowed and worth it), then
@@ -623,7 +601,7 @@ unsafe fn packed_product(
     a: ASource,
     b: &PackedB,
     beta: f32,
-    out: OutPtr,
+    out: Ptr<f32>,
     ldc: usize,
     epi: &Epilogue,
     may_parallelize: bool,
@@ -652,7 +630,7 @@ unsafe fn packed_product(
     }
     let panels = n.div_ceil(NR);
     let parallel = may_parallelize && panels > 1 && m * n * k >= PARALLEL_MIN_WORK;
-    let avx2 = has_avx2_fma();
+    let isa = cpu::best().sgemm;
     let with_epi = !epi.is_identity();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -673,7 +651,7 @@ unsafe fn packed_product(
                 unsafe {
                     let cp = out.get().add(i0 * ldc + p * NR);
                     let tile = Tile { kc, a: ap, rs, cs, b: bp.as_ptr(), c: cp, ldc, cols };
-                    micro(avx2, mr, &tile, overwrite, post);
+                    micro(isa, mr, &tile, overwrite, post);
                 }
                 i0 += mr;
             }
@@ -684,18 +662,6 @@ unsafe fn packed_product(
         } else {
             (0..panels).for_each(panel);
         }
-    }
-}
-
-/// Whether the CPU has AVX2 and FMA (the fast micro-kernels' features).
-pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -719,26 +685,26 @@ struct Tile {
 /// `t.a` must be readable for `mr` rows of `kc` elements through its strides; `t.b` for
 /// `kc * NR` elements; `t.c` writable for `mr` rows of `cols` elements at stride `ldc`;
 /// `post`'s biases readable for `mr` rows and `cols` columns.
-unsafe fn micro(avx2: bool, mr: usize, t: &Tile, overwrite: bool, post: Post) {
+unsafe fn micro(isa: Isa, mr: usize, t: &Tile, overwrite: bool, post: Post) {
     macro_rules! go {
-        ($f:ident) => {
+        ($($f:ident)::+) => {
             match mr {
-                1 => $f::<1>(t, overwrite, post),
-                2 => $f::<2>(t, overwrite, post),
-                3 => $f::<3>(t, overwrite, post),
-                4 => $f::<4>(t, overwrite, post),
-                5 => $f::<5>(t, overwrite, post),
-                _ => $f::<6>(t, overwrite, post),
+                1 => $($f)::+::<1>(t, overwrite, post),
+                2 => $($f)::+::<2>(t, overwrite, post),
+                3 => $($f)::+::<3>(t, overwrite, post),
+                4 => $($f)::+::<4>(t, overwrite, post),
+                5 => $($f)::+::<5>(t, overwrite, post),
+                _ => $($f)::+::<6>(t, overwrite, post),
             }
         };
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: forwarded from the caller; the CPU has AVX2 and FMA.
-        unsafe { go!(micro_avx2) };
+    if isa >= Isa::Avx2 {
+        // SAFETY: forwarded from the caller; the CPU has AVX2 and FMA (`isa` says so).
+        unsafe { go!(x86_64::micro) };
         return;
     }
-    let _ = avx2;
+    let _ = isa;
     // SAFETY: forwarded from the caller.
     unsafe { go!(micro_generic) };
 }
@@ -751,7 +717,7 @@ unsafe fn micro(avx2: bool, mr: usize, t: &Tile, overwrite: bool, post: Post) {
 /// `c` writable for `mr` rows of `cols` elements at stride `ldc`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn micro_rows(
-    avx2: bool,
+    isa: Isa,
     mr: usize,
     kc: usize,
     a: *const f32,
@@ -764,7 +730,7 @@ pub(crate) unsafe fn micro_rows(
 ) {
     let t = Tile { kc, a, rs: lda, cs: 1, b, c, ldc, cols };
     // SAFETY: forwarded.
-    unsafe { micro(avx2, mr, &t, overwrite, Post::NONE) };
+    unsafe { micro(isa, mr, &t, overwrite, Post::NONE) };
 }
 
 /// Stores a finished `NR`-wide accumulator row `r` of a tile into `c` (`cols` of it), through
@@ -812,65 +778,6 @@ unsafe fn micro_generic<const R: usize>(t: &Tile, overwrite: bool, post: Post) {
     }
 }
 
-/// AVX2 + FMA micro-kernel: `R x 16` accumulators in registers.
-///
-/// # Safety
-/// As [`micro`], and the CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2<const R: usize>(t: &Tile, overwrite: bool, post: Post) {
-    use std::arch::x86_64::*;
-    let (a, b, rs, cs) = (t.a, t.b, t.rs, t.cs);
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for kk in 0..t.kc {
-        // Packed B is read as one linear stream: fetch ahead of it (a prefetch never faults,
-        // so running past the end of the data is harmless).
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + PREFETCH_ROWS) * NR) as *const i8);
-        // SAFETY: (caller's bounds) kk < kc, r < mr.
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*a.add(r * rs + kk * cs));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        // SAFETY: r < mr rows of C, `cols` columns each; biases cover them (caller).
-        unsafe {
-            let cr = t.c.add(r * t.ldc);
-            if t.cols == NR {
-                let (mut v0, mut v1) = if overwrite {
-                    (row[0], row[1])
-                } else {
-                    (
-                        _mm256_add_ps(_mm256_loadu_ps(cr), row[0]),
-                        _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), row[1]),
-                    )
-                };
-                if !post.row_bias.is_null() {
-                    let rb = _mm256_set1_ps(*post.row_bias.add(r));
-                    v0 = _mm256_add_ps(v0, rb);
-                    v1 = _mm256_add_ps(v1, rb);
-                }
-                if !post.col_bias.is_null() {
-                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(post.col_bias));
-                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(post.col_bias.add(8)));
-                }
-                _mm256_storeu_ps(cr, activation_avx2(post.act, v0));
-                _mm256_storeu_ps(cr.add(8), activation_avx2(post.act, v1));
-            } else {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
-                store_row(&tmp, cr, t.cols, overwrite, post, r);
-            }
-        }
-    }
-}
-
 /// Scalar reference for [`sgemm`] (f64 accumulation).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_ref(
@@ -903,18 +810,97 @@ pub fn sgemm_ref(
     }
 }
 
+/// The AVX2 + FMA micro-kernel and its output stage.
+#[cfg(target_arch = "x86_64")]
+mod x86_64 {
+    use super::{store_row, Activation, Post, Tile, NR, PREFETCH_ROWS};
+    use std::arch::x86_64::*;
+
+    /// The AVX2 form of [`Activation::of`] on 8 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn activation(act: Activation, v: __m256) -> __m256 {
+        match act {
+            Activation::None => v,
+            Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+            Activation::Clip(lo, hi) => {
+                _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
+            }
+            Activation::LeakyRelu(a) => {
+                let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
+                _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(a)), neg)
+            }
+        }
+    }
+
+    /// AVX2 + FMA micro-kernel: `R x 16` accumulators in registers.
+    ///
+    /// # Safety
+    /// As [`super::micro`], and the CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro<const R: usize>(t: &Tile, overwrite: bool, post: Post) {
+        let (a, b, rs, cs) = (t.a, t.b, t.rs, t.cs);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for kk in 0..t.kc {
+            // Packed B is read as one linear stream: fetch ahead of it (a prefetch never faults,
+            // so running past the end of the data is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + PREFETCH_ROWS) * NR) as *const i8);
+            // SAFETY: (caller's bounds) kk < kc, r < mr.
+            unsafe {
+                let b0 = _mm256_loadu_ps(b.add(kk * NR));
+                let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(r * rs + kk * cs));
+                    row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: r < mr rows of C, `cols` columns each; biases cover them (caller).
+            unsafe {
+                let cr = t.c.add(r * t.ldc);
+                if t.cols == NR {
+                    let (mut v0, mut v1) = if overwrite {
+                        (row[0], row[1])
+                    } else {
+                        (
+                            _mm256_add_ps(_mm256_loadu_ps(cr), row[0]),
+                            _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), row[1]),
+                        )
+                    };
+                    if !post.row_bias.is_null() {
+                        let rb = _mm256_set1_ps(*post.row_bias.add(r));
+                        v0 = _mm256_add_ps(v0, rb);
+                        v1 = _mm256_add_ps(v1, rb);
+                    }
+                    if !post.col_bias.is_null() {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(post.col_bias));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(post.col_bias.add(8)));
+                    }
+                    _mm256_storeu_ps(cr, activation(post.act, v0));
+                    _mm256_storeu_ps(cr.add(8), activation(post.act, v1));
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
+                    store_row(&tmp, cr, t.cols, overwrite, post, r);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 17) as f32 / 8.0
-                    - 1.0
-            })
-            .collect()
+        crate::test_data::levels(n, seed, 17, 8.0, 1.0)
     }
 
     proptest! {

@@ -1,8 +1,10 @@
-//! Hot loops only, no graph knowledge. Each kernel has a portable reference; SIMD paths are
-//! chosen at run time by CPU feature detection.
+//! Hot loops only, no graph knowledge. Each kernel family has portable code and x86-64 SIMD
+//! code side by side in its file (plain functions, then a `mod x86_64` of `#[target_feature]`
+//! functions); [`cpu`] detects the CPU once and says which one each family runs.
 //!
 //! | module | computes |
 //! |---|---|
+//! | [`cpu`] | the dispatch table: the CPU's instruction-set level, each family's implementation |
 //! | [`gemm`] | f32 `C = alpha * op(A) * op(B) + beta * C` |
 //! | [`qconv`] | u8 × i8 convolution (patches × packed weights, direct depthwise) |
 //! | [`qgemm`] | u8 × i8 → i32 GEMM with fused requantize / dequantize output stages |
@@ -13,6 +15,7 @@
 //! | [`window`] | the sliding-window geometry conv and pool share |
 
 pub mod conv;
+pub mod cpu;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
@@ -21,3 +24,18 @@ pub mod qgemm;
 pub mod quantize;
 pub mod wgemm;
 pub mod window;
+
+/// Inputs the kernels' tests share.
+#[cfg(test)]
+mod test_data {
+    /// `n` values `k / scale - offset` for `k` in `0..steps`, scattered by a multiplicative
+    /// hash of the index and `seed`: deterministic, and every level repeats (ties included).
+    pub(crate) fn levels(n: usize, seed: u32, steps: u32, scale: f32, offset: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let k = ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % steps;
+                k as f32 / scale - offset
+            })
+            .collect()
+    }
+}

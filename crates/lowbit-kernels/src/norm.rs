@@ -17,6 +17,8 @@
 //! assert!((x[0] - 0.5).abs() < 1e-6 && (x[3] - 0.5).abs() < 1e-6);
 //! ```
 
+use crate::cpu::{self, Isa};
+
 /// `e^x` with range reduction and a degree-6 polynomial; relative error below 1e-6 on
 /// `-87.3..=88`, 0 below, `e^88` on `88..88.72` then +inf, NaN for NaN. Written with plain arithmetic
 /// so loops over it vectorize.
@@ -109,20 +111,12 @@ fn softmax_rows_body(x: &mut [f32], n: usize, log: bool) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(x: &mut [f32], n: usize, log: bool) {
-    softmax_rows_body(x, n, log)
-}
-
 fn softmax_dispatch(x: &mut [f32], n: usize, log: bool) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { softmax_rows_avx2(x, n, log) };
-            return;
-        }
+    if cpu::best().softmax >= Isa::Avx2 {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { x86_64::softmax_rows(x, n, log) };
+        return;
     }
     softmax_rows_body(x, n, log)
 }
@@ -266,6 +260,15 @@ impl ChannelAffine {
             return None;
         }
         Some((0..c).map(|k| (b(k) * beta * self.scale[k] + self.shift[k]) as f32).collect())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64 {
+    /// [`super::softmax_rows_body`] compiled for AVX2 and FMA (its loops vectorize 8 wide).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_rows(x: &mut [f32], n: usize, log: bool) {
+        super::softmax_rows_body(x, n, log)
     }
 }
 

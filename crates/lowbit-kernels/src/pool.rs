@@ -37,12 +37,7 @@ fn check(win: &Window, planes: usize, x: &[f32], y: &[f32], idx: Option<&[i64]>)
 
 /// Count of window positions in dim `d` for output `o` that fall inside `lo..hi` (input coords).
 fn count_in(win: &Window, d: usize, o: usize, lo: isize, hi: isize) -> usize {
-    (0..win.kernel[d])
-        .filter(|&k| {
-            let i = (o * win.strides[d]) as isize + win.tap_offset(d, k);
-            i >= lo && i < hi
-        })
-        .count()
+    (0..win.kernel[d]).filter(|&k| (lo..hi).contains(&win.tap_position(d, o, k))).count()
 }
 
 /// Pools `planes` planes of `x` into `y`; with `indices`, also writes each max's flat position.
@@ -65,16 +60,7 @@ pub fn pool(
     let taps: Vec<Vec<Vec<usize>>> = (0..3)
         .map(|d| {
             let n_out = win.output[d];
-            (0..n_out)
-                .map(|o| {
-                    (0..win.kernel[d])
-                        .filter_map(|k| {
-                            let i = (o * win.strides[d]) as isize + win.tap_offset(d, k);
-                            (i >= 0 && i < win.input[d] as isize).then_some(i as usize)
-                        })
-                        .collect()
-                })
-                .collect()
+            (0..n_out).map(|o| win.taps_inside(d, o)).collect()
         })
         .collect();
     // Average divisors per dim and output position.
@@ -196,22 +182,14 @@ pub fn max_pool_channels_last<T: Copy + Ord>(
     assert!(y.len() >= batch * out_sz * c, "max_pool_channels_last: y too short");
     let [od, oh, ow] = win.output;
     let [_, ih, iw] = win.input;
-    let taps = |d: usize, o: usize| -> Vec<usize> {
-        (0..win.kernel[d])
-            .filter_map(|k| {
-                let i = (o * win.strides[d]) as isize + win.tap_offset(d, k);
-                (i >= 0 && i < win.input[d] as isize).then_some(i as usize)
-            })
-            .collect()
-    };
-    let tx: Vec<Vec<usize>> = (0..ow).map(|o| taps(2, o)).collect();
+    let tx: Vec<Vec<usize>> = (0..ow).map(|o| win.taps_inside(2, o)).collect();
     for b in 0..batch {
         let xb = &x[b * in_sz * c..][..in_sz * c];
         let yb = &mut y[b * out_sz * c..][..out_sz * c];
         for oz in 0..od {
-            let tz = taps(0, oz);
+            let tz = win.taps_inside(0, oz);
             for oy in 0..oh {
-                let ty = taps(1, oy);
+                let ty = win.taps_inside(1, oy);
                 for (ox, tx) in tx.iter().enumerate() {
                     let dst = &mut yb[((oz * oh + oy) * ow + ox) * c..][..c];
                     dst.fill(lowest);
@@ -264,9 +242,9 @@ pub fn pool_ref(
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let i = [
-                                    (oz * win.strides[0]) as isize + win.tap_offset(0, kz),
-                                    (oy * win.strides[1]) as isize + win.tap_offset(1, ky),
-                                    (ox * win.strides[2]) as isize + win.tap_offset(2, kx),
+                                    win.tap_position(0, oz, kz),
+                                    win.tap_position(1, oy, ky),
+                                    win.tap_position(2, ox, kx),
                                 ];
                                 let in_pad = (0..3).all(|d| {
                                     i[d] >= -(win.pads_begin[d] as isize)
@@ -320,12 +298,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 23) as f32 / 7.0
-                    - 1.5
-            })
-            .collect()
+        crate::test_data::levels(n, seed, 23, 7.0, 1.5)
     }
 
     /// Per spatial dim: (input base, kernel, stride, dilation, pad begin, pad end).

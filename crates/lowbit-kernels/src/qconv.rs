@@ -16,10 +16,11 @@
 //! `pixels × c_out` output rows directly, and no transposes happen at all. The engine keeps
 //! activations channels-last between integer convs for this reason.
 
-use crate::gemm::Trans;
-use crate::qgemm::{qgemm, requantize_into, Output, PackedI8, Ptr, Stage};
+use crate::cpu::{self, Isa};
+use crate::gemm::{Ptr, Trans};
+use crate::qgemm::{qgemm, requantize_into, Output, PackedI8, Stage};
 use crate::quantize::requantize_one;
-use crate::window::Window;
+use crate::window::{Plane, Window};
 use rayon::prelude::*;
 
 /// The weights of an integer convolution, prepared once at load.
@@ -229,12 +230,7 @@ fn padded_plane(win: &Window) -> [usize; 2] {
 /// channels-last into a buffer padded with the zero point (`xpad`, reused), so each kernel row
 /// of a patch is one contiguous run of `kw · cg_in` bytes (dilation 1) or `kw` runs of `cg_in`.
 fn patches_2d(win: &Window, cg_in: usize, x: Source, pad: u8, xpad: &mut Vec<u8>, rows: &mut [u8]) {
-    let [_, ih, iw] = win.input;
-    let [_, kh, kw] = win.kernel;
-    let [_, oh, ow] = win.output;
-    let (sy, sx) = (win.strides[1], win.strides[2]);
-    let (dy, dx) = (win.dilations[1], win.dilations[2]);
-    let (pt, pl) = (win.pads_begin[1], win.pads_begin[2]);
+    let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
     let [ph, pw] = padded_plane(win);
     xpad.clear();
     xpad.resize(ph * pw * cg_in, pad);
@@ -488,7 +484,7 @@ struct DwWeights<'a> {
     pairs: &'a [i16],
 }
 
-/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of [`dw_x86::pixel`]: for
+/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of [`x86_64::pixel`]: for
 /// each pair of taps `(2p, 2p + 1)` (a zero tap past the end) and block of 16 channels, the 16
 /// `(w[2p][ch], w[2p+1][ch])` pairs of channels `0-3, 8-11` then of `4-7, 12-15` — what
 /// `vpunpcklwd` / `vpunpckhwd` make of the two taps' inputs, ready for `vpmaddwd`.
@@ -512,7 +508,7 @@ fn dw_pairs(wl: &[i16], c: usize, taps: usize) -> Vec<i16> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod dw_x86 {
+mod x86_64 {
     use std::arch::x86_64::*;
 
     /// One output pixel of a channels-last depthwise convolution: `acc[ch] = Σ_t (x_t[ch] - zp)
@@ -593,19 +589,11 @@ fn depthwise_2d(
 ) {
     let wl = w.taps;
     // The AVX2 kernel: channels-last, whole blocks of 16 channels.
-    #[cfg(target_arch = "x86_64")]
     let simd = layout == Layout::ChannelsLast
         && !w.pairs.is_empty()
-        && std::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
+        && cpu::best().depthwise_i8 >= Isa::Avx2;
     let zp_pixel = vec![x_zp as u8; c];
-    let [_, ih, iw] = win.input;
-    let [_, kh, kw] = win.kernel;
-    let [_, oh, ow] = win.output;
-    let (sy, sx) = (win.strides[1], win.strides[2]);
-    let (dy, dx) = (win.dilations[1], win.dilations[2]);
-    let (pt, pl) = (win.pads_begin[1], win.pads_begin[2]);
+    let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
     let [rows, cols] = padded_plane(win);
     let plane = ih * iw;
     // Channels-first input is made channels-last once, padded (zero after subtracting the
@@ -650,7 +638,7 @@ fn depthwise_2d(
                 // SAFETY: AVX2 is present; every pointer reads `c` bytes; `pairs` holds
                 // `ptrs.len() / 2` tap pairs of `c / 16` blocks; `acc` row has `c` lanes.
                 unsafe {
-                    dw_x86::pixel(&ptrs, w.pairs.as_ptr(), c, x_zp, acc[ox * c..][..c].as_mut_ptr())
+                    x86_64::pixel(&ptrs, w.pairs.as_ptr(), c, x_zp, acc[ox * c..][..c].as_mut_ptr())
                 };
             }
         }

@@ -7,7 +7,7 @@
 //! never touches zero points. The weight operand `B` is packed once ([`PackedI8`]) in panels
 //! of [`NR`] columns; the micro-kernel computes 4 rows × 16 columns.
 //!
-//! Three instruction paths, chosen at run time ([`Isa::detect`], never `target-cpu=native`):
+//! Three instruction paths, chosen at run time ([`cpu::best`], never `target-cpu=native`):
 //! - **AVX-512 VNNI** (`vpdpbusd`, on 256-bit registers with AVX-512VL): 4 u8×i8 products
 //!   summed into each i32 lane, exact.
 //! - **AVX2**: `vpmaddubsw` multiplies u8×i8 and adds adjacent pairs into *saturating* i16,
@@ -17,15 +17,15 @@
 //!   instead and multiplies with `vpmaddwd` (exact, about half the throughput). Weights written
 //!   with reduce-range (7 bits, lowbit's and ONNX Runtime's default for x86) always take the
 //!   fast path; ONNX Runtime on AVX2 takes `vpmaddubsw` regardless and saturates.
-//! - **Scalar**: the same packed layout in plain Rust, for other CPUs.
+//! - **Generic**: the same packed layout in plain Rust, for other CPUs.
 //!
 //! [`qgemm_ref`] is the textbook triple loop every path is tested against, bit for bit.
 //! Requantization is [`crate::quantize::requantize_one`]'s rule (the SIMD epilogue reproduces
 //! it exactly: f32 multiply, round half to even, add the zero point, saturate).
 
-use crate::gemm::Trans;
+use crate::cpu::{self, Isa};
+use crate::gemm::{Ptr, Trans};
 use crate::quantize::requantize_one;
-use std::sync::OnceLock;
 
 /// Columns per packed panel (and per micro-kernel tile).
 pub const NR: usize = 16;
@@ -34,49 +34,10 @@ const MR: usize = 4;
 /// Work (m·n·k) below which threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 32 * 32 * 64;
 
-/// The instruction set a packed operand is laid out for and multiplied with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    Scalar,
-    Avx2,
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// The best path this CPU runs (detected once).
-    pub fn detect() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx512vnni")
-                    && std::is_x86_feature_detected!("avx512vl")
-                    && std::is_x86_feature_detected!("avx2")
-                {
-                    return Isa::Avx512Vnni;
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    return Isa::Avx2;
-                }
-            }
-            Isa::Scalar
-        })
-    }
-
-    /// Every path this CPU can run, for differential tests.
-    pub fn available() -> Vec<Isa> {
-        match Isa::detect() {
-            Isa::Scalar => vec![Isa::Scalar],
-            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
-            Isa::Avx512Vnni => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni],
-        }
-    }
-}
-
 /// How the weights are laid out inside a panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
-    /// Groups of 4 consecutive k per column, as i8 (`vpmaddubsw` / `vpdpbusd` / scalar).
+    /// Groups of 4 consecutive k per column, as i8 (`vpmaddubsw` / `vpdpbusd` / generic).
     Quads,
     /// Groups of 2 consecutive k per column, widened to i16 (`vpmaddwd`: AVX2 with weights
     /// whose pair sums could saturate `vpmaddubsw`).
@@ -106,7 +67,7 @@ impl PackedI8 {
     /// # Panics
     /// When `b` is too short or `zero_points` has another length (caller bugs).
     pub fn pack(tb: Trans, k: usize, n: usize, b: &[i8], ldb: usize, zero_points: &[i32]) -> Self {
-        PackedI8::pack_for(Isa::detect(), tb, k, n, b, ldb, zero_points)
+        PackedI8::pack_for(cpu::best().qgemm, tb, k, n, b, ldb, zero_points)
     }
 
     /// [`PackedI8::pack`] for a given path (tests run every path the CPU has).
@@ -231,20 +192,6 @@ pub struct Output<'a> {
     pub stage: Stage<'a>,
     pub row_stride: usize,
     pub col_stride: usize,
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements (tiles here, rows of
-/// pixels in [`crate::qconv`]).
-#[derive(Clone, Copy)]
-pub(crate) struct Ptr<T>(pub(crate) *mut T);
-// SAFETY: tasks given a Ptr write disjoint elements (one tile each).
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
-
-impl<T> Ptr<T> {
-    pub(crate) fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -459,12 +406,12 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], done: Done<'_>) 
             match b.isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the CPU has AVX2 (Isa::Avx2 is only detected or requested then).
-                Isa::Avx2 => unsafe { x86::quads_avx2(rows, k, bp, done) },
+                Isa::Avx2 => unsafe { x86_64::quads_avx2(rows, k, bp, done) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the CPU has AVX-512 VNNI and VL.
-                Isa::Avx512Vnni => unsafe { x86::quads_vnni(rows, k, bp, done) },
+                Isa::Avx512Vnni => unsafe { x86_64::quads_vnni(rows, k, bp, done) },
                 // SAFETY: forwarded.
-                _ => unsafe { quads_scalar(rows, k, bp, done) },
+                _ => unsafe { quads_generic(rows, k, bp, done) },
             }
         }
         Form::Pairs => {
@@ -473,7 +420,7 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], done: Done<'_>) 
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Pairs is only packed for Isa::Avx2.
             unsafe {
-                x86::pairs_avx2(rows, k, bp, done)
+                x86_64::pairs_avx2(rows, k, bp, done)
             }
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("Pairs is an x86 layout: {bp:?}")
@@ -485,7 +432,7 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], done: Done<'_>) 
 ///
 /// # Safety
 /// Each of `rows` readable for `k` bytes; `bp` for `k.div_ceil(4) * NR * 4` values.
-unsafe fn quads_scalar(rows: &[*const u8; MR], k: usize, bp: *const i8, done: Done<'_>) {
+unsafe fn quads_generic(rows: &[*const u8; MR], k: usize, bp: *const i8, done: Done<'_>) {
     let mut tile = [[0i32; NR]; MR];
     let (acc, fused) = match done {
         Done::Spill(acc) => (acc, None),
@@ -547,9 +494,9 @@ unsafe fn finish_row(
         Sink::Requantize { zero_point, qmin, qmax, out, .. } => {
             let mut q = [0u8; NR];
             #[cfg(target_arch = "x86_64")]
-            if isa != Isa::Scalar {
-                // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
-                unsafe { x86::requantize16(acc, adj, scale, zero_point, qmin, qmax, &mut q) };
+            if isa >= Isa::Avx2 {
+                // SAFETY: the CPU has AVX2 (the operand was packed for a level that has it).
+                unsafe { x86_64::requantize16(acc, adj, scale, zero_point, qmin, qmax, &mut q) };
                 store(&q, cols, out, base, cs);
                 return;
             }
@@ -589,15 +536,15 @@ pub fn requantize_into(
     assert!(bias.len() == n && mult.len() == n && out.len() == n, "requantize_into: lengths");
     assert!(byte_range(qmin, qmax), "requantize_into: [{qmin}, {qmax}] is not a u8 or i8 range");
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() != Isa::Scalar {
+    if cpu::best().requantize >= Isa::Avx2 {
         let whole = n / NR * NR;
         for i0 in (0..whole).step_by(NR) {
             let r = i0..i0 + NR;
             let (a, bb, m) = (&acc[r.clone()], &bias[r.clone()], &mult[r.clone()]);
             let q: &mut [u8; NR] = (&mut out[r]).try_into().expect("16 lanes");
-            // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
+            // SAFETY: the CPU has AVX2 (`cpu::best` chose that level).
             unsafe {
-                x86::requantize16(
+                x86_64::requantize16(
                     a.try_into().expect("16 lanes"),
                     bb.try_into().expect("16 lanes"),
                     m.try_into().expect("16 lanes"),
@@ -614,8 +561,8 @@ pub fn requantize_into(
             a[..len].copy_from_slice(&acc[i0..i0 + len]);
             bb[..len].copy_from_slice(&bias[i0..i0 + len]);
             m[..len].copy_from_slice(&mult[i0..i0 + len]);
-            // SAFETY: the CPU has AVX2 (every non-scalar path implies it).
-            unsafe { x86::requantize16(&a, &bb, &m, zero_point, qmin, qmax, &mut q) };
+            // SAFETY: the CPU has AVX2 (`cpu::best` chose that level).
+            unsafe { x86_64::requantize16(&a, &bb, &m, zero_point, qmin, qmax, &mut q) };
             out[i0..i0 + len].copy_from_slice(&q[..len]);
         }
         return;
@@ -649,7 +596,7 @@ fn store<T: Copy>(vals: &[T; NR], cols: usize, out: Ptr<T>, base: usize, cs: usi
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+mod x86_64 {
     use super::{Done, MR, NR};
     use std::arch::x86_64::*;
 
@@ -784,6 +731,34 @@ mod x86 {
         }
     }
 
+    /// The micro-kernel's loop: for each of `$groups` packed groups, the panel's two vectors
+    /// (`$width` elements of `$bp` per group), and for each row the group of its values
+    /// (`$read`) broadcast as `a`, then `c = $madd` into both halves of the row's sums.
+    macro_rules! panel_loop {
+        ($rows:expr, $k:expr, $bp:expr, $groups:expr, $width:expr, $read:ident,
+         |$c:ident, $a:ident, $b:ident| $madd:expr) => {{
+            let mut sums = [[_mm256_setzero_si256(); 2]; MR];
+            for g in 0..$groups {
+                // SAFETY: inside the panel.
+                let halves = unsafe {
+                    [
+                        _mm256_loadu_si256($bp.add(g * $width) as *const __m256i),
+                        _mm256_loadu_si256($bp.add(g * $width + $width / 2) as *const __m256i),
+                    ]
+                };
+                for r in 0..MR {
+                    // SAFETY: rows readable for k bytes.
+                    let $a = _mm256_set1_epi32(unsafe { $read($rows[r], g, $k) });
+                    for (h, &$b) in halves.iter().enumerate() {
+                        let $c = sums[r][h];
+                        sums[r][h] = $madd;
+                    }
+                }
+            }
+            sums
+        }};
+    }
+
     /// `vpmaddubsw` + `vpmaddwd(1)`: only for weights whose adjacent pairs cannot saturate.
     ///
     /// # Safety
@@ -796,24 +771,10 @@ mod x86 {
         done: Done<'_>,
     ) {
         let ones = _mm256_set1_epi16(1);
-        let mut c = [[_mm256_setzero_si256(); 2]; MR];
-        for g in 0..k.div_ceil(4) {
-            // SAFETY: inside the panel.
-            let (b0, b1) = unsafe {
-                (
-                    _mm256_loadu_si256(bp.add(g * 64) as *const __m256i),
-                    _mm256_loadu_si256(bp.add(g * 64 + 32) as *const __m256i),
-                )
-            };
-            for r in 0..MR {
-                // SAFETY: rows readable for k bytes.
-                let a = _mm256_set1_epi32(unsafe { quad(rows[r], g, k) });
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b0), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b1), ones);
-                c[r][0] = _mm256_add_epi32(c[r][0], p0);
-                c[r][1] = _mm256_add_epi32(c[r][1], p1);
-            }
-        }
+        let c = panel_loop!(rows, k, bp, k.div_ceil(4), 64, quad, |c, a, b| _mm256_add_epi32(
+            c,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones)
+        ));
         finish!(c, done);
     }
 
@@ -828,22 +789,9 @@ mod x86 {
         bp: *const i8,
         done: Done<'_>,
     ) {
-        let mut c = [[_mm256_setzero_si256(); 2]; MR];
-        for g in 0..k.div_ceil(4) {
-            // SAFETY: inside the panel.
-            let (b0, b1) = unsafe {
-                (
-                    _mm256_loadu_si256(bp.add(g * 64) as *const __m256i),
-                    _mm256_loadu_si256(bp.add(g * 64 + 32) as *const __m256i),
-                )
-            };
-            for r in 0..MR {
-                // SAFETY: rows readable for k bytes.
-                let a = _mm256_set1_epi32(unsafe { quad(rows[r], g, k) });
-                c[r][0] = _mm256_dpbusd_epi32(c[r][0], a, b0);
-                c[r][1] = _mm256_dpbusd_epi32(c[r][1], a, b1);
-            }
-        }
+        let c = panel_loop!(rows, k, bp, k.div_ceil(4), 64, quad, |c, a, b| _mm256_dpbusd_epi32(
+            c, a, b
+        ));
         finish!(c, done);
     }
 
@@ -858,49 +806,60 @@ mod x86 {
         bp: *const i16,
         done: Done<'_>,
     ) {
-        let mut c = [[_mm256_setzero_si256(); 2]; MR];
-        for g in 0..k.div_ceil(2) {
-            // SAFETY: inside the panel.
-            let (b0, b1) = unsafe {
-                (
-                    _mm256_loadu_si256(bp.add(g * 32) as *const __m256i),
-                    _mm256_loadu_si256(bp.add(g * 32 + 16) as *const __m256i),
-                )
-            };
-            for r in 0..MR {
-                // SAFETY: rows readable for k bytes.
-                let a = _mm256_set1_epi32(unsafe { pair(rows[r], g, k) });
-                c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(a, b0));
-                c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(a, b1));
-            }
-        }
+        let c = panel_loop!(rows, k, bp, k.div_ceil(2), 32, pair, |c, a, b| _mm256_add_epi32(
+            c,
+            _mm256_madd_epi16(a, b)
+        ));
         finish!(c, done);
     }
 
-    /// The register-only loop of [`super::peak_probe`].
+    /// `$step` (`|v, b| …`, giving `v`'s next value) on 12 independent register chains,
+    /// `$iters` times, then the chains' sum: the body of the peak loops (a macro, so the
+    /// intrinsics inline into each `target_feature` function).
+    macro_rules! register_chains {
+        ($iters:expr, |$v:ident, $b:ident| $step:expr) => {{
+            let $b = _mm256_set1_epi32(0x0101_0101);
+            let mut c: [__m256i; 12] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32 + 1));
+            for _ in 0..$iters {
+                // Each chain feeds on its own accumulator, so nothing can be hoisted or shared;
+                // 12 chains keep the multiply pipes busy despite each chain's latency.
+                for $v in c.iter_mut() {
+                    *$v = $step;
+                }
+            }
+            let mut out = [0i32; 8];
+            let mut t = c[0];
+            for v in &c[1..] {
+                t = _mm256_add_epi32(t, *v);
+            }
+            // SAFETY: 8 lanes into an 8-element array.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, t) };
+            out[0]
+        }};
+    }
+
+    /// The register-only loop of [`super::peak_probe`] on AVX2: [`quads_avx2`]'s
+    /// `vpmaddubsw` + `vpmaddwd` + `vpaddd`.
     ///
     /// # Safety
     /// AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn peak_loop(iters: u64) -> i32 {
+    pub(super) unsafe fn peak_loop_avx2(iters: u64) -> i32 {
         let ones = _mm256_set1_epi16(1);
-        let b = _mm256_set1_epi32(0x0101_0101);
-        let mut c: [__m256i; 12] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32 + 1));
-        for _ in 0..iters {
-            // Each chain feeds on its own accumulator, so nothing can be hoisted or shared;
-            // 12 chains keep both multiply pipes busy despite the 7-cycle chain latency.
-            for v in c.iter_mut() {
-                *v = _mm256_add_epi32(*v, _mm256_madd_epi16(_mm256_maddubs_epi16(*v, b), ones));
-            }
-        }
-        let mut out = [0i32; 8];
-        let mut t = c[0];
-        for v in &c[1..] {
-            t = _mm256_add_epi32(t, *v);
-        }
-        // SAFETY: 8 lanes into an 8-element array.
-        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, t) };
-        out[0]
+        register_chains!(iters, |v, b| _mm256_add_epi32(
+            *v,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(*v, b), ones)
+        ))
+    }
+
+    /// The register-only loop of [`super::peak_probe`] on AVX-512 VNNI: [`quads_vnni`]'s
+    /// `vpdpbusd`.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI and VL.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn peak_loop_vnni(iters: u64) -> i32 {
+        register_chains!(iters, |v, b| _mm256_dpbusd_epi32(*v, *v, b))
     }
 
     /// [`crate::quantize::requantize_one`] on 16 sums `acc + bias` at once, bit for bit: the product is
@@ -943,21 +902,52 @@ mod x86 {
     }
 }
 
-/// Runs the AVX2 `vpmaddubsw` + `vpmaddwd` + `vpaddd` sequence of the micro-kernel on
-/// registers only (12 independent chains, no memory), `iters` times; returns the u8×i8
-/// multiply-adds it performed (`iters · 12 · 32`). Timed by the caller, it gives this core's
-/// peak for the instruction mix the fast int8 path uses, at the clock it runs at — the
-/// reference the GEMM's efficiency is quoted against. `None` without AVX2.
-pub fn peak_probe(iters: u64) -> Option<u64> {
+/// A timing reference for the int8 GEMM: the multiply-add instructions of one path's inner
+/// loop, run on registers only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peak {
+    /// The path whose instructions ran.
+    pub isa: Isa,
+    /// Those instructions.
+    pub instructions: &'static str,
+    /// The u8 × i8 multiply-adds performed.
+    pub macs: u64,
+}
+
+/// Runs the multiply-add instructions of the int8 path this CPU runs ([`cpu::best`]'s
+/// `qgemm`: `vpdpbusd` with AVX-512 VNNI, `vpmaddubsw` + `vpmaddwd` + `vpaddd` with AVX2) on 12
+/// independent register chains, no memory, `iters` times. Timed by the caller, it gives this
+/// core's peak for that path at the clock it runs at: the reference the GEMM's efficiency is
+/// quoted against. `None` on the generic path (no fixed instruction mix).
+pub fn peak_probe(iters: u64) -> Option<Peak> {
+    peak_probe_on(cpu::best().qgemm, iters)
+}
+
+/// [`peak_probe`] for the path of level `isa`.
+///
+/// # Panics
+/// When the CPU does not run `isa`.
+pub fn peak_probe_on(isa: Isa, iters: u64) -> Option<Peak> {
+    assert!(isa <= Isa::detect(), "peak_probe: this CPU does not run {isa:?}");
+    let macs = iters * 12 * 32;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present.
-        let sink = unsafe { x86::peak_loop(iters) };
+    {
+        // SAFETY: the CPU runs `isa` (asserted).
+        let (sink, instructions) = unsafe {
+            match isa {
+                Isa::Generic => return None,
+                Isa::Avx2 => (x86_64::peak_loop_avx2(iters), "vpmaddubsw + vpmaddwd + vpaddd"),
+                Isa::Avx512Vnni => (x86_64::peak_loop_vnni(iters), "vpdpbusd"),
+            }
+        };
         std::hint::black_box(sink);
-        return Some(iters * 12 * 32);
+        Some(Peak { isa, instructions, macs })
     }
-    let _ = iters;
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = macs;
+        None
+    }
 }
 
 /// The textbook reference: `A` (`m × k` u8), `B` (`k × n` i8, row-major), exact i32 sums of
@@ -1041,7 +1031,7 @@ mod tests {
                 vec![0]
             };
             let want = qgemm_ref(m, n, k, &a, za, &b, &zb);
-            for isa in Isa::available() {
+            for isa in cpu::levels(|k| k.qgemm) {
                 prop_assert_eq!(run(isa, m, n, k, &a, za, &b, &zb), want.clone(), "{:?}", isa);
             }
         }
@@ -1076,7 +1066,7 @@ mod tests {
             let (qmin, qmax, zy) = if zy < 0 { (-128, 127, zy + 64) } else { (0, 255, zy) };
             let exact = qgemm_ref(m, n, k, &a, za, &b, &zb);
             let (rs, cs) = if row_major { (n, 1) } else { (1, m) };
-            for isa in Isa::available() {
+            for isa in cpu::levels(|k| k.qgemm) {
                 let p = PackedI8::pack_for(isa, Trans::No, k, n, &b, n, &zb);
                 let mut q = vec![0u8; m * n];
                 qgemm(m, &a, k, za, &p, Output {
@@ -1116,7 +1106,7 @@ mod tests {
 
     #[test]
     fn requantize_saturates_huge_products_like_the_scalar_rule() {
-        for isa in Isa::available() {
+        for isa in cpu::levels(|k| k.qgemm) {
             let b = vec![127i8; 16 * 4];
             let p = PackedI8::pack_for(isa, Trans::No, 4, 16, &b, 16, &[0]);
             let a = vec![255u8; 4];
@@ -1172,7 +1162,7 @@ mod tests {
         let bt: Vec<i8> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let a: Vec<u8> = (0..3 * k).map(|i| (i * 11) as u8).collect();
         let want = qgemm_ref(3, n, k, &a, 5, &b, &[0]);
-        for isa in Isa::available() {
+        for isa in cpu::levels(|k| k.qgemm) {
             let p = PackedI8::pack_for(isa, Trans::Yes, k, n, &bt, k, &[0]);
             let mut c = vec![0i32; 3 * n];
             qgemm(
@@ -1184,6 +1174,22 @@ mod tests {
                 Output { stage: Stage::I32 { out: &mut c }, row_stride: n, col_stride: 1 },
             );
             assert_eq!(c, want, "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn the_peak_probe_times_the_path_products_run_on() {
+        let packed = PackedI8::pack(Trans::No, 4, 4, &[1; 16], 4, &[0]);
+        match peak_probe(10) {
+            Some(p) => {
+                assert_eq!(p.isa, packed.isa());
+                assert_eq!(p.macs, 10 * 12 * 32);
+            }
+            None => assert_eq!(packed.isa(), Isa::Generic),
+        }
+        for isa in Isa::available() {
+            let peak = peak_probe_on(isa, 10);
+            assert_eq!(peak.map(|p| p.isa), (isa != Isa::Generic).then_some(isa));
         }
     }
 }

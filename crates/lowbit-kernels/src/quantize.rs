@@ -42,6 +42,8 @@ pub struct ParamMap {
     block: usize,
     /// Number of blocks along the axis (blocked layout only).
     blocks: usize,
+    /// The quantization axis (per-axis and blocked layouts only).
+    axis: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +56,7 @@ enum Layout {
 impl ParamMap {
     /// One scale/zero point for the whole tensor.
     pub fn per_tensor() -> ParamMap {
-        ParamMap { kind: Layout::PerTensor, inner: 1, dim: 1, block: 1, blocks: 1 }
+        ParamMap { kind: Layout::PerTensor, inner: 1, dim: 1, block: 1, blocks: 1, axis: 0 }
     }
 
     /// Whether one scale/zero point serves every element.
@@ -65,7 +67,8 @@ impl ParamMap {
     /// One parameter per index along `axis` (parameters have shape `[shape[axis]]`).
     pub fn per_axis(shape: &[usize], axis: usize) -> ParamMap {
         let inner = shape[axis + 1..].iter().product();
-        ParamMap { kind: Layout::PerAxis, inner, dim: shape[axis], block: 1, blocks: shape[axis] }
+        let dim = shape[axis];
+        ParamMap { kind: Layout::PerAxis, inner, dim, block: 1, blocks: dim, axis }
     }
 
     /// One parameter per `block` consecutive elements along `axis`: parameters have the
@@ -74,7 +77,67 @@ impl ParamMap {
         let inner = shape[axis + 1..].iter().product();
         let dim = shape[axis];
         let block = block.max(1);
-        ParamMap { kind: Layout::Blocked, inner, dim, block, blocks: dim.div_ceil(block) }
+        ParamMap { kind: Layout::Blocked, inner, dim, block, blocks: dim.div_ceil(block), axis }
+    }
+
+    /// The layout of a `QuantizeLinear`/`DequantizeLinear`'s scale (and zero point) of shape
+    /// `scale_shape` over an input of shape `x_shape`, by ONNX's rules (opset 10 → 21):
+    /// `block_size > 0` is blocked along `axis` (the scale has the input's shape with that
+    /// dimension divided by the block size, rounded up); a single value is per tensor whatever
+    /// `axis` says (ONNX Runtime writes `[1]` scales for biases with the default axis 1, which
+    /// a 1-D bias does not have); a 1-D scale as long as the input's `axis` is per axis.
+    /// A negative `axis` counts from the end.
+    pub fn for_qdq(
+        x_shape: &[usize],
+        scale_shape: &[usize],
+        axis: i64,
+        block_size: i64,
+    ) -> Result<ParamMap, QuantizeError> {
+        let rank = x_shape.len();
+        let resolve = |axis: i64| -> Result<usize, QuantizeError> {
+            let a = if axis < 0 { axis + rank as i64 } else { axis };
+            (a >= 0 && a < rank.max(1) as i64).then_some(a as usize).ok_or_else(|| {
+                QuantizeError(format!("axis {axis} is out of range for rank {rank}"))
+            })
+        };
+        let scale_len: usize = scale_shape.iter().product();
+        if block_size > 0 {
+            let a = resolve(axis)?;
+            let mut want = x_shape.to_vec();
+            if let Some(d) = want.get_mut(a) {
+                *d = d.div_ceil(block_size as usize);
+            }
+            if scale_shape != want.as_slice() || rank == 0 {
+                return Err(QuantizeError(format!(
+                    "blocked scale shape {scale_shape:?} should be {want:?}"
+                )));
+            }
+            return Ok(ParamMap::blocked(x_shape, a, block_size as usize));
+        }
+        if scale_shape.len() <= 1 && scale_len == 1 {
+            return Ok(ParamMap::per_tensor());
+        }
+        if scale_shape.len() == 1 {
+            if rank == 0 {
+                return Err(QuantizeError("a 1-D scale needs an input of rank >= 1".into()));
+            }
+            let a = resolve(axis)?;
+            if scale_len == x_shape[a] {
+                return Ok(ParamMap::per_axis(x_shape, a));
+            }
+            return Err(QuantizeError(format!(
+                "scale has {scale_len} values, axis {a} of {x_shape:?} has {}",
+                x_shape[a]
+            )));
+        }
+        Err(QuantizeError(format!(
+            "scale shape {scale_shape:?} fits neither per-tensor nor per-axis quantization"
+        )))
+    }
+
+    /// The quantization axis: `None` per tensor.
+    pub fn axis(&self) -> Option<usize> {
+        (self.kind != Layout::PerTensor).then_some(self.axis)
     }
 
     /// Number of parameters the layout expects for a tensor of `numel` elements.
@@ -117,6 +180,34 @@ pub fn int_range(dtype: DType) -> Option<(i32, i32)> {
         DType::I32 => (i32::MIN, i32::MAX),
         _ => return None,
     })
+}
+
+/// The output-channel axis of a weight of rank `rank` read by `op_type` (in the weight's
+/// input slot), along which it is quantized per channel: 0 for Conv (`[M, C/group, k…]`), 1 for
+/// ConvTranspose (`[C, M/group, k…]`), for Gemm 0 with `transB=1` (`[N, K]`) and 1 without
+/// (`[K, N]`), the last axis for MatMul (`[…, K, N]`). `None` for other ops and ranks.
+pub fn weight_channel_axis(op_type: &str, trans_b: bool, rank: usize) -> Option<usize> {
+    match op_type {
+        "Conv" if rank >= 3 => Some(0),
+        "ConvTranspose" if rank >= 3 => Some(1),
+        "Gemm" if rank == 2 => Some(if trans_b { 0 } else { 1 }),
+        "MatMul" if rank >= 2 => Some(rank - 1),
+        _ => None,
+    }
+}
+
+/// The real range `[lo, hi]` quantizing to `dtype` with one `scale` and zero point saturates
+/// to: `[(qmin − zp)·scale, (qmax − zp)·scale]` for integer types, the largest finite values
+/// times `scale` for float8 (what the extreme inputs quantize and dequantize to).
+pub fn representable_range(
+    dtype: DType,
+    scale: f32,
+    zero_point: Option<&TensorData>,
+) -> Result<(f32, f32), QuantizeError> {
+    let map = ParamMap::per_tensor();
+    let q = quantize(&[f32::MIN, f32::MAX], &[scale], zero_point, &map, dtype, true)?;
+    let ends = dequantize(&q, &[scale], zero_point, &map)?;
+    Ok((ends[0], ends[1]))
 }
 
 /// Round half to even, as [`f32::round_ties_even`] but without its libm call (`rintf`: baseline
@@ -219,6 +310,14 @@ pub fn quantize_bias(
             }
         })
         .collect()
+}
+
+/// The smallest weight scale per channel that lets [`quantize_bias`] code `bias` with input
+/// scale `in_scale` (ONNX Runtime's quantizer widens such weight scales too): the channels
+/// whose weights are all near zero get a scale their bias fits under.
+pub fn min_weight_scales_for_bias(bias: &[f32], in_scale: f32) -> Vec<f32> {
+    // A little above the exact bound, so f32 rounding of s_in · s_w cannot push a code past it.
+    bias.iter().map(|&b| b.abs() / (in_scale * BIAS_CODE_LIMIT) * (1.0 + 1e-5)).collect()
 }
 
 /// The integer values of an integer tensor's storage, widened to i32 (`None` for other types
@@ -443,7 +542,7 @@ pub fn quantize_bytes(
     assert_eq!(x.len(), out.len(), "quantize_bytes: lengths");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::cpu::best().quantize >= crate::cpu::Isa::Avx2 {
         // SAFETY: AVX2 is present; the function reads and writes whole 8-lane chunks only.
         done = unsafe { quantize_bytes_avx2(x, scale, zero_point, qmin, qmax, out) };
     }
@@ -538,7 +637,7 @@ mod tests {
         // Per channel: b / (s_in · s_w[c]), ties to even.
         assert_eq!(quantize_bias(&[1.0, -0.5, 0.0], 0.5, &[0.5, 0.25, 1.0]), Ok(vec![4, -4, 0]));
         assert_eq!(quantize_bias(&[0.625], 0.5, &[0.5]), Ok(vec![2])); // 2.5 → 2
-        // One weight scale for every channel.
+                                                                       // One weight scale for every channel.
         assert_eq!(quantize_bias(&[1.0, 2.0], 1.0, &[0.5]), Ok(vec![2, 4]));
         assert_eq!(bias_scales(0.5, &[0.5, 0.25]), vec![0.25, 0.125]);
         // A near-zero weight scale would need a code beyond the accumulator's headroom.
@@ -635,6 +734,66 @@ mod tests {
         let m = ParamMap::blocked(&[4, 2], 0, 3);
         let idx: Vec<usize> = (0..8).map(|i| m.index(i)).collect();
         assert_eq!(idx, vec![0, 1, 0, 1, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn qdq_layouts_follow_the_onnx_rules() {
+        // Per tensor: a scalar or a single value, whatever the axis.
+        assert!(ParamMap::for_qdq(&[2, 3], &[], 1, 0).unwrap().is_per_tensor());
+        assert!(ParamMap::for_qdq(&[5], &[1], 1, 0).unwrap().is_per_tensor());
+        assert_eq!(ParamMap::for_qdq(&[5], &[1], 1, 0).unwrap().axis(), None);
+        // Per axis, a negative axis counted from the end.
+        let m = ParamMap::for_qdq(&[2, 3, 2], &[3], -2, 0).unwrap();
+        assert_eq!(m, ParamMap::per_axis(&[2, 3, 2], 1));
+        assert_eq!(m.axis(), Some(1));
+        // Blocked: the scale is the input's shape with the axis divided, rounded up.
+        let m = ParamMap::for_qdq(&[4, 10], &[4, 3], 1, 4).unwrap();
+        assert_eq!(m, ParamMap::blocked(&[4, 10], 1, 4));
+        assert_eq!((m.axis(), m.num_params(40)), (Some(1), 12));
+    }
+
+    #[test]
+    fn qdq_layouts_refuse_scales_that_do_not_fit() {
+        let err = |x: &[usize], s: &[usize], axis, block| {
+            ParamMap::for_qdq(x, s, axis, block).unwrap_err().0
+        };
+        // Blocked scales must have the blocked shape: not the per-axis one, not another count.
+        assert_eq!(err(&[4, 10], &[4], 1, 4), "blocked scale shape [4] should be [4, 3]");
+        assert_eq!(err(&[4, 10], &[4, 2], 1, 4), "blocked scale shape [4, 2] should be [4, 3]");
+        assert_eq!(err(&[4, 10], &[3, 4], 0, 4), "blocked scale shape [3, 4] should be [1, 10]");
+        assert_eq!(err(&[], &[], 0, 4), "blocked scale shape [] should be []");
+        assert_eq!(err(&[4, 10], &[4, 3], 2, 4), "axis 2 is out of range for rank 2");
+        assert_eq!(err(&[2, 3], &[4], 1, 0), "scale has 4 values, axis 1 of [2, 3] has 3");
+        assert_eq!(err(&[2, 3], &[3], -3, 0), "axis -3 is out of range for rank 2");
+        assert_eq!(err(&[], &[3], 0, 0), "a 1-D scale needs an input of rank >= 1");
+        assert_eq!(
+            err(&[2, 3], &[1, 1], 1, 0),
+            "scale shape [1, 1] fits neither per-tensor nor per-axis quantization"
+        );
+    }
+
+    #[test]
+    fn weight_channel_axes() {
+        assert_eq!(weight_channel_axis("Conv", false, 4), Some(0));
+        assert_eq!(weight_channel_axis("Conv", false, 2), None);
+        assert_eq!(weight_channel_axis("ConvTranspose", false, 4), Some(1));
+        assert_eq!(weight_channel_axis("Gemm", true, 2), Some(0));
+        assert_eq!(weight_channel_axis("Gemm", false, 2), Some(1));
+        assert_eq!(weight_channel_axis("Gemm", false, 3), None);
+        assert_eq!(weight_channel_axis("MatMul", false, 3), Some(2));
+        assert_eq!(weight_channel_axis("MatMul", false, 1), None);
+        assert_eq!(weight_channel_axis("Add", false, 2), None);
+    }
+
+    #[test]
+    fn representable_ranges() {
+        let zp = TensorData::U8(vec![100]);
+        assert_eq!(representable_range(DType::U8, 0.5, Some(&zp)), Ok((-50.0, 77.5)));
+        assert_eq!(representable_range(DType::I8, 0.5, None), Ok((-64.0, 63.5)));
+        assert_eq!(representable_range(DType::I4, 1.0, None), Ok((-8.0, 7.0)));
+        assert_eq!(representable_range(DType::F8E4M3FN, 2.0, None), Ok((-896.0, 896.0)));
+        assert_eq!(representable_range(DType::F8E5M2, 1.0, None), Ok((-57344.0, 57344.0)));
+        assert!(representable_range(DType::F16, 1.0, None).is_err());
     }
 
     #[test]

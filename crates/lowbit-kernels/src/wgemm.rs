@@ -21,13 +21,12 @@
 //!   that stays in L1/L2, and the f32 GEMM's own micro-kernel ([`crate::gemm`]) runs over it
 //!   for all rows, so dequantization costs once per weight per call, not once per row.
 //!
-//! The scalar path ([`Path::Scalar`]) uses the same layout with plain Rust dequantization.
+//! The generic path ([`Isa::Generic`]) uses the same layout with plain Rust dequantization.
 //! [`wgemm_ref`] (dequantize with ONNX's formula, f64 sums) is what every path is tested
 //! against; results differ from it by f32 rounding only (`fma` order).
 
-use crate::gemm::{self, Trans};
-use crate::qgemm::Ptr;
-use std::sync::OnceLock;
+use crate::cpu::{self, Isa, Kernels};
+use crate::gemm::{self, Ptr, Trans};
 
 /// Columns per packed panel (the f32 GEMM's panel width: two AVX registers).
 pub const NR: usize = gemm::NR;
@@ -38,29 +37,6 @@ pub const DIRECT_MAX_M: usize = 4;
 const KC: usize = 256;
 /// Work (m·n·k) below which threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 64 * 64 * 64;
-
-/// The instruction path a product runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Scalar,
-    Avx2Fma,
-}
-
-impl Path {
-    /// The best path this CPU runs (detected once).
-    pub fn detect() -> Path {
-        static PATH: OnceLock<Path> = OnceLock::new();
-        *PATH.get_or_init(|| if gemm::has_avx2_fma() { Path::Avx2Fma } else { Path::Scalar })
-    }
-
-    /// Every path this CPU can run, for differential tests.
-    pub fn available() -> Vec<Path> {
-        match Path::detect() {
-            Path::Scalar => vec![Path::Scalar],
-            Path::Avx2Fma => vec![Path::Scalar, Path::Avx2Fma],
-        }
-    }
-}
 
 /// The codes of `B`, one value per element (ONNX int4 tensors decode to one value per byte).
 #[derive(Clone, Copy, Debug)]
@@ -186,7 +162,7 @@ pub struct PackedWeights {
     four_bit: bool,
     /// K rows per scale block (`k` for per-column scales; at least 1).
     block: usize,
-    path: Path,
+    path: Isa,
     codes: Vec<u8>,
     /// Per panel, per block: `NR` scales (0 past `n`).
     scales: Vec<f32>,
@@ -197,11 +173,13 @@ pub struct PackedWeights {
 impl PackedWeights {
     /// Packs `spec` for this CPU.
     pub fn pack(spec: &WeightSpec) -> Result<PackedWeights, String> {
-        PackedWeights::pack_for(Path::detect(), spec)
+        PackedWeights::pack_for(cpu::best().wgemm, spec)
     }
 
-    /// [`PackedWeights::pack`] for a given path (tests run every path the CPU has).
-    pub fn pack_for(path: Path, spec: &WeightSpec) -> Result<PackedWeights, String> {
+    /// [`PackedWeights::pack`] for the path of a CPU of level `isa` (tests run every path the
+    /// CPU has).
+    pub fn pack_for(isa: Isa, spec: &WeightSpec) -> Result<PackedWeights, String> {
+        let path = Kernels::at(isa).wgemm;
         spec.validate()?;
         let (k, n) = (spec.k, spec.n);
         let four_bit = spec.codes.four_bit();
@@ -250,7 +228,7 @@ impl PackedWeights {
         self.n
     }
 
-    pub fn path(&self) -> Path {
+    pub fn path(&self) -> Isa {
         self.path
     }
 
@@ -279,7 +257,7 @@ impl PackedWeights {
     /// Dequantizes rows `k0..k0 + kc` of panel `p` into `buf` (`kc × NR`, row-major).
     fn dequantize_rows(&self, p: usize, k0: usize, kc: usize, buf: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if self.path == Path::Avx2Fma {
+        if self.path >= Isa::Avx2 {
             // SAFETY: the path was chosen (or asked for by a test) on a CPU with AVX2 and FMA.
             unsafe { self.dequantize_rows_fma(p, k0, kc, buf) };
             return;
@@ -359,7 +337,7 @@ pub fn wgemm(
     }
     let panels = n.div_ceil(NR);
     let out = Ptr(c.as_mut_ptr());
-    let direct = b.path == Path::Avx2Fma && m <= DIRECT_MAX_M && k > 0;
+    let direct = b.path >= Isa::Avx2 && m <= DIRECT_MAX_M && k > 0;
     let panel = |p: usize| {
         let cols = NR.min(n - p * NR);
         let mut bias_p = [0f32; NR];
@@ -408,7 +386,6 @@ unsafe fn buffered_panel(
             unsafe { *c.add(r * ldc + jj) = v };
         }
     }
-    let avx2 = b.path == Path::Avx2Fma;
     let mut buf = [0f32; KC * NR];
     for k0 in (0..b.k).step_by(KC) {
         let kc = KC.min(b.k - k0);
@@ -419,7 +396,7 @@ unsafe fn buffered_panel(
             // kc·NR values; C as the caller bounds it.
             unsafe {
                 gemm::micro_rows(
-                    avx2,
+                    b.path,
                     mr,
                     kc,
                     a.add(i0 * lda + k0),
@@ -466,11 +443,11 @@ unsafe fn direct_panel(
                 macro_rules! go {
                     ($r:literal) => {
                         if b.four_bit {
-                            direct_avx2::<$r, true>(
+                            x86_64::direct::<$r, true>(
                                 b.k, b.block, a, lda, codes, s, o, bias, c, ldc, cols,
                             )
                         } else {
-                            direct_avx2::<$r, false>(
+                            x86_64::direct::<$r, false>(
                                 b.k, b.block, a, lda, codes, s, o, bias, c, ldc, cols,
                             )
                         }
@@ -490,84 +467,6 @@ unsafe fn direct_panel(
     // SAFETY: forwarded from the caller.
     unsafe {
         buffered_panel(b, p, m, a, lda, bias, c, ldc, cols)
-    }
-}
-
-/// `R` rows × one panel over all of K, each panel row dequantized in registers:
-/// zero-extend the codes to i32, split nibbles (4-bit) or halves (8-bit), convert, and
-/// `fma(code, scale, offset)`; then one FMA per row and half-panel.
-///
-/// # Safety
-/// `a` readable for `R` rows of `k` at stride `lda`; `codes` for `k` panel rows; `scales` and
-/// `offsets` for `ceil(k / block)` rows of `NR`; `c` writable for `R` rows of `cols`; the CPU
-/// has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn direct_avx2<const R: usize, const FOUR: bool>(
-    k: usize,
-    block: usize,
-    a: *const f32,
-    lda: usize,
-    codes: *const u8,
-    scales: *const f32,
-    offsets: *const f32,
-    bias: &[f32; NR],
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    let low = _mm256_set1_epi32(0x0f);
-    let mut k0 = 0;
-    let mut blk = 0;
-    while k0 < k {
-        let k1 = (k0 + block).min(k);
-        // SAFETY: (caller's bounds) blk < ceil(k / block); kk < k; r < R.
-        unsafe {
-            let s0 = _mm256_loadu_ps(scales.add(blk * NR));
-            let s1 = _mm256_loadu_ps(scales.add(blk * NR + 8));
-            let o0 = _mm256_loadu_ps(offsets.add(blk * NR));
-            let o1 = _mm256_loadu_ps(offsets.add(blk * NR + 8));
-            for kk in k0..k1 {
-                let (q0, q1) = if FOUR {
-                    let v =
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes.add(kk * 8) as *const __m128i));
-                    (_mm256_and_si256(v, low), _mm256_srli_epi32::<4>(v))
-                } else {
-                    let v = _mm_loadu_si128(codes.add(kk * 16) as *const __m128i);
-                    (_mm256_cvtepu8_epi32(v), _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v)))
-                };
-                let w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), s0, o0);
-                let w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), s1, o1);
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(r * lda + kk));
-                    row[0] = _mm256_fmadd_ps(av, w0, row[0]);
-                    row[1] = _mm256_fmadd_ps(av, w1, row[1]);
-                }
-            }
-        }
-        k0 = k1;
-        blk += 1;
-    }
-    // SAFETY: bias is NR values; r < R rows of C with `cols` columns each.
-    unsafe {
-        let b0 = _mm256_loadu_ps(bias.as_ptr());
-        let b1 = _mm256_loadu_ps(bias.as_ptr().add(8));
-        for (r, row) in acc.iter().enumerate() {
-            let (v0, v1) = (_mm256_add_ps(row[0], b0), _mm256_add_ps(row[1], b1));
-            let cr = c.add(r * ldc);
-            if cols == NR {
-                _mm256_storeu_ps(cr, v0);
-                _mm256_storeu_ps(cr.add(8), v1);
-            } else {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), cr, cols);
-            }
-        }
     }
 }
 
@@ -594,6 +493,90 @@ pub fn wgemm_ref(
                 acc += a[i * lda + kk] as f64 * w[kk * n + j] as f64;
             }
             c[i * ldc + j] = acc as f32;
+        }
+    }
+}
+
+/// The in-register dequantizing micro-kernel (AVX2 + FMA).
+#[cfg(target_arch = "x86_64")]
+mod x86_64 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// `R` rows × one panel over all of K, each panel row dequantized in registers:
+    /// zero-extend the codes to i32, split nibbles (4-bit) or halves (8-bit), convert, and
+    /// `fma(code, scale, offset)`; then one FMA per row and half-panel.
+    ///
+    /// # Safety
+    /// `a` readable for `R` rows of `k` at stride `lda`; `codes` for `k` panel rows; `scales` and
+    /// `offsets` for `ceil(k / block)` rows of `NR`; `c` writable for `R` rows of `cols`; the CPU
+    /// has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn direct<const R: usize, const FOUR: bool>(
+        k: usize,
+        block: usize,
+        a: *const f32,
+        lda: usize,
+        codes: *const u8,
+        scales: *const f32,
+        offsets: *const f32,
+        bias: &[f32; NR],
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let low = _mm256_set1_epi32(0x0f);
+        let mut k0 = 0;
+        let mut blk = 0;
+        while k0 < k {
+            let k1 = (k0 + block).min(k);
+            // SAFETY: (caller's bounds) blk < ceil(k / block); kk < k; r < R.
+            unsafe {
+                let s0 = _mm256_loadu_ps(scales.add(blk * NR));
+                let s1 = _mm256_loadu_ps(scales.add(blk * NR + 8));
+                let o0 = _mm256_loadu_ps(offsets.add(blk * NR));
+                let o1 = _mm256_loadu_ps(offsets.add(blk * NR + 8));
+                for kk in k0..k1 {
+                    let (q0, q1) = if FOUR {
+                        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            codes.add(kk * 8) as *const __m128i
+                        ));
+                        (_mm256_and_si256(v, low), _mm256_srli_epi32::<4>(v))
+                    } else {
+                        let v = _mm_loadu_si128(codes.add(kk * 16) as *const __m128i);
+                        (_mm256_cvtepu8_epi32(v), _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v)))
+                    };
+                    let w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), s0, o0);
+                    let w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), s1, o1);
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_ps(*a.add(r * lda + kk));
+                        row[0] = _mm256_fmadd_ps(av, w0, row[0]);
+                        row[1] = _mm256_fmadd_ps(av, w1, row[1]);
+                    }
+                }
+            }
+            k0 = k1;
+            blk += 1;
+        }
+        // SAFETY: bias is NR values; r < R rows of C with `cols` columns each.
+        unsafe {
+            let b0 = _mm256_loadu_ps(bias.as_ptr());
+            let b1 = _mm256_loadu_ps(bias.as_ptr().add(8));
+            for (r, row) in acc.iter().enumerate() {
+                let (v0, v1) = (_mm256_add_ps(row[0], b0), _mm256_add_ps(row[1], b1));
+                let cr = c.add(r * ldc);
+                if cols == NR {
+                    _mm256_storeu_ps(cr, v0);
+                    _mm256_storeu_ps(cr.add(8), v1);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), cr, cols);
+                }
+            }
         }
     }
 }
@@ -669,7 +652,7 @@ mod tests {
         wgemm_ref(m, &a, lda, &spec, bias, &mut want, ldc);
         // Sum of |terms| bounds the f32 rounding error of any summation order.
         let w = spec.dequantize();
-        for path in Path::available() {
+        for path in cpu::levels(|k| k.wgemm) {
             let packed = PackedWeights::pack_for(path, &spec).map_err(TestCaseError::fail)?;
             let mut got = vec![f32::NAN; m * ldc];
             wgemm(m, &a, lda, &packed, bias, &mut got, ldc);

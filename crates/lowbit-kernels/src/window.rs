@@ -13,6 +13,36 @@
 //! assert_eq!(w.kernel_size(), 9);
 //! ```
 
+/// One kernel tap: its input offset per dim ([`Window::tap_offset`]) and, per dim, the output
+/// positions `lo..hi` whose input it reads inside the input ([`Window::valid_range`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tap {
+    pub off: [isize; 3],
+    pub lo: [usize; 3],
+    pub hi: [usize; 3],
+}
+
+/// The last two dims of a window, unpacked: the whole window for 1-D and 2-D windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plane {
+    /// Input height and width.
+    pub ih: usize,
+    pub iw: usize,
+    /// Kernel height and width.
+    pub kh: usize,
+    pub kw: usize,
+    /// Output height and width.
+    pub oh: usize,
+    pub ow: usize,
+    /// Strides, dilations and begin pads along y and x.
+    pub sy: usize,
+    pub sx: usize,
+    pub dy: usize,
+    pub dx: usize,
+    pub pt: usize,
+    pub pl: usize,
+}
+
 /// Geometry of a sliding window over up to 3 spatial dims (padded to 3 with leading 1s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -94,6 +124,59 @@ impl Window {
     #[inline]
     pub fn tap_offset(&self, d: usize, k: usize) -> isize {
         (k * self.dilations[d]) as isize - self.pads_begin[d] as isize
+    }
+
+    /// The last two dims ([`Plane`]).
+    pub fn plane(&self) -> Plane {
+        Plane {
+            ih: self.input[1],
+            iw: self.input[2],
+            kh: self.kernel[1],
+            kw: self.kernel[2],
+            oh: self.output[1],
+            ow: self.output[2],
+            sy: self.strides[1],
+            sx: self.strides[2],
+            dy: self.dilations[1],
+            dx: self.dilations[2],
+            pt: self.pads_begin[1],
+            pl: self.pads_begin[2],
+        }
+    }
+
+    /// Every kernel tap, `z` outermost and `x` innermost (the row order of im2col).
+    pub fn taps(&self) -> impl Iterator<Item = Tap> + '_ {
+        let [kd, kh, kw] = self.kernel;
+        (0..kd).flat_map(move |kz| {
+            (0..kh).flat_map(move |ky| {
+                (0..kw).map(move |kx| {
+                    let off =
+                        [self.tap_offset(0, kz), self.tap_offset(1, ky), self.tap_offset(2, kx)];
+                    let range = |d: usize| self.valid_range(d, off[d]);
+                    let (r0, r1, r2) = (range(0), range(1), range(2));
+                    Tap { off, lo: [r0.0, r1.0, r2.0], hi: [r0.1, r1.1, r2.1] }
+                })
+            })
+        })
+    }
+
+    /// The input position kernel tap `k` of output position `o` reads in dim `d` (outside
+    /// `0..input[d]` when it falls in the padding).
+    #[inline]
+    pub fn tap_position(&self, d: usize, o: usize, k: usize) -> isize {
+        (o * self.strides[d]) as isize + self.tap_offset(d, k)
+    }
+
+    /// [`Self::tap_position`] when it lies inside the input.
+    #[inline]
+    pub fn tap_input(&self, d: usize, o: usize, k: usize) -> Option<usize> {
+        let i = self.tap_position(d, o, k);
+        (0..self.input[d] as isize).contains(&i).then_some(i as usize)
+    }
+
+    /// The input positions output position `o` of dim `d` reads (its taps that are not padding).
+    pub fn taps_inside(&self, d: usize, o: usize) -> Vec<usize> {
+        (0..self.kernel[d]).filter_map(|k| self.tap_input(d, o, k)).collect()
     }
 
     /// Output positions `lo..hi` of dim `d` whose input `o * stride + off` is inside the input.

@@ -7,8 +7,10 @@ pub mod infer;
 pub mod io;
 pub mod pb;
 pub mod tensor_proto;
+pub mod value_info;
 
 pub use error::OnnxError;
 pub use io::{load_model, load_model_bytes, save_model, save_model_with_external_data};
 pub use tensor_proto::{dtype_from_onnx, tensor_from_proto, tensor_to_proto};
 pub mod attr;
+pub mod build;

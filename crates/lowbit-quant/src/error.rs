@@ -43,11 +43,22 @@ pub enum QuantError {
     #[error("calibration needs every value the model computes, but this session fused {0} at load: plan it with SessionOptions::unfused")]
     FusedSession(String),
 
+    /// Calibration data the pipeline cannot feed (its error names the file, input or sample).
+    #[error(transparent)]
+    Data(#[from] lowbit_data::DataError),
+    /// NaN or ±inf in the data fed to calibration.
+    #[error("calibration data: {0}; calibration data must be finite")]
+    NonFiniteInput(lowbit_data::DataError),
+    /// An engine run during calibration failed; `samples` names what it was fed.
+    #[error("calibration run on {samples} failed")]
+    CalibrationRun {
+        samples: String,
+        #[source]
+        source: Box<QuantError>,
+    },
+
     #[error("quantize config: {0}")]
     Config(String),
-    /// Calibration samples that cannot be read or fed (the message names the file and rows).
-    #[error("calibration data: {0}")]
-    Data(String),
     /// The input model is already quantized (the quantized ops it holds, counted).
     #[error("the model is already quantized ({0}): quantize its FP32 original instead")]
     AlreadyQuantized(String),

@@ -274,11 +274,41 @@ fn floats(x: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
 /// Parameters of `scheme` for the tensor `x` (a weight), from its own min/max per tensor,
 /// channel or block.
 pub fn tensor_qparams(x: &Tensor, scheme: &QuantScheme) -> Result<QParams> {
+    tensor_qparams_with_min_scale(x, scheme, None)
+}
+
+/// [`tensor_qparams`] with a floor on each parameter's scale (one value per parameter, or one
+/// for all): a parameter whose own range gives a smaller scale gets its range widened until
+/// the scale reaches the floor (above its maximum for asymmetric grids, on both sides for
+/// symmetric ones). Used where a bias must fit the weight scale
+/// ([`lowbit_kernels::quantize::min_weight_scales_for_bias`]).
+pub fn tensor_qparams_with_min_scale(
+    x: &Tensor,
+    scheme: &QuantScheme,
+    min_scale: Option<&[f32]>,
+) -> Result<QParams> {
     scheme.validate()?;
     let Layout { map, shape: pshape, axis, block_size } = layout(scheme, x.shape())?;
     let n: usize = pshape.iter().product();
     let xv = floats(x)?;
-    let (lo, hi) = param_ranges(&xv, &map, n)?;
+    let (mut lo, mut hi) = param_ranges(&xv, &map, n)?;
+    if let (Some(floor), ValueType::Int(_)) = (min_scale, scheme.value) {
+        let (qmin, qmax) = scheme.qrange()?;
+        let span = (qmax - qmin) as f32;
+        for p in 0..n {
+            let f = floor[if floor.len() == 1 { 0 } else { p }];
+            if (hi[p] - lo[p]) / span >= f {
+                continue;
+            }
+            if scheme.is_symmetric() {
+                let half = f * span / 2.0;
+                hi[p] = hi[p].max(half);
+                lo[p] = lo[p].min(-half);
+            } else {
+                hi[p] = lo[p] + f * span;
+            }
+        }
+    }
     let blocked = block_size.is_some();
     let params = lo
         .iter()

@@ -358,10 +358,29 @@ pub fn quantize_run(
     }
     g.remove_unused_initializers();
     g.topo_sort()?;
-    let model = g.into_model();
+    let mut model = g.into_model();
     summary.size_after = passes::initializer_bytes(&model);
     summary.opset_after = lowbit_onnx::graph::opset_version(&model, "").unwrap_or(1);
+    record_summary(&mut model, &summary);
     Ok((model, summary))
+}
+
+/// The model metadata key under which the quantized model carries its [`QuantizeSummary`]
+/// (JSON), so `compare` and the report can say what each step did.
+pub const SUMMARY_METADATA_KEY: &str = "lowbit.quantize";
+
+fn record_summary(model: &mut ModelProto, summary: &QuantizeSummary) {
+    model.metadata_props.retain(|p| p.key != SUMMARY_METADATA_KEY);
+    model.metadata_props.push(lowbit_onnx::pb::StringStringEntryProto {
+        key: SUMMARY_METADATA_KEY.into(),
+        value: serde_json::to_string(summary).expect("summaries serialize"),
+    });
+}
+
+/// The [`QuantizeSummary`] a model quantized by lowbit carries, if any.
+pub fn recorded_summary(model: &ModelProto) -> Option<QuantizeSummary> {
+    let p = model.metadata_props.iter().find(|p| p.key == SUMMARY_METADATA_KEY)?;
+    serde_json::from_str(&p.value).ok()
 }
 
 #[cfg(test)]
@@ -399,6 +418,13 @@ mod tests {
             assert!(msg.contains("2 DequantizeLinear, 1 QuantizeLinear"), "{msg}");
             assert!(msg.contains("FP32 original"), "{msg}");
         }
+    }
+
+    #[test]
+    fn the_written_model_carries_its_summary() {
+        let (m, s) =
+            quantize_model(model(&["Relu"]), &QuantizeConfig::weight_only_int8(), None).unwrap();
+        assert_eq!(recorded_summary(&m), Some(s));
     }
 
     #[test]

@@ -112,13 +112,14 @@ fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
     &outs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}")).1
 }
 
-/// Saves, reloads (the written file is what is checked) and returns the path.
-fn save(model: &ModelProto, tag: &str) -> (PathBuf, ModelProto) {
-    let dir = tmpdir(tag);
-    let path = dir.join(format!("{tag}.onnx"));
+/// Saves into a fresh folder, reloads (the written file is what is checked) and returns the
+/// folder (removed when it drops), the path and the model read back.
+fn save(model: &ModelProto, tag: &str) -> (tempfile::TempDir, PathBuf, ModelProto) {
+    let dir = tempfile::Builder::new().prefix(&format!("lowbit-export-{tag}-")).tempdir().unwrap();
+    let path = dir.path().join(format!("{tag}.onnx"));
     lowbit_onnx::save_model(model, &path).unwrap();
     let back = lowbit_onnx::load_model(&path).unwrap();
-    (path, back)
+    (dir, path, back)
 }
 
 // ---------------------------------------------------------------- MNIST-style models
@@ -234,7 +235,7 @@ fn static_int8_check(name: &'static str) {
         let (q, summary) = quantize_model(m.model.clone(), &cfg, Some(&table)).unwrap();
         println!("{name} ({tag}):\n{summary}");
         assert!(summary.total_quantized() > 0);
-        let (path, q) = save(&q, &format!("{name}-{tag}"));
+        let (_dir, path, q) = save(&q, &format!("{name}-{tag}"));
 
         let labels = &m.labels[EVAL.0..EVAL.1];
         let (p8, _) = m.predict(&q, EVAL.0, EVAL.1);
@@ -414,7 +415,7 @@ fn excluded_nodes_stay_float_and_are_reported() {
             n.name
         );
     }
-    let (path, _) = save(&q, "burn-excluded");
+    let (_dir, path, _) = save(&q, "burn-excluded");
     let x = m.rows(0, 1);
     let _ = ort_run(&path, &[vec![(m.input.clone(), x)]]);
 }
@@ -432,7 +433,7 @@ fn fp16_mnist_runs_in_onnx_runtime_and_agrees() {
     let (q, s) = quantize_model(m.model.clone(), &QuantizeConfig::float16(false), None).unwrap();
     println!("{s}");
     assert!(s.size_after * 2 <= s.size_before + 16);
-    let (path, _) = save(&q, "burn-fp16");
+    let (_dir, path, _) = save(&q, "burn-fp16");
     let samples: Vec<Vec<(String, Tensor)>> =
         (EVAL.0..EVAL.0 + 50).map(|r| vec![(m.input.clone(), m.rows(r, r + 1))]).collect();
     let Some(ort) = ort_run(&path, &samples) else { return };
@@ -532,7 +533,7 @@ fn minilm_check(
     tag: &str,
 ) -> (f64, f64, Option<f64>, QuantizeSummary) {
     let (q, summary) = quantize_model(m.model.clone(), cfg, table).unwrap();
-    let (path, q) = save(&q, tag);
+    let (_dir, path, q) = save(&q, tag);
     let e32 = embeddings(&m.model, &m.sentences);
     let eq = embeddings(&q, &m.sentences);
     // The engine's load-time fusion against the graph as written (float Q/DQ): dynamic

@@ -12,9 +12,11 @@ pub mod error;
 pub mod float8;
 pub mod int4;
 pub mod npy;
+pub mod spec;
 pub mod tensor;
 
 pub use dtype::DType;
 pub use error::TensorError;
 pub use half::{bf16, f16};
+pub use spec::{Dim, InputSpec};
 pub use tensor::{Tensor, TensorData};

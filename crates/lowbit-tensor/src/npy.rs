@@ -70,26 +70,8 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     }
 }
 
-/// Decodes a `.npy` byte buffer; `path` only labels errors.
-pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err(err(path, "not a .npy file (bad magic)"));
-    }
-    let major = bytes[6];
-    let (hlen, hstart) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => {
-            if bytes.len() < 12 {
-                return Err(err(path, "truncated header"));
-            }
-            (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
-        }
-        v => return Err(err(path, format!("unsupported .npy version {v}"))),
-    };
-    let header = bytes
-        .get(hstart..hstart + hlen)
-        .ok_or_else(|| err(path, "truncated header"))
-        .and_then(|h| std::str::from_utf8(h).map_err(|_| err(path, "header is not text")))?;
+/// Element type and shape from a `.npy` header dict; `path` only labels errors.
+fn parse_header(header: &str, path: &str) -> Result<Header> {
     let descr = header_field(header, "descr")
         .map(|s| s.trim_matches(|c| c == '\'' || c == '"'))
         .ok_or_else(|| err(path, "header has no 'descr'"))?;
@@ -116,6 +98,32 @@ pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| err(path, format!("bad shape {shape_txt}"))))
         .collect::<Result<_>>()?;
+    Ok((dtype, shape))
+}
+
+/// The header dict's length and where it starts, from the first 12 bytes (10 for version 1).
+fn header_span(prefix: &[u8], path: &str) -> Result<(usize, usize)> {
+    if prefix.len() < 10 || &prefix[..6] != MAGIC {
+        return Err(err(path, "not a .npy file (bad magic)"));
+    }
+    match prefix[6] {
+        1 => Ok((u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10)),
+        2 | 3 => {
+            let b = prefix.get(8..12).ok_or_else(|| err(path, "truncated header"))?;
+            Ok((u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize, 12))
+        }
+        v => Err(err(path, format!("unsupported .npy version {v}"))),
+    }
+}
+
+/// Decodes a `.npy` byte buffer; `path` only labels errors.
+pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
+    let (hlen, hstart) = header_span(&bytes[..bytes.len().min(12)], path)?;
+    let header = bytes
+        .get(hstart..hstart + hlen)
+        .ok_or_else(|| err(path, "truncated header"))
+        .and_then(|h| std::str::from_utf8(h).map_err(|_| err(path, "header is not text")))?;
+    let (dtype, shape) = parse_header(header, path)?;
     let n: usize = shape.iter().product();
     let width = dtype.bits() / 8;
     let body = &bytes[hstart + hlen..];
@@ -132,6 +140,21 @@ pub fn decode_npy(bytes: &[u8], path: &str) -> Result<Tensor> {
     let body = &body[..n * width];
     let data = decode_le(body, dtype);
     Tensor::new(shape, data)
+}
+
+/// Element type and shape from the header at the start of a `.npy` stream, reading no data.
+pub fn read_header(r: &mut impl Read, path: &str) -> Result<Header> {
+    let truncated = |_| err(path, "truncated header");
+    let mut prefix = [0u8; 12];
+    r.read_exact(&mut prefix[..10]).map_err(truncated)?;
+    if prefix[6] >= 2 {
+        r.read_exact(&mut prefix[10..]).map_err(truncated)?;
+    }
+    let (hlen, _) = header_span(&prefix, path)?;
+    let mut header = vec![0u8; hlen];
+    r.read_exact(&mut header).map_err(truncated)?;
+    let header = std::str::from_utf8(&header).map_err(|_| err(path, "header is not text"))?;
+    parse_header(header, path)
 }
 
 /// Little-endian bytes to typed storage (`dtype` must be a plain numeric or bool type).
@@ -252,9 +275,7 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
 /// Reads every array of a `.npz` file, in archive order, keyed by member name without `.npy`.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let p = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| err(&p, format!("not a .npz archive: {e}")))?;
+    let mut zip = open_npz(path)?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
         let mut member = zip.by_index(i).map_err(|e| err(&p, format!("member {i}: {e}")))?;
@@ -262,6 +283,38 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
         let mut buf = Vec::with_capacity(member.size() as usize);
         member.read_to_end(&mut buf).map_err(|e| err(&p, format!("member {name}: {e}")))?;
         out.push((name.clone(), decode_npy(&buf, &format!("{p}:{name}"))?));
+    }
+    Ok(out)
+}
+
+fn open_npz(path: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
+    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    zip::ZipArchive::new(file)
+        .map_err(|e| err(&path.display().to_string(), format!("not a .npz archive: {e}")))
+}
+
+/// The array names in a `.npz` file (member names without `.npy`), from its directory only.
+pub fn npz_names(path: &Path) -> Result<Vec<String>> {
+    Ok(open_npz(path)?.file_names().map(|n| n.trim_end_matches(".npy").to_string()).collect())
+}
+
+/// An array's element type and shape, as its `.npy` header states them.
+pub type Header = (DType, Vec<usize>);
+
+/// The headers of the arrays `names` of a `.npz` file (`None` for a name it does not hold),
+/// reading no data.
+pub fn npz_headers(path: &Path, names: &[&str]) -> Result<Vec<Option<Header>>> {
+    let mut zip = open_npz(path)?;
+    let members: Vec<String> = zip.file_names().map(str::to_string).collect();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(member) = members.iter().find(|m| m.trim_end_matches(".npy") == *name) else {
+            out.push(None);
+            continue;
+        };
+        let label = format!("{}:{name}", path.display());
+        let mut r = zip.by_name(member).map_err(|e| err(&label, format!("cannot read: {e}")))?;
+        out.push(Some(read_header(&mut r, &label)?));
     }
     Ok(out)
 }
@@ -341,6 +394,23 @@ mod tests {
         ];
         write_npz(&path, &arrays).unwrap();
         assert_eq!(read_npz(&path).unwrap(), arrays);
+        assert_eq!(npz_names(&path).unwrap(), vec!["input_ids", "x"]);
+        let headers = npz_headers(&path, &["x", "labels", "input_ids"]).unwrap();
+        assert_eq!(
+            headers,
+            vec![Some((DType::F32, vec![2])), None, Some((DType::I64, vec![1, 3]))]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn headers_are_read_from_a_stream_without_the_data() {
+        let t = Tensor::from_vec(vec![2, 3], vec![1u8, 2, 3, 4, 5, 6]).unwrap();
+        let bytes = encode_npy(&t).unwrap();
+        let header_only = &bytes[..bytes.len() - 6];
+        let got = read_header(&mut std::io::Cursor::new(header_only), "t.npy").unwrap();
+        assert_eq!(got, (DType::U8, vec![2, 3]));
+        let e = read_header(&mut std::io::Cursor::new(&bytes[..5]), "t.npy").unwrap_err();
+        assert!(e.to_string().contains("t.npy: truncated header"), "{e}");
     }
 }

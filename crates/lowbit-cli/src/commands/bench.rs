@@ -4,7 +4,7 @@
 //!
 //! With `--data`, runs feed one sample at a time (or the model's fixed batch), cycling through
 //! the samples; each run's inputs are cut to that sample's real length when the model has a
-//! `*mask*` input (see [`crate::feeds`]; `--no-trim` feeds the padded rows). Without it, inputs
+//! `*mask*` input (see [`lowbit_data::trim`]; `--no-trim` feeds the padded rows). Without it, inputs
 //! are synthesized from the declared shapes: free dimensions are 1 on axis 0 and 16 elsewhere;
 //! floats are N(0, 1) from a fixed seed; integer inputs named like `*mask*` are 1, `*type*` /
 //! `*segment*` 0, `*position*` 0, 1, 2, … along the last axis, other `*id*` inputs small token
@@ -15,15 +15,17 @@
 //! compete for cores; the report adds ORT's latency, the median ratio lowbit/ORT, and each
 //! output's largest difference between the two on the first sample fed.
 
-use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::BenchArgs;
-use crate::feeds::{Dataset, FeedSource};
-use crate::rng::Rng;
+use crate::inputs::{load_dataset, preprocess_arg};
+use crate::models::{load_model, new_session};
+use crate::progress::progress;
+use crate::text::{print, print_json};
 use crate::usage::usage_bail;
-use anyhow::{bail, Context, Result};
-use lowbit_engine::session::Dim;
-use lowbit_engine::InputSpec;
-use lowbit_tensor::{DType, Tensor};
+use anyhow::{Context, Result};
+use lowbit_data::synthetic::synth_input;
+use lowbit_data::Rng;
+use lowbit_eval::metrics::{median, percentile};
+use lowbit_tensor::Tensor;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -208,47 +210,6 @@ fn diff_outputs(
     diffs
 }
 
-/// One synthetic tensor for a declared input (see the module docs).
-fn synth_input(spec: &InputSpec, rng: &mut Rng) -> Result<Tensor> {
-    let Some(dims) = &spec.dims else {
-        bail!("input '{}' declares no shape: pass real inputs with --data", spec.name);
-    };
-    let shape: Vec<usize> = dims
-        .iter()
-        .enumerate()
-        .map(|(i, d)| match d {
-            Dim::Fixed(n) => *n,
-            _ if i == 0 => 1,
-            _ => 16,
-        })
-        .collect();
-    let n: usize = shape.iter().product();
-    let dtype = spec.dtype.unwrap_or(DType::F32);
-    let name = spec.name.to_ascii_lowercase();
-    let t = if dtype.is_float() {
-        Tensor::from_vec(shape, rng.normals(n, 1.0))?.cast(dtype)?
-    } else if dtype == DType::Bool {
-        Tensor::from_vec(shape, vec![true; n])?
-    } else if dtype.is_integer() {
-        let last = shape.last().copied().unwrap_or(1).max(1);
-        let v: Vec<i64> = if name.contains("mask") {
-            vec![1; n]
-        } else if name.contains("type") || name.contains("segment") {
-            vec![0; n]
-        } else if name.contains("position") {
-            (0..n).map(|i| (i % last) as i64).collect()
-        } else if name.contains("id") {
-            (0..n).map(|_| 1 + (rng.next_u64() % 999) as i64).collect()
-        } else {
-            vec![0; n]
-        };
-        Tensor::from_vec(shape, v)?.cast(dtype)?
-    } else {
-        bail!("input '{}' is {dtype}: pass real inputs with --data", spec.name);
-    };
-    Ok(t)
-}
-
 /// Peak resident set size in MB, from `/proc/self/status` (Linux only).
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -257,23 +218,8 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if !n.is_multiple_of(2) {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
 pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
-    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
+    let preprocess = preprocess_arg(&args.pre)?;
     let t0 = Instant::now();
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
@@ -282,9 +228,8 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 
     let (sets, batch, inputs_label) = match &args.data {
         Some(dir) => {
-            let src = FeedSource::Data(dir.clone());
-            let mut data = Dataset::load(&session.inputs(), &src, preprocess.as_ref())?;
-            print_notes(&data, quiet || args.json);
+            let mut data =
+                load_dataset(&session, dir.as_path(), preprocess.as_ref(), quiet || args.json)?;
             if let Some(n) = args.limit {
                 data.limit(n)?;
             }
@@ -293,7 +238,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
                 .ranges(batch)
                 .into_iter()
                 .map(|(s, e)| data.feeds(s, e, !args.no_trim))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             (sets, batch, dir.display().to_string())
         }
         None => {
@@ -326,7 +271,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             first_out = Some(out);
         }
     }
-    let bar = super::run::progress(runs as u64, quiet || args.json, "bench");
+    let bar = progress(runs as u64, quiet || args.json, "bench");
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs {
         let feeds = sets[i % sets.len()].clone();
@@ -408,7 +353,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         ratio_median,
     };
     if args.json {
-        return print(&(serde_json::to_string(&r)? + "\n"));
+        return print_json(&r);
     }
     let mut s = String::new();
     let _ = writeln!(s, "model        {}", r.model);
@@ -466,33 +411,6 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(median(&v), 5.5);
-        assert_eq!(percentile(&v, 90.0), 9.0);
-        assert_eq!(percentile(&[3.0], 90.0), 3.0);
-    }
-
-    #[test]
-    fn synthetic_inputs_follow_names_and_shapes() {
-        let spec = |name: &str, dtype, dims| InputSpec {
-            name: name.into(),
-            dtype: Some(dtype),
-            dims: Some(dims),
-        };
-        let free = || vec![Dim::Symbolic("batch".into()), Dim::Symbolic("seq".into())];
-        let mut rng = Rng::new(1);
-        let mask = synth_input(&spec("attention_mask", DType::I64, free()), &mut rng).unwrap();
-        assert_eq!(mask.shape(), &[1, 16]);
-        assert!(mask.as_i64().unwrap().iter().all(|&v| v == 1));
-        let ids = synth_input(&spec("input_ids", DType::I64, free()), &mut rng).unwrap();
-        assert!(ids.as_i64().unwrap().iter().all(|&v| (1..1000).contains(&v)));
-        let x = synth_input(&spec("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(3)]), &mut rng)
-            .unwrap();
-        assert_eq!(x.shape(), &[1, 3]);
-    }
 
     #[test]
     fn peak_rss_is_read_on_linux() {

@@ -7,27 +7,33 @@
 //! weights N(0, 2/fan_in)); the data are 10 Gaussian clusters in 128 dimensions (a fixed-seed
 //! centre per cluster plus noise), 100 rows to calibrate and 1000 other rows to evaluate.
 
-use super::example_model::{node, opset17_model, value_info};
-use super::run::progress;
-use super::{human_bytes, new_session, new_unfused_session, print};
+use crate::calibration::{calibrate_model, CalibrationData};
 use crate::cli::DemoArgs;
-use crate::rng::Rng;
+use crate::models::new_session;
+use crate::onnx_build::{int_attr, node, opset17_model, value_info};
+use crate::paths::{same_file, OutputPaths};
+use crate::progress::progress;
+use crate::text::{human_bytes, print};
 use anyhow::{Context, Result};
+use lowbit_data::Rng;
 use lowbit_engine::Session;
-use lowbit_onnx::pb::{self, attribute_proto::AttributeType};
+use lowbit_eval::metrics::{argmax, cosine, median, NoiseAccumulator};
+use lowbit_onnx::pb;
 use lowbit_onnx::tensor_to_proto;
-use lowbit_quant::calibrate::{Calibrator, CalibratorOptions};
 use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
 use lowbit_tensor::{npy, Tensor};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+/// The classifier's widths: input features, hidden units, classes.
 const FEATURES: usize = 128;
 const HIDDEN: usize = 512;
 const CLASSES: usize = 10;
+/// Rows to calibrate on, and other rows to evaluate on.
 const CALIBRATION_ROWS: usize = 100;
-const EVAL_ROWS: usize = 1000;
+const EVAL_ROWS: usize = 10 * CALIBRATION_ROWS;
+/// Weights, cluster centres and noise all come from this seed.
 const SEED: u64 = 20_261_127;
 
 /// `Gemm(transB=1)` with a bias: `y = x · Wᵀ + b`, weights `[out, in]` as PyTorch stores them.
@@ -35,12 +41,7 @@ fn gemm(name: &str, input: &str, output: &str) -> pb::NodeProto {
     let w = format!("{name}.weight");
     let b = format!("{name}.bias");
     let mut n = node("Gemm", name, &[input, &w, &b], output);
-    n.attribute.push(pb::AttributeProto {
-        name: "transB".into(),
-        r#type: AttributeType::Int as i32,
-        i: 1,
-        ..Default::default()
-    });
+    n.attribute.push(int_attr("transB", 1));
     n
 }
 
@@ -87,7 +88,7 @@ fn cluster_rows(rng: &mut Rng, centres: &[Vec<f32>], rows: usize) -> Vec<f32> {
     x
 }
 
-/// Per-row logits and per-row latency (seconds) of `session` on `x`, one row per run.
+/// Per-row logits and per-row latency (seconds, sorted) of `session` on `x`, one row per run.
 fn evaluate(session: &Session, x: &[f32], what: &str, quiet: bool) -> Result<(Vec<f32>, Vec<f64>)> {
     let rows = x.len() / FEATURES;
     let bar = progress(rows as u64, quiet, what);
@@ -102,33 +103,44 @@ fn evaluate(session: &Session, x: &[f32], what: &str, quiet: bool) -> Result<(Ve
         bar.inc(1);
     }
     bar.finish_and_clear();
+    times.sort_by(f64::total_cmp);
     Ok((logits, times))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
-}
-
-/// Agreement of arg-max (%), mean cosine and SQNR (dB) of `q` against `reference` logits.
+/// Agreement of arg-max (%), mean per-row cosine and SQNR (dB) of `q` against `reference`
+/// logits.
 fn agreement(reference: &[f32], q: &[f32]) -> (f64, f64, f64) {
-    let (mut same, mut cos, mut signal, mut noise) = (0usize, 0f64, 0f64, 0f64);
+    let (mut same, mut cos) = (0usize, 0f64);
     let rows = reference.len() / CLASSES;
     for (a, b) in reference.chunks(CLASSES).zip(q.chunks(CLASSES)) {
         same += usize::from(argmax(a) == argmax(b));
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum();
-        cos += dot / (na * nb).sqrt().max(1e-30);
-        signal += na;
-        noise += a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
+        cos += cosine(a, b);
     }
-    let sqnr = 10.0 * (signal / noise.max(1e-30)).log10();
+    let mut noise = NoiseAccumulator::new();
+    noise.add(reference, q);
+    let sqnr = noise.noise().map_or(f64::NAN, |n| n.sqnr_db);
     (100.0 * same as f64 / rows as f64, cos / rows as f64, sqnr)
+}
+
+/// How to run this binary: `lowbit` when that is what PATH finds, else its full path.
+fn command_name() -> String {
+    let Ok(exe) = std::env::current_exe() else { return "lowbit".into() };
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("lowbit")).find(|c| c.is_file()));
+    match on_path {
+        Some(p) if same_file(&p, &exe) => "lowbit".into(),
+        _ => shell_word(&exe),
+    }
+}
+
+/// `p` as one shell word (single-quoted when it holds anything but safe characters).
+fn shell_word(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn file_len(p: &Path) -> u64 {
@@ -137,6 +149,11 @@ fn file_len(p: &Path) -> u64 {
 
 pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
+    // The default folder is the demo's own, replaced on every run; a folder the user names
+    // follows the rule of every output.
+    if let Some(d) = &args.out_dir {
+        OutputPaths::new(args.force, &[]).folder("-o", d)?;
+    }
     let dir = args.out_dir.unwrap_or_else(|| std::env::temp_dir().join("lowbit-demo"));
     for sub in ["calibration", "eval"] {
         std::fs::create_dir_all(dir.join(sub))
@@ -159,22 +176,15 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
         &Tensor::from_vec(vec![EVAL_ROWS, FEATURES], eval.clone())?,
     )?;
 
-    // 1. Calibrate: stream the calibration rows through the FP32 model, 10 at a time.
-    // Unfused, so calibration sees every value; the fused session times FP32 below.
-    let observed = new_unfused_session(&model, &fp32_path, args.threads)?;
+    // 1. Calibrate on calibration/, exactly as `lowbit calibrate` does.
     let session = new_session(&model, &fp32_path, args.threads)?;
-    let mut cal = Calibrator::new(CalibratorOptions::default())?;
-    let bar = progress(CALIBRATION_ROWS as u64, quiet, "calibrate");
-    for rows in calib.chunks(10 * FEATURES) {
-        let n = rows.len() / FEATURES;
-        cal.run(
-            &observed,
-            vec![("x".to_string(), Tensor::from_vec(vec![n, FEATURES], rows.to_vec())?)],
-        )?;
-        bar.inc(n as u64);
-    }
-    bar.finish_and_clear();
-    let table = cal.table()?;
+    let calibration = dir.join("calibration");
+    let opts = CalibrationData {
+        threads: args.threads,
+        quiet,
+        ..CalibrationData::new(&calibration, None, None)
+    };
+    let table = calibrate_model(&model, &fp32_path, &opts)?.table;
     table.save(&dir.join("ranges.json"))?;
 
     // 2. Quantize: static int8 (uint8 activations, per-channel int8 weights, int32 bias).
@@ -184,11 +194,11 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
 
     // 3. Evaluate both on the held-out rows, one row per run.
     let qsession = new_session(&q, &int8_path, args.threads)?;
-    let (l32, mut t32) = evaluate(&session, &eval, "fp32", quiet)?;
-    let (l8, mut t8) = evaluate(&qsession, &eval, "int8", quiet)?;
+    let (l32, t32) = evaluate(&session, &eval, "fp32", quiet)?;
+    let (l8, t8) = evaluate(&qsession, &eval, "int8", quiet)?;
     let (agree, cos, sqnr) = agreement(&l32, &l8);
     let (s32, s8) = (file_len(&fp32_path), file_len(&int8_path));
-    let (m32, m8) = (median(&mut t32) * 1e3, median(&mut t8) * 1e3);
+    let (m32, m8) = (median(&t32) * 1e3, median(&t8) * 1e3);
 
     let mut out = String::new();
     let _ = writeln!(
@@ -218,16 +228,15 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
         dir.display()
     );
     let _ = writeln!(out, "same steps by hand:");
-    let d = dir.display();
+    let (bin, f) = (command_name(), |name: &str| shell_word(&dir.join(name)));
+    let (model, int8, ranges) = (f("model.onnx"), f("model.int8.onnx"), f("ranges.json"));
+    let (calibration, eval) = (f("calibration"), f("eval"));
     let _ = writeln!(
         out,
-        "  lowbit calibrate {d}/model.onnx --data {d}/calibration -o {d}/ranges.json"
+        "  {bin} calibrate {model} --data {calibration} -o {ranges} --force\n  \
+         {bin} quantize {model} --ranges {ranges} -o {int8} --force\n  \
+         {bin} bench {int8} --data {eval}"
     );
-    let _ = writeln!(
-        out,
-        "  lowbit quantize {d}/model.onnx --ranges {d}/ranges.json -o {d}/model.int8.onnx --force"
-    );
-    let _ = writeln!(out, "  lowbit bench {d}/model.int8.onnx --data {d}/eval");
     print(&out)
 }
 

@@ -7,13 +7,15 @@
 //! `data/x.npy` (`--samples` rows of N(0, 1) features) and `expected/probs.npy`, the outputs
 //! computed directly in Rust (f64), to check `lowbit run` against.
 
-use super::print;
 use crate::cli::ExampleModelArgs;
-use crate::rng::Rng;
+use crate::onnx_build::{int_attr, node, opset17_model, value_info};
+use crate::paths::OutputPaths;
+use crate::text::print;
 use anyhow::{Context, Result};
-use lowbit_onnx::pb::{self, attribute_proto::AttributeType, tensor_shape_proto};
+use lowbit_data::Rng;
+use lowbit_onnx::pb;
 use lowbit_onnx::tensor_to_proto;
-use lowbit_tensor::{npy, DType, Tensor};
+use lowbit_tensor::{npy, Tensor};
 use std::fmt::Write as _;
 
 const IN: usize = 16;
@@ -60,49 +62,12 @@ impl Weights {
     }
 }
 
-pub(crate) fn value_info(name: &str, dims: &[Result<i64, &str>]) -> pb::ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = |d: &Result<i64, &str>| Dimension {
-        denotation: String::new(),
-        value: Some(match d {
-            Ok(n) => Value::DimValue(*n),
-            Err(s) => Value::DimParam(s.to_string()),
-        }),
-    };
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DType::F32.onnx_id(),
-                shape: Some(pb::TensorShapeProto { dim: dims.iter().map(dim).collect() }),
-            })),
-        }),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
-    pb::NodeProto {
-        op_type: op.into(),
-        name: name.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    }
-}
-
 fn build_model(w: &Weights) -> Result<pb::ModelProto> {
     let init = |name: &str, shape: Vec<usize>, v: &[f32]| -> Result<pb::TensorProto> {
         Ok(tensor_to_proto(name, &Tensor::from_vec(shape, v.to_vec())?))
     };
     let mut softmax = node("Softmax", "softmax", &["logits"], "probs");
-    softmax.attribute.push(pb::AttributeProto {
-        name: "axis".into(),
-        r#type: AttributeType::Int as i32,
-        i: -1,
-        ..Default::default()
-    });
+    softmax.attribute.push(int_attr("axis", -1));
     let graph = pb::GraphProto {
         name: "lowbit_example_mlp".into(),
         doc_string: "Two-layer MLP written by `lowbit example-model` (fixed-seed weights).".into(),
@@ -127,20 +92,9 @@ fn build_model(w: &Weights) -> Result<pb::ModelProto> {
     Ok(opset17_model(graph))
 }
 
-/// A model lowbit writes itself: IR 8, default-domain opset 17.
-pub(crate) fn opset17_model(graph: pb::GraphProto) -> pb::ModelProto {
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-        producer_name: "lowbit".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(graph),
-        ..Default::default()
-    }
-}
-
 pub fn example_model(args: ExampleModelArgs) -> Result<()> {
     let dir = &args.out_dir;
+    OutputPaths::new(args.force, &[]).folder("OUT_DIR", dir)?;
     for sub in ["data", "expected"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;

@@ -5,12 +5,13 @@
 //! initializer parameters and bytes per element type, and the ops lowbit's engine does not
 //! implement.
 
-use super::{human_bytes, load_model, print, thousands};
 use crate::cli::InspectArgs;
-use crate::model_info::{dtype_name, fed_inputs, ValueInfo};
+use crate::models::load_model;
+use crate::text::{human_bytes, print, thousands};
 use anyhow::Result;
 use lowbit_engine::Registry;
 use lowbit_onnx::pb::{ModelProto, TensorProto};
+use lowbit_onnx::value_info::{dtype_name, fed_inputs, ValueInfo};
 use lowbit_tensor::DType;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! One module per `lowbit` command, plus what they share: loading a model with a message that
-//! names the file, building a session, printing to stdout.
+//! One module per `lowbit` command. Commands never import each other: what two of them share
+//! lives in the modules beside this folder or in the library crates.
 
 pub mod bench;
 pub mod bench_kernels;
@@ -13,13 +13,7 @@ pub mod quantize;
 pub mod run;
 
 use crate::cli::{Cli, Command};
-use crate::feeds::Dataset;
-use crate::preprocess::Preprocess;
-use anyhow::{Context, Result};
-use lowbit_engine::{Session, SessionOptions};
-use lowbit_onnx::pb::ModelProto;
-use std::io::Write;
-use std::path::Path;
+use anyhow::Result;
 
 /// Runs the command `cli` names.
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -34,86 +28,5 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::quantize(a, cli.quiet),
         Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
-    }
-}
-
-/// Reads an ONNX file (external data resolved beside it).
-pub fn load_model(path: &Path) -> Result<ModelProto> {
-    // lowbit-onnx's errors already name the file.
-    lowbit_onnx::load_model(path).context("cannot load the model")
-}
-
-/// Plans `model` on lowbit's engine with `threads` workers (0: one per core).
-pub fn new_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
-    session_with(model, path, &SessionOptions::with_threads(threads))
-}
-
-/// [`new_session`] without load-time fusion, for observers that need every value the model
-/// names (calibration).
-pub fn new_unfused_session(model: &ModelProto, path: &Path, threads: usize) -> Result<Session> {
-    session_with(model, path, &SessionOptions::unfused(threads))
-}
-
-fn session_with(model: &ModelProto, path: &Path, opts: &SessionOptions) -> Result<Session> {
-    Session::new(model, opts)
-        .with_context(|| format!("{}: lowbit's engine cannot run this model", path.display()))
-}
-
-/// Parses `--preprocess SPEC` (bad keys are usage errors).
-pub fn preprocess_arg(spec: Option<&str>) -> Result<Option<Preprocess>> {
-    spec.map(Preprocess::parse).transpose()
-}
-
-/// Prints the data set's notes (what `--preprocess` does) on stderr unless `quiet`.
-pub fn print_notes(data: &Dataset, quiet: bool) {
-    if !quiet {
-        for n in data.notes() {
-            eprintln!("note: {n}");
-        }
-    }
-}
-
-/// Writes `text` to stdout; a closed pipe surfaces as an io error that `main` treats as done.
-pub fn print(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Bytes in decimal units, as the corpus manifest writes them (`1.531 MB`).
-pub fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.3} GB", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.3} MB", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
-        n => format!("{n} B"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn number_formatting() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(17_241_984), "17,241,984");
-        assert_eq!(human_bytes(1_530_828), "1.531 MB");
-        assert_eq!(human_bytes(512), "512 B");
     }
 }

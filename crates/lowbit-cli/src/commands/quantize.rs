@@ -3,19 +3,23 @@
 //! type, excluded nodes, sizes before and after).
 //!
 //! Static mode needs calibration ranges: `--ranges` (a table from `lowbit calibrate`) or
-//! `--data` (calibrated here, by the same code as `lowbit calibrate`). The input is never
-//! overwritten; an existing output only with `--force`; the output is written atomically.
+//! `--data` (calibrated here, by the same code as `lowbit calibrate`). Every output is checked
+//! before any work ([`crate::paths`]): the input is never overwritten, an existing output only
+//! with `--force`; outputs are written atomically.
 
-use super::calibrate::{calibrate_model, calibration_samples, same_file, CalibrationData};
-use super::compare::{
-    check_outputs, noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES,
-};
-use super::new_unfused_session;
-use super::{human_bytes, load_model, preprocess_arg, print};
+use crate::calibration::{calibrate_model, dataset_batches, CalibrationData};
 use crate::cli::QuantizeArgs;
-use crate::samples::Bars;
-use crate::usage::usage_bail;
-use anyhow::{bail, Context, Result};
+use crate::inputs::preprocess_arg;
+use crate::models::load_model;
+use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT_SAMPLES};
+use crate::paths::OutputPaths;
+use crate::progress::Bars;
+use crate::text::{human_bytes, plural, print};
+use crate::usage::{usage_bail, ValidationFailed};
+use anyhow::{Context, Result};
+use lowbit_eval::validate::{validate_models, Floor};
+use lowbit_onnx::pb::ModelProto;
+use lowbit_quant::calibrate::dataset::DatasetBatches;
 use lowbit_quant::calibrate::{CalibrationTable, Method};
 use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
 use lowbit_quant::passes::Exclusions;
@@ -77,7 +81,7 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
 
 pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     let cfg = config(&args)?;
-    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
+    let preprocess = preprocess_arg(&args.pre)?;
     if cfg.mode == QuantMode::Static && args.data.is_none() && args.ranges.is_none() {
         usage_bail!(
             "static quantization needs calibration data: pass --data DIR (one <input>.npy per \
@@ -85,28 +89,24 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
              --mode dynamic, weight-only or fp16, which need none"
         );
     }
-    if same_file(&args.model, &args.output) {
-        bail!(
-            "-o {} is the input model: lowbit never overwrites its input; choose another \
-             output file",
-            args.output.display()
+    let report_data = args.report_data.as_ref().or(args.data.as_ref());
+    if let (Some(r), None) = (&args.report, report_data) {
+        usage_bail!(
+            "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
+            r.display()
         );
     }
-    if args.output.exists() && !args.force {
-        bail!("{} already exists; pass --force to replace it", args.output.display());
+    let mut inputs = vec![("the input model", args.model.as_path())];
+    if let Some(r) = &args.ranges {
+        inputs.push(("the calibration table", r.as_path()));
+    }
+    let mut outputs = OutputPaths::new(args.force, &inputs);
+    outputs.file("-o", &args.output)?;
+    if let Some(r) = &args.report {
+        outputs.file("--report", r)?;
     }
     if cfg.mode != QuantMode::Static && !quiet && (args.data.is_some() || args.ranges.is_some()) {
         eprintln!("note: --mode {} needs no calibration; ignoring --data/--ranges", cfg.mode);
-    }
-    let report_data = args.report_data.as_ref().or(args.data.as_ref());
-    if let Some(r) = &args.report {
-        if report_data.is_none() {
-            usage_bail!(
-                "--report {} needs samples to compare on: pass --report-data DIR (or --data)",
-                r.display()
-            );
-        }
-        check_outputs(&[r], &[&args.model, &args.output])?;
     }
     if preprocess.is_some() && args.data.is_none() && !quiet {
         eprintln!("note: --preprocess applies to --data only; ignoring it");
@@ -121,23 +121,20 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         );
     }
     let model = load_model(&args.model)?;
+    let fp32 = (args.validate > 0 && args.data.is_some()).then(|| model.clone());
     let file_before = std::fs::metadata(&args.model).map(|m| m.len()).ok();
     let mut out = String::new();
     let cal_opts = |d| CalibrationData {
-        data: d,
-        preprocess: preprocess.as_ref(),
-        samples: args.samples.map(|n| n as usize),
         threads: args.threads,
         trim: !args.no_trim,
         quiet,
+        ..CalibrationData::new(d, preprocess.as_ref(), args.samples)
     };
     let bars = Bars::new(quiet);
     let (q, summary) = if alg.any() {
         // The steps calibrate (again, after a transform) and run on the samples themselves.
         let data = args.data.as_ref().expect("checked above");
-        let session = new_unfused_session(&model, &args.model, args.threads)?;
-        let mut samples = calibration_samples(&session, &cal_opts(data))?;
-        drop(session);
+        let mut samples = dataset_batches(&model, &args.model, &cal_opts(data))?;
         let table = args.ranges.as_ref().map(|r| CalibrationTable::load(r)).transpose()?;
         let inputs = QuantizeInputs {
             table: table.as_ref(),
@@ -156,7 +153,7 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
                     "calibrated {} tensors on {} sample{} in {:.2} s",
                     run.table.tensors.len(),
                     run.samples,
-                    if run.samples == 1 { "" } else { "s" },
+                    plural(run.samples),
                     run.elapsed.as_secs_f64()
                 );
                 Some(run.table)
@@ -166,10 +163,21 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         quantize_run(model, &plan, QuantizeInputs::table(table.as_ref()))
     }
     .with_context(|| format!("cannot quantize {}", args.model.display()))?;
+    out.push_str(&summary.to_string());
+    match (&fp32, &args.data) {
+        (Some(fp32), Some(data)) => {
+            let opts = cal_opts(data);
+            gate(fp32, &q, &args, &opts, &mut out)?;
+        }
+        _ if args.validate > 0 => out.push_str(
+            "note: not validated: pass --data to compare the quantized model's outputs with \
+             FP32 before it is written\n",
+        ),
+        _ => {}
+    }
     lowbit_onnx::save_model(&q, &args.output).context("cannot write the quantized model")?;
     let file_after = std::fs::metadata(&args.output).map(|m| m.len()).ok();
 
-    out.push_str(&summary.to_string());
     if let (Some(b), Some(a)) = (file_before, file_after) {
         let _ = writeln!(out, "file: {} -> {}", human_bytes(b), human_bytes(a));
     }
@@ -187,7 +195,6 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
             labels: args.report_labels.as_deref(),
             threads: args.threads,
             trim: !args.no_trim,
-            json: None,
             html: Some(html),
             quiet,
         };
@@ -197,4 +204,51 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
         let _ = writeln!(out, "wrote report {}", html.display());
     }
     print(&out)
+}
+
+/// The validation gate ([`validate_models`]): the quantized model as deployment runs it against
+/// the FP32 one on held-back samples; below the floor it fails with [`ValidationFailed`],
+/// naming the worst layers, unless `--allow-degraded`.
+fn gate(
+    fp32: &ModelProto,
+    q: &ModelProto,
+    args: &QuantizeArgs,
+    opts: &CalibrationData,
+    out: &mut String,
+) -> Result<()> {
+    let all = CalibrationData { samples: None, quiet: true, ..*opts };
+    let all = dataset_batches(fp32, &args.model, &all)?;
+    let calibrated = opts.samples.unwrap_or(all.data.samples);
+    let (mut samples, held_back) =
+        DatasetBatches::validation(all.data, all.trim, calibrated, args.validate);
+    let floor = Floor { min_sqnr_db: args.min_output_sqnr, ..Floor::default() };
+    let v = validate_models(fp32, q, &mut samples, floor, args.threads)
+        .context("validation run failed")?;
+    let which = if held_back { "held-back" } else { "calibration (no others in --data)" };
+    let _ = writeln!(out, "validation on {} {which} samples:", v.samples);
+    for l in v.lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+    if v.passed() {
+        return Ok(());
+    }
+    let worst: Vec<String> = v
+        .worst_layers
+        .iter()
+        .map(|l| format!("{} ({}): {:.1} dB, {}", l.node, l.op_type, l.sqnr_db, l.hint))
+        .collect();
+    let msg = format!(
+        "the quantized model fails validation ({}); worst layers:\n  {}",
+        v.failures.join("; "),
+        worst.join("\n  ")
+    );
+    if args.allow_degraded {
+        let _ = writeln!(out, "warning: {msg}\nwarning: written anyway (--allow-degraded)");
+        return Ok(());
+    }
+    print(out)?;
+    Err(anyhow::Error::new(ValidationFailed(format!(
+        "{msg}\nnot written: try --per-channel, another --method, --exclude on those layers, or \
+         pass --allow-degraded to write it anyway"
+    ))))
 }

@@ -1,45 +1,33 @@
 //! `lowbit run MODEL (--input NAME=FILE.npy ... | --data DIR) -o OUTDIR`: runs a model over
 //! every sample and writes each graph output as `OUTDIR/<output-name>.npy`, samples stacked
-//! along axis 0. How inputs are batched is described in [`crate::feeds`]; how outputs are
-//! named and joined in [`crate::outputs`].
+//! along axis 0. How inputs are batched is described in [`lowbit_data::dataset`]; how outputs
+//! are named and joined in [`lowbit_data::outputs`].
 
-use super::{load_model, new_session, preprocess_arg, print, print_notes};
 use crate::cli::RunArgs;
-use crate::feeds::{Dataset, FeedSource};
-use crate::outputs::Collector;
+use crate::inputs::{feed_source, load_dataset, preprocess_arg};
+use crate::models::{load_model, new_session};
+use crate::paths::OutputPaths;
+use crate::progress::progress;
+use crate::text::{plural, print};
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use lowbit_data::outputs::Collector;
+use lowbit_data::DEFAULT_BATCH;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-/// Default samples per run where the model's batch dimension is free.
-pub const DEFAULT_BATCH: usize = 32;
-
-/// A progress bar on stderr (hidden when stderr is not a terminal or `quiet`).
-pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
-    if quiet || len < 2 {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} samples, {elapsed} elapsed, ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(what.to_string());
-    bar
-}
-
 pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
-    let src = FeedSource::from_args(&args.input, args.data.as_deref())?;
-    let preprocess = preprocess_arg(args.preprocess.as_deref())?;
+    let src = feed_source(&args.input, args.data.as_deref())?;
+    let preprocess = preprocess_arg(&args.pre)?;
+    let mut inputs = vec![("the input model", args.model.as_path())];
+    if let Some(d) = &args.data {
+        inputs.push(("the data folder", d.as_path()));
+    }
+    OutputPaths::new(args.force, &inputs).folder("-o", &args.output)?;
     let model = load_model(&args.model)?;
     let session = new_session(&model, &args.model, args.threads)?;
     drop(model);
 
-    let mut data = Dataset::load(&session.inputs(), &src, preprocess.as_ref())?;
-    print_notes(&data, quiet);
+    let mut data = load_dataset(&session, src, preprocess.as_ref(), quiet)?;
     if let Some(n) = args.limit {
         data.limit(n)?;
     }
@@ -81,11 +69,11 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
         out,
         "ran {} sample{} in {} run{} (batch {batch}, {} thread{}) in {:.1} ms",
         data.samples,
-        if data.samples == 1 { "" } else { "s" },
+        plural(data.samples),
         ranges.len(),
-        if ranges.len() == 1 { "" } else { "s" },
+        plural(ranges.len()),
         session.threads(),
-        if session.threads() == 1 { "" } else { "s" },
+        plural(session.threads()),
         elapsed.as_secs_f64() * 1e3
     );
     let w = written.iter().map(|o| o.name.len()).max().unwrap_or(0);

@@ -13,7 +13,7 @@ pub mod num;
 
 use crate::bail;
 use crate::error::{OpError, OpResult};
-use crate::op::{input, opt_input, FnKernel, Kernel};
+use crate::op::{input, kernel, opt_input, KernelResult};
 use crate::registry::Registry;
 use broadcast::{map2, map3};
 use half::{bf16, f16};
@@ -22,15 +22,7 @@ use lowbit_tensor::tensor::Element;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use num::{dispatch_int, dispatch_num, dispatch_ord, Int, Num};
 
-type KernelResult = OpResult<Box<dyn Kernel>>;
-
 /// A kernel from a closure over the node's inputs.
-fn kernel(
-    f: impl Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync + 'static,
-) -> KernelResult {
-    Ok(Box::new(FnKernel(f)))
-}
-
 /// A one-input, one-output kernel.
 fn unary(f: impl Fn(&Tensor) -> OpResult<Tensor> + Send + Sync + 'static) -> KernelResult {
     kernel(move |ins| Ok(vec![f(input(ins, 0)?)?]))

@@ -13,7 +13,7 @@
 
 use crate::bail;
 use crate::error::{OpError, OpResult};
-use crate::op::{input, opt_input, BuildCtx, Kernel};
+use crate::op::{input, opt_input, BuildCtx, Kernel, KernelResult};
 use crate::ops::quant::{self as reference, ConvAttrs};
 use crate::ops::util::{broadcast_shapes, channels_last_attr};
 use crate::registry::Registry;
@@ -24,8 +24,6 @@ use lowbit_kernels::quantize::{dequantize_one, int_range, quantize_bytes};
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use std::borrow::Cow;
-
-type KernelResult = OpResult<Box<dyn Kernel>>;
 
 // ---------------------------------------------------------------------------------------------
 // Reading constant parameters
@@ -472,6 +470,14 @@ fn pack_b(b: &Tensor, b_zp: Option<&Tensor>, trans: bool) -> Option<PackedI8> {
     Some(PackedI8::pack(t, k, n, &bv, ld, &zps))
 }
 
+/// [`pack_b`] of constant input `b` with the zero points of input `zp`, or an error saying
+/// what B must be.
+fn required_b(ctx: &BuildCtx, b: usize, zp: usize, trans: bool) -> OpResult<PackedI8> {
+    let t = ctx.constant(b).ok_or_else(|| OpError::new("B must be a constant 8-bit matrix"))?;
+    pack_b(t, ctx.constant(zp), trans)
+        .ok_or_else(|| OpError::new("B must be a 2-D uint8/int8 constant with 1 or N zero points"))
+}
+
 /// Whether input `i` is named and not constant (a runtime value).
 fn runtime(ctx: &BuildCtx, i: usize) -> bool {
     ctx.num_inputs() > i && !ctx.node.input[i].is_empty() && ctx.constant(i).is_none()
@@ -604,12 +610,7 @@ fn build_matmul_integer_to_float(ctx: &BuildCtx) -> KernelResult {
     if runtime(ctx, 5) {
         bail!("b_zero_point must be a constant");
     }
-    let b = pack_b(
-        ctx.constant(1).ok_or_else(|| OpError::new("B must be a constant 8-bit matrix"))?,
-        ctx.constant(5),
-        false,
-    )
-    .ok_or_else(|| OpError::new("B must be a 2-D uint8/int8 constant with 1 or N zero points"))?;
+    let b = required_b(ctx, 1, 5, false)?;
     let b_scale =
         const_floats(ctx.constant(3)).ok_or_else(|| OpError::new("b_scale must be a constant"))?;
     if b_scale.len() != 1 && b_scale.len() != b.n() {
@@ -658,12 +659,7 @@ fn build_qgemm(ctx: &BuildCtx) -> KernelResult {
             bail!("input {i} (a scale or zero point) must be a constant");
         }
     }
-    let b = pack_b(
-        ctx.constant(3).ok_or_else(|| OpError::new("B must be a constant"))?,
-        ctx.constant(5),
-        trans_b,
-    )
-    .ok_or_else(|| OpError::new("B must be a 2-D uint8/int8 constant with 1 or N zero points"))?;
+    let b = required_b(ctx, 3, 5, trans_b)?;
     let n = b.n();
     let a_scale = const_floats(ctx.constant(1)).filter(|v| v.len() == 1);
     let b_scale = const_floats(ctx.constant(4)).filter(|v| v.len() == 1 || v.len() == n);

@@ -15,9 +15,9 @@
 
 use crate::bail;
 use crate::error::{OpError, OpResult};
-use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
+use crate::op::{input, kernel, opt_input, BuildCtx, KernelResult};
 use crate::ops::nn::SpatialAttrs;
-use crate::ops::util::{broadcast_shapes, broadcast_strides, normalize_axis};
+use crate::ops::util::{broadcast_shapes, broadcast_strides};
 use crate::registry::Registry;
 use lowbit_kernels::quantize::{
     dequantize, dynamic_qparams_u8, int_range, int_values, min_max, quantize, quantize_bytes,
@@ -27,14 +27,6 @@ use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
 use lowbit_tensor::tensor::numel;
 use lowbit_tensor::{DType, Tensor, TensorData};
-
-type KernelResult = OpResult<Box<dyn Kernel>>;
-
-fn kernel(
-    f: impl Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync + 'static,
-) -> KernelResult {
-    Ok(Box::new(FnKernel(f)))
-}
 
 fn qerr(e: lowbit_kernels::quantize::QuantizeError) -> OpError {
     OpError::new(e.0)
@@ -48,37 +40,10 @@ fn floats(t: &Tensor) -> OpResult<Vec<f32>> {
     }
 }
 
-/// How `scale` (and its zero point) map onto `x`: per tensor, per axis, or blocked.
+/// How `scale` (and its zero point) map onto `x`: per tensor, per axis, or blocked (the
+/// core's reading of ONNX's rules).
 fn param_map(x: &[usize], scale: &Tensor, axis: i64, block: i64) -> OpResult<ParamMap> {
-    if block > 0 {
-        let a = normalize_axis(axis, x.len())?;
-        let m = ParamMap::blocked(x, a, block as usize);
-        let mut want = x.to_vec();
-        want[a] = x[a].div_ceil(block as usize);
-        if scale.shape() != want.as_slice() {
-            bail!("blocked scale shape {:?} should be {want:?}", scale.shape());
-        }
-        return Ok(m);
-    }
-    // A single value is per tensor whatever `axis` says (ORT writes rank-1 `[1]` scales for
-    // biases with the default axis 1, which a rank-1 input does not have).
-    if scale.rank() == 0 || (scale.rank() == 1 && scale.len() == 1) {
-        return Ok(ParamMap::per_tensor());
-    }
-    if scale.rank() == 1 {
-        if x.is_empty() {
-            bail!("a 1-D scale needs an input of rank >= 1");
-        }
-        let a = normalize_axis(axis, x.len())?;
-        if scale.len() == x[a] {
-            return Ok(ParamMap::per_axis(x, a));
-        }
-        if scale.len() == 1 {
-            return Ok(ParamMap::per_tensor());
-        }
-        bail!("scale has {} values, axis {a} of {x:?} has {}", scale.len(), x[a]);
-    }
-    bail!("scale shape {:?} fits neither per-tensor nor per-axis quantization", scale.shape());
+    ParamMap::for_qdq(x, scale.shape(), axis, block).map_err(qerr)
 }
 
 fn dtype_attr(a: &Attrs, name: &str) -> OpResult<Option<DType>> {

@@ -9,7 +9,7 @@
 
 use crate::bail;
 use crate::error::OpResult;
-use crate::op::{input, opt_input, BuildCtx, FnKernel, Kernel};
+use crate::op::{input, kernel, opt_input, BuildCtx, Kernel};
 use crate::ops::elementwise::num::{dispatch_num, Num};
 use crate::ops::util::normalize_axis;
 use crate::registry::Registry;
@@ -218,12 +218,6 @@ fn reduce(x: &Tensor, op: Reduction, axes: &[i64], keepdims: bool, noop: bool) -
         _ => {}
     }
     Ok(Tensor::from_vec(shape, acc)?.cast(x.dtype())?)
-}
-
-fn kernel(
-    f: impl Fn(&[Option<&Tensor>]) -> OpResult<Vec<Tensor>> + Send + Sync + 'static,
-) -> OpResult<Box<dyn Kernel>> {
-    Ok(Box::new(FnKernel(f)))
 }
 
 /// Builds a `Reduce*` kernel; `axes_input_from` is the opset where `axes` became an input.

@@ -13,6 +13,19 @@ pub fn normalize_axis(axis: i64, rank: usize) -> OpResult<usize> {
     Ok(a as usize)
 }
 
+/// Maps an ONNX axis list into `0..rank`, rejecting repeated axes.
+pub fn normalize_axes(axes: &[i64], rank: usize) -> OpResult<Vec<usize>> {
+    let mut out = Vec::with_capacity(axes.len());
+    for &a in axes {
+        let n = normalize_axis(a, rank)?;
+        if out.contains(&n) {
+            bail!("axis {a} is repeated");
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
 /// Numpy-style broadcast of two shapes.
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> OpResult<Vec<usize>> {
     let rank = a.len().max(b.len());

@@ -27,13 +27,17 @@
 //! deterministic: the calibrator sees tensors in the session's fixed order, parallel reductions
 //! are exact (min/max, integer bin counts), and float sums run in a fixed order.
 
+pub mod dataset;
 mod histogram;
 mod minmax;
 mod table;
 
 pub use histogram::{Entropy, Histogram, HistogramSummary, Mse, Percentile};
 pub use minmax::{MinMax, MovingAverageMinMax};
-pub use table::{CalibrationSettings, CalibrationTable, MethodRanges, TensorCalibration};
+pub use table::{
+    CalibrationSettings, CalibrationTable, MethodRanges, RangeChoice, TensorCalibration,
+    METHOD_GUARD_DB,
+};
 
 use crate::error::{QuantError, Result};
 use crate::samples::{Progress, SampleSource};

@@ -29,6 +29,20 @@ use std::path::Path;
 /// The format tag of `ranges.json`.
 pub const FORMAT: &str = "lowbit-calibration/1";
 
+/// How far (dB of expected SQNR) a method's range may fall below the min-max range's before
+/// [`CalibrationTable::choose_range`] replaces it: a method may trade some rounding noise for
+/// clipping, not clip what matters.
+pub const METHOD_GUARD_DB: f64 = 6.0;
+
+/// A tensor's range for a plan, and what it replaced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RangeChoice {
+    pub range: Range,
+    /// The method's own range and its expected SQNR against the min-max range's (dB), when the
+    /// guard replaced it.
+    pub replaced: Option<(Range, f64, f64)>,
+}
+
 /// The settings a table was computed with.
 pub type CalibrationSettings = CalibratorOptions;
 
@@ -114,23 +128,47 @@ impl CalibrationTable {
         CalibrationTable { format: FORMAT.to_string(), settings, batches, tensors }
     }
 
-    /// The range `plan.method` gives `tensor` on a grid of `plan.levels`, if it was calibrated.
-    /// Entropy and MSE ranges depend on the grid: when the table was computed for another
-    /// one (8-bit by default, a 16-bit plan asks for 65536 levels), they are searched again
-    /// in the stored histogram.
+    /// The range `plan.method` gives `tensor` on a grid of `plan.levels`, if it was calibrated
+    /// ([`CalibrationTable::choose_range`] without the reason).
     pub fn range_for(&self, tensor: &str, plan: &CalibrationPlan) -> Option<Range> {
+        self.choose_range(tensor, plan).map(|c| c.range)
+    }
+
+    /// The range `plan.method` gives `tensor` on a grid of `plan.levels`, guarded:
+    ///
+    /// * entropy and MSE ranges depend on the grid: when the table was computed for another
+    ///   one (8-bit by default, a 16-bit plan asks for 65536 levels), they are searched again
+    ///   in the stored histogram;
+    /// * a range that clips so much that its expected SQNR (rounding and clipping error, from
+    ///   the histogram) falls more than [`METHOD_GUARD_DB`] below the min-max range's is
+    ///   replaced by the min-max range. This is what keeps entropy calibration from clipping
+    ///   the spike of a saturating activation (ReLU6 outputs: a fifth of the values sit at 6,
+    ///   KL divergence barely sees them, and clipping them collapsed MobileNet-style models).
+    pub fn choose_range(&self, tensor: &str, plan: &CalibrationPlan) -> Option<RangeChoice> {
         let t = self.tensors.get(tensor)?;
         let stored = t.ranges.get(plan.method);
+        let hist = t.histogram();
         let again = match plan.method {
             Method::Entropy if plan.levels / 2 != self.settings.entropy_levels => {
-                t.histogram().and_then(|h| h.entropy_range(plan.levels / 2))
+                hist.as_ref().and_then(|h| h.entropy_range(plan.levels / 2))
             }
             Method::Mse if plan.levels != self.settings.mse_levels => {
-                t.histogram().and_then(|h| h.mse_range(plan.levels))
+                hist.as_ref().and_then(|h| h.mse_range(plan.levels))
             }
             _ => None,
         };
-        Some(again.unwrap_or(stored))
+        let range = again.unwrap_or(stored);
+        let minmax = t.ranges.minmax;
+        if range == minmax {
+            return Some(RangeChoice { range, replaced: None });
+        }
+        let sqnr = |r: Range| hist.as_ref().and_then(|h| h.expected_sqnr_db(r, plan.levels));
+        match (sqnr(range), sqnr(minmax)) {
+            (Some(own), Some(full)) if own < full - METHOD_GUARD_DB => {
+                Some(RangeChoice { range: minmax, replaced: Some((range, own, full)) })
+            }
+            _ => Some(RangeChoice { range, replaced: None }),
+        }
     }
 
     /// The range `method` gives `tensor`, if it was calibrated.
@@ -206,6 +244,32 @@ mod tests {
         }
         let mm = t.range_for("act", &CalibrationPlan { method: Method::MinMax, levels: 65536 });
         assert_eq!(mm, t.range("act", Method::MinMax));
+    }
+
+    #[test]
+    fn a_range_that_clips_a_saturation_spike_falls_back_to_min_max() {
+        // ReLU6 outputs: most values small, a fifth of them saturated at exactly 6. A
+        // percentile of 50 cuts the spike off, as entropy did on EfficientNet-Lite0.
+        let opts = CalibratorOptions { percentile: 50.0, ..Default::default() };
+        let mut c = Calibrator::new(opts).unwrap();
+        let mut v: Vec<f32> = (0..16_000).map(|i| (i % 400) as f32 * 0.005).collect();
+        v.extend(std::iter::repeat_n(6.0f32, 4_000));
+        c.observe("relu6", &Tensor::from_vec(vec![v.len()], v).unwrap()).unwrap();
+        c.end_batch();
+        let t = c.table().unwrap();
+        let plan = CalibrationPlan { method: Method::Percentile, levels: 256 };
+        let clipped = t.range("relu6", Method::Percentile).unwrap();
+        assert!(clipped.max < 6.0, "the percentile range clips the spike: {clipped:?}");
+        let c = t.choose_range("relu6", &plan).unwrap();
+        assert_eq!(c.range, t.range("relu6", Method::MinMax).unwrap());
+        let (own, db, full) = c.replaced.expect("the guard replaced the clipping range");
+        assert_eq!(own, clipped);
+        assert!(db < full - METHOD_GUARD_DB, "{db} vs {full}");
+        // Min-max itself, and a method that keeps the spike, are left alone.
+        for method in [Method::MinMax, Method::Mse] {
+            let p = CalibrationPlan { method, levels: 256 };
+            assert!(t.choose_range("relu6", &p).unwrap().replaced.is_none(), "{method}");
+        }
     }
 
     #[test]

@@ -30,7 +30,9 @@ use super::{
 use crate::calibrate::CalibrationTable;
 use crate::config::{CalibrationPlan, QuantPlan};
 use crate::error::{QuantError, Result};
-use crate::qparams::{quantize_tensor, QParams};
+use crate::qparams::{
+    quantize, tensor_qparams, tensor_qparams_with_min_scale, QParams, QuantizedTensor,
+};
 use crate::quantize::QuantizeSummary;
 use crate::scheme::{IntType, QuantScheme};
 use lowbit_kernels::quantize as core;
@@ -60,30 +62,41 @@ pub(crate) fn expected_sqnr(
     t.histogram()?.expected_sqnr_db(range, calibration.levels)
 }
 
-/// The per-channel axis of a weight, or `None` when the layout is not understood.
+/// The per-channel axis of a weight (the core's), or `None` when the layout is not understood.
 pub(crate) fn weight_axis(op: &str, trans_b: bool, rank: usize) -> Option<i64> {
-    match op {
-        "Conv" if rank >= 3 => Some(0),
-        "Gemm" if rank == 2 => Some(if trans_b { 0 } else { 1 }),
-        "MatMul" if rank >= 2 => Some(rank as i64 - 1),
-        _ => None,
-    }
+    lowbit_kernels::quantize::weight_channel_axis(op, trans_b, rank).map(|a| a as i64)
 }
 
-/// A weight quantized once and the DequantizeLinear output that stands for it.
+/// A weight quantized once and the DequantizeLinear output that stands for it. `min_scale`
+/// (per output channel) widens channels whose scale is too small for their bias.
 pub(crate) fn insert_weight_dq(
     g: &mut Graph,
     weight: &str,
     scheme: &QuantScheme,
+    min_scale: Option<&[f32]>,
     cache: &mut HashMap<(String, String), (String, QParams)>,
     new_nodes: &mut Vec<lowbit_onnx::pb::NodeProto>,
 ) -> Result<Option<(String, QParams)>> {
-    let key = (weight.to_string(), scheme.to_string());
+    let Some(w) = init_f32(g, weight)? else { return Ok(None) };
+    let mut params = tensor_qparams(&w, scheme)?;
+    let widen = min_scale.filter(|m| {
+        let s = params.scales();
+        (s.len() == 1 || s.len() == m.len())
+            && m.iter().enumerate().any(|(c, &f)| s[if s.len() == 1 { 0 } else { c }] < f)
+    });
+    if let Some(m) = widen {
+        let m: Vec<f32> = if params.axis.is_none() {
+            vec![m.iter().copied().fold(0.0, f32::max)]
+        } else {
+            m.to_vec()
+        };
+        params = tensor_qparams_with_min_scale(&w, scheme, Some(&m))?;
+    }
+    let key = (weight.to_string(), format!("{scheme} {:?}", widen.map(|_| params.scales())));
     if let Some(hit) = cache.get(&key) {
         return Ok(Some(hit.clone()));
     }
-    let Some(w) = init_f32(g, weight)? else { return Ok(None) };
-    let q = quantize_tensor(&w, scheme)?;
+    let q = QuantizedTensor { values: quantize(&w, &params)?, params };
     let qname = add_init(g, &format!("{weight}_quantized"), &q.values);
     let sname = add_init(g, &format!("{weight}_scale"), &q.params.scale);
     let zname = add_init(g, &format!("{weight}_zero_point"), &q.params.zero_point);
@@ -310,12 +323,30 @@ pub fn quantize_static(
         }
     }
     let mut params: HashMap<String, QParams> = HashMap::new();
+    let mut guarded: Vec<(String, f64, f64)> = Vec::new();
     for t in &qset {
         let s = resolve(&src, t);
-        let r = table
-            .range_for(&s, &act.calibration)
+        let c = table
+            .choose_range(&s, &act.calibration)
             .ok_or_else(|| QuantError::MissingRange { tensor: s.clone() })?;
-        params.insert(t.clone(), QParams::from_range(&act.scheme, r.min, r.max)?);
+        if let Some((_, own, full)) = c.replaced {
+            if !guarded.iter().any(|(n, ..)| *n == s) {
+                guarded.push((s.clone(), own, full));
+            }
+        }
+        params.insert(t.clone(), QParams::from_range(&act.scheme, c.range.min, c.range.max)?);
+    }
+    if !guarded.is_empty() {
+        let (worst, own, full) =
+            &guarded.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("not empty");
+        summary.notes.push(format!(
+            "{} activation{} kept the min-max range: the {} range clipped too much (expected \
+             SQNR more than {} dB below min-max's; worst '{worst}': {own:.1} dB vs {full:.1} dB)",
+            guarded.len(),
+            if guarded.len() == 1 { "" } else { "s" },
+            act.calibration.method,
+            crate::calibrate::METHOD_GUARD_DB
+        ));
     }
 
     // 4. Activation Q/DQ pairs.
@@ -369,7 +400,20 @@ pub fn quantize_static(
         let node = g.nodes()[t.idx].clone();
         let mut wparams: Option<QParams> = None;
         if let Some((slot, w, scheme)) = &t.weight {
-            if let Some((dq, p)) = insert_weight_dq(g, w, scheme, &mut wcache, &mut new_nodes)? {
+            // Channels whose weights are all near zero next to their bias (dead channels after
+            // BN folding) get a weight scale the int32 bias code fits under.
+            let floor = match &t.bias {
+                Some((_, b)) => init_f32(g, b)?
+                    .map(|b| -> Result<Vec<f32>> {
+                        let s_in = params[&t.acts[0].1].scales()[0];
+                        Ok(core::min_weight_scales_for_bias(b.as_f32()?, s_in))
+                    })
+                    .transpose()?,
+                None => None,
+            };
+            let got =
+                insert_weight_dq(g, w, scheme, floor.as_deref(), &mut wcache, &mut new_nodes)?;
+            if let Some((dq, p)) = got {
                 g.node_mut(t.idx).expect("target index").input[*slot] = dq;
                 wparams = Some(p);
             }

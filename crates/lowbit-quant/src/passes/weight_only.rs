@@ -53,7 +53,7 @@ pub fn quantize_weights(
             summary.leave(&node, idx, format!("weight of rank {rank} not understood"));
             continue;
         };
-        if let Some((dq, _)) = insert_weight_dq(g, &w, &scheme, &mut cache, &mut new_nodes)? {
+        if let Some((dq, _)) = insert_weight_dq(g, &w, &scheme, None, &mut cache, &mut new_nodes)? {
             g.node_mut(idx).expect("node index").input[1] = dq;
             summary.count(op);
         }

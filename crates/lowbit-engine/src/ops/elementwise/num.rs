@@ -315,122 +315,38 @@ pub fn erf_f64(x: f64) -> f64 {
     r.min(1.0).copysign(x)
 }
 
+/// Runs `$body` with `$T` bound to the Rust type of whichever listed dtype `$dt` is; `$other`
+/// for any other dtype.
+macro_rules! dispatch_among {
+    ($dt:expr, $T:ident => $body:expr, _ => $other:expr, [$($D:ident => $R:ty),*]) => {
+        match $dt {
+            $(lowbit_tensor::DType::$D => {
+                #[allow(dead_code)]
+                type $T = $R;
+                $body
+            })*
+            _ => $other,
+        }
+    };
+}
+
 /// Runs `$body` with `$T` bound to the Rust element type of dtype `$dt`, for every numeric
 /// dtype (floats including f16/bf16, and all integer widths); `$other` otherwise.
 macro_rules! dispatch_num {
     ($dt:expr, $T:ident => $body:expr, _ => $other:expr) => {
-        match $dt {
-            lowbit_tensor::DType::F32 => {
-                #[allow(dead_code)]
-                type $T = f32;
-                $body
-            }
-            lowbit_tensor::DType::F64 => {
-                #[allow(dead_code)]
-                type $T = f64;
-                $body
-            }
-            lowbit_tensor::DType::F16 => {
-                #[allow(dead_code)]
-                type $T = half::f16;
-                $body
-            }
-            lowbit_tensor::DType::BF16 => {
-                #[allow(dead_code)]
-                type $T = half::bf16;
-                $body
-            }
-            lowbit_tensor::DType::I8 => {
-                #[allow(dead_code)]
-                type $T = i8;
-                $body
-            }
-            lowbit_tensor::DType::I16 => {
-                #[allow(dead_code)]
-                type $T = i16;
-                $body
-            }
-            lowbit_tensor::DType::I32 => {
-                #[allow(dead_code)]
-                type $T = i32;
-                $body
-            }
-            lowbit_tensor::DType::I64 => {
-                #[allow(dead_code)]
-                type $T = i64;
-                $body
-            }
-            lowbit_tensor::DType::U8 => {
-                #[allow(dead_code)]
-                type $T = u8;
-                $body
-            }
-            lowbit_tensor::DType::U16 => {
-                #[allow(dead_code)]
-                type $T = u16;
-                $body
-            }
-            lowbit_tensor::DType::U32 => {
-                #[allow(dead_code)]
-                type $T = u32;
-                $body
-            }
-            lowbit_tensor::DType::U64 => {
-                #[allow(dead_code)]
-                type $T = u64;
-                $body
-            }
-            _ => $other,
-        }
+        $crate::ops::elementwise::num::dispatch_among!($dt, $T => $body, _ => $other, [
+            F32 => f32, F64 => f64, F16 => half::f16, BF16 => half::bf16,
+            I8 => i8, I16 => i16, I32 => i32, I64 => i64, U8 => u8, U16 => u16, U32 => u32, U64 => u64
+        ])
     };
 }
 
 /// [`dispatch_num`] over the integer dtypes only.
 macro_rules! dispatch_int {
     ($dt:expr, $T:ident => $body:expr, _ => $other:expr) => {
-        match $dt {
-            lowbit_tensor::DType::I8 => {
-                #[allow(dead_code)]
-                type $T = i8;
-                $body
-            }
-            lowbit_tensor::DType::I16 => {
-                #[allow(dead_code)]
-                type $T = i16;
-                $body
-            }
-            lowbit_tensor::DType::I32 => {
-                #[allow(dead_code)]
-                type $T = i32;
-                $body
-            }
-            lowbit_tensor::DType::I64 => {
-                #[allow(dead_code)]
-                type $T = i64;
-                $body
-            }
-            lowbit_tensor::DType::U8 => {
-                #[allow(dead_code)]
-                type $T = u8;
-                $body
-            }
-            lowbit_tensor::DType::U16 => {
-                #[allow(dead_code)]
-                type $T = u16;
-                $body
-            }
-            lowbit_tensor::DType::U32 => {
-                #[allow(dead_code)]
-                type $T = u32;
-                $body
-            }
-            lowbit_tensor::DType::U64 => {
-                #[allow(dead_code)]
-                type $T = u64;
-                $body
-            }
-            _ => $other,
-        }
+        $crate::ops::elementwise::num::dispatch_among!($dt, $T => $body, _ => $other, [
+            I8 => i8, I16 => i16, I32 => i32, I64 => i64, U8 => u8, U16 => u16, U32 => u32, U64 => u64
+        ])
     };
 }
 
@@ -444,7 +360,7 @@ macro_rules! dispatch_ord {
     };
 }
 
-pub(crate) use {dispatch_int, dispatch_num, dispatch_ord};
+pub(crate) use {dispatch_among, dispatch_int, dispatch_num, dispatch_ord};
 
 #[cfg(test)]
 mod tests {

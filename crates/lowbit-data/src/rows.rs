@@ -1,14 +1,14 @@
-//! Dtype-generic sample handling: slicing rows along axis 0, trimming padding along axis 1, and
-//! joining per-batch outputs back into one array.
+//! Dtype-generic row handling: slicing samples along axis 0 and joining per-batch arrays back
+//! into one (zero-padding trailing axes that differ).
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid_bail, Result};
 use lowbit_tensor::{DType, Tensor, TensorData};
 
 /// Rows `start..end` along axis 0 of a tensor of rank ≥ 1.
 pub fn slice_rows(t: &Tensor, start: usize, end: usize) -> Result<Tensor> {
     let shape = t.shape();
     if shape.is_empty() || start > end || end > shape[0] {
-        bail!("cannot take rows {start}..{end} of a tensor of shape {shape:?}");
+        invalid_bail!("cannot take rows {start}..{end} of a tensor of shape {shape:?}");
     }
     let row: usize = shape[1..].iter().product();
     if start == 0 && end == shape[0] {
@@ -17,29 +17,6 @@ pub fn slice_rows(t: &Tensor, start: usize, end: usize) -> Result<Tensor> {
     let idx: Vec<usize> = (start * row..end * row).collect();
     let mut s = shape.to_vec();
     s[0] = end - start;
-    Ok(Tensor::new(s, t.data().gather(&idx))?)
-}
-
-/// The first `len` entries along axis 1 of a tensor of rank ≥ 2.
-pub fn trim_axis1(t: &Tensor, len: usize) -> Result<Tensor> {
-    let shape = t.shape();
-    if shape.len() < 2 || len > shape[1] {
-        bail!("cannot trim axis 1 of shape {shape:?} to {len}");
-    }
-    if len == shape[1] {
-        return Ok(t.clone());
-    }
-    let (n, m) = (shape[0], shape[1]);
-    let inner: usize = shape[2..].iter().product();
-    let mut idx = Vec::with_capacity(n * len * inner);
-    for r in 0..n {
-        for j in 0..len {
-            let base = (r * m + j) * inner;
-            idx.extend(base..base + inner);
-        }
-    }
-    let mut s = shape.to_vec();
-    s[1] = len;
     Ok(Tensor::new(s, t.data().gather(&idx))?)
 }
 
@@ -54,7 +31,7 @@ fn concat_data(dtype: DType, parts: Vec<TensorData>) -> Result<TensorData> {
                     for p in it {
                         match p {
                             TensorData::$v(v) => acc.extend(v),
-                            other => bail!("cannot join {} with {}", dtype, other.dtype()),
+                            other => invalid_bail!("cannot join {} with {}", dtype, other.dtype()),
                         }
                     }
                     TensorData::$v(acc)
@@ -104,15 +81,15 @@ fn pad_trailing(t: Tensor, target: &[usize]) -> Result<Tensor> {
 /// Joins per-batch outputs along axis 0. When their trailing dims differ (batches trimmed to
 /// different lengths), each is zero-padded to the largest first.
 pub fn concat_rows(parts: Vec<Tensor>) -> Result<Tensor> {
-    let Some(first) = parts.first() else { bail!("no outputs to join") };
+    let Some(first) = parts.first() else { invalid_bail!("no outputs to join") };
     let (rank, dtype) = (first.rank(), first.dtype());
     if rank == 0 {
-        bail!("cannot join scalars along axis 0");
+        invalid_bail!("cannot join scalars along axis 0");
     }
     let mut target = first.shape()[1..].to_vec();
     for p in &parts {
         if p.rank() != rank || p.dtype() != dtype {
-            bail!(
+            invalid_bail!(
                 "batches disagree: {} {:?} vs {} {:?}",
                 dtype,
                 first.shape(),
@@ -136,15 +113,14 @@ pub fn concat_rows(parts: Vec<Tensor>) -> Result<Tensor> {
 
 /// Stacks equal-shaped tensors along a new axis 0 (like `np.stack`).
 pub fn stack_new_axis(parts: Vec<Tensor>) -> Result<Tensor> {
-    let Some(first) = parts.first() else { bail!("no outputs to stack") };
+    let Some(first) = parts.first() else { invalid_bail!("no outputs to stack") };
     let shape = first.shape().to_vec();
     let dtype = first.dtype();
     if let Some(p) = parts.iter().find(|p| p.shape() != shape || p.dtype() != dtype) {
-        bail!("runs disagree: {} {:?} vs {} {:?}", dtype, shape, p.dtype(), p.shape());
+        invalid_bail!("runs disagree: {} {:?} vs {} {:?}", dtype, shape, p.dtype(), p.shape());
     }
     let out_shape: Vec<usize> = std::iter::once(parts.len()).chain(shape).collect();
-    let data = concat_data(dtype, parts.into_iter().map(Tensor::into_data).collect())
-        .context("stacking outputs")?;
+    let data = concat_data(dtype, parts.into_iter().map(Tensor::into_data).collect())?;
     Ok(Tensor::new(out_shape, data)?)
 }
 
@@ -161,13 +137,6 @@ mod tests {
         let x = t(vec![3, 2], vec![0., 1., 2., 3., 4., 5.]);
         assert_eq!(slice_rows(&x, 1, 3).unwrap(), t(vec![2, 2], vec![2., 3., 4., 5.]));
         assert!(slice_rows(&x, 2, 4).is_err());
-    }
-
-    #[test]
-    fn trim_axis1_keeps_leading_positions() {
-        let x = Tensor::from_vec(vec![2, 3], vec![1i64, 2, 0, 4, 5, 6]).unwrap();
-        let y = trim_axis1(&x, 2).unwrap();
-        assert_eq!(y, Tensor::from_vec(vec![2, 2], vec![1i64, 2, 4, 5]).unwrap());
     }
 
     #[test]

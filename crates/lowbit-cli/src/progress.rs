@@ -1,40 +1,33 @@
-//! The CLI's data as the quantizer's [`SampleSource`] (batches of a [`Dataset`], replayed for
-//! each pass of calibration and the accuracy-recovery steps) and indicatif bars as its
-//! [`Progress`].
+//! Progress bars on stderr: hidden when stderr is not a terminal, with `--quiet`, or for fewer
+//! than two steps.
 
-use crate::feeds::Dataset;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit_quant::samples::{Feeds, Progress, SampleSource};
-use lowbit_quant::QuantError;
+use lowbit_quant::samples::Progress;
 use std::sync::Mutex;
 
-/// A dataset cut into the runs calibration feeds (see `commands::calibrate`).
-pub struct DatasetSamples {
-    pub dataset: Dataset,
-    pub ranges: Vec<(usize, usize)>,
-    pub trim: bool,
+/// A bar over `len` samples, labelled `what`.
+pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
+    if quiet || len < 2 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} samples, {elapsed} elapsed, ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(what.to_string());
+    bar
 }
 
-impl SampleSource for DatasetSamples {
-    fn batches(&self) -> Option<usize> {
-        Some(self.ranges.len())
-    }
-
-    fn replay(
-        &mut self,
-        f: &mut dyn FnMut(Feeds) -> lowbit_quant::error::Result<()>,
-    ) -> lowbit_quant::error::Result<()> {
-        for &(s, e) in &self.ranges {
-            let feeds = self.dataset.feeds(s, e, self.trim).map_err(|err| {
-                QuantError::Data(format!("{}: {err:#}", self.dataset.range_label(s, e)))
-            })?;
-            f(feeds)?;
-        }
-        Ok(())
-    }
+/// A library's progress callback (samples done) that advances `bar`.
+pub fn advance(bar: &ProgressBar) -> impl FnMut(usize) + '_ {
+    move |n| bar.inc(n as u64)
 }
 
-/// One progress bar per pass, hidden with `--quiet`.
+/// The quantizer's [`Progress`]: one bar per pass (calibration, AdaRound, ...), hidden with
+/// `--quiet`.
 pub struct Bars {
     quiet: bool,
     bar: Mutex<Option<ProgressBar>>,

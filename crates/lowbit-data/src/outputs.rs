@@ -10,8 +10,8 @@
 //! happens with `--trim-padding`); otherwise a single run's output is written as it is, and
 //! several runs' outputs are stacked along a new axis 0.
 
-use crate::stack::{concat_rows, stack_new_axis};
-use anyhow::{Context, Result};
+use crate::error::{DataError, Result};
+use crate::rows::{concat_rows, stack_new_axis};
 use lowbit_tensor::{npy, Tensor};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -91,16 +91,20 @@ impl Collector {
 
     /// Writes every output and `outputs.json` into `dir` (created if needed), atomically.
     pub fn write(self, dir: &Path) -> Result<Vec<Written>> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            what: format!("cannot create the output folder {}", dir.display()),
+            source,
+        })?;
         let name_refs: Vec<&str> = self.names.iter().map(String::as_str).collect();
         let files = file_names(&name_refs);
         let mut written = Vec::new();
         for ((name, parts), file) in self.names.iter().zip(self.parts).zip(files) {
-            let t = Self::join(&self.rows, parts)
-                .with_context(|| format!("output '{name}': cannot join the runs' results"))?;
+            let t = Self::join(&self.rows, parts).map_err(|e| {
+                DataError::Invalid(format!("output '{name}': cannot join the runs' results: {e}"))
+            })?;
             let path = dir.join(&file);
-            npy::write_npy(&path, &t).with_context(|| format!("output '{name}'"))?;
+            npy::write_npy(&path, &t)
+                .map_err(|source| DataError::File { what: format!("output '{name}'"), source })?;
             written.push(Written {
                 name: name.clone(),
                 file,
@@ -109,7 +113,9 @@ impl Collector {
             });
         }
         let manifest = serde_json::json!({ "outputs": &written });
-        let text = serde_json::to_string_pretty(&manifest)? + "\n";
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|source| DataError::Json { what: "outputs.json".into(), source })?
+            + "\n";
         npy::write_atomic(&dir.join("outputs.json"), text.as_bytes())?;
         Ok(written)
     }

@@ -1,7 +1,10 @@
-//! Human-readable descriptions of a model's graph inputs and outputs, read from its protobuf.
+//! Human-readable descriptions of a model's graph inputs and outputs, read from its protobuf:
+//! name, element type name (lowbit's, or ONNX's for types lowbit cannot hold) and declared
+//! shape with symbolic dimensions by name.
 
-use lowbit_onnx::pb;
-use lowbit_onnx::tensor_proto::onnx_type_name;
+use crate::pb;
+use crate::tensor_proto::onnx_type_name;
+use lowbit_tensor::spec::{shape_text, Dim};
 use lowbit_tensor::DType;
 use serde::Serialize;
 
@@ -18,6 +21,17 @@ pub enum DimInfo {
     Fixed(i64),
     Named(String),
     Unknown,
+}
+
+impl DimInfo {
+    /// As the engine reads it: a negative size is unknown.
+    fn to_dim(&self) -> Dim {
+        match self {
+            DimInfo::Fixed(n) => usize::try_from(*n).map_or(Dim::Unknown, Dim::Fixed),
+            DimInfo::Named(s) => Dim::Symbolic(s.clone()),
+            DimInfo::Unknown => Dim::Unknown,
+        }
+    }
 }
 
 /// A graph input or output: name, element type and declared shape.
@@ -60,21 +74,17 @@ impl ValueInfo {
 
     /// `[batch_size, 3, ?]`, or `(any shape)`.
     pub fn shape_text(&self) -> String {
-        match &self.shape {
-            None => "(any shape)".into(),
-            Some(dims) => {
-                let parts: Vec<String> = dims
-                    .iter()
-                    .map(|d| match d {
-                        DimInfo::Fixed(n) => n.to_string(),
-                        DimInfo::Named(s) => s.clone(),
-                        DimInfo::Unknown => "?".into(),
-                    })
-                    .collect();
-                format!("[{}]", parts.join(", "))
-            }
-        }
+        let dims: Option<Vec<Dim>> =
+            self.shape.as_ref().map(|d| d.iter().map(DimInfo::to_dim).collect());
+        shape_text(dims.as_deref())
     }
+}
+
+/// `logits (float32 [batch, 10]), 461 (float32 [batch, 384])`, for messages.
+pub fn list_text(values: &[ValueInfo]) -> String {
+    let v: Vec<String> =
+        values.iter().map(|o| format!("{} ({} {})", o.name, o.dtype, o.shape_text())).collect();
+    v.join(", ")
 }
 
 /// The inputs a caller must feed: graph inputs that are not also initializers.

@@ -17,11 +17,8 @@
 //! 3. every value becomes `(v * scale - mean) / std` (per-channel values along the channel axis)
 //!    in the input's float type.
 
-use crate::usage::usage_bail;
-use anyhow::{bail, Context, Result};
-use lowbit_engine::session::Dim;
-use lowbit_engine::InputSpec;
-use lowbit_tensor::{DType, Tensor};
+use crate::error::{invalid_bail, usage_bail, DataError, Result};
+use lowbit_tensor::{DType, Dim, InputSpec, Tensor};
 use serde_json::Value;
 use std::path::Path;
 
@@ -116,17 +113,20 @@ impl Preprocess {
     }
 
     fn from_json_file(path: &Path) -> Result<Preprocess> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            what: format!(
                 "--preprocess {}: cannot read the spec file (an inline spec looks like \
                  scale=0.0039,mean=0.13,std=0.31)",
                 path.display()
-            )
+            ),
+            source,
         })?;
-        let json: Value = serde_json::from_str(&text)
-            .with_context(|| format!("--preprocess {}: not valid JSON", path.display()))?;
+        let json: Value = serde_json::from_str(&text).map_err(|source| DataError::Json {
+            what: format!("--preprocess {}: not valid JSON", path.display()),
+            source,
+        })?;
         let Some(obj) = json.as_object() else {
-            bail!("--preprocess {}: expected a JSON object", path.display());
+            invalid_bail!("--preprocess {}: expected a JSON object", path.display());
         };
         let mut p = Preprocess::default();
         let label = format!("--preprocess {}", path.display());
@@ -299,7 +299,7 @@ impl Conversion {
                         if channels == 1 { "" } else { "s" }
                     )
                 });
-                bail!(
+                invalid_bail!(
                     "{what}: --preprocess key '{key}' has {} values, but the converted array \
                      {shape:?} has {axis}",
                     v.len()
@@ -375,8 +375,8 @@ mod tests {
         InputSpec { name: "x".into(), dtype: Some(DType::F32), dims: Some(dims) }
     }
 
-    fn usage_text(e: anyhow::Error) -> String {
-        assert!(e.downcast_ref::<crate::usage::UsageError>().is_some(), "not a usage error: {e}");
+    fn usage_text(e: DataError) -> String {
+        assert!(e.is_usage(), "not a usage error: {e}");
         e.to_string()
     }
 
@@ -392,9 +392,8 @@ mod tests {
                 layout: Layout::Nhwc
             }
         );
-        let dir = std::env::temp_dir().join(format!("lowbit-pre-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("spec.json");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("spec.json");
         std::fs::write(
             &f,
             r#"{"task": "x", "scale": 0.5, "mean": [1, 2, 3], "std": 2, "layout": "NHWC",
@@ -408,7 +407,6 @@ mod tests {
         std::fs::write(&f, r#"{"task": "x"}"#).unwrap();
         let e = usage_text(Preprocess::parse(f.to_str().unwrap()).unwrap_err());
         assert!(e.contains("none of the keys"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -426,7 +424,7 @@ mod tests {
         }
         // A spec without '=' is a file; a missing one is an error naming it (not a usage error).
         let e = Preprocess::parse("/nonexistent/spec.json").unwrap_err();
-        assert!(format!("{e:#}").contains("/nonexistent/spec.json"), "{e:#}");
+        assert!(!e.is_usage() && e.to_string().contains("/nonexistent/spec.json"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! `Conv` (and lowbit's `FusedConv`, a `Conv` with its activation fused), `ConvTranspose`.
+
+use super::{f32_data, float_input, from_f32, nc_spatial, positive, AutoPad, SpatialAttrs};
+use crate::bail;
+use crate::error::OpResult;
+use crate::op::{input, opt_input, BuildCtx, Kernel};
+use crate::ops::util::fused_activation;
+use lowbit_kernels::conv::{
+    conv, conv_packed, conv_transpose, Activation, ConvParams, ConvWeights,
+};
+use lowbit_kernels::window::Window;
+use lowbit_onnx::attr::Attrs;
+use lowbit_tensor::tensor::numel;
+use lowbit_tensor::{DType, Tensor};
+use std::borrow::Cow;
+
+/// A float convolution's inputs: `x` (`[n, c_in, in_sp…]`, of float type `dtype`), weight `w`
+/// and optional bias `b`.
+struct ConvOperands<'t> {
+    x: &'t Tensor,
+    w: &'t Tensor,
+    b: Option<&'t Tensor>,
+    dtype: DType,
+    n: usize,
+    c_in: usize,
+    in_sp: Vec<usize>,
+}
+
+impl<'t> ConvOperands<'t> {
+    fn read(inputs: &[Option<&'t Tensor>]) -> OpResult<Self> {
+        let x = input(inputs, 0)?;
+        let (w, b) = (input(inputs, 1)?, opt_input(inputs, 2));
+        let dtype = float_input(x)?;
+        let (n, c_in, in_sp) = nc_spatial(x)?;
+        Ok(ConvOperands { x, w, b, dtype, n, c_in, in_sp })
+    }
+}
+
+/// `Conv`, and lowbit's `FusedConv` (a `Conv` with an activation in its output stage, made by
+/// [`crate::fuse_float`]). A constant weight is packed once at load, a constant bias converted
+/// once.
+struct ConvKernel {
+    spatial: SpatialAttrs,
+    group: usize,
+    act: Activation,
+    weights: Option<ConvWeights>,
+    bias: Option<Vec<f32>>,
+}
+
+fn group_attr(a: &Attrs) -> OpResult<usize> {
+    let g = a.int_or("group", 1)?;
+    if g < 1 {
+        return Err(a.invalid("group", format!("must be positive, got {g}")).into());
+    }
+    Ok(g as usize)
+}
+
+pub(super) fn build_conv(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_conv_with(ctx, Activation::None)
+}
+
+pub(super) fn build_fused_conv(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    build_conv_with(ctx, fused_activation(&ctx.attrs)?)
+}
+
+fn build_conv_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>> {
+    let group = group_attr(&ctx.attrs)?;
+    // Shapes the weight cannot serve are left to `run`, which reports them.
+    let weights = match ctx.constant(1) {
+        Some(w) if w.rank() >= 3 && w.dtype().is_float() && w.shape()[0] % group == 0 => {
+            let ws = w.shape();
+            let c_out = ws[0];
+            let kdim = numel(&ws[1..]);
+            let depthwise = ws[1] == 1 && c_out == group && group > 1;
+            Some(ConvWeights::new(c_out, group, kdim, depthwise, &f32_data(w)?))
+        }
+        _ => None,
+    };
+    let bias = match ctx.constant(2) {
+        Some(b) if b.dtype().is_float() => Some(f32_data(b)?.into_owned()),
+        _ => None,
+    };
+    Ok(Box::new(ConvKernel { spatial: SpatialAttrs::read(&ctx.attrs)?, group, act, weights, bias }))
+}
+
+impl Kernel for ConvKernel {
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read(inputs)?;
+        let ws = w.shape();
+        if ws.len() != x.rank() {
+            bail!("weight shape {ws:?} does not match input rank {} ({:?})", x.rank(), x.shape());
+        }
+        let g = self.group;
+        let c_out = ws[0];
+        if c_in % g != 0 || c_out % g != 0 || ws[1] * g != c_in {
+            bail!("input {:?}, weight {ws:?} and group {g} disagree on channels", x.shape());
+        }
+        let kernel = ws[2..].to_vec();
+        if let Some(k) = &self.spatial.kernel {
+            if k.iter().map(|&v| v as usize).ne(kernel.iter().copied()) {
+                bail!("kernel_shape {k:?} does not match weight shape {ws:?}");
+            }
+        }
+        let win = self.spatial.window(&in_sp, &kernel, false)?;
+        let p = ConvParams { batch: n, c_in, c_out, group: g, window: win };
+        let bias = match b {
+            Some(b) => {
+                if b.len() != c_out {
+                    bail!("bias has {} elements, expected {c_out}", b.len());
+                }
+                match &self.bias {
+                    Some(v) => Some(Cow::Borrowed(v.as_slice())),
+                    None => Some(f32_data(b)?),
+                }
+            }
+            None => None,
+        };
+        let xv = f32_data(x)?;
+        let mut out_shape = vec![n, c_out];
+        out_shape.extend(&p.window.output[3 - in_sp.len()..]);
+        let mut y = vec![0f32; numel(&out_shape)];
+        match self.weights.as_ref().filter(|w| w.fits(&p)) {
+            Some(pw) => conv_packed(&p, &xv, pw, bias.as_deref(), self.act, &mut y),
+            None => conv(&p, &xv, &f32_data(w)?, bias.as_deref(), self.act, &mut y),
+        }
+        Ok(vec![from_f32(dtype, out_shape, y)?])
+    }
+}
+
+struct ConvTransposeKernel {
+    spatial: SpatialAttrs,
+    group: usize,
+    output_padding: Option<Vec<i64>>,
+    output_shape: Option<Vec<i64>>,
+}
+
+pub(super) fn build_conv_transpose(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    let a = &ctx.attrs;
+    Ok(Box::new(ConvTransposeKernel {
+        spatial: SpatialAttrs::read(a)?,
+        group: group_attr(a)?,
+        output_padding: a.ints("output_padding")?,
+        output_shape: a.ints("output_shape")?,
+    }))
+}
+
+impl ConvTransposeKernel {
+    /// Output spatial dims and begin/end pads.
+    fn geometry(
+        &self,
+        input: &[usize],
+        kernel: &[usize],
+        strides: &[usize],
+        dil: &[usize],
+    ) -> OpResult<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+        let r = input.len();
+        let adj: Vec<usize> = match &self.output_padding {
+            None => vec![0; r],
+            Some(v) if v.len() == r && v.iter().all(|&x| x >= 0) => {
+                v.iter().map(|&x| x as usize).collect()
+            }
+            Some(v) => bail!("attribute 'output_padding' {v:?} does not fit {r} spatial dims"),
+        };
+        let full: Vec<usize> = (0..r)
+            .map(|i| strides[i] * (input[i].max(1) - 1) + adj[i] + dil[i] * (kernel[i] - 1) + 1)
+            .collect();
+        let mut pb = vec![0; r];
+        let mut pe = vec![0; r];
+        let mut out = vec![0; r];
+        if let Some(os) = &self.output_shape {
+            if os.len() < r || os.iter().any(|&v| v < 0) {
+                bail!("attribute 'output_shape' {os:?} does not fit {r} spatial dims");
+            }
+            let os = &os[os.len() - r..];
+            for i in 0..r {
+                out[i] = os[i] as usize;
+                let total = full[i].saturating_sub(out[i]);
+                let small = total / 2;
+                if self.spatial.auto_pad == AutoPad::SameUpper {
+                    (pb[i], pe[i]) = (total - small, small);
+                } else {
+                    (pb[i], pe[i]) = (small, total - small);
+                }
+            }
+            return Ok((out, pb, pe));
+        }
+        for i in 0..r {
+            match self.spatial.auto_pad {
+                AutoPad::SameUpper | AutoPad::SameLower => {
+                    out[i] = input[i] * strides[i];
+                    let total = full[i].saturating_sub(out[i]);
+                    let small = total / 2;
+                    if self.spatial.auto_pad == AutoPad::SameUpper {
+                        (pb[i], pe[i]) = (small, total - small);
+                    } else {
+                        (pb[i], pe[i]) = (total - small, small);
+                    }
+                }
+                AutoPad::Valid | AutoPad::NotSet => {
+                    if let (AutoPad::NotSet, Some(p)) = (self.spatial.auto_pad, &self.spatial.pads)
+                    {
+                        if p.len() != 2 * r || p.iter().any(|&v| v < 0) {
+                            bail!("attribute 'pads' {p:?} does not fit {r} spatial dims");
+                        }
+                        (pb[i], pe[i]) = (p[i] as usize, p[i + r] as usize);
+                    }
+                    if full[i] < pb[i] + pe[i] {
+                        bail!(
+                            "pads {:?} exceed the output size in spatial dim {i}",
+                            self.spatial.pads
+                        );
+                    }
+                    out[i] = full[i] - pb[i] - pe[i];
+                }
+            }
+        }
+        Ok((out, pb, pe))
+    }
+}
+
+impl Kernel for ConvTransposeKernel {
+    fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
+        let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read(inputs)?;
+        let r = in_sp.len();
+        if r > 3 {
+            bail!("only 1-D to 3-D spatial inputs are supported, got {r} spatial dims");
+        }
+        let ws = w.shape();
+        let g = self.group;
+        if ws.len() != x.rank() || ws[0] != c_in || c_in % g != 0 {
+            bail!("input {:?}, weight {ws:?} and group {g} disagree", x.shape());
+        }
+        let c_out = ws[1] * g;
+        let kernel = ws[2..].to_vec();
+        if kernel.contains(&0) {
+            bail!("weight shape {ws:?} has an empty kernel");
+        }
+        let strides = positive("strides", &self.spatial.strides, r, 1)?;
+        let dil = positive("dilations", &self.spatial.dilations, r, 1)?;
+        let (out, pb, pe) = self.geometry(&in_sp, &kernel, &strides, &dil)?;
+        // The forward convolution that maps the output back onto x.
+        let win = Window::new(&out, &kernel, &strides, &dil, &pb, &pe, &in_sp)
+            .ok_or_else(|| crate::OpError::new("invalid window geometry"))?;
+        let bias = match b {
+            Some(b) if b.len() != c_out => bail!("bias has {} elements, expected {c_out}", b.len()),
+            Some(b) => Some(f32_data(b)?),
+            None => None,
+        };
+        let p = ConvParams { batch: n, c_in, c_out, group: g, window: win };
+        let xv = f32_data(x)?;
+        let wv = f32_data(w)?;
+        let mut shape = vec![n, c_out];
+        shape.extend(&out);
+        let mut y = vec![0f32; numel(&shape)];
+        conv_transpose(&p, &xv, &wv, bias.as_deref(), &mut y);
+        Ok(vec![from_f32(dtype, shape, y)?])
+    }
+}
