@@ -77,7 +77,7 @@ impl Target {
 
     /// This CPU under ONNX Runtime, and what was detected.
     pub fn detect() -> (Target, &'static str) {
-        use lowbit_kernels::qgemm::Isa;
+        use lowbit_kernels::cpu::Isa;
         if cfg!(target_arch = "aarch64") {
             return (Target::Arm, "this CPU is ARM");
         }
