@@ -12,9 +12,10 @@
 //!   differ from round-to-nearest by at most one step.
 //! * **Data** ([`stats`]): one pass over the samples per weight runs the FP32 and the quantized
 //!   graphs, each cut after the layer's input, and sums `Σ x̂ x̂ᵀ`, `Σ d x̂ᵀ`, `Σ d dᵀ`
-//!   (`d = x − x̂`) over every im2col patch row (convolutions per group, depthwise per channel)
-//!   or input row (Gemm/MatMul). These `k × k` sums define the loss exactly on all rows, so the
-//!   optimizer needs no mini-batches and the result is deterministic (there is no sampling).
+//!   (`d = x − x̂`) over im2col patch rows (convolutions per group, depthwise per channel; a
+//!   fixed number per image, evenly strided) or input rows (Gemm/MatMul). These `k × k` sums
+//!   define the loss exactly on those rows, so the optimizer needs no mini-batches and the
+//!   result is deterministic.
 //! * **Memory**: `3·k²` f64 per group of a weight, whatever the number of samples; a weight
 //!   needing more than [`MAX_STATS_BYTES`] keeps round-to-nearest. EfficientNet-Lite0's largest
 //!   is 32 MiB (1×1 convolutions with `k = 1152`).
@@ -23,6 +24,8 @@
 
 mod optimize;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use super::{LayerChange, StepContext, StepReport};
 use crate::config::{AdaRoundOptions, QuantPlan};
@@ -487,8 +490,7 @@ pub fn adaround(
     progress.start("adaround", weights.len() as u64);
     let mut report = StepReport { step: "adaround".into(), ..Default::default() };
     let (mut learned, mut no_gain, mut not_reached) = (0usize, 0usize, 0usize);
-    let max_layers: usize = std::env::var("LOWBIT_ADAROUND_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-    for w in weights.iter().take(max_layers) {
+    for w in &weights {
         let groups = w.view.groups * w.consumers.len();
         let bytes = groups.saturating_mul(GroupStats::max_bytes(w.view.k));
         if bytes > MAX_STATS_BYTES {
@@ -504,21 +506,8 @@ pub fn adaround(
             progress.advance(1, None);
             continue;
         }
-        let t0 = Instant::now();
         let stats = collect(fp32, q, w, ctx)?;
-        let t1 = Instant::now();
         let out = pool.install(|| learn(w, stats, &sched, deadline));
-        if std::env::var_os("LOWBIT_ADAROUND_TRACE").is_some() {
-            eprintln!(
-                "TRACE {} collect {:.2}s learn {:.2}s mse {:.4e} -> {:.4e} undecided {:.4}",
-                w.label,
-                (t1 - t0).as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
-                out.mse_nearest,
-                out.mse,
-                out.undecided
-            );
-        }
         if !out.finished {
             not_reached += 1;
         } else if out.learned {

@@ -5,13 +5,14 @@
 //! `s`, zero point `z`), with the rectified sigmoid `h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1)`,
 //! ζ = 1.1, γ = −0.1. The loss is
 //!
-//! `L(V) = (1/n) Σ_r ‖W x_r − Ŵ(V) x̂_r‖² + λ Σ (1 − |2h(V) − 1|^β)`
+//! `L(V) = (1/(n·o)) Σ_r ‖W x_r − Ŵ(V) x̂_r‖² + λ Σ (1 − |2h(V) − 1|^β)`
 //!
-//! over the `n` input rows `x_r` (FP32 model) and `x̂_r` (quantized model) of the layer. With
+//! (the output MSE per element, as in the paper and AIMET, so that λ weighs the same against it
+//! in every layer) over the `n` input rows `x_r` (FP32 model) and `x̂_r` (quantized model) of the layer. With
 //! `Δ = Ŵ − W` and `d_r = x_r − x̂_r`, `W x_r − Ŵ x̂_r = W d_r − Δ x̂_r`, so the reconstruction
-//! term is the quadratic `(c₀ − 2⟨Δ, Q⟩ + ⟨Δ A, Δ⟩) / n` with `A = Σ x̂ x̂ᵀ`, `Q = W Σ d x̂ᵀ`,
+//! term is the quadratic `(c₀ − 2⟨Δ, Q⟩ + ⟨Δ A, Δ⟩) / (n·o)` with `A = Σ x̂ x̂ᵀ`, `Q = W Σ d x̂ᵀ`,
 //! `c₀ = Σ ‖W d‖²` ([`Objective`]): the statistics of all rows in `k × k` matrices, whatever
-//! their number. Its gradient is `(2/n)(Δ A − Q)`, one `o × k × k` product per step (or two
+//! their number. Its gradient is `(2/(n·o))(Δ A − Q)`, one `o × k × k` product per step (or two
 //! through the rows themselves when there are fewer than `k / 2`, see [`Curvature`]).
 //!
 //! Schedule (the paper's and AIMET's defaults): no regularizer for the first 20 % of the steps
@@ -267,8 +268,9 @@ fn loss_grad(
             }
         });
     obj.apply(&buf.delta, &mut buf.delta_a, &mut buf.scratch);
-    let two_over_n = (2.0 / obj.n.max(1.0)) as f32;
-    let loss_recon = if want_loss { obj.sum_sq(&buf.delta, &buf.delta_a) / obj.n } else { 0.0 };
+    let elems = (obj.n * obj.o as f64).max(1.0);
+    let two_over_n = (2.0 / elems) as f32;
+    let loss_recon = if want_loss { obj.sum_sq(&buf.delta, &buf.delta_a) / elems } else { 0.0 };
     let reg: f64 = grad
         .par_chunks_mut(chunk)
         .enumerate()
@@ -387,7 +389,7 @@ pub(crate) fn optimize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A deterministic pseudo-random stream (xorshift), uniform in [-1, 1).

@@ -5,7 +5,8 @@
 //! ([`super::optimize::Objective`]).
 //!
 //! Rows are im2col patches for a convolution (one set per group: a depthwise convolution has
-//! one group per channel, `k = kh·kw`), rows of the input matrix for Gemm/MatMul. Memory is
+//! one group per channel, `k = kh·kw`; at most [`MAX_PATCHES_PER_IMAGE`] per image), rows of
+//! the input matrix for Gemm/MatMul. Memory is
 //! fixed by the layer's shape, whatever the number of samples: at most `3·k²` f64 per group
 //! ([`GroupStats::max_bytes`]). While a group has seen fewer than `k / 2` rows it keeps the rows
 //! themselves instead (at most `k²` f32), which is cheaper to optimize on (a classifier seeing one
@@ -23,6 +24,11 @@ use super::optimize::{Curvature, Objective};
 
 /// Elements of the row blocks handed to one product (bounds the scratch memory of a batch).
 const BLOCK_ELEMS: usize = 1 << 22;
+
+/// Convolution patches (rows) kept per image and group: early layers have ten thousand
+/// positions of a few dozen inputs, far more rows than the `k × k` sums need, and summing them
+/// all would cost more than the forward passes.
+pub(crate) const MAX_PATCHES_PER_IMAGE: usize = 256;
 
 /// What one group has seen.
 enum Sums {
@@ -236,6 +242,8 @@ fn conv_window(
 pub(crate) struct LayerStats {
     geometry: Geometry,
     k: usize,
+    /// Images (convolution inputs) seen so far, which moves the patch subsampling's offset.
+    images: usize,
     pub groups: Vec<GroupStats>,
     /// The layer's name, for errors.
     node: String,
@@ -246,6 +254,7 @@ impl LayerStats {
         LayerStats {
             geometry,
             k,
+            images: 0,
             groups: (0..groups).map(|_| GroupStats::new(k)).collect(),
             node: node.to_string(),
         }
@@ -301,32 +310,43 @@ impl LayerStats {
     }
 
     /// Adds a batch of convolution inputs `[N, C, spatial...]`: im2col patches per image and
-    /// group, transposed into rows and handed over in blocks of whole images.
+    /// group, transposed into rows and handed over in blocks of whole images. Of each image's
+    /// patches at most [`MAX_PATCHES_PER_IMAGE`] are kept, evenly strided from an offset that
+    /// moves with the image, so every position is seen across images.
     fn add_conv(&mut self, shape: &[usize], win: &Window, xh: &[f32], d: &[f32]) {
         let (images, c) = (shape[0], shape[1]);
         let k = self.k;
         let cg = c / self.groups.len();
         let (p, plane) = (win.output_size(), win.input_size());
-        let per_block = (BLOCK_ELEMS / (p * k).max(1)).clamp(1, images.max(1));
+        let stride = p.div_ceil(MAX_PATCHES_PER_IMAGE).max(1);
+        let seen = self.images;
+        self.images += images;
+        let kept = |image: usize| (0..p).skip((seen + image) % stride).step_by(stride);
+        let rows_of = |image: usize| kept(image).count();
+        let max_rows = p.div_ceil(stride);
+        let per_block = (BLOCK_ELEMS / (max_rows * k).max(1)).clamp(1, images.max(1));
         self.groups.par_iter_mut().enumerate().for_each(|(g, stats)| {
             let mut col = vec![0f32; k * p];
-            let mut rx = vec![0f32; per_block * p * k];
-            let mut rd = vec![0f32; per_block * p * k];
+            let mut rx = vec![0f32; per_block * max_rows * k];
+            let mut rd = vec![0f32; per_block * max_rows * k];
             for first in (0..images).step_by(per_block) {
                 let count = per_block.min(images - first);
-                for j in 0..count {
-                    let at = ((first + j) * c + g * cg) * plane;
-                    for (src, rows) in [(xh, &mut rx), (d, &mut rd)] {
+                let mut rows = 0;
+                for j in first..first + count {
+                    let at = (j * c + g * cg) * plane;
+                    let n = rows_of(j);
+                    for (src, out) in [(xh, &mut rx), (d, &mut rd)] {
                         im2col(win, cg, &src[at..at + cg * plane], &mut col);
-                        let block = &mut rows[j * p * k..(j + 1) * p * k];
+                        let block = &mut out[rows * k..(rows + n) * k];
                         for (kk, patch) in col.chunks_exact(p).enumerate() {
-                            for (pp, &v) in patch.iter().enumerate() {
-                                block[pp * k + kk] = v;
+                            for (r, pp) in kept(j).enumerate() {
+                                block[r * k + kk] = patch[pp];
                             }
                         }
                     }
+                    rows += n;
                 }
-                stats.add(&rx, &rd, count * p);
+                stats.add(&rx, &rd, rows);
             }
         });
     }
