@@ -150,7 +150,10 @@ fn find_weights(
                 }
                 Some(_) => {
                     conflicted.insert(codes_name);
-                    skipped.push((name, "its weight is shared with a layer that reads it another way".into()));
+                    skipped.push((
+                        name,
+                        "its weight is shared with a layer that reads it another way".into(),
+                    ));
                 }
                 None => {
                     by_codes.insert(codes_name, weights.len());
@@ -162,7 +165,8 @@ fn find_weights(
     let (weights, shared): (Vec<Weight>, Vec<Weight>) =
         weights.into_iter().partition(|w| !conflicted.contains(&w.codes_name));
     for w in shared {
-        skipped.push((w.label, "its weight is shared with a layer that reads it another way".into()));
+        skipped
+            .push((w.label, "its weight is shared with a layer that reads it another way".into()));
     }
     Ok((weights, skipped))
 }
@@ -235,12 +239,16 @@ fn layer_of(
         _ => {
             let trans_a = op == "Gemm" && attrs.int_or("transA", 0).map_err(attr_err)? != 0;
             let (o, k) = if trans_b { (shape[0], shape[1]) } else { (shape[1], shape[0]) };
-            (View { groups: 1, o, k, transposed: !trans_b }, Geometry::Matrix { transposed: trans_a })
+            (
+                View { groups: 1, o, k, transposed: !trans_b },
+                Geometry::Matrix { transposed: trans_a },
+            )
         }
     };
     // Scales and zero points per output row.
     let rows = view.groups * view.o;
-    let scales = init_f32(q, &dq.input[1])?.ok_or_else(|| bad("weight scale is not float32".into()))?;
+    let scales =
+        init_f32(q, &dq.input[1])?.ok_or_else(|| bad("weight scale is not float32".into()))?;
     let scales = scales.as_f32()?.to_vec();
     let zeros = match dq.input.get(2).filter(|z| !z.is_empty()) {
         Some(z) => init_tensor(q, z)?
@@ -366,12 +374,7 @@ fn split_rows(feeds: Feeds, rows: usize) -> Vec<Feeds> {
 }
 
 /// One pass over the samples: the statistics of every consumer of `w`.
-fn collect(
-    fp32: &Graph,
-    q: &Graph,
-    w: &Weight,
-    ctx: &mut StepContext,
-) -> Result<Vec<LayerStats>> {
+fn collect(fp32: &Graph, q: &Graph, w: &Weight, ctx: &mut StepContext) -> Result<Vec<LayerStats>> {
     let names = |f: fn(&Consumer) -> &String| -> Vec<String> {
         let mut v: Vec<String> = w.consumers.iter().map(|c| f(c).clone()).collect();
         v.dedup();
@@ -414,7 +417,12 @@ struct Learned {
 }
 
 /// Learns the rounding of every group of `w` on `stats`.
-fn learn(w: &Weight, stats: Vec<LayerStats>, sched: &Schedule, deadline: Option<Instant>) -> Learned {
+fn learn(
+    w: &Weight,
+    stats: Vec<LayerStats>,
+    sched: &Schedule,
+    deadline: Option<Instant>,
+) -> Learned {
     let view = w.view;
     // Every consumer's rows count: merge their statistics per group.
     let mut groups: Vec<GroupStats> = Vec::new();
@@ -496,7 +504,11 @@ pub fn adaround(
         if bytes > MAX_STATS_BYTES {
             skipped.push((
                 w.label.clone(),
-                format!("its input statistics need {} MiB (cap {} MiB)", bytes >> 20, MAX_STATS_BYTES >> 20),
+                format!(
+                    "its input statistics need {} MiB (cap {} MiB)",
+                    bytes >> 20,
+                    MAX_STATS_BYTES >> 20
+                ),
             ));
             progress.advance(1, None);
             continue;
@@ -534,10 +546,8 @@ pub fn adaround(
         });
     }
     progress.finish();
-    let (before, after) = report
-        .layers
-        .iter()
-        .fold((0.0, 0.0), |(b, a), l| (b + l.before, a + l.after));
+    let (before, after) =
+        report.layers.iter().fold((0.0, 0.0), |(b, a), l| (b + l.before, a + l.after));
     let mut summary = format!(
         "learned the rounding of {learned} of {} weights ({} steps, lambda {}); output MSE summed \
          over layers {before:.4e} -> {after:.4e}",
@@ -549,7 +559,8 @@ pub fn adaround(
         summary += &format!("; {no_gain} kept round-to-nearest (no gain)");
     }
     if not_reached > 0 {
-        summary += &format!("; {not_reached} not reached within the time budget (round-to-nearest)");
+        summary +=
+            &format!("; {not_reached} not reached within the time budget (round-to-nearest)");
     }
     if !skipped.is_empty() {
         let first: Vec<String> = skipped.iter().take(3).map(|(n, w)| format!("{n}: {w}")).collect();

@@ -537,7 +537,8 @@ pub(super) mod tests {
             let obj = objective(&l, gram);
             let (base, v0) = g.start();
             // Move V off its start so h is away from its clip points and from 1/2.
-            let v: Vec<f32> = v0.iter().enumerate().map(|(i, &v)| 0.5 * v + 0.01 * i as f32).collect();
+            let v: Vec<f32> =
+                v0.iter().enumerate().map(|(i, &v)| 0.5 * v + 0.01 * i as f32).collect();
             let n = v.len();
             let mut buf = Buffers::new(n);
             let mut grad = vec![0f32; n];
@@ -584,9 +585,12 @@ pub(super) mod tests {
 
     #[test]
     fn learned_rounding_beats_round_to_nearest_and_stays_on_the_grid() {
-        for (bits, per_channel, gram, noise) in
-            [(4, true, true, 0.0), (4, false, true, 0.1), (8, true, false, 0.05), (3, true, true, 0.02)]
-        {
+        for (bits, per_channel, gram, noise) in [
+            (4, true, true, 0.0),
+            (4, false, true, 0.1),
+            (8, true, false, 0.05),
+            (3, true, true, 0.02),
+        ] {
             let l = layer(8, 24, if gram { 200 } else { 10 }, noise, 7 + bits as u64);
             let q = quant(&l, bits, per_channel);
             let obj = objective(&l, gram);

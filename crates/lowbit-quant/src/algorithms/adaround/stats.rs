@@ -70,11 +70,8 @@ impl GroupStats {
                 return;
             }
             let (sx, sd) = (std::mem::take(sx), std::mem::take(sd));
-            let mut gram = Sums::Gram {
-                a: vec![0.0; k * k],
-                dx: vec![0.0; k * k],
-                dd: vec![0.0; k * k],
-            };
+            let mut gram =
+                Sums::Gram { a: vec![0.0; k * k], dx: vec![0.0; k * k], dd: vec![0.0; k * k] };
             accumulate(&mut gram, k, &sx, &sd, self.n);
             self.sums = gram;
         }
@@ -137,7 +134,8 @@ impl GroupStats {
                         let mut s = 0f64;
                         for (i, &wi) in wr.iter().enumerate() {
                             let row = &dd[i * k..(i + 1) * k];
-                            let inner: f64 = row.iter().zip(wr).map(|(&m, &wj)| m * wj as f64).sum();
+                            let inner: f64 =
+                                row.iter().zip(wr).map(|(&m, &wj)| m * wj as f64).sum();
                             s += wi as f64 * inner;
                         }
                         s
@@ -217,8 +215,11 @@ fn conv_window(
                 let o = input[i].div_ceil(strides[i]);
                 let total = ((o.max(1) - 1) * strides[i] + span).saturating_sub(input[i]);
                 let small = total / 2;
-                (pb[i], pe[i]) =
-                    if auto_pad == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+                (pb[i], pe[i]) = if auto_pad == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                };
                 out[i] = o;
                 continue;
             }

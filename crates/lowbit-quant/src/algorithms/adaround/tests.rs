@@ -24,7 +24,12 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
 }
 
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
 }
 
 fn random(rng: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
@@ -190,7 +195,10 @@ fn adaround_on_convolutions_keeps_codes_on_the_grid_within_one_step() {
     assert!(step.layers.iter().any(|l| l.after < 0.95 * l.before), "{step:?}");
     let (a, b) = (weight_codes(&nearest), weight_codes(&learned));
     assert_eq!(a.len(), 3);
-    assert_eq!(a.iter().map(|(n, _)| n).collect::<Vec<_>>(), b.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
     let mut changed = 0;
     for ((name, r), (_, c)) in a.iter().zip(&b) {
         for (&r, &c) in r.iter().zip(c) {
