@@ -162,7 +162,7 @@ impl QParams {
         Ok(QParams {
             dtype,
             scale: Tensor::scalar(p.scale),
-            zero_point: Tensor::new(vec![], zero_points(dtype, &[p.zero_point])?)?,
+            zero_point: Tensor::new(vec![], int_storage(dtype, &[p.zero_point])?)?,
             axis: None,
             block_size: None,
         })
@@ -193,8 +193,9 @@ impl QParams {
     }
 }
 
-/// Zero points as storage of `dtype` (values already inside its range).
-fn zero_points(dtype: DType, zp: &[i32]) -> Result<TensorData> {
+/// Integer values (zero points, weight codes) as storage of `dtype` (values already inside
+/// its range).
+pub(crate) fn int_storage(dtype: DType, zp: &[i32]) -> Result<TensorData> {
     Ok(match dtype {
         DType::I8 => TensorData::I8(zp.iter().map(|&z| z as i8).collect()),
         DType::U8 => TensorData::U8(zp.iter().map(|&z| z as u8).collect()),
@@ -319,7 +320,7 @@ pub fn tensor_qparams_with_min_scale(
     Ok(QParams {
         dtype: scheme.dtype(),
         scale: Tensor::from_vec(pshape.clone(), scales)?,
-        zero_point: Tensor::new(pshape, zero_points(scheme.dtype(), &zps)?)?,
+        zero_point: Tensor::new(pshape, int_storage(scheme.dtype(), &zps)?)?,
         axis,
         block_size,
     })

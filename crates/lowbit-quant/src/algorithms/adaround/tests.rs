@@ -1,0 +1,225 @@
+//! AdaRound end to end on hand-built graphs: quantized through [`crate::quantize::quantize_run`]
+//! with and without `--adaround`, the results compared through the engine.
+
+use super::optimize::tests::Rng;
+use crate::config::{AdaRoundOptions, QuantPlan, QuantizeConfig};
+use crate::quantize::{quantize_run, QuantizeInputs, QuantizeSummary};
+use crate::samples::{Feeds, NoProgress};
+use crate::scheme::IntType;
+use lowbit_engine::{Session, SessionOptions};
+use lowbit_kernels::quantize::int_values;
+use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
+use lowbit_onnx::pb::attribute_proto::AttributeType;
+use lowbit_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto};
+use lowbit_onnx::{tensor_from_proto, tensor_to_proto};
+use lowbit_tensor::{DType, Tensor};
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn random(rng: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape.to_vec(), (0..n).map(|_| scale * rng.next()).collect()).unwrap()
+}
+
+/// A model of `nodes` from `x` (`x_shape`, batch first) to `y`, with these initializers.
+fn graph(nodes: Vec<NodeProto>, inits: Vec<(&str, Tensor)>, x_shape: &[i64]) -> ModelProto {
+    let mut dims = vec![Dim::Named("N")];
+    dims.extend(x_shape.iter().map(|&d| Dim::Fixed(d)));
+    let g = GraphProto {
+        name: "adaround".into(),
+        node: nodes,
+        initializer: inits.iter().map(|(n, t)| tensor_to_proto(n, t)).collect(),
+        input: vec![tensor_value_info("x", DType::F32, &dims)],
+        output: vec![tensor_value_info("y", DType::F32, &[])],
+        ..Default::default()
+    };
+    model(g, 17)
+}
+
+/// Conv 3×3 (4 → 8) → Relu → depthwise Conv 3×3 → Relu → GlobalAveragePool → Flatten → Gemm
+/// (8 → 5), random weights.
+fn conv_net(seed: u64) -> ModelProto {
+    let mut rng = Rng::new(seed);
+    let mut conv = node("Conv", "conv", &["x", "w1", "b1"], &["c1"]);
+    conv.attribute = vec![ints("pads", &[1, 1, 1, 1])];
+    let mut dw = node("Conv", "depthwise", &["r1", "w2"], &["c2"]);
+    dw.attribute = vec![ints("pads", &[1, 1, 1, 1]), int("group", 8)];
+    let mut gemm = node("Gemm", "fc", &["f", "w3", "b3"], &["y"]);
+    gemm.attribute = vec![int("transB", 1)];
+    let nodes = vec![
+        conv,
+        node("Relu", "relu1", &["c1"], &["r1"]),
+        dw,
+        node("Relu", "relu2", &["c2"], &["r2"]),
+        node("GlobalAveragePool", "gap", &["r2"], &["p"]),
+        node("Flatten", "flatten", &["p"], &["f"]),
+        gemm,
+    ];
+    let inits = vec![
+        ("w1", random(&mut rng, &[8, 4, 3, 3], 0.5)),
+        ("b1", random(&mut rng, &[8], 0.1)),
+        ("w2", random(&mut rng, &[8, 1, 3, 3], 0.5)),
+        ("w3", random(&mut rng, &[5, 8], 0.5)),
+        ("b3", random(&mut rng, &[5], 0.1)),
+    ];
+    graph(nodes, inits, &[4, 6, 6])
+}
+
+/// One Gemm `[N, 48] → [N, 12]` (`transB = 0`: the weight is stored `[k, o]`) on inputs with
+/// a shared component, where rounding choices interact.
+fn gemm_net(seed: u64) -> ModelProto {
+    let mut rng = Rng::new(seed);
+    let nodes = vec![node("Gemm", "fc", &["x", "w"], &["y"])];
+    graph(nodes, vec![("w", random(&mut rng, &[48, 12], 1.0))], &[48])
+}
+
+/// `batches` batches of `rows` inputs of shape `shape`; the first input feature is shared
+/// by all so that the inputs are correlated.
+fn samples(shape: &[usize], batches: usize, rows: usize, seed: u64) -> Vec<Feeds> {
+    let mut rng = Rng::new(seed);
+    (0..batches)
+        .map(|_| {
+            let mut full = vec![rows];
+            full.extend_from_slice(shape);
+            let per: usize = shape.iter().product();
+            let mut v = Vec::with_capacity(rows * per);
+            for _ in 0..rows {
+                let common = rng.next();
+                v.extend((0..per).map(|_| common + 0.5 * rng.next()));
+            }
+            vec![("x".to_string(), Tensor::from_vec(full, v).unwrap())]
+        })
+        .collect()
+}
+
+/// Static W4A8, per channel, with AdaRound as given.
+fn quantize(
+    m: &ModelProto,
+    data: &[Feeds],
+    adaround: Option<AdaRoundOptions>,
+) -> (ModelProto, QuantizeSummary) {
+    let mut config = QuantizeConfig {
+        weights: IntType::Int4,
+        per_channel: true,
+        block_size: Some(0),
+        min_activation_sqnr: None,
+        ..QuantizeConfig::default()
+    };
+    config.algorithms.adaround = adaround;
+    let plan = QuantPlan::resolve(&config).unwrap();
+    let mut src: Vec<Feeds> = data.to_vec();
+    let inputs =
+        QuantizeInputs { table: None, samples: Some(&mut src), threads: 2, progress: &NoProgress };
+    quantize_run(m.clone(), &plan, inputs).unwrap()
+}
+
+/// Mean squared difference of `y` between `a` and `b` over `data`.
+fn output_mse(a: &ModelProto, b: &ModelProto, data: &[Feeds]) -> f64 {
+    let opts = SessionOptions::unfused(2);
+    let (sa, sb) = (Session::new(a, &opts).unwrap(), Session::new(b, &opts).unwrap());
+    let (mut sum, mut n) = (0f64, 0usize);
+    for feeds in data {
+        let ya = sa.run(feeds.clone()).unwrap().remove(0).1;
+        let yb = sb.run(feeds.clone()).unwrap().remove(0).1;
+        for (p, q) in ya.as_f32().unwrap().iter().zip(yb.as_f32().unwrap()) {
+            sum += (*p as f64 - *q as f64).powi(2);
+            n += 1;
+        }
+    }
+    sum / n as f64
+}
+
+/// The integer codes of every weight the quantized model dequantizes, by initializer name.
+fn weight_codes(m: &ModelProto) -> Vec<(String, Vec<i32>)> {
+    let g = m.graph.as_ref().unwrap();
+    let mut out = Vec::new();
+    for n in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
+        let Some(init) = g.initializer.iter().find(|t| t.name == n.input[0]) else { continue };
+        let t = tensor_from_proto(init).unwrap();
+        if t.dtype() == DType::I4 {
+            out.push((init.name.clone(), int_values(t.data()).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn opts(iterations: usize) -> AdaRoundOptions {
+    AdaRoundOptions { iterations, ..AdaRoundOptions::default() }
+}
+
+#[test]
+fn adaround_lowers_a_gemm_output_error_at_int4() {
+    let m = gemm_net(21);
+    let data = samples(&[48], 4, 32, 22);
+    let (nearest, _) = quantize(&m, &data, None);
+    let (learned, summary) = quantize(&m, &data, Some(opts(1000)));
+    let step = summary.steps.iter().find(|s| s.step == "adaround").expect("an adaround step");
+    assert_eq!(step.layers.len(), 1, "{step:?}");
+    let layer = &step.layers[0];
+    assert!(layer.after < 0.9 * layer.before, "{layer:?}");
+    // Measured independently, on the calibration inputs through the engine.
+    let (before, after) = (output_mse(&m, &nearest, &data), output_mse(&m, &learned, &data));
+    assert!(after < 0.9 * before, "output MSE {before} -> {after}");
+    assert!((after - layer.after).abs() <= 0.05 * layer.after, "{after} vs report {layer:?}");
+}
+
+#[test]
+fn adaround_on_convolutions_keeps_codes_on_the_grid_within_one_step() {
+    let m = conv_net(31);
+    let data = samples(&[4, 6, 6], 3, 8, 32);
+    let (nearest, _) = quantize(&m, &data, None);
+    let (learned, summary) = quantize(&m, &data, Some(opts(600)));
+    let step = summary.steps.iter().find(|s| s.step == "adaround").expect("an adaround step");
+    let names: Vec<&str> = step.layers.iter().map(|l| l.node.as_str()).collect();
+    assert_eq!(names, ["conv", "depthwise", "fc"], "{step:?}");
+    for l in &step.layers {
+        assert!(l.after <= l.before, "{l:?}");
+    }
+    assert!(step.layers.iter().any(|l| l.after < 0.95 * l.before), "{step:?}");
+    let (a, b) = (weight_codes(&nearest), weight_codes(&learned));
+    assert_eq!(a.len(), 3);
+    assert_eq!(
+        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let mut changed = 0;
+    for ((name, r), (_, c)) in a.iter().zip(&b) {
+        for (&r, &c) in r.iter().zip(c) {
+            assert!((-8..=7).contains(&c), "{name}: code {c}");
+            assert!((c - r).abs() <= 1, "{name}: {c} vs nearest {r}");
+            changed += (c != r) as usize;
+        }
+    }
+    assert!(changed > 0);
+    // The whole network's output is no worse for it.
+    assert!(output_mse(&m, &learned, &data) <= output_mse(&m, &nearest, &data));
+}
+
+#[test]
+fn a_spent_time_budget_keeps_round_to_nearest_and_says_so() {
+    let m = conv_net(41);
+    let data = samples(&[4, 6, 6], 2, 4, 42);
+    let (nearest, _) = quantize(&m, &data, None);
+    let budget = AdaRoundOptions { time_budget_s: Some(0.0), ..opts(500) };
+    let (learned, summary) = quantize(&m, &data, Some(budget));
+    let step = summary.steps.iter().find(|s| s.step == "adaround").expect("an adaround step");
+    assert!(step.summary.contains("3 not reached within the time budget"), "{}", step.summary);
+    assert_eq!(weight_codes(&nearest), weight_codes(&learned));
+}
