@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this and nothing else):
 # the ONNX Runtime reference environment (scripts/setup-test-env.sh), then every crate's tests,
-# then the Python module: `pip install ./crates/lowbit-py` (through maturin, on the test profile's
+# then the Python module: `pip install ./crates/lowbit-py` (through maturin, a dev-profile
 # build) into the venv and its pytest tests.
 # Extra arguments go to `cargo test` (e.g. `./scripts/test.sh -p lowbit-cli`) and skip the
 # Python module.
@@ -22,9 +22,12 @@ cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 if [ "$#" -eq 0 ]; then
     echo "building the Python module (pip install ./crates/lowbit-py)" >&2
     py_start=$SECONDS
-    # The test profile (optimized, as above) reuses what `cargo test` just built instead of a
-    # second, release build of every crate.
-    if MATURIN_PEP517_ARGS="--profile test" "$LOWBIT_PYTHON" -m pip install --quiet \
+    # The dev profile (dependencies optimized, our crates at opt-level 1): a quick build for
+    # tests. Not `--profile test`: for `cargo rustc` (what maturin runs) that name means a test
+    # harness, not the extension module.
+    # The build backend runs the `maturin` executable by name: the venv's bin must be on PATH.
+    if PATH="$(cd "$(dirname "$LOWBIT_PYTHON")" && pwd):$PATH" MATURIN_PEP517_ARGS="--profile dev" \
+        "$LOWBIT_PYTHON" -m pip install --quiet \
         --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall \
         ./crates/lowbit-py; then
         echo "python module built in $((SECONDS - py_start)) s" >&2

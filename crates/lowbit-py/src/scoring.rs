@@ -64,7 +64,7 @@ pub fn eval(
             Some(_) => (format.side(&data, 0), Some(format.side(&data, 1))),
             None => (format.source(&data), None),
         };
-        let load_side = |src: lowbit_data::Result<lowbit_data::FeedSource>| -> PyResult<_> {
+        let load_side = |src: Result<lowbit_data::FeedSource, lowbit_data::DataError>| -> PyResult<_> {
             let src = src.map_err(to_py)?;
             let mut d =
                 lowbit_data::Dataset::load(&m.session.inputs(), &src, format.preprocess.as_ref())
