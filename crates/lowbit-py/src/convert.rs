@@ -10,12 +10,14 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-/// Copies a typed numpy array into a tensor.
+/// Copies a typed numpy array into a tensor, in row-major order.
 fn copy_array<T: Element + Copy>(a: &Bound<'_, PyArrayDyn<T>>) -> Vec<T> {
     let ro = a.readonly();
+    // `as_slice` also accepts Fortran-ordered memory, which is column-major: only a C-ordered
+    // array is the tensor's layout as it lies.
     match ro.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => ro.as_array().iter().copied().collect(),
+        Ok(s) if a.is_c_contiguous() => s.to_vec(),
+        _ => ro.as_array().iter().copied().collect(),
     }
 }
 

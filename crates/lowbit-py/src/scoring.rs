@@ -64,16 +64,20 @@ pub fn eval(
             Some(_) => (format.side(&data, 0), Some(format.side(&data, 1))),
             None => (format.source(&data), None),
         };
-        let load_side = |src: Result<lowbit_data::FeedSource, lowbit_data::DataError>| -> PyResult<_> {
-            let src = src.map_err(to_py)?;
-            let mut d =
-                lowbit_data::Dataset::load(&m.session.inputs(), &src, format.preprocess.as_ref())
-                    .map_err(to_py)?;
-            if let Some(n) = limit {
-                d.limit(n).map_err(to_py)?;
-            }
-            Ok(d)
-        };
+        let load_side =
+            |src: Result<lowbit_data::FeedSource, lowbit_data::DataError>| -> PyResult<_> {
+                let src = src.map_err(to_py)?;
+                let mut d = lowbit_data::Dataset::load(
+                    &m.session.inputs(),
+                    &src,
+                    format.preprocess.as_ref(),
+                )
+                .map_err(to_py)?;
+                if let Some(n) = limit {
+                    d.limit(n).map_err(to_py)?;
+                }
+                Ok(d)
+            };
         let mut a = load_side(side_a)?;
         let mut b = side_b.map(load_side).transpose()?;
         let samples = a.samples;
