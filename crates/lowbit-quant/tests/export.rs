@@ -565,12 +565,23 @@ fn minilm_dynamic_int8_keeps_embeddings() {
     println!("{s}");
     println!("MiniLM dynamic int8 per-channel: mean cosine to FP32 {mean:.4} (min {min:.4}) on {SENTENCES} sentences; ORT vs lowbit min cosine {ort:?}");
     assert!(s.quantized.get("MatMul").copied().unwrap_or(0) >= 18, "{s}");
+    assert!(s.quantized.get("Gather").copied().unwrap_or(0) >= 1, "int8 embedding table: {s}");
     assert!(mean >= 0.98, "mean cosine {mean}");
     if let Some(c) = ort {
-        // With full 8-bit weights ORT's fused u8×s8 MatMulInteger saturated int16 pair sums
-        // on this AVX2 CPU (min cosine 0.988 to lowbit's exact integer result); with the
-        // default 7-bit weights it agrees (measured 0.9999998).
-        assert!(c >= 0.9999, "ORT (fused) and lowbit disagree: min cosine {c}");
+        // Int8 embedding rows move ORT and lowbit apart a little (measured 0.99990 on a VNNI
+        // CPU against 0.999992 with float embeddings, below). Not traced yet: the suspect is
+        // DynamicQuantizeLinear meeting more exact halves, which the two may round apart.
+        assert!(c >= 0.9995, "ORT (fused) and lowbit disagree: min cosine {c}");
+    }
+    // Float embeddings isolate the integer MatMuls: with full 8-bit weights ORT's fused u8×s8
+    // MatMulInteger saturated int16 pair sums on an AVX2 CPU (min cosine 0.988 to lowbit's
+    // exact integer result); the target's weight width avoids that (measured 0.999992 on VNNI,
+    // 0.9999998 with 7-bit weights on AVX2).
+    let float_emb =
+        QuantizeConfig { quantize_embeddings: Some(false), ..QuantizeConfig::dynamic_int8() };
+    let (_, _, ort, _) = minilm_check(&m, &float_emb, None, true, "minilm-dynamic-float-emb");
+    if let Some(c) = ort {
+        assert!(c >= 0.9999, "ORT (fused) and lowbit disagree on the MatMuls: min cosine {c}");
     }
 }
 
