@@ -185,14 +185,17 @@ fn smoothable_inputs(g: &Graph) -> Vec<Group> {
     groups
 }
 
+/// One group's max|X_j| per channel and X's rank.
+type Maxima = (Vec<f32>, usize);
+
 /// Per group, max|X_j| over every sample and X's rank, from one pass over `ctx.samples`;
 /// `None` for an input never produced as float32 with `channels` on its last axis.
 fn channel_maxima(
     g: &Graph,
     groups: &[Group],
     ctx: &mut StepContext,
-) -> Result<Vec<Option<(Vec<f32>, usize)>>> {
-    let mut seen: Vec<Option<(Vec<f32>, usize)>> = vec![None; groups.len()];
+) -> Result<Vec<Option<Maxima>>> {
+    let mut seen: Vec<Option<Maxima>> = vec![None; groups.len()];
     if groups.is_empty() {
         return Ok(seen);
     }

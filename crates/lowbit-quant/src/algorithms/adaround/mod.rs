@@ -116,15 +116,14 @@ struct Weight {
     consumers: Vec<Consumer>,
 }
 
+/// A weight left alone: its name and why.
+type Skipped = (String, String);
+
 /// The quantized weights AdaRound can optimize, in graph order, and the ones it leaves alone
 /// with the reason.
-fn find_weights(
-    fp32: &Graph,
-    q: &Graph,
-    plan: &QuantPlan,
-) -> Result<(Vec<Weight>, Vec<(String, String)>)> {
+fn find_weights(fp32: &Graph, q: &Graph, plan: &QuantPlan) -> Result<(Vec<Weight>, Vec<Skipped>)> {
     let mut weights: Vec<Weight> = Vec::new();
-    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut skipped: Vec<Skipped> = Vec::new();
     let mut by_codes: HashMap<String, usize> = HashMap::new();
     // Weights a second layer reads another way (another group count or layout): their
     // rounding cannot serve both, so they keep round-to-nearest.
@@ -263,7 +262,7 @@ fn layer_of(
         n if n == rows && zeros.len() == n && axis == channel_axis => (scales, zeros),
         n => return Ok(Err(format!("{n} scales along axis {axis} are not per output channel"))),
     };
-    if scale.iter().any(|&s| !(s > 0.0) || !s.is_finite()) {
+    if scale.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
         return Ok(Err("a weight scale is not positive".into()));
     }
     let consumer = Consumer {

@@ -294,7 +294,10 @@ impl LayerStats {
             Geometry::Conv { kernel, strides, dilations, pads, auto_pad, .. } => {
                 let groups = self.groups.len();
                 let taps: usize = kernel.iter().product();
-                if shape.len() < 3 || shape[1] % groups != 0 || (shape[1] / groups) * taps != k {
+                if shape.len() < 3
+                    || !shape[1].is_multiple_of(groups)
+                    || (shape[1] / groups) * taps != k
+                {
                     return Err(self.bad(format!(
                         "its input {shape:?} does not match its weight ({groups} groups of {k} \
                          inputs)"
