@@ -30,12 +30,12 @@ pub fn to_tensor(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
     } else {
         py.import("numpy")?.call_method1("asarray", (obj,))?
     };
-    let untyped = arr.downcast::<numpy::PyUntypedArray>()?;
+    let untyped = arr.cast::<numpy::PyUntypedArray>()?;
     let shape = untyped.shape().to_vec();
     macro_rules! try_types {
         ($($t:ty),*) => {
             $(
-                if let Ok(a) = arr.downcast::<PyArrayDyn<$t>>() {
+                if let Ok(a) = arr.cast::<PyArrayDyn<$t>>() {
                     return Tensor::from_vec(shape, copy_array(a))
                         .map_err(|e| PyTypeError::new_err(format!("{what}: {e}")));
                 }

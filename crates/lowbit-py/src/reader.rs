@@ -64,7 +64,7 @@ impl ReaderSource {
             if item.is_none() {
                 return Ok(None);
             }
-            let dict = item.downcast::<PyDict>().map_err(|_| {
+            let dict = item.cast::<PyDict>().map_err(|_| {
                 pyo3::exceptions::PyTypeError::new_err(format!(
                     "calibration_data_reader.get_next() returned {}, not a dict of input name \
                      → array (or None at the end)",
@@ -130,11 +130,6 @@ impl ReaderSource {
         Ok(())
     }
 
-    /// Rows read.
-    pub fn samples(&self) -> usize {
-        self.rows.iter().sum()
-    }
-
     /// The last kept batches holding at least `n` rows (all when there are fewer), for
     /// validation: the reader has no samples the calibration did not see.
     pub fn tail(&mut self, n: usize) -> Tail<'_> {
@@ -174,12 +169,6 @@ impl SampleSource for ReaderSource {
 pub struct Tail<'a> {
     src: &'a mut ReaderSource,
     from: usize,
-}
-
-impl Tail<'_> {
-    pub fn samples(&self) -> usize {
-        self.src.rows[self.from..].iter().sum()
-    }
 }
 
 impl SampleSource for Tail<'_> {

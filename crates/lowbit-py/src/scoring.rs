@@ -147,7 +147,7 @@ pub fn eval(
             reference: None,
             latency: timed,
         };
-        serde_json::to_string(&report).map_err(|e| to_py(e))
+        serde_json::to_string(&report).map_err(to_py)
     })
 }
 

@@ -15,6 +15,9 @@ pub struct Session {
     path: String,
 }
 
+/// An input's name, element type and shape (`None`: free dimension), as ORT's `get_inputs()`.
+type InputInfo = (String, Option<String>, Option<Vec<Option<usize>>>);
+
 #[pymethods]
 impl Session {
     /// Loads `path` (external data resolved beside it) and plans it with `threads` workers
@@ -38,7 +41,7 @@ impl Session {
 
     /// The graph inputs: `(name, dtype, shape)` with `None` for free dimensions.
     #[getter]
-    fn inputs(&self) -> Vec<(String, Option<String>, Option<Vec<Option<usize>>>)> {
+    fn inputs(&self) -> Vec<InputInfo> {
         self.inner
             .inputs()
             .into_iter()
