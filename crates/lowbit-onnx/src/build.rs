@@ -41,6 +41,17 @@ pub fn tensor_value_info(name: &str, dtype: DType, dims: &[Dim]) -> pb::ValueInf
     }
 }
 
+/// A tensor value of `dtype` whose shape is not declared.
+pub fn unshaped_value_info(name: &str, dtype: DType) -> pb::ValueInfoProto {
+    let mut v = tensor_value_info(name, dtype, &[]);
+    if let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    v
+}
+
 /// A default-domain node.
 pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProto {
     pb::NodeProto {

@@ -90,26 +90,13 @@ impl Graph {
 
 /// A float tensor value, with its dims when given.
 pub fn float_value(name: &str, dims: Option<&[usize]>) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: dims.map(|d| pb::TensorShapeProto {
-                    dim: d
-                        .iter()
-                        .map(|&v| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                v as i64,
-                            )),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
+    use lowbit_onnx::build::{tensor_value_info, unshaped_value_info, Dim};
+    match dims {
+        Some(d) => {
+            let d: Vec<Dim> = d.iter().map(|&v| Dim::Fixed(v as i64)).collect();
+            tensor_value_info(name, lowbit_tensor::DType::F32, &d)
+        }
+        None => unshaped_value_info(name, lowbit_tensor::DType::F32),
     }
 }
 

@@ -2,11 +2,12 @@
 //! deterministic noise source and an engine runner.
 
 use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::build::{self, Dim};
 use lowbit_onnx::pb::{
     self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
 };
 use lowbit_onnx::tensor_to_proto;
-use lowbit_tensor::Tensor;
+use lowbit_tensor::{DType, Tensor};
 
 /// A graph under construction.
 #[derive(Default)]
@@ -45,35 +46,15 @@ impl Builder {
 
     /// The model: float input `x` of `shape`, float `outputs`, opset 13.
     pub fn model(self, shape: &[usize], outputs: &[&str]) -> ModelProto {
-        let value = |name: &str, dims: Option<&[usize]>| pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: dims.map(|d| pb::TensorShapeProto {
-                        dim: d
-                            .iter()
-                            .map(|&v| pb::tensor_shape_proto::Dimension {
-                                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                    v as i64,
-                                )),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let dims: Vec<Dim> = shape.iter().map(|&d| Dim::Fixed(d as i64)).collect();
         ModelProto {
             ir_version: 8,
             opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
             graph: Some(pb::GraphProto {
                 node: self.nodes,
                 initializer: self.inits,
-                input: vec![value("x", Some(shape))],
-                output: outputs.iter().map(|o| value(o, None)).collect(),
+                input: vec![build::tensor_value_info("x", DType::F32, &dims)],
+                output: outputs.iter().map(|o| build::unshaped_value_info(o, DType::F32)).collect(),
                 ..Default::default()
             }),
             ..Default::default()

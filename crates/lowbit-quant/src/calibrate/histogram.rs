@@ -585,17 +585,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A deterministic pseudo-random stream (xorshift), for data the tests can regenerate.
+    /// Uniform values in [0, 1) the tests can regenerate.
     fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect()
+        crate::algorithms::test_graphs::uniform(seed, n, 0.0, 1.0)
     }
 
     /// Approximately normal values (sum of uniforms), mean 0, std ≈ `std`.
