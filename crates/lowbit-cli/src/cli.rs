@@ -365,6 +365,10 @@ pub struct QuantizeArgs {
     /// Write the model even when it fails validation (the failure is still printed).
     #[arg(long)]
     pub allow_degraded: bool,
+    /// Write the model even when fewer than 10 % of its weighted nodes (Conv, Gemm, MatMul, ...)
+    /// could be quantized (the causes are still printed; without it that exits 5).
+    #[arg(long)]
+    pub allow_partial: bool,
     /// Replace existing output files (-o, --report).
     #[arg(long)]
     pub force: bool,

@@ -2,7 +2,8 @@
 //!
 //! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
 //! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors, 4 when a
-//! quantized model fails validation (`quantize`). Errors are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
+//! quantized model fails validation (`quantize`), 5 when `quantize` could quantize fewer than
+//! 10 % of the weighted nodes. Errors are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
 //! each; [`cli`] declares the arguments; the modules beside them hold what commands share.
 
 mod calibration;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             } else if e.downcast_ref::<usage::ValidationFailed>().is_some() {
                 ExitCode::from(4)
+            } else if e.downcast_ref::<usage::PartialQuantization>().is_some() {
+                ExitCode::from(5)
             } else {
                 ExitCode::FAILURE
             }

@@ -28,6 +28,10 @@ message_error!(
     /// A quantized model that failed the validation gate; `main` exits 4 on it.
     ValidationFailed
 );
+message_error!(
+    /// A quantization run that quantized (almost) nothing; `main` exits 5 on it.
+    PartialQuantization
+);
 
 /// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.
 pub fn is_usage(e: &anyhow::Error) -> bool {

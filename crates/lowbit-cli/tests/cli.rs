@@ -729,6 +729,50 @@ fn an_already_quantized_model_is_refused_and_unmatched_excludes_are_named() {
     }
 }
 
+/// A model lowbit can quantize none of (its Conv weight is a graph input) is not written as a
+/// "quantized" copy of itself: exit 5 with the cause counted, unless --allow-partial.
+#[test]
+fn a_run_that_quantizes_nothing_exits_5_naming_the_cause() {
+    use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
+    use lowbit_tensor::DType;
+    let dir = tmp("quantize-partial");
+    let dims = |d: &[i64]| d.iter().map(|&k| Dim::Fixed(k)).collect::<Vec<_>>();
+    let graph = pb::GraphProto {
+        name: "g".into(),
+        node: vec![node("Conv", "conv", &["x", "w"], &["y"])],
+        input: vec![
+            tensor_value_info("x", DType::F32, &dims(&[1, 1, 6, 6])),
+            tensor_value_info("w", DType::F32, &dims(&[1, 1, 3, 3])),
+        ],
+        output: vec![tensor_value_info("y", DType::F32, &dims(&[1, 1, 4, 4]))],
+        ..Default::default()
+    };
+    let path = dir.join("conv.onnx");
+    lowbit_onnx::save_model(&model(graph, 13), &path).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let x: Vec<f32> = (0..8 * 36).map(|i| (i % 7) as f32 - 3.0).collect();
+    npy::write_npy(&data.join("x.npy"), &Tensor::from_vec(vec![8, 1, 6, 6], x).unwrap()).unwrap();
+    let w: Vec<f32> = (0..8 * 9).map(|i| (i % 5) as f32 * 0.1).collect();
+    npy::write_npy(&data.join("w.npy"), &Tensor::from_vec(vec![8, 1, 3, 3], w).unwrap()).unwrap();
+    // inspect says so before any data is needed.
+    let o = ok(&["inspect", s(&path)]);
+    let text = stdout(&o);
+    assert!(text.contains("quantizable  0 of 1 weighted nodes"), "{text}");
+    assert!(text.contains("1 not: weight is neither an initializer"), "{text}");
+    let q = dir.join("q.onnx");
+    let o = lowbit(&argv("quantize {} -o {} --data {}", &[&path, &q, &data]));
+    assert_fails(
+        &o,
+        5,
+        &["0 of 1 weighted nodes quantized", "weight is neither an initializer", "--allow-partial"],
+    );
+    assert!(!q.exists(), "a model with nothing quantized was written");
+    let o = ok(&argv("quantize {} -o {} --data {} --allow-partial", &[&path, &q, &data]));
+    assert!(stdout(&o).contains("written anyway (--allow-partial)"), "{}", stdout(&o));
+    assert!(q.exists());
+}
+
 #[test]
 fn block_size_0_gives_int4_weights_one_scale_per_channel() {
     let dir = example64("quantize-int4-channels");

@@ -21,6 +21,7 @@ pub mod error;
 pub mod fuse;
 pub mod fuse_float;
 pub mod layout;
+pub mod normalize;
 pub mod op;
 pub mod ops;
 pub mod registry;

@@ -94,7 +94,7 @@ pub struct Session {
 }
 
 /// Ops whose output must not be computed once at load time.
-const NOT_FOLDABLE: &[&str] = &[
+pub(crate) const NOT_FOLDABLE: &[&str] = &[
     "RandomNormal",
     "RandomUniform",
     "RandomNormalLike",
@@ -103,7 +103,7 @@ const NOT_FOLDABLE: &[&str] = &[
     "Bernoulli",
 ];
 
-fn node_label(node: &NodeProto, idx: usize) -> String {
+pub(crate) fn node_label(node: &NodeProto, idx: usize) -> String {
     if !node.name.is_empty() {
         node.name.clone()
     } else if let Some(o) = node.output.first() {

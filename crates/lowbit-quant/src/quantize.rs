@@ -36,8 +36,9 @@ use crate::calibrate::{calibrate_samples, CalibrationTable, CalibratorOptions};
 use crate::error::{QuantError, Result};
 use crate::passes;
 use crate::samples::{NoProgress, Progress, SampleSource};
+use lowbit_engine::normalize::Normalized;
 use lowbit_onnx::graph::Graph;
-use lowbit_onnx::pb::ModelProto;
+use lowbit_onnx::pb::{GraphProto, ModelProto};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -87,6 +88,69 @@ pub struct QuantizeSummary {
     /// Calibration done inside the run (after a graph-transforming step): batches, seconds.
     #[serde(default)]
     pub calibrated: Option<(u64, f64)>,
+    /// What load-time normalization turned into initializers (weights stored as `Constant`
+    /// nodes or computed from constants).
+    #[serde(default)]
+    pub normalized: Normalized,
+    /// Nodes of the [`WEIGHTED_OPS`] in the main graph, per op type (after normalization).
+    #[serde(default)]
+    pub weighted: BTreeMap<String, usize>,
+    /// Nodes of the [`WEIGHTED_OPS`] inside control-flow subgraphs (If/Loop/Scan bodies), which
+    /// lowbit does not quantize.
+    #[serde(default)]
+    pub weighted_in_subgraphs: usize,
+}
+
+/// The ops that carry a model's weights and most of its compute: what "how much of the model
+/// was quantized" counts.
+pub const WEIGHTED_OPS: &[&str] =
+    &["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"];
+
+/// Below this share of weighted nodes quantized, a run is refused as partial (see
+/// [`QuantizeSummary::coverage`]) unless the caller allows it.
+pub const MIN_COVERAGE: f64 = 0.10;
+
+/// How much of a model a run quantized, and why the rest was not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Coverage {
+    /// Weighted nodes the user did not exclude (main graph and subgraphs).
+    pub weighted: usize,
+    /// Of those, quantized.
+    pub quantized: usize,
+    /// One line per cause, most frequent first: (nodes, cause).
+    pub causes: Vec<(usize, String)>,
+}
+
+impl Coverage {
+    pub fn share(&self) -> f64 {
+        if self.weighted == 0 {
+            1.0
+        } else {
+            self.quantized as f64 / self.weighted as f64
+        }
+    }
+
+    /// Fewer than [`MIN_COVERAGE`] of the weighted nodes quantized: the written model would be
+    /// (almost) the input model.
+    pub fn is_partial(&self) -> bool {
+        self.weighted > 0 && self.share() < MIN_COVERAGE
+    }
+}
+
+impl fmt::Display for Coverage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} weighted nodes quantized ({:.0} %)",
+            self.quantized,
+            self.weighted,
+            self.share() * 100.0
+        )?;
+        for (n, cause) in &self.causes {
+            write!(f, "\n  {n} not: {cause}")?;
+        }
+        Ok(())
+    }
 }
 
 impl QuantizeSummary {
@@ -135,6 +199,40 @@ impl QuantizeSummary {
     pub fn total_quantized(&self) -> usize {
         self.quantized.values().sum()
     }
+
+    /// How many of the weighted nodes were quantized and, grouped by cause, why not the others.
+    pub fn coverage(&self) -> Coverage {
+        let weighted_op = |op: &str| WEIGHTED_OPS.contains(&op);
+        let count = |notes: &[NodeNote], op: &str| notes.iter().filter(|n| n.op_type == op).count();
+        let mut causes: BTreeMap<String, usize> = BTreeMap::new();
+        for n in self.left_float.iter().filter(|n| weighted_op(&n.op_type)) {
+            *causes.entry(format!("{} ({})", n.reason, n.op_type)).or_default() += 1;
+        }
+        let mut weighted = self.weighted_in_subgraphs;
+        let mut quantized = 0;
+        let mode = self.mode.map(|m| m.name()).unwrap_or("this");
+        for (op, &total) in &self.weighted {
+            let q = self.quantized.get(op).copied().unwrap_or(0).min(total);
+            let excluded = count(&self.excluded, op);
+            let accounted = q + excluded + count(&self.left_float, op);
+            if total > accounted {
+                causes.insert(format!("{mode} mode does not quantize {op}"), total - accounted);
+            }
+            weighted += total.saturating_sub(excluded);
+            quantized += q;
+        }
+        if self.weighted_in_subgraphs > 0 {
+            causes.insert(
+                "inside an If/Loop/Scan subgraph (lowbit does not quantize control-flow bodies \
+                 yet)"
+                    .into(),
+                self.weighted_in_subgraphs,
+            );
+        }
+        let mut causes: Vec<(usize, String)> = causes.into_iter().map(|(c, n)| (n, c)).collect();
+        causes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Coverage { weighted, quantized, causes }
+    }
 }
 
 impl fmt::Display for QuantizeSummary {
@@ -146,6 +244,12 @@ impl fmt::Display for QuantizeSummary {
         }
         let per_op: Vec<String> = self.quantized.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(f, "quantized: {} nodes ({})", self.total_quantized(), per_op.join(", "))?;
+        if !self.weighted.is_empty() || self.weighted_in_subgraphs > 0 {
+            writeln!(f, "coverage: {}", self.coverage())?;
+        }
+        if !self.normalized.is_empty() {
+            writeln!(f, "normalized: {}", self.normalized)?;
+        }
         if self.folded_batch_norms > 0 {
             writeln!(f, "folded BatchNormalization: {}", self.folded_batch_norms)?;
         }
@@ -360,6 +464,10 @@ pub fn quantize_run(
     let mut g = Graph::new(model)?;
     refuse_quantized(&g)?;
     g.topo_sort()?;
+    summary.normalized = lowbit_engine::normalize::normalize(g.model_mut())?;
+    // Weights that were Constant nodes count as the model's weights.
+    summary.size_before = passes::initializer_bytes(g.model());
+    (summary.weighted, summary.weighted_in_subgraphs) = weighted_nodes(g.proto());
     for p in plan.exclude.unmatched(g.nodes()) {
         summary.warnings.push(format!("--exclude {p} matches no node of this model"));
     }
@@ -381,6 +489,42 @@ pub fn quantize_run(
     summary.opset_after = lowbit_onnx::graph::opset_version(&model, "").unwrap_or(1);
     record_summary(&mut model, &summary);
     Ok((model, summary))
+}
+
+/// Which weighted nodes static quantization with `plan` would quantize, and why not the
+/// others, without calibration data: the node selection of a real run, after the same
+/// load-time normalization, with every float activation taken as quantizable (a run may still
+/// leave one whose range is poor, with `min_sqnr`). `inspect` reports it.
+pub fn static_coverage(model: ModelProto, plan: &QuantPlan) -> Result<Coverage> {
+    let mut summary = QuantizeSummary { mode: Some(QuantMode::Static), ..Default::default() };
+    let mut g = Graph::new(model)?;
+    g.topo_sort()?;
+    summary.normalized = lowbit_engine::normalize::normalize(g.model_mut())?;
+    (summary.weighted, summary.weighted_in_subgraphs) = weighted_nodes(g.proto());
+    passes::qdq::select_without_ranges(&g, plan, &mut summary);
+    Ok(summary.coverage())
+}
+
+/// Nodes of the [`WEIGHTED_OPS`] in `g` per op type, and the number inside its control-flow
+/// subgraphs (any depth).
+fn weighted_nodes(g: &GraphProto) -> (BTreeMap<String, usize>, usize) {
+    fn in_subgraphs(g: &GraphProto) -> usize {
+        let attrs = g.node.iter().flat_map(|n| &n.attribute);
+        let bodies = attrs.flat_map(|a| a.g.iter().chain(&a.graphs));
+        bodies
+            .map(|b| {
+                b.node.iter().filter(|n| WEIGHTED_OPS.contains(&n.op_type.as_str())).count()
+                    + in_subgraphs(b)
+            })
+            .sum()
+    }
+    let mut per_op = BTreeMap::new();
+    for n in g.node.iter().filter(|n| passes::is_default_domain(n)) {
+        if WEIGHTED_OPS.contains(&n.op_type.as_str()) {
+            *per_op.entry(n.op_type.clone()).or_default() += 1;
+        }
+    }
+    (per_op, in_subgraphs(g))
 }
 
 /// The model metadata key under which the quantized model carries its [`QuantizeSummary`]
@@ -414,6 +558,7 @@ pub fn transformed_fp32(
     }
     let mut g = Graph::new(fp32.clone())?;
     g.topo_sort()?;
+    lowbit_engine::normalize::normalize(g.model_mut())?;
     if summary.folded_batch_norms > 0 {
         passes::bn_fold::fold_batch_norms(&mut g)?;
     }

@@ -599,3 +599,130 @@ fn minilm_weight_only_int4_blocked() {
         assert!(c >= 0.999, "ORT and lowbit disagree: min cosine {c}");
     }
 }
+
+// ---------------------------------------------------------------- models from other exporters
+
+/// Text-line-like crops for PaddleOCR's direction classifier (`[1, 3, 48, 192]`, BGR scaled to
+/// [-1, 1]): a light, slightly noisy background with dark glyph-sized blocks on a baseline.
+fn text_crops(n: usize, seed: u64) -> Vec<Tensor> {
+    let mut rng = lowbit_data::rng::Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let (h, w) = (48, 192);
+            let mut px = vec![0f32; 3 * h * w];
+            for v in px.iter_mut() {
+                *v = 0.85 + 0.1 * rng.uniform() as f32;
+            }
+            let mut x = 4 + (rng.uniform() * 12.0) as usize;
+            while x + 10 < w {
+                let (gw, top) =
+                    (4 + (rng.uniform() * 8.0) as usize, 8 + (rng.uniform() * 10.0) as usize);
+                for c in 0..3 {
+                    for y in top..38 {
+                        for dx in 0..gw {
+                            px[(c * h + y) * w + x + dx] = -0.8 + 0.2 * rng.uniform() as f32;
+                        }
+                    }
+                }
+                x += gw + 2 + (rng.uniform() * 6.0) as usize;
+            }
+            Tensor::from_vec(vec![1, 3, h, w], px).unwrap()
+        })
+        .collect()
+}
+
+/// PaddleOCR's direction classifier as paddle2onnx writes it (every weight a `Constant` node):
+/// lowbit's engine agrees with ONNX Runtime on it, and static int8 quantizes its convolutions
+/// (they become initializers first), with outputs close to FP32 in lowbit and in ORT.
+#[test]
+fn paddle_classifier_with_constant_weights_is_quantized() {
+    let Some(shared) = shared("efficientnet-lite0.onnx") else { return };
+    let path = shared.join("corpus/dev/other_exporters/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    let model = lowbit_onnx::load_model(&path).unwrap();
+    let out_name = model.graph.as_ref().unwrap().output[0].name.clone();
+    let feeds = |xs: &[Tensor]| -> Vec<Vec<(String, Tensor)>> {
+        xs.iter().map(|x| vec![("x".to_string(), x.clone())]).collect()
+    };
+    let calib = text_crops(16, 1);
+    // Each crop upright and turned 180° (both spatial axes reversed): the two classes.
+    let mut eval = text_crops(16, 2);
+    let turned: Vec<Tensor> = eval
+        .iter()
+        .map(|x| {
+            let v = x.as_f32().unwrap();
+            let plane = 48 * 192;
+            let t = (0..v.len()).map(|i| v[(i / plane) * plane + plane - 1 - i % plane]).collect();
+            Tensor::from_vec(vec![1, 3, 48, 192], t).unwrap()
+        })
+        .collect();
+    eval.extend(turned);
+    let fp32 = Session::new(&model, &SessionOptions::default()).unwrap();
+    let fp32_out: Vec<Vec<f32>> = eval
+        .iter()
+        .map(|x| {
+            let o = fp32.run(vec![("x".into(), x.clone())]).unwrap();
+            output(&o, &out_name).to_f32_vec().unwrap()
+        })
+        .collect();
+    if let Some(ort) = ort_run(&path, &feeds(&eval)) {
+        let worst = ort.iter().zip(&fp32_out).fold(0f32, |m, (o, ours)| {
+            let theirs = output(o, &out_name).to_f32_vec().unwrap();
+            theirs.iter().zip(ours).fold(m, |m, (a, b)| m.max((a - b).abs()))
+        });
+        println!("ppocr cls FP32: lowbit vs ORT max |diff| {worst:.2e}");
+        assert!(worst < 1e-4, "lowbit and ORT differ by {worst} on the FP32 model");
+    }
+
+    let session = Session::new(&model, &SessionOptions::unfused(0)).unwrap();
+    let mut cal = Calibrator::new(CalibratorOptions::default()).unwrap();
+    for x in &calib {
+        cal.run(&session, vec![("x".into(), x.clone())]).unwrap();
+    }
+    let table = cal.table().unwrap();
+    let (q, summary) =
+        quantize_model(model.clone(), &QuantizeConfig::default(), Some(&table)).unwrap();
+    println!("{summary}");
+    assert!(summary.normalized.constants >= 53, "{:?}", summary.normalized);
+    let cov = summary.coverage();
+    let convs = summary.weighted["Conv"];
+    assert_eq!(convs, 53);
+    assert!(summary.quantized["Conv"] * 10 >= convs * 9, "{cov}");
+    assert!(!cov.is_partial());
+    let (_dir, qpath, q) = save(&q, "ppocr-cls");
+
+    let sqnr = |outs: &[Vec<f32>]| {
+        let (mut s, mut e) = (0f64, 0f64);
+        for (a, b) in outs.iter().zip(&fp32_out) {
+            for (x, y) in a.iter().zip(b) {
+                s += (*y as f64).powi(2);
+                e += ((x - y) as f64).powi(2);
+            }
+        }
+        10.0 * (s / e.max(1e-30)).log10()
+    };
+    let qs = Session::new(&q, &SessionOptions::default()).unwrap();
+    let ours: Vec<Vec<f32>> = eval
+        .iter()
+        .map(|x| {
+            output(&qs.run(vec![("x".into(), x.clone())]).unwrap(), &out_name).to_f32_vec().unwrap()
+        })
+        .collect();
+    let ours_db = sqnr(&ours);
+    let decisions = |outs: &[Vec<f32>]| outs.iter().map(|o| argmax(o)).collect::<Vec<_>>();
+    let same = decisions(&ours).iter().zip(decisions(&fp32_out)).filter(|(a, b)| **a == *b).count();
+    let upright = decisions(&fp32_out).iter().filter(|&&c| c == 0).count();
+    println!(
+        "ppocr cls int8 vs FP32 on lowbit's engine: SQNR {ours_db:.1} dB, 0°/180° decision the \
+         same on {same} of {} crops (FP32 says 0° for {upright})",
+        eval.len()
+    );
+    assert_eq!(same, eval.len(), "the int8 model turns some decisions");
+    assert!(ours_db >= 20.0, "int8 output SQNR {ours_db:.1} dB");
+    if let Some(ort) = ort_run(&qpath, &feeds(&eval)) {
+        let theirs: Vec<Vec<f32>> =
+            ort.iter().map(|o| output(o, &out_name).to_f32_vec().unwrap()).collect();
+        let ort_db = sqnr(&theirs);
+        println!("ppocr cls int8 vs FP32 in ONNX Runtime: SQNR {ort_db:.1} dB");
+        assert!(ort_db >= 20.0, "ORT int8 output SQNR {ort_db:.1} dB");
+    }
+}

@@ -12,6 +12,7 @@ use anyhow::Result;
 use lowbit_engine::Registry;
 use lowbit_onnx::pb::{ModelProto, TensorProto};
 use lowbit_onnx::value_info::{dtype_name, fed_inputs, ValueInfo};
+use lowbit_quant::quantize::{static_coverage, QuantPlan, QuantizeConfig};
 use lowbit_tensor::DType;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -59,6 +60,45 @@ struct Report {
     parameters_by_dtype: Vec<DTypeParams>,
     /// Op types lowbit's engine does not implement (domain-qualified outside `ai.onnx`).
     unsupported_ops: Vec<String>,
+    /// What static int8 quantization with the default settings would cover; `None` for a model
+    /// that is already quantized.
+    quantizable: Option<Quantizable>,
+    /// Why the dry run behind `quantizable` failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantizable_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Quantizable {
+    /// Weighted nodes (Conv, ConvTranspose, Gemm, MatMul, Einsum, LSTM, GRU, RNN).
+    weighted: usize,
+    /// Of those, quantized by `quantize` with the default settings.
+    quantized: usize,
+    /// Why the others are not, most frequent first.
+    not_quantized: Vec<Cause>,
+}
+
+#[derive(Serialize)]
+struct Cause {
+    nodes: usize,
+    cause: String,
+}
+
+/// A dry run of default static quantization (no data needed): how many weighted nodes it
+/// quantizes and why not the rest.
+fn quantizable(model: &ModelProto) -> Result<Option<Quantizable>> {
+    let quantized_ops = ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"];
+    let graph = model.graph.as_ref();
+    if graph.is_some_and(|g| g.node.iter().any(|n| quantized_ops.contains(&n.op_type.as_str()))) {
+        return Ok(None);
+    }
+    let plan = QuantPlan::resolve(&QuantizeConfig::default())?;
+    let c = static_coverage(model.clone(), &plan)?;
+    Ok(Some(Quantizable {
+        weighted: c.weighted,
+        quantized: c.quantized,
+        not_quantized: c.causes.into_iter().map(|(nodes, cause)| Cause { nodes, cause }).collect(),
+    }))
 }
 
 /// Elements and bytes of an initializer as stored.
@@ -116,6 +156,10 @@ fn report(path: &str, file_bytes: Option<u64>, model: &ModelProto) -> Report {
     let mut parameters_by_dtype: Vec<DTypeParams> = by_dtype.into_values().collect();
     parameters_by_dtype.sort_by_key(|d| std::cmp::Reverse(d.bytes));
 
+    let (quantizable, quantizable_error) = match quantizable(model) {
+        Ok(q) => (q, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
     Report {
         model: path.to_string(),
         file_bytes,
@@ -140,6 +184,8 @@ fn report(path: &str, file_bytes: Option<u64>, model: &ModelProto) -> Report {
         parameter_bytes: parameters_by_dtype.iter().map(|d| d.bytes).sum(),
         parameters_by_dtype,
         unsupported_ops,
+        quantizable,
+        quantizable_error,
     }
 }
 
@@ -200,6 +246,19 @@ fn text(r: &Report) -> String {
             "unsupported  {} (lowbit's engine cannot run this model yet)",
             r.unsupported_ops.join(", ")
         );
+    }
+    if let Some(q) = &r.quantizable {
+        let _ = writeln!(
+            s,
+            "quantizable  {} of {} weighted nodes by static int8 (default settings)",
+            q.quantized, q.weighted
+        );
+        for c in &q.not_quantized {
+            let _ = writeln!(s, "  {:>5} not: {}", c.nodes, c.cause);
+        }
+    }
+    if let Some(e) = &r.quantizable_error {
+        let _ = writeln!(s, "quantizable  unknown: {e}");
     }
     s
 }

@@ -15,7 +15,7 @@ use crate::noise_report::{noise_report, render_text, NoiseReportRequest, DEFAULT
 use crate::paths::OutputPaths;
 use crate::progress::Bars;
 use crate::text::{human_bytes, plural, print};
-use crate::usage::{usage_bail, ValidationFailed};
+use crate::usage::{usage_bail, PartialQuantization, ValidationFailed};
 use anyhow::{Context, Result};
 use lowbit_eval::validate::{validate_models, Floor};
 use lowbit_onnx::pb::ModelProto;
@@ -161,6 +161,17 @@ pub fn quantize(args: QuantizeArgs, quiet: bool) -> Result<()> {
     }
     .with_context(|| format!("cannot quantize {}", args.model.display()))?;
     out.push_str(&summary.to_string());
+    let coverage = summary.coverage();
+    if coverage.is_partial() {
+        if !args.allow_partial {
+            print(&out)?;
+            return Err(anyhow::Error::new(PartialQuantization(format!(
+                "only {coverage}\nnot written: the file would be (almost) the FP32 model; \
+                 pass --allow-partial to write it anyway"
+            ))));
+        }
+        out.push_str("warning: fewer than 10 % of the weighted nodes quantized; written anyway (--allow-partial)\n");
+    }
     match (&fp32, &source) {
         (Some(fp32), Some(data)) => {
             let opts = cal_opts(data);

@@ -120,7 +120,11 @@ impl ValueType {
                 .iter()
                 .map(|d| match &d.value {
                     Some(dimension::Value::DimValue(v)) if *v >= 0 => SymDim::Known(*v),
-                    Some(dimension::Value::DimParam(p)) if !p.is_empty() => SymDim::Sym(p.clone()),
+                    // Some exporters write "?" for every unknown dim: a name shared by all
+                    // of them would claim they are equal.
+                    Some(dimension::Value::DimParam(p)) if !p.is_empty() && p != "?" => {
+                        SymDim::Sym(p.clone())
+                    }
                     _ => fresh.dim(),
                 })
                 .collect()
@@ -283,11 +287,18 @@ fn out(dtype: Option<DType>, shape: Option<Vec<SymDim>>) -> Out {
 impl Inferer {
     fn run(&mut self, g: &GraphProto) -> Result<()> {
         for v in &g.input {
-            let t = v
+            let mut t = v
                 .r#type
                 .as_ref()
                 .map(|t| ValueType::from_proto(t, &mut self.fresh))
                 .unwrap_or_default();
+            // An input dim the model leaves unnamed is named after its input and axis, so
+            // the dims computed from it can be named too.
+            for (axis, d) in t.shape.iter_mut().flatten().enumerate() {
+                if d.is_anonymous() {
+                    *d = SymDim::Sym(format!("{}_dim{axis}", v.name));
+                }
+            }
             self.types.insert(v.name.clone(), t);
         }
         for t in &g.initializer {

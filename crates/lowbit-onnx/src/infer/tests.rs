@@ -213,6 +213,67 @@ fn conv_and_pool_windows() {
 }
 
 #[test]
+fn unnamed_input_dims_get_names_and_windows_over_names_get_formulas() {
+    // As paddle2onnx writes it: batch -1, height and width both "?".
+    let mut x = input("x", DType::F32, &["n", "3", "h", "w"]);
+    let Some(crate::pb::type_proto::Value::TensorType(tt)) =
+        x.r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        unreachable!()
+    };
+    let dims = &mut tt.shape.as_mut().unwrap().dim;
+    dims[0].value = Some(dimension::Value::DimValue(-1));
+    dims[2].value = Some(dimension::Value::DimParam("?".into()));
+    dims[3].value = Some(dimension::Value::DimParam("?".into()));
+    let m = model(
+        vec![x],
+        vec![init("w", DType::F32, &[8, 3, 3, 3], &[])],
+        vec![
+            node(
+                "Conv",
+                &["x", "w"],
+                &["c1"],
+                vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])],
+            ),
+            node("Conv", &["x", "w"], &["c2"], vec![]),
+            node(
+                "Conv",
+                &["x", "w"],
+                &["c3"],
+                vec![string("auto_pad", "SAME_UPPER"), ints("strides", &[2, 2])],
+            ),
+            node(
+                "MaxPool",
+                &["c1"],
+                &["p"],
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            ),
+            node(
+                "MaxPool",
+                &["c1"],
+                &["pc"],
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2]), int("ceil_mode", 1)],
+            ),
+        ],
+    );
+    let t = infer_shapes(&m).unwrap();
+    // The two "?" are different dims.
+    assert_eq!(shape_of(&t, "x"), "float32[x_dim0, 3, x_dim2, x_dim3]");
+    assert_eq!(
+        shape_of(&t, "c1"),
+        "float32[x_dim0, 8, floor((x_dim2-1)/2)+1, floor((x_dim3-1)/2)+1]"
+    );
+    assert_eq!(shape_of(&t, "c2"), "float32[x_dim0, 8, x_dim2-2, x_dim3-2]");
+    assert_eq!(shape_of(&t, "c3"), "float32[x_dim0, 8, ceil(x_dim2/2), ceil(x_dim3/2)]");
+    assert_eq!(
+        shape_of(&t, "p").split(", ").nth(2).unwrap(),
+        "floor(((floor((x_dim2-1)/2)+1)-2)/2)+1"
+    );
+    // ceil_mode's last-window rule depends on the value: no formula.
+    assert!(t["pc"].shape.as_ref().unwrap()[2].is_anonymous());
+}
+
+#[test]
 fn quantization_ops_take_dtypes_from_zero_points() {
     let m = model(
         vec![input("x", DType::F32, &["b", "16"])],

@@ -32,10 +32,12 @@ fn onnx_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `.onnx` file of the corpus' dev models, subfolders included.
+/// Every `.onnx` file of the corpus' dev models and of its models from other exporters
+/// (`dev/other_exporters`), subfolders included.
 pub fn corpus_models() -> Vec<PathBuf> {
     let mut v = Vec::new();
     onnx_files_under(&shared().join("corpus/dev/models"), &mut v);
+    onnx_files_under(&shared().join("corpus/dev/other_exporters"), &mut v);
     assert!(v.len() >= 5, "expected the corpus models, found {v:?}");
     v
 }

@@ -123,7 +123,7 @@ pub(crate) fn insert_weight_dq(
     Ok(Some((out, q.params)))
 }
 
-struct Target {
+pub(crate) struct Target {
     idx: usize,
     /// Float activation inputs (slot, name).
     acts: Vec<(usize, String)>,
@@ -133,30 +133,16 @@ struct Target {
     bias: Option<(usize, String)>,
 }
 
-/// Runs static QDQ quantization on `g` (BatchNormalization already folded).
-pub fn quantize_static(
-    g: &mut Graph,
+/// Step 1 of static quantization: the `Conv`/`MatMul`/`Gemm` nodes to quantize, each other
+/// candidate recorded in `summary` with why it stays float. `is_act`: a float activation;
+/// `low_sqnr`: why an activation's range is too poor to quantize, if it is.
+pub(crate) fn select_targets(
+    g: &Graph,
     plan: &QuantPlan,
-    table: &CalibrationTable,
+    is_act: &dyn Fn(&str) -> bool,
+    low_sqnr: &dyn Fn(&str) -> Option<String>,
     summary: &mut QuantizeSummary,
-) -> Result<()> {
-    raise_opset(g, plan, summary)?;
-    if matches!(plan.weights.value, IntType::Int4 | IntType::Uint4) {
-        ensure_ir(g, 10);
-    }
-    let act = &plan.activations;
-
-    let consts = constant_values(g);
-    let dtypes = value_dtypes(g);
-    let is_float = |name: &str| -> bool {
-        match dtypes.get(name) {
-            Some(d) => *d == DType::F32,
-            None => table.tensors.contains_key(name),
-        }
-    };
-    let is_act = |name: &str| !name.is_empty() && !consts.contains(name) && is_float(name);
-
-    // 1. Which nodes are quantized.
+) -> Vec<Target> {
     let mut targets: Vec<Target> = Vec::new();
     for (idx, node) in g.nodes().iter().enumerate() {
         let op = node.op_type.as_str();
@@ -192,23 +178,9 @@ pub fn quantize_static(
             summary.leave(node, idx, "weight is neither an initializer nor a float activation");
             continue;
         }
-        if let Some(min_db) = act.min_sqnr {
-            let low = t.acts.iter().find_map(|(_, a)| {
-                let db = expected_sqnr(table, a, &act.calibration)?;
-                (db < min_db).then(|| (a.clone(), db))
-            });
-            if let Some((a, db)) = low {
-                summary.leave(
-                    node,
-                    idx,
-                    format!(
-                        "activation '{a}' would keep an expected {db:.1} dB SQNR with its {} \
-                         range (< {min_db} dB): outliers or clipping",
-                        act.calibration.method
-                    ),
-                );
-                continue;
-            }
+        if let Some(why) = t.acts.iter().find_map(|(_, a)| low_sqnr(a)) {
+            summary.leave(node, idx, why);
+            continue;
         }
         if op != "MatMul" {
             if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
@@ -223,6 +195,59 @@ pub fn quantize_static(
         }
         targets.push(t);
     }
+    targets
+}
+
+/// The nodes static quantization would quantize, counted in `summary` (and the others left,
+/// with why), without calibration ranges: every float activation counts as quantizable.
+pub(crate) fn select_without_ranges(g: &Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) {
+    let consts = constant_values(g);
+    let dtypes = value_dtypes(g);
+    let is_act = |name: &str| {
+        !name.is_empty() && !consts.contains(name) && dtypes.get(name) == Some(&DType::F32)
+    };
+    for t in select_targets(g, plan, &is_act, &|_| None, summary) {
+        let op = g.nodes()[t.idx].op_type.clone();
+        summary.count(&op);
+    }
+}
+
+/// Runs static QDQ quantization on `g` (BatchNormalization already folded).
+pub fn quantize_static(
+    g: &mut Graph,
+    plan: &QuantPlan,
+    table: &CalibrationTable,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    raise_opset(g, plan, summary)?;
+    if matches!(plan.weights.value, IntType::Int4 | IntType::Uint4) {
+        ensure_ir(g, 10);
+    }
+    let act = &plan.activations;
+
+    let consts = constant_values(g);
+    let dtypes = value_dtypes(g);
+    let is_float = |name: &str| -> bool {
+        match dtypes.get(name) {
+            Some(d) => *d == DType::F32,
+            None => table.tensors.contains_key(name),
+        }
+    };
+    let is_act = |name: &str| !name.is_empty() && !consts.contains(name) && is_float(name);
+
+    // 1. Which nodes are quantized.
+    let low_sqnr = |a: &str| -> Option<String> {
+        let min_db = act.min_sqnr?;
+        let db = expected_sqnr(table, a, &act.calibration)?;
+        (db < min_db).then(|| {
+            format!(
+                "activation '{a}' would keep an expected {db:.1} dB SQNR with its {} range \
+                 (< {min_db} dB): outliers or clipping",
+                act.calibration.method
+            )
+        })
+    };
+    let targets = select_targets(g, plan, &is_act, &low_sqnr, summary);
 
     // 2. Which tensors get a Q/DQ pair.
     let mut qset: BTreeSet<String> = BTreeSet::new();

@@ -199,6 +199,33 @@ fn window_dim(cx: &mut Cx, d: &SymDim, w: &Window, i: usize, ceil: bool) -> Resu
         {
             d.clone()
         }
+        // A named input dim gives a named output dim: the formula itself.
+        // (`ceil_mode`'s last-window rule depends on the value: no formula for it.)
+        (_, SymDim::Sym(name)) if !d.is_anonymous() && (!ceil || auto.starts_with("SAME")) => {
+            let x = if name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+                name.clone()
+            } else {
+                format!("({name})")
+            };
+            SymDim::Sym(match auto {
+                "SAME_UPPER" | "SAME_LOWER" => format!("ceil({x}/{s})"),
+                _ => {
+                    let (pb, pe) = if auto == "VALID" { (0, 0) } else { (pb, pe) };
+                    let c = pb + pe - eff;
+                    if s == 1 {
+                        if c + 1 == 0 {
+                            name.clone()
+                        } else {
+                            format!("{x}{:+}", c + 1)
+                        }
+                    } else if c == 0 {
+                        format!("floor({x}/{s})+1")
+                    } else {
+                        format!("floor(({x}{c:+})/{s})+1")
+                    }
+                }
+            })
+        }
         _ => cx.fresh(),
     })
 }
