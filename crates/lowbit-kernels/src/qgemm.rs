@@ -596,7 +596,7 @@ fn store<T: Copy>(vals: &[T; NR], cols: usize, out: Ptr<T>, base: usize, cs: usi
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86_64 {
+pub(crate) mod x86_64 {
     use super::{Done, MR, NR};
     use std::arch::x86_64::*;
 
@@ -616,6 +616,7 @@ mod x86_64 {
             )
         }};
     }
+    pub(crate) use requantize8;
 
     /// Two requantized halves (clamped within [-128, 255]) as 16 bytes: the i16 packs are
     /// exact, and the bytes come out as `v as u8` (unsigned saturation for u8 codes, signed
@@ -631,6 +632,7 @@ mod x86_64 {
             }
         }};
     }
+    pub(crate) use pack16;
 
     /// The end of every micro-kernel (a macro: it must expand inside each `target_feature`
     /// function for its intrinsics to inline).
