@@ -1013,7 +1013,7 @@ mod tests {
             1usize..3,
             1usize..4,
             1usize..4,
-            [1usize..9, 1usize..9],
+            [1usize..11, 1usize..11],
             [1usize..6, 1usize..6],
             1usize..3,
             0usize..3,
