@@ -18,7 +18,7 @@ pub enum Isa {
     Generic,
     /// x86-64 AVX2 and FMA.
     Avx2,
-    /// x86-64 AVX-512 F, VL and VNNI on top of AVX2: `vpdpbusd` on 256-bit registers.
+    /// x86-64 AVX-512 F, VL and VNNI on top of AVX2: `vpdpbusd` on 512-bit registers.
     Avx512Vnni,
 }
 
