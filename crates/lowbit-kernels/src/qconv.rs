@@ -87,8 +87,12 @@ impl PackedConv {
                     wl[t * c_out + c] = wc[c * kernel_size + t] as i16;
                 }
             }
-            let wp =
-                if c_out.is_multiple_of(16) { dw_pairs(&wl, c_out, kernel_size) } else { vec![] };
+            let wide = kernels.depthwise_i8 >= Isa::Avx512Vnni;
+            let wp = if c_out.is_multiple_of(16) {
+                dw_pairs(&wl, c_out, kernel_size, wide)
+            } else {
+                vec![]
+            };
             Kind::Depthwise(wc, wl, wp)
         } else {
             let kk = cg_in * kernel_size;
@@ -503,23 +507,36 @@ struct DwWeights<'a> {
     pairs: &'a [i16],
 }
 
-/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of [`x86_64::pixel`]: for
-/// each pair of taps `(2p, 2p + 1)` (a zero tap past the end) and block of 16 channels, the 16
-/// `(w[2p][ch], w[2p+1][ch])` pairs of channels `0-3, 8-11` then of `4-7, 12-15` — what
-/// `vpunpcklwd` / `vpunpckhwd` make of the two taps' inputs, ready for `vpmaddwd`.
-fn dw_pairs(wl: &[i16], c: usize, taps: usize) -> Vec<i16> {
-    let blocks = c / 16;
-    let mut out = Vec::with_capacity(taps.div_ceil(2) * blocks * 32);
+/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of the row kernels
+/// (`x86_64::dw_row`): for each pair of taps `(2p, 2p + 1)` (a zero tap past the end) and
+/// block of 16 channels, the 16 `(w[2p][ch], w[2p+1][ch])` pairs of channels `0-3, 8-11` then
+/// of `4-7, 12-15` — what `vpunpcklwd` / `vpunpckhwd` make of the two taps' inputs, ready for
+/// `vpmaddwd`. `wide` (the AVX-512 kernel) takes whole 32-channel blocks first, each as the
+/// unpacks of zmm registers order them: the first halves of its two 16-channel blocks, then
+/// the second halves.
+fn dw_pairs(wl: &[i16], c: usize, taps: usize, wide: bool) -> Vec<i16> {
+    let mut out = Vec::with_capacity(taps.div_ceil(2) * c * 2);
     let w = |t: usize, ch: usize| if t < taps { wl[t * c + ch] } else { 0 };
+    let wide_blocks = if wide { c / 32 } else { 0 };
     for p in 0..taps.div_ceil(2) {
-        for b in 0..blocks {
-            for half in [0, 4] {
-                for lane in [0, 8] {
-                    for j in 0..4 {
-                        let ch = b * 16 + lane + half + j;
-                        out.extend([w(2 * p, ch), w(2 * p + 1, ch)]);
-                    }
+        let mut quarter = |base: usize, half: usize| {
+            for lane in [0, 8] {
+                for j in 0..4 {
+                    let ch = base + lane + half + j;
+                    out.extend([w(2 * p, ch), w(2 * p + 1, ch)]);
                 }
+            }
+        };
+        for b in 0..wide_blocks {
+            for half in [0, 4] {
+                for sub in [0, 16] {
+                    quarter(b * 32 + sub, half);
+                }
+            }
+        }
+        for b in wide_blocks * 2..c / 16 {
+            for half in [0, 4] {
+                quarter(b * 16, half);
             }
         }
     }
@@ -560,6 +577,86 @@ mod x86_64 {
         Requantize { mult: *const f32, zero_point: i32, qmin: i32, qmax: i32, out: *mut u8 },
     }
 
+    /// Points `$ptrs[t]` at the `c` input bytes of tap `t` of output pixel `$ox` (the pixel
+    /// of zero points for taps left or right of the input).
+    macro_rules! tap_pointers {
+        ($r:expr, $ptrs:expr, $ox:expr) => {{
+            let (lo_ix, hi_ix) = ($r.pl as isize, ($r.iw + $r.pl) as isize);
+            let x0 = ($ox * $r.sx) as isize;
+            for (ky, &row) in $r.rows.iter().enumerate() {
+                for kx in 0..$r.kw {
+                    let ix = x0 + (kx * $r.dx) as isize;
+                    $ptrs[ky * $r.kw + kx] = if ix >= lo_ix && ix < hi_ix {
+                        // SAFETY: inside the row.
+                        unsafe { row.add((ix - lo_ix) as usize * $r.c) }
+                    } else {
+                        $r.zp_pixel
+                    };
+                }
+            }
+        }};
+    }
+
+    /// The 16 channels from `$ch0` of output pixel `$ox` on ymm registers (weights of that
+    /// block at `pairs + p · 2c + $ch0 · 2` for tap pair `p`, in [`super::dw_pairs`]' 16-channel
+    /// order).
+    macro_rules! block16 {
+        ($r:expr, $out:expr, $ptrs:expr, $npairs:expr, $ox:expr, $ch0:expr) => {{
+            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for p in 0..$npairs {
+                // SAFETY: per the kernels' contract.
+                unsafe {
+                    let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                        $ptrs[2 * p].add($ch0) as *const __m128i
+                    ));
+                    let x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                        $ptrs[2 * p + 1].add($ch0) as *const __m128i,
+                    ));
+                    let w = $r.pairs.add(p * 2 * $r.c + 2 * $ch0);
+                    let wlo = _mm256_loadu_si256(w as *const __m256i);
+                    let whi = _mm256_loadu_si256(w.add(16) as *const __m256i);
+                    lo = _mm256_add_epi32(
+                        lo,
+                        _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wlo),
+                    );
+                    hi = _mm256_add_epi32(
+                        hi,
+                        _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), whi),
+                    );
+                }
+            }
+            // lo holds channels 0-3 | 8-11, hi 4-7 | 12-15.
+            let ch = $ox * $r.c + $ch0;
+            // SAFETY: 16 lanes of adj, mult and the output per the contract.
+            unsafe {
+                let adj = $r.adj.add($ch0) as *const __m256i;
+                let v0 = _mm256_add_epi32(
+                    _mm256_permute2x128_si256(lo, hi, 0x20),
+                    _mm256_loadu_si256(adj),
+                );
+                let v1 = _mm256_add_epi32(
+                    _mm256_permute2x128_si256(lo, hi, 0x31),
+                    _mm256_loadu_si256(adj.add(1)),
+                );
+                match *$out {
+                    DwOut::I32(o) => {
+                        let o = o.add(ch) as *mut __m256i;
+                        _mm256_storeu_si256(o, v0);
+                        _mm256_storeu_si256(o.add(1), v1);
+                    }
+                    DwOut::Requantize { mult, zero_point, qmin, qmax, out } => {
+                        let zp = _mm256_set1_epi32(zero_point);
+                        let (lo, hi) = (_mm256_set1_epi32(qmin), _mm256_set1_epi32(qmax));
+                        let m = mult.add($ch0);
+                        let q0 = requantize8!(v0, _mm256_loadu_ps(m), zp, lo, hi);
+                        let q1 = requantize8!(v1, _mm256_loadu_ps(m.add(8)), zp, lo, hi);
+                        _mm_storeu_si128(out.add(ch) as *mut __m128i, pack16!(q0, q1, qmin));
+                    }
+                }
+            }
+        }};
+    }
+
     /// One output row: `Σ_t x_t[ch] · w[t][ch] + adj[ch]` per pixel and channel (raw u8
     /// inputs, the zero point folded into `adj`: a tap in the padding reads zero points, so it
     /// adds `x_zp · w` that `adj` takes away again), two taps per `vpmaddwd`, 16 channels at a
@@ -567,82 +664,100 @@ mod x86_64 {
     ///
     /// # Safety
     /// AVX2; `c` a multiple of 16; `rows.len() · kw ≤ DW_MAX_TAPS`; every row readable for
-    /// `iw · c` bytes and `zp_pixel` for `c`; `pairs` holds the `(rows.len() · kw).div_ceil(2)`
-    /// pairs of `c / 16` blocks; `adj` (and `mult`) `c` values; `out` writable for `ow · c`.
+    /// `iw · c` bytes and `zp_pixel` for `c`; `pairs` holds [`super::dw_pairs`] (16-channel
+    /// blocks) of the `(rows.len() · kw).div_ceil(2)` tap pairs; `adj` (and `mult`) `c`
+    /// values; `out` writable for `ow · c`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dw_row(r: &DwRow, out: &DwOut) {
-        let taps = r.rows.len() * r.kw;
-        let npairs = taps.div_ceil(2);
-        let blocks = r.c / 16;
+        let npairs = (r.rows.len() * r.kw).div_ceil(2);
         // The pad tap past an odd count reads zero points against zero weights.
         let mut ptrs = [r.zp_pixel; super::DW_MAX_TAPS];
-        let (lo_ix, hi_ix) = (r.pl as isize, (r.iw + r.pl) as isize);
         for ox in 0..r.ow {
-            let x0 = (ox * r.sx) as isize;
-            for (ky, &row) in r.rows.iter().enumerate() {
-                for kx in 0..r.kw {
-                    let ix = x0 + (kx * r.dx) as isize;
-                    ptrs[ky * r.kw + kx] = if ix >= lo_ix && ix < hi_ix {
-                        // SAFETY: inside the row.
-                        unsafe { row.add((ix - lo_ix) as usize * r.c) }
-                    } else {
-                        r.zp_pixel
-                    };
-                }
+            tap_pointers!(r, ptrs, ox);
+            for b in 0..r.c / 16 {
+                block16!(r, out, ptrs, npairs, ox, b * 16);
             }
-            for b in 0..blocks {
-                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        }
+    }
+
+    /// [`dw_row`] with 32 channels per zmm register (AVX-512 BW), the last 16 (when `c` is an
+    /// odd multiple of 16) on ymm.
+    ///
+    /// # Safety
+    /// As [`dw_row`], with AVX-512 F/BW/VL and `pairs` in [`super::dw_pairs`]' 32-channel
+    /// order.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn dw_row_avx512(r: &DwRow, out: &DwOut) {
+        let npairs = (r.rows.len() * r.kw).div_ceil(2);
+        let mut ptrs = [r.zp_pixel; super::DW_MAX_TAPS];
+        let wide = r.c / 32;
+        // Output lanes from lo = [0-3 | 8-11 | 16-19 | 24-27], hi = [4-7 | 12-15 | 20-23 | 28-31]
+        // (in 4-lane units: lo = 0, 2, 4, 6 and hi = 1, 3, 5, 7).
+        let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        let second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+        let (fmin, fmax) = (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
+        for ox in 0..r.ow {
+            tap_pointers!(r, ptrs, ox);
+            for b in 0..wide {
+                let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for p in 0..npairs {
                     // SAFETY: per the contract.
                     unsafe {
-                        let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                            ptrs[2 * p].add(b * 16) as *const __m128i
+                        let x0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                            ptrs[2 * p].add(b * 32) as *const __m256i
                         ));
-                        let x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                            ptrs[2 * p + 1].add(b * 16) as *const __m128i,
+                        let x1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                            ptrs[2 * p + 1].add(b * 32) as *const __m256i,
                         ));
-                        let w = r.pairs.add((p * blocks + b) * 32);
-                        let wlo = _mm256_loadu_si256(w as *const __m256i);
-                        let whi = _mm256_loadu_si256(w.add(16) as *const __m256i);
-                        lo = _mm256_add_epi32(
+                        let w = r.pairs.add(p * 2 * r.c + b * 64);
+                        let wlo = _mm512_loadu_si512(w as *const _);
+                        let whi = _mm512_loadu_si512(w.add(32) as *const _);
+                        lo = _mm512_add_epi32(
                             lo,
-                            _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wlo),
+                            _mm512_madd_epi16(_mm512_unpacklo_epi16(x0, x1), wlo),
                         );
-                        hi = _mm256_add_epi32(
+                        hi = _mm512_add_epi32(
                             hi,
-                            _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), whi),
+                            _mm512_madd_epi16(_mm512_unpackhi_epi16(x0, x1), whi),
                         );
                     }
                 }
-                // lo holds channels 0-3 | 8-11, hi 4-7 | 12-15.
-                let ch = ox * r.c + b * 16;
-                // SAFETY: 16 lanes of adj, mult and the output per the contract.
-                unsafe {
-                    let adj = r.adj.add(b * 16) as *const __m256i;
-                    let v0 = _mm256_add_epi32(
-                        _mm256_permute2x128_si256(lo, hi, 0x20),
-                        _mm256_loadu_si256(adj),
-                    );
-                    let v1 = _mm256_add_epi32(
-                        _mm256_permute2x128_si256(lo, hi, 0x31),
-                        _mm256_loadu_si256(adj.add(1)),
-                    );
-                    match *out {
-                        DwOut::I32(o) => {
-                            let o = o.add(ch) as *mut __m256i;
-                            _mm256_storeu_si256(o, v0);
-                            _mm256_storeu_si256(o.add(1), v1);
-                        }
-                        DwOut::Requantize { mult, zero_point, qmin, qmax, out } => {
-                            let zp = _mm256_set1_epi32(zero_point);
-                            let (lo, hi) = (_mm256_set1_epi32(qmin), _mm256_set1_epi32(qmax));
-                            let m = mult.add(b * 16);
-                            let q0 = requantize8!(v0, _mm256_loadu_ps(m), zp, lo, hi);
-                            let q1 = requantize8!(v1, _mm256_loadu_ps(m.add(8)), zp, lo, hi);
-                            _mm_storeu_si128(out.add(ch) as *mut __m128i, pack16!(q0, q1, qmin));
+                let ch = ox * r.c + b * 32;
+                for (h, idx) in [first, second].into_iter().enumerate() {
+                    // SAFETY: 16 lanes of adj, mult and the output per the contract.
+                    unsafe {
+                        let v = _mm512_add_epi32(
+                            _mm512_permutex2var_epi32(lo, idx, hi),
+                            _mm512_loadu_si512(r.adj.add(b * 32 + 16 * h) as *const _),
+                        );
+                        match *out {
+                            DwOut::I32(o) => _mm512_storeu_si512(o.add(ch + 16 * h) as *mut _, v),
+                            DwOut::Requantize { mult, zero_point, qmin, qmax, out } => {
+                                // requantize_one's rule, as in the GEMM's VNNI epilogue.
+                                let m = _mm512_loadu_ps(mult.add(b * 32 + 16 * h));
+                                let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), m);
+                                let x = _mm512_min_ps(_mm512_max_ps(x, fmin), fmax);
+                                let q = _mm512_add_epi32(
+                                    _mm512_cvtps_epi32(x),
+                                    _mm512_set1_epi32(zero_point),
+                                );
+                                let q = _mm512_min_epi32(
+                                    _mm512_max_epi32(q, _mm512_set1_epi32(qmin)),
+                                    _mm512_set1_epi32(qmax),
+                                );
+                                let bytes = if qmin >= 0 {
+                                    _mm512_cvtusepi32_epi8(q)
+                                } else {
+                                    _mm512_cvtsepi32_epi8(q)
+                                };
+                                _mm_storeu_si128(out.add(ch + 16 * h) as *mut __m128i, bytes);
+                            }
                         }
                     }
                 }
+            }
+            if r.c % 32 != 0 {
+                block16!(r, out, ptrs, npairs, ox, wide * 32);
             }
         }
     }
@@ -686,7 +801,7 @@ fn depthwise_2d(
         && !w.pairs.is_empty()
         && kh * kw <= DW_MAX_TAPS
     {
-        return depthwise_2d_avx2(win, c, x, x_zp, w, sink, base);
+        return depthwise_2d_simd(win, c, x, x_zp, w, sink, base, isa);
     }
     let _ = isa;
     let [rows, cols] = padded_plane(win);
@@ -782,10 +897,11 @@ fn depthwise_2d(
 }
 
 /// [`depthwise_2d`] on channels-last input and output with `c` a multiple of 16: one
-/// [`x86_64::dw_row`] call per output row, reading the input in place (rows above or below it
-/// read a row of zero points).
+/// [`x86_64::dw_row`] (AVX2) or [`x86_64::dw_row_avx512`] call per output row, reading the
+/// input in place (rows above or below it read a row of zero points).
 #[cfg(target_arch = "x86_64")]
-fn depthwise_2d_avx2(
+#[allow(clippy::too_many_arguments)]
+fn depthwise_2d_simd(
     win: &Window,
     c: usize,
     x: &[u8],
@@ -793,6 +909,7 @@ fn depthwise_2d_avx2(
     w: DwWeights,
     sink: &DwSink,
     base: usize,
+    isa: Isa,
 ) {
     let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
     assert!(x.len() >= ih * iw * c && w.pairs.len() >= (kh * kw).div_ceil(2) * c * 2);
@@ -844,9 +961,16 @@ fn depthwise_2d_avx2(
                 }
             }
         };
-        // SAFETY: the caller checked AVX2; `c` is a multiple of 16 (pairs exist); at most
-        // DW_MAX_TAPS taps; rows and zp_row hold `iw · c` bytes; adj and mult `c` values.
-        unsafe { x86_64::dw_row(&r, &out) };
+        // SAFETY: the caller checked the level (and packed the pairs for it); `c` is a
+        // multiple of 16 (pairs exist); at most DW_MAX_TAPS taps; rows and zp_row hold
+        // `iw · c` bytes; adj and mult `c` values.
+        unsafe {
+            if isa >= Isa::Avx512Vnni {
+                x86_64::dw_row_avx512(&r, &out)
+            } else {
+                x86_64::dw_row(&r, &out)
+            }
+        };
     };
     if rayon::current_num_threads() > 1 && oh * ow * c * kh * kw >= 1 << 17 {
         (0..oh).into_par_iter().for_each(row);
