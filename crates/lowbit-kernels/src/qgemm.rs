@@ -434,7 +434,8 @@ unsafe fn vnni_tile(
     if b.any_zero_point {
         sums[..t.rows].copy_from_slice(&row_sums[t.i0..t.i0 + t.rows]);
     }
-    let mut spill = [[0i32; NR]; 2 * VNNI_MR];
+    // Only an unfused tile spills (zeroing 1 KiB per tile costs as much as a small-k tile).
+    let mut spill = None;
     let fused = matches!((sink, cs), (Sink::Requantize { .. }, 1));
     let done = match (sink, fused) {
         (Sink::Requantize { zero_point, qmin, qmax, out, .. }, true) => {
@@ -456,11 +457,11 @@ unsafe fn vnni_tile(
                 cols,
             })
         }
-        _ => x86_64::VnniDone::Spill(&mut spill),
+        _ => x86_64::VnniDone::Spill(spill.insert([[0i32; NR]; 2 * VNNI_MR])),
     };
     // SAFETY: forwarded; each panel pointer holds `groups` groups of 64 bytes.
     unsafe { x86_64::tile_vnni_dispatch(&rows, t.rows, k, panel_ptrs, t.panels, done) };
-    if !fused {
+    if let Some(spill) = &spill {
         for r in 0..t.rows {
             for q in 0..t.panels {
                 let jq = j0 + q * NR;
