@@ -32,10 +32,7 @@ impl Isa {
             {
                 use std::is_x86_feature_detected as has;
                 if has!("avx2") && has!("fma") {
-                    if has!("avx512f")
-                        && has!("avx512vl")
-                        && has!("avx512bw")
-                        && has!("avx512vnni")
+                    if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512vnni")
                     {
                         return Isa::Avx512Vnni;
                     }

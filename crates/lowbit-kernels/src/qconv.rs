@@ -46,24 +46,13 @@ enum Kind {
 
 impl PackedConv {
     /// `w` is `[c_out, c_in / groups, kernel...]` (row-major, `kernel_size` taps per filter);
-    /// `zero_points` holds one value or one per output channel.
+    /// `zero_points` holds one value or one per output channel. `isa` is the CPU level whose
+    /// kernels will run: [`Isa::detect`] for this CPU (tests pack for each of
+    /// [`Isa::available`]).
     ///
     /// # Panics
     /// When `w`'s length or `zero_points` disagree with the dims (caller bugs).
     pub fn pack(
-        w: &[i8],
-        c_out: usize,
-        cg_in: usize,
-        kernel_size: usize,
-        groups: usize,
-        zero_points: &[i32],
-    ) -> PackedConv {
-        PackedConv::pack_for(Isa::detect(), w, c_out, cg_in, kernel_size, groups, zero_points)
-    }
-
-    /// [`PackedConv::pack`] for the kernels of a CPU of level `isa` (tests run every level
-    /// the CPU has).
-    pub fn pack_for(
         isa: Isa,
         w: &[i8],
         c_out: usize,
@@ -453,7 +442,8 @@ pub fn qconv(
                 let xb = &x[b * c_in * plane_in..(b + 1) * c_in * plane_in];
                 let w = DwWeights { taps: wl, pairs: wp };
                 let base = b * c_out * plane_out;
-                depthwise_2d(win, c_out, xb, x_zp, w, &sink, base, layout, isa);
+                let img = DwImage { win, c: c_out, x: xb, x_zp, w, sink: &sink, base };
+                depthwise_2d(&img, layout, isa);
             }
         }
         (Kind::Depthwise(wc, ..), ConvStage::I32 { out }) => {
@@ -577,6 +567,25 @@ mod x86_64 {
         Requantize { mult: *const f32, zero_point: i32, qmin: i32, qmax: i32, out: *mut u8 },
     }
 
+    /// `$lo += madd(unpacklo(x0, x1), w)` and `$hi += madd(unpackhi(x0, x1), w + $half)` for
+    /// the inputs `x0`, `x1` of tap pair `$p` at channel `$off`, widened to i16: one step of
+    /// the row kernels, for the register width whose intrinsics are listed.
+    macro_rules! madd_tap_pair {
+        ($lo:ident, $hi:ident, $ptrs:expr, $p:expr, $off:expr, $w:expr, $half:expr,
+         [$xload:ident, $widen:ident, $wload:ident, $add:ident, $madd:ident, $unlo:ident,
+          $unhi:ident]) => {
+            // SAFETY: per the kernels' contract: each tap readable for `c` bytes, `$w` inside
+            // the pairs.
+            unsafe {
+                let x0 = $widen($xload($ptrs[2 * $p].add($off) as *const _));
+                let x1 = $widen($xload($ptrs[2 * $p + 1].add($off) as *const _));
+                let (wlo, whi) = ($wload($w as *const _), $wload($w.add($half) as *const _));
+                $lo = $add($lo, $madd($unlo(x0, x1), wlo));
+                $hi = $add($hi, $madd($unhi(x0, x1), whi));
+            }
+        };
+    }
+
     /// Points `$ptrs[t]` at the `c` input bytes of tap `t` of output pixel `$ox` (the pixel
     /// of zero points for taps left or right of the input).
     macro_rules! tap_pointers {
@@ -604,26 +613,25 @@ mod x86_64 {
         ($r:expr, $out:expr, $ptrs:expr, $npairs:expr, $ox:expr, $ch0:expr) => {{
             let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             for p in 0..$npairs {
-                // SAFETY: per the kernels' contract.
-                unsafe {
-                    let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        $ptrs[2 * p].add($ch0) as *const __m128i
-                    ));
-                    let x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        $ptrs[2 * p + 1].add($ch0) as *const __m128i,
-                    ));
-                    let w = $r.pairs.add(p * 2 * $r.c + 2 * $ch0);
-                    let wlo = _mm256_loadu_si256(w as *const __m256i);
-                    let whi = _mm256_loadu_si256(w.add(16) as *const __m256i);
-                    lo = _mm256_add_epi32(
-                        lo,
-                        _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wlo),
-                    );
-                    hi = _mm256_add_epi32(
-                        hi,
-                        _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), whi),
-                    );
-                }
+                let w = $r.pairs.wrapping_add(p * 2 * $r.c + 2 * $ch0);
+                madd_tap_pair!(
+                    lo,
+                    hi,
+                    $ptrs,
+                    p,
+                    $ch0,
+                    w,
+                    16,
+                    [
+                        _mm_loadu_si128,
+                        _mm256_cvtepu8_epi16,
+                        _mm256_loadu_si256,
+                        _mm256_add_epi32,
+                        _mm256_madd_epi16,
+                        _mm256_unpacklo_epi16,
+                        _mm256_unpackhi_epi16
+                    ]
+                );
             }
             // lo holds channels 0-3 | 8-11, hi 4-7 | 12-15.
             let ch = $ox * $r.c + $ch0;
@@ -694,33 +702,33 @@ mod x86_64 {
         // Output lanes from lo = [0-3 | 8-11 | 16-19 | 24-27], hi = [4-7 | 12-15 | 20-23 | 28-31]
         // (in 4-lane units: lo = 0, 2, 4, 6 and hi = 1, 3, 5, 7).
         let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-        let second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+        let second =
+            _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
         let (fmin, fmax) = (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
         for ox in 0..r.ow {
             tap_pointers!(r, ptrs, ox);
             for b in 0..wide {
                 let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for p in 0..npairs {
-                    // SAFETY: per the contract.
-                    unsafe {
-                        let x0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
-                            ptrs[2 * p].add(b * 32) as *const __m256i
-                        ));
-                        let x1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
-                            ptrs[2 * p + 1].add(b * 32) as *const __m256i,
-                        ));
-                        let w = r.pairs.add(p * 2 * r.c + b * 64);
-                        let wlo = _mm512_loadu_si512(w as *const _);
-                        let whi = _mm512_loadu_si512(w.add(32) as *const _);
-                        lo = _mm512_add_epi32(
-                            lo,
-                            _mm512_madd_epi16(_mm512_unpacklo_epi16(x0, x1), wlo),
-                        );
-                        hi = _mm512_add_epi32(
-                            hi,
-                            _mm512_madd_epi16(_mm512_unpackhi_epi16(x0, x1), whi),
-                        );
-                    }
+                    let w = r.pairs.wrapping_add(p * 2 * r.c + b * 64);
+                    madd_tap_pair!(
+                        lo,
+                        hi,
+                        ptrs,
+                        p,
+                        b * 32,
+                        w,
+                        32,
+                        [
+                            _mm256_loadu_si256,
+                            _mm512_cvtepu8_epi16,
+                            _mm512_loadu_si512,
+                            _mm512_add_epi32,
+                            _mm512_madd_epi16,
+                            _mm512_unpacklo_epi16,
+                            _mm512_unpackhi_epi16
+                        ]
+                    );
                 }
                 let ch = ox * r.c + b * 32;
                 for (h, idx) in [first, second].into_iter().enumerate() {
@@ -775,24 +783,28 @@ enum DwSink {
     },
 }
 
-/// A 2-D depthwise convolution of one image, channels-last inside: the input is padded with
-/// zeros (after subtracting its zero point) into a `rows × cols × c` i16 buffer, so every
-/// tap of every output pixel is one multiply-add over a contiguous run of `c` channels (SIMD
-/// over channels; a plane-at-a-time loop spends its time on row edges when planes are 7×7).
-/// Output pixel `p` of channel `ch` goes to `base + ch · pixels + p` (channels first) or
-/// `base + p · c + ch` (channels last).
-#[allow(clippy::too_many_arguments)]
-fn depthwise_2d(
-    win: &Window,
+/// One image of a 2-D depthwise convolution: `c` channels of input `x` (zero point `x_zp`),
+/// its output starting at `base` in the sink.
+#[derive(Clone, Copy)]
+struct DwImage<'a> {
+    win: &'a Window,
     c: usize,
-    x: &[u8],
+    x: &'a [u8],
     x_zp: i32,
-    w: DwWeights,
-    sink: &DwSink,
+    w: DwWeights<'a>,
+    sink: &'a DwSink,
     base: usize,
-    layout: Layout,
-    isa: Isa,
-) {
+}
+
+/// A 2-D depthwise convolution of one image, channels-last inside, so every tap of every
+/// output pixel is one multiply-add over a contiguous run of `c` channels (SIMD over channels;
+/// a plane-at-a-time loop spends its time on row edges when planes are 7×7). Channels-last
+/// input with whole blocks of 16 channels takes the SIMD row kernels; otherwise channels-first
+/// input is padded with zeros (after subtracting its zero point) into a `rows × cols × c` i16
+/// buffer first. Output pixel `p` of channel `ch` goes to `base + ch · pixels + p` (channels
+/// first) or `base + p · c + ch` (channels last).
+fn depthwise_2d(img: &DwImage, layout: Layout, isa: Isa) {
+    let DwImage { win, c, x, x_zp, w, sink, base } = *img;
     let wl = w.taps;
     let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
     #[cfg(target_arch = "x86_64")]
@@ -801,7 +813,7 @@ fn depthwise_2d(
         && !w.pairs.is_empty()
         && kh * kw <= DW_MAX_TAPS
     {
-        return depthwise_2d_simd(win, c, x, x_zp, w, sink, base, isa);
+        return depthwise_2d_simd(img, isa);
     }
     let _ = isa;
     let [rows, cols] = padded_plane(win);
@@ -900,17 +912,8 @@ fn depthwise_2d(
 /// [`x86_64::dw_row`] (AVX2) or [`x86_64::dw_row_avx512`] call per output row, reading the
 /// input in place (rows above or below it read a row of zero points).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn depthwise_2d_simd(
-    win: &Window,
-    c: usize,
-    x: &[u8],
-    x_zp: i32,
-    w: DwWeights,
-    sink: &DwSink,
-    base: usize,
-    isa: Isa,
-) {
+fn depthwise_2d_simd(img: &DwImage, isa: Isa) {
+    let DwImage { win, c, x, x_zp, w, sink, base } = *img;
     let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
     assert!(x.len() >= ih * iw * c && w.pairs.len() >= (kh * kw).div_ceil(2) * c * 2);
     // Raw u8 products: the zero point's share, x_zp · Σ_t w[t][ch], comes off once here.
@@ -1187,7 +1190,7 @@ mod tests {
             let bias: Vec<i32> = (0..c_out).map(|c| c as i32 * 37 - 50).collect();
             let mult: Vec<f32> = (0..c_out).map(|c| 0.001 + c as f32 * 0.0003).collect();
             for isa in Isa::available() {
-                let packed = PackedConv::pack_for(isa, &w, c_out, cg_in, ks, groups, &w_zp);
+                let packed = PackedConv::pack(isa, &w, c_out, cg_in, ks, groups, &w_zp);
                 prop_assert_eq!(packed.is_depthwise(), cg_in == 1 && cg_out == 1);
                 let mut got = vec![0i32; want.len()];
                 qconv(&win, batch, &xs, x_zp, &packed, ConvStage::I32 { out: &mut got }, layout);

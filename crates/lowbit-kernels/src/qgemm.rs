@@ -994,14 +994,17 @@ pub(crate) mod x86_64 {
                 for r in 0..R.min(mr) {
                     for q in 0..P {
                         // SAFETY: 16 i32 per spill row.
-                        unsafe { _mm512_storeu_si512(out[2 * r + q].as_mut_ptr() as *mut _, acc[r][q]) };
+                        unsafe {
+                            _mm512_storeu_si512(out[2 * r + q].as_mut_ptr() as *mut _, acc[r][q])
+                        };
                     }
                 }
             }
             VnniDone::Requantize(e) => {
                 let zp = _mm512_set1_epi32(e.zero_point);
                 let (lo, hi) = (_mm512_set1_epi32(e.qmin), _mm512_set1_epi32(e.qmax));
-                let (fmin, fmax) = (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
+                let (fmin, fmax) =
+                    (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
                 // SAFETY: the epilogue's arrays hold P panels of columns.
                 let (adj, zps, scale): ([__m512i; P], [__m512i; P], [__m512; P]) = unsafe {
                     (
