@@ -764,7 +764,7 @@ mod x86_64 {
                     }
                 }
             }
-            if r.c % 32 != 0 {
+            if !r.c.is_multiple_of(32) {
                 block16!(r, out, ptrs, npairs, ox, wide * 32);
             }
         }

@@ -1013,10 +1013,10 @@ pub(crate) mod x86_64 {
                         std::array::from_fn(|q| _mm512_loadu_ps(e.scale.add(16 * q))),
                     )
                 };
-                for r in 0..R.min(mr) {
+                for (r, acc_r) in acc.iter().enumerate().take(mr) {
                     let rs = _mm512_set1_epi32(e.row_sums[r]);
                     for q in 0..P {
-                        let mut v = _mm512_add_epi32(acc[r][q], adj[q]);
+                        let mut v = _mm512_add_epi32(acc_r[q], adj[q]);
                         if e.any_zero_point {
                             v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zps[q], rs));
                         }
