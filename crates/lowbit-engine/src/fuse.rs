@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | DQ(x), DQ(w const), [DQ(bias int32)] → `Conv` → Q | `QLinearConv` | integer sums; f32 requantize |
 //! | DQ(a), DQ(b) → `MatMul` → Q | `QLinearMatMul` | as above |
-//! | DQ(a), DQ(b const), [DQ(bias)] → `Gemm` → Q | `com.microsoft.QGemm` | as above |
+//! | DQ(a), DQ(b const), [DQ(bias)] → `Gemm` [→ Q] | `com.microsoft.QGemm` (float output without Q) | as above |
 //! | DQ(x) → elementwise unary (`Relu`, `Clip`, `Sigmoid`, …) → Q | `QLinearLookup` (256-entry table) | bit-identical |
 //! | DQ(x) → Q (other scale) | `QLinearLookup` | bit-identical |
 //! | DQ(a), DQ(b) → `Add` / `Mul` → Q | `com.microsoft.QLinearAdd` / `QLinearMul` | bit-identical |
@@ -178,7 +178,9 @@ pub fn fuse_qdq(graph: &GraphProto, opsets: &HashMap<&str, i64>, reg: &Registry)
         let fused = match n.op_type.as_str() {
             "Conv" => one(f.conv(i)),
             "MatMul" => one(f.matmul(i)).or_else(|| f.weight_only(i)),
-            "Gemm" => one(f.gemm(i)).or_else(|| f.weight_only(i)),
+            "Gemm" => {
+                f.gemm(i).map(|(n, q)| (n, q.into_iter().collect())).or_else(|| f.weight_only(i))
+            }
             "Add" | "Mul" => one(f.binary(i)),
             "GlobalAveragePool" => one(f.global_average_pool(i)),
             "MatMulInteger" => f.dynamic_matmul(i),
@@ -435,7 +437,10 @@ impl<'g> Fuser<'g> {
         Some((self.node(i, "QLinearMatMul", "", inputs, out), y.node))
     }
 
-    fn gemm(&mut self, i: usize) -> Option<(NodeProto, usize)> {
+    /// `Gemm` with a constant 8-bit B: `QGemm` with an 8-bit output when a sole
+    /// `QuantizeLinear` reads it (returned to be removed), else with a float output (a
+    /// classifier's logits), as ONNX Runtime fuses it.
+    fn gemm(&mut self, i: usize) -> Option<(NodeProto, Option<usize>)> {
         let n = &self.nodes[i];
         let at = Attrs::new(n);
         if at.int_or("transA", 0).ok()? != 0
@@ -445,9 +450,13 @@ impl<'g> Fuser<'g> {
             return None;
         }
         let trans_b = at.int_or("transB", 0).ok()? != 0;
-        let (a, b, y) = self.binary_pattern(i)?;
+        let a = self.dq_of(n.input.first()?)?;
+        let b = self.dq_of(n.input.get(1)?)?;
+        let y = self.sole_q(n.output.first()?);
         let ap = self.params(&a)?;
-        self.params(&y)?;
+        if let Some(y) = &y {
+            self.params(y)?;
+        }
         let (_, dims) = self.constant_meta(b.data)?;
         if dims.len() != 2 {
             return None;
@@ -469,12 +478,17 @@ impl<'g> Fuser<'g> {
             }
             None => inputs.push(String::new()),
         }
-        inputs.push(y.scale.to_string());
-        inputs.push(y.zero_point?.to_string());
-        let out = self.nodes[y.node].output[0].as_str();
+        let out = match &y {
+            Some(y) => {
+                inputs.push(y.scale.to_string());
+                inputs.push(y.zero_point?.to_string());
+                self.nodes[y.node].output[0].as_str()
+            }
+            None => n.output.first()?.as_str(),
+        };
         let mut node = self.node(i, "QGemm", "com.microsoft", inputs, out);
         node.attribute = vec![int_attr("transB", trans_b as i64)];
-        Some((node, y.node))
+        Some((node, y.map(|y| y.node)))
     }
 
     fn binary(&mut self, i: usize) -> Option<(NodeProto, usize)> {

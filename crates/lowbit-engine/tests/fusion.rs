@@ -172,6 +172,39 @@ fn integer_conv_matmul_and_gemm_are_within_one_step_of_the_float_simulation() {
 }
 
 #[test]
+fn a_gemm_whose_float_output_is_the_result_runs_as_qgemm_close_to_the_float_simulation() {
+    // DQ → Flatten → DQ(x), DQ(w), DQ(int32 bias) → Gemm (transB) → graph output: a
+    // classifier's logits, left in float.
+    let mut g = G::new();
+    let (_, xd) = g.qdq("x", 0.02, 120);
+    let fl = g.op("Flatten", &[&xd], vec![]);
+    let (_, fd) = g.qdq(&fl, 0.02, 120);
+    let gw = g.weights(vec![7, 3 * 4 * 4], 0, 5);
+    let b = g.init(
+        Tensor::from_vec(vec![7], (0..7).map(|c| c * 90 - 300).collect::<Vec<i32>>()).unwrap(),
+    );
+    let bs = g.init(
+        Tensor::from_vec(vec![7], (0..7).map(|c| 0.02f32 * (0.01 + 0.002 * c as f32)).collect())
+            .unwrap(),
+    );
+    let bd = g.op("DequantizeLinear", &[&b, &bs], vec![int("axis", 0)]);
+    let out = g.op("Gemm", &[&fd, &gw, &bd], vec![int("transB", 1)]);
+    let shape = [2, 3, 4, 4];
+    let m = g.model(&shape, &out);
+    for seed in 0..5 {
+        let (f, u, counts) = both(&m, &input(&shape, seed));
+        assert!(counts.iter().any(|(k, _)| k == "QGemm"), "QGemm not fused: {counts:?}");
+        let (f, u) = (f.as_f32().unwrap(), u.as_f32().unwrap());
+        let top = u.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        assert!(top > 0.1, "seed {seed}: logits {u:?}");
+        for (a, b) in f.iter().zip(u) {
+            // Exact integer sums scaled once vs a float sum of exact products: f32 rounding.
+            assert!((a - b).abs() <= 1e-5 * top, "seed {seed}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
 fn dynamic_matmul_chain_fuses_bit_identically() {
     let mut g = G::new();
     let dq = NodeProto {

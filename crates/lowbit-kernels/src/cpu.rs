@@ -18,7 +18,8 @@ pub enum Isa {
     Generic,
     /// x86-64 AVX2 and FMA.
     Avx2,
-    /// x86-64 AVX-512 F, VL and VNNI on top of AVX2: `vpdpbusd` on 256-bit registers.
+    /// x86-64 AVX-512 F, VL, BW and VNNI on top of AVX2 (every VNNI CPU has BW):
+    /// `vpdpbusd` on 512-bit registers, 16-bit multiply-adds on 32 lanes.
     Avx512Vnni,
 }
 
@@ -31,7 +32,8 @@ impl Isa {
             {
                 use std::is_x86_feature_detected as has;
                 if has!("avx2") && has!("fma") {
-                    if has!("avx512f") && has!("avx512vl") && has!("avx512vnni") {
+                    if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512vnni")
+                    {
                         return Isa::Avx512Vnni;
                     }
                     return Isa::Avx2;
@@ -117,6 +119,7 @@ impl Kernels {
     /// The families with AVX-512 VNNI code.
     fn plug_avx512_vnni(&mut self) {
         self.qgemm = Isa::Avx512Vnni;
+        self.depthwise_i8 = Isa::Avx512Vnni;
     }
 }
 
@@ -156,7 +159,10 @@ mod tests {
         assert_eq!(levels(|k| k.qgemm), all);
         assert!(levels(|k| k.wgemm).len() <= 2);
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("fma")
+        {
             assert_eq!(Isa::detect(), Isa::Avx512Vnni);
         }
     }

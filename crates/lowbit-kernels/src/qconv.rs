@@ -30,6 +30,8 @@ pub struct PackedConv {
     cg_in: usize,
     groups: usize,
     kernel_size: usize,
+    /// The depthwise kernels' level (the GEMM's is in its [`PackedI8`]s).
+    depthwise_isa: Isa,
     kind: Kind,
 }
 
@@ -44,11 +46,14 @@ enum Kind {
 
 impl PackedConv {
     /// `w` is `[c_out, c_in / groups, kernel...]` (row-major, `kernel_size` taps per filter);
-    /// `zero_points` holds one value or one per output channel.
+    /// `zero_points` holds one value or one per output channel. `isa` is the CPU level whose
+    /// kernels will run: [`Isa::detect`] for this CPU (tests pack for each of
+    /// [`Isa::available`]).
     ///
     /// # Panics
     /// When `w`'s length or `zero_points` disagree with the dims (caller bugs).
     pub fn pack(
+        isa: Isa,
         w: &[i8],
         c_out: usize,
         cg_in: usize,
@@ -56,6 +61,7 @@ impl PackedConv {
         groups: usize,
         zero_points: &[i32],
     ) -> PackedConv {
+        let kernels = cpu::Kernels::at(isa);
         assert_eq!(w.len(), c_out * cg_in * kernel_size, "PackedConv: weight length");
         assert!(groups >= 1 && c_out.is_multiple_of(groups), "PackedConv: groups");
         assert!(zero_points.len() == 1 || zero_points.len() == c_out, "PackedConv: zero points");
@@ -70,8 +76,12 @@ impl PackedConv {
                     wl[t * c_out + c] = wc[c * kernel_size + t] as i16;
                 }
             }
-            let wp =
-                if c_out.is_multiple_of(16) { dw_pairs(&wl, c_out, kernel_size) } else { vec![] };
+            let wide = kernels.depthwise_i8 >= Isa::Avx512Vnni;
+            let wp = if c_out.is_multiple_of(16) {
+                dw_pairs(&wl, c_out, kernel_size, wide)
+            } else {
+                vec![]
+            };
             Kind::Depthwise(wc, wl, wp)
         } else {
             let kk = cg_in * kernel_size;
@@ -90,12 +100,12 @@ impl PackedConv {
                         }
                         let zps: Vec<i32> = (0..cg_out).map(|c| zp(g * cg_out + c)).collect();
                         // Stored `cg_out × kk`: the GEMM's `kk × cg_out` operand transposed.
-                        PackedI8::pack(Trans::Yes, kk, cg_out, &wl, kk, &zps)
+                        PackedI8::pack_for(kernels.qgemm, Trans::Yes, kk, cg_out, &wl, kk, &zps)
                     })
                     .collect(),
             )
         };
-        PackedConv { c_out, cg_in, groups, kernel_size, kind }
+        PackedConv { c_out, cg_in, groups, kernel_size, depthwise_isa: kernels.depthwise_i8, kind }
     }
 
     pub fn c_out(&self) -> usize {
@@ -406,6 +416,7 @@ pub fn qconv(
             }
         }
         (Kind::Depthwise(_, wl, wp), stage) if flat => {
+            let isa = w.depthwise_isa;
             let sink = match stage {
                 ConvStage::I32 { out } => {
                     assert!(out.len() >= out_len, "qconv: output is too short");
@@ -430,7 +441,9 @@ pub fn qconv(
             for b in 0..batch {
                 let xb = &x[b * c_in * plane_in..(b + 1) * c_in * plane_in];
                 let w = DwWeights { taps: wl, pairs: wp };
-                depthwise_2d(win, c_out, xb, x_zp, w, &sink, b * c_out * plane_out, layout);
+                let base = b * c_out * plane_out;
+                let img = DwImage { win, c: c_out, x: xb, x_zp, w, sink: &sink, base };
+                depthwise_2d(&img, layout, isa);
             }
         }
         (Kind::Depthwise(wc, ..), ConvStage::I32 { out }) => {
@@ -484,75 +497,275 @@ struct DwWeights<'a> {
     pairs: &'a [i16],
 }
 
-/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of [`x86_64::pixel`]: for
-/// each pair of taps `(2p, 2p + 1)` (a zero tap past the end) and block of 16 channels, the 16
-/// `(w[2p][ch], w[2p+1][ch])` pairs of channels `0-3, 8-11` then of `4-7, 12-15` — what
-/// `vpunpcklwd` / `vpunpckhwd` make of the two taps' inputs, ready for `vpmaddwd`.
-fn dw_pairs(wl: &[i16], c: usize, taps: usize) -> Vec<i16> {
-    let blocks = c / 16;
-    let mut out = Vec::with_capacity(taps.div_ceil(2) * blocks * 32);
+/// Depthwise weights (`taps × c`, `c` a multiple of 16) in the order of the row kernels
+/// (`x86_64::dw_row`): for each pair of taps `(2p, 2p + 1)` (a zero tap past the end) and
+/// block of 16 channels, the 16 `(w[2p][ch], w[2p+1][ch])` pairs of channels `0-3, 8-11` then
+/// of `4-7, 12-15` — what `vpunpcklwd` / `vpunpckhwd` make of the two taps' inputs, ready for
+/// `vpmaddwd`. `wide` (the AVX-512 kernel) takes whole 32-channel blocks first, each as the
+/// unpacks of zmm registers order them: the first halves of its two 16-channel blocks, then
+/// the second halves.
+fn dw_pairs(wl: &[i16], c: usize, taps: usize, wide: bool) -> Vec<i16> {
+    let mut out = Vec::with_capacity(taps.div_ceil(2) * c * 2);
     let w = |t: usize, ch: usize| if t < taps { wl[t * c + ch] } else { 0 };
+    let wide_blocks = if wide { c / 32 } else { 0 };
     for p in 0..taps.div_ceil(2) {
-        for b in 0..blocks {
-            for half in [0, 4] {
-                for lane in [0, 8] {
-                    for j in 0..4 {
-                        let ch = b * 16 + lane + half + j;
-                        out.extend([w(2 * p, ch), w(2 * p + 1, ch)]);
-                    }
+        let mut quarter = |base: usize, half: usize| {
+            for lane in [0, 8] {
+                for j in 0..4 {
+                    let ch = base + lane + half + j;
+                    out.extend([w(2 * p, ch), w(2 * p + 1, ch)]);
                 }
+            }
+        };
+        for b in 0..wide_blocks {
+            for half in [0, 4] {
+                for sub in [0, 16] {
+                    quarter(b * 32 + sub, half);
+                }
+            }
+        }
+        for b in wide_blocks * 2..c / 16 {
+            for half in [0, 4] {
+                quarter(b * 16, half);
             }
         }
     }
     out
 }
 
+/// Taps of the largest kernel the SIMD depthwise kernels take (7×7), rounded up to pairs.
+const DW_MAX_TAPS: usize = 50;
+
 #[cfg(target_arch = "x86_64")]
 mod x86_64 {
+    use crate::qgemm::x86_64::{pack16, requantize8};
     use std::arch::x86_64::*;
 
-    /// One output pixel of a channels-last depthwise convolution: `acc[ch] = Σ_t (x_t[ch] - zp)
-    /// · w[t][ch]` over the taps `taps` (each pointing at `c` input bytes; an even count, the
-    /// last one paired with zero weights when the kernel has an odd number of taps).
-    ///
-    /// # Safety
-    /// AVX2; `c` a multiple of 16; every tap readable for `c` bytes; `pairs` as [`super::dw_pairs`]
-    /// for `taps.len() / 2` pairs; `acc` writable for `c` lanes.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn pixel(
-        taps: &[*const u8],
-        pairs: *const i16,
-        c: usize,
-        zp: i32,
-        acc: *mut i32,
-    ) {
-        let zp16 = _mm256_set1_epi16(zp as i16);
-        let blocks = c / 16;
-        for b in 0..blocks {
-            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for (p, t) in taps.chunks_exact(2).enumerate() {
-                // SAFETY: per the contract.
-                unsafe {
-                    let x0 =
-                        _mm256_cvtepu8_epi16(_mm_loadu_si128(t[0].add(b * 16) as *const __m128i));
-                    let x1 =
-                        _mm256_cvtepu8_epi16(_mm_loadu_si128(t[1].add(b * 16) as *const __m128i));
-                    let (x0, x1) = (_mm256_sub_epi16(x0, zp16), _mm256_sub_epi16(x1, zp16));
-                    let w = pairs.add((p * blocks + b) * 32);
-                    let wlo = _mm256_loadu_si256(w as *const __m256i);
-                    let whi = _mm256_loadu_si256(w.add(16) as *const __m256i);
-                    lo =
-                        _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wlo));
-                    hi =
-                        _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), whi));
+    /// One output row of a channels-last depthwise convolution, as the row kernels read it.
+    pub(super) struct DwRow<'a> {
+        /// The `kh` input rows under the kernel (`iw · c` bytes each; a row of zero points
+        /// where the kernel hangs over the top or bottom edge).
+        pub rows: &'a [*const u8],
+        /// `c` zero-point bytes: what a tap left or right of the input reads.
+        pub zp_pixel: *const u8,
+        pub iw: usize,
+        pub ow: usize,
+        pub kw: usize,
+        pub sx: usize,
+        pub dx: usize,
+        pub pl: usize,
+        pub c: usize,
+        /// [`super::dw_pairs`] of the weights.
+        pub pairs: *const i16,
+        /// Added to each channel's raw sum: `bias - x_zp · Σ_t w[t]` (`c` values).
+        pub adj: *const i32,
+    }
+
+    /// Where a row kernel's `ow · c` sums go.
+    pub(super) enum DwOut {
+        I32(*mut i32),
+        Requantize { mult: *const f32, zero_point: i32, qmin: i32, qmax: i32, out: *mut u8 },
+    }
+
+    /// `$lo += madd(unpacklo(x0, x1), w)` and `$hi += madd(unpackhi(x0, x1), w + $half)` for
+    /// the inputs `x0`, `x1` of tap pair `$p` at channel `$off`, widened to i16: one step of
+    /// the row kernels, for the register width whose intrinsics are listed.
+    macro_rules! madd_tap_pair {
+        ($lo:ident, $hi:ident, $ptrs:expr, $p:expr, $off:expr, $w:expr, $half:expr,
+         [$xload:ident, $widen:ident, $wload:ident, $add:ident, $madd:ident, $unlo:ident,
+          $unhi:ident]) => {
+            // SAFETY: per the kernels' contract: each tap readable for `c` bytes, `$w` inside
+            // the pairs.
+            unsafe {
+                let x0 = $widen($xload($ptrs[2 * $p].add($off) as *const _));
+                let x1 = $widen($xload($ptrs[2 * $p + 1].add($off) as *const _));
+                let (wlo, whi) = ($wload($w as *const _), $wload($w.add($half) as *const _));
+                $lo = $add($lo, $madd($unlo(x0, x1), wlo));
+                $hi = $add($hi, $madd($unhi(x0, x1), whi));
+            }
+        };
+    }
+
+    /// Points `$ptrs[t]` at the `c` input bytes of tap `t` of output pixel `$ox` (the pixel
+    /// of zero points for taps left or right of the input).
+    macro_rules! tap_pointers {
+        ($r:expr, $ptrs:expr, $ox:expr) => {{
+            let (lo_ix, hi_ix) = ($r.pl as isize, ($r.iw + $r.pl) as isize);
+            let x0 = ($ox * $r.sx) as isize;
+            for (ky, &row) in $r.rows.iter().enumerate() {
+                for kx in 0..$r.kw {
+                    let ix = x0 + (kx * $r.dx) as isize;
+                    $ptrs[ky * $r.kw + kx] = if ix >= lo_ix && ix < hi_ix {
+                        // SAFETY: inside the row.
+                        unsafe { row.add((ix - lo_ix) as usize * $r.c) }
+                    } else {
+                        $r.zp_pixel
+                    };
                 }
             }
+        }};
+    }
+
+    /// The 16 channels from `$ch0` of output pixel `$ox` on ymm registers (weights of that
+    /// block at `pairs + p · 2c + $ch0 · 2` for tap pair `p`, in [`super::dw_pairs`]' 16-channel
+    /// order).
+    macro_rules! block16 {
+        ($r:expr, $out:expr, $ptrs:expr, $npairs:expr, $ox:expr, $ch0:expr) => {{
+            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for p in 0..$npairs {
+                let w = $r.pairs.wrapping_add(p * 2 * $r.c + 2 * $ch0);
+                madd_tap_pair!(
+                    lo,
+                    hi,
+                    $ptrs,
+                    p,
+                    $ch0,
+                    w,
+                    16,
+                    [
+                        _mm_loadu_si128,
+                        _mm256_cvtepu8_epi16,
+                        _mm256_loadu_si256,
+                        _mm256_add_epi32,
+                        _mm256_madd_epi16,
+                        _mm256_unpacklo_epi16,
+                        _mm256_unpackhi_epi16
+                    ]
+                );
+            }
             // lo holds channels 0-3 | 8-11, hi 4-7 | 12-15.
-            // SAFETY: 16 lanes of acc.
+            let ch = $ox * $r.c + $ch0;
+            // SAFETY: 16 lanes of adj, mult and the output per the contract.
             unsafe {
-                let a = acc.add(b * 16) as *mut __m256i;
-                _mm256_storeu_si256(a, _mm256_permute2x128_si256(lo, hi, 0x20));
-                _mm256_storeu_si256(a.add(1), _mm256_permute2x128_si256(lo, hi, 0x31));
+                let adj = $r.adj.add($ch0) as *const __m256i;
+                let v0 = _mm256_add_epi32(
+                    _mm256_permute2x128_si256(lo, hi, 0x20),
+                    _mm256_loadu_si256(adj),
+                );
+                let v1 = _mm256_add_epi32(
+                    _mm256_permute2x128_si256(lo, hi, 0x31),
+                    _mm256_loadu_si256(adj.add(1)),
+                );
+                match *$out {
+                    DwOut::I32(o) => {
+                        let o = o.add(ch) as *mut __m256i;
+                        _mm256_storeu_si256(o, v0);
+                        _mm256_storeu_si256(o.add(1), v1);
+                    }
+                    DwOut::Requantize { mult, zero_point, qmin, qmax, out } => {
+                        let zp = _mm256_set1_epi32(zero_point);
+                        let (lo, hi) = (_mm256_set1_epi32(qmin), _mm256_set1_epi32(qmax));
+                        let m = mult.add($ch0);
+                        let q0 = requantize8!(v0, _mm256_loadu_ps(m), zp, lo, hi);
+                        let q1 = requantize8!(v1, _mm256_loadu_ps(m.add(8)), zp, lo, hi);
+                        _mm_storeu_si128(out.add(ch) as *mut __m128i, pack16!(q0, q1, qmin));
+                    }
+                }
+            }
+        }};
+    }
+
+    /// One output row: `Σ_t x_t[ch] · w[t][ch] + adj[ch]` per pixel and channel (raw u8
+    /// inputs, the zero point folded into `adj`: a tap in the padding reads zero points, so it
+    /// adds `x_zp · w` that `adj` takes away again), two taps per `vpmaddwd`, 16 channels at a
+    /// time, requantized in registers when `out` says so.
+    ///
+    /// # Safety
+    /// AVX2; `c` a multiple of 16; `rows.len() · kw ≤ DW_MAX_TAPS`; every row readable for
+    /// `iw · c` bytes and `zp_pixel` for `c`; `pairs` holds [`super::dw_pairs`] (16-channel
+    /// blocks) of the `(rows.len() · kw).div_ceil(2)` tap pairs; `adj` (and `mult`) `c`
+    /// values; `out` writable for `ow · c`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dw_row(r: &DwRow, out: &DwOut) {
+        let npairs = (r.rows.len() * r.kw).div_ceil(2);
+        // The pad tap past an odd count reads zero points against zero weights.
+        let mut ptrs = [r.zp_pixel; super::DW_MAX_TAPS];
+        for ox in 0..r.ow {
+            tap_pointers!(r, ptrs, ox);
+            for b in 0..r.c / 16 {
+                block16!(r, out, ptrs, npairs, ox, b * 16);
+            }
+        }
+    }
+
+    /// [`dw_row`] with 32 channels per zmm register (AVX-512 BW), the last 16 (when `c` is an
+    /// odd multiple of 16) on ymm.
+    ///
+    /// # Safety
+    /// As [`dw_row`], with AVX-512 F/BW/VL and `pairs` in [`super::dw_pairs`]' 32-channel
+    /// order.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn dw_row_avx512(r: &DwRow, out: &DwOut) {
+        let npairs = (r.rows.len() * r.kw).div_ceil(2);
+        let mut ptrs = [r.zp_pixel; super::DW_MAX_TAPS];
+        let wide = r.c / 32;
+        // Output lanes from lo = [0-3 | 8-11 | 16-19 | 24-27], hi = [4-7 | 12-15 | 20-23 | 28-31]
+        // (in 4-lane units: lo = 0, 2, 4, 6 and hi = 1, 3, 5, 7).
+        let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        let second =
+            _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+        let (fmin, fmax) = (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
+        for ox in 0..r.ow {
+            tap_pointers!(r, ptrs, ox);
+            for b in 0..wide {
+                let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for p in 0..npairs {
+                    let w = r.pairs.wrapping_add(p * 2 * r.c + b * 64);
+                    madd_tap_pair!(
+                        lo,
+                        hi,
+                        ptrs,
+                        p,
+                        b * 32,
+                        w,
+                        32,
+                        [
+                            _mm256_loadu_si256,
+                            _mm512_cvtepu8_epi16,
+                            _mm512_loadu_si512,
+                            _mm512_add_epi32,
+                            _mm512_madd_epi16,
+                            _mm512_unpacklo_epi16,
+                            _mm512_unpackhi_epi16
+                        ]
+                    );
+                }
+                let ch = ox * r.c + b * 32;
+                for (h, idx) in [first, second].into_iter().enumerate() {
+                    // SAFETY: 16 lanes of adj, mult and the output per the contract.
+                    unsafe {
+                        let v = _mm512_add_epi32(
+                            _mm512_permutex2var_epi32(lo, idx, hi),
+                            _mm512_loadu_si512(r.adj.add(b * 32 + 16 * h) as *const _),
+                        );
+                        match *out {
+                            DwOut::I32(o) => _mm512_storeu_si512(o.add(ch + 16 * h) as *mut _, v),
+                            DwOut::Requantize { mult, zero_point, qmin, qmax, out } => {
+                                // requantize_one's rule, as in the GEMM's VNNI epilogue.
+                                let m = _mm512_loadu_ps(mult.add(b * 32 + 16 * h));
+                                let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), m);
+                                let x = _mm512_min_ps(_mm512_max_ps(x, fmin), fmax);
+                                let q = _mm512_add_epi32(
+                                    _mm512_cvtps_epi32(x),
+                                    _mm512_set1_epi32(zero_point),
+                                );
+                                let q = _mm512_min_epi32(
+                                    _mm512_max_epi32(q, _mm512_set1_epi32(qmin)),
+                                    _mm512_set1_epi32(qmax),
+                                );
+                                let bytes = if qmin >= 0 {
+                                    _mm512_cvtusepi32_epi8(q)
+                                } else {
+                                    _mm512_cvtsepi32_epi8(q)
+                                };
+                                _mm_storeu_si128(out.add(ch + 16 * h) as *mut __m128i, bytes);
+                            }
+                        }
+                    }
+                }
+            }
+            if !r.c.is_multiple_of(32) {
+                block16!(r, out, ptrs, npairs, ox, wide * 32);
             }
         }
     }
@@ -570,30 +783,39 @@ enum DwSink {
     },
 }
 
-/// A 2-D depthwise convolution of one image, channels-last inside: the input is padded with
-/// zeros (after subtracting its zero point) into a `rows × cols × c` i16 buffer, so every
-/// tap of every output pixel is one multiply-add over a contiguous run of `c` channels (SIMD
-/// over channels; a plane-at-a-time loop spends its time on row edges when planes are 7×7).
-/// Output pixel `p` of channel `ch` goes to `base + ch · pixels + p` (channels first) or
-/// `base + p · c + ch` (channels last).
-#[allow(clippy::too_many_arguments)]
-fn depthwise_2d(
-    win: &Window,
+/// One image of a 2-D depthwise convolution: `c` channels of input `x` (zero point `x_zp`),
+/// its output starting at `base` in the sink.
+#[derive(Clone, Copy)]
+struct DwImage<'a> {
+    win: &'a Window,
     c: usize,
-    x: &[u8],
+    x: &'a [u8],
     x_zp: i32,
-    w: DwWeights,
-    sink: &DwSink,
+    w: DwWeights<'a>,
+    sink: &'a DwSink,
     base: usize,
-    layout: Layout,
-) {
+}
+
+/// A 2-D depthwise convolution of one image, channels-last inside, so every tap of every
+/// output pixel is one multiply-add over a contiguous run of `c` channels (SIMD over channels;
+/// a plane-at-a-time loop spends its time on row edges when planes are 7×7). Channels-last
+/// input with whole blocks of 16 channels takes the SIMD row kernels; otherwise channels-first
+/// input is padded with zeros (after subtracting its zero point) into a `rows × cols × c` i16
+/// buffer first. Output pixel `p` of channel `ch` goes to `base + ch · pixels + p` (channels
+/// first) or `base + p · c + ch` (channels last).
+fn depthwise_2d(img: &DwImage, layout: Layout, isa: Isa) {
+    let DwImage { win, c, x, x_zp, w, sink, base } = *img;
     let wl = w.taps;
-    // The AVX2 kernel: channels-last, whole blocks of 16 channels.
-    let simd = layout == Layout::ChannelsLast
-        && !w.pairs.is_empty()
-        && cpu::best().depthwise_i8 >= Isa::Avx2;
-    let zp_pixel = vec![x_zp as u8; c];
     let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2
+        && layout == Layout::ChannelsLast
+        && !w.pairs.is_empty()
+        && kh * kw <= DW_MAX_TAPS
+    {
+        return depthwise_2d_simd(img, isa);
+    }
+    let _ = isa;
     let [rows, cols] = padded_plane(win);
     let plane = ih * iw;
     // Channels-first input is made channels-last once, padded (zero after subtracting the
@@ -616,35 +838,7 @@ fn depthwise_2d(
     let pixels = oh * ow;
     let row = |oy: usize| {
         let mut acc = vec![0i32; ow * c];
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            let taps = kh * kw;
-            let mut ptrs = vec![zp_pixel.as_ptr(); taps.next_multiple_of(2)];
-            for ox in 0..ow {
-                for ky in 0..kh {
-                    let iy = (oy * sy + ky * dy) as isize - pt as isize;
-                    for kx in 0..kw {
-                        let ix = (ox * sx + kx * dx) as isize - pl as isize;
-                        let inside =
-                            (0..ih as isize).contains(&iy) && (0..iw as isize).contains(&ix);
-                        // A tap in the padding reads a pixel of zero points: it adds nothing.
-                        ptrs[ky * kw + kx] = if inside {
-                            x[(iy as usize * iw + ix as usize) * c..][..c].as_ptr()
-                        } else {
-                            zp_pixel.as_ptr()
-                        };
-                    }
-                }
-                // SAFETY: AVX2 is present; every pointer reads `c` bytes; `pairs` holds
-                // `ptrs.len() / 2` tap pairs of `c / 16` blocks; `acc` row has `c` lanes.
-                unsafe {
-                    x86_64::pixel(&ptrs, w.pairs.as_ptr(), c, x_zp, acc[ox * c..][..c].as_mut_ptr())
-                };
-            }
-        }
-        // The portable loop, for the pixels the SIMD kernel did not fill (none or all).
-        let rest = if simd { 0..0 } else { 0..ow };
-        for ox in rest {
+        for ox in 0..ow {
             let a = &mut acc[ox * c..(ox + 1) * c];
             for ky in 0..kh {
                 let iy = (oy * sy + ky * dy) as isize - pt as isize;
@@ -708,6 +902,80 @@ fn depthwise_2d(
         }
     };
     if rayon::current_num_threads() > 1 && pixels * c * kh * kw >= 1 << 17 {
+        (0..oh).into_par_iter().for_each(row);
+    } else {
+        (0..oh).for_each(row);
+    }
+}
+
+/// [`depthwise_2d`] on channels-last input and output with `c` a multiple of 16: one
+/// [`x86_64::dw_row`] (AVX2) or [`x86_64::dw_row_avx512`] call per output row, reading the
+/// input in place (rows above or below it read a row of zero points).
+#[cfg(target_arch = "x86_64")]
+fn depthwise_2d_simd(img: &DwImage, isa: Isa) {
+    let DwImage { win, c, x, x_zp, w, sink, base } = *img;
+    let Plane { ih, iw, kh, kw, oh, ow, sy, sx, dy, dx, pt, pl } = win.plane();
+    assert!(x.len() >= ih * iw * c && w.pairs.len() >= (kh * kw).div_ceil(2) * c * 2);
+    // Raw u8 products: the zero point's share, x_zp · Σ_t w[t][ch], comes off once here.
+    let mut adj = match sink {
+        DwSink::Requantize { bias, .. } => bias.clone(),
+        DwSink::I32(_) => vec![0i32; c],
+    };
+    for t in w.taps.chunks_exact(c) {
+        for (a, &wv) in adj.iter_mut().zip(t) {
+            *a = a.wrapping_sub(x_zp.wrapping_mul(wv as i32));
+        }
+    }
+    let zp_row = vec![x_zp as u8; iw.max(1) * c];
+    let row = |oy: usize| {
+        let mut rows = [zp_row.as_ptr(); DW_MAX_TAPS];
+        for (ky, r) in rows.iter_mut().enumerate().take(kh) {
+            let iy = (oy * sy + ky * dy) as isize - pt as isize;
+            if (0..ih as isize).contains(&iy) {
+                *r = x[iy as usize * iw * c..][..iw * c].as_ptr();
+            }
+        }
+        let r = x86_64::DwRow {
+            rows: &rows[..kh],
+            zp_pixel: zp_row.as_ptr(),
+            iw,
+            ow,
+            kw,
+            sx,
+            dx,
+            pl,
+            c,
+            pairs: w.pairs.as_ptr(),
+            adj: adj.as_ptr(),
+        };
+        // SAFETY: the caller asserted the output holds this image's `oh · ow · c` values;
+        // rows write disjoint pixels.
+        let out = unsafe {
+            match sink {
+                DwSink::I32(o) => x86_64::DwOut::I32(o.get().add(base + oy * ow * c)),
+                DwSink::Requantize { mult, zero_point, qmin, qmax, out, .. } => {
+                    x86_64::DwOut::Requantize {
+                        mult: mult.as_ptr(),
+                        zero_point: *zero_point,
+                        qmin: *qmin,
+                        qmax: *qmax,
+                        out: out.get().add(base + oy * ow * c),
+                    }
+                }
+            }
+        };
+        // SAFETY: the caller checked the level (and packed the pairs for it); `c` is a
+        // multiple of 16 (pairs exist); at most DW_MAX_TAPS taps; rows and zp_row hold
+        // `iw · c` bytes; adj and mult `c` values.
+        unsafe {
+            if isa >= Isa::Avx512Vnni {
+                x86_64::dw_row_avx512(&r, &out)
+            } else {
+                x86_64::dw_row(&r, &out)
+            }
+        };
+    };
+    if rayon::current_num_threads() > 1 && oh * ow * c * kh * kw >= 1 << 17 {
         (0..oh).into_par_iter().for_each(row);
     } else {
         (0..oh).for_each(row);
@@ -872,8 +1140,8 @@ mod tests {
             1usize..3,
             1usize..4,
             1usize..4,
-            [1usize..9, 1usize..9],
-            [1usize..4, 1usize..4],
+            [1usize..11, 1usize..11],
+            [1usize..6, 1usize..6],
             1usize..3,
             0usize..3,
             1usize..3,
@@ -911,8 +1179,6 @@ mod tests {
             let w: Vec<i8> = (0..c_out * cg_in * ks).map(|_| next() as i8).collect();
             let w_zp: Vec<i32> = if per_channel { (0..c_out).map(|_| (next() % 9) as i32 - 4).collect() } else { vec![0] };
             let want = qconv_ref(&win, batch, c_in, &x, x_zp, &w, c_out, groups, &w_zp);
-            let packed = PackedConv::pack(&w, c_out, cg_in, ks, groups, &w_zp);
-            prop_assert_eq!(packed.is_depthwise(), cg_in == 1 && cg_out == 1);
             let plane = out[0] * out[1];
             // Channels-last runs take and give NHWC; compared in NCHW order.
             let (layout, xs) = if channels_last {
@@ -921,19 +1187,23 @@ mod tests {
                 (Layout::ChannelsFirst, x.clone())
             };
             let back = |y: &[i32]| if channels_last { nchw(y, batch, c_out, plane) } else { y.to_vec() };
-            let mut got = vec![0i32; want.len()];
-            qconv(&win, batch, &xs, x_zp, &packed, ConvStage::I32 { out: &mut got }, layout);
-            prop_assert_eq!(&back(&got), &want);
             let bias: Vec<i32> = (0..c_out).map(|c| c as i32 * 37 - 50).collect();
             let mult: Vec<f32> = (0..c_out).map(|c| 0.001 + c as f32 * 0.0003).collect();
-            let mut q = vec![0u8; want.len()];
-            qconv(&win, batch, &xs, x_zp, &packed, ConvStage::Requantize {
-                bias: Some(&bias), multiplier: &mult, zero_point: 7, qmin: 0, qmax: 255, out: &mut q,
-            }, layout);
-            let q: Vec<i32> = back(&q.iter().map(|&v| v as i32).collect::<Vec<_>>());
-            for (i, (&qv, &acc)) in q.iter().zip(&want).enumerate() {
-                let c = (i / plane) % c_out;
-                prop_assert_eq!(qv, requantize_one(acc + bias[c], mult[c], 7, 0, 255));
+            for isa in Isa::available() {
+                let packed = PackedConv::pack(isa, &w, c_out, cg_in, ks, groups, &w_zp);
+                prop_assert_eq!(packed.is_depthwise(), cg_in == 1 && cg_out == 1);
+                let mut got = vec![0i32; want.len()];
+                qconv(&win, batch, &xs, x_zp, &packed, ConvStage::I32 { out: &mut got }, layout);
+                prop_assert_eq!(&back(&got), &want, "{:?}", isa);
+                let mut q = vec![0u8; want.len()];
+                qconv(&win, batch, &xs, x_zp, &packed, ConvStage::Requantize {
+                    bias: Some(&bias), multiplier: &mult, zero_point: 7, qmin: 0, qmax: 255, out: &mut q,
+                }, layout);
+                let q: Vec<i32> = back(&q.iter().map(|&v| v as i32).collect::<Vec<_>>());
+                for (i, (&qv, &acc)) in q.iter().zip(&want).enumerate() {
+                    let c = (i / plane) % c_out;
+                    prop_assert_eq!(qv, requantize_one(acc + bias[c], mult[c], 7, 0, 255), "{:?}", isa);
+                }
             }
         }
     }

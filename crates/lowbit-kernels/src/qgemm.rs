@@ -5,11 +5,11 @@
 //! `C[i, j] = Σ_k (A[i, k] - a_zp) · (B[k, j] - b_zp[j])`, computed as the raw product `Σ A·B`
 //! corrected by `a_zp · colsum(B)`, `b_zp · rowsum(A)` and `k · a_zp · b_zp`, so the inner loop
 //! never touches zero points. The weight operand `B` is packed once ([`PackedI8`]) in panels
-//! of [`NR`] columns; the micro-kernel computes 4 rows × 16 columns.
+//! of [`NR`] columns; the AVX2 and generic micro-kernels compute 4 rows × 16 columns.
 //!
 //! Three instruction paths, chosen at run time ([`cpu::best`], never `target-cpu=native`):
-//! - **AVX-512 VNNI** (`vpdpbusd`, on 256-bit registers with AVX-512VL): 4 u8×i8 products
-//!   summed into each i32 lane, exact.
+//! - **AVX-512 VNNI** (`vpdpbusd` on zmm registers, tiles of 8 rows × 32 columns): 4 u8×i8
+//!   products summed into each i32 lane, exact.
 //! - **AVX2**: `vpmaddubsw` multiplies u8×i8 and adds adjacent pairs into *saturating* i16,
 //!   then `vpmaddwd` by ones widens to i32. A pair saturates only when
 //!   `255 · (|b_k| + |b_k+1|) > 32767`; [`PackedI8::pack`] checks every adjacent pair of every
@@ -31,6 +31,8 @@ use crate::quantize::requantize_one;
 pub const NR: usize = 16;
 /// Rows per micro-kernel tile.
 const MR: usize = 4;
+/// Rows per AVX-512 VNNI tile.
+const VNNI_MR: usize = 8;
 /// Work (m·n·k) below which threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 32 * 32 * 64;
 
@@ -267,7 +269,11 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     };
     let (rs, cs) = (out.row_stride, out.col_stride);
     let panels = n.div_ceil(NR);
-    let row_blocks = m.div_ceil(MR);
+    // AVX-512 VNNI tiles are 8 rows × 2 panels (16 zmm accumulators: enough independent
+    // `vpdpbusd` chains to cover its latency on two ports); the others 4 rows × 1 panel.
+    let vnni = b.isa == Isa::Avx512Vnni && b.form == Form::Quads;
+    let (tile_rows, tile_panels) = if vnni { (VNNI_MR, 2) } else { (MR, 1) };
+    let row_blocks = m.div_ceil(tile_rows);
     // Everything per column is folded once per call into `adj` (added to every row's sums:
     // the requantize bias, `-a_zp·colsum(B)`, `+k·a_zp·b_zp`) and `scale` (the multiplier or
     // dequantization scale, expanded; 0 past `n`), so a tile's epilogue is one vector pass.
@@ -303,6 +309,20 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     // patches are re-read from L2 at worst).
     let tile = |t: usize| {
         let (p, rb) = (t / row_blocks, t % row_blocks);
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            let i0 = rb * VNNI_MR;
+            let t = VnniTile {
+                i0,
+                rows: VNNI_MR.min(m - i0),
+                p0: 2 * p,
+                panels: 2.min(panels - 2 * p),
+            };
+            // SAFETY: the CPU has AVX-512 VNNI (the operand was packed for it); A's rows are
+            // readable for k bytes and C holds (i, j) for i < m, j < n (asserted above).
+            unsafe { vnni_tile(b, a, lda, &t, sink, &adj, &scale, &row_sums, rs, cs) };
+            return;
+        }
         let i0 = rb * MR;
         let mr = MR.min(m - i0);
         let j0 = p * NR;
@@ -357,7 +377,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
             unsafe { finish_row(b.isa, sink, acc_row, &adj_r, scale_p, j0, cols, base, cs) };
         }
     };
-    let tiles = row_blocks * panels;
+    let tiles = row_blocks * panels.div_ceil(tile_panels);
     let threads = rayon::current_num_threads();
     if threads > 1 && tiles > 1 && m * n * k.max(1) >= PARALLEL_MIN_WORK {
         use rayon::prelude::*;
@@ -366,6 +386,101 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         (0..tiles).for_each(tile);
     }
     adj.clear();
+}
+
+/// Which rows and panels an AVX-512 VNNI tile covers.
+#[cfg(target_arch = "x86_64")]
+struct VnniTile {
+    i0: usize,
+    /// 1..=8 rows from `i0`.
+    rows: usize,
+    /// First panel.
+    p0: usize,
+    /// 1 or 2 panels from `p0`.
+    panels: usize,
+}
+
+/// One AVX-512 VNNI tile through the sink: requantized in registers for row-major byte
+/// output, else spilled and finished row by row like the other paths.
+///
+/// # Safety
+/// The CPU has AVX-512 VNNI, VL and BW; `a`'s rows `i0..i0 + rows` readable for `b.k` bytes;
+/// the tile's outputs inside the sink's buffer; `adj` and `scale` hold every panel's columns.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn vnni_tile(
+    b: &PackedI8,
+    a: &[u8],
+    lda: usize,
+    t: &VnniTile,
+    sink: Sink<'_>,
+    adj: &[i32],
+    scale: &[f32],
+    row_sums: &[i32],
+    rs: usize,
+    cs: usize,
+) {
+    let k = b.k;
+    let groups = k.div_ceil(4);
+    let j0 = t.p0 * NR;
+    let cols = (b.n - j0).min(t.panels * NR);
+    let mut rows = [a[t.i0 * lda..].as_ptr(); VNNI_MR];
+    for (r, row) in rows.iter_mut().enumerate().take(t.rows) {
+        *row = a[(t.i0 + r) * lda..].as_ptr();
+    }
+    let bp = |q: usize| b.quads[(t.p0 + q.min(t.panels - 1)) * groups * NR * 4..].as_ptr();
+    let panel_ptrs = [bp(0), bp(1)];
+    let mut sums = [0i32; VNNI_MR];
+    if b.any_zero_point {
+        sums[..t.rows].copy_from_slice(&row_sums[t.i0..t.i0 + t.rows]);
+    }
+    // Only an unfused tile spills (zeroing 1 KiB per tile costs as much as a small-k tile).
+    let mut spill = None;
+    let fused = matches!((sink, cs), (Sink::Requantize { .. }, 1));
+    let done = match (sink, fused) {
+        (Sink::Requantize { zero_point, qmin, qmax, out, .. }, true) => {
+            let mut o = [out.get(); VNNI_MR];
+            for (r, o) in o.iter_mut().enumerate().take(t.rows) {
+                // SAFETY: row i0 + r, columns j0.. are inside C.
+                *o = unsafe { o.add((t.i0 + r) * rs + j0) };
+            }
+            x86_64::VnniDone::Requantize(x86_64::VnniRequantize {
+                adj: adj[j0..].as_ptr(),
+                zps: b.zero_points[j0..].as_ptr(),
+                any_zero_point: b.any_zero_point,
+                row_sums: sums,
+                scale: scale[j0..].as_ptr(),
+                zero_point,
+                qmin,
+                qmax,
+                out: o,
+                cols,
+            })
+        }
+        _ => x86_64::VnniDone::Spill(spill.insert([[0i32; NR]; 2 * VNNI_MR])),
+    };
+    // SAFETY: forwarded; each panel pointer holds `groups` groups of 64 bytes.
+    unsafe { x86_64::tile_vnni_dispatch(&rows, t.rows, k, panel_ptrs, t.panels, done) };
+    if let Some(spill) = &spill {
+        for r in 0..t.rows {
+            for q in 0..t.panels {
+                let jq = j0 + q * NR;
+                let mut adj_r: [i32; NR] = adj[jq..jq + NR].try_into().expect("one panel");
+                if b.any_zero_point {
+                    for (v, &z) in adj_r.iter_mut().zip(&b.zero_points[jq..jq + NR]) {
+                        *v = v.wrapping_sub(z.wrapping_mul(sums[r]));
+                    }
+                }
+                let scale_p: &[f32; NR] = scale[jq..jq + NR].try_into().expect("one panel");
+                let base = (t.i0 + r) * rs + jq * cs;
+                let cq = NR.min(b.n - jq);
+                // SAFETY: (i0 + r, jq + jj) with jj < cq is inside C.
+                unsafe {
+                    finish_row(b.isa, sink, &spill[r * 2 + q], &adj_r, scale_p, jq, cq, base, cs)
+                };
+            }
+        }
+    }
 }
 
 /// What a micro-kernel does with its tile's sums.
@@ -407,9 +522,6 @@ unsafe fn micro(b: &PackedI8, p: usize, rows: &[*const u8; MR], done: Done<'_>) 
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the CPU has AVX2 (Isa::Avx2 is only detected or requested then).
                 Isa::Avx2 => unsafe { x86_64::quads_avx2(rows, k, bp, done) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX-512 VNNI and VL.
-                Isa::Avx512Vnni => unsafe { x86_64::quads_vnni(rows, k, bp, done) },
                 // SAFETY: forwarded.
                 _ => unsafe { quads_generic(rows, k, bp, done) },
             }
@@ -596,8 +708,8 @@ fn store<T: Copy>(vals: &[T; NR], cols: usize, out: Ptr<T>, base: usize, cs: usi
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86_64 {
-    use super::{Done, MR, NR};
+pub(crate) mod x86_64 {
+    use super::{Done, MR, NR, VNNI_MR};
     use std::arch::x86_64::*;
 
     /// `clamp(round(v · scale) + zp, lo, hi)` on 8 i32 lanes: [`super::requantize_one`]'s rule
@@ -616,6 +728,7 @@ mod x86_64 {
             )
         }};
     }
+    pub(crate) use requantize8;
 
     /// Two requantized halves (clamped within [-128, 255]) as 16 bytes: the i16 packs are
     /// exact, and the bytes come out as `v as u8` (unsigned saturation for u8 codes, signed
@@ -631,6 +744,7 @@ mod x86_64 {
             }
         }};
     }
+    pub(crate) use pack16;
 
     /// The end of every micro-kernel (a macro: it must expand inside each `target_feature`
     /// function for its intrinsics to inline).
@@ -778,21 +892,162 @@ mod x86_64 {
         finish!(c, done);
     }
 
-    /// `vpdpbusd`: four u8×i8 products per i32 lane, exact.
+    /// A VNNI tile's requantize epilogue: row `r < rows` gets
+    /// `clamp(round((acc + adj - zps·row_sums[r]) · scale) + zero_point)` into
+    /// `out[r][..cols]` (`adj`, `zps`, `scale` point at the tile's first column).
+    pub(super) struct VnniRequantize {
+        pub adj: *const i32,
+        pub zps: *const i32,
+        pub any_zero_point: bool,
+        pub row_sums: [i32; VNNI_MR],
+        pub scale: *const f32,
+        pub zero_point: i32,
+        pub qmin: i32,
+        pub qmax: i32,
+        pub out: [*mut u8; VNNI_MR],
+        pub cols: usize,
+    }
+
+    /// What a VNNI tile does with its sums.
+    pub(super) enum VnniDone<'a> {
+        /// Stores row `r`, panel `q` at `[2r + q]`.
+        Spill(&'a mut [[i32; NR]; 2 * VNNI_MR]),
+        Requantize(VnniRequantize),
+    }
+
+    /// [`tile_vnni`] for `mr` rows (1..=8) and `panels` panels (1 or 2): the smallest
+    /// instance that covers them.
     ///
     /// # Safety
-    /// AVX-512 VNNI and VL; as [`quads_avx2`] otherwise.
+    /// As [`tile_vnni`].
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn quads_vnni(
-        rows: &[*const u8; MR],
+    pub(super) unsafe fn tile_vnni_dispatch(
+        rows: &[*const u8; VNNI_MR],
+        mr: usize,
         k: usize,
-        bp: *const i8,
-        done: Done<'_>,
+        bp: [*const i8; 2],
+        panels: usize,
+        done: VnniDone<'_>,
     ) {
-        let c = panel_loop!(rows, k, bp, k.div_ceil(4), 64, quad, |c, a, b| _mm256_dpbusd_epi32(
-            c, a, b
-        ));
-        finish!(c, done);
+        // SAFETY: forwarded.
+        unsafe {
+            match (mr, panels) {
+                (5.., 2) => tile_vnni::<8, 2>(rows, mr, k, bp, done),
+                (3..=4, 2) => tile_vnni::<4, 2>(rows, mr, k, bp, done),
+                (2, 2) => tile_vnni::<2, 2>(rows, mr, k, bp, done),
+                (_, 2) => tile_vnni::<1, 2>(rows, mr, k, bp, done),
+                (5.., _) => tile_vnni::<8, 1>(rows, mr, k, bp, done),
+                (3..=4, _) => tile_vnni::<4, 1>(rows, mr, k, bp, done),
+                (2, _) => tile_vnni::<2, 1>(rows, mr, k, bp, done),
+                _ => tile_vnni::<1, 1>(rows, mr, k, bp, done),
+            }
+        }
+    }
+
+    /// `R` rows × `P` panels of 16 columns on zmm registers: per group of 4 k, one 64-byte
+    /// load per panel, one broadcast per row, `R · P` `vpdpbusd` (16 lanes × 4 products).
+    /// Rows `mr..R` are computed (from repeated row pointers) but not stored.
+    ///
+    /// # Safety
+    /// AVX-512 F/VL/VNNI; the first `R` rows readable for `k` bytes; `bp[q]` for `q < P`
+    /// holds `k.div_ceil(4)` groups of 64 bytes; the epilogue's pointers as
+    /// [`VnniRequantize`] says, `cols ≤ 16 · P`.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn tile_vnni<const R: usize, const P: usize>(
+        rows: &[*const u8; VNNI_MR],
+        mr: usize,
+        k: usize,
+        bp: [*const i8; 2],
+        done: VnniDone<'_>,
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); P]; R];
+        let full = k / 4;
+        for g in 0..full {
+            // SAFETY: inside the panels and the rows.
+            unsafe {
+                let b: [__m512i; P] =
+                    std::array::from_fn(|q| _mm512_loadu_si512(bp[q].add(g * 64) as *const _));
+                for r in 0..R {
+                    let a = _mm512_set1_epi32((rows[r].add(4 * g) as *const i32).read_unaligned());
+                    for q in 0..P {
+                        acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], a, b[q]);
+                    }
+                }
+            }
+        }
+        if full * 4 < k {
+            // SAFETY: as above; `quad` zero-pads past k.
+            unsafe {
+                let b: [__m512i; P] =
+                    std::array::from_fn(|q| _mm512_loadu_si512(bp[q].add(full * 64) as *const _));
+                for r in 0..R {
+                    let a = _mm512_set1_epi32(quad(rows[r], full, k));
+                    for q in 0..P {
+                        acc[r][q] = _mm512_dpbusd_epi32(acc[r][q], a, b[q]);
+                    }
+                }
+            }
+        }
+        match done {
+            VnniDone::Spill(out) => {
+                for r in 0..R.min(mr) {
+                    for q in 0..P {
+                        // SAFETY: 16 i32 per spill row.
+                        unsafe {
+                            _mm512_storeu_si512(out[2 * r + q].as_mut_ptr() as *mut _, acc[r][q])
+                        };
+                    }
+                }
+            }
+            VnniDone::Requantize(e) => {
+                let zp = _mm512_set1_epi32(e.zero_point);
+                let (lo, hi) = (_mm512_set1_epi32(e.qmin), _mm512_set1_epi32(e.qmax));
+                let (fmin, fmax) =
+                    (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
+                // SAFETY: the epilogue's arrays hold P panels of columns.
+                let (adj, zps, scale): ([__m512i; P], [__m512i; P], [__m512; P]) = unsafe {
+                    (
+                        std::array::from_fn(|q| _mm512_loadu_si512(e.adj.add(16 * q) as *const _)),
+                        std::array::from_fn(|q| _mm512_loadu_si512(e.zps.add(16 * q) as *const _)),
+                        std::array::from_fn(|q| _mm512_loadu_ps(e.scale.add(16 * q))),
+                    )
+                };
+                for (r, acc_r) in acc.iter().enumerate().take(mr) {
+                    let rs = _mm512_set1_epi32(e.row_sums[r]);
+                    for q in 0..P {
+                        let mut v = _mm512_add_epi32(acc_r[q], adj[q]);
+                        if e.any_zero_point {
+                            v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zps[q], rs));
+                        }
+                        // requantize_one's rule: f32 product clamped to ±2^30, rounded half
+                        // to even (the default MXCSR mode), plus the zero point, clamped.
+                        let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale[q]);
+                        let x = _mm512_min_ps(_mm512_max_ps(x, fmin), fmax);
+                        let v = _mm512_add_epi32(_mm512_cvtps_epi32(x), zp);
+                        let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+                        // In range already: the saturating narrowings only pick the sign.
+                        let bytes = if e.qmin >= 0 {
+                            _mm512_cvtusepi32_epi8(v)
+                        } else {
+                            _mm512_cvtsepi32_epi8(v)
+                        };
+                        let cols = e.cols.saturating_sub(16 * q).min(16);
+                        // SAFETY: `cols` writable bytes at column 16q of row r.
+                        unsafe {
+                            let dst = e.out[r].add(16 * q);
+                            if cols == 16 {
+                                _mm_storeu_si128(dst as *mut __m128i, bytes);
+                            } else {
+                                let mut t = [0u8; 16];
+                                _mm_storeu_si128(t.as_mut_ptr() as *mut __m128i, bytes);
+                                std::ptr::copy_nonoverlapping(t.as_ptr(), dst, cols);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `vpmaddwd` on i16-widened values: exact for any i8 weights.
@@ -852,14 +1107,21 @@ mod x86_64 {
         ))
     }
 
-    /// The register-only loop of [`super::peak_probe`] on AVX-512 VNNI: [`quads_vnni`]'s
-    /// `vpdpbusd`.
+    /// The register-only loop of [`super::peak_probe`] on AVX-512 VNNI: [`tile_vnni`]'s
+    /// `vpdpbusd` on zmm registers.
     ///
     /// # Safety
-    /// AVX-512 VNNI and VL.
+    /// AVX-512 VNNI.
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn peak_loop_vnni(iters: u64) -> i32 {
-        register_chains!(iters, |v, b| _mm256_dpbusd_epi32(*v, *v, b))
+        let b = _mm512_set1_epi32(0x0101_0101);
+        let mut c: [__m512i; 12] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32 + 1));
+        for _ in 0..iters {
+            for v in c.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, *v, b);
+            }
+        }
+        c.iter().fold(0, |s, &v| s ^ _mm512_reduce_add_epi32(v))
     }
 
     /// [`crate::quantize::requantize_one`] on 16 sums `acc + bias` at once, bit for bit: the product is
@@ -929,7 +1191,8 @@ pub fn peak_probe(iters: u64) -> Option<Peak> {
 /// When the CPU does not run `isa`.
 pub fn peak_probe_on(isa: Isa, iters: u64) -> Option<Peak> {
     assert!(isa <= Isa::detect(), "peak_probe: this CPU does not run {isa:?}");
-    let macs = iters * 12 * 32;
+    // 12 chains of one instruction on 8 (ymm, AVX2) or 16 (zmm, VNNI) lanes of 4 products.
+    let macs = iters * 12 * if isa == Isa::Avx512Vnni { 64 } else { 32 };
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: the CPU runs `isa` (asserted).
@@ -937,7 +1200,7 @@ pub fn peak_probe_on(isa: Isa, iters: u64) -> Option<Peak> {
             match isa {
                 Isa::Generic => return None,
                 Isa::Avx2 => (x86_64::peak_loop_avx2(iters), "vpmaddubsw + vpmaddwd + vpaddd"),
-                Isa::Avx512Vnni => (x86_64::peak_loop_vnni(iters), "vpdpbusd"),
+                Isa::Avx512Vnni => (x86_64::peak_loop_vnni(iters), "vpdpbusd (zmm)"),
             }
         };
         std::hint::black_box(sink);
@@ -1183,7 +1446,8 @@ mod tests {
         match peak_probe(10) {
             Some(p) => {
                 assert_eq!(p.isa, packed.isa());
-                assert_eq!(p.macs, 10 * 12 * 32);
+                let lanes = if p.isa == Isa::Avx512Vnni { 16 } else { 8 };
+                assert_eq!(p.macs, 10 * 12 * lanes * 4);
             }
             None => assert_eq!(packed.isa(), Isa::Generic),
         }

@@ -17,6 +17,7 @@ use crate::op::{input, opt_input, BuildCtx, Kernel, KernelResult};
 use crate::ops::quant::{self as reference, ConvAttrs};
 use crate::ops::util::{broadcast_shapes, channels_last_attr};
 use crate::registry::Registry;
+use lowbit_kernels::cpu::Isa;
 use lowbit_kernels::gemm::Trans;
 use lowbit_kernels::qconv::{qconv, ConvStage, Layout, PackedConv};
 use lowbit_kernels::qgemm::{qgemm, Output, PackedI8, Stage};
@@ -238,7 +239,7 @@ fn pack_conv(
     }
     let (wv, zps) = weights_i8(w, &zps)?;
     let ks = numel(&ws[2..]);
-    Some((PackedConv::pack(&wv, c_out, ws[1], ks, g, &zps), ws[2..].to_vec()))
+    Some((PackedConv::pack(Isa::detect(), &wv, c_out, ws[1], ks, g, &zps), ws[2..].to_vec()))
 }
 
 fn build_qlinear_conv(ctx: &BuildCtx) -> KernelResult {
@@ -762,15 +763,15 @@ fn bytes<'t>(t: &'t Tensor, q: &Q8, what: &str) -> OpResult<Cow<'t, [u8]>> {
 
 /// `QLinearAdd` / `QLinearMul`: `Q(DQ(a) ∘ DQ(b))` per element with numpy broadcasting, the
 /// very f32 operations of the unfused DequantizeLinear → Add/Mul → QuantizeLinear (so the
-/// fused graph is bit-identical), via a 256-entry dequantization table per operand.
+/// fused graph is bit-identical). Two bytes in, one byte out: the result of every pair of
+/// codes is computed once at load (a 64 KiB table, those f32 operations on all 65536 pairs),
+/// and a run is one lookup per element.
 struct QBinary {
     a: Q8,
     b: Q8,
     y: Q8,
-    mul: bool,
-    /// Dequantized value of every code of A and of B, built once at load.
-    ta: [f32; 256],
-    tb: [f32; 256],
+    /// `table[a_byte << 8 | b_byte]`: the output byte.
+    table: Vec<u8>,
 }
 
 impl Kernel for QBinary {
@@ -778,19 +779,10 @@ impl Kernel for QBinary {
         let a = input(ins, 0)?;
         let b = input(ins, 3)?;
         let (ab, bb) = (bytes(a, &self.a, "A")?, bytes(b, &self.b, "B")?);
-        let (ta, tb) = (&self.ta, &self.tb);
-        let f = |x: u8, z: u8| -> f32 {
-            let (u, v) = (ta[x as usize], tb[z as usize]);
-            if self.mul {
-                u * v
-            } else {
-                u + v
-            }
-        };
+        let t: &[u8; 65536] = self.table.as_slice().try_into().expect("64 KiB table");
+        let f = |x: u8, z: u8| t[(x as usize) << 8 | z as usize];
         let shape = broadcast_shapes(a.shape(), b.shape())?;
-        // The float values first (table lookups), then one vectorized quantization pass: the
-        // same f32 operations as DQ → Add/Mul → Q.
-        let v: Vec<f32> = if a.shape() == b.shape() {
+        let y: Vec<u8> = if a.shape() == b.shape() {
             ab.iter().zip(bb.iter()).map(|(&x, &z)| f(x, z)).collect()
         } else if b.len() == 1 {
             ab.iter().map(|&x| f(x, bb[0])).collect()
@@ -800,9 +792,6 @@ impl Kernel for QBinary {
             let (oa, ob) = (offsets(a.shape(), &shape), offsets(b.shape(), &shape));
             oa.iter().zip(&ob).map(|(&i, &j)| f(ab[i], bb[j])).collect()
         };
-        let (lo, hi) = self.y.range();
-        let mut y = vec![0u8; v.len()];
-        quantize_bytes(&v, self.y.scale, self.y.zp, lo, hi, &mut y);
         Ok(vec![wrap_bytes(self.y.dtype, shape, y)?])
     }
 }
@@ -826,8 +815,24 @@ fn offsets(shape: &[usize], out: &[usize]) -> Vec<usize> {
 }
 
 fn build_qlinear_binary(ctx: &BuildCtx, mul: bool) -> KernelResult {
-    let (a, b) = (Q8::read(ctx, 1, 2)?, Q8::read(ctx, 4, 5)?);
-    Ok(Box::new(QBinary { a, b, y: Q8::read(ctx, 6, 7)?, mul, ta: a.table(), tb: b.table() }))
+    let (a, b, y) = (Q8::read(ctx, 1, 2)?, Q8::read(ctx, 4, 5)?, Q8::read(ctx, 6, 7)?);
+    let (ta, tb) = (a.table(), b.table());
+    // The float values of all pairs first, then one quantization pass: the same f32
+    // operations as DQ → Add/Mul → Q.
+    let v: Vec<f32> = (0..1usize << 16)
+        .map(|i| {
+            let (u, w) = (ta[i >> 8], tb[i & 0xff]);
+            if mul {
+                u * w
+            } else {
+                u + w
+            }
+        })
+        .collect();
+    let (lo, hi) = y.range();
+    let mut table = vec![0u8; v.len()];
+    quantize_bytes(&v, y.scale, y.zp, lo, hi, &mut table);
+    Ok(Box::new(QBinary { a, b, y, table }))
 }
 
 fn build_qlinear_add(ctx: &BuildCtx) -> KernelResult {
