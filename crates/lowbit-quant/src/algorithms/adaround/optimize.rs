@@ -13,7 +13,8 @@
 //! term is the quadratic `(c₀ − 2⟨Δ, Q⟩ + ⟨Δ A, Δ⟩) / (n·o)` with `A = Σ x̂ x̂ᵀ`, `Q = W Σ d x̂ᵀ`,
 //! `c₀ = Σ ‖W d‖²` ([`Objective`]): the statistics of all rows in `k × k` matrices, whatever
 //! their number. Its gradient is `(2/(n·o))(Δ A − Q)`, one `o × k × k` product per step (or two
-//! through the rows themselves when there are fewer than `k / 2`, see [`Curvature`]).
+//! through the rows themselves when there are fewer than `k / 2`, see [`Curvature`]); once
+//! most `h` are decided, `Δ A` is updated with the rows of `A` whose `Δ` moved instead.
 //!
 //! Schedule (the paper's and AIMET's defaults): no regularizer for the first 20 % of the steps
 //! (warm-up), then β decays from 20 to 2 along a cosine; `V` starts where `h(V)` equals the
