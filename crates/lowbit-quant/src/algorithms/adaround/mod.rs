@@ -11,19 +11,24 @@
 //!   Adam; `V` starts at round-to-nearest. Codes stay inside the plan's `[qmin, qmax]` and
 //!   differ from round-to-nearest by at most one step.
 //! * **Data** ([`stats`]): one pass over the samples per weight runs the FP32 and the quantized
-//!   graphs, each cut after the layer's input, and sums `Σ x̂ x̂ᵀ`, `Σ d x̂ᵀ`, `Σ d dᵀ`
+//!   graphs up to the layer's input and sums `Σ x̂ x̂ᵀ`, `Σ d x̂ᵀ`, `Σ d dᵀ`
 //!   (`d = x − x̂`) over im2col patch rows (convolutions per group, depthwise per channel; a
 //!   fixed number per image, evenly strided) or input rows (Gemm/MatMul). These `k × k` sums
 //!   define the loss exactly on those rows, so the optimizer needs no mini-batches and the
-//!   result is deterministic.
+//!   result is deterministic. A pass starts where the last one stopped ([`stream`]): the values
+//!   live there (the layer's input, a skip connection) are kept per sample, so the graphs run
+//!   about once in all instead of once per layer.
 //! * **Memory**: `3·k²` f64 per group of a weight, whatever the number of samples; a weight
 //!   needing more than [`MAX_STATS_BYTES`] keeps round-to-nearest. EfficientNet-Lite0's largest
-//!   is 32 MiB (1×1 convolutions with `k = 1152`).
+//!   is 32 MiB (1×1 convolutions with `k = 1152`). The kept values take at most
+//!   [`MAX_KEPT_BYTES`] per graph, twice that while a pass replaces them; a cut that does not
+//!   fit (many samples, a wide early layer) is skipped and the pass starts from an earlier one.
 //! * A weight whose learned rounding is not better than round-to-nearest on its own data keeps
 //!   round-to-nearest; so do weights not reached within the time budget.
 
 mod optimize;
 mod stats;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -33,11 +38,11 @@ use crate::error::{QuantError, Result};
 use crate::passes::{init_f32, init_tensor, is_default_domain, label};
 use crate::qparams::int_storage;
 use crate::samples::Feeds;
-use lowbit_engine::{Session, SessionOptions};
+use lowbit_engine::SessionOptions;
 use lowbit_kernels::quantize::int_values;
 use lowbit_onnx::attr::Attrs;
-use lowbit_onnx::graph::{node_reads, Graph};
-use lowbit_onnx::pb::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
+use lowbit_onnx::graph::Graph;
+use lowbit_onnx::pb::NodeProto;
 use lowbit_onnx::tensor_proto::tensor_to_proto;
 use lowbit_tensor::{DType, Tensor};
 use optimize::{optimize, Grid, Schedule};
@@ -45,9 +50,13 @@ use rayon::prelude::*;
 use stats::{Geometry, GroupStats, LayerStats};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+use stream::Stream;
 
 /// Input statistics one weight may hold (see the module docs).
 pub const MAX_STATS_BYTES: usize = 256 << 20;
+
+/// Bytes of one graph's cut kept between passes (see the module docs).
+pub const MAX_KEPT_BYTES: usize = 96 << 20;
 
 /// One layer that reads a weight.
 struct Consumer {
@@ -288,57 +297,6 @@ fn layer_of(
     Ok(Ok((weight, consumer)))
 }
 
-/// `model` cut down to the nodes that compute `wanted`, which become its outputs.
-fn prefix_model(model: &ModelProto, wanted: &[String]) -> ModelProto {
-    let empty = GraphProto::default();
-    let g = model.graph.as_ref().unwrap_or(&empty);
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for o in n.output.iter().filter(|o| !o.is_empty()) {
-            producer.insert(o, i);
-        }
-    }
-    let mut keep = vec![false; g.node.len()];
-    let mut read: HashSet<String> = wanted.iter().cloned().collect();
-    let mut stack: Vec<String> = wanted.to_vec();
-    while let Some(v) = stack.pop() {
-        let Some(&p) = producer.get(v.as_str()) else { continue };
-        if keep[p] {
-            continue;
-        }
-        keep[p] = true;
-        for r in node_reads(&g.node[p]) {
-            if read.insert(r.clone()) {
-                stack.push(r);
-            }
-        }
-    }
-    let inputs: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
-    let graph = GraphProto {
-        name: g.name.clone(),
-        node: g.node.iter().zip(&keep).filter(|(_, &k)| k).map(|(n, _)| n.clone()).collect(),
-        initializer: g
-            .initializer
-            .iter()
-            .filter(|t| read.contains(&t.name) || inputs.contains(t.name.as_str()))
-            .cloned()
-            .collect(),
-        input: g.input.clone(),
-        output: wanted
-            .iter()
-            .map(|n| ValueInfoProto { name: n.clone(), ..Default::default() })
-            .collect(),
-        ..Default::default()
-    };
-    ModelProto {
-        ir_version: model.ir_version,
-        opset_import: model.opset_import.clone(),
-        functions: model.functions.clone(),
-        graph: Some(graph),
-        ..Default::default()
-    }
-}
-
 /// Rows (images) fed to the engine at a time. Batches of 25 EfficientNet images made
 /// activations of 120 MB, each a fresh mapping the kernel had to fault in and clear (a third of
 /// the time of a pass); a few rows keep them in memory the allocator reuses, and what AdaRound
@@ -372,8 +330,22 @@ fn split_rows(feeds: Feeds, rows: usize) -> Vec<Feeds> {
         .collect()
 }
 
-/// One pass over the samples: the statistics of every consumer of `w`.
-fn collect(fp32: &Graph, q: &Graph, w: &Weight, ctx: &mut StepContext) -> Result<Vec<LayerStats>> {
+/// The FP32 and the quantized graphs' streams (see [`stream`]).
+struct Streams {
+    fp32: Stream,
+    q: Stream,
+}
+
+/// One pass over the samples: the statistics of every consumer of `w`, the weight at `index`
+/// in AdaRound's order (those before it are rounded).
+fn collect(
+    fp32: &Graph,
+    q: &Graph,
+    w: &Weight,
+    index: usize,
+    streams: &mut Streams,
+    ctx: &mut StepContext,
+) -> Result<Vec<LayerStats>> {
     let names = |f: fn(&Consumer) -> &String| -> Vec<String> {
         let mut v: Vec<String> = w.consumers.iter().map(|c| f(c).clone()).collect();
         v.dedup();
@@ -381,8 +353,8 @@ fn collect(fp32: &Graph, q: &Graph, w: &Weight, ctx: &mut StepContext) -> Result
     };
     let (fp_names, q_names) = (names(|c| &c.fp32_input), names(|c| &c.q_input));
     let opts = SessionOptions::unfused(ctx.threads);
-    let fp_session = Session::new(&prefix_model(fp32.model(), &fp_names), &opts)?;
-    let q_session = Session::new(&prefix_model(q.model(), &q_names), &opts)?;
+    let mut fp_pass = streams.fp32.plan(fp32.model(), &fp_names, index, &opts)?;
+    let mut q_pass = streams.q.plan(q.model(), &q_names, index, &opts)?;
     let mut stats: Vec<LayerStats> = w
         .consumers
         .iter()
@@ -391,16 +363,21 @@ fn collect(fp32: &Graph, q: &Graph, w: &Weight, ctx: &mut StepContext) -> Result
     let samples = ctx.samples.as_deref_mut().ok_or_else(|| {
         QuantError::Config("AdaRound runs on calibration samples: none were given".into())
     })?;
+    let (fs, qs) = (&streams.fp32, &streams.q);
+    let mut run = 0usize;
     samples.replay(&mut |feeds| {
-        for run in split_rows(feeds, ROWS_PER_RUN) {
-            let xs: HashMap<String, Tensor> = fp_session.run(run.clone())?.into_iter().collect();
-            let xhs: HashMap<String, Tensor> = q_session.run(run)?.into_iter().collect();
+        for part in split_rows(feeds, ROWS_PER_RUN) {
+            let xs = fs.run(&mut fp_pass, run, &part)?;
+            let xhs = qs.run(&mut q_pass, run, &part)?;
             for (c, s) in w.consumers.iter().zip(stats.iter_mut()) {
                 s.add(&xs[&c.fp32_input], &xhs[&c.q_input])?;
             }
+            run += 1;
         }
         Ok(())
     })?;
+    streams.fp32.finish(fp_pass);
+    streams.q.finish(q_pass);
     Ok(stats)
 }
 
@@ -485,6 +462,18 @@ pub fn adaround(
     opts: &AdaRoundOptions,
     ctx: &mut StepContext,
 ) -> Result<StepReport> {
+    adaround_kept(fp32, q, plan, opts, ctx, MAX_KEPT_BYTES)
+}
+
+/// [`adaround`] keeping at most `cap` bytes of each graph's cut.
+fn adaround_kept(
+    fp32: &Graph,
+    q: &mut Graph,
+    plan: &QuantPlan,
+    opts: &AdaRoundOptions,
+    ctx: &mut StepContext,
+    cap: usize,
+) -> Result<StepReport> {
     let start = Instant::now();
     let deadline = opts.time_budget_s.map(|s| start + Duration::from_secs_f64(s.max(0.0)));
     let sched = Schedule::new(opts.iterations, opts.reg_weight);
@@ -493,11 +482,17 @@ pub fn adaround(
         .build()
         .map_err(|e| QuantError::Config(format!("cannot start worker threads: {e}")))?;
     let (weights, mut skipped) = find_weights(fp32, q, plan)?;
+    let codes: Vec<&str> = weights.iter().map(|w| w.codes_name.as_str()).collect();
+    let mut streams = Streams {
+        fp32: Stream::new(fp32.proto(), &[], cap),
+        q: Stream::new(q.proto(), &codes, cap),
+    };
     let progress = ctx.progress;
     progress.start("adaround", weights.len() as u64);
     let mut report = StepReport { step: "adaround".into(), ..Default::default() };
     let (mut learned, mut no_gain, mut not_reached) = (0usize, 0usize, 0usize);
-    for w in &weights {
+    let mut kept_peak = 0usize;
+    for (index, w) in weights.iter().enumerate() {
         let groups = w.view.groups * w.consumers.len();
         let bytes = groups.saturating_mul(GroupStats::max_bytes(w.view.k));
         if bytes > MAX_STATS_BYTES {
@@ -517,7 +512,8 @@ pub fn adaround(
             progress.advance(1, None);
             continue;
         }
-        let stats = collect(fp32, q, w, ctx)?;
+        let stats = collect(fp32, q, w, index, &mut streams, ctx)?;
+        kept_peak = kept_peak.max(streams.fp32.kept_bytes() + streams.q.kept_bytes());
         let out = pool.install(|| learn(w, stats, &sched, deadline));
         if !out.finished {
             not_reached += 1;
@@ -549,10 +545,12 @@ pub fn adaround(
         report.layers.iter().fold((0.0, 0.0), |(b, a), l| (b + l.before, a + l.after));
     let mut summary = format!(
         "learned the rounding of {learned} of {} weights ({} steps, lambda {}); output MSE summed \
-         over layers {before:.4e} -> {after:.4e}",
+         over layers {before:.4e} -> {after:.4e}; kept up to {} MiB of activations between \
+         passes",
         weights.len(),
         opts.iterations,
-        opts.reg_weight
+        opts.reg_weight,
+        kept_peak >> 20
     );
     if no_gain > 0 {
         summary += &format!("; {no_gain} kept round-to-nearest (no gain)");

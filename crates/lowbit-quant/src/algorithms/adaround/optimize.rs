@@ -13,7 +13,8 @@
 //! term is the quadratic `(c₀ − 2⟨Δ, Q⟩ + ⟨Δ A, Δ⟩) / (n·o)` with `A = Σ x̂ x̂ᵀ`, `Q = W Σ d x̂ᵀ`,
 //! `c₀ = Σ ‖W d‖²` ([`Objective`]): the statistics of all rows in `k × k` matrices, whatever
 //! their number. Its gradient is `(2/(n·o))(Δ A − Q)`, one `o × k × k` product per step (or two
-//! through the rows themselves when there are fewer than `k / 2`, see [`Curvature`]).
+//! through the rows themselves when there are fewer than `k / 2`, see [`Curvature`]); once
+//! most `h` are decided, `Δ A` is updated with the rows of `A` whose `Δ` moved instead.
 //!
 //! Schedule (the paper's and AIMET's defaults): no regularizer for the first 20 % of the steps
 //! (warm-up), then β decays from 20 to 2 along a cosine; `V` starts where `h(V)` equals the
@@ -22,6 +23,7 @@
 
 use lowbit_kernels::gemm::{sgemm, Trans};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// The rectified sigmoid's stretch: `h = clip(σ(V)(ζ − γ) + γ, 0, 1)`.
@@ -139,6 +141,19 @@ impl Objective {
         (self.c0 - 2.0 * cross + quad).max(0.0)
     }
 
+    /// `A` itself (computed from the rows in the rows form).
+    fn gram(&self) -> Cow<'_, [f32]> {
+        match &self.curvature {
+            Curvature::Gram(a) => Cow::Borrowed(a),
+            Curvature::Rows { n, x } => {
+                let k = self.k;
+                let mut a = vec![0f32; k * k];
+                sgemm(Trans::Yes, Trans::No, k, k, *n, 1.0, x, k, x, k, 0.0, &mut a, k);
+                Cow::Owned(a)
+            }
+        }
+    }
+
     /// Mean squared output error per output element for the weight error `delta`.
     pub fn mse(&self, delta: &[f32]) -> f64 {
         let mut da = vec![0f32; delta.len()];
@@ -219,21 +234,94 @@ struct Buffers {
     /// `Δ A`.
     delta_a: Vec<f32>,
     scratch: Vec<f32>,
+    /// The `Δ` that `delta_a` was computed for (empty: none yet).
+    last_delta: Vec<f32>,
+    /// Incremental updates of `delta_a` since it was last computed in full.
+    updates: usize,
 }
 
 impl Buffers {
     fn new(n: usize) -> Buffers {
         let z = || vec![0f32; n];
-        Buffers { delta: z(), ddelta: z(), h: z(), dh: z(), delta_a: z(), scratch: Vec::new() }
+        Buffers {
+            delta: z(),
+            ddelta: z(),
+            h: z(),
+            dh: z(),
+            delta_a: z(),
+            scratch: Vec::new(),
+            last_delta: Vec::new(),
+            updates: 0,
+        }
+    }
+
+    /// `delta_a = Δ A`. With `gram` (`A` itself), only the rows of `A` whose element of `Δ`
+    /// changed since the last call are added, when that costs less than the product: once the
+    /// regularizer has pushed most `h` to 0 or 1 their part of `Δ` no longer moves.
+    fn update_delta_a(&mut self, obj: &Objective, gram: Option<&[f32]>) {
+        let k = obj.k;
+        let Some(a) = gram else {
+            obj.apply(&self.delta, &mut self.delta_a, &mut self.scratch);
+            return;
+        };
+        let incremental = self.last_delta.len() == self.delta.len() && self.updates < REFRESH_EVERY;
+        if incremental {
+            let changed: usize = self
+                .delta
+                .par_chunks(TASK_ELEMS)
+                .zip(self.last_delta.par_chunks(TASK_ELEMS))
+                .map(|(d, l)| d.iter().zip(l).filter(|(a, b)| a != b).count())
+                .sum();
+            let dense = match &obj.curvature {
+                Curvature::Gram(_) => obj.o * k * k,
+                Curvature::Rows { n, .. } => 2 * obj.o * k * n,
+            };
+            if changed * k * SPARSE_COST < dense {
+                let rows_per_task = (TASK_ELEMS / k.max(1)).max(1);
+                let chunk = rows_per_task * k;
+                self.delta_a
+                    .par_chunks_mut(chunk)
+                    .zip(self.delta.par_chunks(chunk))
+                    .zip(self.last_delta.par_chunks_mut(chunk))
+                    .for_each(|((da, d), last)| {
+                        for ((da, d), last) in
+                            da.chunks_mut(k).zip(d.chunks(k)).zip(last.chunks_mut(k))
+                        {
+                            for j in 0..k {
+                                let step = d[j] - last[j];
+                                if step != 0.0 {
+                                    let row = &a[j * k..(j + 1) * k];
+                                    da.iter_mut().zip(row).for_each(|(x, &aj)| *x += step * aj);
+                                    last[j] = d[j];
+                                }
+                            }
+                        }
+                    });
+                self.updates += 1;
+                return;
+            }
+        }
+        obj.apply(&self.delta, &mut self.delta_a, &mut self.scratch);
+        self.last_delta.clone_from(&self.delta);
+        self.updates = 0;
     }
 }
 
+/// Incremental updates of `Δ A` between two full products (bounds the rounding drift).
+const REFRESH_EVERY: usize = 100;
+
+/// What a multiply-add of an incremental update costs against one of the product: a row of
+/// `A` streamed from memory per changed element, against a blocked product.
+const SPARSE_COST: usize = 4;
+
 /// The loss at `v` (when `want_loss`) and its gradient into `grad`; `beta = None` leaves the
-/// regularizer out (warm-up).
+/// regularizer out (warm-up). `gram` (`A`, when the caller has it) lets `Δ A` be updated
+/// rather than recomputed ([`Buffers::update_delta_a`]).
 #[allow(clippy::too_many_arguments)]
 fn loss_grad(
     grid: &Grid,
     obj: &Objective,
+    gram: Option<&[f32]>,
     base: &[f32],
     v: &[f32],
     beta: Option<f32>,
@@ -267,7 +355,7 @@ fn loss_grad(
                 dh[j] = dhv;
             }
         });
-    obj.apply(&buf.delta, &mut buf.delta_a, &mut buf.scratch);
+    buf.update_delta_a(obj, gram);
     let elems = (obj.n * obj.o as f64).max(1.0);
     let two_over_n = (2.0 / elems) as f32;
     let loss_recon = if want_loss { obj.sum_sq(&buf.delta, &buf.delta_a) / elems } else { 0.0 };
@@ -340,6 +428,7 @@ pub(crate) fn optimize(
         return keep(true);
     }
     let (base, mut v) = grid.start();
+    let gram = obj.gram();
     let mut buf = Buffers::new(n);
     let mut grad = vec![0f32; n];
     let (mut m1, mut m2) = (vec![0f32; n], vec![0f32; n]);
@@ -350,7 +439,18 @@ pub(crate) fn optimize(
             return keep(false);
         }
         let beta = sched.beta(t);
-        loss_grad(grid, obj, &base, &v, beta, sched.reg_weight, &mut buf, &mut grad, false);
+        loss_grad(
+            grid,
+            obj,
+            Some(&gram),
+            &base,
+            &v,
+            beta,
+            sched.reg_weight,
+            &mut buf,
+            &mut grad,
+            false,
+        );
         let step = (t + 1) as i32;
         let c1 = 1.0 / (1.0 - ADAM_B1.powi(step));
         let c2 = 1.0 / (1.0 - ADAM_B2.powi(step));
@@ -543,7 +643,7 @@ pub(super) mod tests {
             let mut buf = Buffers::new(n);
             let mut grad = vec![0f32; n];
             let lambda = 0.05;
-            loss_grad(&g, &obj, &base, &v, beta, lambda, &mut buf, &mut grad, true);
+            loss_grad(&g, &obj, None, &base, &v, beta, lambda, &mut buf, &mut grad, true);
             let mut checked = 0;
             for i in (0..n).step_by(3) {
                 let (h, dh) = rect_sigmoid(v[i]);
@@ -558,7 +658,7 @@ pub(super) mod tests {
                     vv[i] = x;
                     let mut b = Buffers::new(n);
                     let mut gg = vec![0f32; n];
-                    loss_grad(&g, &obj, &base, &vv, beta, lambda, &mut b, &mut gg, true)
+                    loss_grad(&g, &obj, None, &base, &vv, beta, lambda, &mut b, &mut gg, true)
                 };
                 let fd = (at(v[i] + eps) - at(v[i] - eps)) / (2.0 * eps as f64);
                 let scale = fd.abs().max(1e-3);
@@ -570,6 +670,35 @@ pub(super) mod tests {
                 checked += 1;
             }
             assert!(checked >= 10, "only {checked} elements checked");
+        }
+    }
+
+    #[test]
+    fn incremental_delta_a_matches_the_full_product() {
+        for gram in [true, false] {
+            let (o, k) = (6, 20);
+            let l = layer(o, k, if gram { 80 } else { 8 }, 0.05, 13);
+            let obj = objective(&l, gram);
+            let a = obj.gram();
+            let mut buf = Buffers::new(o * k);
+            let mut rng = Rng::new(5);
+            let mut incremental = 0;
+            for _ in 0..30 {
+                // A few elements of Δ move per step, as once most h are decided.
+                for _ in 0..3 {
+                    let i = ((rng.next() + 1.0) * 0.5 * (o * k) as f32) as usize % (o * k);
+                    buf.delta[i] = rng.next();
+                }
+                buf.update_delta_a(&obj, Some(&a));
+                incremental += (buf.updates > 0) as usize;
+                let mut full = vec![0f32; o * k];
+                obj.apply(&buf.delta, &mut full, &mut Vec::new());
+                let scale = full.iter().fold(1e-6f32, |m, &v| m.max(v.abs()));
+                for (x, y) in buf.delta_a.iter().zip(&full) {
+                    assert!((x - y).abs() <= 1e-4 * scale, "gram {gram}: {x} vs {y}");
+                }
+            }
+            assert!(incremental >= 25, "gram {gram}: {incremental} incremental steps");
         }
     }
 

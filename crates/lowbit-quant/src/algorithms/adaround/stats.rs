@@ -13,9 +13,8 @@
 //! row per image).
 
 use crate::error::{QuantError, Result};
-use lowbit_kernels::conv::im2col;
 use lowbit_kernels::gemm::{sgemm, Trans};
-use lowbit_kernels::window::Window;
+use lowbit_kernels::window::{Tap, Window};
 use lowbit_tensor::Tensor;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -25,10 +24,9 @@ use super::optimize::{Curvature, Objective};
 /// Elements of the row blocks handed to one product (bounds the scratch memory of a batch).
 const BLOCK_ELEMS: usize = 1 << 22;
 
-/// Convolution patches (rows) kept per image and group: early layers have ten thousand
-/// positions of a few dozen inputs, far more rows than the `k × k` sums need, and summing them
-/// all would cost more than the forward passes.
+/// Bounds of [`patches_per_image`].
 pub(crate) const MAX_PATCHES_PER_IMAGE: usize = 256;
+const MIN_PATCHES_PER_IMAGE: usize = 64;
 
 /// What one group has seen.
 enum Sums {
@@ -313,24 +311,26 @@ impl LayerStats {
         Ok(())
     }
 
-    /// Adds a batch of convolution inputs `[N, C, spatial...]`: im2col patches per image and
-    /// group, transposed into rows and handed over in blocks of whole images. Of each image's
-    /// patches at most [`MAX_PATCHES_PER_IMAGE`] are kept, evenly strided from an offset that
-    /// moves with the image, so every position is seen across images.
+    /// Adds a batch of convolution inputs `[N, C, spatial...]`: patches per image and group,
+    /// handed over as rows in blocks of whole images. Of each image's patches at most
+    /// [`patches_per_image`] are kept, evenly strided from an offset that moves with the image,
+    /// so every position is seen across images; only those are gathered.
     fn add_conv(&mut self, shape: &[usize], win: &Window, xh: &[f32], d: &[f32]) {
         let (images, c) = (shape[0], shape[1]);
         let k = self.k;
         let cg = c / self.groups.len();
         let (p, plane) = (win.output_size(), win.input_size());
-        let stride = p.div_ceil(MAX_PATCHES_PER_IMAGE).max(1);
+        let stride = p.div_ceil(patches_per_image(k)).max(1);
         let seen = self.images;
         self.images += images;
         let kept = |image: usize| (0..p).skip((seen + image) % stride).step_by(stride);
         let rows_of = |image: usize| kept(image).count();
         let max_rows = p.div_ceil(stride);
         let per_block = (BLOCK_ELEMS / (max_rows * k).max(1)).clamp(1, images.max(1));
+        let taps: Vec<Tap> = win.taps().collect();
+        let [_, oh, ow] = win.output;
+        let [_, ih, iw] = win.input;
         self.groups.par_iter_mut().enumerate().for_each(|(g, stats)| {
-            let mut col = vec![0f32; k * p];
             let mut rx = vec![0f32; per_block * max_rows * k];
             let mut rd = vec![0f32; per_block * max_rows * k];
             for first in (0..images).step_by(per_block) {
@@ -338,21 +338,53 @@ impl LayerStats {
                 let mut rows = 0;
                 for j in first..first + count {
                     let at = (j * c + g * cg) * plane;
-                    let n = rows_of(j);
                     for (src, out) in [(xh, &mut rx), (d, &mut rd)] {
-                        im2col(win, cg, &src[at..at + cg * plane], &mut col);
-                        let block = &mut out[rows * k..(rows + n) * k];
-                        for (kk, patch) in col.chunks_exact(p).enumerate() {
-                            for (r, pp) in kept(j).enumerate() {
-                                block[r * k + kk] = patch[pp];
-                            }
+                        let src = &src[at..at + cg * plane];
+                        for (r, pp) in kept(j).enumerate() {
+                            let o = [pp / (oh * ow), (pp / ow) % oh, pp % ow];
+                            let row = &mut out[(rows + r) * k..(rows + r + 1) * k];
+                            gather_patch(win, &taps, o, [ih, iw], src, row);
                         }
                     }
-                    rows += n;
+                    rows += rows_of(j);
                 }
                 stats.add(&rx, &rd, rows);
             }
         });
+    }
+}
+
+/// Convolution patches kept per image and group: early layers have ten thousand positions of a
+/// few dozen inputs, far more rows than the `k × k` sums need, and summing them all would cost
+/// more than the forward passes. A hundred rows per input and image is plenty for a depthwise
+/// filter's 9 or 25 inputs (its hundreds of channels each need their own sums).
+fn patches_per_image(k: usize) -> usize {
+    (4 * k).clamp(MIN_PATCHES_PER_IMAGE, MAX_PATCHES_PER_IMAGE)
+}
+
+/// The patch of output position `o` (`[z, y, x]`) over the `C × plane` input `src`, in im2col's
+/// order (channel-major, then kernel tap), zero where a tap falls in the padding.
+fn gather_patch(
+    win: &Window,
+    taps: &[Tap],
+    o: [usize; 3],
+    [ih, iw]: [usize; 2],
+    src: &[f32],
+    row: &mut [f32],
+) {
+    let plane = win.input_size();
+    let n = taps.len();
+    for (t, tap) in taps.iter().enumerate() {
+        let inside = (0..3).all(|d| (tap.lo[d]..tap.hi[d]).contains(&o[d]));
+        if !inside {
+            row.iter_mut().skip(t).step_by(n).for_each(|v| *v = 0.0);
+            continue;
+        }
+        let pos = |d: usize| ((o[d] * win.strides[d]) as isize + tap.off[d]) as usize;
+        let offset = (pos(0) * ih + pos(1)) * iw + pos(2);
+        for (c, v) in row.iter_mut().skip(t).step_by(n).enumerate() {
+            *v = src[c * plane + offset];
+        }
     }
 }
 
@@ -373,4 +405,68 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithms::test_graphs::uniform;
+    use lowbit_kernels::conv::im2col;
+
+    /// `Σ x̂ x̂ᵀ` of one group of `layer`'s sums.
+    fn gram_of(layer: &LayerStats, g: usize) -> Vec<f64> {
+        let Sums::Gram { a, .. } = &layer.groups[g].sums else { panic!("not summed yet") };
+        a.clone()
+    }
+
+    #[test]
+    fn gathered_patches_are_the_im2col_rows() {
+        // Two images of 4 channels 6×7, a 3×3 convolution of 2 groups, stride 2, pads 1 0 2 1:
+        // 12 positions per image, all kept, some taps in the padding.
+        let (n, c, h, w, groups) = (2usize, 4usize, 6usize, 7usize, 2usize);
+        let shape = [n, c, h, w];
+        let xh = uniform(3, n * c * h * w, -1.0, 1.0);
+        let x = uniform(4, n * c * h * w, -1.0, 1.0);
+        let geometry = Geometry::Conv {
+            kernel: vec![3, 3],
+            strides: Some(vec![2, 2]),
+            dilations: None,
+            pads: Some(vec![1, 0, 2, 1]),
+            auto_pad: "NOTSET".into(),
+        };
+        let k = (c / groups) * 9;
+        let mut layer = LayerStats::new("conv", geometry, groups, k);
+        let t = |v: &[f32]| Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap();
+        layer.add(&t(&x), &t(&xh)).unwrap();
+        let win = conv_window(
+            &[h, w],
+            &[3, 3],
+            &Some(vec![2, 2]),
+            &None,
+            &Some(vec![1, 0, 2, 1]),
+            "NOTSET",
+        )
+        .unwrap();
+        let (p, plane, cg) = (win.output_size(), win.input_size(), c / groups);
+        assert_eq!(p, 12);
+        for g in 0..groups {
+            let mut want = vec![0f64; k * k];
+            let mut col = vec![0f32; k * p];
+            for img in 0..n {
+                let at = (img * c + g * cg) * plane;
+                im2col(&win, cg, &xh[at..at + cg * plane], &mut col);
+                for pos in 0..p {
+                    for i in 0..k {
+                        for j in 0..k {
+                            want[i * k + j] += (col[i * p + pos] * col[j * p + pos]) as f64;
+                        }
+                    }
+                }
+            }
+            let got = gram_of(&layer, g);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "group {g}: {a} vs {b}");
+            }
+        }
+    }
 }

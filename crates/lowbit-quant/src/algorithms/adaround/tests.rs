@@ -223,3 +223,108 @@ fn a_spent_time_budget_keeps_round_to_nearest_and_says_so() {
     assert!(step.summary.contains("3 not reached within the time budget"), "{}", step.summary);
     assert_eq!(weight_codes(&nearest), weight_codes(&learned));
 }
+
+/// Conv 3×3 (3 → 6) → Relu → Conv 1×1 (6 → 6) → Relu → Add with the first Relu (a skip the
+/// cut must keep) → depthwise Conv 3×3 → GlobalAveragePool → Flatten → Gemm (6 → 4).
+fn residual_net(seed: u64) -> ModelProto {
+    let mut rng = Rng::new(seed);
+    let mut c1 = node("Conv", "c1", &["x", "w1", "b1"], &["y1"]);
+    c1.attribute = vec![ints("pads", &[1, 1, 1, 1])];
+    let c2 = node("Conv", "c2", &["r1", "w2"], &["y2"]);
+    let mut dw = node("Conv", "dw", &["s", "w3"], &["y3"]);
+    dw.attribute = vec![ints("pads", &[1, 1, 1, 1]), int("group", 6)];
+    let mut fc = node("Gemm", "fc", &["f", "w4"], &["y"]);
+    fc.attribute = vec![int("transB", 1)];
+    let nodes = vec![
+        c1,
+        node("Relu", "relu1", &["y1"], &["r1"]),
+        c2,
+        node("Relu", "relu2", &["y2"], &["r2"]),
+        node("Add", "add", &["r1", "r2"], &["s"]),
+        dw,
+        node("GlobalAveragePool", "gap", &["y3"], &["p"]),
+        node("Flatten", "flatten", &["p"], &["f"]),
+        fc,
+    ];
+    let inits = vec![
+        ("w1", random(&mut rng, &[6, 3, 3, 3], 0.5)),
+        ("b1", random(&mut rng, &[6], 0.1)),
+        ("w2", random(&mut rng, &[6, 6, 1, 1], 0.5)),
+        ("w3", random(&mut rng, &[6, 1, 3, 3], 0.5)),
+        ("w4", random(&mut rng, &[4, 6], 0.5)),
+    ];
+    graph(nodes, inits, &[3, 5, 5])
+}
+
+/// AdaRound's report and codes on `m` with at most `cap` bytes kept between passes.
+fn adaround_with_cap(
+    m: &ModelProto,
+    data: &[Feeds],
+    cap: usize,
+) -> (Vec<(String, f64, f64)>, Vec<(String, Vec<i32>)>) {
+    use crate::algorithms::StepContext;
+    use lowbit_onnx::graph::Graph;
+    let (nearest, _) = quantize(m, data, None);
+    let config = QuantizeConfig {
+        weights: IntType::Int4,
+        per_channel: true,
+        block_size: Some(0),
+        ..QuantizeConfig::default()
+    };
+    let plan = QuantPlan::resolve(&config).unwrap();
+    let fp32 = Graph::new(m.clone()).unwrap();
+    let mut q = Graph::new(nearest).unwrap();
+    let mut src: Vec<Feeds> = data.to_vec();
+    let mut ctx = StepContext { samples: Some(&mut src), threads: 2, progress: &NoProgress };
+    let report = super::adaround_kept(&fp32, &mut q, &plan, &opts(300), &mut ctx, cap).unwrap();
+    let layers = report.layers.iter().map(|l| (l.node.clone(), l.before, l.after)).collect();
+    (layers, weight_codes(q.model()))
+}
+
+#[test]
+fn kept_cuts_give_the_statistics_of_full_prefix_runs() {
+    let m = residual_net(51);
+    // Batches of 6 rows are run 4 + 2: the kept values must line up with the runs.
+    let data = samples(&[3, 5, 5], 3, 6, 52);
+    let (full_layers, full_codes) = adaround_with_cap(&m, &data, 0);
+    let (kept_layers, kept_codes) = adaround_with_cap(&m, &data, usize::MAX);
+    let names: Vec<&str> = full_layers.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(names, ["c1", "c2", "dw", "fc"]);
+    // The same inputs give bit-identical statistics, hence the same losses and rounding.
+    assert_eq!(full_layers, kept_layers);
+    assert_eq!(full_codes, kept_codes);
+    assert!(full_layers.iter().any(|l| l.2 < l.1), "{full_layers:?}");
+}
+
+#[test]
+fn a_pass_runs_only_the_nodes_after_the_kept_cut() {
+    use super::stream::Stream;
+    let m = residual_net(61);
+    let g = m.graph.as_ref().unwrap();
+    let data = samples(&[3, 5, 5], 1, 2, 62);
+    let opts = SessionOptions::unfused(1);
+    let pass = |s: &mut Stream, wanted: &str, current: usize| {
+        let mut p = s.plan(&m, &[wanted.to_string()], current, &opts).unwrap();
+        let ops: Vec<String> = p.ops().iter().map(|o| o.to_string()).collect();
+        let out = s.run(&mut p, 0, &data[0]).unwrap();
+        assert!(out.contains_key(wanted));
+        s.finish(p);
+        ops
+    };
+    let mut s = Stream::new(g, &[], usize::MAX);
+    assert_eq!(pass(&mut s, "r1", 0), ["Conv", "Relu"]);
+    assert_eq!(s.kept(), ["r1"]);
+    // `r1`, which the second Conv and the Add read, comes from the cut.
+    assert_eq!(pass(&mut s, "s", 1), ["Conv", "Relu", "Add"]);
+    assert_eq!(s.kept(), ["s"]);
+    assert_eq!(pass(&mut s, "f", 2), ["Conv", "GlobalAveragePool", "Flatten"]);
+    // No room: nothing is kept and every pass starts from the input.
+    let mut s = Stream::new(g, &[], 0);
+    pass(&mut s, "r1", 0);
+    assert!(s.kept().is_empty());
+    assert_eq!(pass(&mut s, "s", 1), ["Conv", "Relu", "Conv", "Relu", "Add"]);
+    // A value the weight being rounded (or a later one) feeds is never kept.
+    let mut s = Stream::new(g, &["w1"], usize::MAX);
+    pass(&mut s, "r1", 0);
+    assert!(s.kept().is_empty());
+}
