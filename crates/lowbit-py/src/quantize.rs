@@ -5,7 +5,7 @@
 //! (the ones after `samples`), on the reader's last batches (a reader has no others).
 
 use crate::data::{load, unfused_session, DataOptions};
-use crate::errors::{to_py, with_context, ValidationError};
+use crate::errors::{to_py, with_context, LowbitError, ValidationError};
 use crate::reader::{ReaderSource, DEFAULT_MEMORY_BUDGET};
 use lowbit_eval::validate::{validate_models, Floor, Validation};
 use lowbit_onnx::pb::ModelProto;
@@ -108,7 +108,8 @@ fn config(
     min_sqnr = DEFAULT_MIN_ACTIVATION_SQNR, exclude = Vec::new(), quantize_op_types = None,
     quantize_nodes = None, equalize = false, smooth_quant = None, bias_correction = None,
     adaround = false, validate = 32, min_output_sqnr = Floor::DEFAULT_SQNR_DB,
-    allow_degraded = false, threads = 0, memory_budget = DEFAULT_MEMORY_BUDGET,
+    allow_degraded = false, allow_partial = false, threads = 0,
+    memory_budget = DEFAULT_MEMORY_BUDGET,
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn quantize(
@@ -140,6 +141,7 @@ pub fn quantize(
     validate: usize,
     min_output_sqnr: f64,
     allow_degraded: bool,
+    allow_partial: bool,
     threads: usize,
     memory_budget: usize,
 ) -> PyResult<String> {
@@ -257,6 +259,13 @@ pub fn quantize(
         return Err(e);
     }
     let (q, summary, outcome) = result?;
+    let coverage = summary.coverage();
+    if coverage.is_partial() && !allow_partial {
+        return Err(LowbitError::new_err(format!(
+            "only {coverage}\nnot written: the file would be (almost) the FP32 model; pass \
+             allow_partial=True to write it anyway"
+        )));
+    }
     if let Some(g) = &outcome {
         if !g.validation.passed() && !allow_degraded {
             return Err(ValidationError::new_err(format!(

@@ -184,7 +184,10 @@ def quantize_static(
 
     Before writing, the quantized model runs against FP32 on held-back samples (the reader's
     last ``validate`` samples); below ``min_output_sqnr`` dB it raises ``ValidationError`` and
-    writes nothing, unless ``allow_degraded=True``. Returns the quantizer's summary as a dict.
+    writes nothing, unless ``allow_degraded=True``. When fewer than 10 % of the weighted nodes
+    (Conv, Gemm, MatMul, ...) could be quantized it raises ``LowbitError`` naming the causes
+    and writes nothing, unless ``allow_partial=True`` (a lowbit option). Returns the quantizer's
+    summary as a dict.
     """
     if quant_format is not None and _name(quant_format) not in ("QDQ",):
         raise ValueError(f"quant_format={_name(quant_format)}: lowbit writes QDQ models only")
