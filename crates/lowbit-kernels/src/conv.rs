@@ -18,9 +18,10 @@
 //! assert_eq!(y, [8.0, 12.0, 20.0, 24.0]);
 //! ```
 
-use crate::gemm::{sgemm, sgemm_packed_ab_raw, Epilogue, PackedA, PackedB, Trans};
+use crate::gemm::{sgemm, sgemm_packed_ab_raw, Epilogue, PackedA, PackedB, Trans, NR};
 use crate::window::Window;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 pub use crate::gemm::Activation;
 
@@ -255,6 +256,29 @@ pub fn conv_packed(
     act: Activation,
     y: &mut [f32],
 ) {
+    conv_packed_uninit(p, x, w, bias, act, as_uninit(y));
+}
+
+/// `y` seen as memory to write (the same layout): what the `_uninit` kernels take.
+pub(crate) fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the kernels given this slice only
+    // write initialized values into it.
+    unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// [`conv_packed`] into memory that need not be initialized (a fresh output buffer): every
+/// element of `y[..p.sizes().2]` is written.
+///
+/// # Panics
+/// As [`conv_packed`].
+pub fn conv_packed_uninit(
+    p: &ConvParams,
+    x: &[f32],
+    w: &ConvWeights,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [MaybeUninit<f32>],
+) {
     assert!(w.fits(p), "conv_packed: weights prepared for another convolution");
     let (nx, _, ny) = p.sizes();
     assert!(x.len() >= nx && y.len() >= ny, "conv: buffer too short");
@@ -281,9 +305,11 @@ pub fn conv_packed(
     } else {
         out_sz
     };
-    let nc = cached.min(shared).div_ceil(16) * 16;
+    // Whole pairs of NR panels: the widest micro-kernel (AVX-512) takes two at a time.
+    let nc = cached.min(shared).div_ceil(2 * NR) * 2 * NR;
     let blocks = out_sz.div_ceil(nc);
-    let out = OutPtr(y.as_mut_ptr());
+    // Every element is written once (the first K block overwrites), before any read.
+    let out = OutPtr(y.as_mut_ptr().cast::<f32>());
     for n in 0..p.batch {
         for g in 0..p.group {
             let xg = &x[(n * p.c_in + g * cg_in) * in_sz..][..cg_in * in_sz];
@@ -308,10 +334,8 @@ pub fn conv_packed(
             };
             if blocks > 1 && threads > 1 && shared < out_sz {
                 use rayon::prelude::*;
-                (0..blocks).into_par_iter().for_each_init(
-                    || PackedB::pack(Trans::No, 0, 0, &[], 0),
-                    |packed, bi| block(bi, packed),
-                );
+                // Each worker packs into its own thread's buffer, kept across runs.
+                (0..blocks).into_par_iter().for_each(|bi| with_packed(|packed| block(bi, packed)));
             } else {
                 with_packed(|packed| (0..blocks).for_each(|bi| block(bi, packed)));
             }
@@ -382,8 +406,8 @@ fn patch_row(win: &Window, x: &[f32], r: usize, j0: usize, d: &mut [f32]) {
             } else if sx == 1 {
                 dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
             } else {
-                for (t, v) in dst[lo..hi].iter_mut().enumerate() {
-                    *v = src[start + t * sx];
+                for (v, s) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(sx)) {
+                    *v = *s;
                 }
             }
         }

@@ -13,6 +13,7 @@ use crate::conv::{with_scratch, ConvParams};
 use crate::cpu::Isa;
 use crate::gemm::Activation;
 use crate::window::Window;
+use std::mem::MaybeUninit;
 
 /// Outputs per step of the widest kernel (4 AVX-512 vectors): the slack past each phase and
 /// the output buffer that a step's reads and writes may run into.
@@ -71,7 +72,7 @@ impl Phases {
 
     /// Copies plane `x` into its zero-padded phases in `buf`; `row` holds [`Self::row_len`]
     /// floats of scratch.
-    fn split(&self, win: &Window, x: &[f32], buf: &mut [f32], row: &mut [f32]) {
+    fn split(&self, isa: Isa, win: &Window, x: &[f32], buf: &mut [f32], row: &mut [f32]) {
         let [_, sy, sx] = self.strides;
         let [d, h, w] = self.dims;
         let [id, ih, iw] = win.input;
@@ -107,12 +108,8 @@ impl Phases {
                 }
                 row[lo..hi].copy_from_slice(src);
                 if sx == 2 {
-                    // One pass writes both phases (a form the compiler vectorizes).
                     let (p0, p1) = phases.split_at_mut(len);
-                    let pairs = p0[at..at + w].iter_mut().zip(&mut p1[at..at + w]);
-                    for ((e, o), v) in pairs.zip(row.chunks_exact(2)) {
-                        (*e, *o) = (v[0], v[1]);
-                    }
+                    deinterleave(isa, row, &mut p0[at..at + w], &mut p1[at..at + w]);
                 } else {
                     for (b, v) in row.chunks_exact(sx).enumerate() {
                         v.iter().enumerate().for_each(|(rx, &v)| phases[rx * len + at + b] = v);
@@ -124,19 +121,21 @@ impl Phases {
     }
 
     /// Copies the outputs out of the flat buffer `out` into plane `y`.
-    fn gather(&self, win: &Window, out: &[f32], y: &mut [f32]) {
+    fn gather(&self, win: &Window, out: &[f32], y: &mut [MaybeUninit<f32>]) {
         let [_, oh, ow] = win.output;
         let [_, h, w] = self.dims;
         for (r, dst) in y.chunks_exact_mut(ow).enumerate() {
             let (oz, oy) = (r / oh, r % oh);
-            dst.copy_from_slice(&out[(oz * h + oy) * w..][..ow]);
+            for (d, &v) in dst.iter_mut().zip(&out[(oz * h + oy) * w..][..ow]) {
+                d.write(v);
+            }
         }
     }
 }
 
 /// `y = act(conv(x, w) + bias)` for a depthwise `p` ([`ConvParams::is_depthwise`]); `w` holds
-/// `C` kernels as ONNX stores them; `isa` picks the tap sums' code. Planes run in parallel on
-/// the current rayon pool.
+/// `C` kernels as ONNX stores them; `isa` picks the tap sums' code. Every output is written.
+/// Planes run in parallel on the current rayon pool.
 pub(crate) fn depthwise(
     isa: Isa,
     p: &ConvParams,
@@ -144,7 +143,7 @@ pub(crate) fn depthwise(
     w: &[f32],
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     let win = &p.window;
     let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
@@ -156,21 +155,22 @@ pub(crate) fn depthwise(
     let ph = Phases::new(win);
     let (buf_len, out_len) = (ph.buf_len(), ph.out_len());
     let scratch = buf_len + out_len + ph.row_len();
-    let run = |plane: usize, yp: &mut [f32], scratch: &mut [f32]| {
+    let run = |plane: usize, yp: &mut [MaybeUninit<f32>], scratch: &mut [f32]| {
         let c = plane % p.c_out;
         let (buf, rest) = scratch.split_at_mut(buf_len);
         let (out, row) = rest.split_at_mut(out_len);
-        ph.split(win, &x[plane * in_sz..(plane + 1) * in_sz], buf, row);
-        let wc = &w[c * k_sz..(c + 1) * k_sz];
-        let b = bias.map_or(0.0, |b| b[c]);
-        tap_sums(isa, buf, &ph.taps, wc, b, act, out, ph.flat);
+        ph.split(isa, win, &x[plane * in_sz..(plane + 1) * in_sz], buf, row);
+        let w = &w[c * k_sz..(c + 1) * k_sz];
+        let taps = Taps { offsets: &ph.taps, w, bias: bias.map_or(0.0, |b| b[c]), act };
+        tap_sums(isa, buf, taps, out, ph.flat);
         ph.gather(win, out, yp);
     };
     if rayon::current_num_threads() > 1 && planes * out_sz * k_sz >= 1 << 15 {
         use rayon::prelude::*;
+        // Each worker uses its own thread's scratch, kept across runs.
         y.par_chunks_mut(out_sz)
             .enumerate()
-            .for_each_init(|| vec![0f32; scratch], |s, (i, yp)| run(i, yp, s));
+            .for_each(|(i, yp)| with_scratch(scratch, |s| run(i, yp, s)));
     } else {
         with_scratch(scratch, |s| {
             y.chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp, s))
@@ -178,34 +178,52 @@ pub(crate) fn depthwise(
     }
 }
 
-/// `out[j] = act(bias + Σ_t w[t] * buf[taps[t] + j])` for `j < n` (and up to the kernel's
+/// One channel's kernel as the tap sums read it: each tap's offset in the phase buffer and
+/// weight, the bias and the activation.
+#[derive(Clone, Copy)]
+struct Taps<'a> {
+    offsets: &'a [usize],
+    w: &'a [f32],
+    bias: f32,
+    act: Activation,
+}
+
+/// `even[i] = row[2 * i]`, `odd[i] = row[2 * i + 1]` for `i < even.len()`.
+///
+/// # Panics
+/// When `odd` or `row` is too short.
+fn deinterleave(isa: Isa, row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let n = even.len();
+    assert!(odd.len() >= n && row.len() >= 2 * n, "deinterleave: buffer too short");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 (`isa` says so); the lengths are checked above.
+        done =
+            unsafe { x86_64::deinterleave(row.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), n) };
+    }
+    let _ = isa;
+    for (i, v) in row[2 * done..2 * n].chunks_exact(2).enumerate() {
+        (even[done + i], odd[done + i]) = (v[0], v[1]);
+    }
+}
+
+/// `out[j] = act(bias + Σ_t w[t] * buf[offsets[t] + j])` for `j < n` (and up to the kernel's
 /// step past it: `out` holds `n + STEP`).
 ///
 /// # Panics
 /// When `buf` does not hold `STEP` floats past every tap's last read, or `out` is too short.
-#[allow(clippy::too_many_arguments)]
-fn tap_sums(
-    isa: Isa,
-    buf: &[f32],
-    taps: &[usize],
-    w: &[f32],
-    bias: f32,
-    act: Activation,
-    out: &mut [f32],
-    n: usize,
-) {
-    assert!(w.len() >= taps.len() && out.len() >= n + STEP, "depthwise: buffer too short");
-    assert!(taps.iter().all(|&t| t + n + STEP <= buf.len()), "depthwise: tap out of range");
+fn tap_sums(isa: Isa, buf: &[f32], k: Taps, out: &mut [f32], n: usize) {
+    assert!(k.w.len() >= k.offsets.len() && out.len() >= n + STEP, "depthwise: buffer too short");
+    assert!(k.offsets.iter().all(|&t| t + n + STEP <= buf.len()), "depthwise: tap out of range");
     #[cfg(target_arch = "x86_64")]
     {
         let (b, o) = (buf.as_ptr(), out.as_mut_ptr());
         // SAFETY: the CPU has the level `isa` names (cpu::best); the asserts above bound every
-        // read (`taps[t] + j` for `j < n + STEP`) and write (`j < n + STEP`).
+        // read (`offsets[t] + j` for `j < n + STEP`) and write (`j < n + STEP`).
         match isa {
-            Isa::Avx512Vnni => {
-                return unsafe { x86_64::tap_sums_avx512(b, taps, w, bias, act, o, n) }
-            }
-            Isa::Avx2 => return unsafe { x86_64::tap_sums_avx2(b, taps, w, bias, act, o, n) },
+            Isa::Avx512Vnni => return unsafe { x86_64::tap_sums_avx512(b, k, o, n) },
+            Isa::Avx2 => return unsafe { x86_64::tap_sums_avx2(b, k, o, n) },
             Isa::Generic => {}
         }
     }
@@ -213,20 +231,20 @@ fn tap_sums(
     // Blocks of outputs small enough to stay in L1 across the taps.
     for (bi, block) in out[..n].chunks_mut(512).enumerate() {
         let j0 = bi * 512;
-        block.fill(bias);
-        for (&t, &wt) in taps.iter().zip(w) {
+        block.fill(k.bias);
+        for (&t, &wt) in k.offsets.iter().zip(k.w) {
             for (d, s) in block.iter_mut().zip(&buf[t + j0..]) {
                 *d += wt * s;
             }
         }
-        act.apply(block);
+        k.act.apply(block);
     }
 }
 
 /// The AVX2 and AVX-512 tap sums: one body over a vector type.
 #[cfg(target_arch = "x86_64")]
 mod x86_64 {
-    use super::{Activation, STEP};
+    use super::{Activation, Taps, STEP};
     use std::arch::x86_64::*;
 
     /// The operations the tap sums need on one vector of lanes.
@@ -240,74 +258,67 @@ mod x86_64 {
         unsafe fn act(self, act: Activation) -> Self;
     }
 
-    impl Lanes for __m256 {
-        const N: usize = 8;
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            unsafe { _mm256_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm256_storeu_ps(p, self) }
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            unsafe { _mm256_fmadd_ps(a, b, self) }
-        }
-        #[inline(always)]
-        unsafe fn act(self, act: Activation) -> Self {
-            unsafe { crate::gemm::activation_avx2(act, self) }
-        }
+    /// `impl Lanes` for one vector type from its intrinsics.
+    macro_rules! lanes {
+        ($v:ty, $n:literal, $set1:ident, $load:ident, $store:ident, $fma:ident, $act:path) => {
+            impl Lanes for $v {
+                const N: usize = $n;
+                #[inline(always)]
+                unsafe fn splat(v: f32) -> Self {
+                    unsafe { $set1(v) }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const f32) -> Self {
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn store(self, p: *mut f32) {
+                    unsafe { $store(p, self) }
+                }
+                #[inline(always)]
+                unsafe fn fma(self, a: Self, b: Self) -> Self {
+                    unsafe { $fma(a, b, self) }
+                }
+                #[inline(always)]
+                unsafe fn act(self, act: Activation) -> Self {
+                    unsafe { $act(act, self) }
+                }
+            }
+        };
     }
-
-    impl Lanes for __m512 {
-        const N: usize = 16;
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> Self {
-            unsafe { _mm512_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm512_storeu_ps(p, self) }
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            unsafe { _mm512_fmadd_ps(a, b, self) }
-        }
-        #[inline(always)]
-        unsafe fn act(self, act: Activation) -> Self {
-            unsafe { crate::gemm::activation_avx512(act, self) }
-        }
-    }
+    use crate::gemm::{activation_avx2, activation_avx512};
+    lanes!(
+        __m256,
+        8,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps,
+        activation_avx2
+    );
+    lanes!(
+        __m512,
+        16,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps,
+        activation_avx512
+    );
 
     /// [`super::tap_sums`] on vectors `V`: 4 vectors of outputs per step while they last, then
     /// one (the last one runs past `n`, into the slack).
     ///
     /// # Safety
-    /// The CPU must run `V`'s instructions; `buf` must be readable for `taps[t] + n + STEP`
-    /// floats, `out` writable for `n + STEP`, `w` hold `taps.len()` weights.
+    /// The CPU must run `V`'s instructions; `buf` must be readable for `k.offsets[t] + n +
+    /// STEP` floats, `out` writable for `n + STEP`; `k.w` must hold a weight per offset.
     #[inline(always)]
-    unsafe fn tap_sums<V: Lanes>(
-        buf: *const f32,
-        taps: &[usize],
-        w: &[f32],
-        bias: f32,
-        act: Activation,
-        out: *mut f32,
-        n: usize,
-    ) {
+    unsafe fn tap_sums<V: Lanes>(buf: *const f32, k: Taps, out: *mut f32, n: usize) {
         debug_assert!(4 * V::N <= STEP);
         // SAFETY: every access below is at `j + i < n + STEP` past `out` or a tap's offset.
         unsafe {
-            let b = V::splat(bias);
+            let (taps, w, act) = (k.offsets, k.w, k.act);
+            let b = V::splat(k.bias);
             let mut j = 0;
             while j + 4 * V::N <= n {
                 let mut acc = [b; 4];
@@ -333,22 +344,46 @@ mod x86_64 {
         }
     }
 
+    /// [`super::deinterleave`] of whole groups of 8 pairs: returns how many pairs it wrote.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `row` readable for `2 * n` floats, `even` and `odd` writable
+    /// for `n`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn deinterleave(
+        row: *const f32,
+        even: *mut f32,
+        odd: *mut f32,
+        n: usize,
+    ) -> usize {
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n pairs.
+            unsafe {
+                let a = _mm256_loadu_ps(row.add(2 * i));
+                let b = _mm256_loadu_ps(row.add(2 * i + 8));
+                // Within each 128-bit lane: a's then b's evens (odds); then the 64-bit
+                // quarters back in order.
+                let e = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+                let o = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+                let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(e));
+                let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(o));
+                _mm256_storeu_ps(even.add(i), e);
+                _mm256_storeu_ps(odd.add(i), o);
+            }
+            i += 8;
+        }
+        i
+    }
+
     /// [`tap_sums`] on AVX2 vectors.
     ///
     /// # Safety
     /// As [`tap_sums`]; the CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tap_sums_avx2(
-        buf: *const f32,
-        taps: &[usize],
-        w: &[f32],
-        bias: f32,
-        act: Activation,
-        out: *mut f32,
-        n: usize,
-    ) {
+    pub(super) unsafe fn tap_sums_avx2(buf: *const f32, k: Taps, out: *mut f32, n: usize) {
         // SAFETY: forwarded.
-        unsafe { tap_sums::<__m256>(buf, taps, w, bias, act, out, n) }
+        unsafe { tap_sums::<__m256>(buf, k, out, n) }
     }
 
     /// [`tap_sums`] on AVX-512 vectors.
@@ -356,17 +391,9 @@ mod x86_64 {
     /// # Safety
     /// As [`tap_sums`]; the CPU must support AVX-512 F.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn tap_sums_avx512(
-        buf: *const f32,
-        taps: &[usize],
-        w: &[f32],
-        bias: f32,
-        act: Activation,
-        out: *mut f32,
-        n: usize,
-    ) {
+    pub(super) unsafe fn tap_sums_avx512(buf: *const f32, k: Taps, out: *mut f32, n: usize) {
         // SAFETY: forwarded.
-        unsafe { tap_sums::<__m512>(buf, taps, w, bias, act, out, n) }
+        unsafe { tap_sums::<__m512>(buf, k, out, n) }
     }
 }
 
@@ -394,7 +421,7 @@ mod tests {
         conv_ref(p, &x, &w, bias, act, &mut want);
         for isa in levels(|k| k.depthwise_f32) {
             let mut got = vec![f32::NAN; ny];
-            depthwise(isa, p, &x, &w, bias, act, &mut got);
+            depthwise(isa, p, &x, &w, bias, act, crate::conv::as_uninit(&mut got));
             for (i, (a, r)) in got.iter().zip(&want).enumerate() {
                 prop_assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{isa:?} y[{i}]: {a} vs {r}");
             }
