@@ -429,16 +429,13 @@ mod tests {
         Ok(())
     }
 
+    /// One spatial dim: input size, kernel, stride, dilation, begin pad, end pad.
+    type Dim = (usize, usize, usize, usize, usize, usize);
+
     /// A depthwise convolution over `input` with per-dim kernel, stride, dilation and pads; the
     /// output size follows from them.
-    fn params(
-        batch: usize,
-        ch: usize,
-        dims: &[(usize, usize, usize, usize, usize, usize)],
-    ) -> Option<ConvParams> {
-        let field = |f: fn(&(usize, usize, usize, usize, usize, usize)) -> usize| {
-            dims.iter().map(f).collect::<Vec<_>>()
-        };
+    fn params(batch: usize, ch: usize, dims: &[Dim]) -> Option<ConvParams> {
+        let field = |f: fn(&Dim) -> usize| dims.iter().map(f).collect::<Vec<_>>();
         let (input, kernel, strides) = (field(|d| d.0), field(|d| d.1), field(|d| d.2));
         let (dil, pb, pe) = (field(|d| d.3), field(|d| d.4), field(|d| d.5));
         let output = (0..dims.len())
