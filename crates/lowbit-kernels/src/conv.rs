@@ -18,10 +18,10 @@
 //! assert_eq!(y, [8.0, 12.0, 20.0, 24.0]);
 //! ```
 
-use crate::cpu::{self, Isa};
-use crate::gemm::{sgemm, sgemm_packed_ab_raw, Epilogue, PackedA, PackedB, Trans};
+use crate::gemm::{sgemm, sgemm_packed_ab_raw, Epilogue, PackedA, PackedB, Trans, NR};
 use crate::window::Window;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 pub use crate::gemm::Activation;
 
@@ -68,7 +68,7 @@ thread_local! {
 }
 
 /// Runs `f` with a thread-local scratch buffer of at least `n` elements (contents undefined).
-fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut v) => {
             if v.len() < n {
@@ -256,12 +256,36 @@ pub fn conv_packed(
     act: Activation,
     y: &mut [f32],
 ) {
+    conv_packed_uninit(p, x, w, bias, act, as_uninit(y));
+}
+
+/// `y` seen as memory to write (the same layout): what the `_uninit` kernels take.
+pub(crate) fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the kernels given this slice only
+    // write initialized values into it.
+    unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// [`conv_packed`] into memory that need not be initialized (a fresh output buffer): every
+/// element of `y[..p.sizes().2]` is written.
+///
+/// # Panics
+/// As [`conv_packed`].
+pub fn conv_packed_uninit(
+    p: &ConvParams,
+    x: &[f32],
+    w: &ConvWeights,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [MaybeUninit<f32>],
+) {
     assert!(w.fits(p), "conv_packed: weights prepared for another convolution");
     let (nx, _, ny) = p.sizes();
     assert!(x.len() >= nx && y.len() >= ny, "conv: buffer too short");
     assert!(bias.is_none_or(|b| b.len() >= p.c_out), "conv: bias too short");
     if p.is_depthwise() {
-        depthwise(p, x, &w.depthwise, bias, act, y);
+        let isa = crate::cpu::best().depthwise_f32;
+        crate::depthwise::depthwise(isa, p, x, &w.depthwise, bias, act, y);
         return;
     }
     let win = &p.window;
@@ -281,9 +305,11 @@ pub fn conv_packed(
     } else {
         out_sz
     };
-    let nc = cached.min(shared).div_ceil(16) * 16;
+    // Whole pairs of NR panels: the widest micro-kernel (AVX-512) takes two at a time.
+    let nc = cached.min(shared).div_ceil(2 * NR) * 2 * NR;
     let blocks = out_sz.div_ceil(nc);
-    let out = OutPtr(y.as_mut_ptr());
+    // Every element is written once (the first K block overwrites), before any read.
+    let out = OutPtr(y.as_mut_ptr().cast::<f32>());
     for n in 0..p.batch {
         for g in 0..p.group {
             let xg = &x[(n * p.c_in + g * cg_in) * in_sz..][..cg_in * in_sz];
@@ -298,9 +324,7 @@ pub fn conv_packed(
                 let j0 = bi * nc;
                 let cols = nc.min(out_sz - j0);
                 if pointwise {
-                    packed.repack_rows(kdim, cols, |r, d| {
-                        d.copy_from_slice(&xg[r * in_sz + j0..][..cols])
-                    });
+                    packed.repack(Trans::No, kdim, cols, &xg[j0..], in_sz);
                 } else {
                     packed.repack_rows(kdim, cols, |r, d| patch_row(win, xg, r, j0, d));
                 }
@@ -310,10 +334,8 @@ pub fn conv_packed(
             };
             if blocks > 1 && threads > 1 && shared < out_sz {
                 use rayon::prelude::*;
-                (0..blocks).into_par_iter().for_each_init(
-                    || PackedB::pack(Trans::No, 0, 0, &[], 0),
-                    |packed, bi| block(bi, packed),
-                );
+                // Each worker packs into its own thread's buffer, kept across runs.
+                (0..blocks).into_par_iter().for_each(|bi| with_packed(|packed| block(bi, packed)));
             } else {
                 with_packed(|packed| (0..blocks).for_each(|bi| block(bi, packed)));
             }
@@ -384,8 +406,8 @@ fn patch_row(win: &Window, x: &[f32], r: usize, j0: usize, d: &mut [f32]) {
             } else if sx == 1 {
                 dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
             } else {
-                for (t, v) in dst[lo..hi].iter_mut().enumerate() {
-                    *v = src[start + t * sx];
+                for (v, s) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(sx)) {
+                    *v = *s;
                 }
             }
         }
@@ -396,143 +418,6 @@ fn patch_row(win: &Window, x: &[f32], r: usize, j0: usize, d: &mut [f32]) {
             oy = 0;
             oz += 1;
         }
-    }
-}
-
-/// One channel of a depthwise convolution over a zero-padded copy of the input plane `xp`
-/// (`[pd, ph, pw]`): `y += conv(x, w)`, with no bounds logic in the inner loop.
-#[inline(always)]
-fn depthwise_plane_body(win: &Window, xp: &[f32], padded: [usize; 3], w: &[f32], y: &mut [f32]) {
-    let [od, oh, ow] = win.output;
-    let [kd, kh, kw] = win.kernel;
-    let [sz, sy, sx] = win.strides;
-    let [dz, dy, dx] = win.dilations;
-    let [_, ph, pw] = padded;
-    for oz in 0..od {
-        for oy in 0..oh {
-            let yrow = &mut y[(oz * oh + oy) * ow..][..ow];
-            for kz in 0..kd {
-                for ky in 0..kh {
-                    let r = (oz * sz + kz * dz) * ph + oy * sy + ky * dy;
-                    let xrow = &xp[r * pw..(r + 1) * pw];
-                    let wrow = &w[(kz * kh + ky) * kw..][..kw];
-                    if sx == 1 {
-                        for (kx, &wv) in wrow.iter().enumerate() {
-                            for (d, s) in yrow.iter_mut().zip(&xrow[kx * dx..][..ow]) {
-                                *d += wv * s;
-                            }
-                        }
-                    } else {
-                        // Strided reads do not vectorize: sum the row's taps in a register.
-                        for (ox, d) in yrow.iter_mut().enumerate() {
-                            let base = ox * sx;
-                            let mut acc = 0f32;
-                            for (kx, &wv) in wrow.iter().enumerate() {
-                                acc += wv * xrow[base + kx * dx];
-                            }
-                            *d += acc;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Whether [`x86_64::depthwise3x3`] handles this window: a 2-D 3x3 kernel, dilation 1, stride 1
-/// or 2 (the same both ways).
-fn is_dw3x3(win: &Window) -> bool {
-    win.kernel == [1, 3, 3]
-        && win.input[0] == 1
-        && win.output[0] == 1
-        && win.dilations == [1, 1, 1]
-        && matches!(win.strides, [1, 1, 1] | [1, 2, 2])
-}
-
-/// Floats read past the end of a padded plane by [`x86_64::depthwise3x3`]'s last vector (their
-/// lanes are discarded).
-const DW_SLACK: usize = 16;
-
-/// Copies plane `x` into the middle of a zeroed `padded` buffer.
-fn pad_plane(win: &Window, x: &[f32], padded: [usize; 3], buf: &mut [f32]) {
-    let [id, ih, iw] = win.input;
-    let [pbz, pby, pbx] = win.pads_begin;
-    let [_, ph, pw] = padded;
-    buf.fill(0.0);
-    for z in 0..id {
-        for yy in 0..ih {
-            let dst = ((z + pbz) * ph + yy + pby) * pw + pbx;
-            buf[dst..dst + iw].copy_from_slice(&x[(z * ih + yy) * iw..][..iw]);
-        }
-    }
-}
-
-/// Padded plane dims: large enough for every tap of every output position.
-fn padded_dims(win: &Window) -> [usize; 3] {
-    let mut d = [0; 3];
-    for (i, v) in d.iter_mut().enumerate() {
-        let need = (win.output[i].max(1) - 1) * win.strides[i]
-            + (win.kernel[i] - 1) * win.dilations[i]
-            + 1;
-        *v = need.max(win.input[i] + win.pads_begin[i]);
-    }
-    d
-}
-
-fn depthwise(
-    p: &ConvParams,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    act: Activation,
-    y: &mut [f32],
-) {
-    let win = &p.window;
-    let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
-    let planes = p.batch * p.c_out;
-    let padded = padded_dims(win);
-    let pad_len: usize = padded.iter().product();
-    let avx2 = cpu::best().depthwise_f32 >= Isa::Avx2;
-    let dw3x3 = avx2 && is_dw3x3(win);
-    let compute = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
-        let c = plane % p.c_out;
-        let b = bias.map_or(0.0, |b| b[c]);
-        pad_plane(win, &x[plane * in_sz..(plane + 1) * in_sz], padded, &mut buf[..pad_len]);
-        let wc = &w[c * k_sz..(c + 1) * k_sz];
-        #[cfg(target_arch = "x86_64")]
-        if dw3x3 {
-            // SAFETY: the CPU supports AVX2 and FMA; `buf` has DW_SLACK floats past the plane.
-            unsafe { x86_64::depthwise3x3(win, buf, padded, wc, b, yp) };
-            return;
-        }
-        yp.fill(b);
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU supports AVX2 and FMA.
-            unsafe { x86_64::depthwise_plane(win, buf, padded, wc, yp) };
-            return;
-        }
-        let _ = avx2;
-        depthwise_plane_body(win, buf, padded, wc, yp);
-    };
-    // The activation runs on each plane while it is still cached.
-    let run = |plane: usize, yp: &mut [f32], buf: &mut [f32]| {
-        compute(plane, yp, buf);
-        act.apply(yp);
-    };
-    let y = &mut y[..planes * out_sz];
-    if out_sz == 0 {
-        return;
-    }
-    if rayon::current_num_threads() > 1 && planes * out_sz * k_sz >= 1 << 15 {
-        use rayon::prelude::*;
-        y.par_chunks_mut(out_sz)
-            .enumerate()
-            .for_each_init(|| vec![0f32; pad_len + DW_SLACK], |buf, (i, yp)| run(i, yp, buf));
-    } else {
-        with_scratch(pad_len + DW_SLACK, |buf| {
-            y.chunks_mut(out_sz).enumerate().for_each(|(i, yp)| run(i, yp, buf));
-        });
     }
 }
 
@@ -678,105 +563,6 @@ pub fn conv_transpose_ref(
                         }
                     }
                 }
-            }
-        }
-    }
-}
-
-/// The AVX2 + FMA depthwise planes.
-#[cfg(target_arch = "x86_64")]
-mod x86_64 {
-    use super::{depthwise_plane_body, Window, DW_SLACK};
-    use std::arch::x86_64::*;
-
-    /// [`super::depthwise_plane_body`] compiled for AVX2 and FMA (its loops vectorize 8 wide).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn depthwise_plane(
-        win: &Window,
-        xp: &[f32],
-        padded: [usize; 3],
-        w: &[f32],
-        y: &mut [f32],
-    ) {
-        depthwise_plane_body(win, xp, padded, w, y)
-    }
-
-    /// A 2-D 3x3 depthwise plane (see [`super::is_dw3x3`]) over the zero-padded input `xp`
-    /// (`ph x pw`): `y = bias + conv(x, w)`, 8 outputs per step with all 9 taps in registers.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `xp` must hold `ph * pw + DW_SLACK` elements, `w` 9,
-    /// `y` `oh * ow`, and `padded` must come from [`super::padded_dims`] for `win`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn depthwise3x3(
-        win: &Window,
-        xp: &[f32],
-        padded: [usize; 3],
-        w: &[f32],
-        bias: f32,
-        y: &mut [f32],
-    ) {
-        let [_, oh, ow] = win.output;
-        let s = win.strides[2];
-        let pw = padded[2];
-        debug_assert!(xp.len() >= padded[1] * pw + DW_SLACK && w.len() >= 9 && y.len() >= oh * ow);
-        let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(w[t]));
-        let x = xp.as_ptr();
-        // Even lanes of 16 consecutive floats at `p`.
-        let evens = |p: *const f32| {
-            // SAFETY: the caller's bounds (see below) cover 16 floats at `p`.
-            unsafe {
-                let a = _mm256_loadu_ps(p);
-                let b = _mm256_loadu_ps(p.add(8));
-                let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
-            }
-        };
-        let scalar = |oy: usize, ox: usize| {
-            let mut acc = bias;
-            for ky in 0..3 {
-                let row = &xp[(oy * s + ky) * pw + ox * s..];
-                acc += w[ky * 3] * row[0] + w[ky * 3 + 1] * row[1] + w[ky * 3 + 2] * row[2];
-            }
-            acc
-        };
-        for oy in 0..oh {
-            let yrow = &mut y[oy * ow..(oy + 1) * ow];
-            if ow < 8 {
-                for (ox, v) in yrow.iter_mut().enumerate() {
-                    *v = scalar(oy, ox);
-                }
-                continue;
-            }
-            let mut ox = 0;
-            loop {
-                // The last step overlaps the one before it so no output needs a scalar tail.
-                let o = ox.min(ow - 8);
-                let mut acc = _mm256_set1_ps(bias);
-                for ky in 0..3 {
-                    // Row `oy * s + ky` of the padded plane; output `o + i` reads its columns
-                    // `(o + i) * s + kx` <= (ow - 1) * s + 2 < pw; the 16-wide stride-2 loads read at
-                    // most 17 past `o * s`, within the row or the DW_SLACK floats after the plane.
-                    // SAFETY: as above.
-                    unsafe {
-                        let r = x.add((oy * s + ky) * pw + o * s);
-                        if s == 1 {
-                            acc = _mm256_fmadd_ps(wv[ky * 3], _mm256_loadu_ps(r), acc);
-                            acc = _mm256_fmadd_ps(wv[ky * 3 + 1], _mm256_loadu_ps(r.add(1)), acc);
-                            acc = _mm256_fmadd_ps(wv[ky * 3 + 2], _mm256_loadu_ps(r.add(2)), acc);
-                        } else {
-                            acc = _mm256_fmadd_ps(wv[ky * 3], evens(r), acc);
-                            acc = _mm256_fmadd_ps(wv[ky * 3 + 1], evens(r.add(1)), acc);
-                            acc = _mm256_fmadd_ps(wv[ky * 3 + 2], evens(r.add(2)), acc);
-                        }
-                    }
-                }
-                // SAFETY: o + 8 <= ow.
-                unsafe { _mm256_storeu_ps(yrow.as_mut_ptr().add(o), acc) };
-                if o + 8 >= ow {
-                    break;
-                }
-                ox += 8;
             }
         }
     }

@@ -56,9 +56,9 @@ impl Isa {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernels {
     /// f32 GEMM micro-kernel: [`crate::gemm`]'s packed products, [`crate::conv`]'s im2col
-    /// products, [`crate::wgemm`]'s buffered path.
+    /// products (two B panels per tile on AVX-512), [`crate::wgemm`]'s buffered path.
     pub sgemm: Isa,
-    /// f32 depthwise convolution planes ([`crate::conv`]).
+    /// f32 depthwise convolution planes ([`crate::depthwise`]).
     pub depthwise_f32: Isa,
     /// Softmax and log-softmax rows ([`crate::norm`]).
     pub softmax: Isa,
@@ -118,6 +118,8 @@ impl Kernels {
 
     /// The families with AVX-512 VNNI code.
     fn plug_avx512_vnni(&mut self) {
+        self.sgemm = Isa::Avx512Vnni;
+        self.depthwise_f32 = Isa::Avx512Vnni;
         self.qgemm = Isa::Avx512Vnni;
         self.depthwise_i8 = Isa::Avx512Vnni;
     }
@@ -147,7 +149,8 @@ mod tests {
         let avx2 = Kernels::at(Isa::Avx2);
         assert_eq!((avx2.sgemm, avx2.qgemm), (Isa::Avx2, Isa::Avx2));
         assert_eq!(Kernels::at(Isa::Avx512Vnni).qgemm, Isa::Avx512Vnni);
-        assert_eq!(Kernels::at(Isa::Avx512Vnni).sgemm, Isa::Avx2);
+        assert_eq!(Kernels::at(Isa::Avx512Vnni).sgemm, Isa::Avx512Vnni);
+        assert_eq!(Kernels::at(Isa::Avx512Vnni).wgemm, Isa::Avx2);
         assert_eq!(*best(), Kernels::at(Isa::detect()));
     }
 

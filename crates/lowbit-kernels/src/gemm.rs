@@ -304,6 +304,9 @@ impl Post {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_64::{activation as activation_avx2, activation_avx512};
+
 /// Columns per packed panel of B (two AVX registers).
 pub const NR: usize = 16;
 /// Rows of A per micro-kernel call.
@@ -346,14 +349,17 @@ impl PackedB {
         assert!(b.len() >= needed(br, bc, ldb), "PackedB: B is too short");
         let panels = n.div_ceil(NR);
         let data = &mut self.data;
-        data.clear();
+        // Every element is written below: only a longer buffer needs filling first.
+        data.truncate(panels * k * NR);
         data.resize(panels * k * NR, 0.0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             for p in 0..panels {
                 let cols = NR.min(n - p * NR);
                 for kk in 0..kc {
-                    let dst = &mut data[block_offset(k0, panels, p, kc) + kk * NR..][..cols];
+                    let row = &mut data[block_offset(k0, panels, p, kc) + kk * NR..][..NR];
+                    let (dst, zeros) = row.split_at_mut(cols);
+                    zeros.fill(0.0);
                     if tb == Trans::No {
                         dst.copy_from_slice(&b[(k0 + kk) * ldb + p * NR..][..cols]);
                     } else {
@@ -543,6 +549,7 @@ pub fn sgemm_packed_with(
     // SAFETY: A is checked above, C just before; the epilogue in `packed_product`.
     unsafe {
         packed_product(
+            cpu::best().sgemm,
             m,
             ASource::RowMajor(a, lda),
             b,
@@ -586,17 +593,21 @@ pub(crate) unsafe fn sgemm_packed_ab_raw(
 ) {
     assert_eq!(a.k, b.k, "sgemm_packed_ab: inner dims differ");
     // SAFETY: forwarded from the caller.
-    unsafe { packed_product(a.m, ASource::Packed(a), b, 0.0, Ptr(c), ldc, epi, false) };
+    unsafe {
+        packed_product(cpu::best().sgemm, a.m, ASource::Packed(a), b, 0.0, Ptr(c), ldc, epi, false)
+    };
 }
 
-/// The shared driver: K blocks, then B panels (in parallel when allowed and worth it), then
+/// The shared driver, on the micro-kernels of `isa`: K blocks, then units of B panels (one
+/// panel, or two side by side on AVX-512) in parallel when allowed and worth it, then
 /// `MR`-row blocks of A, each one micro-kernel call; the epilogue runs on the last K block.
 ///
 /// # Safety
 /// `out` must be writable for `m` rows of `b.n` elements at stride `ldc`, and `a` readable
-/// for `m x b.k`.
+/// for `m x b.k`; the CPU must run `isa`'s code.
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_product(
+    isa: Isa,
     m: usize,
     a: ASource,
     b: &PackedB,
@@ -629,16 +640,20 @@ unsafe fn packed_product(
         }
     }
     let panels = n.div_ceil(NR);
-    let parallel = may_parallelize && panels > 1 && m * n * k >= PARALLEL_MIN_WORK;
-    let isa = cpu::best().sgemm;
+    let width = if isa >= Isa::Avx512Vnni { 2 } else { 1 };
+    let units = panels.div_ceil(width);
+    let parallel = may_parallelize && units > 1 && m * n * k >= PARALLEL_MIN_WORK;
     let with_epi = !epi.is_identity();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let overwrite = k0 == 0 && beta == 0.0;
         let last = k0 + kc == k;
-        let panel = |p: usize| {
-            let bp = &b.data[block_offset(k0, panels, p, kc)..][..kc * NR];
-            let cols = NR.min(n - p * NR);
+        let unit = |u: usize| {
+            let p = u * width;
+            let np = width.min(panels - p);
+            // The panels of one K block lie one after another.
+            let bp = &b.data[block_offset(k0, panels, p, kc)..][..np * kc * NR];
+            let cols = (np * NR).min(n - p * NR);
             let mut i0 = 0;
             while i0 < m {
                 let mr = MR.min(m - i0);
@@ -646,28 +661,28 @@ unsafe fn packed_product(
                 let post = if last && with_epi { epi.at(i0, p * NR) } else { Post::NONE };
                 // SAFETY: the caller bounds every A element of rows `i0 + r < m` and this K
                 // block read through `ap`, and every C element `(i0 + r, p * NR + j)` with
-                // `j < cols`; the slice above bounds this B panel, the asserts the biases of
-                // those rows and columns; panels write disjoint columns.
+                // `j < cols`; the slice above bounds these B panels, the caller the biases of
+                // those rows and columns; units write disjoint columns.
                 unsafe {
                     let cp = out.get().add(i0 * ldc + p * NR);
                     let tile = Tile { kc, a: ap, rs, cs, b: bp.as_ptr(), c: cp, ldc, cols };
-                    micro(isa, mr, &tile, overwrite, post);
+                    micro(isa, mr, np, &tile, overwrite, post);
                 }
                 i0 += mr;
             }
         };
         if parallel {
             use rayon::prelude::*;
-            (0..panels).into_par_iter().for_each(panel);
+            (0..units).into_par_iter().for_each(unit);
         } else {
-            (0..panels).for_each(panel);
+            (0..units).for_each(unit);
         }
     }
 }
 
 /// One micro-kernel call: `kc`-deep sums of A rows (element `(r, kk)` at `a[r * rs + kk *
-/// cs]`) with one packed B panel slice (`kc x NR`), into `cols` columns of C rows at stride
-/// `ldc`.
+/// cs]`) with one or two packed B panel slices (`kc x NR` each, one after the other), into
+/// `cols` columns of C rows at stride `ldc`.
 struct Tile {
     kc: usize,
     a: *const f32,
@@ -679,25 +694,38 @@ struct Tile {
     cols: usize,
 }
 
-/// Dispatches a micro-kernel for `mr <= MR` rows.
+/// Dispatches a micro-kernel for `mr <= MR` rows and `np` panels (2 only on AVX-512).
 ///
 /// # Safety
 /// `t.a` must be readable for `mr` rows of `kc` elements through its strides; `t.b` for
-/// `kc * NR` elements; `t.c` writable for `mr` rows of `cols` elements at stride `ldc`;
+/// `np * kc * NR` elements; `t.c` writable for `mr` rows of `cols` elements at stride `ldc`;
 /// `post`'s biases readable for `mr` rows and `cols` columns.
-unsafe fn micro(isa: Isa, mr: usize, t: &Tile, overwrite: bool, post: Post) {
+unsafe fn micro(isa: Isa, mr: usize, np: usize, t: &Tile, overwrite: bool, post: Post) {
     macro_rules! go {
-        ($($f:ident)::+) => {
+        ($($f:ident)::+ $(, $p:literal)?) => {
             match mr {
-                1 => $($f)::+::<1>(t, overwrite, post),
-                2 => $($f)::+::<2>(t, overwrite, post),
-                3 => $($f)::+::<3>(t, overwrite, post),
-                4 => $($f)::+::<4>(t, overwrite, post),
-                5 => $($f)::+::<5>(t, overwrite, post),
-                _ => $($f)::+::<6>(t, overwrite, post),
+                1 => $($f)::+::<1 $(, $p)?>(t, overwrite, post),
+                2 => $($f)::+::<2 $(, $p)?>(t, overwrite, post),
+                3 => $($f)::+::<3 $(, $p)?>(t, overwrite, post),
+                4 => $($f)::+::<4 $(, $p)?>(t, overwrite, post),
+                5 => $($f)::+::<5 $(, $p)?>(t, overwrite, post),
+                _ => $($f)::+::<6 $(, $p)?>(t, overwrite, post),
             }
         };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512Vnni {
+        // SAFETY: forwarded from the caller; the CPU has AVX-512 F (`isa` says so).
+        unsafe {
+            if np == 2 {
+                go!(x86_64::micro_avx512, 2)
+            } else {
+                go!(x86_64::micro_avx512, 1)
+            }
+        };
+        return;
+    }
+    debug_assert_eq!(np, 1, "two panels per call on AVX-512 only");
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         // SAFETY: forwarded from the caller; the CPU has AVX2 and FMA (`isa` says so).
@@ -730,7 +758,7 @@ pub(crate) unsafe fn micro_rows(
 ) {
     let t = Tile { kc, a, rs: lda, cs: 1, b, c, ldc, cols };
     // SAFETY: forwarded.
-    unsafe { micro(isa, mr, &t, overwrite, Post::NONE) };
+    unsafe { micro(isa, mr, 1, &t, overwrite, Post::NONE) };
 }
 
 /// Stores a finished `NR`-wide accumulator row `r` of a tile into `c` (`cols` of it), through
@@ -822,7 +850,7 @@ mod x86_64 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn activation(act: Activation, v: __m256) -> __m256 {
+    pub(crate) unsafe fn activation(act: Activation, v: __m256) -> __m256 {
         match act {
             Activation::None => v,
             Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
@@ -832,6 +860,84 @@ mod x86_64 {
             Activation::LeakyRelu(a) => {
                 let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
                 _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(a)), neg)
+            }
+        }
+    }
+
+    /// The AVX-512 form of [`Activation::of`] on 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn activation_avx512(act: Activation, v: __m512) -> __m512 {
+        match act {
+            Activation::None => v,
+            Activation::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+            Activation::Clip(lo, hi) => {
+                _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi))
+            }
+            Activation::LeakyRelu(a) => {
+                let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
+                _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(a))
+            }
+        }
+    }
+
+    /// AVX-512 micro-kernel: `R x 16P` accumulators in registers, over `P` packed B panels
+    /// (the second `kc * NR` floats after the first). The columns past `cols` are masked off
+    /// in every load and store of C and the column bias.
+    ///
+    /// # Safety
+    /// As [`super::micro`] with `np = P`, and the CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn micro_avx512<const R: usize, const P: usize>(
+        t: &Tile,
+        overwrite: bool,
+        post: Post,
+    ) {
+        let (a, b, rs, cs) = (t.a, t.b, t.rs, t.cs);
+        let next = t.kc * NR;
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for kk in 0..t.kc {
+            // SAFETY: (caller's bounds) kk < kc, r < mr, panel h < P; a prefetch never faults.
+            unsafe {
+                let mut bv = [_mm512_setzero_ps(); P];
+                for (h, v) in bv.iter_mut().enumerate() {
+                    let p = b.add(h * next + kk * NR);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_ROWS * NR) as *const i8);
+                    *v = _mm512_loadu_ps(p);
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * rs + kk * cs));
+                    for (v, &bh) in row.iter_mut().zip(&bv) {
+                        *v = _mm512_fmadd_ps(av, bh, *v);
+                    }
+                }
+            }
+        }
+        let mask = |h: usize| -> __mmask16 {
+            let lanes = t.cols.saturating_sub(h * NR).min(NR);
+            ((1u32 << lanes) - 1) as __mmask16
+        };
+        for (r, row) in acc.iter().enumerate() {
+            for (h, &v) in row.iter().enumerate() {
+                let m = mask(h);
+                // SAFETY: r < mr rows of C; the lanes of `m` are columns < cols, which the
+                // caller's bounds (C and the biases) cover; masked-off lanes are not accessed.
+                unsafe {
+                    let cr = t.c.add(r * t.ldc + h * NR);
+                    let mut v =
+                        if overwrite { v } else { _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr), v) };
+                    if !post.row_bias.is_null() {
+                        v = _mm512_add_ps(v, _mm512_set1_ps(*post.row_bias.add(r)));
+                    }
+                    if !post.col_bias.is_null() {
+                        let cb = _mm512_maskz_loadu_ps(m, post.col_bias.add(h * NR));
+                        v = _mm512_add_ps(v, cb);
+                    }
+                    _mm512_mask_storeu_ps(cr, m, activation_avx512(post.act, v));
+                }
             }
         }
     }
@@ -995,6 +1101,21 @@ mod tests {
                 prop_assert!((x - r).abs() <= 1e-4 * (1.0 + r.abs()), "{x} vs {r}");
                 prop_assert!((y - r).abs() <= 1e-4 * (1.0 + r.abs()), "{y} vs {r}");
                 prop_assert!((z - r).abs() <= 1e-4 * (1.0 + r.abs()), "{z} vs {r}");
+            }
+            // Every micro-kernel level the CPU has (AVX-512's two-panel tiles and masked column
+            // tails included), with both A sources.
+            let pa = PackedA::pack(m, k, &a, k);
+            for isa in crate::cpu::levels(|k| k.sgemm) {
+                for src in [ASource::Packed(&pa), ASource::RowMajor(&a, k)] {
+                    let mut c = vec![f32::NAN; m * n];
+                    // SAFETY: `c` is m x n and A m x k; the level is one this CPU runs.
+                    unsafe {
+                        packed_product(isa, m, src, &packed_b, 0.0, Ptr(c.as_mut_ptr()), n, &epi, false)
+                    };
+                    for (x, r) in c.iter().zip(&want) {
+                        prop_assert!((x - r).abs() <= 1e-4 * (1.0 + r.abs()), "{isa:?}: {x} vs {r}");
+                    }
+                }
             }
         }
     }

@@ -8,7 +8,8 @@
 //! | [`gemm`] | f32 `C = alpha * op(A) * op(B) + beta * C` |
 //! | [`qconv`] | u8 × i8 convolution (patches × packed weights, direct depthwise) |
 //! | [`qgemm`] | u8 × i8 → i32 GEMM with fused requantize / dequantize output stages |
-//! | [`conv`] | N-d convolution (im2col + GEMM, direct depthwise), transposed convolution |
+//! | [`conv`] | N-d convolution (im2col + GEMM), transposed convolution |
+//! | `depthwise` | f32 depthwise convolution (direct, over padded phases of each plane) |
 //! | [`pool`] | max / average / Lp pooling |
 //! | [`norm`] | softmax, log-softmax, layer norm rows |
 //! | [`wgemm`] | f32 × int8/int4 weight-only GEMM, dequantizing inside the product |
@@ -16,6 +17,7 @@
 
 pub mod conv;
 pub mod cpu;
+mod depthwise;
 pub mod gemm;
 pub mod norm;
 pub mod pool;

@@ -6,7 +6,7 @@ use crate::error::OpResult;
 use crate::op::{input, opt_input, BuildCtx, Kernel};
 use crate::ops::util::fused_activation;
 use lowbit_kernels::conv::{
-    conv, conv_packed, conv_transpose, Activation, ConvParams, ConvWeights,
+    conv, conv_packed_uninit, conv_transpose, Activation, ConvParams, ConvWeights,
 };
 use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
@@ -118,11 +118,22 @@ impl Kernel for ConvKernel {
         let xv = f32_data(x)?;
         let mut out_shape = vec![n, c_out];
         out_shape.extend(&p.window.output[3 - in_sp.len()..]);
-        let mut y = vec![0f32; numel(&out_shape)];
-        match self.weights.as_ref().filter(|w| w.fits(&p)) {
-            Some(pw) => conv_packed(&p, &xv, pw, bias.as_deref(), self.act, &mut y),
-            None => conv(&p, &xv, &f32_data(w)?, bias.as_deref(), self.act, &mut y),
-        }
+        let n_out = numel(&out_shape);
+        let y = match self.weights.as_ref().filter(|w| w.fits(&p)) {
+            Some(pw) => {
+                // A fresh buffer, not zeroed first: the kernel writes every element.
+                let mut y = Vec::with_capacity(n_out);
+                conv_packed_uninit(&p, &xv, pw, bias.as_deref(), self.act, y.spare_capacity_mut());
+                // SAFETY: `conv_packed_uninit` wrote all `n_out` elements of `p`'s output.
+                unsafe { y.set_len(n_out) };
+                y
+            }
+            None => {
+                let mut y = vec![0f32; n_out];
+                conv(&p, &xv, &f32_data(w)?, bias.as_deref(), self.act, &mut y);
+                y
+            }
+        };
         Ok(vec![from_f32(dtype, out_shape, y)?])
     }
 }
