@@ -256,12 +256,13 @@ fn residual_net(seed: u64) -> ModelProto {
     graph(nodes, inits, &[3, 5, 5])
 }
 
+/// Per weight: name, loss before and after.
+type Losses = Vec<(String, f64, f64)>;
+/// Per weight: name and its integer codes.
+type Codes = Vec<(String, Vec<i32>)>;
+
 /// AdaRound's report and codes on `m` with at most `cap` bytes kept between passes.
-fn adaround_with_cap(
-    m: &ModelProto,
-    data: &[Feeds],
-    cap: usize,
-) -> (Vec<(String, f64, f64)>, Vec<(String, Vec<i32>)>) {
+fn adaround_with_cap(m: &ModelProto, data: &[Feeds], cap: usize) -> (Losses, Codes) {
     use crate::algorithms::StepContext;
     use lowbit_onnx::graph::Graph;
     let (nearest, _) = quantize(m, data, None);
