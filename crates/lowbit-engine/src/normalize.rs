@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use lowbit_onnx::attr::Attrs;
+use lowbit_onnx::graph::node_reads;
 use lowbit_onnx::pb::{ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::{tensor_from_proto, tensor_to_proto};
 use lowbit_tensor::Tensor;
@@ -78,6 +79,12 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
     let mut values: HashMap<String, Tensor> = HashMap::new();
     let mut renamed: HashMap<String, String> = HashMap::new();
     let mut report = Normalized::default();
+    let subgraph_reads: HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()))
+        .flat_map(node_reads)
+        .collect();
     let mut kept: Vec<NodeProto> = Vec::with_capacity(graph.node.len());
     let mut new_inits = Vec::new();
 
@@ -101,7 +108,12 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
             kept.push(node);
             continue;
         }
-        if node.op_type == "Identity" && node.output.len() == 1 {
+        // Renaming reaches the main graph's readers only: with subgraphs about, an identity
+        // is folded into its own initializer like any other node.
+        if node.op_type == "Identity"
+            && node.output.len() == 1
+            && !subgraph_reads.contains(&node.output[0])
+        {
             renamed.insert(node.output[0].clone(), node.input[0].clone());
             report.identities += 1;
             continue;
@@ -154,18 +166,18 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
     }
     graph.node = kept;
     graph.initializer.extend(new_inits);
-    // Inputs that were folded away or renamed may still be named by later readers only
-    // through `renamed`, already applied; drop initializers nothing reads any more.
-    let read: HashSet<&str> = graph
+    // New initializers that nothing reads any more (a weight read only through a folded
+    // Transpose) are dropped; subgraphs' outer-scope reads count as reads.
+    let read: HashSet<String> = graph
         .node
         .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .chain(graph.output.iter().map(|o| o.name.as_str()))
+        .flat_map(node_reads)
+        .chain(graph.output.iter().map(|o| o.name.clone()))
         .collect();
     let unread: HashSet<String> = graph
         .initializer
         .iter()
-        .filter(|t| !read.contains(t.name.as_str()) && !initializers.contains(&t.name))
+        .filter(|t| !read.contains(&t.name) && !initializers.contains(&t.name))
         .map(|t| t.name.clone())
         .collect();
     graph.initializer.retain(|t| !unread.contains(&t.name));
@@ -283,6 +295,48 @@ mod tests {
             m.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(ops, ["ConstantOfShape", "Identity", "Add"]);
         Session::new(&m, &SessionOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn constants_read_only_inside_a_subgraph_stay_available() {
+        use lowbit_onnx::pb::attribute_proto::AttributeType;
+        let mut c = node("Constant", "c", &[], &["k"]);
+        c.attribute.push(tensor_attr("value", &Tensor::scalar(2f32)));
+        let branch = |name: &str, op: &str| GraphProto {
+            name: name.into(),
+            node: vec![node(op, name, &["x", "k_id"], &[&format!("{name}_out")])],
+            output: vec![tensor_value_info(&format!("{name}_out"), DType::F32, &[])],
+            ..Default::default()
+        };
+        let mut iff = node("If", "if", &["cond"], &["y"]);
+        for (attr, g) in
+            [("then_branch", branch("then", "Mul")), ("else_branch", branch("else", "Add"))]
+        {
+            iff.attribute.push(AttributeProto {
+                name: attr.into(),
+                r#type: AttributeType::Graph as i32,
+                g: Some(g),
+                ..Default::default()
+            });
+        }
+        let graph = GraphProto {
+            name: "g".into(),
+            node: vec![c, node("Identity", "id", &["k"], &["k_id"]), iff],
+            input: vec![
+                tensor_value_info("x", DType::F32, &[]),
+                tensor_value_info("cond", DType::Bool, &[]),
+            ],
+            output: vec![tensor_value_info("y", DType::F32, &[])],
+            ..Default::default()
+        };
+        let mut m = model(graph, 13);
+        let r = normalize(&mut m).unwrap();
+        // The identity read inside the branches is folded into an initializer, not renamed.
+        assert_eq!(r, Normalized { constants: 1, folded: 1, identities: 0 });
+        let g = m.graph.as_ref().unwrap();
+        let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        assert!(inits.contains("k_id"), "{inits:?}");
+        assert_eq!(g.node.len(), 1);
     }
 
     #[test]
