@@ -9,8 +9,11 @@ Not a test: a table to read. For every model and thread count it times
 and prints the median per-sample latency of each and their ratio.
 
 Inputs: MiniLM: 300 STS-B dev sentences (input_ids_a / attention_mask_a, rows evenly spread);
-MNIST models: the first 500 test images, preprocessed as each model's sidecar JSON says;
-tv_mobilenet_v2_random: 30 N(0, 1) images [1, 3, 224, 224] (seed 0).
+`MODEL@L` (e.g. paraphrase-MiniLM-L3-v2@45): the same sentences padded (or cut) to exactly L
+tokens and timed at that length on both sides (lowbit with --no-trim), as a batch padded to its
+longest sentence runs; MNIST models: the first 500 test images, preprocessed as each model's
+sidecar JSON says; tv_mobilenet_v2_random and efficientnet-lite0: 30 N(0, 1) images
+[1, 3, 224, 224] (seed 0; FP32 latency does not depend on the pixel values).
 
 Run through bench/fp32_vs_ort.sh, which builds lowbit and uses the test venv's Python.
 """
@@ -29,6 +32,10 @@ import onnxruntime as ort
 
 MODELS = [
     "paraphrase-MiniLM-L3-v2",
+    "paraphrase-MiniLM-L3-v2@16",
+    "paraphrase-MiniLM-L3-v2@45",
+    "paraphrase-MiniLM-L3-v2@128",
+    "efficientnet-lite0",
     "mnist-8_cntk",
     "burn_mnist_bn",
     "mnist_mobilenetv2",
@@ -51,22 +58,42 @@ def minilm_rows(corpus, n):
     return {"input_ids": ids[pick], "attention_mask": mask[pick]}
 
 
+def fixed_length(arrays, length):
+    """MiniLM rows padded with 0 (mask 0) or cut to exactly `length` tokens."""
+    out = {}
+    for k, v in arrays.items():
+        w = np.zeros((len(v), length), dtype=v.dtype)
+        n = min(length, v.shape[1])
+        w[:, :n] = v[:, :n]
+        out[k] = w
+    return out
+
+
+def split_name(name):
+    """`model@L` -> (model, L); `model` -> (model, None)."""
+    base, _, length = name.partition("@")
+    return base, (int(length) if length else None)
+
+
 def inputs_for(name, corpus, rows):
+    name, length = split_name(name)
     cfg_path = os.path.join(corpus, "dev/models", name + ".json")
     cfg = json.load(open(cfg_path))
     if name.startswith("paraphrase-MiniLM"):
-        return minilm_rows(corpus, rows["minilm"])
-    if name.startswith("speed/"):
+        arrays = minilm_rows(corpus, rows["minilm"])
+        return fixed_length(arrays, length) if length else arrays
+    if name.startswith("speed/") or name == "efficientnet-lite0":
         rng = np.random.default_rng(0)
-        shape = [rows["mobilenet"]] + list(cfg["input_shape"][1:])
+        shape = [rows["mobilenet"]] + list(cfg.get("input_shape", [1, 3, 224, 224])[1:])
         return {cfg["input"]: rng.standard_normal(shape, dtype=np.float32)}
     return mnist_rows(corpus, cfg, rows["mnist"])
 
 
-def ort_rows(arrays):
-    """Per-sample feeds [1, ...]; rows cut to their real length when a mask input exists."""
+def ort_rows(arrays, trim=True):
+    """Per-sample feeds [1, ...]; rows cut to their real length when a mask input exists and
+    `trim`."""
     n = len(next(iter(arrays.values())))
-    mask_name = next((k for k in arrays if "mask" in k.lower()), None)
+    mask_name = next((k for k in arrays if "mask" in k.lower()), None) if trim else None
     for i in range(n):
         feed = {k: v[i : i + 1] for k, v in arrays.items()}
         if mask_name is not None:
@@ -77,13 +104,13 @@ def ort_rows(arrays):
         yield feed
 
 
-def time_ort(model, arrays, threads, warmup=10):
+def time_ort(model, arrays, threads, trim=True, warmup=10):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in sess.get_inputs()}
-    feeds = [{k: v for k, v in f.items() if k in wanted} for f in ort_rows(arrays)]
+    feeds = [{k: v for k, v in f.items() if k in wanted} for f in ort_rows(arrays, trim)]
     for i in range(warmup):
         sess.run(None, feeds[i % len(feeds)])
     times = []
@@ -94,9 +121,9 @@ def time_ort(model, arrays, threads, warmup=10):
     return statistics.median(times)
 
 
-def time_lowbit(lowbit, model, data_dir, threads, warmup=10):
+def time_lowbit(lowbit, model, data_dir, threads, trim=True, warmup=10):
     cmd = [lowbit, "--quiet", "bench", model, "--data", data_dir, "--threads", str(threads),
-           "--warmup", str(warmup), "--json"]
+           "--warmup", str(warmup), "--json"] + ([] if trim else ["--no-trim"])
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         msg = (p.stderr.strip().splitlines() or ["failed"])[0]
@@ -118,15 +145,17 @@ def main():
     results = []
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as tmp:
         for name in args.models:
-            model = os.path.join(args.corpus, "dev/models", name + ".onnx")
+            base, length = split_name(name)
+            trim = length is None
+            model = os.path.join(args.corpus, "dev/models", base + ".onnx")
             arrays = inputs_for(name, args.corpus, rows)
             data_dir = os.path.join(tmp, name.replace("/", "_"))
             os.makedirs(data_dir)
             for k, v in arrays.items():
                 np.save(os.path.join(data_dir, k + ".npy"), v)
             for t in args.threads:
-                lb, err = time_lowbit(args.lowbit, model, data_dir, t)
-                ref = time_ort(model, arrays, t)
+                lb, err = time_lowbit(args.lowbit, model, data_dir, t, trim)
+                ref = time_ort(model, arrays, t, trim)
                 results.append((name, t, lb, ref, err))
                 line = f"{name:32} {t:>2} threads  lowbit " + (f"{lb:8.3f} ms" if lb is not None else "   failed  ")
                 print(line + f"  ORT {ref:8.3f} ms", file=sys.stderr, flush=True)
