@@ -12,6 +12,9 @@ Not a test: a table to read. First the quantized files are written to a temp fol
     otherwise), so that lowbit's engine is also timed on a file ORT wrote.
   - speed/tv_mobilenet_v2_random: static int8 (default options) calibrated on 8 N(0, 1) float32
     images [8, 3, 224, 224] (numpy default_rng(0)) saved as `input.npy`.
+  - efficientnet-lite0: static int8 (default options) calibrated on the first 100 of the
+    corpus' ImageNet photos (`--data dev/data/imagenet_sample1000 --samples 100 --preprocess
+    SIDECAR.json`, decoded as score.py does).
 
 Then every file (FP32 included) is timed at each thread count by
     lowbit -q bench FILE --vs-ort --python PY --threads T --json --warmup 20 --runs R [--data DIR]
@@ -25,7 +28,8 @@ difference between lowbit's and ORT's outputs on the first feed, over all graph 
 Inputs timed (never the calibration rows): MNIST: test rows 1000..1099 (uint8, `--preprocess`
 with the sidecar); MiniLM: STS-B dev side-a sentences 0..49 (bench cuts each row to its own mask
 length, as ORT users feed unpadded sentences); the speed model: bench's synthetic input (N(0, 1),
-fixed seed, [1, 3, 224, 224]). R = 200 for MNIST and MiniLM, 30 for the speed model, times
+fixed seed, [1, 3, 224, 224]; EfficientNet-Lite0 likewise). R = 200 for MNIST and MiniLM, 30
+for the speed model and EfficientNet-Lite0, times
 --runs-scale; samples are cycled when R exceeds them.
 
 Run through bench/int8_vs_ort.sh, which builds lowbit and uses the test venv's Python.
@@ -46,12 +50,13 @@ import numpy as np
 MNIST = ["mnist-8_cntk", "burn_mnist_bn", "mnist_mobilenetv2", "mnist_resnet"]
 MINILM = "paraphrase-MiniLM-L3-v2"
 SPEED = "speed/tv_mobilenet_v2_random"
-GROUPS = ["mnist", "minilm", "speed"]
+EFFNET = "efficientnet-lite0"
+GROUPS = ["mnist", "minilm", "speed", "effnet"]
 CALIB_ROWS = 100
 MNIST_BENCH_ROWS = (1000, 1100)
 MINILM_BENCH_ROWS = 50
 SPEED_CALIB_IMAGES = 8
-RUNS = {"mnist": 200, "minilm": 200, "speed": 30}
+RUNS = {"mnist": 200, "minilm": 200, "speed": 30, "effnet": 30}
 WARMUP = 20
 
 
@@ -155,6 +160,15 @@ def speed_group(corpus, tmp, lowbit):
     return [(SPEED, [("fp32", model), ("lowbit static int8", "error: " + err if err else q)], [])]
 
 
+def effnet_group(corpus, tmp, lowbit):
+    model = os.path.join(corpus, f"dev/models/{EFFNET}.onnx")
+    photos = os.path.join(corpus, "dev/data/imagenet_sample1000")
+    q = os.path.join(tmp, "efficientnet-lite0.lowbit-static.onnx")
+    sidecar = os.path.join(corpus, f"dev/models/{EFFNET}.json")
+    err = lowbit_quantize(lowbit, model, q, ["--data", photos, "--samples", "100", "--preprocess", sidecar])
+    return [(EFFNET, [("fp32", model), ("lowbit static int8", "error: " + err if err else q)], [])]
+
+
 def required_files(corpus, group):
     m, d = os.path.join(corpus, "dev/models"), os.path.join(corpus, "dev/data")
     if group == "mnist":
@@ -163,6 +177,9 @@ def required_files(corpus, group):
     if group == "minilm":
         return [os.path.join(m, f"{MINILM}.{ext}") for ext in ("onnx", "json")] + \
             [os.path.join(d, f"stsb_dev/{a}_{s}.npy") for a in ("input_ids", "attention_mask") for s in "ab"]
+    if group == "effnet":
+        return [os.path.join(m, f"{EFFNET}.{ext}") for ext in ("onnx", "json")] + \
+            [os.path.join(d, "imagenet_sample1000")]
     return [os.path.join(m, f"{SPEED}.{ext}") for ext in ("onnx", "json")]
 
 
@@ -201,7 +218,7 @@ def main():
     ap.add_argument("--only", choices=GROUPS, help="one model group only")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--runs-scale", type=float, default=1.0,
-                    help="scale the timed runs (200 MNIST/MiniLM, 30 speed model), e.g. 0.05 for a quick look")
+                    help="scale the timed runs (200 MNIST/MiniLM, 30 speed model/EfficientNet), e.g. 0.05 for a quick look")
     ap.add_argument("--json", metavar="FILE", help="also write the rows and settings as JSON here")
     a = ap.parse_args()
     try:
@@ -235,7 +252,8 @@ def main():
     try:
         for g in groups:
             print(f"int8_vs_ort: quantizing {g} ...", file=sys.stderr, flush=True)
-            models = {"mnist": mnist_group, "minilm": minilm_group, "speed": speed_group}[g](a.corpus, tmp, a.lowbit)
+            groups_fn = {"mnist": mnist_group, "minilm": minilm_group, "speed": speed_group, "effnet": effnet_group}
+            models = groups_fn[g](a.corpus, tmp, a.lowbit)
             for name, variants, extra in models:
                 for t in threads:
                     for variant, path in variants:
@@ -293,7 +311,7 @@ def main():
     notes = [(r["model"], r["variant"], r["threads"], n) for r in rows for n in r.get("diff_notes") or []]
     for m, v, t, n in notes:
         print(f"\nnot compared ({m}, {v}, {t} threads): {n}")
-    label = {"mnist": "MNIST", "minilm": "MiniLM", "speed": "speed model"}
+    label = {"mnist": "MNIST", "minilm": "MiniLM", "speed": "speed model", "effnet": "EfficientNet-Lite0"}
     counts = ", ".join(f"{runs[g]} ({label[g]})" for g in groups)
     print(f"\nmedians over {counts} timed runs after {WARMUP} warm-up runs, batch 1; ORT {ort_version}; "
           f"{os.cpu_count()} CPUs, {cpu} "
