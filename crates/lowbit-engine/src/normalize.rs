@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use lowbit_onnx::attr::Attrs;
-use lowbit_onnx::graph::node_reads;
+use lowbit_onnx::graph::{node_reads, subgraphs};
 use lowbit_onnx::pb::{ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::{tensor_from_proto, tensor_to_proto};
 use lowbit_tensor::Tensor;
@@ -74,17 +74,15 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
     };
     let reg = Registry::with_all_ops();
     let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-    let initializers: HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
-    // Initializer values, decoded when a fold first needs them.
+    // The model's own initializers, by name (their index), and their values decoded when a
+    // fold first needs them.
+    let initializers: HashMap<String, usize> =
+        graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let mut values: HashMap<String, Tensor> = HashMap::new();
     let mut renamed: HashMap<String, String> = HashMap::new();
     let mut report = Normalized::default();
-    let subgraph_reads: HashSet<String> = graph
-        .node
-        .iter()
-        .filter(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()))
-        .flat_map(node_reads)
-        .collect();
+    let subgraph_reads: HashSet<String> =
+        graph.node.iter().filter(|n| subgraphs(n).next().is_some()).flat_map(node_reads).collect();
     let mut kept: Vec<NodeProto> = Vec::with_capacity(graph.node.len());
     let mut new_inits = Vec::new();
 
@@ -95,14 +93,14 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
             }
         }
         let known = |name: &str| {
-            name.is_empty() || initializers.contains(name) || values.contains_key(name)
+            name.is_empty() || initializers.contains_key(name) || values.contains_key(name)
         };
         let domain = canonical_domain(&node.domain);
         let eligible = domain.is_empty()
             && foldable(&node.op_type)
             && node.input.iter().all(|i| known(i))
             && !node.output.iter().any(|o| outputs.contains(o))
-            && !node.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+            && subgraphs(&node).next().is_none()
             && reg.supports(&node.domain, &node.op_type);
         if !eligible {
             kept.push(node);
@@ -125,7 +123,7 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
             .cloned()
             .collect();
         for name in undecoded {
-            let proto = graph.initializer.iter().find(|t| t.name == name).expect("known");
+            let proto = &graph.initializer[initializers[&name]];
             let t = tensor_from_proto(proto).map_err(|e| EngineError::Graph(e.to_string()))?;
             values.insert(name, t);
         }
@@ -174,13 +172,7 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
         .flat_map(node_reads)
         .chain(graph.output.iter().map(|o| o.name.clone()))
         .collect();
-    let unread: HashSet<String> = graph
-        .initializer
-        .iter()
-        .filter(|t| !read.contains(&t.name) && !initializers.contains(&t.name))
-        .map(|t| t.name.clone())
-        .collect();
-    graph.initializer.retain(|t| !unread.contains(&t.name));
+    graph.initializer.retain(|t| read.contains(&t.name) || initializers.contains_key(&t.name));
     Ok(report)
 }
 

@@ -119,13 +119,16 @@ fn collect_names(g: &GraphProto, names: &mut HashSet<String>) {
     for n in &g.node {
         names.insert(n.name.clone());
         names.extend(n.input.iter().chain(&n.output).cloned());
-        for a in &n.attribute {
-            for sg in a.g.iter().chain(&a.graphs) {
-                collect_names(sg, names);
-            }
+        for sg in subgraphs(n) {
+            collect_names(sg, names);
         }
     }
     names.remove("");
+}
+
+/// The subgraphs in `node`'s attributes (an `If`'s branches, a `Loop`'s or `Scan`'s body).
+pub fn subgraphs(node: &NodeProto) -> impl Iterator<Item = &GraphProto> {
+    node.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs))
 }
 
 /// Every value a node reads, each once, in first-use order: its inputs (empty optional inputs
@@ -150,10 +153,8 @@ pub fn node_reads(node: &NodeProto) -> Vec<String> {
 
 /// Outer-scope values read by the subgraphs in `node`'s attributes.
 fn subgraph_free_values(node: &NodeProto, out: &mut Vec<String>) {
-    for a in &node.attribute {
-        for g in a.g.iter().chain(&a.graphs) {
-            graph_free_values(g, out);
-        }
+    for g in subgraphs(node) {
+        graph_free_values(g, out);
     }
 }
 

@@ -37,7 +37,7 @@ use crate::error::{QuantError, Result};
 use crate::passes;
 use crate::samples::{NoProgress, Progress, SampleSource};
 use lowbit_engine::normalize::Normalized;
-use lowbit_onnx::graph::Graph;
+use lowbit_onnx::graph::{subgraphs, Graph};
 use lowbit_onnx::pb::{GraphProto, ModelProto};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -494,10 +494,12 @@ pub fn quantize_run(
 /// Which weighted nodes static quantization with `plan` would quantize, and why not the
 /// others, without calibration data: the node selection of a real run, after the same
 /// load-time normalization, with every float activation taken as quantizable (a run may still
-/// leave one whose range is poor, with `min_sqnr`). `inspect` reports it.
+/// leave one whose range is poor, with `min_sqnr`). `inspect` reports it. An already quantized
+/// model is refused ([`QuantError::AlreadyQuantized`]), as by a run.
 pub fn static_coverage(model: ModelProto, plan: &QuantPlan) -> Result<Coverage> {
     let mut summary = QuantizeSummary { mode: Some(QuantMode::Static), ..Default::default() };
     let mut g = Graph::new(model)?;
+    refuse_quantized(&g)?;
     g.topo_sort()?;
     summary.normalized = lowbit_engine::normalize::normalize(g.model_mut())?;
     (summary.weighted, summary.weighted_in_subgraphs) = weighted_nodes(g.proto());
@@ -509,9 +511,9 @@ pub fn static_coverage(model: ModelProto, plan: &QuantPlan) -> Result<Coverage> 
 /// subgraphs (any depth).
 fn weighted_nodes(g: &GraphProto) -> (BTreeMap<String, usize>, usize) {
     fn in_subgraphs(g: &GraphProto) -> usize {
-        let attrs = g.node.iter().flat_map(|n| &n.attribute);
-        let bodies = attrs.flat_map(|a| a.g.iter().chain(&a.graphs));
-        bodies
+        g.node
+            .iter()
+            .flat_map(subgraphs)
             .map(|b| {
                 b.node.iter().filter(|n| WEIGHTED_OPS.contains(&n.op_type.as_str())).count()
                     + in_subgraphs(b)

@@ -12,6 +12,7 @@ use anyhow::Result;
 use lowbit_engine::Registry;
 use lowbit_onnx::pb::{ModelProto, TensorProto};
 use lowbit_onnx::value_info::{dtype_name, fed_inputs, ValueInfo};
+use lowbit_quant::error::QuantError;
 use lowbit_quant::quantize::{static_coverage, QuantPlan, QuantizeConfig};
 use lowbit_tensor::DType;
 use serde::Serialize;
@@ -87,13 +88,11 @@ struct Cause {
 /// A dry run of default static quantization (no data needed): how many weighted nodes it
 /// quantizes and why not the rest.
 fn quantizable(model: &ModelProto) -> Result<Option<Quantizable>> {
-    let quantized_ops = ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"];
-    let graph = model.graph.as_ref();
-    if graph.is_some_and(|g| g.node.iter().any(|n| quantized_ops.contains(&n.op_type.as_str()))) {
-        return Ok(None);
-    }
     let plan = QuantPlan::resolve(&QuantizeConfig::default())?;
-    let c = static_coverage(model.clone(), &plan)?;
+    let c = match static_coverage(model.clone(), &plan) {
+        Err(QuantError::AlreadyQuantized(_)) => return Ok(None),
+        c => c?,
+    };
     Ok(Some(Quantizable {
         weighted: c.weighted,
         quantized: c.quantized,
