@@ -307,6 +307,11 @@ pub struct QuantizeArgs {
     /// (or per tensor with --per-tensor) [default: 32 for 4-bit weights, else 0].
     #[arg(long, value_name = "N")]
     pub block_size: Option<usize>,
+    /// How each weight scale's range is chosen: minmax (nothing clipped) or mse (the narrowed
+    /// range with the smallest squared weight error) [default: mse for 4-bit weights, else
+    /// minmax].
+    #[arg(long, value_parser = ["minmax", "mse"])]
+    pub weight_range: Option<String>,
     /// Give 8-bit weights 7 bits (ONNX Runtime's reduce_range), whatever the target says.
     /// By default only target ort-avx2 does: ORT's u8×s8 AVX2 kernel (`vpmaddubsw`) saturates
     /// 16-bit pair sums of full-range weights; VNNI, ARM, OpenVINO and lowbit do not.

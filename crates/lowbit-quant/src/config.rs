@@ -20,7 +20,7 @@
 use crate::calibrate::Method;
 use crate::error::{QuantError, Result};
 use crate::passes::Exclusions;
-use crate::scheme::{IntType, Mode, QuantScheme, ValueType};
+use crate::scheme::{IntType, Mode, QuantScheme, RangeFit, ValueType};
 use crate::target::{Target, TargetChoice};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -189,6 +189,9 @@ pub struct QuantizeConfig {
     /// Weight range mode; `None`: symmetric for int8/int16 (ORT's default), asymmetric for
     /// unsigned and 4-bit weights.
     pub weight_mode: Option<Mode>,
+    /// How weight ranges are chosen from the weights; `None`: min-max.
+    #[serde(default)]
+    pub weight_range: Option<RangeFit>,
     /// One scale per output channel. Off: one scale per weight tensor.
     pub per_channel: bool,
     /// Blocked weights along the reduction axis (weight-only): `Some(0)` none (per channel or
@@ -226,6 +229,7 @@ impl Default for QuantizeConfig {
             symmetric_activations: None,
             weights: IntType::Int8,
             weight_mode: None,
+            weight_range: None,
             per_channel: true,
             block_size: None,
             reduce_range: None,
@@ -299,6 +303,9 @@ pub struct WeightPlan {
     pub granularity: WeightGranularity,
     /// 7-bit grid for 8-bit weights (only ever true for integer-kernel modes).
     pub reduce_range: bool,
+    /// How each weight's range is chosen from its values.
+    #[serde(default)]
+    pub range_fit: RangeFit,
 }
 
 impl WeightPlan {
@@ -309,7 +316,8 @@ impl WeightPlan {
     pub fn scheme_for(&self, op: &str, trans_b: bool, rank: usize) -> Option<QuantScheme> {
         let base = QuantScheme::new(ValueType::Int(self.value))
             .with_mode(self.mode)
-            .with_reduce_range(self.reduce_range);
+            .with_reduce_range(self.reduce_range)
+            .with_range_fit(self.range_fit);
         let channel = crate::passes::qdq::weight_axis(op, trans_b, rank)?;
         Some(match self.granularity {
             WeightGranularity::PerTensor => base.per_tensor(),
@@ -466,7 +474,9 @@ impl QuantPlan {
             IntType::Int8 | IntType::Int16 => Mode::Symmetric,
             _ => Mode::Asymmetric,
         });
-        let weights = WeightPlan { value: w, mode: weight_mode, granularity, reduce_range };
+        let range_fit = config.weight_range.unwrap_or_default();
+        let weights =
+            WeightPlan { value: w, mode: weight_mode, granularity, reduce_range, range_fit };
         let alg = &config.algorithms;
         if alg.any() && mode != QuantMode::Static {
             return bad(format!(
