@@ -2089,7 +2089,7 @@ fn doctor_reports_the_isa_the_auto_target_and_a_measured_speedup() {
 
 /// OpenVINO (the `openvino` package in `LOWBIT_PYTHON`'s environment) runs lowbit's
 /// `--target openvino` static int8 files for EfficientNet-Lite0 and MiniLM with their accuracy,
-/// through `bench/openvino.py`; int8 and FP32 latency in OpenVINO are measured and printed.
+/// through `bench/openvino_int8.py`; int8 and FP32 latency in OpenVINO are measured and printed.
 #[test]
 fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
     let Some(python) = ort_python() else { return };
@@ -2103,7 +2103,7 @@ fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
         eprintln!("skipped: {} not found (set LOWBIT_SHARED)", corpus.display());
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/openvino.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/openvino_int8.py");
     let o = Command::new(&python)
         .arg(&script)
         .args(["--lowbit", env!("CARGO_BIN_EXE_lowbit"), "--threads", "1"])
@@ -2111,7 +2111,7 @@ fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
         .env("LOWBIT_SHARED", shared_dir())
         .output()
         .unwrap();
-    assert!(o.status.success(), "bench/openvino.py: {}", stderr(&o));
+    assert!(o.status.success(), "bench/openvino_int8.py: {}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let results = j["results"].as_array().unwrap();
     let eff = &results[0];
@@ -2129,22 +2129,23 @@ fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
     assert!(f > 80.0, "FP32 top-1 {f} in OpenVINO");
     assert!(q >= f - 0.5, "int8 top-1 {q} vs FP32 {f} in OpenVINO");
     assert!(f64_at(eff, &["agreement"]) > 95.0, "{eff}");
+    // MiniLM: OpenVINO 2025.4 cannot compile the corpus' FP32 file (its pooling head), so the
+    // reference embeddings come from ONNX Runtime; lowbit's static file must compile and keep
+    // the score.
     let lm = &results[1];
-    let (f, s, d) = (
-        f64_at(lm, &["fp32_spearman"]),
-        f64_at(lm, &["static_spearman"]),
-        f64_at(lm, &["dynamic_spearman"]),
-    );
+    let (f, s) = (f64_at(lm, &["fp32_ort_spearman"]), f64_at(lm, &["static_spearman"]));
     println!(
-        "OpenVINO: MiniLM on {} STS-B pairs: Spearman FP32 {f:.2}, static {s:.2}, dynamic \
-         {d:.2}; latency FP32 {:.2} ms, static {:.2} ms, dynamic {:.2} ms",
+        "OpenVINO: MiniLM on {} STS-B pairs: Spearman FP32 (ONNX Runtime) {f:.2}, static int8 \
+         {s:.2} (cosine {:.4}), {:.2} ms; FP32 in OpenVINO: {}; dynamic in OpenVINO: {}",
         lm["pairs"],
-        f64_at(lm, &["fp32_ms"]),
+        f64_at(lm, &["static_cosine"]),
         f64_at(lm, &["static_ms"]),
-        f64_at(lm, &["dynamic_ms"])
+        lm.get("fp32_error").map_or_else(|| format!("{} ms", lm["fp32_ms"]), |e| e.to_string()),
+        lm.get("dynamic_error")
+            .map_or_else(|| format!("{} ms", lm["dynamic_ms"]), |e| e.to_string()),
     );
-    assert!(f > 80.0, "FP32 Spearman {f} in OpenVINO");
-    assert!(s >= f - 1.5, "static int8 Spearman {s} vs FP32 {f} in OpenVINO");
-    assert!(f64_at(lm, &["static_cosine"]) > 0.95, "{lm}");
-    assert!(d >= f - 1.5 && f64_at(lm, &["dynamic_cosine"]) > 0.95, "{lm}");
+    assert!(lm.get("static_error").is_none(), "{lm}");
+    assert!(f > 80.0, "FP32 Spearman {f}");
+    assert!(s >= f - 1.0, "static int8 Spearman {s} in OpenVINO vs FP32 {f}");
+    assert!(f64_at(lm, &["static_cosine"]) > 0.98, "{lm}");
 }
