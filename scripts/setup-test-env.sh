@@ -44,9 +44,9 @@ if ! "$_lowbit_venv/bin/python" -c "import maturin, pytest" 2>/dev/null; then
         "maturin>=1.16,<2" "pytest>=7"
 fi
 
-# --- OpenVINO (issue 17): the CPU runtime `--target openvino` files are checked in
-# (crates/lowbit-cli/tests/cli.rs runs bench/openvino.py). Installed like onnxruntime, kept while
-# it holds the pinned version; where pip cannot get it, a note is printed and those tests skip.
+# --- OpenVINO (issue 17): the runtime `--target openvino` files are checked in (the CLI tests
+# run bench/openvino_int8.py). Installed like onnxruntime, kept while it holds the pinned
+# version; where pip cannot get it, a note is printed and those tests skip.
 _lowbit_openvino_version="2025.4.0"
 if ! "$_lowbit_venv/bin/python" -c "import openvino, sys; sys.exit(not openvino.__version__.startswith('$_lowbit_openvino_version'))" 2>/dev/null; then
     echo "setup-test-env: installing openvino==$_lowbit_openvino_version into $_lowbit_venv" >&2

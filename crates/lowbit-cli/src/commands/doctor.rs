@@ -97,7 +97,8 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
         let _ = writeln!(s, "  {:<11} {mark}  {}", f.name, f.means);
     }
     let _ = writeln!(s, "lowbit's int8 kernels: {} path", r.kernels);
-    let _ = writeln!(s, "--target auto: {} ({})", r.auto_target, r.auto_reason);
+    let why = r.auto_reason.strip_prefix("auto: ").unwrap_or(&r.auto_reason);
+    let _ = writeln!(s, "--target auto: {} ({why})", r.auto_target);
     let _ = writeln!(s, "  {}", r.auto_weights);
     let p = &r.speedup;
     let _ = writeln!(

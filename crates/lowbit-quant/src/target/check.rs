@@ -22,7 +22,7 @@
 use super::{qdq_min_opset, Support, Target, TargetRules};
 use crate::error::Result;
 use crate::passes::{constant_values, is_default_domain, label, value_dtypes};
-use crate::scheme::IntType;
+use crate::scheme::{IntType, QuantScheme, ValueType};
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::{ModelProto, NodeProto};
 use lowbit_onnx::tensor_from_proto;
@@ -111,15 +111,10 @@ fn operator_format(node: &NodeProto) -> bool {
 
 /// The quantized element type lowbit and the rules know, or `None` (float8, int32 bias, ...).
 fn int_type(d: DType) -> Option<IntType> {
-    Some(match d {
-        DType::I8 => IntType::Int8,
-        DType::U8 => IntType::Uint8,
-        DType::I16 => IntType::Int16,
-        DType::U16 => IntType::Uint16,
-        DType::I4 => IntType::Int4,
-        DType::U4 => IntType::Uint4,
-        _ => return None,
-    })
+    match QuantScheme::for_dtype(d)?.value {
+        ValueType::Int(t) => Some(t),
+        ValueType::Cast(_) => None,
+    }
 }
 
 struct Ctx<'a> {
@@ -161,7 +156,7 @@ impl Ctx<'_> {
         self.g.producer_node(name).map(|n| n.op_type.as_str())
     }
 
-    fn from_dq(&self, name: &str) -> bool {
+    fn is_dequantized(&self, name: &str) -> bool {
         self.producer_op(name) == Some("DequantizeLinear")
     }
 
@@ -278,25 +273,8 @@ impl Ctx<'_> {
         let nonzero =
             zp.and_then(|z| z.to_f32_vec().ok()).and_then(|v| v.into_iter().find(|&v| v != 0.0));
         if weight {
-            if !self.rules.weight_types.contains(&it) {
-                self.push(
-                    self.strictness(),
-                    "weight-type",
-                    Some(idx),
-                    Some(&x),
-                    format!("{} weights: {}", it.name(), self.reason()),
-                );
-            } else if self.rules.symmetric_weights {
-                if let Some(z) = nonzero {
-                    self.push(
-                        self.strictness(),
-                        "weight-zero-point",
-                        Some(idx),
-                        Some(&x),
-                        format!("weight zero point {z} (asymmetric): {}", self.reason()),
-                    );
-                }
-            }
+            let (allowed, symmetric) = (self.rules.weight_types, self.rules.symmetric_weights);
+            self.check_type(idx, &x, "weight", it, allowed, symmetric.then_some(nonzero).flatten());
             if per_axis {
                 self.check_weight_axis(idx, node, &x);
             }
@@ -308,25 +286,8 @@ impl Ctx<'_> {
         if !q_side {
             return;
         }
-        if !self.rules.activation_types.contains(&it) {
-            self.push(
-                self.strictness(),
-                "activation-type",
-                Some(idx),
-                Some(&x),
-                format!("{} activations: {}", it.name(), self.reason()),
-            );
-        } else if self.rules.symmetric_activations {
-            if let Some(z) = nonzero {
-                self.push(
-                    self.strictness(),
-                    "activation-zero-point",
-                    Some(idx),
-                    Some(&x),
-                    format!("activation zero point {z} (asymmetric): {}", self.reason()),
-                );
-            }
-        }
+        let (allowed, symmetric) = (self.rules.activation_types, self.rules.symmetric_activations);
+        self.check_type(idx, &x, "activation", it, allowed, symmetric.then_some(nonzero).flatten());
         if scale_len > 1 {
             self.push(
                 self.strictness(),
@@ -340,6 +301,28 @@ impl Ctx<'_> {
                 ),
             );
         }
+    }
+
+    /// The `kind` (weight or activation) type rule, then the zero-point rule: `nonzero` is a
+    /// non-zero zero point where the target needs zero.
+    fn check_type(
+        &mut self,
+        idx: usize,
+        x: &str,
+        kind: &str,
+        it: IntType,
+        allowed: &[IntType],
+        nonzero: Option<f32>,
+    ) {
+        let (rule, message) = if !allowed.contains(&it) {
+            (format!("{kind}-type"), format!("{} {kind}s: {}", it.name(), self.reason()))
+        } else if let Some(z) = nonzero {
+            let why = self.reason();
+            (format!("{kind}-zero-point"), format!("{kind} zero point {z} (asymmetric): {why}"))
+        } else {
+            return;
+        };
+        self.push(self.strictness(), &rule, Some(idx), Some(x), message);
     }
 
     /// A per-channel weight's axis against the output-channel axis of each layer reading it.
@@ -390,12 +373,14 @@ impl Ctx<'_> {
             let quantized_layer = |c: &Ctx, t: &str| {
                 c.g.producer_node(t).is_some_and(|p| {
                     WEIGHTED.contains(&p.op_type.as_str())
-                        && p.input.first().is_some_and(|x| c.from_dq(x))
+                        && p.input.first().is_some_and(|x| c.is_dequantized(x))
                 })
             };
-            if acts.iter().any(|a| quantized_layer(self, a) || self.from_dq(a)) {
-                let float: Vec<&String> =
-                    acts.iter().filter(|a| !self.from_dq(a) && !quantized_layer(self, a)).collect();
+            if acts.iter().any(|a| quantized_layer(self, a) || self.is_dequantized(a)) {
+                let float: Vec<&String> = acts
+                    .iter()
+                    .filter(|a| !self.is_dequantized(a) && !quantized_layer(self, a))
+                    .collect();
                 for a in float {
                     self.push(
                         Severity::Warning,
@@ -408,9 +393,9 @@ impl Ctx<'_> {
             }
         }
         if self.rules.shared_grid_inputs.contains(&op) && !acts.is_empty() {
-            let dq: Vec<&String> = acts.iter().filter(|a| self.from_dq(a)).collect();
+            let dq: Vec<&String> = acts.iter().filter(|a| self.is_dequantized(a)).collect();
             if !dq.is_empty() && dq.len() < acts.len() {
-                let float: Vec<&String> = acts.iter().filter(|a| !self.from_dq(a)).collect();
+                let float: Vec<&String> = acts.iter().filter(|a| !self.is_dequantized(a)).collect();
                 self.push(
                     Severity::Warning,
                     "shared-grid",
@@ -449,7 +434,7 @@ impl Ctx<'_> {
     /// A DQ → op → Q group around an op the target does not run on integer codes.
     fn check_float_op(&mut self, idx: usize, node: &NodeProto) {
         let op = node.op_type.as_str();
-        if self.rules.int8_ops.contains(&op) || !is_default_domain(node) {
+        if self.rules.runs_on_codes(op) || !is_default_domain(node) {
             return;
         }
         let acts: Vec<&String> = node.input.iter().filter(|i| self.is_float_act(i)).collect();
@@ -459,7 +444,7 @@ impl Ctx<'_> {
                 let c = self.g.consumers(o);
                 !c.is_empty() && c.iter().all(|&i| self.g.nodes()[i].op_type == "QuantizeLinear")
             });
-        if !acts.is_empty() && acts.iter().all(|a| self.from_dq(a)) && quantized_out {
+        if !acts.is_empty() && acts.iter().all(|a| self.is_dequantized(a)) && quantized_out {
             self.push(
                 Severity::Warning,
                 "float-op",
@@ -499,7 +484,7 @@ pub fn check_model(model: &ModelProto, target: Target) -> Result<CheckReport> {
         }
         if default && WEIGHTED.contains(&op) {
             weighted += 1;
-            if node.input.first().is_some_and(|x| c.from_dq(x)) {
+            if node.input.first().is_some_and(|x| c.is_dequantized(x)) {
                 quantized += 1;
             }
         }
@@ -555,7 +540,7 @@ pub fn check_model(model: &ModelProto, target: Target) -> Result<CheckReport> {
     }
     let mut findings = c.findings;
     // Errors first; graph order within each (the sort is stable).
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     Ok(CheckReport {
         target,

@@ -68,7 +68,7 @@ pub enum Support {
 
 /// Ops every runtime here runs on 8-bit codes when Q/DQ stands around them: weighted layers,
 /// joins, pools and ops that only move or clamp values.
-const COMMON_INT8_OPS: &[&str] = &[
+pub const COMMON_INT8_OPS: &[&str] = &[
     "Conv",
     "ConvTranspose",
     "MatMul",
@@ -124,9 +124,9 @@ pub struct TargetRules {
     /// A file that breaks the type, zero-point or axis rules is refused by the runtime (its
     /// builder fails), not merely run in float: `check` reports such breaks as errors.
     pub strict: bool,
-    /// Ops the runtime runs on integer codes when Q/DQ stands around them; a Q/DQ group around
-    /// any other op only adds conversions.
-    pub int8_ops: &'static [&'static str],
+    /// Ops the runtime runs on integer codes when Q/DQ stands around them besides
+    /// [`COMMON_INT8_OPS`] (see [`TargetRules::runs_on_codes`]).
+    pub extra_int8_ops: &'static [&'static str],
     /// Ops whose float activation inputs must all be quantized for the runtime to fuse them
     /// into the quantized layer before (TensorRT's residual `Add`).
     pub quantize_all_inputs: &'static [&'static str],
@@ -141,6 +141,14 @@ pub struct TargetRules {
     pub operator_format: Support,
     /// The lowest default-domain opset whose Q/DQ the runtime parses.
     pub min_opset: i64,
+}
+
+impl TargetRules {
+    /// Whether the runtime runs `op` on integer codes when Q/DQ stands around it; a Q/DQ group
+    /// around any other op only adds conversions.
+    pub fn runs_on_codes(&self, op: &str) -> bool {
+        COMMON_INT8_OPS.contains(&op) || self.extra_int8_ops.contains(&op)
+    }
 }
 
 impl Target {
@@ -268,9 +276,28 @@ mod tests {
     }
 
     #[test]
+    fn int8_ops_and_the_opset_each_qdq_needs() {
+        for t in Target::ALL {
+            assert!(t.rules().runs_on_codes("Conv") && t.rules().runs_on_codes("Concat"), "{t}");
+        }
+        assert!(Target::OrtVnni.rules().runs_on_codes("Softmax"));
+        assert!(Target::Lowbit.rules().runs_on_codes("Sigmoid"));
+        assert!(!Target::TensorRt.rules().runs_on_codes("Softmax"));
+        assert!(!Target::OpenVino.rules().runs_on_codes("LayerNormalization"));
+        assert_eq!(qdq_min_opset(IntType::Uint8, false, false), 10);
+        assert_eq!(qdq_min_opset(IntType::Int8, true, false), 13);
+        assert_eq!(qdq_min_opset(IntType::Int8, true, true), 21);
+        assert_eq!(qdq_min_opset(IntType::Int4, false, false), 21);
+        assert_eq!(qdq_min_opset(IntType::Uint16, false, false), 21);
+        assert_eq!(Target::TensorRt.rules().min_opset, 13);
+    }
+
+    #[test]
     fn tensorrt_runs_symmetric_int8_only() {
         let r = Target::TensorRt.rules();
-        assert!(r.symmetric_activations);
+        assert!(r.symmetric_activations && r.symmetric_weights && r.strict);
+        assert!(matches!(r.dynamic, Support::No(_)) && matches!(r.operator_format, Support::No(_)));
+        assert!(matches!(Target::OpenVino.rules().dynamic, Support::Slow(_)));
         assert_eq!(r.activation_types, &[IntType::Int8]);
         assert!(r.type_reason.is_some());
     }

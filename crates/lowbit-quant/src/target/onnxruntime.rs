@@ -8,27 +8,8 @@
 
 use super::{Support, Target, TargetRules, ALL_8_16, ALL_WEIGHTS};
 
-/// Ops ONNX Runtime's QDQ transformer runs on 8-bit codes.
-pub(super) const ORT_INT8_OPS: &[&str] = &[
-    "Conv",
-    "ConvTranspose",
-    "MatMul",
-    "Gemm",
-    "Add",
-    "Mul",
-    "Concat",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Relu",
-    "Clip",
-    "Reshape",
-    "Transpose",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Identity",
-    "Resize",
+/// Ops ONNX Runtime's QDQ transformer runs on 8-bit codes besides the common ones.
+const ORT_EXTRA_INT8_OPS: &[&str] = &[
     "Sigmoid",
     "LeakyRelu",
     "HardSigmoid",
@@ -59,7 +40,7 @@ pub(super) fn rules(t: Target) -> TargetRules {
         type_reason: None,
         symmetric_weights: false,
         strict: false,
-        int8_ops: ORT_INT8_OPS,
+        extra_int8_ops: ORT_EXTRA_INT8_OPS,
         quantize_all_inputs: &[],
         shared_grid_inputs: &[],
         placement_reason: None,

@@ -14,8 +14,7 @@
 //! * **lowbit**'s engine is exact for full-range weights on every ISA (AVX2 widens to
 //!   `vpmaddwd` where a pair could saturate) and runs every format lowbit and ORT write.
 
-use super::onnxruntime::ORT_INT8_OPS;
-use super::{Support, Target, TargetRules, ALL_8_16, ALL_WEIGHTS, COMMON_INT8_OPS};
+use super::{Support, Target, TargetRules};
 use crate::scheme::IntType;
 
 pub(super) fn rules(t: Target) -> TargetRules {
@@ -31,7 +30,7 @@ pub(super) fn rules(t: Target) -> TargetRules {
             ),
             symmetric_weights: true,
             strict: true,
-            int8_ops: COMMON_INT8_OPS,
+            extra_int8_ops: &[],
             quantize_all_inputs: &["Add"],
             shared_grid_inputs: &["Concat"],
             placement_reason: Some(
@@ -60,7 +59,7 @@ pub(super) fn rules(t: Target) -> TargetRules {
             ),
             symmetric_weights: false,
             strict: false,
-            int8_ops: COMMON_INT8_OPS,
+            extra_int8_ops: &[],
             quantize_all_inputs: &[],
             shared_grid_inputs: &["Concat"],
             placement_reason: Some(
@@ -78,23 +77,12 @@ pub(super) fn rules(t: Target) -> TargetRules {
             ),
             min_opset: 10,
         },
+        // lowbit's engine runs all ONNX Runtime runs (and more), with full-range weights.
         _ => TargetRules {
             reduce_range_weights: false,
             weight_reason:
                 "8-bit weights: lowbit's kernels are exact for full-range weights on every ISA",
-            activation_types: ALL_8_16,
-            symmetric_activations: false,
-            weight_types: ALL_WEIGHTS,
-            type_reason: None,
-            symmetric_weights: false,
-            strict: false,
-            int8_ops: ORT_INT8_OPS,
-            quantize_all_inputs: &[],
-            shared_grid_inputs: &[],
-            placement_reason: None,
-            dynamic: Support::Yes,
-            operator_format: Support::Yes,
-            min_opset: 10,
+            ..super::onnxruntime::rules(Target::OrtVnni)
         },
     }
 }
