@@ -248,6 +248,32 @@ fn hand_made_breaks_are_found_at_their_node() {
     assert!(opset.iter().any(|l| l.contains("needs opset 13")), "{opset:#?}");
     assert!(opset.iter().any(|l| l.contains("parses Q/DQ from opset 13")), "{opset:#?}");
 
+    // NNCF writes weights as float + QuantizeLinear → DequantizeLinear: the axis is checked at
+    // the QuantizeLinear, through its DequantizeLinear to the layer.
+    let mut nncf = quantize_for(&block(), Target::TensorRt);
+    let g = nncf.graph.as_mut().unwrap();
+    let w1 = block().graph.unwrap().initializer.into_iter().find(|t| t.name == "w1").unwrap();
+    g.initializer.push(pb::TensorProto { name: "w1_float".into(), ..w1 });
+    let dq = g
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "DequantizeLinear" && n.input[0].starts_with("w1"))
+        .unwrap();
+    dq.attribute.retain(|a| a.name != "axis");
+    dq.attribute.push(int_attr("axis", 1));
+    let (scale, zp) = (dq.input[1].clone(), dq.input[2].clone());
+    dq.input[0] = "w1_codes".into();
+    g.node.push(node(
+        "QuantizeLinear",
+        "w1_q",
+        &["w1_float", &scale, &zp],
+        &["w1_codes"],
+        vec![int_attr("axis", 1)],
+    ));
+    let r = check_model(&nncf, Target::TensorRt).unwrap();
+    let axis = rules_broken(&r, "weight-axis");
+    assert!(axis.iter().any(|l| l.contains("w1_q (QuantizeLinear)")), "{axis:#?}");
+
     // A float model is not quantized, whatever the target.
     let r = check_model(&block(), Target::TensorRt).unwrap();
     assert!(r.passes() && rules_broken(&r, "not-quantized").len() == 1);

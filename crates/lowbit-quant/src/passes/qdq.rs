@@ -308,7 +308,7 @@ pub fn quantize_static(
                     changed |= qset.insert((*i).clone());
                 }
             }
-            let o = &n.output[0];
+            let Some(o) = n.output.first() else { continue };
             if rules.shared_grid_inputs.contains(&op)
                 && !grouped.contains(&idx)
                 && acts.len() == n.input.len()

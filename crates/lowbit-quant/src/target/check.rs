@@ -326,12 +326,24 @@ impl Ctx<'_> {
     }
 
     /// A per-channel weight's axis against the output-channel axis of each layer reading it.
+    /// `node` is the weight's DequantizeLinear, or the QuantizeLinear of a float weight
+    /// (NNCF's Q → DQ pairs), whose DequantizeLinear outputs the layers then read.
     fn check_weight_axis(&mut self, idx: usize, node: &NodeProto, w: &str) {
         let rank = self.constant(w).map(|t| t.shape().len()).unwrap_or(0);
         let axis = node.attribute.iter().find(|a| a.name == "axis").map_or(1, |a| a.i);
         let axis = if axis < 0 { axis + rank as i64 } else { axis };
         let Some(out) = node.output.first() else { return };
-        for &c in self.g.consumers(out) {
+        let mut reads: Vec<String> = vec![out.clone()];
+        if node.op_type == "QuantizeLinear" {
+            let dqs = self.g.consumers(out).iter().map(|&c| &self.g.nodes()[c]);
+            reads = dqs
+                .filter(|d| d.op_type == "DequantizeLinear")
+                .filter_map(|d| d.output.first().cloned())
+                .collect();
+        }
+        let layers: Vec<(usize, &String)> =
+            reads.iter().flat_map(|r| self.g.consumers(r).iter().map(move |&c| (c, r))).collect();
+        for (c, out) in layers {
             let layer = &self.g.nodes()[c];
             if !WEIGHTED.contains(&layer.op_type.as_str()) || layer.input.get(1) != Some(out) {
                 continue;
