@@ -11,7 +11,7 @@
 //! | `opset` | ONNX's opset for the Q/DQ (13 per axis, 21 for 4/16-bit and blocks) and the target's |
 //! | `dynamic` | `DynamicQuantizeLinear`/`MatMulInteger`/`ConvInteger` where the target refuses or slows them |
 //! | `operator-format` | `QLinear*`, `com.microsoft` quantized ops where the target refuses or slows them |
-//! | `residual-input` | an `Add` after a quantized layer whose other input is float (TensorRT) |
+//! | `residual-input` | an `Add` of a quantized layer's output whose other input is float (TensorRT) |
 //! | `shared-grid` | a `Concat` whose quantized inputs have different grids, or only some quantized |
 //! | `float-op` | a Q/DQ group around an op the target does not run on integer codes |
 //! | `not-quantized` | no Q/DQ and no integer op at all |
@@ -382,13 +382,23 @@ impl Ctx<'_> {
             node.input.iter().filter(|i| self.is_float_act(i)).cloned().collect();
         let why = self.rules.placement_reason.unwrap_or("");
         if self.rules.quantize_all_inputs.contains(&op) && acts.len() >= 2 {
+            // The output of a quantized layer: read directly (TensorRT's layout) or through
+            // its own Q/DQ pair (ONNX Runtime's).
             let quantized_layer = |c: &Ctx, t: &str| {
-                c.g.producer_node(t).is_some_and(|p| {
-                    WEIGHTED.contains(&p.op_type.as_str())
-                        && p.input.first().is_some_and(|x| c.is_dequantized(x))
-                })
+                let layer = |t: &str| {
+                    c.g.producer_node(t).is_some_and(|p| {
+                        WEIGHTED.contains(&p.op_type.as_str())
+                            && p.input.first().is_some_and(|x| c.is_dequantized(x))
+                    })
+                };
+                let through_qdq = || {
+                    let dq = c.g.producer_node(t).filter(|d| d.op_type == "DequantizeLinear")?;
+                    let q = c.g.producer_node(dq.input.first()?)?;
+                    (q.op_type == "QuantizeLinear").then(|| q.input.first()).flatten()
+                };
+                layer(t) || through_qdq().is_some_and(|x| layer(x))
             };
-            if acts.iter().any(|a| quantized_layer(self, a) || self.is_dequantized(a)) {
+            if acts.iter().any(|a| quantized_layer(self, a)) {
                 let float: Vec<&String> = acts
                     .iter()
                     .filter(|a| !self.is_dequantized(a) && !quantized_layer(self, a))
