@@ -40,6 +40,13 @@ pub enum Command {
     /// Score a model on data (accuracy, sentence-pair Spearman, agreement and SQNR against a
     /// reference), with its latency and size.
     Eval(EvalArgs),
+    // --- deployment (issue 17): target profiles and this CPU
+    /// Lint a quantized model (lowbit's, ONNX Runtime's, NNCF's) against a target runtime's
+    /// rules: one finding per node or tensor, exit 6 when the runtime would refuse it.
+    Check(CheckArgs),
+    /// This CPU's int8 instructions, the target `auto` picks and why, and the int8 speed-up
+    /// measured here.
+    Doctor(DoctorArgs),
 }
 
 /// How `--data` is read, the same for every command that reads it: `--preprocess` for image
@@ -454,4 +461,29 @@ mod tests {
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+// --- deployment (issue 17)
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The quantized .onnx file.
+    pub model: PathBuf,
+    /// The runtime the file is for: auto (this CPU under ONNX Runtime), ort-avx2, ort-vnni,
+    /// arm, openvino, tensorrt or lowbit.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ort-avx2", "ort-vnni", "arm", "openvino", "tensorrt", "lowbit"])]
+    pub target: String,
+    /// Print one JSON object instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// M = N = K of the GEMM timed for the int8 speed-up.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub size: usize,
+    /// Print one JSON object instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
