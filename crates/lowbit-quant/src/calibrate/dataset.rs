@@ -76,16 +76,28 @@ impl DatasetBatches {
             rows += e - s;
             take
         };
+        // Whole batches up to n rows, the batch that crosses n cut to it: `--validate 8` on
+        // batches of 32 runs 8 samples.
         let ranges: Vec<(usize, usize)> = if held_back {
-            all.ranges
+            let mut first: Vec<(usize, usize)> = all
+                .ranges
                 .iter()
                 .copied()
                 .filter(|&(s, _)| s >= calibrated)
                 .take_while(within)
-                .collect()
+                .collect();
+            let extra = first.iter().map(|(s, e)| e - s).sum::<usize>().saturating_sub(n);
+            if let Some(r) = first.last_mut() {
+                r.1 -= extra;
+            }
+            first
         } else {
             let mut last: Vec<_> = all.ranges.iter().rev().copied().take_while(within).collect();
             last.reverse();
+            let extra = last.iter().map(|(s, e)| e - s).sum::<usize>().saturating_sub(n);
+            if let Some(r) = last.first_mut() {
+                r.0 += extra;
+            }
             last
         };
         (DatasetBatches { ranges, ..all }, held_back)
