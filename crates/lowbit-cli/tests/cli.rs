@@ -2026,10 +2026,8 @@ fn entropy_calibration_keeps_efficientnet_lite0_from_collapsing() {
     ));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let agree = r["reference"]["top1_agreement"].as_f64().unwrap();
-    let (q, f) = (
-        r["classification"]["top1"].as_f64().unwrap(),
-        r["reference"]["top1"].as_f64().unwrap(),
-    );
+    let (q, f) =
+        (r["classification"]["top1"].as_f64().unwrap(), r["reference"]["top1"].as_f64().unwrap());
     eprintln!("entropy: top-1 {q:.3} vs FP32 {f:.3}, agreement {agree:.3} on 64 photos");
     assert!(agree >= 0.9, "top-1 agreement with FP32 {agree}: {r}");
     assert!(q >= f - 0.05, "top-1 {q} vs FP32 {f}");
@@ -2061,7 +2059,8 @@ fn adaround_int4_weights_are_closer_to_fp32_than_round_to_nearest() {
         &[&model, &learned, &calib],
     ));
     let text = stdout(&o);
-    let line = text.lines().find(|l| l.starts_with("adaround: ")).unwrap_or_else(|| panic!("{text}"));
+    let line =
+        text.lines().find(|l| l.starts_with("adaround: ")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("output MSE"), "{line}");
     let (a, b) = (output_sqnr(&rtn), output_sqnr(&learned));
     eprintln!("W4A8 output SQNR: round-to-nearest {a:.2} dB, AdaRound {b:.2} dB");
@@ -2101,7 +2100,8 @@ fn smooth_quant_brings_minilm_static_int8_closer_to_fp32() {
     let plain = dir.join("plain.onnx");
     ok(&argv("quantize {} -o {} --data {} -q", &[&model, &plain, &calib]));
     let smoothed = dir.join("smoothed.onnx");
-    let o = ok(&argv("quantize {} -o {} --data {} --smooth-quant 0.5", &[&model, &smoothed, &calib]));
+    let o =
+        ok(&argv("quantize {} -o {} --data {} --smooth-quant 0.5", &[&model, &smoothed, &calib]));
     let text = stdout(&o);
     assert!(text.contains("smooth-quant: alpha 0.5: smoothed "), "{text}");
     let ((a, ca), (b, cb)) = (sqnr(&plain), sqnr(&smoothed));
