@@ -64,7 +64,7 @@ use std::fmt;
 use lowbit_tensor::DType;
 
 use crate::attr::{AttrError, Attrs};
-use crate::graph::{node_label, topo_order, GraphError};
+use crate::graph::{node_label, topo_order_with_outer, GraphError};
 use crate::pb::tensor_shape_proto::{dimension, Dimension};
 use crate::pb::{
     type_proto, GraphProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -204,7 +204,7 @@ pub fn infer_shapes(model: &ModelProto) -> Result<HashMap<String, ValueType>> {
     let graph = model.graph.as_ref().ok_or(GraphError::NoGraph)?;
     let opset = crate::graph::opset_version(model, "").unwrap_or(DEFAULT_OPSET);
     let mut inf = Inferer { types: HashMap::new(), consts: HashMap::new(), fresh: Fresh(0), opset };
-    inf.run(graph)?;
+    inf.run(graph, &[], &HashSet::new())?;
     Ok(inf.types)
 }
 
@@ -285,13 +285,19 @@ fn out(dtype: Option<DType>, shape: Option<Vec<SymDim>>) -> Out {
 }
 
 impl Inferer {
-    fn run(&mut self, g: &GraphProto) -> Result<()> {
-        for v in &g.input {
+    /// Infers `g`'s values. `seeds[i]` fills what graph input `i` does not declare (a control-flow
+    /// body's inputs, typed from the node that runs it); `outer` names the enclosing scopes'
+    /// values a body may read.
+    fn run(&mut self, g: &GraphProto, seeds: &[ValueType], outer: &HashSet<String>) -> Result<()> {
+        for (i, v) in g.input.iter().enumerate() {
             let mut t = v
                 .r#type
                 .as_ref()
                 .map(|t| ValueType::from_proto(t, &mut self.fresh))
                 .unwrap_or_default();
+            if let Some(seed) = seeds.get(i) {
+                merge_hint(&mut t, seed.clone());
+            }
             // An input dim the model leaves unnamed is named after its input and axis, so
             // the dims computed from it can be named too.
             for (axis, d) in t.shape.iter_mut().flatten().enumerate() {
@@ -313,7 +319,7 @@ impl Inferer {
         }
         let hints: HashMap<&str, &ValueInfoProto> =
             g.value_info.iter().map(|v| (v.name.as_str(), v)).collect();
-        for i in topo_order(g)? {
+        for i in topo_order_with_outer(g, outer)? {
             let node = &g.node[i];
             let label = node_label(node, i);
             let outs = self.infer_node(node, &label)?;
@@ -352,16 +358,70 @@ impl Inferer {
             .iter()
             .map(|n| if n.is_empty() { None } else { self.consts.get(n).cloned() })
             .collect();
+        let bodies = self.infer_bodies(node, &ins)?;
         let mut cx = Cx {
             node,
             label,
             attrs: Attrs::new(node),
             ins,
             cins,
+            bodies,
             opset: self.opset,
             fresh: &mut self.fresh,
         };
         (rule.infer)(&mut cx)
+    }
+
+    /// The inferred output types of each graph attribute of `node` (If branches, Loop and Scan
+    /// bodies), by attribute name. A body sees the outer scope's values; its inputs are typed
+    /// from the node's inputs where it does not declare them (exporters' expanded functions
+    /// often declare nothing inside a body).
+    fn infer_bodies(
+        &mut self,
+        node: &NodeProto,
+        ins: &[Option<ValueType>],
+    ) -> Result<HashMap<String, Vec<ValueType>>> {
+        let mut bodies = HashMap::new();
+        for a in &node.attribute {
+            let Some(g) = a.g.as_ref() else { continue };
+            let seeds = body_input_seeds(node, ins, self.opset);
+            let mut sub = Inferer {
+                types: self.types.clone(),
+                consts: self.consts.clone(),
+                fresh: Fresh(self.fresh.0),
+                opset: self.opset,
+            };
+            let outer: HashSet<String> = self.types.keys().cloned().collect();
+            // A body the rules cannot follow leaves the node's outputs to what it declares,
+            // as before bodies were inferred: never an error for the whole model.
+            if sub.run(g, &seeds, &outer).is_err() {
+                continue;
+            }
+            self.fresh.0 = sub.fresh.0;
+            let outs = g.output.iter().map(|o| sub.types.remove(&o.name).unwrap_or_default());
+            bodies.insert(a.name.clone(), outs.collect());
+        }
+        Ok(bodies)
+    }
+}
+
+/// What a control-flow body's inputs are, from the node: Loop's iteration count (int64 scalar),
+/// condition (bool scalar) and loop-carried values; Scan's states and one slice of each scanned
+/// input (its dtype). If branches have no inputs.
+fn body_input_seeds(node: &NodeProto, ins: &[Option<ValueType>], opset: i64) -> Vec<ValueType> {
+    let ty = |i: usize| ins.get(i).cloned().flatten().unwrap_or_default();
+    match node.op_type.as_str() {
+        "Loop" => {
+            let mut seeds =
+                vec![ValueType::known(DType::I64, &[]), ValueType::known(DType::Bool, &[])];
+            seeds.extend((2..ins.len()).map(ty));
+            seeds
+        }
+        "Scan" => {
+            let first = usize::from(opset < 9);
+            (first..ins.len()).map(|i| ValueType::new(ty(i).dtype, None)).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -391,6 +451,8 @@ struct Cx<'a> {
     attrs: Attrs<'a>,
     ins: Vec<Option<ValueType>>,
     cins: Vec<Option<Const>>,
+    /// Inferred output types of the node's graph attributes, by attribute name.
+    bodies: HashMap<String, Vec<ValueType>>,
     opset: i64,
     fresh: &'a mut Fresh,
 }

@@ -1,6 +1,6 @@
 //! Control flow: `If` (each output typed as the then-branch declares it), `Loop` and `Scan`
 //! (loop-carried and state outputs keep their input's dtype, scan outputs the body output's
-//! dtype; their shapes can change per iteration, so they are left to the value infos).
+//! dtype, declared or inferred in the body; their shapes can change per iteration, so they are left to the value infos).
 
 use super::RuleFn;
 use crate::infer::{out, Cx, Out, Result, ValueType};
@@ -13,24 +13,30 @@ fn body<'a>(cx: &Cx<'a>, name: &str) -> Option<&'a GraphProto> {
     cx.attrs.get(name).and_then(|a| a.g.as_ref())
 }
 
-/// The dtype body output `i` declares.
-fn declared_dtype(g: &GraphProto, i: usize) -> Option<DType> {
-    let t = g.output.get(i)?.r#type.as_ref()?;
-    match t.value.as_ref()? {
-        crate::pb::type_proto::Value::TensorType(tt) => DType::from_onnx(tt.elem_type),
+/// The dtype of body output `i`: as the body declares it, else as inferred inside the body.
+fn body_dtype(cx: &Cx, attr: &str, g: &GraphProto, i: usize) -> Option<DType> {
+    let declared = g.output.get(i).and_then(|o| o.r#type.as_ref()).and_then(|t| match &t.value {
+        Some(crate::pb::type_proto::Value::TensorType(tt)) => DType::from_onnx(tt.elem_type),
         _ => None,
-    }
+    });
+    declared.or_else(|| cx.bodies.get(attr)?.get(i)?.dtype)
 }
 
 fn if_(cx: &mut Cx) -> Result<Vec<Out>> {
     let Some(g) = body(cx, "then_branch") else { return Ok(Vec::new()) };
-    Ok(g.output
-        .iter()
-        .map(|o| {
-            let ty = o.r#type.as_ref().map(|t| ValueType::from_proto(t, cx.fresh));
-            ty.map_or_else(|| out(None, None), |ty| Out { ty, val: None })
-        })
-        .collect())
+    let mut outs = Vec::with_capacity(g.output.len());
+    for (i, o) in g.output.iter().enumerate() {
+        let declared = o.r#type.as_ref().map(|t| ValueType::from_proto(t, cx.fresh));
+        let mut ty = declared.unwrap_or_default();
+        if ty.dtype.is_none() {
+            // Either branch tells the dtype; shapes may differ between them, so only a
+            // declared shape is taken.
+            ty.dtype = body_dtype(cx, "then_branch", g, i)
+                .or_else(|| cx.bodies.get("else_branch")?.get(i)?.dtype);
+        }
+        outs.push(Out { ty, val: None });
+    }
+    Ok(outs)
 }
 
 fn loop_(cx: &mut Cx) -> Result<Vec<Out>> {
@@ -38,7 +44,7 @@ fn loop_(cx: &mut Cx) -> Result<Vec<Out>> {
     let carried = cx.node.input.len().saturating_sub(2);
     let mut outs: Vec<Out> = (0..carried).map(|i| out(cx.dtype(2 + i), None)).collect();
     for i in 1 + carried..g.output.len() {
-        outs.push(out(declared_dtype(g, i), None));
+        outs.push(out(body_dtype(cx, "body", g, i), None));
     }
     Ok(outs)
 }
@@ -50,7 +56,7 @@ fn scan(cx: &mut Cx) -> Result<Vec<Out>> {
     let states = cx.node.input.len().saturating_sub(first + m);
     let mut outs: Vec<Out> = (0..states).map(|i| out(cx.dtype(first + i), None)).collect();
     for i in states..g.output.len() {
-        outs.push(out(declared_dtype(g, i), None));
+        outs.push(out(body_dtype(cx, "body", g, i), None));
     }
     Ok(outs)
 }
