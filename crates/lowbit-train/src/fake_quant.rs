@@ -143,3 +143,68 @@ pub fn mse_scales(x: &[f32], channels: usize, inner: usize, grid: &Grid) -> Vec<
     }
     best.into_iter().map(|(_, s)| s).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_is_the_quantizers_fake_quantize() {
+        use lowbit_quant::qparams::{fake_quantize, QParams};
+        use lowbit_quant::QuantScheme;
+        let p = QParams::from_range(&QuantScheme::uint8(), -1.0, 3.0).unwrap();
+        let (s, z) = (p.scales()[0], p.zero_points()[0]);
+        let x: Vec<f32> = (-50..50).map(|i| i as f32 * 0.093).collect();
+        let t = lowbit_tensor::Tensor::from_vec(vec![x.len()], x.clone()).unwrap();
+        let want = fake_quantize(&t, &p).unwrap();
+        let got = fake_quant(&x, &[s], 1, &Grid::new(z, 0, 255));
+        assert_eq!(want.as_f32().unwrap(), got.as_slice());
+    }
+
+    #[test]
+    fn ste_and_lsq_gradients() {
+        let g = Grid::new(10, 0, 255);
+        // Inside: x/s = 2.3 → v = 12.3, code 12: ∂x = 1, ∂s = 12 − 10 − 2.3 = −0.3.
+        let (dx, ds) = g.partials(0.23, 0.1);
+        assert_eq!(dx, 1.0);
+        assert!((ds + 0.3).abs() < 1e-5, "{ds}");
+        // Below the grid: v = −20 + 10 < 0: ∂x = 0, ∂s = qmin − z.
+        assert_eq!(g.partials(-2.0, 0.1), (0.0, -10.0));
+        // Above: ∂s = qmax − z.
+        assert_eq!(g.partials(100.0, 0.1), (0.0, 245.0));
+        // Ternary: codes −1/0/1 only.
+        let t = Grid::new(0, -1, 1);
+        let y = fake_quant(&[-3.0, -0.4, 0.2, 0.6, 5.0], &[1.0], 1, &t);
+        assert_eq!(y, vec![-1.0, 0.0, 0.0, 1.0, 1.0]);
+        // Binary: a·sign(x); ∂x passes inside [−a, a]; ∂a = sign(x).
+        let b = Grid::binary();
+        assert_eq!(fake_quant(&[-0.1, 0.0, 2.0], &[0.5], 1, &b), vec![-0.5, 0.5, 0.5]);
+        assert_eq!(b.partials(-0.1, 0.5), (1.0, -1.0));
+        assert_eq!(b.partials(2.0, 0.5), (0.0, 1.0));
+    }
+
+    #[test]
+    fn per_channel_backward_sums_each_channels_scale_gradient() {
+        let g = Grid::new(0, -8, 7);
+        // Two channels of three values each (axis 0, inner 3).
+        let x = [0.12, -0.31, 0.05, 1.0, -2.0, 0.7];
+        let s = [0.1, 0.5];
+        let gy = [1.0; 6];
+        let (gx, gs) = fake_quant_backward(&x, &s, 3, &g, &gy);
+        assert_eq!(gx, vec![1.0; 6]);
+        let want0: f32 = x[..3].iter().map(|&v| g.partials(v, 0.1).1).sum();
+        let want1: f32 = x[3..].iter().map(|&v| g.partials(v, 0.5).1).sum();
+        assert!((gs[0] - want0).abs() < 1e-6 && (gs[1] - want1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mse_scales_beat_lsq_init_for_ternary() {
+        let x: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let t = Grid::new(0, -1, 1);
+        let err = |s: f32| x.iter().map(|&v| (v - t.fake(v, s)).powi(2)).sum::<f32>();
+        let init = lsq_init(&x, 1, 200, &t)[0];
+        let best = mse_scales(&x, 1, 200, &t)[0];
+        assert!(err(best) <= err(init));
+        assert!(lsq_grad_scale(100, &t) > 0.0);
+    }
+}

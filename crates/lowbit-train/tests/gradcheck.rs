@@ -196,6 +196,11 @@ proptest! {
         check(&Op::Slice { attrs: None }, vec![Some(x.clone()), ints(&[0.0, -1.0]), ints(&[b as f32, -1000.0]), ints(&[1.0, 2.0]), ints(&[1.0, -2.0])], &[0], 1e-2, 2e-2, seed);
         let idx = Arr::new(vec![2, 2], vec![0.0, (c - 1) as f32, 0.0, -1.0]);
         check(&Op::Gather { axis: 2 }, some(vec![x.clone(), idx]), &[0], 1e-2, 2e-2, seed);
+        // Expand, Where (gradients to both branches, through broadcasting) and ReduceSum.
+        check(&Op::Expand, some(vec![randn(&mut rng, &[b, 1], 1.0), Arr::new(vec![3], vec![a as f32, b as f32, c as f32])]), &[0], 1e-2, 2e-2, seed);
+        let cond = Arr::new(vec![c], (0..c).map(|i| (i % 2) as f32).collect());
+        check(&Op::Where, some(vec![cond, x.clone(), randn(&mut rng, &[b, 1], 1.0)]), &[1, 2], 1e-2, 2e-2, seed);
+        check(&Op::ReduceSum { axes: None, keepdims: false, noop_with_empty: false }, some(vec![x.clone(), Arr::new(vec![2], vec![0.0, -1.0])]), &[0], 1e-2, 2e-2, seed);
         let idx = Arr::new(vec![3], vec![0.0, (a - 1) as f32, 0.0]);
         check(&Op::Gather { axis: 0 }, some(vec![x, idx]), &[0], 1e-2, 2e-2, seed);
     }

@@ -7,8 +7,9 @@
 //! | [`linalg`] | Gemm, MatMul |
 //! | [`conv`] | Conv (1-3 spatial dims, grouped, depthwise) |
 //! | [`pool`] | MaxPool, AveragePool, GlobalAveragePool |
-//! | [`norm`] | BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax, ReduceMean |
-//! | [`shape`] | Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Slice, Gather, Shape |
+//! | [`norm`] | BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax, ReduceMean, ReduceSum |
+//! | [`shape`] | Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Slice, Gather, Shape, Expand, Where |
+//! | (no gradient) | Shape, Equal, ConstantOfShape, Cast to integers and bool (masks and shapes) |
 //! | [`crate::fake_quant`] | a QuantizeLinear → DequantizeLinear pair (per-tensor, learnable step) |
 
 pub mod conv;
@@ -54,6 +55,18 @@ pub enum Op {
     Slice { attrs: Option<(Vec<i64>, Vec<i64>, Vec<i64>)> },
     Gather { axis: i64 },
     Shape,
+    /// Cast to an integer type (truncates) or bool; float casts are [`Unary::Identity`].
+    CastInt { to_bool: bool },
+    /// Equal (a mask: no gradient).
+    Equal,
+    /// Where(cond, a, b).
+    Where,
+    /// Expand(x, shape): numpy broadcast to the shape.
+    Expand,
+    /// ConstantOfShape(shape) filled with `value`.
+    ConstantOfShape { value: f32 },
+    /// Axes from the attribute (opset < 13), else input 1.
+    ReduceSum { axes: Option<Vec<i64>>, keepdims: bool, noop_with_empty: bool },
     /// A QuantizeLinear → DequantizeLinear pair: inputs `x` and the (learnable) step size.
     FakeQuant(Grid),
 }
@@ -81,6 +94,15 @@ fn pool_attrs(a: &Attrs, opset: i64) -> OpResult<PoolAttrs> {
     })
 }
 
+/// `x` broadcast to `shape` (which it must broadcast to).
+fn expand(x: &Arr, shape: &[usize]) -> OpResult<Arr> {
+    if x.shape == shape {
+        return Ok(x.clone());
+    }
+    let zeros = Arr::zeros(shape);
+    elementwise::binary_forward(Binary::Add, &zeros, x)
+}
+
 impl Op {
     /// The op for an ONNX node (default domain) at `opset`.
     pub fn from_node(node: &NodeProto, opset: i64) -> OpResult<Op> {
@@ -101,7 +123,35 @@ impl Op {
             }),
             "HardSwish" => Op::Unary(Unary::HardSwish),
             // Float-to-float casts and inference-mode dropout pass values through.
-            "Identity" | "Dropout" | "Cast" => Op::Unary(Unary::Identity),
+            "Identity" | "Dropout" => Op::Unary(Unary::Identity),
+            "Cast" => {
+                let to = a.int("to").map_err(e)?.ok_or("Cast without 'to'")?;
+                match lowbit_tensor::DType::from_onnx(to as i32) {
+                    Some(d) if d.is_float() => Op::Unary(Unary::Identity),
+                    Some(lowbit_tensor::DType::Bool) => Op::CastInt { to_bool: true },
+                    Some(_) => Op::CastInt { to_bool: false },
+                    None => return Err(format!("Cast to type {to} is not supported")),
+                }
+            }
+            "Equal" => Op::Equal,
+            "Where" => Op::Where,
+            "Expand" => Op::Expand,
+            "ConstantOfShape" => {
+                let value = match a.tensor("value").map_err(e)? {
+                    Some(t) => lowbit_onnx::tensor_from_proto(t)
+                        .ok()
+                        .and_then(|t| Arr::from_tensor(&t))
+                        .and_then(|a| a.data.first().copied())
+                        .ok_or("ConstantOfShape value not understood")?,
+                    None => 0.0,
+                };
+                Op::ConstantOfShape { value }
+            }
+            "ReduceSum" => Op::ReduceSum {
+                axes: a.ints("axes").map_err(e)?,
+                keepdims: a.int_or("keepdims", 1).map_err(e)? != 0,
+                noop_with_empty: a.int_or("noop_with_empty_axes", 0).map_err(e)? != 0,
+            },
             "Clip" => Op::Clip { min: a.float("min").map_err(e)?, max: a.float("max").map_err(e)? },
             "Add" => Op::Binary(Binary::Add),
             "Sub" => Op::Binary(Binary::Sub),
@@ -177,6 +227,9 @@ impl Op {
     pub fn constant_input(&self, i: usize) -> bool {
         match self {
             Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::ReduceMean { .. } => i >= 1,
+            Op::ReduceSum { .. } | Op::Expand => i >= 1,
+            Op::Where => i == 0,
+            Op::Equal | Op::CastInt { .. } | Op::ConstantOfShape { .. } => true,
             Op::Slice { .. } | Op::Clip { .. } | Op::BatchNorm { .. } => i >= 1,
             Op::Gather { .. } => i == 1,
             Op::Shape => true,
@@ -219,6 +272,38 @@ impl Op {
             Op::Slice { .. } => shape::slice_forward(x0, &self.slice_plan(x)?),
             Op::Gather { axis } => shape::gather_forward(x0, req(1)?, *axis)?,
             Op::Shape => Arr::new(vec![x0.rank()], x0.shape.iter().map(|&d| d as f32).collect()),
+            Op::CastInt { to_bool } => Arr::new(
+                x0.shape.clone(),
+                x0.data.iter().map(|&v| if *to_bool { (v != 0.0) as u8 as f32 } else { v.trunc() }).collect(),
+            ),
+            Op::Equal => {
+                let (a, b) = (x0, req(1)?);
+                let ones = elementwise::binary_forward(Binary::Sub, a, b)?;
+                Arr::new(ones.shape, ones.data.iter().map(|&d| (d == 0.0) as u8 as f32).collect())
+            }
+            Op::Where => {
+                let (c, a, b) = (x0, req(1)?, req(2)?);
+                let shape = elementwise::broadcast_shape(&elementwise::broadcast_shape(&c.shape, &a.shape)?, &b.shape)?;
+                let (c, a, b) = (expand(c, &shape)?, expand(a, &shape)?, expand(b, &shape)?);
+                let y = c.data.iter().zip(&a.data).zip(&b.data).map(|((&c, &a), &b)| if c != 0.0 { a } else { b }).collect();
+                Arr::new(shape, y)
+            }
+            Op::Expand => {
+                let target: Vec<usize> = req(1)?.ints().into_iter().map(|d| d.max(0) as usize).collect();
+                let shape = elementwise::broadcast_shape(&x0.shape, &target)?;
+                expand(x0, &shape)?
+            }
+            Op::ConstantOfShape { value } => {
+                let shape: Vec<usize> = x0.ints().into_iter().map(|d| d.max(0) as usize).collect();
+                Arr::new(shape.clone(), vec![*value; shape.iter().product()])
+            }
+            Op::ReduceSum { keepdims, .. } => {
+                let axes = self.reduce_axes(x)?;
+                let count: usize = axes.iter().map(|&a| x0.shape[a]).product();
+                let mut y = norm::reduce_mean_forward(x0, &axes, *keepdims);
+                y.data.iter_mut().for_each(|v| *v *= count.max(1) as f32);
+                y
+            }
             Op::FakeQuant(grid) => {
                 let s = req(1)?;
                 if s.len() != 1 {
@@ -274,7 +359,24 @@ impl Op {
             }
             Op::Slice { .. } => one(shape::slice_backward(x0, &self.slice_plan(x)?, gy)),
             Op::Gather { axis } => vec![Some(shape::gather_backward(x0, req(1)?, *axis, gy)?), None],
-            Op::Shape => vec![None],
+            Op::Shape | Op::CastInt { .. } | Op::Equal | Op::ConstantOfShape { .. } => vec![None; x.len()],
+            Op::Where => {
+                let (c, a, b) = (x0, req(1)?, req(2)?);
+                let cs = expand(c, &gy.shape)?;
+                let ga: Vec<f32> = gy.data.iter().zip(&cs.data).map(|(&g, &c)| if c != 0.0 { g } else { 0.0 }).collect();
+                let gb: Vec<f32> = gy.data.iter().zip(&cs.data).map(|(&g, &c)| if c != 0.0 { 0.0 } else { g }).collect();
+                let ga = elementwise::reduce_to(&Arr::new(gy.shape.clone(), ga), &a.shape);
+                let gb = elementwise::reduce_to(&Arr::new(gy.shape.clone(), gb), &b.shape);
+                vec![None, Some(ga), Some(gb)]
+            }
+            Op::Expand => vec![Some(elementwise::reduce_to(gy, &x0.shape)), None],
+            Op::ReduceSum { .. } => {
+                let axes = self.reduce_axes(x)?;
+                let count: usize = axes.iter().map(|&a| x0.shape[a]).product();
+                let mut g = norm::reduce_mean_backward(x0, &axes, gy)?;
+                g.data.iter_mut().for_each(|v| *v *= count.max(1) as f32);
+                vec![Some(g), None]
+            }
             Op::FakeQuant(grid) => {
                 let s = req(1)?;
                 let (gx, gs) = crate::fake_quant::fake_quant_backward(&x0.data, &s.data, 1, grid, &gy.data);
@@ -295,7 +397,9 @@ impl Op {
     }
 
     fn reduce_axes(&self, x: &[Option<&Arr>]) -> OpResult<Vec<usize>> {
-        let Op::ReduceMean { axes, noop_with_empty, .. } = self else { unreachable!() };
+        let (Op::ReduceMean { axes, noop_with_empty, .. } | Op::ReduceSum { axes, noop_with_empty, .. }) = self else {
+            unreachable!()
+        };
         let rank = x[0].map_or(0, |a| a.rank());
         let axes = match axes {
             Some(a) => a.clone(),
