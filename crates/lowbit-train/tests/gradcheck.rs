@@ -163,8 +163,10 @@ proptest! {
         for axis in [-1i64, 1] {
             let n: usize = if axis == -1 { c } else { b * c };
             let pshape = if axis == -1 { vec![c] } else { vec![b, c] };
-            prop_assume!(n > 1);
-            check(&Op::LayerNorm { axis, eps: 1e-5 }, some(vec![x.clone(), randn(&mut rng, &pshape, 1.0), randn(&mut rng, &pshape, 1.0)]), &[0, 1, 2], 1e-2, 3e-2, seed);
+            // Rows of 2 are normalized to ±1 whatever the values: ill-conditioned, no test.
+            if n > 2 {
+                check(&Op::LayerNorm { axis, eps: 1e-5 }, some(vec![x.clone(), randn(&mut rng, &pshape, 1.0), randn(&mut rng, &pshape, 1.0)]), &[0, 1, 2], 1e-3, 3e-2, seed);
+            }
             for log in [false, true] {
                 check(&Op::Softmax { axis, log, coerce: false }, some(vec![x.clone()]), &[0], 1e-2, 2e-2, seed);
                 check(&Op::Softmax { axis, log, coerce: true }, some(vec![x.clone()]), &[0], 1e-2, 2e-2, seed);
