@@ -519,6 +519,10 @@ pub struct QatArgs {
     /// folder's labels.npy].
     #[arg(long, value_name = "FILE.npy", requires = "eval_data")]
     pub eval_labels: Option<PathBuf>,
+    /// The graph output trained on (a classifier's logits, a pooled embedding) [default: the
+    /// model's first float output].
+    #[arg(long, value_name = "NAME")]
+    pub output_name: Option<String>,
     /// Also write the post-training model at the same bit width (the baseline).
     #[arg(long, value_name = "PTQ.onnx")]
     pub ptq_output: Option<PathBuf>,

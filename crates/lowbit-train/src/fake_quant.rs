@@ -89,7 +89,13 @@ pub fn fake_quant(x: &[f32], scales: &[f32], inner: usize, grid: &Grid) -> Vec<f
 }
 
 /// The backward pass of [`fake_quant`]: (∂L/∂x, ∂L/∂scales), the latter before LSQ's scale.
-pub fn fake_quant_backward(x: &[f32], scales: &[f32], inner: usize, grid: &Grid, gy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn fake_quant_backward(
+    x: &[f32],
+    scales: &[f32],
+    inner: usize,
+    grid: &Grid,
+    gy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
     let c = scales.len();
     let mut gs = vec![0.0f32; c];
     let gx = x

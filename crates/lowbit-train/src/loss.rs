@@ -52,7 +52,12 @@ fn softmax_rows(x: &[f32], n: usize) -> Vec<f32> {
 }
 
 /// The loss of `out` against the teacher's output or the label, and ∂loss/∂out.
-pub fn loss_and_grad(obj: Objective, out: &Arr, teacher: Option<&Arr>, label: Option<usize>) -> Result<(f32, Arr), String> {
+pub fn loss_and_grad(
+    obj: Objective,
+    out: &Arr,
+    teacher: Option<&Arr>,
+    label: Option<usize>,
+) -> Result<(f32, Arr), String> {
     let n = *out.shape.last().unwrap_or(&1);
     let rows = out.len() / n.max(1);
     match obj {
@@ -80,9 +85,13 @@ pub fn loss_and_grad(obj: Objective, out: &Arr, teacher: Option<&Arr>, label: Op
         }
         Objective::Cosine => {
             let t = teacher.ok_or("cosine needs the FP32 model's output")?;
-            let (dot, ss, tt) = out.data.iter().zip(&t.data).fold((0.0f64, 0.0f64, 0.0f64), |(d, s, q), (&a, &b)| {
-                (d + (a * b) as f64, s + (a * a) as f64, q + (b * b) as f64)
-            });
+            let (dot, ss, tt) = out
+                .data
+                .iter()
+                .zip(&t.data)
+                .fold((0.0f64, 0.0f64, 0.0f64), |(d, s, q), (&a, &b)| {
+                    (d + (a * b) as f64, s + (a * a) as f64, q + (b * b) as f64)
+                });
             let (ns, nt) = (ss.sqrt().max(1e-12), tt.sqrt().max(1e-12));
             let cos = dot / (ns * nt);
             // d cos / d s = t/(|s||t|) − cos · s/|s|²
@@ -97,7 +106,8 @@ pub fn loss_and_grad(obj: Objective, out: &Arr, teacher: Option<&Arr>, label: Op
         Objective::Mse => {
             let t = teacher.ok_or("MSE needs the FP32 model's output")?;
             let m = out.len().max(1) as f32;
-            let loss = out.data.iter().zip(&t.data).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / m;
+            let loss =
+                out.data.iter().zip(&t.data).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / m;
             let g = out.data.iter().zip(&t.data).map(|(a, b)| 2.0 * (a - b) / m).collect();
             Ok((loss, Arr::new(out.shape.clone(), g)))
         }

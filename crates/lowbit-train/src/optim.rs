@@ -38,7 +38,13 @@ impl Optimizer {
 
     /// One update of every parameter `params[i] -= lr · step(grads[i])`; `lr_mult[i]` scales the
     /// learning rate per tensor.
-    pub fn step(&mut self, params: &mut [&mut Vec<f32>], grads: &[Vec<f32>], lr: f32, lr_mult: &[f32]) {
+    pub fn step(
+        &mut self,
+        params: &mut [&mut Vec<f32>],
+        grads: &[Vec<f32>],
+        lr: f32,
+        lr_mult: &[f32],
+    ) {
         self.t += 1;
         let (b1t, b2t) = (1.0 - BETA1.powi(self.t), 1.0 - BETA2.powi(self.t));
         for (i, p) in params.iter_mut().enumerate() {

@@ -128,7 +128,9 @@ fn init(g: &Graph, name: &str) -> Result<Option<Tensor>> {
 }
 
 fn f32_of(t: &Tensor, what: &str) -> Result<Vec<f32>> {
-    Arr::from_tensor(t).map(|a| a.data).ok_or_else(|| TrainError::Config(format!("{what}: type {} not understood", t.dtype())))
+    Arr::from_tensor(t)
+        .map(|a| a.data)
+        .ok_or_else(|| TrainError::Config(format!("{what}: type {} not understood", t.dtype())))
 }
 
 /// The integer codes of `data` as a tensor of `dtype` (int8/uint8/int4/uint4/int32).
@@ -141,7 +143,9 @@ fn code_data(dtype: DType, codes: &[i32]) -> Result<TensorData> {
         DType::I16 => TensorData::I16(codes.iter().map(|&c| c as i16).collect()),
         DType::U16 => TensorData::U16(codes.iter().map(|&c| c as u16).collect()),
         DType::I32 => TensorData::I32(codes.to_vec()),
-        other => return Err(TrainError::Config(format!("codes of type {other} cannot be written"))),
+        other => {
+            return Err(TrainError::Config(format!("codes of type {other} cannot be written")))
+        }
     })
 }
 
@@ -153,7 +157,13 @@ impl Program {
     /// The program for the QDQ model `qdq` (as `lowbit_quant`'s static pass writes it), with
     /// float weights and biases taken from `fp32` (the FP32 model with BatchNormalization
     /// folded as the quantizer folds it) where a layer of the same output name exists there.
-    pub fn build(qdq: &ModelProto, fp32: &ModelProto, wgrid: WeightGrid) -> Result<Program> {
+    /// `output`: the graph output the loss reads (default: the first float one).
+    pub fn build(
+        qdq: &ModelProto,
+        fp32: &ModelProto,
+        wgrid: WeightGrid,
+        output: Option<&str>,
+    ) -> Result<Program> {
         let g = Graph::new(qdq.clone())?;
         let f = Graph::new(fp32.clone())?;
         let opset = g.opset_version("").unwrap_or(13);
@@ -172,16 +182,27 @@ impl Program {
         let mut folded_q: HashSet<String> = HashSet::new();
         for n in nodes {
             if n.op_type == "DequantizeLinear" {
-                if let Some(q) = n.input.first().and_then(|x| producer(x)).filter(|q| q.op_type == "QuantizeLinear") {
+                if let Some(q) = n
+                    .input
+                    .first()
+                    .and_then(|x| producer(x))
+                    .filter(|q| q.op_type == "QuantizeLinear")
+                {
                     folded_q.insert(q.output[0].clone());
                 }
             }
         }
         for (i, n) in nodes.iter().enumerate() {
             if n.op_type == "QuantizeLinear" && folded_q.contains(&n.output[0]) {
-                let others = g.consumers(&n.output[0]).iter().any(|&c| nodes[c].op_type != "DequantizeLinear");
+                let others = g
+                    .consumers(&n.output[0])
+                    .iter()
+                    .any(|&c| nodes[c].op_type != "DequantizeLinear");
                 if others || g.is_graph_output(&n.output[0]) {
-                    return Err(node_err(n, format!("{} feeds more than DequantizeLinear nodes", node_label(n, i))));
+                    return Err(node_err(
+                        n,
+                        format!("{} feeds more than DequantizeLinear nodes", node_label(n, i)),
+                    ));
                 }
             }
         }
@@ -189,7 +210,14 @@ impl Program {
         let uses = |v: &str| -> Vec<(&NodeProto, usize)> {
             g.consumers(v)
                 .iter()
-                .flat_map(|&c| nodes[c].input.iter().enumerate().filter(|(_, x)| *x == v).map(move |(k, _)| (&nodes[c], k)))
+                .flat_map(|&c| {
+                    nodes[c]
+                        .input
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| *x == v)
+                        .map(move |(k, _)| (&nodes[c], k))
+                })
                 .collect()
         };
 
@@ -204,25 +232,37 @@ impl Program {
                     let a = Attrs::new(n);
                     let t = match a.tensor("value").map_err(|e| node_err(n, e.to_string()))? {
                         Some(t) => tensor_from_proto(t)?,
-                        None => match a.float("value_float").map_err(|e| node_err(n, e.to_string()))? {
+                        None => match a
+                            .float("value_float")
+                            .map_err(|e| node_err(n, e.to_string()))?
+                        {
                             Some(v) => Tensor::scalar(v),
-                            None => match a.ints("value_ints").map_err(|e| node_err(n, e.to_string()))? {
+                            None => match a
+                                .ints("value_ints")
+                                .map_err(|e| node_err(n, e.to_string()))?
+                            {
                                 Some(v) => Tensor::from_vec(vec![v.len()], v)?,
-                                None => match a.int("value_int").map_err(|e| node_err(n, e.to_string()))? {
+                                None => match a
+                                    .int("value_int")
+                                    .map_err(|e| node_err(n, e.to_string()))?
+                                {
                                     Some(v) => Tensor::scalar(v),
                                     None => return Err(node_err(n, "Constant form not supported")),
                                 },
                             },
                         },
                     };
-                    let arr = Arr::from_tensor(&t).ok_or_else(|| node_err(n, "constant type not understood"))?;
+                    let arr = Arr::from_tensor(&t)
+                        .ok_or_else(|| node_err(n, "constant type not understood"))?;
                     let s = b.slot(&n.output[0]);
                     b.consts.push((s, arr));
                     continue;
                 }
                 "DequantizeLinear" => {
                     // An int32 bias follows its layer's weight and input scales: done last.
-                    let int32 = g.initializer(&n.input[0]).is_some_and(|t| DType::from_onnx(t.data_type) == Some(DType::I32));
+                    let int32 = g
+                        .initializer(&n.input[0])
+                        .is_some_and(|t| DType::from_onnx(t.data_type) == Some(DType::I32));
                     if int32 {
                         b.slot(&n.output[0]);
                         deferred.push(i);
@@ -231,7 +271,12 @@ impl Program {
                     }
                     continue;
                 }
-                "QuantizeLinear" => return Err(node_err(n, "a QuantizeLinear without its DequantizeLinear is not supported")),
+                "QuantizeLinear" => {
+                    return Err(node_err(
+                        n,
+                        "a QuantizeLinear without its DequantizeLinear is not supported",
+                    ))
+                }
                 _ => {}
             }
             let op = Op::from_node(n, opset).map_err(|m| node_err(n, m))?;
@@ -248,8 +293,16 @@ impl Program {
         for i in deferred {
             b.dequantize(&g, &f, &nodes[i], wgrid, &uses)?;
         }
-        let output_name = g.proto().output.first().map(|o| o.name.clone()).ok_or_else(|| TrainError::Config("the model has no output".into()))?;
-        let output = *b.slots.get(&output_name).ok_or_else(|| TrainError::MissingValue(output_name.clone()))?;
+        let output_name = match output {
+            Some(o) if g.is_graph_output(o) => o.to_string(),
+            Some(o) => return Err(TrainError::Config(format!("'{o}' is not an output of the model"))),
+            None => first_float_output(g.proto())
+                .ok_or_else(|| TrainError::Config("the model has no float output".into()))?,
+        };
+        let output = *b
+            .slots
+            .get(&output_name)
+            .ok_or_else(|| TrainError::MissingValue(output_name.clone()))?;
         let num_slots = b.names.len();
         Ok(Program {
             steps: b.steps,
@@ -307,22 +360,37 @@ impl Program {
     /// and biases written into its initializers.
     pub fn export(&self, qdq: &ModelProto) -> Result<ModelProto> {
         let mut g = Graph::new(qdq.clone())?;
-        let scalar = |v: f32, like: &[usize]| Tensor::from_vec(like.to_vec(), vec![v]).expect("one value");
+        let scalar =
+            |v: f32, like: &[usize]| Tensor::from_vec(like.to_vec(), vec![v]).expect("one value");
         for e in &self.exports {
             match e {
                 Export::Weight { weight, scale, codes, scale_names, dtype } => {
                     let (w, s) = (&self.params[*weight], &self.params[*scale]);
-                    let Some(Leaf::Weight { grid, inner, .. }) =
-                        self.leaves.iter().find(|l| matches!(l, Leaf::Weight { weight: x, .. } if x == weight))
+                    let Some(Leaf::Weight { grid, inner, .. }) = self
+                        .leaves
+                        .iter()
+                        .find(|l| matches!(l, Leaf::Weight { weight: x, .. } if x == weight))
                     else {
                         unreachable!("every exported weight has its leaf")
                     };
                     let c = s.value.len();
-                    let q: Vec<i32> =
-                        w.value.iter().enumerate().map(|(i, &v)| grid.code(v, s.value[(i / inner) % c])).collect();
-                    replace_init(&mut g, codes, &Tensor::new(w.shape.clone(), code_data(*dtype, &q)?)?);
+                    let q: Vec<i32> = w
+                        .value
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| grid.code(v, s.value[(i / inner) % c]))
+                        .collect();
+                    replace_init(
+                        &mut g,
+                        codes,
+                        &Tensor::new(w.shape.clone(), code_data(*dtype, &q)?)?,
+                    );
                     for name in scale_names {
-                        replace_init(&mut g, name, &Tensor::from_vec(s.shape.clone(), s.value.clone())?);
+                        replace_init(
+                            &mut g,
+                            name,
+                            &Tensor::from_vec(s.shape.clone(), s.value.clone())?,
+                        );
                     }
                 }
                 Export::ActScale { param, names } => {
@@ -391,13 +459,22 @@ impl Builder {
             return Ok(s);
         }
         let t = init(g, name)?.ok_or_else(|| TrainError::MissingValue(name.to_string()))?;
-        let arr = Arr::from_tensor(&t).ok_or_else(|| TrainError::Config(format!("initializer '{name}' of type {} not understood", t.dtype())))?;
+        let arr = Arr::from_tensor(&t).ok_or_else(|| {
+            TrainError::Config(format!("initializer '{name}' of type {} not understood", t.dtype()))
+        })?;
         let s = self.slot(name);
         self.consts.push((s, arr));
         Ok(s)
     }
 
-    fn param(&mut self, label: &str, kind: ParamKind, shape: Vec<usize>, value: Vec<f32>, grad_scale: f32) -> usize {
+    fn param(
+        &mut self,
+        label: &str,
+        kind: ParamKind,
+        shape: Vec<usize>,
+        value: Vec<f32>,
+        grad_scale: f32,
+    ) -> usize {
         self.params.push(Param { label: label.to_string(), kind, shape, value, grad_scale });
         self.params.len() - 1
     }
@@ -413,10 +490,13 @@ impl Builder {
         let x = &n.input[0];
         let scale_name = n.input.get(1).cloned().ok_or_else(|| node_err(n, "scale is missing"))?;
         let zp_name = n.input.get(2).filter(|z| !z.is_empty()).cloned();
-        let scale = init(g, &scale_name)?.ok_or_else(|| node_err(n, "scale is not an initializer"))?;
+        let scale =
+            init(g, &scale_name)?.ok_or_else(|| node_err(n, "scale is not an initializer"))?;
         let scale_v = f32_of(&scale, &scale_name)?;
         let zp = match &zp_name {
-            Some(z) => Some(init(g, z)?.ok_or_else(|| node_err(n, "zero point is not an initializer"))?),
+            Some(z) => {
+                Some(init(g, z)?.ok_or_else(|| node_err(n, "zero point is not an initializer"))?)
+            }
             None => None,
         };
         let out = n.output[0].clone();
@@ -428,16 +508,26 @@ impl Builder {
         if let Some(q) = g.producer_node(x).filter(|q| q.op_type == "QuantizeLinear") {
             // An activation pair: one learnable step, the zero point and type kept.
             if scale_v.len() != 1 {
-                return Err(node_err(n, "per-axis activation quantization is not supported by QAT"));
+                return Err(node_err(
+                    n,
+                    "per-axis activation quantization is not supported by QAT",
+                ));
             }
             let dtype = zp.as_ref().map_or(DType::U8, |z| z.dtype());
-            let (qmin, qmax) = int_range(dtype).ok_or_else(|| node_err(n, format!("activation type {dtype}")))?;
+            let (qmin, qmax) =
+                int_range(dtype).ok_or_else(|| node_err(n, format!("activation type {dtype}")))?;
             let z = zp.as_ref().map_or(0, |z| f32_of(z, "zero point").map_or(0.0, |v| v[0]) as i32);
             let grid = Grid::new(z, qmin, qmax);
             let p = match self.act_scales.get(&scale_name) {
                 Some(&p) => p,
                 None => {
-                    let p = self.param(&q.input[0], ParamKind::ActScale, scale.shape().to_vec(), scale_v.clone(), 1.0);
+                    let p = self.param(
+                        &q.input[0],
+                        ParamKind::ActScale,
+                        scale.shape().to_vec(),
+                        scale_v.clone(),
+                        1.0,
+                    );
                     let mut names = vec![scale_name.clone()];
                     if let Some(qs) = q.input.get(1).filter(|s| **s != scale_name) {
                         names.push(qs.clone());
@@ -464,7 +554,12 @@ impl Builder {
             self.act_scale_of.insert(out, ScaleRef::Param(p));
             return Ok(());
         }
-        let codes = init(g, x)?.ok_or_else(|| node_err(n, format!("input '{x}' is neither an initializer nor a QuantizeLinear output")))?;
+        let codes = init(g, x)?.ok_or_else(|| {
+            node_err(
+                n,
+                format!("input '{x}' is neither an initializer nor a QuantizeLinear output"),
+            )
+        })?;
         let codes_v = f32_of(&codes, x)?;
         let zp_v = match &zp {
             Some(z) => f32_of(z, "zero point")?,
@@ -490,17 +585,27 @@ impl Builder {
             .iter()
             .filter(|(c, k)| *k == 1 && matches!(c.op_type.as_str(), "Conv" | "Gemm" | "MatMul"))
             .collect();
-        let bias_of: Vec<&(&NodeProto, usize)> =
-            consumers.iter().filter(|(c, k)| *k == 2 && matches!(c.op_type.as_str(), "Conv" | "Gemm")).collect();
+        let bias_of: Vec<&(&NodeProto, usize)> = consumers
+            .iter()
+            .filter(|(c, k)| *k == 2 && matches!(c.op_type.as_str(), "Conv" | "Gemm"))
+            .collect();
         let all_zero = zp_v.iter().all(|&z| z == 0.0);
         let slot = self.slot(&out);
-        if !weight_of.is_empty() && weight_of.len() == consumers.len() && all_zero && codes.dtype() != DType::I32 {
+        if !weight_of.is_empty()
+            && weight_of.len() == consumers.len()
+            && all_zero
+            && codes.dtype() != DType::I32
+        {
             // A layer's weight: float values from the FP32 model where its layer is found.
             let layer = weight_of[0].0;
             let fp32_w = fp32_input(f, layer, 1)?.filter(|w| w.len() == codes_v.len());
             let w = fp32_w.unwrap_or(dequant);
             let grid = wgrid.grid();
-            let s0 = if wgrid.keep_scales { scale_v.clone() } else { mse_scales(&w, channels, inner, &grid) };
+            let s0 = if wgrid.keep_scales {
+                scale_v.clone()
+            } else {
+                mse_scales(&w, channels, inner, &grid)
+            };
             let label = if layer.name.is_empty() { x.clone() } else { layer.name.clone() };
             let wp = self.param(&label, ParamKind::Weight, codes.shape().to_vec(), w, 1.0);
             let gs = lsq_grad_scale(codes_v.len() / channels.max(1), &grid);
@@ -516,7 +621,11 @@ impl Builder {
             self.weight_scales.insert(out, sp);
             return Ok(());
         }
-        if !bias_of.is_empty() && bias_of.len() == consumers.len() && codes.dtype() == DType::I32 && all_zero {
+        if !bias_of.is_empty()
+            && bias_of.len() == consumers.len()
+            && codes.dtype() == DType::I32
+            && all_zero
+        {
             let layer = bias_of[0].0;
             let fp32_b = fp32_input(f, layer, 2)?.filter(|b| b.len() == codes_v.len());
             let bvals = fp32_b.unwrap_or(dequant.clone());
@@ -526,7 +635,13 @@ impl Builder {
                 let label = if layer.name.is_empty() { x.clone() } else { layer.name.clone() };
                 let bp = self.param(&label, ParamKind::Bias, codes.shape().to_vec(), bvals, 1.0);
                 self.leaves.push(Leaf::Direct { slot, param: bp });
-                self.exports.push(Export::Int32Bias { bias: bp, codes: x.clone(), scale_name, in_scale, w_scale });
+                self.exports.push(Export::Int32Bias {
+                    bias: bp,
+                    codes: x.clone(),
+                    scale_name,
+                    in_scale,
+                    w_scale,
+                });
                 return Ok(());
             }
         }
@@ -536,10 +651,24 @@ impl Builder {
     }
 }
 
+/// The first graph output declared as float32 (or undeclared).
+pub fn first_float_output(g: &lowbit_onnx::pb::GraphProto) -> Option<String> {
+    use lowbit_onnx::pb::type_proto::Value;
+    g.output
+        .iter()
+        .find(|o| match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(Value::TensorType(t)) => t.elem_type == DType::F32.onnx_id(),
+            _ => true,
+        })
+        .map(|o| o.name.clone())
+}
+
 /// Input `k` of the FP32 counterpart of `layer` (the node producing the same output), when it
 /// is a float initializer.
 fn fp32_input(f: &Graph, layer: &NodeProto, k: usize) -> Result<Option<Vec<f32>>> {
-    let Some(fnode) = layer.output.first().and_then(|o| f.producer_node(o)) else { return Ok(None) };
+    let Some(fnode) = layer.output.first().and_then(|o| f.producer_node(o)) else {
+        return Ok(None);
+    };
     if fnode.op_type != layer.op_type {
         return Ok(None);
     }
@@ -549,4 +678,3 @@ fn fp32_input(f: &Graph, layer: &NodeProto, k: usize) -> Result<Option<Vec<f32>>
         _ => None,
     })
 }
-

@@ -23,7 +23,9 @@ use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::CalibrationTable;
-use lowbit_quant::quantize::{quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs, QuantizeSummary};
+use lowbit_quant::quantize::{
+    quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs, QuantizeSummary,
+};
 use lowbit_quant::samples::Progress;
 use lowbit_quant::scheme::{IntType, Mode};
 use lowbit_tensor::Tensor;
@@ -88,6 +90,8 @@ pub struct QatOptions {
     pub holdout: f32,
     /// Epochs without a better held-out loss before stopping.
     pub patience: usize,
+    /// The graph output the loss reads (default: the first float output).
+    pub output: Option<String>,
 }
 
 impl Default for QatOptions {
@@ -104,6 +108,7 @@ impl Default for QatOptions {
             seed: 0,
             holdout: 0.1,
             patience: 3,
+            output: None,
         }
     }
 }
@@ -149,7 +154,10 @@ impl QatOptions {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         if !matches!(self.activations, IntType::Uint8 | IntType::Int8) {
-            return bad(format!("activations must be uint8 or int8, not {}", self.activations.name()));
+            return bad(format!(
+                "activations must be uint8 or int8, not {}",
+                self.activations.name()
+            ));
         }
         if self.epochs == 0 || self.batch == 0 {
             return bad("epochs and batch must be at least 1".into());
@@ -199,18 +207,23 @@ pub fn prepare(fp32: &ModelProto, table: &CalibrationTable, opts: &QatOptions) -
     let plan = QuantPlan::resolve(&cfg)?;
     let (qdq, summary) = quantize_run(fp32.clone(), &plan, QuantizeInputs::table(Some(table)))?;
     if summary.total_quantized() == 0 {
-        return Err(TrainError::Config("the static QDQ pass quantized no Conv/Gemm/MatMul: nothing to train".into()));
+        return Err(TrainError::Config(
+            "the static QDQ pass quantized no Conv/Gemm/MatMul: nothing to train".into(),
+        ));
     }
     let wgrid = match opts.weights {
         WeightBits::Ternary => WeightGrid { qmin: -1, qmax: 1, binary: false, keep_scales: false },
         WeightBits::Binary => WeightGrid { qmin: -1, qmax: 1, binary: true, keep_scales: false },
         WeightBits::Int8 | WeightBits::Int4 => {
-            let scheme = plan.weights.scheme_for("Conv", false, 4).ok_or_else(|| TrainError::Config("no weight scheme".into()))?;
+            let scheme = plan
+                .weights
+                .scheme_for("Conv", false, 4)
+                .ok_or_else(|| TrainError::Config("no weight scheme".into()))?;
             let (qmin, qmax) = scheme.qrange()?;
             WeightGrid { qmin, qmax, binary: false, keep_scales: true }
         }
     };
-    let program = Program::build(&qdq, &folded_fp32(fp32)?, wgrid)?;
+    let program = Program::build(&qdq, &folded_fp32(fp32)?, wgrid, opts.output.as_deref())?;
     Ok(Prepared { qdq, program, summary })
 }
 
@@ -226,7 +239,8 @@ pub fn teacher_outputs(fp32: &ModelProto, output: &str, samples: &[Sample]) -> R
                 .find(|(n, _)| n == output)
                 .ok_or_else(|| TrainError::MissingValue(output.to_string()))?
                 .1;
-            Arr::from_tensor(&t).ok_or_else(|| TrainError::Config(format!("output '{output}' is not numeric")))
+            Arr::from_tensor(&t)
+                .ok_or_else(|| TrainError::Config(format!("output '{output}' is not numeric")))
         })
         .collect()
 }
@@ -314,12 +328,18 @@ pub fn train(
     let Prepared { qdq, mut program, summary } = prepare(fp32, table, opts)?;
     let ptq = program.export(&qdq)?;
     if samples.len() < 2 {
-        return Err(TrainError::Config(format!("{} sample(s): QAT needs at least 2", samples.len())));
+        return Err(TrainError::Config(format!(
+            "{} sample(s): QAT needs at least 2",
+            samples.len()
+        )));
     }
     let labels = samples.iter().all(|s| s.label.is_some());
-    let obj = opts.objective.unwrap_or_else(|| default_objective(fp32, &program.output_name, labels));
+    let obj =
+        opts.objective.unwrap_or_else(|| default_objective(fp32, &program.output_name, labels));
     if obj == Objective::CrossEntropy && !labels {
-        return Err(TrainError::Config("cross-entropy needs a label for every sample (--labels)".into()));
+        return Err(TrainError::Config(
+            "cross-entropy needs a label for every sample (--labels)".into(),
+        ));
     }
     let teacher = if obj == Objective::CrossEntropy {
         Vec::new()
@@ -341,7 +361,9 @@ pub fn train(
     let hold_idx = if hold_idx.is_empty() { train_idx.clone() } else { hold_idx.to_vec() };
 
     let mut base = Base::new(&program);
-    let eval = |p: &Program, b: &Base| run_batch(p, b, obj, samples, &feeds, &teacher, &hold_idx, false).map(|r| r.0);
+    let eval = |p: &Program, b: &Base| {
+        run_batch(p, b, obj, samples, &feeds, &teacher, &hold_idx, false).map(|r| r.0)
+    };
     let before = eval(&program, &base)?;
     let steps_per_epoch = train_idx.len().div_ceil(opts.batch);
     let total_steps = steps_per_epoch * opts.epochs;
@@ -377,7 +399,8 @@ pub fn train(
         let mut seen = 0usize;
         let mut out_of_time = false;
         for batch in train_idx.chunks(opts.batch) {
-            let (loss, leaf_grads) = run_batch(&program, &base, obj, samples, &feeds, &teacher, batch, true)?;
+            let (loss, leaf_grads) =
+                run_batch(&program, &base, obj, samples, &feeds, &teacher, batch, true)?;
             if !loss.is_finite() {
                 progress.finish();
                 return Err(TrainError::Diverged(loss));
@@ -385,7 +408,8 @@ pub fn train(
             let grads = program.param_grads(&leaf_grads);
             let lr = cosine_lr(opts.lr, step, total_steps);
             {
-                let mut ps: Vec<&mut Vec<f32>> = program.params.iter_mut().map(|p| &mut p.value).collect();
+                let mut ps: Vec<&mut Vec<f32>> =
+                    program.params.iter_mut().map(|p| &mut p.value).collect();
                 optim.step(&mut ps, &grads, lr, &lr_mult);
             }
             for p in program.params.iter_mut() {
@@ -424,7 +448,10 @@ pub fn train(
             break 'outer;
         }
         if since_best >= opts.patience {
-            stopped = format!("early stop after epoch {epoch}: no better held-out loss for {} epochs", opts.patience);
+            stopped = format!(
+                "early stop after epoch {epoch}: no better held-out loss for {} epochs",
+                opts.patience
+            );
             break;
         }
     }

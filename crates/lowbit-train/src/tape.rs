@@ -26,7 +26,12 @@ impl Base {
             needs_grad[s] = true;
         }
         for st in &p.steps {
-            if st.inputs.iter().enumerate().any(|(i, x)| x.is_some_and(|x| needs_grad[x]) && !st.op.constant_input(i)) {
+            if st
+                .inputs
+                .iter()
+                .enumerate()
+                .any(|(i, x)| x.is_some_and(|x| needs_grad[x]) && !st.op.constant_input(i))
+            {
                 needs_grad[st.output] = true;
             }
         }
@@ -53,12 +58,16 @@ impl<'a> Tape<'a> {
     pub fn forward(p: &'a Program, base: &'a Base, feeds: &[(String, Arr)]) -> Result<Tape<'a>> {
         let mut local: Vec<Option<Arr>> = vec![None; p.num_slots];
         for (name, slot) in &p.inputs {
-            let v = feeds.iter().find(|(n, _)| n == name).ok_or_else(|| TrainError::MissingValue(name.clone()))?;
+            let v = feeds
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| TrainError::MissingValue(name.clone()))?;
             local[*slot] = Some(v.1.clone());
         }
         let mut t = Tape { p, base, local };
         for st in &p.steps {
-            let ins: Vec<Option<&Arr>> = st.inputs.iter().map(|x| x.and_then(|s| t.get(s))).collect();
+            let ins: Vec<Option<&Arr>> =
+                st.inputs.iter().map(|x| x.and_then(|s| t.get(s))).collect();
             let y = st.op.forward(&ins).map_err(|m| step_err(&st.label, m))?;
             t.local[st.output] = Some(y);
         }
@@ -84,7 +93,8 @@ impl<'a> Tape<'a> {
             if !self.base.needs_grad[st.output] {
                 continue;
             }
-            let ins: Vec<Option<&Arr>> = st.inputs.iter().map(|x| x.and_then(|s| self.get(s))).collect();
+            let ins: Vec<Option<&Arr>> =
+                st.inputs.iter().map(|x| x.and_then(|s| self.get(s))).collect();
             let y = self.get(st.output).expect("computed in the forward pass");
             let gs = st.op.backward(&ins, y, &g).map_err(|m| step_err(&st.label, m))?;
             for (i, gi) in gs.into_iter().enumerate() {
@@ -100,7 +110,8 @@ impl<'a> Tape<'a> {
         }
         for (l, a) in p.leaves.iter().zip(acc.iter_mut()) {
             let s = match l {
-                crate::program::Leaf::Weight { slot, .. } | crate::program::Leaf::Direct { slot, .. } => *slot,
+                crate::program::Leaf::Weight { slot, .. }
+                | crate::program::Leaf::Direct { slot, .. } => *slot,
             };
             if let Some(g) = grads[s].take() {
                 match a {
@@ -114,6 +125,7 @@ impl<'a> Tape<'a> {
 }
 
 fn step_err(label: &str, msg: String) -> TrainError {
-    let (node, op) = label.rsplit_once(" (").map_or((label, ""), |(n, o)| (n, o.trim_end_matches(')')));
+    let (node, op) =
+        label.rsplit_once(" (").map_or((label, ""), |(n, o)| (n, o.trim_end_matches(')')));
     TrainError::Node { node: node.to_string(), op_type: op.to_string(), msg }
 }

@@ -20,7 +20,8 @@ fn randn(rng: &mut Rng, shape: &[usize], scale: f32) -> Arr {
 /// choices under the finite-difference step.
 fn distinct(rng: &mut Rng, shape: &[usize], gap: f32) -> Arr {
     let n: usize = shape.iter().product();
-    let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - (n as f32 - 1.0) / 2.0 + 0.25) * gap).collect();
+    let mut v: Vec<f32> =
+        (0..n).map(|i| (i as f32 - (n as f32 - 1.0) / 2.0 + 0.25) * gap).collect();
     for i in (1..n).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);
@@ -46,13 +47,15 @@ fn check(op: &Op, xs: Vec<Option<Arr>>, wrt: &[usize], h: f32, tol: f32, seed: u
         let g = grads[i].as_ref().unwrap_or_else(|| panic!("{op:?}: no gradient for input {i}"));
         assert_eq!(g.shape, x.shape, "{op:?}: gradient shape of input {i}");
         let n = x.len();
-        let picks: Vec<usize> = if n <= 40 { (0..n).collect() } else { (0..40).map(|k| k * n / 40).collect() };
+        let picks: Vec<usize> =
+            if n <= 40 { (0..n).collect() } else { (0..40).map(|k| k * n / 40).collect() };
         for j in picks {
             let mut plus = xs.clone();
             plus[i].as_mut().unwrap().data[j] += h;
             let mut minus = xs.clone();
             minus[i].as_mut().unwrap().data[j] -= h;
-            let num = ((loss(op, &plus, &r.data) - loss(op, &minus, &r.data)) / (2.0 * h as f64)) as f32;
+            let num =
+                ((loss(op, &plus, &r.data) - loss(op, &minus, &r.data)) / (2.0 * h as f64)) as f32;
             let ana = g.data[j];
             assert!(
                 (num - ana).abs() <= tol * (1.0 + num.abs()),

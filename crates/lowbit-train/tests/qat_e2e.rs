@@ -59,7 +59,11 @@ fn tiny_cnn() -> ModelProto {
             lsm,
         ],
         initializer: inits,
-        input: vec![tensor_value_info("x", DType::F32, &[Dim::Named("n"), Dim::Fixed(1), Dim::Fixed(8), Dim::Fixed(8)])],
+        input: vec![tensor_value_info(
+            "x",
+            DType::F32,
+            &[Dim::Named("n"), Dim::Fixed(1), Dim::Fixed(8), Dim::Fixed(8)],
+        )],
         output: vec![tensor_value_info("y", DType::F32, &[Dim::Named("n"), Dim::Fixed(5)])],
         ..Default::default()
     };
@@ -70,7 +74,10 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
     let mut rng = Rng::new(seed);
     (0..n)
         .map(|_| Sample {
-            feeds: vec![("x".into(), Tensor::from_vec(vec![1, 1, 8, 8], rng.normals(64, 1.0)).unwrap())],
+            feeds: vec![(
+                "x".into(),
+                Tensor::from_vec(vec![1, 1, 8, 8], rng.normals(64, 1.0)).unwrap(),
+            )],
             label: None,
         })
         .collect()
@@ -111,8 +118,10 @@ fn qat(weights: WeightBits, seed: u64) -> (ModelProto, ModelProto) {
     let fp32 = tiny_cnn();
     let train_set = samples(300, 1);
     let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table = calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
-    let opts = QatOptions { weights, epochs: 8, lr: 2e-2, batch: 16, seed, ..QatOptions::default() };
+    let table =
+        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let opts =
+        QatOptions { weights, epochs: 8, lr: 2e-2, batch: 16, seed, ..QatOptions::default() };
     let out = train(&fp32, &table, &train_set, &opts, &NoProgress).unwrap();
     assert!(out.holdout_loss_after < out.holdout_loss_before, "{weights}: {out:?}");
     (out.model, out.ptq)
@@ -147,7 +156,8 @@ fn ternary_qat_beats_post_training_on_unseen_samples_and_runs_on_ort() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qat.onnx");
     lowbit_onnx::save_model(&trained, &path).unwrap();
-    let batch: Vec<f32> = test[..16].iter().flat_map(|s| s.feeds[0].1.as_f32().unwrap().to_vec()).collect();
+    let batch: Vec<f32> =
+        test[..16].iter().flat_map(|s| s.feeds[0].1.as_f32().unwrap().to_vec()).collect();
     let x = Tensor::from_vec(vec![16, 1, 8, 8], batch).unwrap();
     lowbit_tensor::npy::write_npy(&dir.path().join("x.npy"), &x).unwrap();
     let script = "import sys, numpy as np, onnxruntime as ort\n\
@@ -164,7 +174,10 @@ fn ternary_qat_beats_post_training_on_unseen_samples_and_runs_on_ort() {
     assert!(status.success(), "onnxruntime could not run the QAT model");
     let y = lowbit_tensor::npy::read_npy(&dir.path().join("y.npy")).unwrap();
     let ours = run(&trained, &test[..16]);
-    let (_, agree) = kl_and_agreement(&ours, &y.as_f32().unwrap().chunks(5).map(|c| c.to_vec()).collect::<Vec<_>>());
+    let (_, agree) = kl_and_agreement(
+        &ours,
+        &y.as_f32().unwrap().chunks(5).map(|c| c.to_vec()).collect::<Vec<_>>(),
+    );
     assert!(agree >= 0.9, "ORT and lowbit's engine agree on {agree} of the samples");
 }
 

@@ -43,11 +43,13 @@ fn options(args: &QatArgs) -> Result<QatOptions> {
         seed: args.seed,
         holdout: args.holdout,
         patience: args.patience.max(1),
+        output: args.output_name.clone(),
     };
     if let Err(e) = opts.validate() {
         usage_bail!("{e}");
     }
-    if opts.objective == Some(lowbit_train::loss::Objective::CrossEntropy) && args.labels.is_none() {
+    if opts.objective == Some(lowbit_train::loss::Objective::CrossEntropy) && args.labels.is_none()
+    {
         usage_bail!("--loss ce needs --labels FILE.npy (one class per sample of --data)");
     }
     Ok(opts)
@@ -55,11 +57,17 @@ fn options(args: &QatArgs) -> Result<QatOptions> {
 
 /// Each sample of `data` from `from` on as its own feeds.
 fn rows(data: &mut Dataset, from: usize) -> Result<Vec<Vec<(String, Tensor)>>> {
-    (from..data.samples).map(|i| Ok(data.feeds(i, i + 1, false)?)).collect()
+    // Each sample cut to its *mask* input's real length (no padding to train on).
+    (from..data.samples).map(|i| Ok(data.feeds(i, i + 1, true)?)).collect()
 }
 
 /// Class labels of a data folder: `--labels`, a photo folder's own, or its `labels.npy`.
-fn labels_for(explicit: Option<&Path>, data: &Dataset, dir: &Path, total: usize) -> Result<Option<Vec<usize>>> {
+fn labels_for(
+    explicit: Option<&Path>,
+    data: &Dataset,
+    dir: &Path,
+    total: usize,
+) -> Result<Option<Vec<usize>>> {
     if let Some(p) = explicit {
         return Ok(Some(read_labels(p, total, dir)?));
     }
@@ -102,20 +110,32 @@ struct Report<'a> {
 }
 
 /// Runs `model` on every sample (one per run, samples spread over the cores).
-fn outputs(model: &ModelProto, samples: &[Vec<(String, Tensor)>], output: &str) -> Result<Vec<Vec<f32>>> {
-    let session = Session::new(model, &SessionOptions::with_threads(1)).context("lowbit's engine cannot run the model")?;
+fn outputs(
+    model: &ModelProto,
+    samples: &[Vec<(String, Tensor)>],
+    output: &str,
+) -> Result<Vec<Vec<f32>>> {
+    let session = Session::new(model, &SessionOptions::with_threads(1))
+        .context("lowbit's engine cannot run the model")?;
     samples
         .par_iter()
         .map(|feeds| {
             let out = session.run(feeds.clone())?;
-            let t = out.into_iter().find(|(n, _)| n == output).with_context(|| format!("no output '{output}'"))?.1;
+            let t = out
+                .into_iter()
+                .find(|(n, _)| n == output)
+                .with_context(|| format!("no output '{output}'"))?
+                .1;
             Ok(lowbit_train::arr::Arr::from_tensor(&t).map(|a| a.data).unwrap_or_default())
         })
         .collect()
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -125,10 +145,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     d / (x.sqrt() * y.sqrt()).max(1e-30)
 }
 
-fn score(name: &'static str, outs: &[Vec<f32>], reference: &[Vec<f32>], labels: Option<&[usize]>) -> Scored {
+fn score(
+    name: &'static str,
+    outs: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    labels: Option<&[usize]>,
+) -> Scored {
     let n = outs.len().max(1) as f64;
-    let top1 = labels.map(|l| outs.iter().zip(l).filter(|(o, &y)| argmax(o) == y).count() as f64 / n);
-    let agreement = outs.iter().zip(reference).filter(|(a, b)| argmax(a) == argmax(b)).count() as f64 / n;
+    let top1 =
+        labels.map(|l| outs.iter().zip(l).filter(|(o, &y)| argmax(o) == y).count() as f64 / n);
+    let agreement =
+        outs.iter().zip(reference).filter(|(a, b)| argmax(a) == argmax(b)).count() as f64 / n;
     let cos = outs.iter().zip(reference).map(|(a, b)| cosine(a, b)).sum::<f64>() / n;
     Scored { model: name, top1, agreement, cosine: cos }
 }
@@ -154,7 +181,11 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
         .context("cannot start worker threads")?;
     pool.install(|| {
         // Calibration on the training samples, as `quantize --data` calibrates.
-        let cal = CalibrationData { threads: args.threads, trim: false, quiet, ..CalibrationData::new(&source, preprocess, args.samples) };
+        let cal = CalibrationData {
+            threads: args.threads,
+            quiet,
+            ..CalibrationData::new(&source, preprocess, args.samples)
+        };
         let run = calibrate_model(&model, &args.model, &cal)?;
 
         let session = new_session(&model, &args.model, args.threads)?;
@@ -171,7 +202,11 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
             .map(|(i, feeds)| Sample { feeds, label: labels.as_ref().map(|l| l[i]) })
             .collect();
         if samples.len() < 2 {
-            usage_bail!("--data holds {} sample{}: QAT needs at least 2", samples.len(), plural(samples.len()));
+            usage_bail!(
+                "--data holds {} sample{}: QAT needs at least 2",
+                samples.len(),
+                plural(samples.len())
+            );
         }
 
         let bars = Bars::new(quiet);
@@ -185,18 +220,24 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
             let mut ed = load_dataset(&session, src, preprocess, true)?;
             let etotal = ed.samples;
             if args.eval_from >= etotal {
-                usage_bail!("--eval-from {} skips all {etotal} samples of {}", args.eval_from, dir.display());
+                usage_bail!(
+                    "--eval-from {} skips all {etotal} samples of {}",
+                    args.eval_from,
+                    dir.display()
+                );
             }
             let elabels = labels_for(args.eval_labels.as_deref(), &ed, dir, etotal)?;
             let feeds = rows(&mut ed, args.eval_from)?;
             eval_samples = feeds.len();
             let elabels = elabels.map(|l| l[args.eval_from..].to_vec());
-            let out_name = model
-                .graph
-                .as_ref()
-                .and_then(|g| g.output.first())
-                .map(|o| o.name.clone())
-                .context("the model has no output")?;
+            let out_name = match &args.output_name {
+                Some(o) => o.clone(),
+                None => model
+                    .graph
+                    .as_ref()
+                    .and_then(lowbit_train::program::first_float_output)
+                    .context("the model has no float output")?,
+            };
             let fp32 = outputs(&model, &feeds, &out_name)?;
             let ptq = outputs(&outcome.ptq, &feeds, &out_name)?;
             let qat = outputs(&outcome.model, &feeds, &out_name)?;
@@ -206,9 +247,11 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
             eval.push(score("QAT", &qat, &fp32, l));
         }
 
-        lowbit_onnx::save_model(&outcome.model, &args.output).context("cannot write the trained model")?;
+        lowbit_onnx::save_model(&outcome.model, &args.output)
+            .context("cannot write the trained model")?;
         if let Some(p) = &args.ptq_output {
-            lowbit_onnx::save_model(&outcome.ptq, p).context("cannot write the post-training model")?;
+            lowbit_onnx::save_model(&outcome.ptq, p)
+                .context("cannot write the post-training model")?;
         }
         let report = Report {
             weights: opts.weights.to_string(),
@@ -250,7 +293,8 @@ fn render(r: &Report, summary: &str) -> String {
     for line in summary.lines().take(3) {
         let _ = writeln!(out, "  {line}");
     }
-    let _ = writeln!(out, "trained {} weights and {} step sizes", r.trained_weights, r.trained_scales);
+    let _ =
+        writeln!(out, "trained {} weights and {} step sizes", r.trained_weights, r.trained_scales);
     for e in r.epochs {
         let _ = writeln!(
             out,
@@ -263,7 +307,8 @@ fn render(r: &Report, summary: &str) -> String {
         "held-out loss: post-training {:.5} -> QAT {:.5} ({}; {})",
         r.holdout_loss_ptq,
         r.holdout_loss_qat,
-        r.best_epoch.map_or("kept the post-training model".to_string(), |e| format!("epoch {e} kept")),
+        r.best_epoch
+            .map_or("kept the post-training model".to_string(), |e| format!("epoch {e} kept")),
         r.stopped
     );
     if !r.eval.is_empty() {

@@ -31,13 +31,19 @@ struct Geometry {
 fn geometry(p: &ConvAttrs, x: &Arr, w: &Arr) -> Result<Geometry, String> {
     let r = x.rank();
     if !(3..=5).contains(&r) || w.rank() != r {
-        return Err(format!("Conv of input {:?} with weight {:?} is not supported", x.shape, w.shape));
+        return Err(format!(
+            "Conv of input {:?} with weight {:?} is not supported",
+            x.shape, w.shape
+        ));
     }
     let sp = r - 2;
     let (n, c_in, c_out) = (x.shape[0], x.shape[1], w.shape[0]);
     let group = p.group.max(1);
     if c_in != w.shape[1] * group || c_out % group != 0 {
-        return Err(format!("Conv: input {:?}, weight {:?} and group {group} disagree", x.shape, w.shape));
+        return Err(format!(
+            "Conv: input {:?}, weight {:?} and group {group} disagree",
+            x.shape, w.shape
+        ));
     }
     let input = &x.shape[2..];
     let kernel = &w.shape[2..];
@@ -49,7 +55,8 @@ fn geometry(p: &ConvAttrs, x: &Arr, w: &Arr) -> Result<Geometry, String> {
         "SAME_UPPER" | "SAME_LOWER" => {
             for i in 0..sp {
                 let out = input[i].div_ceil(strides[i]);
-                let need = ((out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1).saturating_sub(input[i]);
+                let need = ((out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1)
+                    .saturating_sub(input[i]);
                 let (lo, hi) = (need / 2, need - need / 2);
                 (pb[i], pe[i]) = if p.auto_pad == "SAME_UPPER" { (lo, hi) } else { (hi, lo) };
             }
@@ -87,11 +94,27 @@ pub fn conv_forward(p: &ConvAttrs, x: &Arr, w: &Arr, b: Option<&Arr>) -> Result<
     let mut col = vec![0.0; k * out_size];
     for n in 0..g.n {
         for gi in 0..g.group {
-            let xs = &x.data[(n * g.c_in + gi * cig) * in_size..(n * g.c_in + (gi + 1) * cig) * in_size];
+            let xs =
+                &x.data[(n * g.c_in + gi * cig) * in_size..(n * g.c_in + (gi + 1) * cig) * in_size];
             im2col(&g.win, cig, xs, &mut col);
-            let ys = &mut y[(n * g.c_out + gi * cog) * out_size..(n * g.c_out + (gi + 1) * cog) * out_size];
+            let ys = &mut y
+                [(n * g.c_out + gi * cog) * out_size..(n * g.c_out + (gi + 1) * cog) * out_size];
             let ws = &w.data[gi * cog * k..(gi + 1) * cog * k];
-            sgemm_serial(Trans::No, Trans::No, cog, out_size, k, 1.0, ws, k, &col, out_size, 0.0, ys, out_size);
+            sgemm_serial(
+                Trans::No,
+                Trans::No,
+                cog,
+                out_size,
+                k,
+                1.0,
+                ws,
+                k,
+                &col,
+                out_size,
+                0.0,
+                ys,
+                out_size,
+            );
         }
         if let Some(b) = b {
             for c in 0..g.c_out {
@@ -103,7 +126,13 @@ pub fn conv_forward(p: &ConvAttrs, x: &Arr, w: &Arr, b: Option<&Arr>) -> Result<
     Ok(Arr::new(g.out_shape, y))
 }
 
-pub fn conv_backward(p: &ConvAttrs, x: &Arr, w: &Arr, b: Option<&Arr>, gy: &Arr) -> Result<Vec<Option<Arr>>, String> {
+pub fn conv_backward(
+    p: &ConvAttrs,
+    x: &Arr,
+    w: &Arr,
+    b: Option<&Arr>,
+    gy: &Arr,
+) -> Result<Vec<Option<Arr>>, String> {
     let g = geometry(p, x, w)?;
     let (cig, cog) = (g.c_in / g.group, g.c_out / g.group);
     let (in_size, out_size) = (g.win.input_size(), g.win.output_size());
@@ -114,16 +143,47 @@ pub fn conv_backward(p: &ConvAttrs, x: &Arr, w: &Arr, b: Option<&Arr>, gy: &Arr)
     let mut gcol = vec![0.0; k * out_size];
     for n in 0..g.n {
         for gi in 0..g.group {
-            let xs = &x.data[(n * g.c_in + gi * cig) * in_size..(n * g.c_in + (gi + 1) * cig) * in_size];
+            let xs =
+                &x.data[(n * g.c_in + gi * cig) * in_size..(n * g.c_in + (gi + 1) * cig) * in_size];
             im2col(&g.win, cig, xs, &mut col);
-            let gys = &gy.data[(n * g.c_out + gi * cog) * out_size..(n * g.c_out + (gi + 1) * cog) * out_size];
+            let gys = &gy.data
+                [(n * g.c_out + gi * cog) * out_size..(n * g.c_out + (gi + 1) * cog) * out_size];
             let ws = &w.data[gi * cog * k..(gi + 1) * cog * k];
             // dW_g += dY_g · colᵀ
             let gws = &mut gw[gi * cog * k..(gi + 1) * cog * k];
-            sgemm_serial(Trans::No, Trans::Yes, cog, k, out_size, 1.0, gys, out_size, &col, out_size, 1.0, gws, k);
+            sgemm_serial(
+                Trans::No,
+                Trans::Yes,
+                cog,
+                k,
+                out_size,
+                1.0,
+                gys,
+                out_size,
+                &col,
+                out_size,
+                1.0,
+                gws,
+                k,
+            );
             // dcol = W_gᵀ · dY_g, folded back onto the input planes.
-            sgemm_serial(Trans::Yes, Trans::No, k, out_size, cog, 1.0, ws, k, gys, out_size, 0.0, &mut gcol, out_size);
-            let gxs = &mut gx[(n * g.c_in + gi * cig) * in_size..(n * g.c_in + (gi + 1) * cig) * in_size];
+            sgemm_serial(
+                Trans::Yes,
+                Trans::No,
+                k,
+                out_size,
+                cog,
+                1.0,
+                ws,
+                k,
+                gys,
+                out_size,
+                0.0,
+                &mut gcol,
+                out_size,
+            );
+            let gxs =
+                &mut gx[(n * g.c_in + gi * cig) * in_size..(n * g.c_in + (gi + 1) * cig) * in_size];
             col2im_add(&g.win, cig, &gcol, gxs);
         }
     }
@@ -131,7 +191,9 @@ pub fn conv_backward(p: &ConvAttrs, x: &Arr, w: &Arr, b: Option<&Arr>, gy: &Arr)
         let mut gb = vec![0.0; b.len()];
         for n in 0..g.n {
             for (c, v) in gb.iter_mut().enumerate() {
-                *v += gy.data[(n * g.c_out + c) * out_size..(n * g.c_out + c + 1) * out_size].iter().sum::<f32>();
+                *v += gy.data[(n * g.c_out + c) * out_size..(n * g.c_out + c + 1) * out_size]
+                    .iter()
+                    .sum::<f32>();
             }
         }
         Arr::new(b.shape.clone(), gb)

@@ -15,7 +15,10 @@ pub enum Unary {
     Sqrt,
     Neg,
     Exp,
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     HardSwish,
     Identity,
 }
@@ -120,8 +123,12 @@ pub fn clip_forward(x: &Arr, lo: f32, hi: f32) -> Arr {
 }
 
 pub fn clip_backward(x: &Arr, lo: f32, hi: f32, gy: &Arr) -> Arr {
-    let data =
-        x.data.iter().zip(&gy.data).map(|(&v, &g)| if v > lo && v < hi { g } else { 0.0 }).collect();
+    let data = x
+        .data
+        .iter()
+        .zip(&gy.data)
+        .map(|(&v, &g)| if v > lo && v < hi { g } else { 0.0 })
+        .collect();
     Arr::new(x.shape.clone(), data)
 }
 
@@ -155,13 +162,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let s = strides(shape);
     let off = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| if i < off || shape[i - off] == 1 { 0 } else { s[i - off] })
-        .collect()
+    (0..out.len()).map(|i| if i < off || shape[i - off] == 1 { 0 } else { s[i - off] }).collect()
 }
 
 /// Calls `f(out_index, a_index, b_index)` over every element of the broadcast output.
-fn for_each_broadcast(a: &[usize], b: &[usize], out: &[usize], mut f: impl FnMut(usize, usize, usize)) {
+fn for_each_broadcast(
+    a: &[usize],
+    b: &[usize],
+    out: &[usize],
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let n: usize = out.iter().product();
     if a == out && b == out {
         for i in 0..n {

@@ -16,7 +16,18 @@ fn t(on: bool) -> Trans {
 /// `C[m×n] (+)= alpha · op(A) · op(B)` with `op(A)` `m×k`, `op(B)` `k×n`, both row-major as
 /// stored (`A` is `m×k` or, transposed, `k×m`).
 #[allow(clippy::too_many_arguments)]
-fn gemm(ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+fn gemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
     let lda = if ta { m } else { k };
     let ldb = if tb { k } else { n };
     sgemm_serial(t(ta), t(tb), m, n, k, alpha, a, lda, b, ldb, beta, c, n);
@@ -56,7 +67,13 @@ pub fn gemm_forward(p: &GemmAttrs, a: &Arr, b: &Arr, c: Option<&Arr>) -> Result<
     }
 }
 
-pub fn gemm_backward(p: &GemmAttrs, a: &Arr, b: &Arr, c: Option<&Arr>, gy: &Arr) -> Result<Vec<Option<Arr>>, String> {
+pub fn gemm_backward(
+    p: &GemmAttrs,
+    a: &Arr,
+    b: &Arr,
+    c: Option<&Arr>,
+    gy: &Arr,
+) -> Result<Vec<Option<Arr>>, String> {
     let (m, n, k) = gemm_dims(p, a, b)?;
     // op(A) = A or Aᵀ: dop(A) = alpha · dY · op(B)ᵀ, then stored back transposed if needed.
     let mut ga = vec![0.0; m * k];
@@ -94,7 +111,10 @@ struct MatMulDims {
 
 fn matmul_dims(a: &Arr, b: &Arr) -> Result<MatMulDims, String> {
     if a.rank() < 2 || b.rank() < 2 {
-        return Err(format!("MatMul of rank-1 operands ({:?}, {:?}) is not supported", a.shape, b.shape));
+        return Err(format!(
+            "MatMul of rank-1 operands ({:?}, {:?}) is not supported",
+            a.shape, b.shape
+        ));
     }
     let (ra, rb) = (a.rank(), b.rank());
     let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
@@ -157,10 +177,31 @@ pub fn matmul_backward(a: &Arr, b: &Arr, gy: &Arr) -> Result<(Arr, Arr), String>
         let (sa, sb, sy) = (d.m * d.k, d.k * d.n, d.m * d.n);
         for i in 0..d.batch {
             let gyi = &gy.data[i * sy..(i + 1) * sy];
-            gemm(false, true, d.m, d.k, d.n, 1.0, gyi, &b.data[i * sb..(i + 1) * sb], 0.0, &mut ga[i * sa..(i + 1) * sa]);
-            gemm(true, false, d.k, d.n, d.m, 1.0, &a.data[i * sa..(i + 1) * sa], gyi, 0.0, &mut gb[i * sb..(i + 1) * sb]);
+            gemm(
+                false,
+                true,
+                d.m,
+                d.k,
+                d.n,
+                1.0,
+                gyi,
+                &b.data[i * sb..(i + 1) * sb],
+                0.0,
+                &mut ga[i * sa..(i + 1) * sa],
+            );
+            gemm(
+                true,
+                false,
+                d.k,
+                d.n,
+                d.m,
+                1.0,
+                &a.data[i * sa..(i + 1) * sa],
+                gyi,
+                0.0,
+                &mut gb[i * sb..(i + 1) * sb],
+            );
         }
     }
     Ok((Arr::new(a.shape.clone(), ga), Arr::new(b.shape.clone(), gb)))
 }
-

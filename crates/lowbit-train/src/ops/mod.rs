@@ -32,7 +32,10 @@ use pool::PoolAttrs;
 pub enum Op {
     Unary(Unary),
     /// Bounds from the attributes (opset < 11) or inputs 1 and 2.
-    Clip { min: Option<f32>, max: Option<f32> },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
     Binary(Binary),
     Gemm(GemmAttrs),
     MatMul,
@@ -40,23 +43,54 @@ pub enum Op {
     MaxPool(PoolAttrs),
     AveragePool(PoolAttrs),
     GlobalAveragePool,
-    BatchNorm { eps: f32 },
-    LayerNorm { axis: i64, eps: f32 },
-    Softmax { axis: i64, log: bool, coerce: bool },
+    BatchNorm {
+        eps: f32,
+    },
+    LayerNorm {
+        axis: i64,
+        eps: f32,
+    },
+    Softmax {
+        axis: i64,
+        log: bool,
+        coerce: bool,
+    },
     /// Axes from the attribute, else input 1.
-    ReduceMean { axes: Option<Vec<i64>>, keepdims: bool, noop_with_empty: bool },
-    Flatten { axis: i64 },
-    Reshape { allowzero: bool },
-    Squeeze { axes: Option<Vec<i64>> },
-    Unsqueeze { axes: Option<Vec<i64>> },
-    Transpose { perm: Vec<usize> },
-    Concat { axis: i64 },
+    ReduceMean {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+        noop_with_empty: bool,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Reshape {
+        allowzero: bool,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: i64,
+    },
     /// Bounds from the attributes (opset < 10), else inputs 1-4.
-    Slice { attrs: Option<(Vec<i64>, Vec<i64>, Vec<i64>)> },
-    Gather { axis: i64 },
+    Slice {
+        attrs: Option<(Vec<i64>, Vec<i64>, Vec<i64>)>,
+    },
+    Gather {
+        axis: i64,
+    },
     Shape,
     /// Cast to an integer type (truncates) or bool; float casts are [`Unary::Identity`].
-    CastInt { to_bool: bool },
+    CastInt {
+        to_bool: bool,
+    },
     /// Equal (a mask: no gradient).
     Equal,
     /// Where(cond, a, b).
@@ -64,9 +98,15 @@ pub enum Op {
     /// Expand(x, shape): numpy broadcast to the shape.
     Expand,
     /// ConstantOfShape(shape) filled with `value`.
-    ConstantOfShape { value: f32 },
+    ConstantOfShape {
+        value: f32,
+    },
     /// Axes from the attribute (opset < 13), else input 1.
-    ReduceSum { axes: Option<Vec<i64>>, keepdims: bool, noop_with_empty: bool },
+    ReduceSum {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+        noop_with_empty: bool,
+    },
     /// A QuantizeLinear → DequantizeLinear pair: inputs `x` and the (learnable) step size.
     FakeQuant(Grid),
 }
@@ -208,7 +248,11 @@ impl Op {
             "Concat" => Op::Concat { axis: a.int("axis").map_err(e)?.ok_or("axis is missing")? },
             "Slice" => Op::Slice {
                 attrs: match a.ints("starts").map_err(e)? {
-                    Some(s) => Some((s, a.ints_or("ends", &[]).map_err(e)?, a.ints_or("axes", &[]).map_err(e)?)),
+                    Some(s) => Some((
+                        s,
+                        a.ints_or("ends", &[]).map_err(e)?,
+                        a.ints_or("axes", &[]).map_err(e)?,
+                    )),
                     None => None,
                 },
             },
@@ -226,7 +270,10 @@ impl Op {
     /// Inputs whose gradient is never needed (shapes, indices, axes, BN statistics).
     pub fn constant_input(&self, i: usize) -> bool {
         match self {
-            Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::ReduceMean { .. } => i >= 1,
+            Op::Reshape { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::ReduceMean { .. } => i >= 1,
             Op::ReduceSum { .. } | Op::Expand => i >= 1,
             Op::Where => i == 0,
             Op::Equal | Op::CastInt { .. } | Op::ConstantOfShape { .. } => true,
@@ -238,7 +285,8 @@ impl Op {
     }
 
     pub fn forward(&self, x: &[Option<&Arr>]) -> OpResult<Arr> {
-        let req = |i: usize| x.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"));
+        let req =
+            |i: usize| x.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"));
         let opt = |i: usize| x.get(i).copied().flatten();
         let x0 = req(0)?;
         Ok(match self {
@@ -258,7 +306,9 @@ impl Op {
                 let (a, b) = norm::batch_norm_coeffs(req(1)?, req(2)?, req(3)?, req(4)?, *eps);
                 norm::channel_affine(x0, &a, Some(&b))?
             }
-            Op::LayerNorm { axis, eps } => norm::layer_norm_forward(x0, req(1)?, opt(2), *axis, *eps)?,
+            Op::LayerNorm { axis, eps } => {
+                norm::layer_norm_forward(x0, req(1)?, opt(2), *axis, *eps)?
+            }
             Op::Softmax { axis, log, coerce } => norm::softmax_forward(x0, *axis, *log, *coerce)?,
             Op::ReduceMean { keepdims, .. } => {
                 let axes = self.reduce_axes(x)?;
@@ -274,7 +324,10 @@ impl Op {
             Op::Shape => Arr::new(vec![x0.rank()], x0.shape.iter().map(|&d| d as f32).collect()),
             Op::CastInt { to_bool } => Arr::new(
                 x0.shape.clone(),
-                x0.data.iter().map(|&v| if *to_bool { (v != 0.0) as u8 as f32 } else { v.trunc() }).collect(),
+                x0.data
+                    .iter()
+                    .map(|&v| if *to_bool { (v != 0.0) as u8 as f32 } else { v.trunc() })
+                    .collect(),
             ),
             Op::Equal => {
                 let (a, b) = (x0, req(1)?);
@@ -283,13 +336,23 @@ impl Op {
             }
             Op::Where => {
                 let (c, a, b) = (x0, req(1)?, req(2)?);
-                let shape = elementwise::broadcast_shape(&elementwise::broadcast_shape(&c.shape, &a.shape)?, &b.shape)?;
+                let shape = elementwise::broadcast_shape(
+                    &elementwise::broadcast_shape(&c.shape, &a.shape)?,
+                    &b.shape,
+                )?;
                 let (c, a, b) = (expand(c, &shape)?, expand(a, &shape)?, expand(b, &shape)?);
-                let y = c.data.iter().zip(&a.data).zip(&b.data).map(|((&c, &a), &b)| if c != 0.0 { a } else { b }).collect();
+                let y = c
+                    .data
+                    .iter()
+                    .zip(&a.data)
+                    .zip(&b.data)
+                    .map(|((&c, &a), &b)| if c != 0.0 { a } else { b })
+                    .collect();
                 Arr::new(shape, y)
             }
             Op::Expand => {
-                let target: Vec<usize> = req(1)?.ints().into_iter().map(|d| d.max(0) as usize).collect();
+                let target: Vec<usize> =
+                    req(1)?.ints().into_iter().map(|d| d.max(0) as usize).collect();
                 let shape = elementwise::broadcast_shape(&x0.shape, &target)?;
                 expand(x0, &shape)?
             }
@@ -307,9 +370,15 @@ impl Op {
             Op::FakeQuant(grid) => {
                 let s = req(1)?;
                 if s.len() != 1 {
-                    return Err(format!("per-axis activation quantization ({} scales) is not supported", s.len()));
+                    return Err(format!(
+                        "per-axis activation quantization ({} scales) is not supported",
+                        s.len()
+                    ));
                 }
-                Arr::new(x0.shape.clone(), crate::fake_quant::fake_quant(&x0.data, &s.data, 1, grid))
+                Arr::new(
+                    x0.shape.clone(),
+                    crate::fake_quant::fake_quant(&x0.data, &s.data, 1, grid),
+                )
             }
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
                 Arr::new(self.new_shape(x)?, x0.data.clone())
@@ -320,7 +389,8 @@ impl Op {
     /// Gradients of the inputs (`None` where constant or absent), given the forward inputs,
     /// output `y` and the output's gradient `gy`.
     pub fn backward(&self, x: &[Option<&Arr>], y: &Arr, gy: &Arr) -> OpResult<Vec<Option<Arr>>> {
-        let req = |i: usize| x.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"));
+        let req =
+            |i: usize| x.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"));
         let opt = |i: usize| x.get(i).copied().flatten();
         let x0 = req(0)?;
         let one = |g: Arr| vec![Some(g)];
@@ -347,9 +417,15 @@ impl Op {
                 let (a, _) = norm::batch_norm_coeffs(req(1)?, req(2)?, req(3)?, req(4)?, *eps);
                 one(norm::channel_affine(gy, &a, None)?)
             }
-            Op::LayerNorm { axis, eps } => norm::layer_norm_backward(x0, req(1)?, opt(2), gy, *axis, *eps)?,
-            Op::Softmax { axis, log, coerce } => one(norm::softmax_backward(x0, y, gy, *axis, *log, *coerce)?),
-            Op::ReduceMean { .. } => one(norm::reduce_mean_backward(x0, &self.reduce_axes(x)?, gy)?),
+            Op::LayerNorm { axis, eps } => {
+                norm::layer_norm_backward(x0, req(1)?, opt(2), gy, *axis, *eps)?
+            }
+            Op::Softmax { axis, log, coerce } => {
+                one(norm::softmax_backward(x0, y, gy, *axis, *log, *coerce)?)
+            }
+            Op::ReduceMean { .. } => {
+                one(norm::reduce_mean_backward(x0, &self.reduce_axes(x)?, gy)?)
+            }
             Op::Transpose { perm } => one(shape::transpose(gy, perm, true)?),
             Op::Concat { axis } => {
                 let xs: Vec<&Arr> = x.iter().flatten().copied().collect();
@@ -358,13 +434,27 @@ impl Op {
                 x.iter().map(|xi| xi.and_then(|_| gs.next().flatten())).collect()
             }
             Op::Slice { .. } => one(shape::slice_backward(x0, &self.slice_plan(x)?, gy)),
-            Op::Gather { axis } => vec![Some(shape::gather_backward(x0, req(1)?, *axis, gy)?), None],
-            Op::Shape | Op::CastInt { .. } | Op::Equal | Op::ConstantOfShape { .. } => vec![None; x.len()],
+            Op::Gather { axis } => {
+                vec![Some(shape::gather_backward(x0, req(1)?, *axis, gy)?), None]
+            }
+            Op::Shape | Op::CastInt { .. } | Op::Equal | Op::ConstantOfShape { .. } => {
+                vec![None; x.len()]
+            }
             Op::Where => {
                 let (c, a, b) = (x0, req(1)?, req(2)?);
                 let cs = expand(c, &gy.shape)?;
-                let ga: Vec<f32> = gy.data.iter().zip(&cs.data).map(|(&g, &c)| if c != 0.0 { g } else { 0.0 }).collect();
-                let gb: Vec<f32> = gy.data.iter().zip(&cs.data).map(|(&g, &c)| if c != 0.0 { 0.0 } else { g }).collect();
+                let ga: Vec<f32> = gy
+                    .data
+                    .iter()
+                    .zip(&cs.data)
+                    .map(|(&g, &c)| if c != 0.0 { g } else { 0.0 })
+                    .collect();
+                let gb: Vec<f32> = gy
+                    .data
+                    .iter()
+                    .zip(&cs.data)
+                    .map(|(&g, &c)| if c != 0.0 { 0.0 } else { g })
+                    .collect();
                 let ga = elementwise::reduce_to(&Arr::new(gy.shape.clone(), ga), &a.shape);
                 let gb = elementwise::reduce_to(&Arr::new(gy.shape.clone(), gb), &b.shape);
                 vec![None, Some(ga), Some(gb)]
@@ -379,7 +469,8 @@ impl Op {
             }
             Op::FakeQuant(grid) => {
                 let s = req(1)?;
-                let (gx, gs) = crate::fake_quant::fake_quant_backward(&x0.data, &s.data, 1, grid, &gy.data);
+                let (gx, gs) =
+                    crate::fake_quant::fake_quant_backward(&x0.data, &s.data, 1, grid, &gy.data);
                 vec![Some(Arr::new(x0.shape.clone(), gx)), Some(Arr::new(s.shape.clone(), gs))]
             }
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
@@ -390,14 +481,13 @@ impl Op {
 
     fn clip_bounds(&self, x: &[Option<&Arr>], min: Option<f32>, max: Option<f32>) -> (f32, f32) {
         let input = |i: usize| x.get(i).copied().flatten().and_then(|a| a.data.first().copied());
-        (
-            input(1).or(min).unwrap_or(f32::NEG_INFINITY),
-            input(2).or(max).unwrap_or(f32::INFINITY),
-        )
+        (input(1).or(min).unwrap_or(f32::NEG_INFINITY), input(2).or(max).unwrap_or(f32::INFINITY))
     }
 
     fn reduce_axes(&self, x: &[Option<&Arr>]) -> OpResult<Vec<usize>> {
-        let (Op::ReduceMean { axes, noop_with_empty, .. } | Op::ReduceSum { axes, noop_with_empty, .. }) = self else {
+        let (Op::ReduceMean { axes, noop_with_empty, .. }
+        | Op::ReduceSum { axes, noop_with_empty, .. }) = self
+        else {
             unreachable!()
         };
         let rank = x[0].map_or(0, |a| a.rank());
@@ -423,11 +513,16 @@ impl Op {
         let ints = |i: usize| x.get(i).copied().flatten().map(|a| a.ints());
         match self {
             Op::Flatten { axis } => shape::flatten_shape(s, *axis),
-            Op::Reshape { allowzero } => shape::reshape_shape(s, &ints(1).ok_or("shape input is missing")?, *allowzero),
-            Op::Squeeze { axes } => shape::squeeze_shape(s, &axes.clone().or_else(|| ints(1)).unwrap_or_default()),
-            Op::Unsqueeze { axes } => {
-                shape::unsqueeze_shape(s, &axes.clone().or_else(|| ints(1)).ok_or("axes are missing")?)
+            Op::Reshape { allowzero } => {
+                shape::reshape_shape(s, &ints(1).ok_or("shape input is missing")?, *allowzero)
             }
+            Op::Squeeze { axes } => {
+                shape::squeeze_shape(s, &axes.clone().or_else(|| ints(1)).unwrap_or_default())
+            }
+            Op::Unsqueeze { axes } => shape::unsqueeze_shape(
+                s,
+                &axes.clone().or_else(|| ints(1)).ok_or("axes are missing")?,
+            ),
             _ => unreachable!(),
         }
     }

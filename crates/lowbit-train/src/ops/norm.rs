@@ -12,7 +12,13 @@ fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 
 /// BatchNormalization as deployment runs it: running statistics, a per-channel affine map on
 /// axis 1. Its parameters stay frozen (where it follows a Conv/Gemm it was folded into it).
-pub fn batch_norm_coeffs(scale: &Arr, bias: &Arr, mean: &Arr, var: &Arr, eps: f32) -> (Vec<f32>, Vec<f32>) {
+pub fn batch_norm_coeffs(
+    scale: &Arr,
+    bias: &Arr,
+    mean: &Arr,
+    var: &Arr,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
     let a: Vec<f32> = scale.data.iter().zip(&var.data).map(|(s, v)| s / (v + eps).sqrt()).collect();
     let b = bias.data.iter().zip(&mean.data).zip(&a).map(|((b, m), a)| b - m * a).collect();
     (a, b)
@@ -45,7 +51,8 @@ pub fn softmax_forward(x: &Arr, axis: i64, log: bool, coerce: bool) -> Result<Ar
             let m = (0..dim).map(|j| x.data[at(j)]).fold(f32::NEG_INFINITY, f32::max);
             let s: f32 = (0..dim).map(|j| (x.data[at(j)] - m).exp()).sum();
             for j in 0..dim {
-                y[at(j)] = if log { x.data[at(j)] - m - s.ln() } else { (x.data[at(j)] - m).exp() / s };
+                y[at(j)] =
+                    if log { x.data[at(j)] - m - s.ln() } else { (x.data[at(j)] - m).exp() / s };
             }
         }
     }
@@ -53,7 +60,8 @@ pub fn softmax_forward(x: &Arr, axis: i64, log: bool, coerce: bool) -> Result<Ar
 }
 
 fn softmax_split(x: &Arr, axis: i64, coerce: bool) -> Result<(usize, usize, usize), String> {
-    let a = norm_axis(axis, x.rank()).ok_or_else(|| format!("axis {axis} for input {:?}", x.shape))?;
+    let a =
+        norm_axis(axis, x.rank()).ok_or_else(|| format!("axis {axis} for input {:?}", x.shape))?;
     Ok(if coerce {
         let outer: usize = x.shape[..a].iter().product();
         (outer, x.len() / outer.max(1), 1)
@@ -62,7 +70,14 @@ fn softmax_split(x: &Arr, axis: i64, coerce: bool) -> Result<(usize, usize, usiz
     })
 }
 
-pub fn softmax_backward(x: &Arr, y: &Arr, gy: &Arr, axis: i64, log: bool, coerce: bool) -> Result<Arr, String> {
+pub fn softmax_backward(
+    x: &Arr,
+    y: &Arr,
+    gy: &Arr,
+    axis: i64,
+    log: bool,
+    coerce: bool,
+) -> Result<Arr, String> {
     let (outer, dim, inner) = softmax_split(x, axis, coerce)?;
     let mut gx = vec![0.0; x.len()];
     for o in 0..outer {
@@ -88,7 +103,13 @@ pub fn softmax_backward(x: &Arr, y: &Arr, gy: &Arr, axis: i64, log: bool, coerce
 
 /// LayerNormalization over the axes from `axis` on, with `scale` and optional `bias` (of those
 /// axes' shape, or broadcast to them).
-pub fn layer_norm_forward(x: &Arr, scale: &Arr, bias: Option<&Arr>, axis: i64, eps: f32) -> Result<Arr, String> {
+pub fn layer_norm_forward(
+    x: &Arr,
+    scale: &Arr,
+    bias: Option<&Arr>,
+    axis: i64,
+    eps: f32,
+) -> Result<Arr, String> {
     let (rows, n) = ln_split(x, axis)?;
     let at = |p: &Arr, j: usize| if p.len() == 1 { p.data[0] } else { p.data[j] };
     check_param(scale, n)?;
@@ -115,7 +136,8 @@ fn check_param(p: &Arr, n: usize) -> Result<(), String> {
 }
 
 fn ln_split(x: &Arr, axis: i64) -> Result<(usize, usize), String> {
-    let a = norm_axis(axis, x.rank()).ok_or_else(|| format!("axis {axis} for input {:?}", x.shape))?;
+    let a =
+        norm_axis(axis, x.rank()).ok_or_else(|| format!("axis {axis} for input {:?}", x.shape))?;
     let n: usize = x.shape[a..].iter().product();
     Ok((x.len() / n.max(1), n))
 }
@@ -185,18 +207,26 @@ pub fn reduce_axes(rank: usize, axes: &[i64], noop_with_empty: bool) -> Result<V
 
 /// ReduceMean over `axes` (sorted); the output keeps them as 1s when `keepdims`.
 pub fn reduce_mean_forward(x: &Arr, axes: &[usize], keepdims: bool) -> Arr {
-    let kept: Vec<usize> = x.shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+    let kept: Vec<usize> =
+        x.shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
     let count: usize = axes.iter().map(|&a| x.shape[a]).product();
     let mut y = super::elementwise::reduce_to(x, &kept);
     y.data.iter_mut().for_each(|v| *v /= count.max(1) as f32);
     if !keepdims {
-        y.shape = x.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+        y.shape = x
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect();
     }
     y
 }
 
 pub fn reduce_mean_backward(x: &Arr, axes: &[usize], gy: &Arr) -> Result<Arr, String> {
-    let kept: Vec<usize> = x.shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+    let kept: Vec<usize> =
+        x.shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
     let count: usize = axes.iter().map(|&a| x.shape[a]).product();
     let g = Arr::new(kept, gy.data.iter().map(|v| v / count.max(1) as f32).collect());
     let ones = Arr::new(x.shape.clone(), vec![1.0; x.len()]);

@@ -47,18 +47,28 @@ fn plane(p: &PoolAttrs, x: &Arr) -> Result<Plane, String> {
     let get = |v: &[usize], i: usize, d: usize| if v.is_empty() { d } else { v[i] };
     let (n, c) = (x.shape[0], x.shape[1]);
     let (ih, iw) = if two { (x.shape[2], x.shape[3]) } else { (1, x.shape[2]) };
-    let lift = |v: &[usize]| -> Vec<usize> { if two || v.is_empty() { v.to_vec() } else { vec![1, v[0]] } };
+    let lift = |v: &[usize]| -> Vec<usize> {
+        if two || v.is_empty() {
+            v.to_vec()
+        } else {
+            vec![1, v[0]]
+        }
+    };
     let kernel = lift(&p.kernel);
     let strides = lift(&p.strides);
     let dil = lift(&p.dilations);
-    let pads: Vec<usize> = if two || p.pads.is_empty() { p.pads.clone() } else { vec![0, p.pads[0], 0, p.pads[1]] };
+    let pads: Vec<usize> =
+        if two || p.pads.is_empty() { p.pads.clone() } else { vec![0, p.pads[0], 0, p.pads[1]] };
     let (kh, kw) = (kernel[0], kernel[1]);
     let (sh, sw) = (get(&strides, 0, 1), get(&strides, 1, 1));
     let (dh, dw) = (get(&dil, 0, 1), get(&dil, 1, 1));
-    let (mut pt, mut pl, mut pb, mut pr) = (get(&pads, 0, 0), get(&pads, 1, 0), get(&pads, 2, 0), get(&pads, 3, 0));
+    let (mut pt, mut pl, mut pb, mut pr) =
+        (get(&pads, 0, 0), get(&pads, 1, 0), get(&pads, 2, 0), get(&pads, 3, 0));
     let span = |k: usize, d: usize| (k - 1) * d + 1;
     if p.auto_pad.starts_with("SAME") {
-        let need = |i: usize, s: usize, k: usize, d: usize| ((i.div_ceil(s) - 1) * s + span(k, d)).saturating_sub(i);
+        let need = |i: usize, s: usize, k: usize, d: usize| {
+            ((i.div_ceil(s) - 1) * s + span(k, d)).saturating_sub(i)
+        };
         let (nh, nw) = (need(ih, sh, kh, dh), need(iw, sw, kw, dw));
         if p.auto_pad == "SAME_UPPER" {
             (pt, pb, pl, pr) = (nh / 2, nh - nh / 2, nw / 2, nw - nw / 2);
@@ -68,17 +78,38 @@ fn plane(p: &PoolAttrs, x: &Arr) -> Result<Plane, String> {
     } else if p.auto_pad == "VALID" {
         (pt, pb, pl, pr) = (0, 0, 0, 0);
     }
-    let out = |i: usize, lo: usize, hi: usize, k: usize, d: usize, s: usize| -> Result<usize, String> {
-        let padded = i + lo + hi;
-        if padded < span(k, d) {
-            return Err(format!("pool kernel {:?} larger than the padded input {:?}", p.kernel, x.shape));
-        }
-        let r = padded - span(k, d);
-        Ok(if p.ceil_mode { r.div_ceil(s) + 1 } else { r / s + 1 })
-    };
+    let out =
+        |i: usize, lo: usize, hi: usize, k: usize, d: usize, s: usize| -> Result<usize, String> {
+            let padded = i + lo + hi;
+            if padded < span(k, d) {
+                return Err(format!(
+                    "pool kernel {:?} larger than the padded input {:?}",
+                    p.kernel, x.shape
+                ));
+            }
+            let r = padded - span(k, d);
+            Ok(if p.ceil_mode { r.div_ceil(s) + 1 } else { r / s + 1 })
+        };
     let oh = out(ih, pt, pb, kh, dh, sh)?;
     let ow = out(iw, pl, pr, kw, dw, sw)?;
-    Ok(Plane { n, c, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, ph_end: ih + pb, pw_end: iw + pr })
+    Ok(Plane {
+        n,
+        c,
+        ih,
+        iw,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        pt,
+        pl,
+        ph_end: ih + pb,
+        pw_end: iw + pr,
+    })
 }
 
 fn out_shape(x: &Arr, pl: &Plane) -> Vec<usize> {
@@ -120,7 +151,8 @@ pub fn max_pool_forward(p: &PoolAttrs, x: &Arr) -> Result<Arr, String> {
         for oy in 0..pl.oh {
             for ox in 0..pl.ow {
                 window(&pl, oy, ox, &mut taps);
-                y[nc * osz + oy * pl.ow + ox] = taps.iter().map(|&t| xs[t]).fold(f32::NEG_INFINITY, f32::max);
+                y[nc * osz + oy * pl.ow + ox] =
+                    taps.iter().map(|&t| xs[t]).fold(f32::NEG_INFINITY, f32::max);
             }
         }
     }

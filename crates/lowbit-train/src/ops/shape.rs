@@ -13,7 +13,11 @@ pub fn flatten_shape(shape: &[usize], axis: i64) -> Result<Vec<usize>, String> {
 }
 
 /// ONNX Reshape's target: `0` copies the input dim (unless `allowzero`), `-1` is inferred.
-pub fn reshape_shape(shape: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<usize>, String> {
+pub fn reshape_shape(
+    shape: &[usize],
+    target: &[i64],
+    allowzero: bool,
+) -> Result<Vec<usize>, String> {
     let n: usize = shape.iter().product();
     let mut out = Vec::with_capacity(target.len());
     let mut infer = None;
@@ -23,7 +27,8 @@ pub fn reshape_shape(shape: &[usize], target: &[i64], allowzero: bool) -> Result
                 infer = Some(i);
                 out.push(1);
             }
-            0 if !allowzero => out.push(*shape.get(i).ok_or_else(|| format!("Reshape: 0 at {i} beyond {shape:?}"))?),
+            0 if !allowzero => out
+                .push(*shape.get(i).ok_or_else(|| format!("Reshape: 0 at {i} beyond {shape:?}"))?),
             t if t >= 0 => out.push(t as usize),
             _ => return Err(format!("Reshape target {target:?} not understood")),
         }
@@ -47,7 +52,8 @@ pub fn squeeze_shape(shape: &[usize], axes: &[i64]) -> Result<Vec<usize>, String
     }
     let mut drop = Vec::new();
     for &a in axes {
-        let a = norm_axis(a, shape.len()).ok_or_else(|| format!("Squeeze axis {a} for {shape:?}"))?;
+        let a =
+            norm_axis(a, shape.len()).ok_or_else(|| format!("Squeeze axis {a} for {shape:?}"))?;
         if shape[a] != 1 {
             return Err(format!("Squeeze axis {a} of {shape:?} is not 1"));
         }
@@ -107,11 +113,15 @@ pub fn transpose(x: &Arr, perm: &[usize], inverse: bool) -> Result<Arr, String> 
 
 pub fn concat_forward(xs: &[&Arr], axis: i64) -> Result<Arr, String> {
     let first = xs.first().ok_or("Concat of nothing")?;
-    let a = norm_axis(axis, first.rank()).ok_or_else(|| format!("Concat axis {axis} for {:?}", first.shape))?;
+    let a = norm_axis(axis, first.rank())
+        .ok_or_else(|| format!("Concat axis {axis} for {:?}", first.shape))?;
     let mut shape = first.shape.clone();
     shape[a] = 0;
     for x in xs {
-        if x.rank() != first.rank() || x.shape[..a] != first.shape[..a] || x.shape[a + 1..] != first.shape[a + 1..] {
+        if x.rank() != first.rank()
+            || x.shape[..a] != first.shape[..a]
+            || x.shape[a + 1..] != first.shape[a + 1..]
+        {
             return Err(format!("Concat of {:?} and {:?} on axis {a}", first.shape, x.shape));
         }
         shape[a] += x.shape[a];
@@ -145,7 +155,13 @@ pub fn concat_backward(xs: &[&Arr], axis: i64, gy: &Arr) -> Vec<Option<Arr>> {
 }
 
 /// Per axis of the input: (start, step, count) of the elements a Slice keeps.
-pub fn slice_plan(shape: &[usize], starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Result<Vec<(i64, i64, usize)>, String> {
+pub fn slice_plan(
+    shape: &[usize],
+    starts: &[i64],
+    ends: &[i64],
+    axes: &[i64],
+    steps: &[i64],
+) -> Result<Vec<(i64, i64, usize)>, String> {
     let r = shape.len();
     let mut plan: Vec<(i64, i64, usize)> = shape.iter().map(|&d| (0, 1, d)).collect();
     for i in 0..starts.len() {
@@ -161,8 +177,16 @@ pub fn slice_plan(shape: &[usize], starts: &[i64], ends: &[i64], axes: &[i64], s
         let clampi = |v: i64, lo: i64, hi: i64| v.max(lo).min(hi);
         let norm = |v: i64| if v < 0 { v + d } else { v };
         let (s, e) = (norm(starts[i]), norm(*ends.get(i).ok_or("Slice: fewer ends than starts")?));
-        let (s, e) = if step > 0 { (clampi(s, 0, d), clampi(e, 0, d)) } else { (clampi(s, 0, d - 1), clampi(e, -1, d - 1)) };
-        let count = if step > 0 { ((e - s).max(0) + step - 1) / step } else { ((s - e).max(0) + (-step) - 1) / (-step) };
+        let (s, e) = if step > 0 {
+            (clampi(s, 0, d), clampi(e, 0, d))
+        } else {
+            (clampi(s, 0, d - 1), clampi(e, -1, d - 1))
+        };
+        let count = if step > 0 {
+            ((e - s).max(0) + step - 1) / step
+        } else {
+            ((s - e).max(0) + (-step) - 1) / (-step)
+        };
         plan[a] = (s, step, count as usize);
     }
     Ok(plan)
@@ -208,7 +232,8 @@ fn gather_index(i: f32, d: usize) -> Result<usize, String> {
 }
 
 pub fn gather_forward(x: &Arr, idx: &Arr, axis: i64) -> Result<Arr, String> {
-    let a = norm_axis(axis, x.rank()).ok_or_else(|| format!("Gather axis {axis} for {:?}", x.shape))?;
+    let a =
+        norm_axis(axis, x.rank()).ok_or_else(|| format!("Gather axis {axis} for {:?}", x.shape))?;
     let outer: usize = x.shape[..a].iter().product();
     let inner: usize = x.shape[a + 1..].iter().product();
     let d = x.shape[a];
@@ -235,7 +260,10 @@ pub fn gather_backward(x: &Arr, idx: &Arr, axis: i64, gy: &Arr) -> Result<Arr, S
     for o in 0..outer {
         for &i in &idx.data {
             let j = gather_index(i, d)?;
-            for (t, g) in gx.data[(o * d + j) * inner..(o * d + j + 1) * inner].iter_mut().zip(&gy.data[off..off + inner]) {
+            for (t, g) in gx.data[(o * d + j) * inner..(o * d + j + 1) * inner]
+                .iter_mut()
+                .zip(&gy.data[off..off + inner])
+            {
                 *t += g;
             }
             off += inner;
