@@ -47,6 +47,9 @@ pub enum Command {
     /// This CPU's int8 instructions, the target `auto` picks and why, and the int8 speed-up
     /// measured here.
     Doctor(DoctorArgs),
+    /// Quantization-aware training on the ONNX graph: int8, int4, ternary or binary weights
+    /// learned by distillation from the FP32 model (or labels); writes a QDQ model.
+    Qat(Box<QatArgs>),
 }
 
 /// How `--data` is read, the same for every command that reads it: `--preprocess` for image
@@ -447,6 +450,90 @@ pub struct EvalArgs {
     /// longest real length, and each timed sample to its own).
     #[arg(long)]
     pub no_trim: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct QatArgs {
+    /// The FP32 .onnx file (never overwritten).
+    pub model: PathBuf,
+    /// The trained QDQ .onnx file to write.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Training samples (also calibrated on), as for `quantize --data`.
+    #[arg(short, long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Integer class labels (.npy, one per sample of --data): train with cross-entropy instead
+    /// of distillation [default: distillation; a photo folder's labels are not used for it].
+    #[arg(long, value_name = "FILE.npy")]
+    pub labels: Option<PathBuf>,
+    /// Weight grid: int8, int4 (per channel), ternary {-a,0,+a} or binary {-a,+a} per channel
+    /// (both written as int8 QDQ with codes in {-1,0,1}).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "ternary", "binary"])]
+    pub weights: String,
+    /// Activation type.
+    #[arg(long, default_value = "uint8", value_parser = ["uint8", "int8"])]
+    pub activations: String,
+    /// Passes over the training samples.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub epochs: usize,
+    /// Learning rate, relative: each tensor moves by about X times its mean magnitude per step
+    /// (cosine-decayed to 0).
+    #[arg(long, default_value_t = 1e-2, value_name = "X")]
+    pub lr: f32,
+    /// Samples per optimizer step.
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// Optimizer.
+    #[arg(long, default_value = "adam", value_parser = ["adam", "sgd"])]
+    pub optimizer: String,
+    /// Objective [default: ce with --labels, else kl for classifiers (a softmax, log-softmax
+    /// or Gemm output), else cosine].
+    #[arg(long, value_parser = ["kl", "cosine", "mse", "ce"])]
+    pub loss: Option<String>,
+    /// Stop training after this many minutes (the model kept is the best so far).
+    #[arg(long, value_name = "MIN")]
+    pub time_budget: Option<f64>,
+    /// Seed for the shuffles (the same seed gives the same model).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
+    /// Train on the first N samples of --data only [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pub samples: Option<u64>,
+    /// Share of the training samples held out for early stopping.
+    #[arg(long, default_value_t = 0.1, value_name = "X")]
+    pub holdout: f32,
+    /// Epochs without a better held-out loss before stopping.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub patience: usize,
+    /// Samples to score the FP32, post-training and QAT models on (never trained on), as for
+    /// `eval --data`.
+    #[arg(long, value_name = "DIR")]
+    pub eval_data: Option<PathBuf>,
+    /// Skip the first N samples of --eval-data (to score the rest of the --data folder).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "eval_data")]
+    pub eval_from: usize,
+    /// Class labels of --eval-data (.npy) [default: a photo folder's own labels, else the
+    /// folder's labels.npy].
+    #[arg(long, value_name = "FILE.npy", requires = "eval_data")]
+    pub eval_labels: Option<PathBuf>,
+    /// The graph output trained on (a classifier's logits, a pooled embedding) [default: the
+    /// model's first float output].
+    #[arg(long, value_name = "NAME")]
+    pub output_name: Option<String>,
+    /// Also write the post-training model at the same bit width (the baseline).
+    #[arg(long, value_name = "PTQ.onnx")]
+    pub ptq_output: Option<PathBuf>,
+    #[command(flatten)]
+    pub format: DataArgs,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -2309,3 +2309,35 @@ fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
     assert!(s >= f - 1.0, "static int8 Spearman {s} in OpenVINO vs FP32 {f}");
     assert!(f64_at(lm, &["static_cosine"]) > 0.98, "{lm}");
 }
+
+#[test]
+fn qat_trains_the_example_model_and_writes_a_qdq_file() {
+    let dir = tmp("qat");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(&["example-model", &s(&dir), "--samples", "120"]);
+    let (model, data, out, ptq) =
+        (dir.join("model.onnx"), dir.join("data"), dir.join("qat.onnx"), dir.join("ptq.onnx"));
+    let args = argv(
+        "qat {} -o {} --data {} --weights int4 --epochs 3 --batch 16 --samples 80 --eval-data {} --eval-from 80 --ptq-output {} --json",
+        &[&model, &out, &data, &data, &ptq],
+    );
+    let o = ok(&args);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    assert_eq!(v["weights"], "int4");
+    assert_eq!(v["train_samples"].as_u64().unwrap() + v["holdout_samples"].as_u64().unwrap(), 80);
+    assert_eq!(v["eval_samples"], 40);
+    let eval = v["eval"].as_array().unwrap();
+    assert_eq!(eval.len(), 3);
+    assert!(v["holdout_loss_qat"].as_f64().unwrap() <= v["holdout_loss_ptq"].as_f64().unwrap());
+    // Both files are QDQ models lowbit's engine runs.
+    for f in [&out, &ptq] {
+        let o = ok(&argv("run {} --data {} -o {} --force", &[f, &data, &dir.join("outs")]));
+        assert!(o.status.success());
+        let m = lowbit_onnx::load_model(f).unwrap();
+        assert!(m.graph.unwrap().node.iter().any(|n| n.op_type == "DequantizeLinear"));
+    }
+    // The output is checked before any work: an existing file needs --force.
+    let again = lowbit(&args);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+}

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod eval;
 pub mod example_model;
 pub mod inspect;
+pub mod qat;
 pub mod quantize;
 pub mod run;
 
@@ -33,5 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         // deployment (issue 17)
         Command::Check(a) => check::check(a),
         Command::Doctor(a) => doctor::doctor(a),
+        // quantization-aware training (issue 14)
+        Command::Qat(a) => qat::qat(*a, cli.quiet),
     }
 }
