@@ -33,6 +33,12 @@ message_error!(
     PartialQuantization
 );
 
+// --- monitoring (issue 17) ---
+message_error!(
+    /// `monitor` found drift; `main` exits 3 on it (the report is already printed).
+    DriftDetected
+);
+
 /// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.
 pub fn is_usage(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

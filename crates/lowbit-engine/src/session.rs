@@ -1,5 +1,6 @@
 //! Loading a model into an execution plan, and running it.
 
+use crate::adaptive::{Adaptive, AdaptiveOptions, AdaptiveStats};
 use crate::error::{EngineError, Result};
 use crate::op::{BuildCtx, Kernel};
 use crate::registry::{canonical_domain, Registry};
@@ -24,11 +25,14 @@ pub struct SessionOptions {
     /// before them, bias adds and activations into the product's output stage; on by
     /// default). Off, every value the model names is observable.
     pub fuse_float: bool,
+    /// Run adaptively ([`crate::adaptive`]): samples whose quantized activations saturate
+    /// beyond calibration are re-run on the model's float path. `None`: off.
+    pub adaptive: Option<AdaptiveOptions>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 0, fuse_quantized: true, fuse_float: true }
+        SessionOptions { threads: 0, fuse_quantized: true, fuse_float: true, adaptive: None }
     }
 }
 
@@ -41,7 +45,7 @@ impl SessionOptions {
     /// No load-time fusion, so observers see every value the model names (calibration,
     /// `compare`), with `threads` worker threads.
     pub fn unfused(threads: usize) -> Self {
-        SessionOptions { threads, fuse_quantized: false, fuse_float: false }
+        SessionOptions { threads, fuse_quantized: false, fuse_float: false, adaptive: None }
     }
 }
 
@@ -91,6 +95,7 @@ pub struct Session {
     outputs: Vec<(String, usize)>,
     pool: rayon::ThreadPool,
     fused: BTreeMap<String, usize>,
+    adaptive: Option<Box<Adaptive>>,
 }
 
 /// Ops whose output must not be computed once at load time.
@@ -366,6 +371,14 @@ impl Session {
             .num_threads(opts.threads)
             .build()
             .map_err(|e| EngineError::Graph(format!("cannot start worker threads: {e}")))?;
+        let adaptive = match &opts.adaptive {
+            Some(a) => {
+                let produced: HashSet<usize> =
+                    steps.iter().flat_map(|s| s.outputs.iter().flatten().copied()).collect();
+                Some(Box::new(Adaptive::new(model, opts, a, &slot_names, &produced)?))
+            }
+            None => None,
+        };
         Ok(Session {
             steps,
             slot_names,
@@ -375,6 +388,7 @@ impl Session {
             outputs,
             pool,
             fused: fused.counts,
+            adaptive,
         })
     }
 
@@ -408,6 +422,18 @@ impl Session {
     /// Number of threads kernels run on.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// With [`SessionOptions::adaptive`]: the quantized tensors watched (float names, plan
+    /// order); `None` when the session is not adaptive.
+    pub fn adaptive_watched(&self) -> Option<Vec<&str>> {
+        self.adaptive.as_ref().map(|a| a.watched())
+    }
+
+    /// With [`SessionOptions::adaptive`]: samples run and re-run on the float path so far, and
+    /// which tensors sent them there; `None` when the session is not adaptive.
+    pub fn adaptive_stats(&self) -> Option<AdaptiveStats> {
+        self.adaptive.as_ref().map(|a| a.stats())
     }
 
     /// Runs the model; returns graph outputs in graph order.
@@ -446,6 +472,10 @@ impl Session {
         mut observer: Option<&mut Observer<'_>>,
         mut times: Option<&mut Vec<f64>>,
     ) -> Result<Vec<(String, Tensor)>> {
+        let adaptive = self.adaptive.as_deref();
+        // The fallback needs the inputs again: kept only when adaptive.
+        let kept = adaptive.map(|_| feeds.clone());
+        let mut watch = adaptive.zip(kept.as_ref()).map(|(a, f)| a.start(f));
         let mut values: Vec<Option<Tensor>> = vec![None; self.slot_names.len()];
         for (name, t) in feeds {
             let Some((spec, slot)) = self.inputs.iter().find(|(s, _)| s.name == name) else {
@@ -495,6 +525,11 @@ impl Session {
                         if let Some(obs) = observer.as_mut() {
                             obs(&self.slot_names[s], &t);
                         }
+                        if let (Some(a), Some(run)) = (adaptive, watch.as_mut()) {
+                            if let Some(w) = a.watch_of[s] {
+                                a.check(w, &t, run);
+                            }
+                        }
                         values[s] = Some(t);
                     }
                 }
@@ -507,16 +542,20 @@ impl Session {
             }
             Ok(())
         })?;
-        self.outputs
-            .iter()
-            .map(|(name, s)| {
-                let t =
-                    values[*s].take().or_else(|| self.constants[*s].clone()).ok_or_else(|| {
-                        EngineError::Graph(format!("graph output '{name}' was not produced"))
-                    })?;
-                Ok((name.clone(), t))
-            })
-            .collect()
+        let outputs =
+            self.outputs
+                .iter()
+                .map(|(name, s)| {
+                    let t = values[*s].take().or_else(|| self.constants[*s].clone()).ok_or_else(
+                        || EngineError::Graph(format!("graph output '{name}' was not produced")),
+                    )?;
+                    Ok((name.clone(), t))
+                })
+                .collect::<Result<Vec<_>>>()?;
+        match (adaptive, watch, kept) {
+            (Some(a), Some(run), Some(feeds)) => a.finish(run, feeds, outputs),
+            _ => Ok(outputs),
+        }
     }
 }
 

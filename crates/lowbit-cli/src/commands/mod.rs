@@ -9,6 +9,7 @@ pub mod demo;
 pub mod eval;
 pub mod example_model;
 pub mod inspect;
+pub mod monitor;
 pub mod quantize;
 pub mod run;
 
@@ -28,5 +29,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::quantize(*a, cli.quiet),
         Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
+        // --- monitoring (issue 17) ---
+        Command::Monitor(a) => monitor::monitor(a, cli.quiet),
     }
 }
