@@ -20,7 +20,7 @@
 //! written back into float32 outputs. Otherwise the whole run is re-run.
 
 use crate::error::Result;
-use crate::session::{Session, SessionOptions};
+use crate::session::{Plan, Session, SessionOptions};
 use lowbit_onnx::pb::{ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::tensor_from_proto;
 use lowbit_tensor::{DType, Tensor, TensorData};
@@ -256,15 +256,15 @@ pub(crate) struct RunWatch {
 }
 
 impl Adaptive {
-    /// Plans the float path of `model` and the watches over `slots` (the integer plan's slot
-    /// names; `produced` tells which slots a step produces).
+    /// Plans the float path of `model` and the watches over the integer `plan`'s values.
     pub(crate) fn new(
         model: &ModelProto,
         opts: &SessionOptions,
         a: &AdaptiveOptions,
-        slot_names: &[String],
-        produced: &HashSet<usize>,
+        plan: &Plan,
     ) -> Result<Adaptive> {
+        let slot_names = plan.slot_names();
+        let produced = plan.produced_slots();
         let float_opts = SessionOptions { adaptive: None, ..opts.clone() };
         let float = match &a.fallback {
             Some(f) => Session::new(f, &float_opts)?,

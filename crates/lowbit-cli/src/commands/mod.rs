@@ -4,8 +4,10 @@
 pub mod bench;
 pub mod bench_kernels;
 pub mod calibrate;
+pub mod check;
 pub mod compare;
 pub mod demo;
+pub mod doctor;
 pub mod eval;
 pub mod example_model;
 pub mod inspect;
@@ -31,5 +33,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a, cli.quiet),
         // --- monitoring (issue 17) ---
         Command::Monitor(a) => monitor::monitor(a, cli.quiet),
+        // deployment (issue 17)
+        Command::Check(a) => check::check(a),
+        Command::Doctor(a) => doctor::doctor(a),
     }
 }
