@@ -44,6 +44,9 @@ pub enum Command {
     /// Run new inputs through a quantized model and report, per quantized tensor, clip rate,
     /// range and drift (PSI) against calibration; exits 3 on drift.
     Monitor(MonitorArgs),
+    /// Serve a model over HTTP: POST JSON or .npy inputs to /v1/run, Prometheus metrics (latency,
+    /// per-tensor saturation and drift) at /metrics.
+    Serve(ServeArgs),
     // --- deployment (issue 17): target profiles and this CPU
     /// Lint a quantized model (lowbit's, ONNX Runtime's, NNCF's) against a target runtime's
     /// rules: one finding per node or tensor, exit 6 when the runtime would refuse it.
@@ -464,7 +467,7 @@ pub struct EvalArgs {
 
 // --- monitoring and adaptive precision (issue 17) ---
 
-/// `--adaptive` for the commands that run a model (run, eval, bench).
+/// `--adaptive` for the commands that run a model (run, eval, bench, serve).
 #[derive(Args, Debug, Default)]
 pub struct AdaptiveArgs {
     /// Quantized models: count, per sample, the share of each quantized activation's codes at
@@ -481,6 +484,26 @@ pub struct AdaptiveArgs {
     /// activations [default: the quantized model's float path].
     #[arg(long, value_name = "FP32.onnx", requires = "adaptive")]
     pub adaptive_fallback: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The .onnx file.
+    pub model: PathBuf,
+    /// TCP port (0: one the system picks, printed on the first line).
+    #[arg(short, long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Worker threads for the model's kernels (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Largest request body accepted, MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub max_body_mb: usize,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
 }
 
 #[derive(Args, Debug)]

@@ -22,7 +22,8 @@ pub fn new_unfused_session(model: &ModelProto, path: &Path, threads: usize) -> R
     session_with(model, path, &SessionOptions::unfused(threads))
 }
 
-fn session_with(model: &ModelProto, path: &Path, opts: &SessionOptions) -> Result<Session> {
+/// Plans `model` with `opts` (commands that set more than threads: `serve`).
+pub fn session_with(model: &ModelProto, path: &Path, opts: &SessionOptions) -> Result<Session> {
     Session::new(model, opts)
         .with_context(|| format!("{}: lowbit's engine cannot run this model", path.display()))
 }
@@ -42,6 +43,27 @@ pub fn new_session_adaptive(
     if !args.adaptive {
         return new_session(model, path, threads);
     }
+    let adaptive = adaptive_options(model, path, args, quiet)?;
+    let opts = SessionOptions { adaptive: Some(adaptive), ..SessionOptions::with_threads(threads) };
+    let session = session_with(model, path, &opts)?;
+    if session.adaptive_watched().is_some_and(|w| w.is_empty()) && !quiet {
+        eprintln!(
+            "note: --adaptive: {} has no quantized activation to watch; it runs as without",
+            path.display()
+        );
+    }
+    Ok(session)
+}
+
+/// The engine's adaptive options from the command line: threshold, the fallback model, and
+/// each watched tensor's calibration saturation from the model's calibration record (none:
+/// noted on stderr unless `quiet`, and any saturation counts).
+pub fn adaptive_options(
+    model: &ModelProto,
+    path: &Path,
+    args: &crate::cli::AdaptiveArgs,
+    quiet: bool,
+) -> Result<lowbit_engine::adaptive::AdaptiveOptions> {
     if !(args.adaptive_threshold >= 0.0 && args.adaptive_threshold <= 1.0) {
         crate::usage::usage_bail!(
             "--adaptive-threshold must be a share in [0, 1], got {}",
@@ -59,8 +81,8 @@ pub fn new_session_adaptive(
         None => {
             if !quiet {
                 eprintln!(
-                    "note: --adaptive: {} carries no calibration record (quantized by another \
-                     tool or an older lowbit): any saturation counts against the threshold",
+                    "note: {} carries no calibration record (quantized by another tool or an \
+                     older lowbit): any saturation counts against --adaptive-threshold",
                     path.display()
                 );
             }
@@ -73,20 +95,12 @@ pub fn new_session_adaptive(
         }
         None => None,
     };
-    let adaptive = lowbit_engine::adaptive::AdaptiveOptions {
+    Ok(lowbit_engine::adaptive::AdaptiveOptions {
         threshold: args.adaptive_threshold,
         baseline,
         fallback,
-    };
-    let opts = SessionOptions { adaptive: Some(adaptive), ..SessionOptions::with_threads(threads) };
-    let session = session_with(model, path, &opts)?;
-    if session.adaptive_watched().is_some_and(|w| w.is_empty()) && !quiet {
-        eprintln!(
-            "note: --adaptive: {} has no quantized activation to watch; it runs as without",
-            path.display()
-        );
-    }
-    Ok(session)
+        ..Default::default()
+    })
 }
 
 /// One line on what an adaptive session did: samples re-run on the float path, and the

@@ -202,10 +202,26 @@ pub fn float_path(model: &ModelProto) -> ModelProto {
 pub struct AdaptiveStats {
     /// Samples run (rows of axis 0 where runs are batched, else runs).
     pub samples: u64,
-    /// Of those, re-run on the float path.
+    /// Of those, saturated beyond the threshold.
+    pub flagged: u64,
+    /// Of those, re-run on the float path (all flagged ones unless [`AdaptiveOptions::rerun`]
+    /// is off).
     pub rerun: u64,
     /// Per quantized tensor, the samples whose saturation it found too high.
     pub triggers: BTreeMap<String, u64>,
+    /// Per watched tensor, values seen and values at a saturating code (all runs).
+    pub saturation: BTreeMap<String, Saturation>,
+    /// With [`AdaptiveOptions::code_counts`]: per watched tensor, how often each integer code
+    /// occurred (index `code − qmin`), for drift against calibration.
+    #[serde(skip)]
+    pub codes: BTreeMap<String, Vec<u64>>,
+}
+
+/// Values of one quantized tensor, and those at a saturating code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Saturation {
+    pub values: u64,
+    pub saturated: u64,
 }
 
 /// How a session runs adaptively.
@@ -220,17 +236,30 @@ pub struct AdaptiveOptions {
     /// original, when the quantized weights are what costs accuracy); `None`: the quantized
     /// model's [`float_path`].
     pub fallback: Option<ModelProto>,
+    /// Re-run flagged samples (on by default); off, they are only counted (`serve` without
+    /// `--adaptive` still reports saturation).
+    pub rerun: bool,
+    /// Count every integer code of the watched tensors ([`AdaptiveStats::codes`]).
+    pub code_counts: bool,
 }
 
 impl Default for AdaptiveOptions {
     fn default() -> Self {
-        AdaptiveOptions { threshold: DEFAULT_THRESHOLD, baseline: HashMap::new(), fallback: None }
+        AdaptiveOptions {
+            threshold: DEFAULT_THRESHOLD,
+            baseline: HashMap::new(),
+            fallback: None,
+            rerun: true,
+            code_counts: false,
+        }
     }
 }
 
 /// A watched integer tensor of the plan.
 pub(crate) struct Watch {
     name: String,
+    qmin: i32,
+    qmax: i32,
     /// The saturating codes (an end that stands for 0 never matches: `i32::MIN`).
     lo: i32,
     hi: i32,
@@ -240,11 +269,14 @@ pub(crate) struct Watch {
 /// The float path and what is watched, owned by a [`Session`] planned with
 /// [`SessionOptions::adaptive`].
 pub(crate) struct Adaptive {
-    float: Session,
+    /// Where flagged samples re-run; `None` when only watching.
+    float: Option<Session>,
     /// Watch index per slot of the integer plan.
     pub(crate) watch_of: Vec<Option<usize>>,
     watches: Vec<Watch>,
     threshold: f64,
+    rerun: bool,
+    code_counts: bool,
     stats: Mutex<AdaptiveStats>,
 }
 
@@ -253,6 +285,9 @@ pub(crate) struct RunWatch {
     rows: usize,
     flagged: Vec<bool>,
     triggers: Vec<(usize, u64)>,
+    /// (watch, values, saturated values) per watched tensor produced.
+    seen: Vec<(usize, u64, u64)>,
+    codes: Vec<(usize, Vec<u64>)>,
 }
 
 impl Adaptive {
@@ -266,9 +301,11 @@ impl Adaptive {
         let slot_names = plan.slot_names();
         let produced = plan.produced_slots();
         let float_opts = SessionOptions { adaptive: None, ..opts.clone() };
-        let float = match &a.fallback {
-            Some(f) => Session::new(f, &float_opts)?,
-            None => Session::new(&float_path(model), &float_opts)?,
+        // Watching only: no second session to plan.
+        let float = match (&a.fallback, a.rerun) {
+            (_, false) => None,
+            (Some(f), true) => Some(Session::new(f, &float_opts)?),
+            (None, true) => Some(Session::new(&float_path(model), &float_opts)?),
         };
         let slot: HashMap<&str, usize> =
             slot_names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
@@ -285,6 +322,8 @@ impl Adaptive {
             }
             watch_of[s] = Some(watches.len());
             watches.push(Watch {
+                qmin: q.qmin,
+                qmax: q.qmax,
                 baseline: a.baseline.get(&q.tensor).copied().unwrap_or(0.0),
                 name: q.tensor,
                 lo: lo.unwrap_or(i32::MIN),
@@ -296,6 +335,8 @@ impl Adaptive {
             watch_of,
             watches,
             threshold: a.threshold,
+            rerun: a.rerun,
+            code_counts: a.code_counts,
             stats: Mutex::new(AdaptiveStats::default()),
         })
     }
@@ -316,7 +357,13 @@ impl Adaptive {
             Some(r) if r > 0 && feeds.iter().all(|(_, t)| t.shape().first() == Some(&r)) => r,
             _ => 1,
         };
-        RunWatch { rows, flagged: vec![false; rows], triggers: Vec::new() }
+        RunWatch {
+            rows,
+            flagged: vec![false; rows],
+            triggers: Vec::new(),
+            seen: Vec::new(),
+            codes: Vec::new(),
+        }
     }
 
     /// Counts the saturated codes of watched tensor `w` (per row where it is batched).
@@ -329,7 +376,9 @@ impl Adaptive {
         }
         let (lo, hi) = (watch.lo, watch.hi);
         let mut hits = 0u64;
+        let mut saturated = 0u64;
         let mut flag = |i: usize, ends: usize| {
+            saturated += ends as u64;
             if ends as f64 / chunk as f64 - watch.baseline > self.threshold {
                 if per_row {
                     run.flagged[i] = true;
@@ -358,6 +407,19 @@ impl Adaptive {
         if hits > 0 {
             run.triggers.push((w, hits));
         }
+        run.seen.push((w, t.len() as u64, saturated));
+        if self.code_counts {
+            let mut counts = vec![0u64; (watch.qmax - watch.qmin + 1) as usize];
+            let q = watch.qmin;
+            match t.data() {
+                TensorData::U8(v) => v.iter().for_each(|&x| counts[(x as i32 - q) as usize] += 1),
+                TensorData::I8(v) => v.iter().for_each(|&x| counts[(x as i32 - q) as usize] += 1),
+                TensorData::U16(v) => v.iter().for_each(|&x| counts[(x as i32 - q) as usize] += 1),
+                TensorData::I16(v) => v.iter().for_each(|&x| counts[(x as i32 - q) as usize] += 1),
+                _ => {}
+            }
+            run.codes.push((w, counts));
+        }
     }
 
     /// Ends a run: flagged samples go through the float path and replace their rows of
@@ -371,25 +433,38 @@ impl Adaptive {
         let rows: Vec<usize> = (0..run.rows).filter(|&i| run.flagged[i]).collect();
         if let Ok(mut s) = self.stats.lock() {
             s.samples += run.rows as u64;
-            s.rerun += rows.len() as u64;
+            s.flagged += rows.len() as u64;
+            if self.rerun {
+                s.rerun += rows.len() as u64;
+            }
             for (w, n) in &run.triggers {
                 *s.triggers.entry(self.watches[*w].name.clone()).or_default() += n;
             }
+            for &(w, values, saturated) in &run.seen {
+                let e = s.saturation.entry(self.watches[w].name.clone()).or_default();
+                e.values += values;
+                e.saturated += saturated;
+            }
+            for (w, counts) in run.codes {
+                let e = s.codes.entry(self.watches[w].name.clone()).or_default();
+                e.resize(counts.len(), 0);
+                e.iter_mut().zip(counts).for_each(|(a, b)| *a += b);
+            }
         }
-        if rows.is_empty() {
+        let Some(float) = self.float.as_ref().filter(|_| !rows.is_empty()) else {
             return Ok(outputs);
-        }
+        };
         let batched = |t: &Tensor| t.shape().first() == Some(&run.rows);
         let row_wise = rows.len() < run.rows
             && outputs.iter().all(|(_, t)| batched(t) && t.dtype() == DType::F32);
         if !row_wise {
-            return self.float.run(feeds);
+            return float.run(feeds);
         }
         let sub: Vec<(String, Tensor)> = feeds
             .into_iter()
             .map(|(n, t)| Ok((n, take_rows(&t, &rows)?)))
             .collect::<Result<_>>()?;
-        let redone = self.float.run(sub)?;
+        let redone = float.run(sub)?;
         let mut outputs = outputs;
         for ((_, out), (_, new)) in outputs.iter_mut().zip(redone) {
             let width = out.len() / run.rows;

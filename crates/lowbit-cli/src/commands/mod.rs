@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod monitor;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a, cli.quiet),
         // --- monitoring (issue 17) ---
         Command::Monitor(a) => monitor::monitor(a, cli.quiet),
+        Command::Serve(a) => serve::serve(a, cli.quiet),
         // deployment (issue 17)
         Command::Check(a) => check::check(a),
         Command::Doctor(a) => doctor::doctor(a),

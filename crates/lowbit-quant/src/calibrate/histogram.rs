@@ -247,6 +247,50 @@ impl Histogram {
         }
     }
 
+    /// Adds `n` copies of the finite value `x` on the current grid, as
+    /// [`Histogram::observe_on_grid`] would (a tally of integer codes, each standing for one
+    /// dequantized value).
+    pub fn observe_repeated_on_grid(&mut self, x: f32, n: u64) {
+        if n == 0 || !x.is_finite() {
+            return;
+        }
+        if self.total == 0 {
+            (self.min, self.max) = (x, x);
+        } else {
+            (self.min, self.max) = (self.min.min(x), self.max.max(x));
+        }
+        self.total += n;
+        let last = self.counts.len() as i64 - 1;
+        let bin = if self.width == 0.0 {
+            self.zero_bin as i64
+        } else {
+            self.zero_bin as i64 + floor_i64(x as f64 * (1.0 / self.width))
+        };
+        self.counts[bin.clamp(0, last) as usize] += n;
+    }
+
+    /// The same values clamped to `[lo, hi]`: the counts of bins wholly outside move to the
+    /// bin holding the bound, as a quantizer's clipping moves the values (to compare with
+    /// values that were quantized, e.g. an integer tensor's dequantized codes).
+    pub fn clamped(&self, lo: f32, hi: f32) -> Histogram {
+        let mut h = self.clone();
+        if self.width == 0.0 || lo > hi {
+            return h;
+        }
+        let last = self.counts.len() as i64 - 1;
+        let bin = |x: f32| {
+            (self.zero_bin as i64 + floor_i64(x as f64 * (1.0 / self.width))).clamp(0, last)
+                as usize
+        };
+        let (blo, bhi) = (bin(lo), bin(hi));
+        for i in (0..blo).chain(bhi + 1..self.counts.len()) {
+            let c = std::mem::take(&mut h.counts[i]);
+            h.counts[if i < blo { blo } else { bhi }] += c;
+        }
+        (h.min, h.max) = (self.min.clamp(lo, hi), self.max.clamp(lo, hi));
+        h
+    }
+
     /// The share of the observed values outside `range`, each bin's count taken as spread
     /// evenly over the part of the bin inside the observed `[min, max]`.
     pub fn fraction_outside(&self, range: Range) -> f64 {
