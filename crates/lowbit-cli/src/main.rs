@@ -5,7 +5,8 @@
 //! quantized model fails validation (`quantize`), 5 when `quantize` could quantize fewer than
 //! 10 % of the weighted nodes, 6 when `check` finds a rule the target runtime enforces broken, 3
 //! when `monitor` finds drift. Errors are printed as `error: <context>: <cause>: ...`. The
-//! commands live in [`commands`], one module each; [`cli`] declares the arguments; the modules beside them hold what commands share.
+//! commands live in [`commands`], one module each; [`cli`] declares the arguments; the modules
+//! beside them hold what commands share.
 
 mod calibration;
 mod cli;

@@ -139,7 +139,8 @@ fn serve_answers_json_and_npy_rejects_bad_inputs_and_exports_metrics() {
 
     // JSON, nested rows: the engine's own outputs.
     let two = Tensor::from_vec(vec![2, 16], xs[..32].to_vec()).unwrap();
-    let (code, v) = server.post_json(&serde_json::json!({ "inputs": { "x": rows_json(&xs[..32], 16) } }));
+    let (code, v) =
+        server.post_json(&serde_json::json!({ "inputs": { "x": rows_json(&xs[..32], 16) } }));
     assert_eq!(code, 200, "{v}");
     let (shape, probs) = outputs(&v, "probs");
     assert_eq!(shape, vec![2, 10]);
@@ -170,7 +171,8 @@ fn serve_answers_json_and_npy_rejects_bad_inputs_and_exports_metrics() {
     assert_eq!(code, 400);
     let e = v["error"].as_str().unwrap();
     assert!(e.contains("'x'") && e.contains("[1, 3]"), "{e}");
-    let (code, v) = server.post_json(&serde_json::json!({ "inputs": { "x": [[1.0], [2.0, 3.0]] } }));
+    let (code, v) =
+        server.post_json(&serde_json::json!({ "inputs": { "x": [[1.0], [2.0, 3.0]] } }));
     assert_eq!(code, 400);
     assert!(v["error"].as_str().unwrap().contains("ragged"), "{v}");
     let (code, body) = server.request("POST", "/v1/run", "application/json", b"{not json");
@@ -194,7 +196,8 @@ fn serve_answers_json_and_npy_rejects_bad_inputs_and_exports_metrics() {
     // Inputs ten times larger than calibration's: the input's codes pin at the ends, its
     // samples are flagged (not re-run: no --adaptive), and it drifts.
     let big: Vec<f32> = xs.iter().map(|v| v * 10.0).collect();
-    let (code, v) = server.post_json(&serde_json::json!({ "inputs": { "x": rows_json(&big, 16) } }));
+    let (code, v) =
+        server.post_json(&serde_json::json!({ "inputs": { "x": rows_json(&big, 16) } }));
     assert_eq!(code, 200);
     assert_eq!((v["flagged"].as_u64().unwrap() > 32, v["rerun"].as_u64()), (true, Some(0)), "{v}");
     let m = server.metrics();
@@ -214,7 +217,8 @@ fn serve_adaptive_reruns_saturating_samples_closer_to_fp32() {
     let plain = engine(&q, &big_t);
 
     let server = Server::start(&q, &["--adaptive"]);
-    let (code, v) = server.post_json(&serde_json::json!({ "inputs": { "x": rows_json(&big, 16) } }));
+    let (code, v) =
+        server.post_json(&serde_json::json!({ "inputs": { "x": rows_json(&big, 16) } }));
     assert_eq!(code, 200, "{v}");
     let rerun = v["rerun"].as_u64().unwrap();
     assert!(rerun > 32, "{v}");

@@ -49,10 +49,12 @@ const BUCKETS: [f64; 14] =
 
 pub fn serve(args: ServeArgs, quiet: bool) -> Result<()> {
     let model = load_model(&args.model)?;
-    let mut adaptive = adaptive_options(&model, &args.model, &args.adaptive, quiet || !args.adaptive.adaptive)?;
+    let mut adaptive =
+        adaptive_options(&model, &args.model, &args.adaptive, quiet || !args.adaptive.adaptive)?;
     adaptive.rerun = args.adaptive.adaptive;
     adaptive.code_counts = true;
-    let opts = SessionOptions { adaptive: Some(adaptive), ..SessionOptions::with_threads(args.threads) };
+    let opts =
+        SessionOptions { adaptive: Some(adaptive), ..SessionOptions::with_threads(args.threads) };
     let session = session_with(&model, &args.model, &opts)?;
     let record = match CalibrationRecord::stored(&model) {
         Some(Ok(r)) => Some(r),
@@ -65,9 +67,10 @@ pub fn serve(args: ServeArgs, quiet: bool) -> Result<()> {
             // Served values are codes: compared with calibration's values as the range clips
             // them (a conv output quantized over its ReLU's range has no negative codes).
             let (lo, hi) = act.range();
-            let calibration = record.as_ref().and_then(|r| r.tensors.get(&act.tensor)).and_then(
-                |t| Some((t.histogram()?.clamped(lo, hi), t.saturation)),
-            );
+            let calibration = record
+                .as_ref()
+                .and_then(|r| r.tensors.get(&act.tensor))
+                .and_then(|t| Some((t.histogram()?.clamped(lo, hi), t.saturation)));
             Watched { act, calibration }
         })
         .collect();
@@ -188,47 +191,48 @@ async fn run(
 fn answer(s: &Served, q: RunQuery, headers: &HeaderMap, body: &[u8]) -> Result<Value, Failure> {
     let inputs = s.session.inputs();
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let feeds: Vec<(String, Tensor)> =
-        if ctype.starts_with("application/x-npy") || ctype.starts_with("application/octet-stream") {
-            let name = match (q.input, inputs.as_slice()) {
-                (Some(n), _) => n,
-                (None, [only]) => only.name.clone(),
-                (None, _) => {
-                    return Err(bad(format!(
-                        "a .npy body feeds one input: name it with ?input=NAME (inputs: {})",
-                        names(&inputs)
-                    )))
-                }
-            };
-            let t = npy::decode_npy(body, "the request body").map_err(|e| bad(e.to_string()))?;
-            vec![(name, t)]
-        } else if ctype.is_empty() || ctype.starts_with("application/json") {
-            let v: Value = serde_json::from_slice(body)
-                .map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-            let Some(obj) = v.get("inputs").and_then(Value::as_object) else {
+    let feeds: Vec<(String, Tensor)> = if ctype.starts_with("application/x-npy")
+        || ctype.starts_with("application/octet-stream")
+    {
+        let name = match (q.input, inputs.as_slice()) {
+            (Some(n), _) => n,
+            (None, [only]) => only.name.clone(),
+            (None, _) => {
                 return Err(bad(format!(
-                    "expected {{\"inputs\": {{\"NAME\": [...]}}}} (inputs: {})",
+                    "a .npy body feeds one input: name it with ?input=NAME (inputs: {})",
                     names(&inputs)
-                )));
-            };
-            let mut feeds = Vec::with_capacity(obj.len());
-            for (name, value) in obj {
-                let dtype = inputs
-                    .iter()
-                    .find(|i| i.name == *name)
-                    .map(|i| i.dtype.unwrap_or(DType::F32))
-                    .ok_or_else(|| {
-                        bad(format!("unknown input '{name}' (inputs: {})", names(&inputs)))
-                    })?;
-                feeds.push((name.clone(), json_tensor(name, value, dtype)?));
+                )))
             }
-            feeds
-        } else {
-            return Err(Failure(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Content-Type '{ctype}': send application/json or application/x-npy"),
-            ));
         };
+        let t = npy::decode_npy(body, "the request body").map_err(|e| bad(e.to_string()))?;
+        vec![(name, t)]
+    } else if ctype.is_empty() || ctype.starts_with("application/json") {
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        let Some(obj) = v.get("inputs").and_then(Value::as_object) else {
+            return Err(bad(format!(
+                "expected {{\"inputs\": {{\"NAME\": [...]}}}} (inputs: {})",
+                names(&inputs)
+            )));
+        };
+        let mut feeds = Vec::with_capacity(obj.len());
+        for (name, value) in obj {
+            let dtype = inputs
+                .iter()
+                .find(|i| i.name == *name)
+                .map(|i| i.dtype.unwrap_or(DType::F32))
+                .ok_or_else(|| {
+                    bad(format!("unknown input '{name}' (inputs: {})", names(&inputs)))
+                })?;
+            feeds.push((name.clone(), json_tensor(name, value, dtype)?));
+        }
+        feeds
+    } else {
+        return Err(Failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type '{ctype}': send application/json or application/x-npy"),
+        ));
+    };
     let before = s.session.adaptive_stats().unwrap_or_default();
     let t0 = Instant::now();
     let out = s.session.run(feeds).map_err(|e| {
@@ -253,10 +257,8 @@ fn answer(s: &Served, q: RunQuery, headers: &HeaderMap, body: &[u8]) -> Result<V
         let data = tensor_json(&t).map_err(|e| {
             Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("output '{name}': {e}"))
         })?;
-        outputs.insert(
-            name,
-            json!({ "dtype": t.dtype().name(), "shape": t.shape(), "data": data }),
-        );
+        outputs
+            .insert(name, json!({ "dtype": t.dtype().name(), "shape": t.shape(), "data": data }));
     }
     Ok(json!({
         "outputs": outputs,
@@ -279,12 +281,9 @@ fn json_tensor(name: &str, v: &Value, dtype: DType) -> Result<Tensor, Failure> {
                 .get("shape")
                 .and_then(Value::as_array)
                 .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .ok_or_else(|| {
-                    bad(format!("input '{name}': \"shape\" must be a list of sizes"))
-                })?;
-            let data = o
-                .get("data")
-                .ok_or_else(|| bad(format!("input '{name}': \"data\" is missing")))?;
+                .ok_or_else(|| bad(format!("input '{name}': \"shape\" must be a list of sizes")))?;
+            let data =
+                o.get("data").ok_or_else(|| bad(format!("input '{name}': \"data\" is missing")))?;
             let mut flat = Vec::new();
             let mut inner = Vec::new();
             nested(name, data, 0, &mut inner, &mut flat)?;
@@ -414,9 +413,7 @@ fn drift(s: &Served, stats: &AdaptiveStats, w: &Watched) -> (Option<f64>, bool) 
 fn prometheus(s: &Served) -> String {
     let stats = s.session.adaptive_stats().unwrap_or_default();
     let mut o = String::new();
-    let m = s.metrics.lock().map(|m| {
-        (m.requests.clone(), m.buckets, m.sum, m.count)
-    });
+    let m = s.metrics.lock().map(|m| (m.requests.clone(), m.buckets, m.sum, m.count));
     let (requests, buckets, sum, count) = m.unwrap_or_default();
     let _ = writeln!(o, "# HELP lowbit_requests_total Run requests answered, by HTTP status.");
     let _ = writeln!(o, "# TYPE lowbit_requests_total counter");
@@ -464,7 +461,8 @@ fn prometheus(s: &Served) -> String {
     family(&mut o, "lowbit_tensor_values_total", "counter", "Values of each quantized activation.");
     for (w, _, _) in &rows {
         let n = stats.saturation.get(&w.act.tensor).map_or(0, |x| x.values);
-        let _ = writeln!(o, "lowbit_tensor_values_total{{tensor=\"{}\"}} {n}", label(&w.act.tensor));
+        let _ =
+            writeln!(o, "lowbit_tensor_values_total{{tensor=\"{}\"}} {n}", label(&w.act.tensor));
     }
     family(
         &mut o,
@@ -524,7 +522,12 @@ fn prometheus(s: &Served) -> String {
     }
     family(&mut o, "lowbit_tensor_drift", "gauge", "1 when this tensor drifted from calibration.");
     for (w, _, d) in &rows {
-        let _ = writeln!(o, "lowbit_tensor_drift{{tensor=\"{}\"}} {}", label(&w.act.tensor), u8::from(*d));
+        let _ = writeln!(
+            o,
+            "lowbit_tensor_drift{{tensor=\"{}\"}} {}",
+            label(&w.act.tensor),
+            u8::from(*d)
+        );
     }
     let any = rows.iter().any(|(_, _, d)| *d);
     family(&mut o, "lowbit_drift", "gauge", "1 when any quantized activation drifted.");
