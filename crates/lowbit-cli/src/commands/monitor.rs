@@ -137,10 +137,7 @@ pub fn monitor(args: MonitorArgs, quiet: bool) -> Result<()> {
 
     let report = mon.report();
     match args.json.as_deref() {
-        Some(p) if json_stdout => {
-            let _ = p;
-            print_json(&report)?;
-        }
+        Some(_) if json_stdout => print_json(&report)?,
         Some(p) => {
             let text = serde_json::to_string_pretty(&report)?;
             lowbit_tensor::npy::write_atomic(p, text.as_bytes())
