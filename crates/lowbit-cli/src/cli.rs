@@ -40,6 +40,13 @@ pub enum Command {
     /// Score a model on data (accuracy, sentence-pair Spearman, agreement and SQNR against a
     /// reference), with its latency and size.
     Eval(EvalArgs),
+    // --- monitoring (issue 17) ---
+    /// Run new inputs through a quantized model and report, per quantized tensor, clip rate,
+    /// range and drift (PSI) against calibration; exits 3 on drift.
+    Monitor(MonitorArgs),
+    /// Serve a model over HTTP: POST JSON or .npy inputs to /v1/run, Prometheus metrics (latency,
+    /// per-tensor saturation and drift) at /metrics.
+    Serve(ServeArgs),
     // --- deployment (issue 17): target profiles and this CPU
     /// Lint a quantized model (lowbit's, ONNX Runtime's, NNCF's) against a target runtime's
     /// rules: one finding per node or tensor, exit 6 when the runtime would refuse it.
@@ -172,6 +179,8 @@ pub struct RunArgs {
     pub trim_padding: bool,
     #[command(flatten)]
     pub format: DataArgs,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +224,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
 }
 
 #[derive(Args, Debug)]
@@ -453,6 +464,93 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
+}
+
+// --- monitoring and adaptive precision (issue 17) ---
+
+/// `--adaptive` for the commands that run a model (run, eval, bench, serve).
+#[derive(Args, Debug, Default)]
+pub struct AdaptiveArgs {
+    /// Quantized models: count, per sample, the share of each quantized activation's codes at
+    /// the ends of its range; a sample that saturates more than calibration did (by more than
+    /// --adaptive-threshold) is re-run on the float path of the same graph (activation Q/DQ
+    /// skipped) and counted.
+    #[arg(long)]
+    pub adaptive: bool,
+    /// Saturation share above calibration's that re-runs a sample.
+    #[arg(long, value_name = "SHARE", default_value_t = lowbit_engine::adaptive::DEFAULT_THRESHOLD, requires = "adaptive")]
+    pub adaptive_threshold: f64,
+    /// Re-run flagged samples on this model instead (the FP32 original, same inputs and
+    /// outputs): what recovers accuracy when the quantized weights cost it, not only the
+    /// activations [default: the quantized model's float path].
+    #[arg(long, value_name = "FP32.onnx", requires = "adaptive")]
+    pub adaptive_fallback: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The .onnx file.
+    pub model: PathBuf,
+    /// TCP port (0: one the system picks, printed on the first line).
+    #[arg(short, long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Worker threads for the model's kernels (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Largest request body accepted, MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub max_body_mb: usize,
+    #[command(flatten)]
+    pub adaptive: AdaptiveArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// The quantized (QDQ) .onnx file.
+    pub model: PathBuf,
+    /// The new inputs, as for `run --data`.
+    #[arg(short, long, value_name = "DIR")]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub format: DataArgs,
+    /// The calibration table (`lowbit calibrate`) to compare with, for models that carry no
+    /// calibration record (quantized by another tool or an older lowbit) [default: the
+    /// model's own record].
+    #[arg(long, value_name = "RANGES.json")]
+    pub ranges: Option<PathBuf>,
+    /// The FP32 original: top-1 agreement, cosine and SQNR of the first float output against it.
+    #[arg(long, value_name = "FP32.onnx")]
+    pub reference: Option<PathBuf>,
+    /// Monitor only the first N samples.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Samples per run when the model's first dimension is free [default: 32].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
+    /// PSI above which a tensor counts as drifted (0.1: moderate shift, 0.25: significant).
+    #[arg(long, value_name = "X", default_value_t = lowbit_eval::monitor::MonitorOptions::default().psi)]
+    pub psi_threshold: f64,
+    /// Clip rate above calibration's at which a tensor counts as drifted.
+    #[arg(long, value_name = "SHARE", default_value_t = lowbit_eval::monitor::MonitorOptions::default().clip_rate)]
+    pub clip_threshold: f64,
+    /// Also write the report as JSON to this file (schema: docs/json.md); `-` prints it
+    /// instead of the text.
+    #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+    /// Replace an existing --json file.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Feed rows at their padded length.
+    #[arg(long)]
+    pub no_trim: bool,
 }
 
 #[derive(Args, Debug)]

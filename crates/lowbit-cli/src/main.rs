@@ -3,9 +3,10 @@
 //! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
 //! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors, 4 when a
 //! quantized model fails validation (`quantize`), 5 when `quantize` could quantize fewer than
-//! 10 % of the weighted nodes, 6 when `check` finds a rule the target runtime enforces broken.
-//! Errors are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
-//! each; [`cli`] declares the arguments; the modules beside them hold what commands share.
+//! 10 % of the weighted nodes, 6 when `check` finds a rule the target runtime enforces broken, 3
+//! when `monitor` finds drift. Errors are printed as `error: <context>: <cause>: ...`. The
+//! commands live in [`commands`], one module each; [`cli`] declares the arguments; the modules
+//! beside them hold what commands share.
 
 mod calibration;
 mod cli;
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // --- monitoring (issue 17): drift is a finding, not an error ---
+        Err(e) if e.downcast_ref::<usage::DriftDetected>().is_some() => {
+            eprintln!("drift: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {}", render(&e));
             if usage::is_usage(&e) {

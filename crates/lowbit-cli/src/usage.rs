@@ -1,6 +1,7 @@
 //! Errors with their own exit status: usage errors (arguments that parse but make no sense
 //! together, exit 2), a quantized model that failed validation (exit 4), a run that quantized
-//! almost nothing (exit 5) and a model that breaks its target's rules (`check`, exit 6).
+//! almost nothing (exit 5), a model that breaks its target's rules (`check`, exit 6) and drift
+//! found by `monitor` (exit 3).
 
 use std::fmt;
 
@@ -36,6 +37,12 @@ message_error!(
 message_error!(
     /// `check` found a rule the target runtime enforces broken; `main` exits 6 on it.
     RulesBroken
+);
+
+// --- monitoring (issue 17) ---
+message_error!(
+    /// `monitor` found drift; `main` exits 3 on it (the report is already printed).
+    DriftDetected
 );
 
 /// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.

@@ -17,6 +17,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod adaptive;
 pub mod error;
 pub mod fuse;
 pub mod fuse_float;

@@ -1,5 +1,6 @@
 //! Loading a model into an execution plan, and running it.
 
+use crate::adaptive::{Adaptive, AdaptiveOptions, AdaptiveStats};
 use crate::error::{EngineError, Result};
 use crate::op::{BuildCtx, Kernel};
 use crate::registry::{canonical_domain, Registry};
@@ -24,11 +25,14 @@ pub struct SessionOptions {
     /// before them, bias adds and activations into the product's output stage; on by
     /// default). Off, every value the model names is observable.
     pub fuse_float: bool,
+    /// Run adaptively ([`crate::adaptive`]): samples whose quantized activations saturate
+    /// beyond calibration are re-run on the model's float path. `None`: off.
+    pub adaptive: Option<AdaptiveOptions>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 0, fuse_quantized: true, fuse_float: true }
+        SessionOptions { threads: 0, fuse_quantized: true, fuse_float: true, adaptive: None }
     }
 }
 
@@ -41,7 +45,7 @@ impl SessionOptions {
     /// No load-time fusion, so observers see every value the model names (calibration,
     /// `compare`), with `threads` worker threads.
     pub fn unfused(threads: usize) -> Self {
-        SessionOptions { threads, fuse_quantized: false, fuse_float: false }
+        SessionOptions { threads, fuse_quantized: false, fuse_float: false, adaptive: None }
     }
 }
 
@@ -100,6 +104,7 @@ pub struct Session {
     plan: Plan,
     pool: rayon::ThreadPool,
     fused: BTreeMap<String, usize>,
+    adaptive: Option<Box<Adaptive>>,
 }
 
 /// What a control-flow op's builder needs to plan its subgraphs: the session's registry and
@@ -297,7 +302,11 @@ impl Session {
             .num_threads(opts.threads)
             .build()
             .map_err(|e| EngineError::Graph(format!("cannot start worker threads: {e}")))?;
-        Ok(Session { plan, pool, fused: fused.counts })
+        let adaptive = match &opts.adaptive {
+            Some(a) => Some(Box::new(Adaptive::new(model, opts, a, &plan)?)),
+            None => None,
+        };
+        Ok(Session { plan, pool, fused: fused.counts, adaptive })
     }
 }
 
@@ -327,6 +336,16 @@ impl Plan {
             }
         }
         Plan::build(graph, &graph.node, constants, &runtime, ctx)
+    }
+
+    /// Every value's name, by slot.
+    pub(crate) fn slot_names(&self) -> &[String] {
+        &self.slot_names
+    }
+
+    /// The slots some step produces at run time (not constants, not inputs).
+    pub(crate) fn produced_slots(&self) -> HashSet<usize> {
+        self.steps.iter().flat_map(|s| s.outputs.iter().flatten().copied()).collect()
     }
 
     /// The outer-scope values fed at every run, in order.
@@ -504,6 +523,7 @@ impl Plan {
         mut observer: Option<&mut Observer<'_>>,
         prefix: &str,
         mut times: Option<&mut Vec<f64>>,
+        mut watch: Option<&mut dyn FnMut(usize, &Tensor)>,
     ) -> Result<Vec<Tensor>> {
         if feeds.len() != self.inputs.len() || outer.len() != self.outer.len() {
             return Err(EngineError::Graph(format!(
@@ -563,6 +583,9 @@ impl Plan {
                     if let Some(obs) = observer.as_mut() {
                         obs(&scoped(prefix, &self.slot_names[s]), &t);
                     }
+                    if let Some(w) = watch.as_mut() {
+                        w(s, &t);
+                    }
                     values[s] = Some(t);
                 }
             }
@@ -619,6 +642,18 @@ impl Session {
     /// Number of threads kernels run on.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// With [`SessionOptions::adaptive`]: the quantized tensors watched (float names, plan
+    /// order); `None` when the session is not adaptive.
+    pub fn adaptive_watched(&self) -> Option<Vec<&str>> {
+        self.adaptive.as_ref().map(|a| a.watched())
+    }
+
+    /// With [`SessionOptions::adaptive`]: samples run and re-run on the float path so far, and
+    /// which tensors sent them there; `None` when the session is not adaptive.
+    pub fn adaptive_stats(&self) -> Option<AdaptiveStats> {
+        self.adaptive.as_ref().map(|a| a.stats())
     }
 
     /// Runs the model; returns graph outputs in graph order.
@@ -684,8 +719,25 @@ impl Session {
             };
             ordered.push(t);
         }
-        let outs = self.pool.install(|| self.plan.execute(ordered, &[], observer, "", times))?;
-        Ok(self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
+        let Some(a) = self.adaptive.as_deref() else {
+            let outs =
+                self.pool.install(|| self.plan.execute(ordered, &[], observer, "", times, None))?;
+            return Ok(self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect());
+        };
+        // The fallback needs the inputs again.
+        let kept: Vec<(String, Tensor)> =
+            inputs.iter().map(|(s, _)| s.name.clone()).zip(ordered.iter().cloned()).collect();
+        let mut run = a.start(&kept);
+        let mut check = |s: usize, t: &Tensor| {
+            if let Some(w) = a.watch_of[s] {
+                a.check(w, t, &mut run);
+            }
+        };
+        let outs = self
+            .pool
+            .install(|| self.plan.execute(ordered, &[], observer, "", times, Some(&mut check)))?;
+        let outputs = self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect();
+        a.finish(run, kept, outputs)
     }
 }
 

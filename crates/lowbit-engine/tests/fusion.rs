@@ -52,9 +52,11 @@ fn input(shape: &[usize], seed: u32) -> Tensor {
 /// Outputs of the model fused and unfused, and the fused session's op counts.
 fn both(m: &ModelProto, x: &Tensor) -> (Tensor, Tensor, Vec<(String, usize)>) {
     let run = |fuse: bool| {
-        let s =
-            Session::new(m, &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse })
-                .unwrap();
+        let s = Session::new(
+            m,
+            &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse, adaptive: None },
+        )
+        .unwrap();
         let counts: Vec<(String, usize)> =
             s.fused_ops().iter().map(|(k, v)| (k.clone(), *v)).collect();
         let out = s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1;

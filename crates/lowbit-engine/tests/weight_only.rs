@@ -33,9 +33,11 @@ fn floats(shape: &[usize], seed: u32, lo: f32, step: f32) -> Tensor {
 /// Runs `m` on `x` fused and unfused: (fused output, unfused output, WeightOnlyMatMul count).
 fn both(m: &ModelProto, x: &Tensor) -> (Vec<f32>, Vec<f32>, Vec<usize>, usize) {
     let run = |fuse: bool| {
-        let s =
-            Session::new(m, &SessionOptions { threads: 2, fuse_quantized: fuse, fuse_float: fuse })
-                .unwrap();
+        let s = Session::new(
+            m,
+            &SessionOptions { threads: 2, fuse_quantized: fuse, fuse_float: fuse, adaptive: None },
+        )
+        .unwrap();
         let out = s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1;
         let count = s.fused_ops().get("WeightOnlyMatMul").copied().unwrap_or(0);
         (out.shape().to_vec(), out.to_f32_vec().unwrap(), count)
@@ -192,9 +194,11 @@ fn matmul_nbits_matches_the_same_weights_as_dequantize_matmul() {
     let nbits = g.model(&[&y]);
     let x = floats(&[5, k], 24, -1.0, 2e-3);
     let run = |m: &ModelProto, fuse: bool| {
-        let s =
-            Session::new(m, &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse })
-                .unwrap();
+        let s = Session::new(
+            m,
+            &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse, adaptive: None },
+        )
+        .unwrap();
         s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1.to_f32_vec().unwrap()
     };
     assert_close(&run(&nbits, true), &run(&reference, false));

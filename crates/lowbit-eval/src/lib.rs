@@ -12,6 +12,7 @@ pub mod bench;
 pub mod compare;
 pub mod latency;
 pub mod metrics;
+pub mod monitor;
 pub mod report;
 pub mod score;
 pub mod summary;

@@ -357,6 +357,10 @@ pub struct EvalReport {
     pub sentence_pairs: Option<SentencePairs>,
     pub reference: Option<ReferenceReport>,
     pub latency: Option<Latency>,
+    /// `--adaptive`: the scored samples run and re-run on the float path (latency runs not
+    /// counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<lowbit_engine::adaptive::AdaptiveStats>,
 }
 
 /// Accuracy against class labels.

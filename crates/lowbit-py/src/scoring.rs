@@ -146,6 +146,7 @@ pub fn eval(
             sentence_pairs,
             reference: None,
             latency: timed,
+            adaptive: None,
         };
         serde_json::to_string(&report).map_err(to_py)
     })

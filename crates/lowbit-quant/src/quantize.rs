@@ -32,7 +32,7 @@ pub use crate::config::{
 };
 
 use crate::algorithms::{self, StepContext, StepReport};
-use crate::calibrate::{calibrate_samples, CalibrationTable, CalibratorOptions};
+use crate::calibrate::{calibrate_samples, CalibrationRecord, CalibrationTable, CalibratorOptions};
 use crate::error::{QuantError, Result};
 use crate::passes;
 use crate::samples::{NoProgress, Progress, SampleSource};
@@ -405,6 +405,8 @@ fn static_run(
     };
     let fp32 = (alg.adaround.is_some() || alg.bias_correction.is_some()).then(|| g.clone());
     passes::qdq::quantize_static(g, plan, &table, summary)?;
+    // What calibration saw of each quantized activation, for `monitor` and adaptive runs.
+    CalibrationRecord::new(g.model(), &table).store(g.model_mut());
     if let (Some(opts), Some(fp32)) = (&alg.adaround, &fp32) {
         let t = Instant::now();
         let mut ctx = StepContext { samples: reborrow(&mut samples), threads, progress };

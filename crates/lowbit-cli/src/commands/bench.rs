@@ -17,7 +17,7 @@
 
 use crate::cli::BenchArgs;
 use crate::inputs::{data_format, load_dataset};
-use crate::models::{load_model, new_session};
+use crate::models::{adaptive_line, load_model, new_session_adaptive};
 use crate::progress::progress;
 use crate::text::{print, print_json};
 use crate::usage::usage_bail;
@@ -60,6 +60,9 @@ struct BenchReport {
     ort: Option<OrtReport>,
     /// lowbit's median / ORT's median (< 1: lowbit is faster); `--vs-ort` only.
     ratio_median: Option<f64>,
+    /// `--adaptive`: samples run and re-run on the float path (warm-up and timed runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adaptive: Option<lowbit_engine::adaptive::AdaptiveStats>,
 }
 
 fn latency_text(l: &Latency) -> String {
@@ -83,7 +86,13 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let format = data_format(&args.format)?;
     let t0 = Instant::now();
     let model = load_model(&args.model)?;
-    let session = new_session(&model, &args.model, args.threads)?;
+    let session = new_session_adaptive(
+        &model,
+        &args.model,
+        args.threads,
+        &args.adaptive,
+        quiet || args.json,
+    )?;
     drop(model);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
 
@@ -216,6 +225,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         profile,
         ort: ort_report,
         ratio_median,
+        adaptive: session.adaptive_stats(),
     };
     if args.json {
         return print_json(&r);
@@ -234,6 +244,9 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     if !r.fused_ops.is_empty() {
         let f: Vec<String> = r.fused_ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
         let _ = writeln!(s, "fused        {} ({} steps per run)", f.join(", "), r.steps);
+    }
+    if let Some(a) = &r.adaptive {
+        let _ = writeln!(s, "adaptive     {} (warm-up and timed runs)", adaptive_line(a));
     }
     if let Some(p) = &r.profile {
         profile_text(p, &mut s);

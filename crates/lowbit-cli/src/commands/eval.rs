@@ -13,9 +13,9 @@
 //!
 //! Text output is for a person; `--json` prints one [`EvalReport`] object.
 
-use crate::cli::EvalArgs;
+use crate::cli::{AdaptiveArgs, EvalArgs};
 use crate::inputs::{data_format, load_dataset};
-use crate::models::new_session;
+use crate::models::{adaptive_line, new_session, new_session_adaptive};
 use crate::progress::{advance, progress};
 use crate::text::{human_bytes, plural, print, print_json, thousands};
 use crate::usage::usage_bail;
@@ -50,6 +50,7 @@ fn scored(
     asked: Option<&str>,
     of_model: Option<&str>,
     threads: usize,
+    adaptive: Option<(&AdaptiveArgs, bool)>,
 ) -> Result<ScoredModel> {
     let (proto, bytes) = match of_model {
         Some(_) => load_with_size(path).with_context(|| format!("reference {}", path.display()))?,
@@ -62,7 +63,10 @@ fn scored(
         }
         None => choose_output(&proto, path, asked)?,
     };
-    let session = new_session(&proto, path, threads)?;
+    let session = match adaptive {
+        Some((a, quiet)) => new_session_adaptive(&proto, path, threads, a, quiet)?,
+        None => new_session(&proto, path, threads)?,
+    };
     Ok(ScoredModel { path: path.display().to_string(), bytes, session, output })
 }
 
@@ -93,9 +97,10 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
     if text_pairs.is_some() && format.gold_field().is_none() && args.gold.is_none() {
         usage_bail!("--pair-fields: pass --gold-field NAME (the gold score of each pair)");
     }
-    let model = scored(&args.model, args.output.as_deref(), None, args.threads)?;
+    let adaptive = Some((&args.adaptive, quiet_notes));
+    let model = scored(&args.model, args.output.as_deref(), None, args.threads, adaptive)?;
     let reference = match &args.reference {
-        Some(path) => Some(scored(path, None, Some(&model.output), args.threads)?),
+        Some(path) => Some(scored(path, None, Some(&model.output), args.threads, None)?),
         None => None,
     };
 
@@ -262,6 +267,7 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         }
     }
 
+    let adaptive_stats = model.session.adaptive_stats();
     let latency_of_model = latency(&model, &mut data, args.latency, trim, quiet_notes)?;
     let reference_report = match (&reference, ref_data.as_mut()) {
         (Some(r), Some(rd)) => {
@@ -290,6 +296,7 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         sentence_pairs,
         reference: reference_report,
         latency: latency_of_model,
+        adaptive: adaptive_stats,
     };
     if args.json {
         return print_json(&report);
@@ -357,6 +364,9 @@ fn render(r: &EvalReport, all: usize) -> String {
     }
     if r.task == "latency" {
         line("score", "none: pass --labels, --pairs with --gold, or --reference".into());
+    }
+    if let Some(a) = &r.adaptive {
+        line("adaptive", adaptive_line(a));
     }
     if let Some(l) = &r.latency {
         line("latency", latency(l));

@@ -12,8 +12,10 @@ pub mod eval;
 pub mod example_model;
 pub mod inspect;
 pub mod qat;
+pub mod monitor;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -31,6 +33,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::quantize(*a, cli.quiet),
         Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
+        // --- monitoring (issue 17) ---
+        Command::Monitor(a) => monitor::monitor(a, cli.quiet),
+        Command::Serve(a) => serve::serve(a, cli.quiet),
         // deployment (issue 17)
         Command::Check(a) => check::check(a),
         Command::Doctor(a) => doctor::doctor(a),

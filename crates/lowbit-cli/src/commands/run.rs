@@ -5,7 +5,7 @@
 
 use crate::cli::RunArgs;
 use crate::inputs::{data_format, feed_source, load_dataset};
-use crate::models::{load_model, new_session};
+use crate::models::{adaptive_line, load_model, new_session_adaptive};
 use crate::paths::OutputPaths;
 use crate::progress::progress;
 use crate::text::{plural, print};
@@ -24,7 +24,7 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     }
     OutputPaths::new(args.force, &inputs).folder("-o", &args.output)?;
     let model = load_model(&args.model)?;
-    let session = new_session(&model, &args.model, args.threads)?;
+    let session = new_session_adaptive(&model, &args.model, args.threads, &args.adaptive, quiet)?;
     drop(model);
 
     let mut data = load_dataset(&session, &src, format.preprocess.as_ref(), quiet)?;
@@ -76,6 +76,9 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
         plural(session.threads()),
         elapsed.as_secs_f64() * 1e3
     );
+    if let Some(a) = session.adaptive_stats() {
+        let _ = writeln!(out, "adaptive: {}", adaptive_line(&a));
+    }
     let w = written.iter().map(|o| o.name.len()).max().unwrap_or(0);
     for o in &written {
         let _ = writeln!(

@@ -69,7 +69,7 @@ impl Body {
         let prefix =
             if observer.is_some() { format!("{scope}{}/", self.attr) } else { String::new() };
         self.plan
-            .execute(feeds, &outer, observer, &prefix, None)
+            .execute(feeds, &outer, observer, &prefix, None, None)
             .map_err(|e| OpError(format!("{}: {e}", self.attr)))
     }
 }

@@ -177,8 +177,15 @@ impl Histogram {
 
     /// Makes the grid cover `[lo, hi]` (lo ≤ 0 ≤ hi, not both 0), merging bins exactly.
     fn regrid(&mut self, lo: f64, hi: f64) {
-        let n = self.counts.len() as i64;
-        let mut w = if self.width == 0.0 { (hi - lo) / (n - 2) as f64 } else { self.width * 2.0 };
+        let n = self.counts.len();
+        let w = if self.width == 0.0 { (hi - lo) / (n - 2) as f64 } else { self.width * 2.0 };
+        (self.counts, self.width, self.zero_bin) = self.merged(n, lo, hi, w);
+    }
+
+    /// The counts on a grid of `n` bins covering `[lo, hi]` at width `w · 2^k` (the smallest
+    /// k that fits), by the merge rule: `(counts, width, zero_bin)`.
+    fn merged(&self, n: usize, lo: f64, hi: f64, mut w: f64) -> (Vec<u64>, f64, usize) {
+        let n = n as i64;
         while Histogram::need(lo, hi, w).0 > n {
             w *= 2.0;
         }
@@ -192,9 +199,122 @@ impl Histogram {
             let j = (z as i64 + floor_div(o, ratio)).clamp(0, n - 1);
             counts[j as usize] += c;
         }
-        self.counts = counts;
-        self.width = w;
-        self.zero_bin = z;
+        (counts, w, z)
+    }
+
+    /// The same values on at most `bins` bins (at least 4): neighbouring bins merged by the
+    /// merge rule, so every count stays exact. A compact copy to store.
+    pub fn coarsened(&self, bins: usize) -> Histogram {
+        let bins = bins.max(4);
+        let (lo, hi) = (self.min.min(0.0) as f64, self.max.max(0.0) as f64);
+        let mut h = Histogram { counts: vec![0; bins], ..self.clone() };
+        if self.width == 0.0 {
+            // Zeros only (or nothing): they stay in the zero bin.
+            h.zero_bin = 0;
+            h.counts[0] = self.total;
+        } else if bins < self.counts.len() {
+            (h.counts, h.width, h.zero_bin) = self.merged(bins, lo, hi, self.width);
+        } else {
+            h.counts[..self.counts.len()].copy_from_slice(&self.counts);
+        }
+        h
+    }
+
+    /// An empty histogram on this one's grid, for [`Histogram::observe_on_grid`].
+    pub fn empty_on_grid(&self) -> Histogram {
+        Histogram { counts: vec![0; self.counts.len()], min: 0.0, max: 0.0, total: 0, ..*self }
+    }
+
+    /// Adds finite values on the current grid without growing it: values beyond it count in
+    /// the first or last bin (comparisons with another data set need one grid). A grid of
+    /// width 0 counts everything in the zero bin.
+    pub fn observe_on_grid(&mut self, x: &[f32]) {
+        let Some((lo, hi)) = min_max(x) else { return };
+        if self.total == 0 {
+            (self.min, self.max) = (lo, hi);
+        } else {
+            (self.min, self.max) = (self.min.min(lo), self.max.max(hi));
+        }
+        self.total += x.len() as u64;
+        if self.width == 0.0 {
+            let z = self.zero_bin.min(self.counts.len() - 1);
+            self.counts[z] += x.len() as u64;
+            return;
+        }
+        let (w, z) = (self.width, self.zero_bin as i64);
+        for ch in x.chunks(PAR_CHUNK) {
+            Histogram::count_into(&mut self.counts, ch, w, z);
+        }
+    }
+
+    /// Adds `n` copies of the finite value `x` on the current grid, as
+    /// [`Histogram::observe_on_grid`] would (a tally of integer codes, each standing for one
+    /// dequantized value).
+    pub fn observe_repeated_on_grid(&mut self, x: f32, n: u64) {
+        if n == 0 || !x.is_finite() {
+            return;
+        }
+        if self.total == 0 {
+            (self.min, self.max) = (x, x);
+        } else {
+            (self.min, self.max) = (self.min.min(x), self.max.max(x));
+        }
+        self.total += n;
+        let last = self.counts.len() as i64 - 1;
+        let bin = if self.width == 0.0 {
+            self.zero_bin as i64
+        } else {
+            self.zero_bin as i64 + floor_i64(x as f64 * (1.0 / self.width))
+        };
+        self.counts[bin.clamp(0, last) as usize] += n;
+    }
+
+    /// The same values clamped to `[lo, hi]`: the counts of bins wholly outside move to the
+    /// bin holding the bound, as a quantizer's clipping moves the values (to compare with
+    /// values that were quantized, e.g. an integer tensor's dequantized codes).
+    pub fn clamped(&self, lo: f32, hi: f32) -> Histogram {
+        let mut h = self.clone();
+        if self.width == 0.0 || lo > hi {
+            return h;
+        }
+        let last = self.counts.len() as i64 - 1;
+        let bin = |x: f32| {
+            (self.zero_bin as i64 + floor_i64(x as f64 * (1.0 / self.width))).clamp(0, last)
+                as usize
+        };
+        let (blo, bhi) = (bin(lo), bin(hi));
+        for i in (0..blo).chain(bhi + 1..self.counts.len()) {
+            let c = std::mem::take(&mut h.counts[i]);
+            h.counts[if i < blo { blo } else { bhi }] += c;
+        }
+        (h.min, h.max) = (self.min.clamp(lo, hi), self.max.clamp(lo, hi));
+        h
+    }
+
+    /// The share of the observed values outside `range`, each bin's count taken as spread
+    /// evenly over the part of the bin inside the observed `[min, max]`.
+    pub fn fraction_outside(&self, range: Range) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let (fmin, fmax) = (self.min as f64, self.max as f64);
+        let (a, b) = (range.min as f64, range.max as f64);
+        let mut outside = 0.0;
+        for (i, &c) in self.counts.iter().enumerate().filter(|(_, &c)| c > 0) {
+            let (l, r) = if self.width == 0.0 {
+                (fmin, fmax)
+            } else {
+                (self.edge(i).max(fmin), self.edge(i + 1).min(fmax))
+            };
+            let share = if r <= l {
+                // A single point (or a bin the extremes cut to nothing).
+                f64::from(l < a || l > b)
+            } else {
+                ((a.min(r) - l).max(0.0) + (r - b.max(l)).max(0.0)) / (r - l)
+            };
+            outside += c as f64 * share;
+        }
+        outside / self.total as f64
     }
 
     /// Adds `x` into `counts` at width `w`. Values are binned as `floor(x · (1/w))`: the

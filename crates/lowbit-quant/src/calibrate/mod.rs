@@ -30,10 +30,12 @@
 pub mod dataset;
 mod histogram;
 mod minmax;
+pub mod record;
 mod table;
 
 pub use histogram::{Entropy, Histogram, HistogramSummary, Mse, Percentile};
 pub use minmax::{MinMax, MovingAverageMinMax};
+pub use record::{CalibrationRecord, TensorRecord, CALIBRATION_METADATA_KEY};
 pub use table::{
     CalibrationSettings, CalibrationTable, MethodRanges, RangeChoice, TensorCalibration,
     METHOD_GUARD_DB,
