@@ -70,7 +70,7 @@ pub(crate) type Pass<'p> = dyn FnMut(&mut Graph, &Outer, &mut QuantizeSummary) -
 pub(crate) fn scoped_table(table: &CalibrationTable, ctx: &Outer) -> CalibrationTable {
     let mut t = CalibrationTable {
         format: table.format.clone(),
-        settings: table.settings.clone(),
+        settings: table.settings,
         batches: table.batches,
         tensors: Default::default(),
     };
