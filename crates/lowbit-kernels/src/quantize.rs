@@ -185,9 +185,12 @@ pub fn int_range(dtype: DType) -> Option<(i32, i32)> {
 /// The output-channel axis of a weight of rank `rank` read by `op_type` (in the weight's
 /// input slot), along which it is quantized per channel: 0 for Conv (`[M, C/group, k…]`), 1 for
 /// ConvTranspose (`[C, M/group, k…]`), for Gemm 0 with `transB=1` (`[N, K]`) and 1 without
-/// (`[K, N]`), the last axis for MatMul (`[…, K, N]`). `None` for other ops and ranks.
+/// (`[K, N]`), the last axis for MatMul (`[…, K, N]`), 1 for the `W`/`R` weights of LSTM, GRU
+/// and RNN (`[directions, gates·hidden, K]`: one row per gate unit). `None` for other ops and
+/// ranks.
 pub fn weight_channel_axis(op_type: &str, trans_b: bool, rank: usize) -> Option<usize> {
     match op_type {
+        "LSTM" | "GRU" | "RNN" if rank == 3 => Some(1),
         "Conv" if rank >= 3 => Some(0),
         "ConvTranspose" if rank >= 3 => Some(1),
         "Gemm" if rank == 2 => Some(if trans_b { 0 } else { 1 }),
@@ -783,6 +786,8 @@ mod tests {
         assert_eq!(weight_channel_axis("MatMul", false, 3), Some(2));
         assert_eq!(weight_channel_axis("MatMul", false, 1), None);
         assert_eq!(weight_channel_axis("Add", false, 2), None);
+        assert_eq!(weight_channel_axis("LSTM", false, 3), Some(1));
+        assert_eq!(weight_channel_axis("GRU", false, 2), None);
     }
 
     #[test]

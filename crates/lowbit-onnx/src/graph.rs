@@ -613,6 +613,18 @@ impl Graph {
         name
     }
 
+    /// Every name the graph uses (values, nodes, initializers, subgraphs included) or has
+    /// handed out: what a graph edited apart from this one (a subgraph taken out to be
+    /// rewritten) must [`reserve`](Graph::reserve) so that the names it makes stay unique.
+    pub fn used_names(&self) -> HashSet<String> {
+        self.index().names.union(&self.reserved).cloned().collect()
+    }
+
+    /// Makes [`Graph::unique_name`] avoid `names` too.
+    pub fn reserve(&mut self, names: impl IntoIterator<Item = String>) {
+        self.reserved.extend(names);
+    }
+
     /// The opset version the model imports for `domain` (`""` and `"ai.onnx"` are the same).
     pub fn opset_version(&self, domain: &str) -> Option<i64> {
         opset_version(&self.model, domain)

@@ -326,6 +326,7 @@ impl WeightPlan {
                 let k_axis = match op {
                     "Gemm" => i64::from(trans_b),
                     "MatMul" => rank as i64 - 2,
+                    "LSTM" | "GRU" | "RNN" => 2,
                     _ => return None,
                 };
                 base.per_block(k_axis, b)

@@ -19,8 +19,12 @@
 //! | mode | what is written | needs |
 //! |---|---|---|
 //! | `static` | BN folded; QDQ around Conv/MatMul/Gemm (+ pass-through ops), int8/int4 weights, int32 bias | a calibration table |
-//! | `dynamic` | MatMul/Gemm → DynamicQuantizeLinear + MatMulInteger; Conv stays float | — |
-//! | `weight-only` | int8 (per channel) or int4 (blocked along K) weights + DequantizeLinear before MatMul/Gemm | — |
+//! | `dynamic` | MatMul/Gemm → DynamicQuantizeLinear + MatMulInteger; LSTM/GRU/RNN weights int8 + DequantizeLinear; Conv stays float | — |
+//! | `weight-only` | int8 (per channel) or int4 (blocked along K) weights + DequantizeLinear before MatMul/Gemm/LSTM/GRU/RNN | — |
+//!
+//! The static, dynamic and weight-only passes also rewrite the bodies of `If`/`Loop`/`Scan`
+//! nodes (weights that are the body's own initializers or outer-scope ones; static ranges from
+//! the scoped names calibration gives subgraph values).
 //! | `fp16` / `bf16` | float32 initializers and compute in float16/bfloat16, float32 I/O kept by default | — |
 //!
 //! In `static`, `dynamic` and `weight-only` mode embedding tables (`Gather` on a float32
@@ -92,11 +96,12 @@ pub struct QuantizeSummary {
     /// nodes or computed from constants).
     #[serde(default)]
     pub normalized: Normalized,
-    /// Nodes of the [`WEIGHTED_OPS`] in the main graph, per op type (after normalization).
+    /// Nodes of the [`WEIGHTED_OPS`] per op type (after normalization), control-flow bodies
+    /// included.
     #[serde(default)]
     pub weighted: BTreeMap<String, usize>,
-    /// Nodes of the [`WEIGHTED_OPS`] inside control-flow subgraphs (If/Loop/Scan bodies), which
-    /// lowbit does not quantize.
+    /// Of those, nodes inside control-flow subgraphs (If/Loop/Scan bodies, any depth), which
+    /// the static, dynamic and weight-only passes rewrite like the main graph.
     #[serde(default)]
     pub weighted_in_subgraphs: usize,
 }
@@ -208,7 +213,7 @@ impl QuantizeSummary {
         for n in self.left_float.iter().filter(|n| weighted_op(&n.op_type)) {
             *causes.entry(format!("{} ({})", n.reason, n.op_type)).or_default() += 1;
         }
-        let mut weighted = self.weighted_in_subgraphs;
+        let mut weighted = 0;
         let mut quantized = 0;
         let mode = self.mode.map(|m| m.name()).unwrap_or("this");
         for (op, &total) in &self.weighted {
@@ -220,14 +225,6 @@ impl QuantizeSummary {
             }
             weighted += total.saturating_sub(excluded);
             quantized += q;
-        }
-        if self.weighted_in_subgraphs > 0 {
-            causes.insert(
-                "inside an If/Loop/Scan subgraph (lowbit does not quantize control-flow bodies \
-                 yet)"
-                    .into(),
-                self.weighted_in_subgraphs,
-            );
         }
         let mut causes: Vec<(usize, String)> = causes.into_iter().map(|(c, n)| (n, c)).collect();
         causes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -244,7 +241,7 @@ impl fmt::Display for QuantizeSummary {
         }
         let per_op: Vec<String> = self.quantized.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(f, "quantized: {} nodes ({})", self.total_quantized(), per_op.join(", "))?;
-        if !self.weighted.is_empty() || self.weighted_in_subgraphs > 0 {
+        if !self.weighted.is_empty() {
             writeln!(f, "coverage: {}", self.coverage())?;
         }
         if !self.normalized.is_empty() {
@@ -506,30 +503,29 @@ pub fn static_coverage(model: ModelProto, plan: &QuantPlan) -> Result<Coverage> 
     g.topo_sort()?;
     summary.normalized = lowbit_engine::normalize::normalize(g.model_mut())?;
     (summary.weighted, summary.weighted_in_subgraphs) = weighted_nodes(g.proto());
-    passes::qdq::select_without_ranges(&g, plan, &mut summary);
+    passes::qdq::select_without_ranges(&mut g, plan, &mut summary)?;
     Ok(summary.coverage())
 }
 
-/// Nodes of the [`WEIGHTED_OPS`] in `g` per op type, and the number inside its control-flow
-/// subgraphs (any depth).
+/// Nodes of the [`WEIGHTED_OPS`] in `g` per op type, control-flow bodies included (any depth),
+/// and how many of them sit inside those bodies.
 fn weighted_nodes(g: &GraphProto) -> (BTreeMap<String, usize>, usize) {
-    fn in_subgraphs(g: &GraphProto) -> usize {
-        g.node
-            .iter()
-            .flat_map(subgraphs)
-            .map(|b| {
-                b.node.iter().filter(|n| WEIGHTED_OPS.contains(&n.op_type.as_str())).count()
-                    + in_subgraphs(b)
-            })
-            .sum()
-    }
-    let mut per_op = BTreeMap::new();
-    for n in g.node.iter().filter(|n| passes::is_default_domain(n)) {
-        if WEIGHTED_OPS.contains(&n.op_type.as_str()) {
-            *per_op.entry(n.op_type.clone()).or_default() += 1;
+    fn walk(g: &GraphProto, depth: usize, per_op: &mut BTreeMap<String, usize>, inner: &mut usize) {
+        for n in g.node.iter().filter(|n| passes::is_default_domain(n)) {
+            if WEIGHTED_OPS.contains(&n.op_type.as_str()) {
+                *per_op.entry(n.op_type.clone()).or_default() += 1;
+                if depth > 0 {
+                    *inner += 1;
+                }
+            }
+            for b in subgraphs(n) {
+                walk(b, depth + 1, per_op, inner);
+            }
         }
     }
-    (per_op, in_subgraphs(g))
+    let (mut per_op, mut inner) = (BTreeMap::new(), 0);
+    walk(g, 0, &mut per_op, &mut inner);
+    (per_op, inner)
 }
 
 /// The model metadata key under which the quantized model carries its [`QuantizeSummary`]

@@ -13,83 +13,9 @@ use lowbit_quant::quantize::{quantize_model, QuantPlan, QuantizeConfig, Quantize
 use lowbit_quant::target::{Target, TargetChoice};
 use lowbit_tensor::Tensor;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
-use common::{python, shared, stsb_sentences};
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lowbit-export-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs `model_path` in ONNX Runtime on each sample; returns outputs by name per sample.
-/// `None` when no Python is available.
-fn ort_run(
-    model_path: &Path,
-    samples: &[Vec<(String, Tensor)>],
-) -> Option<Vec<Vec<(String, Tensor)>>> {
-    ort_run_opt(model_path, samples, true)
-}
-
-/// [`ort_run`], with ORT's graph optimizations (integer-kernel fusion) on or off.
-fn ort_run_opt(
-    model_path: &Path,
-    samples: &[Vec<(String, Tensor)>],
-    optimize: bool,
-) -> Option<Vec<Vec<(String, Tensor)>>> {
-    let py = python()?;
-    let dir = tmpdir(&format!("ort-{}", model_path.file_stem().unwrap().to_string_lossy()));
-    let mut spec = Vec::new();
-    for (s, feeds) in samples.iter().enumerate() {
-        let mut entry = Vec::new();
-        for (k, (name, t)) in feeds.iter().enumerate() {
-            let f = format!("in_{s}_{k}.npy");
-            lowbit_tensor::npy::write_npy(&dir.join(&f), t).unwrap();
-            entry.push(serde_json::json!([name, f]));
-        }
-        spec.push(entry);
-    }
-    std::fs::write(dir.join("inputs.json"), serde_json::json!({ "samples": spec }).to_string())
-        .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ort_run.py");
-    let mut cmd = Command::new(py);
-    cmd.arg(&script).arg(model_path).arg(&dir);
-    if !optimize {
-        cmd.arg("--no-optimize");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "ONNX Runtime failed on {}:\n{}",
-        model_path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let names: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
-    let names: Vec<String> =
-        names["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
-    let res = (0..samples.len())
-        .map(|s| {
-            names
-                .iter()
-                .enumerate()
-                .map(|(k, n)| {
-                    let t = lowbit_tensor::npy::read_npy(&dir.join(format!("out_{s}_{k}.npy")));
-                    (n.clone(), t.unwrap())
-                })
-                .collect()
-        })
-        .collect();
-    let _ = std::fs::remove_dir_all(&dir);
-    Some(res)
-}
-
-fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
-    &outs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}")).1
-}
+use common::{ort_run, ort_run_opt, output, shared, stsb_sentences};
 
 /// Saves into a fresh folder, reloads (the written file is what is checked) and returns the
 /// folder (removed when it drops), the path and the model read back.

@@ -15,6 +15,7 @@
 //! asymmetric), per output column or per tensor. `Conv` stays float: `ConvInteger` is not
 //! reliably supported by ONNX Runtime's CPU provider (a note says so in the summary).
 
+use super::subgraphs::{rewrite_subgraphs, Outer};
 use super::{
     add_init, attr_f, attr_i, constant_values, init_f32, int_attr, is_default_domain, make_node,
     raise_opset, value_dtypes,
@@ -28,7 +29,23 @@ use lowbit_onnx::pb::NodeProto;
 use lowbit_tensor::{DType, Tensor};
 use std::collections::HashMap;
 
+/// Dynamic quantization of `g` and of its control-flow bodies.
 pub fn quantize_dynamic(
+    g: &mut Graph,
+    plan: &QuantPlan,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    let root = Outer::root(g.model());
+    rewrite_subgraphs(g, &root, None, summary, &mut |sg, _, s| dynamic_graph(sg, plan, s))?;
+    dynamic_graph(g, plan, summary)
+}
+
+fn dynamic_graph(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
+    dynamic_graph_gemm(g, plan, summary)?;
+    super::recurrent::quantize_recurrent(g, plan, summary)
+}
+
+fn dynamic_graph_gemm(
     g: &mut Graph,
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,

@@ -6,8 +6,12 @@
 //! | [`qdq`] | static PTQ: `QuantizeLinear`/`DequantizeLinear` pairs (QDQ format) |
 //! | [`dynamic`] | dynamic PTQ: `DynamicQuantizeLinear` + `MatMulInteger` |
 //! | [`weight_only`] | int8/int4 weights + `DequantizeLinear` before `MatMul`/`Gemm` |
+//! | [`recurrent`] | `LSTM`/`GRU`/`RNN` weights + `DequantizeLinear` (dynamic and weight-only modes) |
 //! | [`embeddings`] | int8 per-row `Gather` tables, dequantized after the gather (every integer mode) |
 //! | [`fp16`] | float16 / bfloat16 conversion, optionally keeping float32 inputs/outputs |
+//!
+//! `qdq`, `dynamic` and `weight_only` also rewrite control-flow bodies (`If`/`Loop`/`Scan`
+//! subgraphs), through `subgraphs`.
 //!
 //! Shared here: node exclusion rules, attribute and initializer helpers, and the opset
 //! upgrade ([`ensure_opset`]) the quantized formats need (13 for per-axis
@@ -21,6 +25,8 @@ pub mod dynamic;
 pub mod embeddings;
 pub mod fp16;
 pub mod qdq;
+pub mod recurrent;
+pub(crate) mod subgraphs;
 pub mod weight_only;
 
 use crate::config::QuantPlan;
@@ -260,19 +266,26 @@ pub(crate) fn constant_values(g: &Graph) -> HashSet<String> {
     s
 }
 
-/// Bytes of all initializers' element data (4-bit types two per byte).
+/// Bytes of all initializers' element data (4-bit types two per byte), control-flow bodies'
+/// included.
 pub fn initializer_bytes(model: &ModelProto) -> u64 {
-    let Some(g) = model.graph.as_ref() else { return 0 };
-    g.initializer
-        .iter()
-        .map(|t| {
-            let n = shape_from_proto(t).map(|(_, n)| n).unwrap_or(0);
-            match DType::from_onnx(t.data_type).and_then(|d| raw_len(d, n)) {
-                Some(b) => b as u64,
-                None => t.raw_data.len() as u64,
-            }
-        })
-        .sum()
+    fn graph_bytes(g: &lowbit_onnx::pb::GraphProto) -> u64 {
+        let own: u64 = g
+            .initializer
+            .iter()
+            .map(|t| {
+                let n = shape_from_proto(t).map(|(_, n)| n).unwrap_or(0);
+                match DType::from_onnx(t.data_type).and_then(|d| raw_len(d, n)) {
+                    Some(b) => b as u64,
+                    None => t.raw_data.len() as u64,
+                }
+            })
+            .sum();
+        let inner: u64 =
+            g.node.iter().flat_map(lowbit_onnx::graph::subgraphs).map(graph_bytes).sum();
+        own + inner
+    }
+    model.graph.as_ref().map(graph_bytes).unwrap_or(0)
 }
 
 /// Element types of the model's values, as far as shape inference knows them (initializers

@@ -29,6 +29,7 @@
 //!   TensorRT and OpenVINO), a `Concat` of quantized tensors gets its output quantized and its
 //!   inputs and output share the union of their ranges.
 
+use super::subgraphs::{rewrite_subgraphs, scoped_table, Outer};
 use super::{
     add_init, attr_f, attr_i, constant_values, ensure_ir, init_dtype, init_f32, int_attr,
     is_default_domain, make_node, raise_opset, value_dtypes,
@@ -205,7 +206,22 @@ pub(crate) fn select_targets(
 
 /// The nodes static quantization would quantize, counted in `summary` (and the others left,
 /// with why), without calibration ranges: every float activation counts as quantizable.
-pub(crate) fn select_without_ranges(g: &Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) {
+/// Control-flow bodies included, as [`quantize_static`] does them.
+pub(crate) fn select_without_ranges(
+    g: &mut Graph,
+    plan: &QuantPlan,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    let root = Outer::root(g.model());
+    rewrite_subgraphs(g, &root, None, summary, &mut |sg, _, s| {
+        select_graph(sg, plan, s);
+        Ok(())
+    })?;
+    select_graph(g, plan, summary);
+    Ok(())
+}
+
+fn select_graph(g: &Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) {
     let consts = constant_values(g);
     let dtypes = value_dtypes(g);
     let is_act = |name: &str| {
@@ -217,8 +233,27 @@ pub(crate) fn select_without_ranges(g: &Graph, plan: &QuantPlan, summary: &mut Q
     }
 }
 
-/// Runs static QDQ quantization on `g` (BatchNormalization already folded).
+/// Runs static QDQ quantization on `g` (BatchNormalization already folded in the main graph)
+/// and inside its control-flow bodies ([`super::subgraphs`]: a body's BatchNormalization is
+/// folded there, its ranges come from the scoped names calibration gave its values).
 pub fn quantize_static(
+    g: &mut Graph,
+    plan: &QuantPlan,
+    table: &CalibrationTable,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    let root = Outer::root(g.model());
+    rewrite_subgraphs(g, &root, Some(table), summary, &mut |sg, ctx, s| {
+        if plan.fold_batch_norm {
+            s.folded_batch_norms += super::bn_fold::fold_batch_norms(sg)?;
+        }
+        static_graph(sg, plan, &scoped_table(table, ctx), s)
+    })?;
+    static_graph(g, plan, table, summary)
+}
+
+/// Static QDQ quantization of one graph's own nodes.
+fn static_graph(
     g: &mut Graph,
     plan: &QuantPlan,
     table: &CalibrationTable,

@@ -8,9 +8,10 @@
 //!   tensor.
 //!
 //! int4 and blocked layouts raise the default-domain opset to 21 (IR 10), per channel to 13.
-//! Conv weights are left alone.
+//! Conv weights are left alone. `LSTM`/`GRU`/`RNN` weights: [`super::recurrent`].
 
 use super::qdq::insert_weight_dq;
+use super::subgraphs::{rewrite_subgraphs, Outer};
 use super::{attr_i, ensure_ir, init_dtype, is_default_domain, raise_opset};
 use crate::config::QuantPlan;
 use crate::error::Result;
@@ -19,7 +20,23 @@ use lowbit_onnx::graph::Graph;
 use lowbit_tensor::DType;
 use std::collections::HashMap;
 
+/// Weight-only quantization of `g` and of its control-flow bodies.
 pub fn quantize_weights(
+    g: &mut Graph,
+    plan: &QuantPlan,
+    summary: &mut QuantizeSummary,
+) -> Result<()> {
+    let root = Outer::root(g.model());
+    rewrite_subgraphs(g, &root, None, summary, &mut |sg, _, s| weights_graph(sg, plan, s))?;
+    weights_graph(g, plan, summary)
+}
+
+fn weights_graph(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
+    weights_graph_gemm(g, plan, summary)?;
+    super::recurrent::quantize_recurrent(g, plan, summary)
+}
+
+fn weights_graph_gemm(
     g: &mut Graph,
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,
