@@ -53,6 +53,18 @@ pub struct NodeNote {
     pub reason: String,
 }
 
+/// A `Conv`/`MatMul`/`Gemm` static quantization considered, and the precision it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPrecision {
+    /// Its name, or `Op#index` when it has none (the key of per-node precision).
+    pub node: String,
+    pub op_type: String,
+    /// Values in its weight initializer (0 when both inputs are activations).
+    pub weight_values: u64,
+    /// In words: the weight and activation schemes, or `fp32` / `fp16` for a node kept float.
+    pub precision: String,
+}
+
 /// What [`quantize_model`] did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantizeSummary {
@@ -99,6 +111,10 @@ pub struct QuantizeSummary {
     /// lowbit does not quantize.
     #[serde(default)]
     pub weighted_in_subgraphs: usize,
+    /// Static: every `Conv`/`MatMul`/`Gemm` quantized or kept float by the per-node plan, in
+    /// graph order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerPrecision>,
 }
 
 /// The ops that carry a model's weights and most of its compute: what "how much of the model
@@ -405,6 +421,7 @@ fn static_run(
     };
     let fp32 = (alg.adaround.is_some() || alg.bias_correction.is_some()).then(|| g.clone());
     passes::qdq::quantize_static(g, plan, &table, summary)?;
+    passes::fp16::half_weights(g, plan, summary)?;
     if let (Some(opts), Some(fp32)) = (&alg.adaround, &fp32) {
         let t = Instant::now();
         let mut ctx = StepContext { samples: reborrow(&mut samples), threads, progress };

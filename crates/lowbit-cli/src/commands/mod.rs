@@ -11,6 +11,7 @@ pub mod example_model;
 pub mod inspect;
 pub mod quantize;
 pub mod run;
+pub mod tune;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -28,5 +29,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::quantize(*a, cli.quiet),
         Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
+        Command::Tune(a) => tune::tune(*a, cli.quiet),
     }
 }
