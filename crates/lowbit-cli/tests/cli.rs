@@ -1949,3 +1949,43 @@ fn equalization_and_bias_correction_bring_per_tensor_weights_closer_to_fp32() {
         assert!(db > 20.0, "{}: isolated SQNR {db}", a["tensor"]);
     }
 }
+
+#[test]
+fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
+    let dir = example("tune");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let (out, json, html) = (dir.join("tuned.onnx"), dir.join("tune.json"), dir.join("tune.html"));
+    let o = ok(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only --max-drop 5 --objective size \
+         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json {} --report {}",
+        &[&model, &out, &data, &data, &json, &html],
+    ));
+    let text = stdout(&o);
+    assert!(text.contains("Pareto front") && text.contains("held out"), "{text}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["format"], "lowbit-tune/1");
+    assert_eq!(r["metric"], "top1");
+    assert!(r["against"].as_str().unwrap().contains("agreement"));
+    // Agreement with FP32: the FP32 model agrees with itself.
+    assert_eq!(r["reference_metric"], 100.0);
+    let c = r["chosen"].as_u64().expect("a configuration within budget") as usize;
+    let chosen = &r["evaluated"][c];
+    assert!(chosen["drop"].as_f64().unwrap() <= 5.0 && chosen["meets_budget"] == true);
+    // The written model is the chosen one, and runs.
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), chosen["bytes"].as_u64().unwrap());
+    ok(&argv("run {} --data {} -o {}", &[&out, &data, &dir.join("outs")]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg id=\"pareto-chart\"") && page.contains("id=\"precision-map\""));
+
+    // Bad settings are usage errors, before any work.
+    let bad = lowbit(&argv(
+        "tune {} -o {} --data {} --eval-data {} --candidates int8,int3",
+        &[&model, &dir.join("x.onnx"), &data, &data],
+    ));
+    assert_fails(&bad, 2, &["int3"]);
+    let again = lowbit(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only",
+        &[&model, &out, &data, &data],
+    ));
+    assert_fails(&again, 1, &["already exists", "--force"]);
+}

@@ -6,8 +6,9 @@
 //! * calibration is done once (the caller's table) and every configuration is the one
 //!   quantizer's plan with per-node precision ([`QuantizeConfig::node_precision`]);
 //! * nodes are ranked by the isolated per-layer noise `compare` measures on the all-cheapest
-//!   model (cheap, and independent of the eval samples), then [`search`] decides with the
-//!   measured task metric ([`scorer`]) on the search part of the eval data;
+//!   model (cheap, and independent of the eval samples; for the size objective per weight
+//!   the layer holds), then [`search`] decides with the measured task metric ([`scorer`]) on
+//!   the search part of the eval data;
 //! * each configuration's cost is measured: its file size exactly, its latency on lowbit's
 //!   engine ([`crate::latency`]);
 //! * a held-out part of the eval data, never seen by the search, confirms the chosen point
@@ -330,8 +331,15 @@ pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> 
     let sqnr: BTreeMap<&str, f64> =
         noise.ranking.iter().map(|r| (r.node.as_str(), r.sqnr_db)).collect();
     let db = |i: usize| sqnr.get(nodes[i].as_str()).copied().unwrap_or(f64::INFINITY);
+    // Promotion order. Latency: the noisiest first. Size: the most noise per weight first
+    // (isolated noise power over the bytes promoting the layer costs, in dB), so a small
+    // noisy layer is promoted before a big one and a big quiet one is the first to go down.
+    let key = |i: usize| match opts.objective {
+        Objective::Latency => db(i),
+        Objective::Size => db(i) + 10.0 * (layers[i].weight_values.max(1) as f64).log10(),
+    };
     let mut order: Vec<usize> = (0..nodes.len()).collect();
-    order.sort_by(|&a, &b| db(a).total_cmp(&db(b)).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
 
     let settings = SearchSettings {
         ladder: &opts.ladder,

@@ -1,9 +1,10 @@
 //! The search over per-node precisions, independent of how a configuration is measured
 //! ([`Evaluate`]). Every node starts at the cheapest rung of the ladder; nodes are promoted
 //! to the safest rung worst-first (the order per-layer noise gives): by bisection on how many
-//! (the fewest that keep the budget, assuming more promoted nodes never score worse), then
-//! each promoted node, least noisy first, is tried again on the cheaper rungs and keeps the
-//! first that still meets the budget. The `greedy` strategy is the baseline NNCF's accuracy
+//! (the fewest that keep the budget, assuming more promoted nodes never score worse); then,
+//! rung by rung down the ladder, a bisection again on how many of them, quietest first, can
+//! take the cheaper rung, those that could trying the next one down. About
+//! `(rungs) · log2(nodes)` configurations are measured whatever the model. The `greedy` strategy is the baseline NNCF's accuracy
 //! control follows: promote one more node at a time until the budget holds, no refinement.
 //! The chosen configuration is the cheapest evaluated one within the budget.
 
@@ -183,23 +184,44 @@ pub fn search<E: Evaluate>(
     }
     progress.finish();
     if settings.strategy == Strategy::Bisect && promoted > 0 && ladder.len() > 1 {
+        // Rung by rung down the ladder: how many of the promoted nodes, quietest first, can
+        // take the next cheaper rung (bisection again); those that could try the one below.
         let mut current = prefix(n, order, promoted, bottom, top);
-        progress.start("tune: refine", (promoted * (ladder.len() - 1)) as u64);
-        'nodes: for &i in order[..promoted].iter().rev() {
-            for &level in &ladder[..ladder.len() - 1] {
-                let mut cand = current.clone();
-                cand[i] = level;
-                let label = format!("{} at {level}", nodes[i]);
-                let ok = run.meets(cand.clone(), label.clone())?;
-                progress.advance(1, Some(&label));
-                match ok {
-                    Some(true) => {
-                        current = cand;
-                        break;
-                    }
-                    Some(false) => {}
-                    None => break 'nodes,
+        let mut group: Vec<usize> = order[..promoted].iter().rev().copied().collect();
+        let rounds = (usize::BITS - promoted.leading_zeros()) as u64 + 1;
+        progress.start("tune: refine", rounds * (ladder.len() - 1) as u64);
+        for &level in ladder[..ladder.len() - 1].iter().rev() {
+            let m = group.len();
+            let lower = |j: usize| {
+                let mut p = current.clone();
+                for &i in &group[..j] {
+                    p[i] = level;
                 }
+                p
+            };
+            let label = |j: usize| format!("{j} quietest of {m} at {level}");
+            let kept = match run.meets(lower(m), label(m))? {
+                Some(true) => m,
+                Some(false) => {
+                    let (mut lo, mut hi) = (0, m);
+                    while hi - lo > 1 {
+                        let mid = (lo + hi) / 2;
+                        match run.meets(lower(mid), label(mid))? {
+                            Some(true) => lo = mid,
+                            Some(false) => hi = mid,
+                            None => break,
+                        }
+                        progress.advance(1, Some(&label(mid)));
+                    }
+                    lo
+                }
+                None => 0,
+            };
+            progress.advance(1, Some(&label(m)));
+            current = lower(kept);
+            group.truncate(kept);
+            if kept == 0 || run.cut_short {
+                break;
             }
         }
         progress.finish();

@@ -527,6 +527,9 @@ pub fn quantize_static(
         let op = g.nodes()[idx].op_type.clone();
         summary.count(&op);
     }
+    let position: HashMap<String, usize> =
+        g.nodes().iter().enumerate().map(|(i, n)| (super::label(n, i), i)).collect();
+    summary.layers.sort_by_key(|l| position.get(&l.node).copied().unwrap_or(usize::MAX));
     for n in new_nodes {
         let at = g.num_nodes();
         g.insert_node(at, n)?;
