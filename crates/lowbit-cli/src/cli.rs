@@ -43,6 +43,13 @@ pub enum Command {
     /// Choose each layer's precision (int4/int8/int16/fp16/fp32) automatically under an
     /// accuracy budget, measuring size and latency; JSON with the Pareto front, HTML report.
     Tune(Box<TuneArgs>),
+    // --- deployment (issue 17): target profiles and this CPU
+    /// Lint a quantized model (lowbit's, ONNX Runtime's, NNCF's) against a target runtime's
+    /// rules: one finding per node or tensor, exit 6 when the runtime would refuse it.
+    Check(CheckArgs),
+    /// This CPU's int8 instructions, the target `auto` picks and why, and the int8 speed-up
+    /// measured here.
+    Doctor(DoctorArgs),
 }
 
 /// How `--data` is read, the same for every command that reads it: `--preprocess` for image
@@ -310,6 +317,11 @@ pub struct QuantizeArgs {
     /// (or per tensor with --per-tensor) [default: 32 for 4-bit weights, else 0].
     #[arg(long, value_name = "N")]
     pub block_size: Option<usize>,
+    /// How each weight scale's range is chosen: minmax (nothing clipped) or mse (the narrowed
+    /// range with the smallest squared weight error) [default: mse for 4-bit weights, else
+    /// minmax].
+    #[arg(long, value_parser = ["minmax", "mse"])]
+    pub weight_range: Option<String>,
     /// Give 8-bit weights 7 bits (ONNX Runtime's reduce_range), whatever the target says.
     /// By default only target ort-avx2 does: ORT's u8×s8 AVX2 kernel (`vpmaddubsw`) saturates
     /// 16-bit pair sums of full-range weights; VNNI, ARM, OpenVINO and lowbit do not.
@@ -541,4 +553,29 @@ mod tests {
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+// --- deployment (issue 17)
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The quantized .onnx file.
+    pub model: PathBuf,
+    /// The runtime the file is for: auto (this CPU under ONNX Runtime), ort-avx2, ort-vnni,
+    /// arm, openvino, tensorrt or lowbit.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ort-avx2", "ort-vnni", "arm", "openvino", "tensorrt", "lowbit"])]
+    pub target: String,
+    /// Print one JSON object instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// M = N = K of the GEMM timed for the int8 speed-up.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub size: usize,
+    /// Print one JSON object instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }

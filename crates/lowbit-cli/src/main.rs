@@ -3,12 +3,14 @@
 //! This file only turns the outcome into an exit status: 0 on success (and when stdout is a
 //! closed pipe, as in `lowbit inspect m.onnx | head -1`), 1 on errors, 2 on usage errors, 4 when a
 //! quantized model fails validation (`quantize`), 5 when `quantize` could quantize fewer than
-//! 10 % of the weighted nodes. Errors are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
+//! 10 % of the weighted nodes, 6 when `check` finds a rule the target runtime enforces broken.
+//! Errors are printed as `error: <context>: <cause>: ...`. The commands live in [`commands`], one module
 //! each; [`cli`] declares the arguments; the modules beside them hold what commands share.
 
 mod calibration;
 mod cli;
 mod commands;
+mod gemm_timing;
 mod inputs;
 mod models;
 mod noise_report;
@@ -42,6 +44,8 @@ fn main() -> ExitCode {
                 ExitCode::from(4)
             } else if e.downcast_ref::<usage::PartialQuantization>().is_some() {
                 ExitCode::from(5)
+            } else if e.downcast_ref::<usage::RulesBroken>().is_some() {
+                ExitCode::from(6)
             } else {
                 ExitCode::FAILURE
             }

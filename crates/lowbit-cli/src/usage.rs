@@ -1,5 +1,6 @@
 //! Errors with their own exit status: usage errors (arguments that parse but make no sense
-//! together, exit 2) and a quantized model that failed validation (exit 4).
+//! together, exit 2), a quantized model that failed validation (exit 4), a run that quantized
+//! almost nothing (exit 5) and a model that breaks its target's rules (`check`, exit 6).
 
 use std::fmt;
 
@@ -31,6 +32,10 @@ message_error!(
 message_error!(
     /// A quantization run that quantized (almost) nothing; `main` exits 5 on it.
     PartialQuantization
+);
+message_error!(
+    /// `check` found a rule the target runtime enforces broken; `main` exits 6 on it.
+    RulesBroken
 );
 
 /// Whether `e` is a usage error: a [`UsageError`], or a library's error that says it is one.

@@ -1989,3 +1989,203 @@ fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
     ));
     assert_fails(&again, 1, &["already exists", "--force"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deployment (issue 17): check against target profiles, doctor, OpenVINO
+
+/// ONNX Runtime's `quantize_static` (QDQ, int8 weights per tensor, min-max) on the example
+/// model, calibrated on its `data/x.npy`: with its default activation type (`None`; asymmetric
+/// int8 in ORT 1.32) or the one named (`QUInt8`: uint8, the classic default).
+fn ort_quantize_static(python: &str, model: &Path, data: &Path, out: &Path, act: Option<&str>) {
+    let script = r#"
+import sys, numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+model, out, x, act = sys.argv[1], sys.argv[2], np.load(sys.argv[3]), sys.argv[4]
+rows = iter([{"x": x[i:i + 8]} for i in range(0, len(x), 8)])
+class Reader(CalibrationDataReader):
+    def get_next(self):
+        return next(rows, None)
+kw = {} if act == "default" else {"activation_type": getattr(QuantType, act)}
+quantize_static(model, out, Reader(), **kw)
+"#;
+    let o = Command::new(python)
+        .args(["-c", script])
+        .arg(model)
+        .arg(out)
+        .arg(data.join("x.npy"))
+        .arg(act.unwrap_or("default"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ORT quantize_static: {}", stderr(&o));
+}
+
+fn check_json(model: &Path, target: &str) -> (Option<i32>, serde_json::Value) {
+    let o = lowbit(&["check", s(model), "--target", target, "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("check --json: {e}: {}{}", stdout(&o), stderr(&o)));
+    (o.status.code(), j)
+}
+
+#[test]
+fn check_flags_onnx_runtimes_uint8_qdq_for_tensorrt_and_passes_lowbits_own() {
+    let dir = example64("check-trt");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let ours = dir.join("trt.onnx");
+    ok(&argv("quantize {} -o {} --data {} --target tensorrt", &[&model, &ours, &data]));
+    let (code, j) = check_json(&ours, "tensorrt");
+    assert_eq!(code, Some(0), "{j}");
+    assert_eq!((j["errors"].as_u64(), j["target"].as_str()), (Some(0), Some("tensorrt")), "{j}");
+    assert_eq!(j["quantized_layers"], j["weighted_layers"], "{j}");
+    let text = stdout(&ok(&["check", s(&ours), "--target", "tensorrt"]));
+    assert!(text.contains("target tensorrt (--target)") && text.contains("0 errors"), "{text}");
+
+    let Some(python) = ort_python() else { return };
+    // uint8 activations: one activation-type error per quantized activation, at its
+    // QuantizeLinear, naming the tensor (the input x, the MatMul outputs, the Relu output).
+    let uint8 = dir.join("ort-uint8.onnx");
+    ort_quantize_static(&python, &model, &data, &uint8, Some("QUInt8"));
+    let o = lowbit(&["check", s(&uint8), "--target", "tensorrt"]);
+    assert_fails(&o, 6, &["error", "against target tensorrt's rules"]);
+    let text = stdout(&o);
+    let acts: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("error [activation-type]")).collect();
+    assert!(acts.len() >= 4, "{text}");
+    for l in &acts {
+        assert!(l.contains("(QuantizeLinear) tensor '") && l.contains("uint8 activations"), "{l}");
+        assert!(l.contains("no uint8"), "the reason is given: {l}");
+    }
+    for t in ["x", "hidden"] {
+        assert!(acts.iter().any(|l| l.contains(&format!("tensor '{t}'"))), "{t}: {text}");
+    }
+    let (code, j) = check_json(&uint8, "tensorrt");
+    assert_eq!(code, Some(6));
+    assert!(j["errors"].as_u64().unwrap() >= acts.len() as u64, "{j}");
+    // ORT's default today (asymmetric int8): the zero points break the rule instead.
+    let default = dir.join("ort-default.onnx");
+    ort_quantize_static(&python, &model, &data, &default, None);
+    let (code, j) = check_json(&default, "tensorrt");
+    assert_eq!(code, Some(6), "{j}");
+    let rules: Vec<&str> =
+        j["findings"].as_array().unwrap().iter().filter_map(|f| f["rule"].as_str()).collect();
+    assert!(rules.iter().any(|r| *r == "activation-type" || *r == "activation-zero-point"), "{j}");
+    // ORT's files are what ORT runs: no error for its own runtime.
+    for f in [&uint8, &default] {
+        let (code, j) = check_json(f, "ort-vnni");
+        assert_eq!((code, j["errors"].as_u64()), (Some(0), Some(0)), "{j}");
+    }
+}
+
+#[test]
+fn dynamic_quantization_is_refused_for_tensorrt_and_warned_about_for_openvino() {
+    let dir = example64("check-dynamic");
+    let model = dir.join("model.onnx");
+    let q = dir.join("dyn.onnx");
+    let o = lowbit(&argv("quantize {} -o {} --mode dynamic --target tensorrt", &[&model, &q]));
+    assert_fails(&o, 2, &["tensorrt", "DynamicQuantizeLinear"]);
+    assert!(!q.exists());
+    let o = ok(&argv("quantize {} -o {} --mode dynamic --target openvino", &[&model, &q]));
+    let out = stdout(&o);
+    assert!(out.contains("warning: target openvino") && out.contains("slower"), "{out}");
+    let (code, j) = check_json(&q, "openvino");
+    assert_eq!((code, j["errors"].as_u64()), (Some(0), Some(0)), "{j}");
+    let findings = j["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["rule"] == "dynamic" && f["severity"] == "warning"), "{j}");
+    let (code, j) = check_json(&q, "tensorrt");
+    assert_eq!(code, Some(6));
+    assert!(j["findings"].as_array().unwrap().iter().any(|f| f["rule"] == "dynamic"
+        && f["severity"] == "error"
+        && f["node"].as_str().is_some_and(|n| !n.is_empty())));
+    // A float model checks clean but is said to be float.
+    let (code, j) = check_json(&model, "tensorrt");
+    assert_eq!(code, Some(0));
+    assert_eq!(j["findings"][0]["rule"], "not-quantized", "{j}");
+    assert_fails(&lowbit(&["check", s(&dir.join("none.onnx"))]), 1, &["none.onnx"]);
+    assert_fails(&lowbit(&["check", s(&model), "--target", "tpu"]), 2, &["tpu"]);
+}
+
+#[test]
+fn doctor_reports_the_isa_the_auto_target_and_a_measured_speedup() {
+    let o = ok(&["doctor", "--size", "64", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let auto = j["auto_target"].as_str().unwrap();
+    assert!(["ort-avx2", "ort-vnni", "arm"].contains(&auto), "{j}");
+    assert!(j["auto_reason"].as_str().unwrap().starts_with("auto: "), "{j}");
+    let features = j["features"].as_array().unwrap();
+    let has = |n: &str| features.iter().any(|f| f["name"] == n && f["present"] == true);
+    if cfg!(target_arch = "x86_64") {
+        assert!(features.iter().any(|f| f["name"] == "avx512vnni"), "{j}");
+        // auto follows the ISA: VNNI of either width means 8-bit weights.
+        assert_eq!(auto == "ort-vnni", has("avx512vnni") || has("avxvnni"), "{j}");
+        assert_eq!(j["kernels"] == "Avx512Vnni", has("avx512vnni") && has("avx512bw"), "{j}");
+    }
+    let sp = &j["speedup"];
+    assert_eq!((sp["size"].as_u64(), sp["threads"].as_u64()), (Some(64), Some(1)));
+    for k in ["f32_gmacs", "int8_gmacs", "int8_7bit_gmacs", "int8_over_f32"] {
+        assert!(f64_at(sp, &[k]) > 0.0, "{k}: {j}");
+    }
+    let text = stdout(&ok(&["doctor", "--size", "64"]));
+    assert!(text.contains("--target auto: ") && text.contains("int8 speed-up here: "), "{text}");
+}
+
+/// OpenVINO (the `openvino` package in `LOWBIT_PYTHON`'s environment) runs lowbit's
+/// `--target openvino` static int8 files for EfficientNet-Lite0 and MiniLM with their accuracy,
+/// through `bench/openvino_int8.py`; int8 and FP32 latency in OpenVINO are measured and printed.
+#[test]
+fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
+    let Some(python) = ort_python() else { return };
+    let has_ov = Command::new(&python).args(["-c", "import openvino"]).output();
+    if !has_ov.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: openvino is not installed for {python} (scripts/setup-test-env.sh)");
+        return;
+    }
+    let corpus = shared_dir().join("corpus/dev/models/efficientnet-lite0.onnx");
+    if !corpus.is_file() {
+        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", corpus.display());
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/openvino_int8.py");
+    let o = Command::new(&python)
+        .arg(&script)
+        .args(["--lowbit", env!("CARGO_BIN_EXE_lowbit"), "--threads", "1"])
+        .args(["--runs", "30", "--rounds", "3", "--limit-pairs", "500", "--json"])
+        .env("LOWBIT_SHARED", shared_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "bench/openvino_int8.py: {}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = j["results"].as_array().unwrap();
+    let eff = &results[0];
+    let (f, q) = (f64_at(eff, &["fp32_top1"]), f64_at(eff, &["int8_top1"]));
+    println!(
+        "OpenVINO {}: EfficientNet-Lite0 on {} photos: top-1 FP32 {f:.2}, int8 {q:.2}; \
+         latency FP32 {:.2} ms, int8 {:.2} ms ({:.2}x), 1 thread",
+        j["openvino"],
+        eff["photos"],
+        f64_at(eff, &["fp32_ms"]),
+        f64_at(eff, &["int8_ms"]),
+        f64_at(eff, &["speedup"])
+    );
+    assert_eq!(eff["photos"].as_u64(), Some(900));
+    assert!(f > 80.0, "FP32 top-1 {f} in OpenVINO");
+    assert!(q >= f - 0.5, "int8 top-1 {q} vs FP32 {f} in OpenVINO");
+    assert!(f64_at(eff, &["agreement"]) > 95.0, "{eff}");
+    // MiniLM: OpenVINO 2025.4 cannot compile the corpus' FP32 file (its pooling head), so the
+    // reference embeddings come from ONNX Runtime; lowbit's static file must compile and keep
+    // the score.
+    let lm = &results[1];
+    let (f, s) = (f64_at(lm, &["fp32_ort_spearman"]), f64_at(lm, &["static_spearman"]));
+    println!(
+        "OpenVINO: MiniLM on {} STS-B pairs: Spearman FP32 (ONNX Runtime) {f:.2}, static int8 \
+         {s:.2} (cosine {:.4}), {:.2} ms; FP32 in OpenVINO: {}; dynamic in OpenVINO: {}",
+        lm["pairs"],
+        f64_at(lm, &["static_cosine"]),
+        f64_at(lm, &["static_ms"]),
+        lm.get("fp32_error").map_or_else(|| format!("{} ms", lm["fp32_ms"]), |e| e.to_string()),
+        lm.get("dynamic_error")
+            .map_or_else(|| format!("{} ms", lm["dynamic_ms"]), |e| e.to_string()),
+    );
+    assert!(lm.get("static_error").is_none(), "{lm}");
+    assert!(f > 80.0, "FP32 Spearman {f}");
+    assert!(s >= f - 1.0, "static int8 Spearman {s} in OpenVINO vs FP32 {f}");
+    assert!(f64_at(lm, &["static_cosine"]) > 0.98, "{lm}");
+}

@@ -729,6 +729,7 @@ impl<'g> Fuser<'g> {
             attrs: Attrs::new(n),
             opset: self.opsets.get(canonical_domain(&n.domain)).copied().unwrap_or(1),
             constants: constants.clone(),
+            subgraphs: None,
         };
         let kernel = (self.reg.get(&n.domain, &n.op_type)?)(&ctx).ok()?;
         let mut args = constants;

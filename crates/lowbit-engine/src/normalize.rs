@@ -140,6 +140,7 @@ pub fn normalize(model: &mut ModelProto) -> Result<Normalized, EngineError> {
             attrs: Attrs::new(&node),
             opset: opsets.get(domain).copied().unwrap_or(1),
             constants: inputs.clone(),
+            subgraphs: None,
         };
         let builder = reg.get(&node.domain, &node.op_type).expect("supported");
         let kernel = builder(&ctx).map_err(|e| node_err(e.0))?;

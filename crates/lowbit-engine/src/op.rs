@@ -14,6 +14,9 @@ pub struct BuildCtx<'a> {
     pub attrs: Attrs<'a>,
     pub opset: i64,
     pub constants: Vec<Option<&'a Tensor>>,
+    /// Set for a node with subgraphs (`If`, `Loop`, `Scan`) inside a session: what planning
+    /// them needs. Its inputs past `explicit_inputs` are the outer-scope values they read.
+    pub subgraphs: Option<&'a crate::session::SubgraphCtx<'a>>,
 }
 
 impl<'a> BuildCtx<'a> {
@@ -38,6 +41,17 @@ pub trait Kernel: Send + Sync {
     /// requantizing into the narrower range). `false` when the kernel cannot.
     fn clamp_output(&mut self, _lo: i32, _hi: i32) -> bool {
         false
+    }
+
+    /// [`Kernel::run`] with an observer: kernels that run subgraphs show it their values,
+    /// named `scope` + the subgraph's attribute + `/` + the value's name.
+    fn run_observed(
+        &self,
+        inputs: &[Option<&Tensor>],
+        _observer: &mut crate::session::Observer<'_>,
+        _scope: &str,
+    ) -> OpResult<Vec<Tensor>> {
+        self.run(inputs)
     }
 }
 

@@ -79,13 +79,10 @@ mod tests {
     const TYPED_ONLY: &[(&str, &str)] = &[
         ("", "Bernoulli"),
         ("", "Det"),
-        ("", "GRU"),
         ("", "GridSample"),
-        ("", "LSTM"),
         ("", "LpNormalization"),
         ("", "NonMaxSuppression"),
         ("", "RMSNormalization"),
-        ("", "RNN"),
         ("", "RandomNormal"),
         ("", "RandomNormalLike"),
         ("", "RandomUniform"),

@@ -79,18 +79,36 @@ struct Step {
     free_after: Vec<usize>,
 }
 
-/// A model ready to run. Immutable after construction: `run` may be called from many threads.
-pub struct Session {
+/// One graph's execution plan: the main graph's, or a control-flow subgraph's (built by
+/// [`Plan::subgraph`] from the op's builder, run by its kernel).
+pub struct Plan {
     steps: Vec<Step>,
     slot_names: Vec<String>,
     /// Values known at load time (initializers and folded nodes), by slot.
     constants: Vec<Option<Tensor>>,
     /// Slots produced by folded nodes (shown to observers, unlike initializers).
     folded: Vec<usize>,
+    /// The graph's inputs, in order (a subgraph's: all of them, fed by position).
     inputs: Vec<(InputSpec, usize)>,
+    /// Outer-scope values a subgraph reads that are not constant: fed by the kernel each run.
+    outer: Vec<(String, usize)>,
     outputs: Vec<(String, usize)>,
+}
+
+/// A model ready to run. Immutable after construction: `run` may be called from many threads.
+pub struct Session {
+    plan: Plan,
     pool: rayon::ThreadPool,
     fused: BTreeMap<String, usize>,
+}
+
+/// What a control-flow op's builder needs to plan its subgraphs: the session's registry and
+/// opsets, and how many of the node's inputs are its own (the rest are the outer-scope values
+/// its subgraphs read, appended by the planner).
+pub struct SubgraphCtx<'a> {
+    pub(crate) reg: &'a Registry,
+    pub(crate) opsets: &'a HashMap<String, i64>,
+    pub explicit_inputs: usize,
 }
 
 /// Ops whose output must not be computed once at load time.
@@ -183,6 +201,38 @@ fn topo_order(nodes: &[NodeProto], available: &HashSet<String>) -> Result<Vec<us
     Ok(order)
 }
 
+/// `name` under `prefix` (a subgraph's scope; empty in the main graph).
+fn scoped<'n>(prefix: &str, name: &'n str) -> std::borrow::Cow<'n, str> {
+    if prefix.is_empty() {
+        name.into()
+    } else {
+        format!("{prefix}{name}").into()
+    }
+}
+
+/// Every node of `graph` and of the subgraphs inside it.
+fn all_nodes<'g>(graph: &'g pb::GraphProto, out: &mut Vec<&'g NodeProto>) {
+    for n in &graph.node {
+        out.push(n);
+        for g in lowbit_onnx::graph::subgraphs(n) {
+            all_nodes(g, out);
+        }
+    }
+}
+
+/// `node` with the outer-scope values its subgraphs read appended to its inputs, so they are
+/// scheduled, kept alive and handed to its kernel like inputs; `None` when it has no subgraph.
+fn with_implicit_inputs(node: &NodeProto) -> Option<NodeProto> {
+    lowbit_onnx::graph::subgraphs(node).next()?;
+    let mut n = node.clone();
+    for v in lowbit_onnx::graph::node_reads(node) {
+        if !n.input.contains(&v) {
+            n.input.push(v);
+        }
+    }
+    Some(n)
+}
+
 impl Session {
     /// Plans `model` with every op lowbit implements.
     pub fn new(model: &ModelProto, opts: &SessionOptions) -> Result<Session> {
@@ -198,12 +248,18 @@ impl Session {
             .graph
             .as_ref()
             .ok_or_else(|| EngineError::Graph("the model has no graph".into()))?;
-        let opsets: HashMap<&str, i64> =
-            model.opset_import.iter().map(|o| (canonical_domain(&o.domain), o.version)).collect();
+        let opsets: HashMap<String, i64> = model
+            .opset_import
+            .iter()
+            .map(|o| (canonical_domain(&o.domain).to_string(), o.version))
+            .collect();
 
-        // Every op is checked before anything is built, so the user hears of all of them.
+        // Every op (subgraphs' too) is checked before anything is built, so the user hears of
+        // all of them.
+        let mut every = Vec::new();
+        all_nodes(graph, &mut every);
         let unsupported: Vec<&NodeProto> =
-            graph.node.iter().filter(|n| !reg.supports(&n.domain, &n.op_type)).collect();
+            every.into_iter().filter(|n| !reg.supports(&n.domain, &n.op_type)).collect();
         if let Some(n) = unsupported.first() {
             let mut ops: Vec<String> = unsupported.iter().map(|n| n.op_type.clone()).collect();
             ops.sort();
@@ -215,8 +271,9 @@ impl Session {
             });
         }
 
+        let by_ref: HashMap<&str, i64> = opsets.iter().map(|(d, v)| (d.as_str(), *v)).collect();
         let mut fused = if opts.fuse_quantized {
-            let mut f = crate::fuse::fuse_qdq(graph, &opsets, reg);
+            let mut f = crate::fuse::fuse_qdq(graph, &by_ref, reg);
             let rank = |name: &str| constant_rank(graph, name);
             let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
             let (nodes, n) =
@@ -233,7 +290,75 @@ impl Session {
             let opset = opsets.get("").copied().unwrap_or(1);
             crate::fuse_float::fuse_float(graph, opset, reg, &mut fused);
         }
-        let nodes: &[NodeProto] = &fused.nodes;
+        let env = SubgraphCtx { reg, opsets: &opsets, explicit_inputs: 0 };
+        let plan = Plan::build(graph, &fused.nodes, fused.constants, &[], &env)?;
+
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .build()
+            .map_err(|e| EngineError::Graph(format!("cannot start worker threads: {e}")))?;
+        Ok(Session { plan, pool, fused: fused.counts })
+    }
+}
+
+impl Plan {
+    /// Plans subgraph `graph` of a control-flow node. `outer` names each outer-scope value it
+    /// reads with its value when that is constant (copied into the plan, so weights are known
+    /// at load); the others are fed at every run, in [`Plan::outer_names`] order. Subgraphs
+    /// run unfused (their Q/DQ pairs as float ops).
+    pub(crate) fn subgraph(
+        graph: &pb::GraphProto,
+        outer: &[(String, Option<&Tensor>)],
+        ctx: &SubgraphCtx,
+    ) -> Result<Plan> {
+        let reads = lowbit_onnx::graph::outer_reads(graph);
+        let mut constants = Vec::new();
+        let mut runtime = Vec::new();
+        for v in reads {
+            match outer.iter().find(|(n, _)| *n == v) {
+                Some((_, Some(t))) => constants.push((v, (*t).clone())),
+                Some((_, None)) => runtime.push(v),
+                None => {
+                    return Err(EngineError::Graph(format!(
+                        "subgraph '{}' reads '{v}', which the enclosing graph does not provide",
+                        graph.name
+                    )))
+                }
+            }
+        }
+        Plan::build(graph, &graph.node, constants, &runtime, ctx)
+    }
+
+    /// The outer-scope values fed at every run, in order.
+    pub(crate) fn outer_names(&self) -> impl Iterator<Item = &str> {
+        self.outer.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// How many inputs and outputs the graph declares.
+    pub(crate) fn arity(&self) -> (usize, usize) {
+        (self.inputs.len(), self.outputs.len())
+    }
+
+    /// Plans `nodes` (the graph's, possibly fused) with `extra` constants besides the graph's
+    /// initializers and `outer` values fed at run time.
+    fn build(
+        graph: &pb::GraphProto,
+        nodes: &[NodeProto],
+        extra: Vec<(String, Tensor)>,
+        outer: &[String],
+        env: &SubgraphCtx,
+    ) -> Result<Plan> {
+        let (reg, opsets) = (env.reg, env.opsets);
+        let explicit_counts: Vec<usize> = nodes.iter().map(|n| n.input.len()).collect();
+        let implicit: Vec<Option<NodeProto>> = nodes.iter().map(with_implicit_inputs).collect();
+        let owned: Vec<NodeProto>;
+        let nodes: &[NodeProto] = if implicit.iter().any(Option::is_some) {
+            owned =
+                nodes.iter().zip(implicit).map(|(n, i)| i.unwrap_or_else(|| n.clone())).collect();
+            &owned
+        } else {
+            nodes
+        };
 
         let mut slots: HashMap<String, usize> = HashMap::new();
         let mut slot_names: Vec<String> = Vec::new();
@@ -258,7 +383,7 @@ impl Session {
             let s = slot_of(&init.name, &mut slots);
             set_const(&mut constants, s, t);
         }
-        for (name, t) in &fused.constants {
+        for (name, t) in &extra {
             let s = slot_of(name, &mut slots);
             set_const(&mut constants, s, t.clone());
         }
@@ -266,7 +391,7 @@ impl Session {
             .initializer
             .iter()
             .map(|t| t.name.as_str())
-            .chain(fused.constants.iter().map(|(n, _)| n.as_str()))
+            .chain(extra.iter().map(|(n, _)| n.as_str()))
             .collect();
         let mut inputs = Vec::new();
         for vi in &graph.input {
@@ -277,9 +402,12 @@ impl Session {
             let s = slot_of(&vi.name, &mut slots);
             inputs.push((input_spec(vi), s));
         }
+        let outer: Vec<(String, usize)> =
+            outer.iter().map(|n| (n.clone(), slot_of(n, &mut slots))).collect();
 
         let mut available: HashSet<String> = graph.input.iter().map(|v| v.name.clone()).collect();
         available.extend(init_names.iter().map(|s| s.to_string()));
+        available.extend(outer.iter().map(|(n, _)| n.clone()));
         let order = topo_order(nodes, &available)?;
 
         let mut steps = Vec::with_capacity(order.len());
@@ -304,11 +432,13 @@ impl Session {
                 .collect();
             let const_of =
                 |s: &Option<usize>| s.and_then(|s| constants.get(s).and_then(|c| c.as_ref()));
+            let sub = SubgraphCtx { reg, opsets, explicit_inputs: explicit_counts[idx] };
             let ctx = BuildCtx {
                 node,
                 attrs: Attrs::new(node),
                 opset: opsets.get(canonical_domain(&node.domain)).copied().unwrap_or(1),
                 constants: in_slots.iter().map(const_of).collect(),
+                subgraphs: lowbit_onnx::graph::subgraphs(node).next().map(|_| &sub),
             };
             let builder = reg.get(&node.domain, &node.op_type).expect("checked above");
             let kernel = builder(&ctx).map_err(|e| node_err(e.0))?;
@@ -361,31 +491,112 @@ impl Session {
                 steps[i].free_after.push(s);
             }
         }
-
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .build()
-            .map_err(|e| EngineError::Graph(format!("cannot start worker threads: {e}")))?;
-        Ok(Session {
-            steps,
-            slot_names,
-            constants,
-            folded,
-            inputs,
-            outputs,
-            pool,
-            fused: fused.counts,
-        })
+        Ok(Plan { steps, slot_names, constants, folded, inputs, outer, outputs })
     }
 
+    /// Runs the plan on `feeds` (one per graph input, in order) and `outer` (one per
+    /// [`Plan::outer_names`]); returns the graph outputs in order. `observer` sees every
+    /// value as `prefix` + its name; `times` gets each step's seconds.
+    pub(crate) fn execute(
+        &self,
+        feeds: Vec<Tensor>,
+        outer: &[&Tensor],
+        mut observer: Option<&mut Observer<'_>>,
+        prefix: &str,
+        mut times: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<Tensor>> {
+        if feeds.len() != self.inputs.len() || outer.len() != self.outer.len() {
+            return Err(EngineError::Graph(format!(
+                "graph given {} inputs and {} outer values, expects {} and {}",
+                feeds.len(),
+                outer.len(),
+                self.inputs.len(),
+                self.outer.len()
+            )));
+        }
+        let mut values: Vec<Option<Tensor>> = vec![None; self.slot_names.len()];
+        let mut borrowed: Vec<Option<&Tensor>> = vec![None; self.slot_names.len()];
+        for ((_, s), t) in self.outer.iter().zip(outer) {
+            borrowed[*s] = Some(*t);
+        }
+        for ((_, slot), t) in self.inputs.iter().zip(feeds) {
+            values[*slot] = Some(t);
+        }
+        if let Some(obs) = observer.as_mut() {
+            for (spec, slot) in &self.inputs {
+                obs(&scoped(prefix, &spec.name), values[*slot].as_ref().expect("fed"));
+            }
+            for &s in &self.folded {
+                obs(
+                    &scoped(prefix, &self.slot_names[s]),
+                    self.constants[s].as_ref().expect("folded"),
+                );
+            }
+        }
+        for (i, st) in self.steps.iter().enumerate() {
+            let t0 = times.is_some().then(std::time::Instant::now);
+            let outs = {
+                let args: Vec<Option<&Tensor>> = st
+                    .inputs
+                    .iter()
+                    .map(|s| {
+                        s.and_then(|s| {
+                            self.constants[s].as_ref().or(borrowed[s]).or(values[s].as_ref())
+                        })
+                    })
+                    .collect();
+                let res = match observer.as_mut() {
+                    Some(obs) => {
+                        let scope = format!("{prefix}{}/", st.node_name);
+                        st.kernel.run_observed(&args, &mut **obs, &scope)
+                    }
+                    None => st.kernel.run(&args),
+                };
+                res.map_err(|e| EngineError::Node {
+                    node: st.node_name.clone(),
+                    op_type: st.op_type.clone(),
+                    msg: e.0,
+                })?
+            };
+            for (slot, t) in st.outputs.iter().zip(outs) {
+                if let Some(s) = *slot {
+                    if let Some(obs) = observer.as_mut() {
+                        obs(&scoped(prefix, &self.slot_names[s]), &t);
+                    }
+                    values[s] = Some(t);
+                }
+            }
+            for &s in &st.free_after {
+                values[s] = None;
+            }
+            if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
+                t[i] += t0.elapsed().as_secs_f64();
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|(name, s)| {
+                values[*s]
+                    .take()
+                    .or_else(|| self.constants[*s].clone())
+                    .or_else(|| borrowed[*s].cloned())
+                    .ok_or_else(|| {
+                        EngineError::Graph(format!("graph output '{name}' was not produced"))
+                    })
+            })
+            .collect()
+    }
+}
+
+impl Session {
     /// The inputs a caller must feed, in graph order.
     pub fn inputs(&self) -> Vec<&InputSpec> {
-        self.inputs.iter().map(|(s, _)| s).collect()
+        self.plan.inputs.iter().map(|(s, _)| s).collect()
     }
 
     /// Graph output names, in graph order.
     pub fn output_names(&self) -> Vec<&str> {
-        self.outputs.iter().map(|(n, _)| n.as_str()).collect()
+        self.plan.outputs.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// How many ops of each kind load-time fusion made: integer ops (`QLinearConv`, …) and
@@ -397,12 +608,12 @@ impl Session {
 
     /// Kernels one run executes (nodes left after fusion and constant folding).
     pub fn num_steps(&self) -> usize {
-        self.steps.len()
+        self.plan.steps.len()
     }
 
     /// The op type of every step, in run order (for profiles and tests).
     pub fn step_ops(&self) -> Vec<&str> {
-        self.steps.iter().map(|s| s.op_type.as_str()).collect()
+        self.plan.steps.iter().map(|s| s.op_type.as_str()).collect()
     }
 
     /// Number of threads kernels run on.
@@ -422,16 +633,19 @@ impl Session {
         feeds: Vec<(String, Tensor)>,
         times: &mut Vec<f64>,
     ) -> Result<Vec<(String, Tensor)>> {
-        times.resize(self.steps.len(), 0.0);
+        times.resize(self.plan.steps.len(), 0.0);
         self.run_inner(feeds, None, Some(times))
     }
 
     /// The node name of every step, in run order.
     pub fn step_names(&self) -> Vec<&str> {
-        self.steps.iter().map(|s| s.node_name.as_str()).collect()
+        self.plan.steps.iter().map(|s| s.node_name.as_str()).collect()
     }
 
-    /// Runs the model, showing `observer` every tensor as it is produced, by ONNX name.
+    /// Runs the model, showing `observer` every tensor as it is produced, by ONNX name. Values
+    /// inside control-flow subgraphs are shown under scoped names,
+    /// `node/attribute/value` (e.g. `cond_if/then_branch/conv_out`, nested scopes
+    /// chained), once per time their subgraph runs.
     pub fn run_observed(
         &self,
         feeds: Vec<(String, Tensor)>,
@@ -443,20 +657,22 @@ impl Session {
     fn run_inner(
         &self,
         feeds: Vec<(String, Tensor)>,
-        mut observer: Option<&mut Observer<'_>>,
-        mut times: Option<&mut Vec<f64>>,
+        observer: Option<&mut Observer<'_>>,
+        times: Option<&mut Vec<f64>>,
     ) -> Result<Vec<(String, Tensor)>> {
-        let mut values: Vec<Option<Tensor>> = vec![None; self.slot_names.len()];
+        let inputs = &self.plan.inputs;
+        let mut fed: Vec<Option<Tensor>> = vec![None; inputs.len()];
         for (name, t) in feeds {
-            let Some((spec, slot)) = self.inputs.iter().find(|(s, _)| s.name == name) else {
-                let known: Vec<&str> = self.inputs.iter().map(|(s, _)| s.name.as_str()).collect();
+            let Some(i) = inputs.iter().position(|(s, _)| s.name == name) else {
+                let known: Vec<&str> = inputs.iter().map(|(s, _)| s.name.as_str()).collect();
                 return Err(EngineError::UnknownInput { name, known: known.join(", ") });
             };
-            check_input(spec, &t)?;
-            values[*slot] = Some(t);
+            check_input(&inputs[i].0, &t)?;
+            fed[i] = Some(t);
         }
-        for (spec, slot) in &self.inputs {
-            if values[*slot].is_none() {
+        let mut ordered = Vec::with_capacity(inputs.len());
+        for ((spec, _), t) in inputs.iter().zip(fed) {
+            let Some(t) = t else {
                 return Err(EngineError::MissingInput {
                     name: spec.name.clone(),
                     expected: format!(
@@ -465,58 +681,11 @@ impl Session {
                         spec.shape_text()
                     ),
                 });
-            }
+            };
+            ordered.push(t);
         }
-        if let Some(obs) = observer.as_mut() {
-            for (spec, slot) in &self.inputs {
-                obs(&spec.name, values[*slot].as_ref().expect("fed"));
-            }
-            for &s in &self.folded {
-                obs(&self.slot_names[s], self.constants[s].as_ref().expect("folded"));
-            }
-        }
-        self.pool.install(|| -> Result<()> {
-            for (i, st) in self.steps.iter().enumerate() {
-                let t0 = times.is_some().then(std::time::Instant::now);
-                let outs = {
-                    let args: Vec<Option<&Tensor>> = st
-                        .inputs
-                        .iter()
-                        .map(|s| s.and_then(|s| self.constants[s].as_ref().or(values[s].as_ref())))
-                        .collect();
-                    st.kernel.run(&args).map_err(|e| EngineError::Node {
-                        node: st.node_name.clone(),
-                        op_type: st.op_type.clone(),
-                        msg: e.0,
-                    })?
-                };
-                for (slot, t) in st.outputs.iter().zip(outs) {
-                    if let Some(s) = *slot {
-                        if let Some(obs) = observer.as_mut() {
-                            obs(&self.slot_names[s], &t);
-                        }
-                        values[s] = Some(t);
-                    }
-                }
-                for &s in &st.free_after {
-                    values[s] = None;
-                }
-                if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
-                    t[i] += t0.elapsed().as_secs_f64();
-                }
-            }
-            Ok(())
-        })?;
-        self.outputs
-            .iter()
-            .map(|(name, s)| {
-                let t =
-                    values[*s].take().or_else(|| self.constants[*s].clone()).ok_or_else(|| {
-                        EngineError::Graph(format!("graph output '{name}' was not produced"))
-                    })?;
-                Ok((name.clone(), t))
-            })
-            .collect()
+        let outs = self.pool.install(|| self.plan.execute(ordered, &[], observer, "", times))?;
+        Ok(self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
     }
 }
 

@@ -139,6 +139,57 @@ pub fn levels(family: fn(&Kernels) -> Isa) -> Vec<Isa> {
     v
 }
 
+/// An instruction-set extension that decides how fast int8 inference can be, and whether this
+/// CPU has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    /// The name `is_x86_feature_detected!` / `is_aarch64_feature_detected!` know it by.
+    pub name: &'static str,
+    pub present: bool,
+    /// What it gives int8 inference.
+    pub means: &'static str,
+}
+
+/// The int8-relevant extensions of this CPU's architecture, each with whether it is present
+/// (what `lowbit doctor` shows; [`Isa::detect`] is what the kernels run).
+pub fn int8_features() -> Vec<Feature> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Feature> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::is_x86_feature_detected as has;
+        let f = |name, present, means| Feature { name, present, means };
+        v.push(f("avx2", has!("avx2"), "vpmaddubsw u8×s8 pair sums (saturating int16)"));
+        v.push(f("fma", has!("fma"), "f32 fused multiply-add"));
+        v.push(f("avx512f", has!("avx512f"), "512-bit registers"));
+        v.push(f("avx512bw", has!("avx512bw"), "512-bit byte and word arithmetic"));
+        v.push(f(
+            "avx512vnni",
+            has!("avx512vnni"),
+            "vpdpbusd on 512 bits: u8×s8 products summed in int32, no saturation",
+        ));
+        v.push(f(
+            "avxvnni",
+            has!("avxvnni"),
+            "vpdpbusd on 256 bits (Alder Lake and later without AVX-512)",
+        ));
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        let f = |name, present, means| Feature { name, present, means };
+        v.push(f("neon", has!("neon"), "128-bit SIMD"));
+        v.push(f("dotprod", has!("dotprod"), "sdot/udot: 8-bit dot products into int32"));
+        v.push(f("i8mm", has!("i8mm"), "smmla/usmmla: 8-bit matrix multiply-accumulate"));
+    }
+    v
+}
+
+/// Whether this CPU has `name` among [`int8_features`].
+pub fn has_feature(name: &str) -> bool {
+    int8_features().iter().any(|f| f.name == name && f.present)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +212,13 @@ mod tests {
         assert_eq!(all.last(), Some(&Isa::detect()));
         assert_eq!(levels(|k| k.qgemm), all);
         assert!(levels(|k| k.wgemm).len() <= 2);
+        // The reported features agree with the level the kernels run.
+        if Isa::detect() >= Isa::Avx2 {
+            assert!(has_feature("avx2") && has_feature("fma"));
+        }
+        if Isa::detect() == Isa::Avx512Vnni {
+            assert!(has_feature("avx512vnni") && has_feature("avx512bw"));
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("avx512bw")

@@ -168,6 +168,14 @@ fn graph_defines(g: &GraphProto) -> HashSet<&str> {
     d
 }
 
+/// The outer-scope values subgraph `g` reads (nested subgraphs included), each once, in
+/// first-use order: what a control-flow node must be given besides its inputs.
+pub fn outer_reads(g: &GraphProto) -> Vec<String> {
+    let mut out = Vec::new();
+    graph_free_values(g, &mut out);
+    out
+}
+
 fn graph_free_values(g: &GraphProto, out: &mut Vec<String>) {
     let defined = graph_defines(g);
     let add = |v: &str, out: &mut Vec<String>| {

@@ -20,8 +20,8 @@
 use crate::calibrate::Method;
 use crate::error::{QuantError, Result};
 use crate::passes::Exclusions;
-use crate::scheme::{IntType, Mode, QuantScheme, ValueType};
-use crate::target::{Target, TargetChoice};
+use crate::scheme::{IntType, Mode, QuantScheme, RangeFit, ValueType};
+use crate::target::{qdq_min_opset, Support, Target, TargetChoice};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -289,6 +289,9 @@ pub struct QuantizeConfig {
     /// Weight range mode; `None`: symmetric for int8/int16 (ORT's default), asymmetric for
     /// unsigned and 4-bit weights.
     pub weight_mode: Option<Mode>,
+    /// How weight ranges are chosen from the weights; `None`: min-max.
+    #[serde(default)]
+    pub weight_range: Option<RangeFit>,
     /// One scale per output channel. Off: one scale per weight tensor.
     pub per_channel: bool,
     /// Blocked weights along the reduction axis (weight-only): `Some(0)` none (per channel or
@@ -330,6 +333,7 @@ impl Default for QuantizeConfig {
             symmetric_activations: None,
             weights: IntType::Int8,
             weight_mode: None,
+            weight_range: None,
             per_channel: true,
             block_size: None,
             reduce_range: None,
@@ -404,6 +408,9 @@ pub struct WeightPlan {
     pub granularity: WeightGranularity,
     /// 7-bit grid for 8-bit weights (only ever true for integer-kernel modes).
     pub reduce_range: bool,
+    /// How each weight's range is chosen from its values.
+    #[serde(default)]
+    pub range_fit: RangeFit,
 }
 
 impl WeightPlan {
@@ -414,7 +421,8 @@ impl WeightPlan {
     pub fn scheme_for(&self, op: &str, trans_b: bool, rank: usize) -> Option<QuantScheme> {
         let base = QuantScheme::new(ValueType::Int(self.value))
             .with_mode(self.mode)
-            .with_reduce_range(self.reduce_range);
+            .with_reduce_range(self.reduce_range)
+            .with_range_fit(self.range_fit);
         let channel = crate::passes::qdq::weight_axis(op, trans_b, rank)?;
         Some(match self.granularity {
             WeightGranularity::PerTensor => base.per_tensor(),
@@ -467,6 +475,8 @@ pub struct QuantPlan {
     pub min_opset: i64,
     /// Why each target-dependent choice was made, for the summary.
     pub decisions: Vec<String>,
+    /// What the target runs badly in this plan (it is written anyway), for the summary.
+    pub warnings: Vec<String>,
 }
 
 impl QuantPlan {
@@ -579,10 +589,19 @@ impl QuantPlan {
                 }
             };
         let weight_mode = config.weight_mode.unwrap_or(match w {
+            _ if rules.symmetric_weights && mode.integer_kernels() => Mode::Symmetric,
             IntType::Int8 | IntType::Int16 => Mode::Symmetric,
             _ => Mode::Asymmetric,
         });
-        let weights = WeightPlan { value: w, mode: weight_mode, granularity, reduce_range };
+        if rules.symmetric_weights && mode.integer_kernels() && weight_mode != Mode::Symmetric {
+            return bad(format!(
+                "target {target} needs symmetric weights: {}",
+                rules.type_reason.unwrap_or("")
+            ));
+        }
+        let range_fit = config.weight_range.unwrap_or_default();
+        let weights =
+            WeightPlan { value: w, mode: weight_mode, granularity, reduce_range, range_fit };
         let alg = &config.algorithms;
         if alg.any() && mode != QuantMode::Static {
             return bad(format!(
@@ -634,17 +653,29 @@ impl QuantPlan {
             nodes.insert(name.clone(), node_plan);
         }
 
-        let wide_act = matches!(act_type, IntType::Int16 | IntType::Uint16);
-        let min_opset = match mode {
-            QuantMode::Static if wide_act || four_bit => 21,
-            QuantMode::Static => 13,
-            QuantMode::Dynamic => 11,
-            QuantMode::WeightOnly if block > 0 || four_bit => 21,
-            QuantMode::WeightOnly if config.per_channel => 13,
-            QuantMode::WeightOnly => 10,
-            QuantMode::Fp16 | QuantMode::Bf16 => 1,
+        let mut warnings = Vec::new();
+        if mode == QuantMode::Dynamic {
+            match rules.dynamic {
+                Support::Yes => {}
+                Support::Slow(why) => warnings.push(format!("target {target}: {why}")),
+                Support::No(why) => return bad(format!("target {target}: {why}")),
+            }
         }
-        .max(node_opset);
+
+        // Static writes per-axis weights' opset (13) even per tensor: its passes assume it.
+        let min_opset = match mode {
+            QuantMode::Static => {
+                qdq_min_opset(act_type, false, false).max(qdq_min_opset(w, true, false))
+            }
+            QuantMode::Dynamic => 11,
+            QuantMode::WeightOnly => qdq_min_opset(w, config.per_channel, block > 0),
+            QuantMode::Fp16 | QuantMode::Bf16 => 1,
+        };
+        let min_opset = if mode == QuantMode::Fp16 || mode == QuantMode::Bf16 {
+            min_opset
+        } else {
+            min_opset.max(rules.min_opset).max(node_opset)
+        };
         Ok(QuantPlan {
             mode,
             target,
@@ -658,6 +689,7 @@ impl QuantPlan {
             nodes,
             min_opset,
             decisions,
+            warnings,
         })
     }
 }
@@ -708,6 +740,48 @@ mod tests {
         assert_eq!(p.activations.calibration.levels, 255);
         let e = plan(QuantizeConfig { activations: Some(IntType::Uint8), ..on(Target::TensorRt) });
         assert!(e.unwrap_err().to_string().contains("tensorrt"));
+    }
+
+    #[test]
+    fn tensorrt_gets_symmetric_weights_opset_13_and_no_dynamic_quantization() {
+        // 4-bit weights default to asymmetric elsewhere, symmetric for TensorRT.
+        let c = QuantizeConfig { weights: IntType::Int4, ..on(Target::TensorRt) };
+        let p = plan(c).unwrap();
+        assert_eq!(p.weights.mode, Mode::Symmetric);
+        assert_eq!(p.min_opset, 21);
+        let c = QuantizeConfig { weights: IntType::Int4, ..on(Target::Lowbit) };
+        assert_eq!(plan(c).unwrap().weights.mode, Mode::Asymmetric);
+        let c = QuantizeConfig { weight_mode: Some(Mode::Asymmetric), ..on(Target::TensorRt) };
+        let e = plan(c).unwrap_err().to_string();
+        assert!(e.contains("tensorrt") && e.contains("symmetric weights"), "{e}");
+        let c = QuantizeConfig { weights: IntType::Uint8, ..on(Target::TensorRt) };
+        assert!(plan(c).is_err());
+        // TensorRT parses Q/DQ from opset 13: even per-tensor weight-only files get it.
+        let c = QuantizeConfig { per_channel: false, ..QuantizeConfig::weight_only_int8() };
+        assert_eq!(
+            plan(QuantizeConfig { target: on(Target::Lowbit).target, ..c.clone() })
+                .unwrap()
+                .min_opset,
+            10
+        );
+        assert_eq!(
+            plan(QuantizeConfig { target: on(Target::TensorRt).target, ..c }).unwrap().min_opset,
+            13
+        );
+        let e = plan(QuantizeConfig { mode: QuantMode::Dynamic, ..on(Target::TensorRt) });
+        assert!(e.unwrap_err().to_string().contains("DynamicQuantizeLinear"));
+    }
+
+    #[test]
+    fn openvino_dynamic_quantization_is_written_with_a_warning() {
+        let p = plan(QuantizeConfig { mode: QuantMode::Dynamic, ..on(Target::OpenVino) }).unwrap();
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("slower than its FP32"), "{:?}", p.warnings);
+        for t in [Target::OrtVnni, Target::Lowbit] {
+            let p = plan(QuantizeConfig { mode: QuantMode::Dynamic, ..on(t) }).unwrap();
+            assert!(p.warnings.is_empty(), "{t}: {:?}", p.warnings);
+        }
+        assert!(plan(on(Target::OpenVino)).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -35,4 +35,4 @@ pub mod scheme;
 pub mod target;
 
 pub use error::QuantError;
-pub use scheme::QuantScheme;
+pub use scheme::{QuantScheme, RangeFit};

@@ -474,6 +474,7 @@ pub fn quantize_run(
         mode: Some(plan.mode),
         target: Some(plan.target.to_string()),
         decisions: plan.decisions.clone(),
+        warnings: plan.warnings.clone(),
         size_before: passes::initializer_bytes(&model),
         opset_before: lowbit_onnx::graph::opset_version(&model, "").unwrap_or(1),
         ..Default::default()

@@ -164,6 +164,19 @@ pub enum Mode {
     Asymmetric,
 }
 
+/// How a tensor's own values (a weight's) choose the range its grid covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeFit {
+    /// The values' min and max: nothing is clipped.
+    #[default]
+    MinMax,
+    /// The range, narrowed from min/max, that minimizes the squared rounding-plus-clipping error
+    /// of the values (a grid search per parameter): on 4-bit grids a few outliers otherwise
+    /// make the step of every other value several times too coarse.
+    Mse,
+}
+
 /// Which elements share one scale and zero point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -187,6 +200,10 @@ pub struct QuantScheme {
     pub mode: Mode,
     pub granularity: Granularity,
     pub reduce_range: bool,
+    /// How a weight's range is chosen from its values (ranges given from outside, such as
+    /// calibrated activation ranges, are used as they are).
+    #[serde(default)]
+    pub range_fit: RangeFit,
 }
 
 impl QuantScheme {
@@ -196,7 +213,13 @@ impl QuantScheme {
             ValueType::Cast(_) => Mode::Symmetric,
             ValueType::Int(_) => Mode::Asymmetric,
         };
-        QuantScheme { value, mode, granularity: Granularity::PerTensor, reduce_range: false }
+        QuantScheme {
+            value,
+            mode,
+            granularity: Granularity::PerTensor,
+            reduce_range: false,
+            range_fit: RangeFit::MinMax,
+        }
     }
 
     pub fn int8() -> QuantScheme {
@@ -278,6 +301,10 @@ impl QuantScheme {
     }
     pub fn with_reduce_range(mut self, on: bool) -> QuantScheme {
         self.reduce_range = on;
+        self
+    }
+    pub fn with_range_fit(mut self, fit: RangeFit) -> QuantScheme {
+        self.range_fit = fit;
         self
     }
 
@@ -378,6 +405,9 @@ impl fmt::Display for QuantScheme {
         }
         if self.reduce_range {
             f.write_str(" reduce-range")?;
+        }
+        if self.range_fit == RangeFit::Mse {
+            f.write_str(" mse-range")?;
         }
         Ok(())
     }

@@ -4,8 +4,10 @@
 pub mod bench;
 pub mod bench_kernels;
 pub mod calibrate;
+pub mod check;
 pub mod compare;
 pub mod demo;
+pub mod doctor;
 pub mod eval;
 pub mod example_model;
 pub mod inspect;
@@ -30,5 +32,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Compare(a) => compare::compare(a, cli.quiet),
         Command::Eval(a) => eval::eval(a, cli.quiet),
         Command::Tune(a) => tune::tune(*a, cli.quiet),
+        // deployment (issue 17)
+        Command::Check(a) => check::check(a),
+        Command::Doctor(a) => doctor::doctor(a),
     }
 }

@@ -23,6 +23,7 @@ use lowbit_quant::calibrate::dataset::DatasetBatches;
 use lowbit_quant::calibrate::{CalibrationTable, Method};
 use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
 use lowbit_quant::passes::Exclusions;
+use lowbit_quant::RangeFit;
 use lowbit_quant::quantize::{
     parse_int_type, quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs,
 };
@@ -40,6 +41,10 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
         activations: args.activations.as_deref().map(parse_int_type).transpose()?,
         weights: parse_int_type(&args.weights)?,
         per_channel: !args.per_tensor,
+        weight_range: args.weight_range.as_deref().map(|r| match r {
+            "mse" => RangeFit::Mse,
+            _ => RangeFit::MinMax,
+        }),
         block_size: args.block_size,
         reduce_range: match (args.reduce_range, args.no_reduce_range) {
             (true, _) => Some(true),

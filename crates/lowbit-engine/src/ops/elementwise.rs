@@ -166,7 +166,9 @@ impl ErfExt for f64 {
     }
 }
 
-trait SigmoidExp {
+/// The logistic sigmoid and softplus, overflow-safe for either sign (shared with the
+/// recurrent layers' gate activations).
+pub(crate) trait SigmoidExp {
     fn sigmoid(self) -> Self;
     fn softplus(self) -> Self;
 }

@@ -5,10 +5,14 @@
 //! a per-column bias and an activation (`activation`, `activation_params`) in the product's
 //! output stage.
 //!
-//! Both compute in f32 through [`lowbit_kernels::gemm`]; f64, f16 and bf16 inputs are converted
+//! `Einsum` ([`einsum`]) reduces each pair of operands to one batched [`matmul`].
+//!
+//! All compute in f32 through [`lowbit_kernels::gemm`]; f64, f16 and bf16 inputs are converted
 //! to f32 and the result back. A `MatMul` whose `B` has no batch dims runs as one GEMM over all
 //! of `A`'s rows; batched products with small matrices are spread over the rayon pool one
 //! matrix per task.
+
+mod einsum;
 
 use crate::bail;
 use crate::error::OpResult;
@@ -28,6 +32,7 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "Gemm", build_gemm);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "FusedMatMul", build_fused_matmul);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "FusedGemm", build_fused_gemm);
+    reg.register("", "Einsum", einsum::build_einsum);
 }
 
 /// `MatMul` (and `FusedMatMul`), with `B` packed once at load time when it is a constant

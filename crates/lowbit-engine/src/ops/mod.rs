@@ -6,14 +6,16 @@
 //! |---|---|
 //! | `elementwise` | unary and broadcasting binary math, comparisons, logic, `Where`, `Clip`, `Cast` |
 //! | `reduce` | `Reduce*`, `ArgMax`/`ArgMin` |
-//! | `linalg` | `MatMul`, `Gemm`, `Einsum`-free matrix products |
-//! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, activations with attributes |
+//! | `linalg` | `MatMul`, `Gemm`, `Einsum` |
+//! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, `RNN`/`GRU`/`LSTM` |
 //! | `shape` | layout and indexing: `Reshape`, `Transpose`, `Concat`, `Gather`, `Slice`, `Shape`, … |
 //! | `resize` | `Resize`: nearest, linear and cubic interpolation |
 //! | `quant` | `QuantizeLinear`, `DequantizeLinear`, `DynamicQuantizeLinear`, reference integer matmul/conv |
 //! | `weight_only` | f32 × int8/int4 weight-only products: lowbit's fused `WeightOnlyMatMul`, ORT's `MatMulNBits` |
+//! | `control` | `If`, `Loop`, `Scan`: subgraphs run as nested plans |
 //! | `qlinear` | integer ops on the packed int8 kernels: `QLinearConv`/`MatMul`, `*Integer`, ORT's `QGemm`, `QLinearAdd`, … |
 
+pub mod control;
 pub mod elementwise;
 pub mod linalg;
 pub mod nn;
@@ -31,7 +33,7 @@ use crate::registry::Registry;
 type Registers = &'static [fn(&mut Registry)];
 
 /// Each family's name (the file) and its `register` functions.
-const FAMILIES: [(&str, Registers); 7] = [
+const FAMILIES: [(&str, Registers); 8] = [
     ("elementwise", &[elementwise::register]),
     ("reduce", &[reduce::register]),
     ("linalg", &[linalg::register]),
@@ -39,6 +41,7 @@ const FAMILIES: [(&str, Registers); 7] = [
     ("shape", &[shape::register]),
     ("resize", &[resize::register]),
     ("quant", &[quant::register, qlinear::register, weight_only::register]),
+    ("control", &[control::register]),
 ];
 
 /// Registers every op family.

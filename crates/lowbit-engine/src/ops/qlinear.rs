@@ -976,6 +976,7 @@ fn build_with_table(
         attrs: lowbit_onnx::attr::Attrs::new(&node),
         opset: ctx.opset,
         constants: ctx.constants[..last].to_vec(),
+        subgraphs: None,
     };
     let mut inner = inner(&inner_ctx)?;
     // Relu/Clip after a requantization whose parameters they share are clamps of the codes

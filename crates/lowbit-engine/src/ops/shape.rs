@@ -122,6 +122,46 @@ fn gather_idx_multi(parts: &[&TensorData], idx: &[usize]) -> OpResult<TensorData
     gather_runs_multi(parts, &runs)
 }
 
+/// The sub-tensor at index `i` of `axis`, that axis dropped (a `Scan` input's slice).
+pub(crate) fn take_index(t: &Tensor, axis: usize, i: usize) -> OpResult<Tensor> {
+    let s = t.shape();
+    if axis >= s.len() || i >= s[axis] {
+        bail!("index {i} of axis {axis} is outside shape {s:?}");
+    }
+    let (pre, d, post) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+    let runs: Vec<(usize, usize, usize)> =
+        (0..pre).map(|o| (0, (o * d + i) * post, post)).filter(|r| r.2 > 0).collect();
+    let mut shape = s.to_vec();
+    shape.remove(axis);
+    Ok(Tensor::new(shape, gather_runs_multi(&[t.data()], &runs)?)?)
+}
+
+/// Tensors of one shape and dtype stacked along a new axis `axis` (a `Loop`'s or `Scan`'s
+/// scan outputs).
+pub(crate) fn stack(parts: &[Tensor], axis: usize) -> OpResult<Tensor> {
+    let Some(first) = parts.first() else { bail!("nothing to stack") };
+    let s = first.shape();
+    if axis > s.len() {
+        bail!("axis {axis} is outside 0..={}", s.len());
+    }
+    if let Some(p) = parts.iter().find(|p| p.shape() != s) {
+        bail!("iterations produced shapes {s:?} and {:?}; they must agree", p.shape());
+    }
+    let (pre, post) = (numel(&s[..axis]), numel(&s[axis..]));
+    let mut runs = Vec::with_capacity(pre * parts.len());
+    for o in 0..pre {
+        for p in 0..parts.len() {
+            if post > 0 {
+                runs.push((p, o * post, post));
+            }
+        }
+    }
+    let mut shape = s.to_vec();
+    shape.insert(axis, parts.len());
+    let datas: Vec<&TensorData> = parts.iter().map(|p| p.data()).collect();
+    Ok(Tensor::new(shape, gather_runs_multi(&datas, &runs)?)?)
+}
+
 fn gather_idx(data: &TensorData, idx: &[usize]) -> OpResult<TensorData> {
     gather_idx_multi(&[data], idx)
 }

@@ -22,7 +22,12 @@
 //! * **bias** (Conv input 2, Gemm C with `alpha = beta = 1` and shape `[N]`): int32 with
 //!   `scale = s_in · s_w` (per channel), zero point 0, + `DequantizeLinear`.
 //! * **opset**: raised to 13 (per-axis `DequantizeLinear`), 21 for int16 activations or int4
-//!   weights, see [`super::ensure_opset`].
+//!   weights, or the target's minimum, see [`super::ensure_opset`].
+//! * **target placement** ([`crate::target::TargetRules`]): where the target fuses an op only
+//!   with every input quantized (TensorRT's residual `Add`), the float input beside a quantized
+//!   layer's output is quantized too; where it needs one grid on an op's inputs (`Concat` for
+//!   TensorRT and OpenVINO), a `Concat` of quantized tensors gets its output quantized and its
+//!   inputs and output share the union of their ranges.
 
 use super::{
     add_init, attr_f, attr_i, constant_values, ensure_ir, init_dtype, init_f32, int_attr,
@@ -319,9 +324,52 @@ pub fn quantize_static(
     // ONNX Runtime then runs them as QLinearAdd/QLinearMul and the int8 flow is unbroken.
     // Others (e.g. a float bias Add after a MatMul, or a transformer's residual Add of a
     // LayerNorm output) stay float: quantizing them costs accuracy and saves nothing.
+    let rules = plan.target.rules();
+    let layer_outputs: BTreeSet<String> =
+        targets.iter().filter_map(|t| g.nodes()[t.idx].output.first().cloned()).collect();
     let mut joins: Vec<usize> = Vec::new();
+    let mut shared_grids: Vec<Vec<String>> = Vec::new();
+    let mut grouped: Vec<usize> = Vec::new();
     loop {
         let mut changed = false;
+        for (idx, n) in g.nodes().iter().enumerate() {
+            let op = n.op_type.as_str();
+            if !is_default_domain(n)
+                || plan.exclude.reason(n).is_some()
+                || n.input.len() < 2
+                || !(rules.quantize_all_inputs.contains(&op)
+                    || rules.shared_grid_inputs.contains(&op))
+            {
+                continue;
+            }
+            let acts: Vec<&String> = n.input.iter().filter(|i| is_act(i)).collect();
+            let all_inputs = if rules.quantize_all_inputs.contains(&op) {
+                acts.iter().any(|i| layer_outputs.contains(*i) && qset.contains(*i))
+            } else {
+                acts.iter().any(|i| qset.contains(*i))
+            };
+            if all_inputs {
+                for i in &acts {
+                    changed |= qset.insert((*i).clone());
+                }
+            }
+            let Some(o) = n.output.first() else { continue };
+            if rules.shared_grid_inputs.contains(&op)
+                && !grouped.contains(&idx)
+                && acts.len() == n.input.len()
+                && acts.iter().all(|i| qset.contains(*i))
+                && is_float(o)
+                && !g.is_graph_output(o)
+            {
+                grouped.push(idx);
+                qset.insert(o.clone());
+                let mut group: Vec<String> = acts.iter().map(|i| (*i).clone()).collect();
+                group.push(o.clone());
+                shared_grids.push(group);
+                summary.count(op);
+                changed = true;
+            }
+        }
         for (idx, n) in g.nodes().iter().enumerate() {
             let op = n.op_type.as_str();
             if !is_default_domain(n)
@@ -394,7 +442,7 @@ pub fn quantize_static(
             }
         }
     }
-    let mut params: HashMap<String, QParams> = HashMap::new();
+    let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
     let mut guarded: Vec<(String, f64, f64)> = Vec::new();
     for t in &qset {
         let s = resolve(&src, t);
@@ -406,8 +454,47 @@ pub fn quantize_static(
                 guarded.push((s.clone(), own, full));
             }
         }
+        ranges.insert(t.clone(), (c.range.min, c.range.max));
+    }
+    // One grid per shared group: every tensor on the grid of a member (same source) takes the
+    // union, repeated until groups that share a tensor agree.
+    for _ in 0..=shared_grids.len() {
+        let mut changed = false;
+        for group in &shared_grids {
+            let sources: BTreeSet<String> = group.iter().map(|t| resolve(&src, t)).collect();
+            let members: Vec<&String> =
+                qset.iter().filter(|t| sources.contains(&resolve(&src, t))).collect();
+            let (lo, hi) = members.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), m| {
+                let (a, b) = ranges[*m];
+                (l.min(a), h.max(b))
+            });
+            // A node with its own precision on one member puts the whole group on its grid.
+            let scheme = members.iter().filter_map(|m| own_scheme.get(*m)).fold(None, |a, s| match a {
+                Some(a) if !finer(s, a) => Some(a),
+                _ => Some(s),
+            }).copied();
+            for m in members {
+                if ranges[m] != (lo, hi) {
+                    ranges.insert(m.clone(), (lo, hi));
+                    changed = true;
+                }
+                if let Some(s) = scheme {
+                    if own_scheme.get(m) != Some(&s) {
+                        own_scheme.insert(m.clone(), s);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut params: HashMap<String, QParams> = HashMap::new();
+    for t in &qset {
+        let (lo, hi) = ranges[t];
         let scheme = own_scheme.get(t).unwrap_or(&act.scheme);
-        params.insert(t.clone(), QParams::from_range(scheme, c.range.min, c.range.max)?);
+        params.insert(t.clone(), QParams::from_range(scheme, lo, hi)?);
     }
     if !guarded.is_empty() {
         let (worst, own, full) =

@@ -12,7 +12,15 @@
 //! | `lowbit` | lowbit's own engine (exact on every ISA) | 8 bits |
 //!
 //! `auto` is this CPU under ONNX Runtime ([`Target::detect`]).
+//!
+//! Beyond weight widths and activation types, each target's [`TargetRules`] say which ops it
+//! runs on integer codes, whether weights must be symmetric, where Q/DQ must stand for its
+//! fusions (TensorRT's residual `Add`; one grid on a `Concat`'s inputs for TensorRT and
+//! OpenVINO), the opset its parser needs, and how it takes dynamic and operator-format
+//! quantization. `quantize` obeys them ([`crate::config::QuantPlan::resolve`] and the QDQ
+//! pass); [`check`] lints any QDQ model against them.
 
+pub mod check;
 mod onnxruntime;
 mod others;
 
@@ -48,6 +56,54 @@ pub enum Target {
     Lowbit,
 }
 
+/// How a runtime takes one kind of quantized graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    /// Runs, but slower than its FP32 model or without integer kernels: said, not refused.
+    Slow(&'static str),
+    /// The runtime refuses it (its parser or builder fails).
+    No(&'static str),
+}
+
+/// Ops every runtime here runs on 8-bit codes when Q/DQ stands around them: weighted layers,
+/// joins, pools and ops that only move or clamp values.
+pub const COMMON_INT8_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Mul",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Relu",
+    "Clip",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Resize",
+];
+
+/// The default-domain opset a `QuantizeLinear`/`DequantizeLinear` of `value` needs (ONNX's
+/// operator versions): 10 per tensor, 13 with an `axis` (per channel), 21 for blocked scales
+/// and for 4- and 16-bit types.
+pub fn qdq_min_opset(value: IntType, per_axis: bool, blocked: bool) -> i64 {
+    let narrow_or_wide = !matches!(value, IntType::Int8 | IntType::Uint8);
+    if blocked || narrow_or_wide {
+        21
+    } else if per_axis {
+        13
+    } else {
+        10
+    }
+}
+
 /// What a target requires of a quantized model, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TargetRules {
@@ -63,6 +119,36 @@ pub struct TargetRules {
     pub weight_types: &'static [IntType],
     /// Why the activation/weight types are restricted, where they are.
     pub type_reason: Option<&'static str>,
+    /// Weights must be symmetric (zero point 0) whatever their type.
+    pub symmetric_weights: bool,
+    /// A file that breaks the type, zero-point or axis rules is refused by the runtime (its
+    /// builder fails), not merely run in float: `check` reports such breaks as errors.
+    pub strict: bool,
+    /// Ops the runtime runs on integer codes when Q/DQ stands around them besides
+    /// [`COMMON_INT8_OPS`] (see [`TargetRules::runs_on_codes`]).
+    pub extra_int8_ops: &'static [&'static str],
+    /// Ops whose float activation inputs must all be quantized for the runtime to fuse them
+    /// into the quantized layer before (TensorRT's residual `Add`).
+    pub quantize_all_inputs: &'static [&'static str],
+    /// Ops whose quantized inputs must share one scale and zero point to stay in integers.
+    pub shared_grid_inputs: &'static [&'static str],
+    /// Why Q/DQ must stand where the two lists above say.
+    pub placement_reason: Option<&'static str>,
+    /// Dynamic quantization (`DynamicQuantizeLinear` + `MatMulInteger`/`ConvInteger`).
+    pub dynamic: Support,
+    /// Operator-format quantized ops (`QLinearConv`, `QLinearMatMul`, `MatMulInteger`, ...)
+    /// and `com.microsoft` quantized ops (`QGemm`, `QLinearAdd`, `MatMulNBits`, ...).
+    pub operator_format: Support,
+    /// The lowest default-domain opset whose Q/DQ the runtime parses.
+    pub min_opset: i64,
+}
+
+impl TargetRules {
+    /// Whether the runtime runs `op` on integer codes when Q/DQ stands around it; a Q/DQ group
+    /// around any other op only adds conversions.
+    pub fn runs_on_codes(&self, op: &str) -> bool {
+        COMMON_INT8_OPS.contains(&op) || self.extra_int8_ops.contains(&op)
+    }
 }
 
 impl Target {
@@ -96,6 +182,9 @@ impl Target {
         let isa = Isa::detect();
         if isa == Isa::Avx512Vnni {
             (Target::OrtVnni, "this CPU has AVX-512 VNNI")
+        } else if isa == Isa::Avx2 && lowbit_kernels::cpu::has_feature("avxvnni") {
+            // ONNX Runtime's MLAS has AVX-VNNI kernels (vpdpbusd on 256 bits): no saturation.
+            (Target::OrtVnni, "this CPU has AVX-VNNI (256-bit vpdpbusd)")
         } else if isa == Isa::Avx2 {
             (Target::OrtAvx2, "this CPU has AVX2 without VNNI")
         } else {
@@ -187,9 +276,28 @@ mod tests {
     }
 
     #[test]
+    fn int8_ops_and_the_opset_each_qdq_needs() {
+        for t in Target::ALL {
+            assert!(t.rules().runs_on_codes("Conv") && t.rules().runs_on_codes("Concat"), "{t}");
+        }
+        assert!(Target::OrtVnni.rules().runs_on_codes("Softmax"));
+        assert!(Target::Lowbit.rules().runs_on_codes("Sigmoid"));
+        assert!(!Target::TensorRt.rules().runs_on_codes("Softmax"));
+        assert!(!Target::OpenVino.rules().runs_on_codes("LayerNormalization"));
+        assert_eq!(qdq_min_opset(IntType::Uint8, false, false), 10);
+        assert_eq!(qdq_min_opset(IntType::Int8, true, false), 13);
+        assert_eq!(qdq_min_opset(IntType::Int8, true, true), 21);
+        assert_eq!(qdq_min_opset(IntType::Int4, false, false), 21);
+        assert_eq!(qdq_min_opset(IntType::Uint16, false, false), 21);
+        assert_eq!(Target::TensorRt.rules().min_opset, 13);
+    }
+
+    #[test]
     fn tensorrt_runs_symmetric_int8_only() {
         let r = Target::TensorRt.rules();
-        assert!(r.symmetric_activations);
+        assert!(r.symmetric_activations && r.symmetric_weights && r.strict);
+        assert!(matches!(r.dynamic, Support::No(_)) && matches!(r.operator_format, Support::No(_)));
+        assert!(matches!(Target::OpenVino.rules().dynamic, Support::Slow(_)));
         assert_eq!(r.activation_types, &[IntType::Int8]);
         assert!(r.type_reason.is_some());
     }

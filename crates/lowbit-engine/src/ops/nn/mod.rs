@@ -1,5 +1,6 @@
 //! Neural-network ops: convolutions (`conv`), pooling (`pool`), normalizations and `LRN`
-//! (`norm`), the softmax family (`softmax`), and `Dropout` (here, with the dtype and
+//! (`norm`), the softmax family (`softmax`), the recurrent layers `RNN`/`GRU`/`LSTM` (`rnn`),
+//! and `Dropout` (here, with the dtype and
 //! sliding-window helpers they share).
 //!
 //! Everything computes in f32; f64, f16 and bf16 tensors are converted on the way in and the
@@ -14,6 +15,7 @@
 mod conv;
 mod norm;
 mod pool;
+mod rnn;
 mod softmax;
 
 use crate::bail;
@@ -46,6 +48,10 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "LogSoftmax", softmax::build_log_softmax);
     reg.register("", "Hardmax", softmax::build_hardmax);
     reg.register("", "Dropout", build_dropout);
+    // Recurrent layers.
+    reg.register("", "RNN", rnn::build_rnn);
+    reg.register("", "GRU", rnn::build_gru);
+    reg.register("", "LSTM", rnn::build_lstm);
 }
 
 // ---------------------------------------------------------------------------------------------

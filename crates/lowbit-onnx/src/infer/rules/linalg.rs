@@ -1,11 +1,36 @@
 //! Matrix products: `MatMul` (numpy broadcasting of the batch dims, 1-D operands promoted and
-//! their dim dropped again), `Gemm` (2-D, optional transposes), `Det`.
+//! their dim dropped again), `Gemm` (2-D, optional transposes), `Det`, `Einsum`.
 
 use super::RuleFn;
 use crate::infer::sym::fmt_shape;
 use crate::infer::{out, Cx, Out, Result, SymDim};
 
-pub(super) const RULES: &[(&str, RuleFn)] = &[("MatMul", matmul), ("Gemm", gemm), ("Det", det)];
+pub(super) const RULES: &[(&str, RuleFn)] =
+    &[("MatMul", matmul), ("Gemm", gemm), ("Det", det), ("Einsum", einsum)];
+
+/// `Einsum`: the inputs' dtype; the shape when the output is explicit and no term has `...`
+/// (each output letter takes its dim from an input that has it).
+fn einsum(cx: &mut Cx) -> Result<Vec<Out>> {
+    let eq: String = cx.attrs.string_or("equation", "")?.split_whitespace().collect();
+    let shape = (|| {
+        let (lhs, rhs) = eq.split_once("->")?;
+        if eq.contains("...") {
+            return None;
+        }
+        let terms: Vec<&str> = lhs.split(',').collect();
+        let mut dims = Vec::new();
+        for c in rhs.chars() {
+            let found = terms.iter().enumerate().find_map(|(i, t)| {
+                let axis = t.chars().position(|x| x == c)?;
+                let s = cx.shape(i)?;
+                (s.len() == t.len()).then(|| s[axis].clone())
+            });
+            dims.push(found?);
+        }
+        Some(dims)
+    })();
+    Ok(vec![out(cx.dtype(0), shape)])
+}
 
 fn matmul(cx: &mut Cx) -> Result<Vec<Out>> {
     Ok(vec![out(cx.dtype(0), matmul_shape(cx, 0, 1)?)])

@@ -1,7 +1,7 @@
 //! Shape and dtype rules, one file per op family, each with a table from op type to rule.
 //!
 //! The families carry the names the engine's op registry files its kernels under
-//! (`lowbit_engine::ops::{elementwise, reduce, linalg, nn, shape, resize, quant}`), so an op's
+//! (`lowbit_engine::ops::{elementwise, reduce, linalg, nn, shape, resize, quant, control}`), so an op's
 //! rule sits under the same word as its kernel, as tract keeps an op's rules with the op. The
 //! tables here are the one list of ops inference types. They cannot be the engine's list
 //! itself: the engine depends on this crate, and inference also types ops the engine does not
@@ -12,6 +12,7 @@
 
 use super::{Cx, Out, Result};
 
+mod control;
 mod elementwise;
 mod linalg;
 mod nn;
@@ -24,7 +25,7 @@ mod shape;
 pub(super) type RuleFn = fn(&mut Cx) -> Result<Vec<Out>>;
 
 /// The rule tables, by family.
-const FAMILIES: [(&str, &[(&str, RuleFn)]); 7] = [
+const FAMILIES: [(&str, &[(&str, RuleFn)]); 8] = [
     ("elementwise", elementwise::RULES),
     ("reduce", reduce::RULES),
     ("linalg", linalg::RULES),
@@ -32,6 +33,7 @@ const FAMILIES: [(&str, &[(&str, RuleFn)]); 7] = [
     ("shape", shape::RULES),
     ("resize", resize::RULES),
     ("quant", quant::RULES),
+    ("control", control::RULES),
 ];
 
 /// Ops outside the ONNX domain that are ONNX ops under another name: ONNX Runtime's quantizer

@@ -1,7 +1,12 @@
 //! AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training
 //! Quantization"): the integer codes of every quantized Conv/Gemm/MatMul weight of the QDQ
 //! graph become `⌊W/s⌋ + h(V)` with `h ∈ {0, 1}` learned per weight, layer by layer in graph
-//! order, to minimize the layer's output error on the samples. Scales and zero points stay.
+//! order, to minimize the layer's output error on the samples. Zero points stay; so do scales,
+//! except that before learning, each per-channel weight row takes the fraction of its min-max
+//! scale (1.00 down to 0.50) whose round-to-nearest codes give the lowest output error on the
+//! same statistics ([`optimize::fit_scales`]; its int32 bias is recoded for it, never below the
+//! scale the bias needs). On 4-bit grids this matters more than the rounding: a row's largest
+//! weight otherwise sets a step too coarse for all the others.
 //!
 //! * **Loss** (per layer, [`optimize`]): `(1/n) Σ_r ‖W x_r − Ŵ(V) x̂_r‖² + λ Σ (1 − |2h − 1|^β)`
 //!   with `x_r` the layer's input rows in the FP32 model and `x̂_r` in the quantized model,
@@ -39,13 +44,13 @@ use crate::passes::{init_f32, init_tensor, is_default_domain, label};
 use crate::qparams::int_storage;
 use crate::samples::Feeds;
 use lowbit_engine::SessionOptions;
-use lowbit_kernels::quantize::int_values;
+use lowbit_kernels::quantize::{self as core_quant, int_values};
 use lowbit_onnx::attr::Attrs;
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::NodeProto;
 use lowbit_onnx::tensor_proto::tensor_to_proto;
 use lowbit_tensor::{DType, Tensor};
-use optimize::{optimize, Grid, Schedule};
+use optimize::{fit_scales, optimize, Grid, Schedule};
 use rayon::prelude::*;
 use stats::{Geometry, GroupStats, LayerStats};
 use std::collections::{HashMap, HashSet};
@@ -123,6 +128,77 @@ struct Weight {
     qmax: i32,
     view: View,
     consumers: Vec<Consumer>,
+    /// Where its scales may be narrowed ([`optimize::fit_scales`]): the initializer holding one
+    /// scale per output row, the smallest scale each row's bias allows, and that bias. `None`
+    /// keeps the scales (one for the whole tensor, a weight two layers share, or a bias whose
+    /// input scale is not known).
+    rescale: Option<Rescale>,
+}
+
+/// What changes with a weight's scales.
+struct Rescale {
+    scale_name: String,
+    floor: Vec<f32>,
+    bias: Option<Int32Bias>,
+}
+
+/// A layer's int32 bias: `scale = s_in · s_w` per row, so it follows the weight's scales.
+struct Int32Bias {
+    codes_name: String,
+    scale_name: String,
+    in_scale: f32,
+    /// Its float values (the FP32 model's, else the dequantized codes).
+    values: Vec<f32>,
+}
+
+/// How a layer's bias relates to its weight's scales.
+enum BiasLink {
+    /// No bias, or a float one: free.
+    Free,
+    Int32(Int32Bias),
+    /// Quantized in a way not understood: the scales stay.
+    Unknown,
+}
+
+/// The bias input of `node` in the QDQ graph `q`; `fp32` is the bias of its FP32 counterpart
+/// (recoding from it keeps the bias within half a step of its true value).
+fn bias_link(q: &Graph, node: &NodeProto, fp32: Option<Tensor>) -> Result<BiasLink> {
+    let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) else { return Ok(BiasLink::Free) };
+    let Some(dq) = q.producer_node(b).filter(|d| d.op_type == "DequantizeLinear") else {
+        return Ok(BiasLink::Free);
+    };
+    let (Some(codes), Some(scales)) = (
+        init_tensor(q, &dq.input[0])?,
+        dq.input.get(1).map(|s| init_f32(q, s)).transpose()?.flatten(),
+    ) else {
+        return Ok(BiasLink::Unknown);
+    };
+    let x_dq = node.input.first().and_then(|x| q.producer_node(x));
+    let in_scale = match x_dq.filter(|d| d.op_type == "DequantizeLinear") {
+        Some(d) => d.input.get(1).map(|s| init_f32(q, s)).transpose()?.flatten(),
+        None => None,
+    };
+    let (lowbit_tensor::TensorData::I32(c), Some(in_scale)) = (codes.data(), in_scale) else {
+        return Ok(BiasLink::Unknown);
+    };
+    let (s, s_in) = (scales.as_f32()?, in_scale.as_f32()?);
+    if s_in.len() != 1 || !(s.len() == 1 || s.len() == c.len()) {
+        return Ok(BiasLink::Unknown);
+    }
+    let values = match fp32.as_ref().map(|t| t.as_f32()).transpose()? {
+        Some(b) if b.len() == c.len() => b.to_vec(),
+        _ => c
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * s[if s.len() == 1 { 0 } else { i }])
+            .collect(),
+    };
+    Ok(BiasLink::Int32(Int32Bias {
+        codes_name: dq.input[0].clone(),
+        scale_name: dq.input[1].clone(),
+        in_scale: s_in[0],
+        values,
+    }))
 }
 
 /// A weight left alone: its name and why.
@@ -155,6 +231,8 @@ fn find_weights(fp32: &Graph, q: &Graph, plan: &QuantPlan) -> Result<(Vec<Weight
                     let w = &mut weights[i];
                     w.label = format!("{} + {}", w.label, name);
                     w.consumers.push(consumer);
+                    // One scale cannot follow two layers' biases and inputs.
+                    w.rescale = None;
                 }
                 Some(_) => {
                     conflicted.insert(codes_name);
@@ -266,6 +344,7 @@ fn layer_of(
     };
     let channel_axis = if view.transposed { 1 } else { 0 };
     let axis = dq_attrs.int_or("axis", 1).map_err(attr_err)?;
+    let scales_per_row = scales.len() == rows;
     let (scale, zero) = match scales.len() {
         1 => (vec![scales[0]; rows], vec![zeros[0]; rows]),
         n if n == rows && zeros.len() == n && axis == channel_axis => (scales, zeros),
@@ -274,6 +353,27 @@ fn layer_of(
     if scale.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
         return Ok(Err("a weight scale is not positive".into()));
     }
+    let rescale = if scales_per_row && rows > 1 {
+        let fp32_bias = match fnode.input.get(2).filter(|b| !b.is_empty()) {
+            Some(b) => init_f32(fp32, b)?,
+            None => None,
+        };
+        match bias_link(q, node, fp32_bias)? {
+            BiasLink::Free => Some(Rescale {
+                scale_name: dq.input[1].clone(),
+                floor: vec![0.0; rows],
+                bias: None,
+            }),
+            BiasLink::Int32(b) if b.values.len() == rows => Some(Rescale {
+                scale_name: dq.input[1].clone(),
+                floor: core_quant::min_weight_scales_for_bias(&b.values, b.in_scale),
+                bias: Some(b),
+            }),
+            _ => None,
+        }
+    } else {
+        None
+    };
     let consumer = Consumer {
         node: name.to_string(),
         fp32_input: fnode.input[0].clone(),
@@ -293,6 +393,7 @@ fn layer_of(
         qmax,
         view,
         consumers: Vec::new(),
+        rescale,
     };
     Ok(Ok((weight, consumer)))
 }
@@ -384,7 +485,12 @@ fn collect(
 /// What AdaRound did to one weight.
 struct Learned {
     codes: Vec<i32>,
+    /// The fitted scales (all rows), when any differs from the quantizer's.
+    scale: Option<Vec<f32>>,
+    /// Output MSE with the quantizer's rounding, then with round-to-nearest on the fitted
+    /// scales, then with the result.
     mse_nearest: f64,
+    mse_fitted: f64,
     mse: f64,
     learned: bool,
     finished: bool,
@@ -413,20 +519,26 @@ fn learn(
     }
     let solve = |(g, st): (usize, &GroupStats)| {
         let wg = view.gather(&w.w, g);
-        let nearest = view.gather(&w.nearest, g);
+        let rtn = view.gather(&w.nearest, g);
         let rows = g * view.o..(g + 1) * view.o;
-        let grid = Grid {
+        let quantizer = Grid {
             w: &wg,
             scale: &w.scale[rows.clone()],
-            zero: &w.zero[rows],
+            zero: &w.zero[rows.clone()],
             qmin: w.qmin,
             qmax: w.qmax,
         };
         let obj = st.objective(&wg);
+        let mse_rtn = obj.mse(&quantizer.delta(&rtn));
+        let (scale, nearest) = match &w.rescale {
+            Some(r) => fit_scales(&quantizer, &obj, &rtn, &r.floor[rows]),
+            None => (quantizer.scale.to_vec(), rtn),
+        };
+        let grid = Grid { scale: &scale, ..quantizer };
         let out = optimize(&grid, &obj, &nearest, sched, deadline);
         // Squared-error sums, so groups add up.
         let weight = obj.n * view.o as f64;
-        (g, out, weight)
+        (g, out, weight, mse_rtn, scale)
     };
     let results: Vec<_> = if view.groups > 1 {
         groups.par_iter().enumerate().map(solve).collect()
@@ -434,23 +546,58 @@ fn learn(
         groups.iter().enumerate().map(solve).collect()
     };
     let mut codes = w.nearest.clone();
-    let (mut before, mut after, mut total) = (0f64, 0f64, 0f64);
-    let finished = results.iter().all(|(_, o, _)| o.finished);
-    let learned = finished && results.iter().any(|(_, o, _)| o.learned);
-    for (g, out, weight) in &results {
-        before += out.mse_nearest * weight;
+    let mut scale = w.scale.clone();
+    let (mut before, mut fitted_sum, mut after, mut total) = (0f64, 0f64, 0f64, 0f64);
+    let finished = results.iter().all(|(_, o, ..)| o.finished);
+    let learned = finished && results.iter().any(|(_, o, ..)| o.learned);
+    for (g, out, weight, mse_rtn, fitted) in &results {
+        before += mse_rtn * weight;
+        fitted_sum += out.mse_nearest * weight;
         total += weight;
         if finished {
             view.scatter(&out.codes, *g, &mut codes);
+            scale[g * view.o..(g + 1) * view.o].copy_from_slice(fitted);
             after += out.mse * weight;
         } else {
-            after += out.mse_nearest * weight;
+            after += mse_rtn * weight;
         }
     }
     let n: usize = results.len().max(1);
-    let undecided = results.iter().map(|(_, o, _)| o.undecided).sum::<f64>() / n as f64;
+    let undecided = results.iter().map(|(_, o, ..)| o.undecided).sum::<f64>() / n as f64;
     let total = total.max(1.0);
-    Learned { codes, mse_nearest: before / total, mse: after / total, learned, finished, undecided }
+    let scale = (scale != w.scale).then_some(scale);
+    Learned {
+        codes,
+        scale,
+        mse_nearest: before / total,
+        mse_fitted: fitted_sum / total,
+        mse: after / total,
+        learned,
+        finished,
+        undecided,
+    }
+}
+
+/// Writes a weight's fitted scales, and its bias recoded for them.
+fn write_scales(q: &mut Graph, w: &Weight, scale: &[f32]) -> Result<()> {
+    let Some(r) = &w.rescale else { return Ok(()) };
+    let mut put = |name: &str, t: Tensor| {
+        let proto = q.initializer_mut(name).expect("found in this graph");
+        *proto = tensor_to_proto(name, &t);
+    };
+    put(&r.scale_name, Tensor::from_vec(vec![scale.len()], scale.to_vec())?);
+    if let Some(b) = &r.bias {
+        let codes = core_quant::quantize_bias(&b.values, b.in_scale, scale).map_err(|e| {
+            QuantError::Config(format!(
+                "{}: bias channel {} does not fit the fitted scale {:e}",
+                w.label, e.channel, e.scale
+            ))
+        })?;
+        put(&b.codes_name, Tensor::from_vec(vec![codes.len()], codes)?);
+        let scales = core_quant::bias_scales(b.in_scale, scale);
+        put(&b.scale_name, Tensor::from_vec(vec![scales.len()], scales)?);
+    }
+    Ok(())
 }
 
 /// Chooses the rounding of every quantized weight of `q` (the QDQ graph made from `fp32`) to
@@ -482,15 +629,27 @@ fn adaround_kept(
         .build()
         .map_err(|e| QuantError::Config(format!("cannot start worker threads: {e}")))?;
     let (weights, mut skipped) = find_weights(fp32, q, plan)?;
-    let codes: Vec<&str> = weights.iter().map(|w| w.codes_name.as_str()).collect();
+    // What each weight's pass may rewrite: its codes, scales and bias.
+    let mut owned: Vec<(&str, usize)> = Vec::new();
+    for (j, w) in weights.iter().enumerate() {
+        owned.push((&w.codes_name, j));
+        if let Some(r) = &w.rescale {
+            owned.push((&r.scale_name, j));
+            if let Some(b) = &r.bias {
+                owned.push((&b.codes_name, j));
+                owned.push((&b.scale_name, j));
+            }
+        }
+    }
     let mut streams = Streams {
         fp32: Stream::new(fp32.proto(), &[], cap),
-        q: Stream::new(q.proto(), &codes, cap),
+        q: Stream::new(q.proto(), &owned, cap),
     };
     let progress = ctx.progress;
     progress.start("adaround", weights.len() as u64);
     let mut report = StepReport { step: "adaround".into(), ..Default::default() };
-    let (mut learned, mut no_gain, mut not_reached) = (0usize, 0usize, 0usize);
+    let (mut learned, mut no_gain, mut not_reached, mut rescaled) =
+        (0usize, 0usize, 0usize, 0usize);
     let mut kept_peak = 0usize;
     for (index, w) in weights.iter().enumerate() {
         let groups = w.view.groups * w.consumers.len();
@@ -517,18 +676,24 @@ fn adaround_kept(
         let out = pool.install(|| learn(w, stats, &sched, deadline));
         if !out.finished {
             not_reached += 1;
-        } else if out.learned {
-            learned += 1;
+        } else if out.learned || out.scale.is_some() {
+            learned += usize::from(out.learned);
+            no_gain += usize::from(!out.learned);
             let t = Tensor::new(w.shape.clone(), int_storage(w.dtype, &out.codes)?)?;
             let proto = q.initializer_mut(&w.codes_name).expect("found in this graph");
             *proto = tensor_to_proto(&w.codes_name, &t);
+            if let Some(scale) = &out.scale {
+                rescaled += 1;
+                write_scales(q, w, scale)?;
+            }
         } else {
             no_gain += 1;
         }
         let msg = format!(
-            "{}: MSE {:.3e} -> {:.3e} ({:.1} % undecided)",
+            "{}: MSE {:.3e} -> {:.3e} fitted scales -> {:.3e} ({:.1} % undecided)",
             w.label,
             out.mse_nearest,
+            out.mse_fitted,
             out.mse,
             100.0 * out.undecided
         );
@@ -552,6 +717,9 @@ fn adaround_kept(
         opts.reg_weight,
         kept_peak >> 20
     );
+    if rescaled > 0 {
+        summary += &format!("; narrowed the scales of {rescaled} weights (output error fit)");
+    }
     if no_gain > 0 {
         summary += &format!("; {no_gain} kept round-to-nearest (no gain)");
     }

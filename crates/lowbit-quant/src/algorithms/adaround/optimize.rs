@@ -22,6 +22,7 @@
 //! (`h ≥ 0.5` rounds up) is round-to-nearest.
 
 use lowbit_kernels::gemm::{sgemm, Trans};
+use lowbit_kernels::quantize::quantize_one;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::time::Instant;
@@ -154,6 +155,25 @@ impl Objective {
         }
     }
 
+    /// Per output row `r`, `‖W d − Δ_r x̂‖²` summed over the rows of data, less its part that
+    /// does not depend on `Δ` (`c₀`'s share of the row): what compares two weight errors of the
+    /// same row.
+    pub fn row_errors(&self, delta: &[f32]) -> Vec<f64> {
+        let mut da = vec![0f32; delta.len()];
+        self.apply(delta, &mut da, &mut Vec::new());
+        let k = self.k.max(1);
+        delta
+            .chunks(k)
+            .zip(da.chunks(k))
+            .zip(self.q.chunks(k))
+            .map(|((d, da), q)| {
+                d.iter().zip(da).zip(q).fold(0f64, |acc, ((&d, &da), &q)| {
+                    acc + d as f64 * (da as f64 - 2.0 * q as f64)
+                })
+            })
+            .collect()
+    }
+
     /// Mean squared output error per output element for the weight error `delta`.
     pub fn mse(&self, delta: &[f32]) -> f64 {
         let mut da = vec![0f32; delta.len()];
@@ -163,6 +183,7 @@ impl Objective {
 }
 
 /// The integer grid of one group: `o × k` weights, a scale and a zero point per row.
+#[derive(Clone, Copy)]
 pub(crate) struct Grid<'a> {
     pub w: &'a [f32],
     pub scale: &'a [f32],
@@ -207,6 +228,50 @@ impl Grid<'_> {
         }
         (base, v)
     }
+}
+
+/// Fractions of each row's scale the scale search tries: 1.00, 0.98, ... 0.50.
+const SCALE_FRACTIONS: usize = 26;
+
+/// The scale of each row of `grid`, among fractions of its own (not below `floor`), whose
+/// round-to-nearest codes give the lowest output error of `obj`, with those codes (starting
+/// from `nearest`, the codes of the scales as they are). A min-max scale spends the grid's few
+/// levels of a 4-bit row on its largest weights; a narrower one clips them and rounds all the
+/// others finer, and the layer's own input statistics say which costs less. Zero points stay:
+/// narrowing a range by a factor keeps `zero = qmin − lo / scale`.
+pub(crate) fn fit_scales(
+    grid: &Grid,
+    obj: &Objective,
+    nearest: &[i32],
+    floor: &[f32],
+) -> (Vec<f32>, Vec<i32>) {
+    let k = grid.k().max(1);
+    let mut best = obj.row_errors(&grid.delta(nearest));
+    let mut scale = grid.scale.to_vec();
+    let mut codes = nearest.to_vec();
+    for step in 1..SCALE_FRACTIONS {
+        let f = 1.0 - 0.02 * step as f32;
+        let s: Vec<f32> = grid.scale.iter().zip(floor).map(|(&s, &m)| (s * f).max(m)).collect();
+        let c: Vec<i32> = grid
+            .w
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let r = i / k;
+                quantize_one(w, s[r], grid.zero[r], grid.qmin, grid.qmax)
+            })
+            .collect();
+        let candidate = Grid { scale: &s, ..*grid };
+        let err = obj.row_errors(&candidate.delta(&c));
+        for (r, e) in err.into_iter().enumerate() {
+            if e < best[r] {
+                best[r] = e;
+                scale[r] = s[r];
+                codes[r * k..(r + 1) * k].copy_from_slice(&c[r * k..(r + 1) * k]);
+            }
+        }
+    }
+    (scale, codes)
 }
 
 /// `h(V)` and `dh/dV` (0 where the clip is active).
@@ -740,6 +805,38 @@ pub(super) mod tests {
             // the 3-bit case stay within 0.01 of a decision with the per-element loss).
             assert!(out.undecided < 0.02, "{what}: {} undecided", out.undecided);
         }
+    }
+
+    #[test]
+    fn fitted_scales_lower_each_rows_output_error_and_respect_the_floor() {
+        let mut l = layer(6, 16, 120, 0.02, 17);
+        // One large weight in every other row: min-max scales spend the 4-bit grid on it.
+        for r in (0..l.o).step_by(2) {
+            l.w[r * l.k + 3] = 6.0;
+        }
+        let q = quant(&l, 4, true);
+        let g = grid(&l, &q);
+        let obj = objective(&l, true);
+        let (scale, codes) = fit_scales(&g, &obj, &q.nearest, &vec![0.0; l.o]);
+        let fitted = Grid { scale: &scale, ..g };
+        let before = obj.row_errors(&g.delta(&q.nearest));
+        let after = obj.row_errors(&fitted.delta(&codes));
+        for r in 0..l.o {
+            assert!(after[r] <= before[r], "row {r}: {} -> {}", before[r], after[r]);
+            assert!(scale[r] <= q.scale[r] && scale[r] >= 0.5 * q.scale[r] * 0.999, "row {r}");
+            for j in 0..l.k {
+                let i = r * l.k + j;
+                let want = quantize_one(l.w[i], scale[r], q.zero[r], q.qmin, q.qmax);
+                assert_eq!(codes[i], want, "row {r}: codes are round-to-nearest on the new scale");
+            }
+        }
+        let narrowed = (0..l.o).filter(|&r| scale[r] < q.scale[r]).count();
+        assert!(narrowed >= l.o / 2, "{narrowed} rows narrowed");
+        let (mse0, mse1) = (direct_mse(&l, &g, &q.nearest), direct_mse(&l, &fitted, &codes));
+        assert!(mse1 < 0.8 * mse0, "output MSE {mse0} -> {mse1}");
+        // A floor at the scales themselves (a bias that needs them) keeps everything.
+        let (kept, kept_codes) = fit_scales(&g, &obj, &q.nearest, &q.scale);
+        assert_eq!((kept, kept_codes), (q.scale.clone(), q.nearest.clone()));
     }
 
     #[test]

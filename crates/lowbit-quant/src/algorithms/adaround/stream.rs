@@ -57,9 +57,9 @@ impl Pass {
 }
 
 impl Stream {
-    /// The structure of `g`; `codes[j]` names the initializer holding weight `j`'s codes (empty
-    /// for the FP32 graph).
-    pub fn new(g: &GraphProto, codes: &[&str], cap: usize) -> Stream {
+    /// The structure of `g`; `owned` pairs each initializer a weight's pass rewrites (its codes,
+    /// scales, bias) with the weight's index `j` (empty for the FP32 graph).
+    pub fn new(g: &GraphProto, owned: &[(&str, usize)], cap: usize) -> Stream {
         let mut producer = HashMap::new();
         let mut reads = Vec::with_capacity(g.node.len());
         for (i, n) in g.node.iter().enumerate() {
@@ -69,7 +69,7 @@ impl Stream {
             reads.push(node_reads(n));
         }
         let mut last: HashMap<String, usize> =
-            codes.iter().enumerate().map(|(j, c)| (c.to_string(), j)).collect();
+            owned.iter().map(|&(c, j)| (c.to_string(), j)).collect();
         let mut varying: HashSet<String> = g.input.iter().map(|v| v.name.clone()).collect();
         // A graph that cannot be ordered keeps nothing varying, so nothing is ever kept.
         for i in topo_order(g).unwrap_or_default() {

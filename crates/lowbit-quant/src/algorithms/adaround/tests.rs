@@ -160,6 +160,42 @@ fn weight_codes(m: &ModelProto) -> Vec<(String, Vec<i32>)> {
     out
 }
 
+/// Per DequantizeLinear of the model: its input names and the tensors behind them (codes,
+/// scales, zero points when given), by the codes' initializer name.
+fn dequantized(m: &ModelProto) -> Vec<(String, Vec<Tensor>)> {
+    let g = m.graph.as_ref().unwrap();
+    let init = |name: &str| {
+        g.initializer.iter().find(|t| t.name == name).map(|t| tensor_from_proto(t).unwrap())
+    };
+    g.node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear")
+        .filter_map(|n| {
+            let ts: Option<Vec<Tensor>> = n.input.iter().map(|i| init(i)).collect();
+            Some((n.input[0].clone(), ts?))
+        })
+        .collect()
+}
+
+/// The codes round-to-nearest gives weight `w` on the grid of the DequantizeLinear that reads
+/// `codes` in `m` (its scales per output channel, axis 0).
+fn nearest_on_grid(m: &ModelProto, codes: &str, w: &Tensor) -> Vec<i32> {
+    let dq = dequantized(m);
+    let (_, ts) = dq.iter().find(|(c, _)| c == codes).unwrap();
+    let scale = ts[1].as_f32().unwrap();
+    let zero = int_values(ts[2].data()).unwrap();
+    let per = w.len() / scale.len();
+    w.as_f32()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = i / per;
+            lowbit_kernels::quantize::quantize_one(v, scale[c], zero[c], -8, 7)
+        })
+        .collect()
+}
+
 fn opts(iterations: usize) -> AdaRoundOptions {
     AdaRoundOptions { iterations, ..AdaRoundOptions::default() }
 }
@@ -199,8 +235,14 @@ fn adaround_on_convolutions_keeps_codes_on_the_grid_within_one_step() {
         a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         b.iter().map(|(n, _)| n).collect::<Vec<_>>()
     );
+    let g = m.graph.as_ref().unwrap();
     let mut changed = 0;
-    for ((name, r), (_, c)) in a.iter().zip(&b) {
+    for (name, c) in &b {
+        let w = name.strip_suffix("_quantized").unwrap();
+        let w = tensor_from_proto(g.initializer.iter().find(|t| t.name == w).unwrap()).unwrap();
+        // Within one step of round-to-nearest on the grid the file ends with (its scales
+        // may have been narrowed first).
+        let r = nearest_on_grid(&learned, name, &w);
         for (&r, &c) in r.iter().zip(c) {
             assert!((-8..=7).contains(&c), "{name}: code {c}");
             assert!((c - r).abs() <= 1, "{name}: {c} vs nearest {r}");
@@ -210,6 +252,55 @@ fn adaround_on_convolutions_keeps_codes_on_the_grid_within_one_step() {
     assert!(changed > 0);
     // The whole network's output is no worse for it.
     assert!(output_mse(&m, &learned, &data) <= output_mse(&m, &nearest, &data));
+}
+
+#[test]
+fn fitted_scales_narrow_outlier_rows_and_recode_their_bias() {
+    let mut m = conv_net(61);
+    // Every other output channel of the first conv gets one large weight.
+    let g = m.graph.as_mut().unwrap();
+    let w1 = g.initializer.iter_mut().find(|t| t.name == "w1").unwrap();
+    let mut w = tensor_from_proto(w1).unwrap().as_f32().unwrap().to_vec();
+    for c in (0..8).step_by(2) {
+        w[c * 36 + 5] = 4.0;
+    }
+    *w1 = tensor_to_proto("w1", &Tensor::from_vec(vec![8, 4, 3, 3], w).unwrap());
+    let data = samples(&[4, 6, 6], 3, 8, 62);
+    let (nearest, _) = quantize(&m, &data, None);
+    let (learned, summary) = quantize(&m, &data, Some(opts(600)));
+    let step = summary.steps.iter().find(|s| s.step == "adaround").expect("an adaround step");
+    assert!(step.summary.contains("narrowed the scales of"), "{}", step.summary);
+    let (before, after) = (dequantized(&nearest), dequantized(&learned));
+    let find =
+        |d: &[(String, Vec<Tensor>)], n: &str| d.iter().find(|(c, _)| c == n).unwrap().1.clone();
+    let (s0, s1) =
+        (find(&before, "w1_quantized")[1].clone(), find(&after, "w1_quantized")[1].clone());
+    let (s0, s1) = (s0.as_f32().unwrap(), s1.as_f32().unwrap());
+    let narrowed: Vec<usize> = (0..8).filter(|&c| s1[c] < s0[c]).collect();
+    assert!(narrowed.iter().any(|c| c % 2 == 0), "scales {s0:?} -> {s1:?}");
+    for c in 0..8 {
+        assert!(s1[c] <= s0[c] && s1[c] >= 0.5 * s0[c] * 0.999, "channel {c}: {s0:?} -> {s1:?}");
+    }
+    // The conv's int32 bias follows: scale s_in · s_w per channel, values kept within half a
+    // step of the FP32 bias.
+    let x_scale = {
+        let g = learned.graph.as_ref().unwrap();
+        let conv = g.node.iter().find(|n| n.name == "conv").unwrap();
+        let dq = g.node.iter().find(|n| n.output[0] == conv.input[0]).unwrap();
+        let s = g.initializer.iter().find(|t| t.name == dq.input[1]).unwrap();
+        tensor_from_proto(s).unwrap().as_f32().unwrap()[0]
+    };
+    let bias = find(&after, "b1_quantized");
+    let (codes, scales) = (bias[0].as_slice::<i32>().unwrap(), bias[1].as_f32().unwrap());
+    let b1 = m.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == "b1").unwrap();
+    let b1 = tensor_from_proto(b1).unwrap();
+    for c in 0..8 {
+        assert_eq!(scales[c], x_scale * s1[c], "channel {c}");
+        let err = (codes[c] as f32 * scales[c] - b1.as_f32().unwrap()[c]).abs();
+        assert!(err <= 0.5 * scales[c] + 1e-7, "channel {c}: bias off by {err}");
+    }
+    // The network as a whole is closer to FP32 than with the quantizer's scales.
+    assert!(output_mse(&m, &learned, &data) < output_mse(&m, &nearest, &data));
 }
 
 #[test]
@@ -325,7 +416,7 @@ fn a_pass_runs_only_the_nodes_after_the_kept_cut() {
     assert!(s.kept().is_empty());
     assert_eq!(pass(&mut s, "s", 1), ["Conv", "Relu", "Conv", "Relu", "Add"]);
     // A value the weight being rounded (or a later one) feeds is never kept.
-    let mut s = Stream::new(g, &["w1"], usize::MAX);
+    let mut s = Stream::new(g, &[("w1", 0)], usize::MAX);
     pass(&mut s, "r1", 0);
     assert!(s.kept().is_empty());
 }
