@@ -40,7 +40,10 @@ fn classifier() -> ModelProto {
     let mut cur = "x".to_string();
     for (i, &(k, n)) in dims.iter().enumerate() {
         let w = format!("w{i}");
-        inits.push(tensor_to_proto(&w, &Tensor::from_vec(vec![k, n], uniform(i as u64 + 7, k * n)).unwrap()));
+        inits.push(tensor_to_proto(
+            &w,
+            &Tensor::from_vec(vec![k, n], uniform(i as u64 + 7, k * n)).unwrap(),
+        ));
         let out = if i == dims.len() - 1 { "logits".to_string() } else { format!("mm{i}") };
         nodes.push(NodeProto {
             op_type: "MatMul".into(),
@@ -68,7 +71,11 @@ fn classifier() -> ModelProto {
         graph: Some(pb::GraphProto {
             node: nodes,
             initializer: inits,
-            input: vec![build::tensor_value_info("x", DType::F32, &[Dim::Named("N"), Dim::Fixed(16)])],
+            input: vec![build::tensor_value_info(
+                "x",
+                DType::F32,
+                &[Dim::Named("N"), Dim::Fixed(16)],
+            )],
             output: vec![build::unshaped_value_info("logits", DType::F32)],
             ..Default::default()
         }),
@@ -79,7 +86,11 @@ fn classifier() -> ModelProto {
 /// A folder with `x.npy` of `n` samples.
 fn data(dir: &Path, seed: u64, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
-    npy::write_npy(&dir.join("x.npy"), &Tensor::from_vec(vec![n, 16], uniform(seed, n * 16)).unwrap()).unwrap();
+    npy::write_npy(
+        &dir.join("x.npy"),
+        &Tensor::from_vec(vec![n, 16], uniform(seed, n * 16)).unwrap(),
+    )
+    .unwrap();
 }
 
 fn run(model: &ModelProto, dir: &Path) -> TuneReport {
@@ -95,9 +106,12 @@ fn run(model: &ModelProto, dir: &Path) -> TuneReport {
     let cal = Tensor::from_vec(vec![64, 16], uniform(5, 64 * 16)).unwrap();
     let mut samples = vec![vec![("x".to_string(), cal)]];
     let table =
-        calibrate_samples(model, &mut samples, CalibratorOptions::default(), 1, &NoProgress).unwrap();
-    let sens = Dataset::load(&fp32.session.inputs(), &FeedSource::Data(dir.join("cal")), None).unwrap();
-    let scorer = Scorer { metric: Metric::Top1, data: eval, truth: Truth::Classes(labels), trim: false };
+        calibrate_samples(model, &mut samples, CalibratorOptions::default(), 1, &NoProgress)
+            .unwrap();
+    let sens =
+        Dataset::load(&fp32.session.inputs(), &FeedSource::Data(dir.join("cal")), None).unwrap();
+    let scorer =
+        Scorer { metric: Metric::Top1, data: eval, truth: Truth::Classes(labels), trim: false };
     let inputs = TuneInputs {
         fp32: model,
         model_path: "classifier.onnx".into(),
@@ -166,7 +180,10 @@ fn tune_chooses_the_cheapest_configuration_within_budget_and_reports_the_front()
             && e.metric >= x.metric
             && (e.bytes < x.bytes || e.metric > x.metric)));
     }
-    assert!(r.pareto.contains(&c) || r.evaluated.iter().any(|e| e.bytes <= chosen.bytes && e.metric > chosen.metric));
+    assert!(
+        r.pareto.contains(&c)
+            || r.evaluated.iter().any(|e| e.bytes <= chosen.bytes && e.metric > chosen.metric)
+    );
 
     // Held out: FP32 first (drop 0), the chosen point among them.
     assert_eq!(r.held_out[0].id, 0);
@@ -178,18 +195,37 @@ fn tune_chooses_the_cheapest_configuration_within_budget_and_reports_the_front()
     let j = serde_json::to_value(&r).unwrap();
     assert_eq!(j["format"], "lowbit-tune/1");
     for k in [
-        "model", "output", "metric", "against", "objective", "max_drop", "candidates", "strategy",
-        "threads", "search_samples", "held_out_samples", "reference_metric", "evaluated", "pareto",
-        "chosen", "nodes", "held_out", "confidence", "cut_short", "seconds",
+        "model",
+        "output",
+        "metric",
+        "against",
+        "objective",
+        "max_drop",
+        "candidates",
+        "strategy",
+        "threads",
+        "search_samples",
+        "held_out_samples",
+        "reference_metric",
+        "evaluated",
+        "pareto",
+        "chosen",
+        "nodes",
+        "held_out",
+        "confidence",
+        "cut_short",
+        "seconds",
     ] {
         assert!(j.get(k).is_some(), "missing {k}");
     }
     assert_eq!(j["metric"], "top1");
     assert_eq!(j["candidates"], serde_json::json!(["int4", "int8", "fp32"]));
-    for k in ["id", "label", "metric", "drop", "bytes", "latency_ms", "meets_budget", "precisions"] {
+    for k in ["id", "label", "metric", "drop", "bytes", "latency_ms", "meets_budget", "precisions"]
+    {
         assert!(j["evaluated"][1].get(k).is_some(), "evaluated: missing {k}");
     }
-    for k in ["node", "op_type", "weight_values", "sqnr_db", "rank", "precision"] {
+    for k in ["node", "op_type", "weight_values", "sqnr_db", "output_sqnr_db", "rank", "precision"]
+    {
         assert!(j["nodes"][0].get(k).is_some(), "nodes: missing {k}");
     }
 

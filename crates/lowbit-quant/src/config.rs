@@ -89,7 +89,7 @@ impl FromStr for QuantMode {
 /// `Conv`/`MatMul`/`Gemm`), cheapest storage first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Precision {
-    /// 4-bit weights, one scale per output channel; the plan's activations.
+    /// 4-bit weights, one scale per output channel fitted by MSE; the plan's activations.
     #[serde(rename = "int4")]
     Int4,
     /// int8 weights with one scale per tensor; the plan's activations.
@@ -150,6 +150,13 @@ impl Precision {
             weight_mode: None,
             block_size: None,
             reduce_range: if weights == IntType::Int8 { base.reduce_range } else { None },
+            // 4-bit min-max grids are coarse enough that clipping outliers pays (the accuracy
+            // issue's MSE range fit, per output channel).
+            weight_range: if self == Precision::Int4 {
+                Some(RangeFit::Mse)
+            } else {
+                base.weight_range
+            },
             node_precision: BTreeMap::new(),
             ..base.clone()
         }
@@ -636,18 +643,22 @@ impl QuantPlan {
         let mut nodes = BTreeMap::new();
         let mut node_opset = 1;
         if !config.node_precision.is_empty() && mode != QuantMode::Static {
-            return bad(format!("per-node precision applies to static quantization, not --mode {mode}"));
+            return bad(format!(
+                "per-node precision applies to static quantization, not --mode {mode}"
+            ));
         }
         for (name, &p) in &config.node_precision {
             let node_plan = match p {
                 Precision::Fp32 => NodePlan::Float32,
                 Precision::Fp16 => NodePlan::Float16,
                 q => {
-                    let sub = QuantPlan::resolve(&q.config_on(config)).map_err(|e| {
-                        QuantError::Config(format!("node '{name}' at {q}: {e}"))
-                    })?;
+                    let sub = QuantPlan::resolve(&q.config_on(config))
+                        .map_err(|e| QuantError::Config(format!("node '{name}' at {q}: {e}")))?;
                     node_opset = node_opset.max(sub.min_opset);
-                    NodePlan::Quantized { weights: sub.weights, activations: sub.activations.scheme }
+                    NodePlan::Quantized {
+                        weights: sub.weights,
+                        activations: sub.activations.scheme,
+                    }
                 }
             };
             nodes.insert(name.clone(), node_plan);

@@ -511,7 +511,10 @@ mod tests {
         assert!(mse.to_string().ends_with("mse-range"), "{mse}");
         let ((s0, e0), (s1, e1)) = (sq_err(&minmax), sq_err(&mse));
         for c in 0..2 {
-            assert!(s1[c] <= s0[c] && e1[c] <= e0[c], "channel {c}: {s0:?}/{e0:?} vs {s1:?}/{e1:?}");
+            assert!(
+                s1[c] <= s0[c] && e1[c] <= e0[c],
+                "channel {c}: {s0:?}/{e0:?} vs {s1:?}/{e1:?}"
+            );
         }
         assert!(e1[0] < 0.7 * e0[0], "the outlier channel: {} -> {}", e0[0], e1[0]);
     }

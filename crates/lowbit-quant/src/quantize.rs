@@ -681,7 +681,10 @@ mod tests {
             summary.layers.iter().map(|l| (l.node.as_str(), l.precision.as_str())).collect();
         assert_eq!(layers.len(), 4, "{layers:?}");
         assert!(layers[0].1.starts_with("int4 "), "{layers:?}");
-        assert!(layers[1].1.starts_with("int16 ") && layers[1].1.contains("int16 asym"), "{layers:?}");
+        assert!(
+            layers[1].1.starts_with("int16 ") && layers[1].1.contains("int16 asym"),
+            "{layers:?}"
+        );
         assert_eq!(layers[2], ("matmul5", "fp16"));
         assert_eq!(layers[3], ("matmul7", "fp32"));
         assert!(summary.layers.iter().all(|l| l.weight_values == 64));
@@ -698,7 +701,10 @@ mod tests {
         assert_eq!((dq.op_type.as_str(), init_type(&dq.input[0])), ("DequantizeLinear", DType::I4));
         // int16 activations: the input's Q/DQ pair has an int16 zero point.
         let dq = producer(&node("matmul3").input[0]);
-        assert_eq!((dq.op_type.as_str(), init_type(&dq.input[2])), ("DequantizeLinear", DType::I16));
+        assert_eq!(
+            (dq.op_type.as_str(), init_type(&dq.input[2])),
+            ("DequantizeLinear", DType::I16)
+        );
         // fp16: a float16 weight cast back to float32; the activation stays float.
         let cast = producer(&node("matmul5").input[1]);
         assert_eq!((cast.op_type.as_str(), init_type(&cast.input[0])), ("Cast", DType::F16));

@@ -23,10 +23,10 @@ use lowbit_quant::calibrate::dataset::DatasetBatches;
 use lowbit_quant::calibrate::{CalibrationTable, Method};
 use lowbit_quant::config::{AdaRoundOptions, Algorithms, BiasCorrection};
 use lowbit_quant::passes::Exclusions;
-use lowbit_quant::RangeFit;
 use lowbit_quant::quantize::{
     parse_int_type, quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs,
 };
+use lowbit_quant::RangeFit;
 use std::fmt::Write as _;
 
 /// The quantizer's settings from the command line (clap has already checked the names).

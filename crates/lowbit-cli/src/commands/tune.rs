@@ -22,7 +22,9 @@ use lowbit_eval::report::render_tune_html;
 use lowbit_eval::score::{choose_output, ScoredModel};
 use lowbit_eval::tune::scorer::{Scorer, Truth};
 use lowbit_eval::tune::search::Strategy;
-use lowbit_eval::tune::{tune as run_tune, Metric, Objective, Precision, TuneInputs, TuneOptions, TuneReport};
+use lowbit_eval::tune::{
+    tune as run_tune, Metric, Objective, Precision, TuneInputs, TuneOptions, TuneReport,
+};
 use lowbit_quant::quantize::QuantizeConfig;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -30,8 +32,12 @@ use std::time::Duration;
 fn ladder(args: &TuneArgs, objective: Objective) -> Result<Vec<Precision>> {
     if args.candidates.is_empty() {
         return Ok(match objective {
-            Objective::Latency => vec![Precision::Int8, Precision::Int16, Precision::Fp16, Precision::Fp32],
-            Objective::Size => vec![Precision::Int4, Precision::Int8, Precision::Fp16, Precision::Fp32],
+            Objective::Latency => {
+                vec![Precision::Int8, Precision::Int16, Precision::Fp16, Precision::Fp32]
+            }
+            Objective::Size => {
+                vec![Precision::Int4, Precision::Int8, Precision::Fp16, Precision::Fp32]
+            }
         });
     }
     let mut out = Vec::new();
@@ -57,9 +63,13 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         usage_bail!("--objective latency times each configuration: --latency must be at least 1");
     }
     if !(0.0..1.0).contains(&args.holdout) {
-        usage_bail!("--holdout must be in [0, 1) (the share of --eval-data held out), got {}", args.holdout);
+        usage_bail!(
+            "--holdout must be in [0, 1) (the share of --eval-data held out), got {}",
+            args.holdout
+        );
     }
-    if !args.max_drop.is_finite() || (args.max_drop < 0.0 && args.metric.as_deref() != Some("sqnr")) {
+    if !args.max_drop.is_finite() || (args.max_drop < 0.0 && args.metric.as_deref() != Some("sqnr"))
+    {
         usage_bail!("--max-drop must be a number >= 0, got {}", args.max_drop);
     }
     if args.batch == 0 {
@@ -107,7 +117,8 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     keep_samples(&mut noise_data, Some(args.noise_samples.max(1)))?;
 
     // The eval data and what it is scored against.
-    let eval_src = if pairs { format.side(&args.eval_data, 0)? } else { format.source(&args.eval_data)? };
+    let eval_src =
+        if pairs { format.side(&args.eval_data, 0)? } else { format.source(&args.eval_data)? };
     let mut data = load_dataset(&session, &eval_src, pre, quiet)?;
     let samples = data.samples;
     let trim = !args.no_trim;
@@ -131,8 +142,12 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         Metric::Top1 => {
             let labels = match (&args.labels, args.reference_only) {
                 (_, true) => None,
-                (Some(p), false) => Some((read_labels(p, samples, &args.eval_data)?, p.display().to_string())),
-                (None, false) => data.labels().map(|l| (l, format!("{} (its own labels)", args.eval_data.display()))),
+                (Some(p), false) => {
+                    Some((read_labels(p, samples, &args.eval_data)?, p.display().to_string()))
+                }
+                (None, false) => data
+                    .labels()
+                    .map(|l| (l, format!("{} (its own labels)", args.eval_data.display()))),
             };
             match labels {
                 Some((l, name)) => {
@@ -140,7 +155,10 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
                     for (i, &x) in l.iter().enumerate() {
                         let v = x as i64 + args.label_offset;
                         if v < 0 {
-                            bail!("label {x} of sample {i} with --label-offset {} is negative", args.label_offset);
+                            bail!(
+                                "label {x} of sample {i} with --label-offset {} is negative",
+                                args.label_offset
+                            );
                         }
                         shifted.push(v as usize);
                     }
@@ -148,7 +166,12 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
                 }
                 None => {
                     // Agreement: the FP32 model's own top-1 is the label.
-                    let fp32 = ScoredModel { path: args.model.display().to_string(), bytes: 0, session, output: output.clone() };
+                    let fp32 = ScoredModel {
+                        path: args.model.display().to_string(),
+                        bytes: 0,
+                        session,
+                        output: output.clone(),
+                    };
                     let bar = progress(samples as u64, quiet, "FP32 top-1");
                     let mut classes = Vec::with_capacity(samples);
                     for (s, e) in data.ranges(args.batch) {
@@ -191,7 +214,8 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     let r = &tuned.report;
     if let Some(j) = &args.json {
         let text = serde_json::to_vec_pretty(r)?;
-        lowbit_tensor::npy::write_atomic(j, &text).with_context(|| format!("cannot write {}", j.display()))?;
+        lowbit_tensor::npy::write_atomic(j, &text)
+            .with_context(|| format!("cannot write {}", j.display()))?;
     }
     if let Some(h) = &args.report {
         lowbit_tensor::npy::write_atomic(h, render_tune_html(r).as_bytes())
@@ -221,7 +245,11 @@ fn render(r: &TuneReport) -> String {
         if r.cut_short { " (cut short by --time-budget)" } else { "" }
     );
     let _ = writeln!(s, "Pareto front (search samples):");
-    let _ = writeln!(s, "  {:>4}  {:>9}  {:>7}  {:>10}  {:>10}  configuration", "#", "metric", "drop", "size", "latency");
+    let _ = writeln!(
+        s,
+        "  {:>4}  {:>9}  {:>7}  {:>10}  {:>10}  configuration",
+        "#", "metric", "drop", "size", "latency"
+    );
     for &i in &r.pareto {
         let e = &r.evaluated[i];
         let mix: Vec<String> = e.precisions.iter().map(|(p, n)| format!("{n} {p}")).collect();
@@ -244,14 +272,19 @@ fn render(r: &TuneReport) -> String {
             let _ = writeln!(s, "chosen: #{c} {} (drop {:.2} <= {})", e.label, e.drop, r.max_drop);
         }
         None => {
-            let _ = writeln!(s, "warning: no configuration met the budget; the FP32 model is written");
+            let _ =
+                writeln!(s, "warning: no configuration met the budget; the FP32 model is written");
         }
     }
     if !r.held_out.is_empty() {
         let _ = writeln!(s, "held out ({} samples):", r.held_out_samples);
         for h in &r.held_out {
             let hw = h.drop_interval.map_or(String::new(), |hw| format!(" ± {hw:.2}"));
-            let _ = writeln!(s, "  #{} {}: {:.2} (drop {:.2}{hw})", h.id, r.evaluated[h.id].label, h.metric, h.drop);
+            let _ = writeln!(
+                s,
+                "  #{} {}: {:.2} (drop {:.2}{hw})",
+                h.id, r.evaluated[h.id].label, h.metric, h.drop
+            );
         }
     }
     let _ = writeln!(s, "{}", r.confidence);

@@ -179,7 +179,13 @@ pub(super) fn pareto_chart(
     let x = |c: f64| f.left + (c - c_lo) / (c_hi - c_lo) * pw;
     let y = |m: f64| f.top + (m_hi - m) / (m_hi - m_lo) * f.plot_h;
     let height = f.top + f.plot_h + f.bottom;
-    open_svg(h, "pareto-chart", "", (f.width, height), "metric against cost of every configuration");
+    open_svg(
+        h,
+        "pareto-chart",
+        "",
+        (f.width, height),
+        "metric against cost of every configuration",
+    );
     let m_step = nice_step(m_hi - m_lo, 6.0);
     value_grid(h, ((m_lo / m_step).ceil() * m_step, m_hi, m_step), f.left, pw, y);
     let base = f.top + f.plot_h;
@@ -188,7 +194,14 @@ pub(super) fn pareto_chart(
     for t in steps((c_lo / c_step).ceil() * c_step, c_hi, c_step) {
         x_tick(h, x(t), base, &fmt_fixed(t + 0.0, decimals));
     }
-    w(h, format_args!("<line class=\"axis\" x1=\"{}\" x2=\"{:.1}\" y1=\"{base:.1}\" y2=\"{base:.1}\"/>", f.left, f.left + pw));
+    w(
+        h,
+        format_args!(
+            "<line class=\"axis\" x1=\"{}\" x2=\"{:.1}\" y1=\"{base:.1}\" y2=\"{base:.1}\"/>",
+            f.left,
+            f.left + pw
+        ),
+    );
     if let Some(fl) = floor.filter(|v| v.is_finite()) {
         w(
             h,

@@ -114,10 +114,12 @@ pub fn render_tune_html(r: &TuneReport) -> String {
     w(&mut h, format_args!("<p class=\"note\">{}</p></section>\n", esc(&r.confidence)));
 
     // Pareto front.
-    h.push_str("<section id=\"pareto\"><h2>Pareto front</h2>\n<p class=\"note\">Every \
+    h.push_str(
+        "<section id=\"pareto\"><h2>Pareto front</h2>\n<p class=\"note\">Every \
                 configuration measured, metric on the search samples against cost; the \
                 non-dominated ones joined, the chosen one ringed, the budget dashed.</p>\n\
-                <div class=\"scroll\">");
+                <div class=\"scroll\">",
+    );
     let points: Vec<ParetoPoint> = r
         .evaluated
         .iter()
@@ -138,9 +140,11 @@ pub fn render_tune_html(r: &TuneReport) -> String {
         Objective::Latency => "median latency (ms)",
     };
     pareto_chart(&mut h, &points, Some(floor), cost_title, metric_title(r.metric));
-    h.push_str("</div>\n<table id=\"configs\"><tr><th>#</th><th>configuration</th>\
+    h.push_str(
+        "</div>\n<table id=\"configs\"><tr><th>#</th><th>configuration</th>\
                 <th class=\"num\">metric</th><th class=\"num\">drop</th><th class=\"num\">size</th>\
-                <th class=\"num\">latency</th><th>precisions</th></tr>\n");
+                <th class=\"num\">latency</th><th>precisions</th></tr>\n",
+    );
     for e in &r.evaluated {
         let mix: Vec<String> = e.precisions.iter().map(|(p, n)| format!("{n} {p}")).collect();
         let mark = if r.pareto.contains(&e.id) { " ◆" } else { "" };
@@ -163,8 +167,10 @@ pub fn render_tune_html(r: &TuneReport) -> String {
     h.push_str("</table><p class=\"note\">◆ on the Pareto front; drops in red miss the budget.</p></section>\n");
 
     // Precision map.
-    h.push_str("<section id=\"precision-map\"><h2>Per-layer precision of the chosen point</h2>\n\
-                <p class=\"note\">One cell per layer in graph order.</p><div class=\"pmap\">");
+    h.push_str(
+        "<section id=\"precision-map\"><h2>Per-layer precision of the chosen point</h2>\n\
+                <p class=\"note\">One cell per layer in graph order.</p><div class=\"pmap\">",
+    );
     for n in &r.nodes {
         w(
             &mut h,
@@ -183,17 +189,19 @@ pub fn render_tune_html(r: &TuneReport) -> String {
     }
     h.push_str("</div>\n<details><summary>Layers</summary><table><tr><th>layer</th><th>op</th>\
                 <th class=\"num\">weights</th><th class=\"num\">isolated SQNR (dB)</th>\
-                <th class=\"num\">noise rank</th><th>precision</th></tr>\n");
+                <th class=\"num\">output SQNR alone (dB)</th><th class=\"num\">noise rank</th><th>precision</th></tr>\n");
     for n in &r.nodes {
         w(
             &mut h,
             format_args!(
                 "<tr><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td>\
-                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>\n",
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                 <td>{}</td></tr>\n",
                 esc(&n.node),
                 esc(&n.op_type),
                 n.weight_values,
                 fmt_db(n.sqnr_db),
+                fmt_db(n.output_sqnr_db),
                 n.rank + 1,
                 n.precision
             ),

@@ -20,6 +20,7 @@ pub mod search;
 
 use crate::compare::{compare_dataset, CompareError, CompareOptions};
 use crate::latency::time_runs;
+use crate::metrics::NoiseAccumulator;
 use crate::score::{ScoreError, ScoredModel};
 use lowbit_data::Dataset;
 use lowbit_engine::{Session, SessionOptions};
@@ -145,9 +146,14 @@ pub struct NodeChoice {
     pub node: String,
     pub op_type: String,
     pub weight_values: u64,
-    /// Isolated SQNR (dB) at the cheapest precision (`null`: not measured).
+    /// Isolated SQNR (dB) at the cheapest precision, compare's per-layer noise (`null`: not
+    /// measured).
     #[serde(with = "crate::metrics::finite_or_null")]
     pub sqnr_db: f64,
+    /// SQNR (dB) of the model's output with only this layer at the cheapest precision (the
+    /// others one rung up): the sensitivity that orders the search.
+    #[serde(with = "crate::metrics::finite_or_null")]
+    pub output_sqnr_db: f64,
     /// Rank in the promotion order (0: noisiest).
     pub rank: usize,
     /// The chosen configuration's precision (the cheapest when none was chosen).
@@ -233,11 +239,16 @@ impl Measurer<'_> {
         Ok(ScoredModel { path: what.to_string(), bytes, session, output: self.output.into() })
     }
 
-    fn measure(&mut self, model: &ModelProto, what: &str) -> Result<(Measured, SplitScore), TuneError> {
+    fn measure(
+        &mut self,
+        model: &ModelProto,
+        what: &str,
+    ) -> Result<(Measured, SplitScore), TuneError> {
         let scored = self.scored(model, what)?;
         let score = self.scorer.score(&scored, self.runs, &mut |_| {})?;
         let trim = self.scorer.trim;
-        let latency = time_runs(&scored, &mut self.scorer.data, self.latency_samples, trim, &mut |_| {})?;
+        let latency =
+            time_runs(&scored, &mut self.scorer.data, self.latency_samples, trim, &mut |_| {})?;
         let measured = Measured {
             metric: score.value,
             bytes: scored.bytes,
@@ -264,7 +275,11 @@ fn counts(p: &[Precision]) -> BTreeMap<String, usize> {
 }
 
 /// Tunes `inputs.fp32` (see the [module docs](self)); `progress` shows each stage.
-pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> Result<Tuned, TuneError> {
+pub fn tune(
+    inputs: TuneInputs,
+    opts: &TuneOptions,
+    progress: &dyn Progress,
+) -> Result<Tuned, TuneError> {
     let start = Instant::now();
     let TuneInputs { fp32, model_path, table, mut sensitivity_data, mut scorer, output, against } =
         inputs;
@@ -289,7 +304,8 @@ pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> 
     let base = QuantizeConfig { min_activation_sqnr: None, ..opts.base.clone() };
 
     // The tunable nodes: those a plain static run quantizes.
-    let (plain, summary) = quantize_with_plan(fp32.clone(), &QuantPlan::resolve(&base)?, Some(table))?;
+    let (plain, summary) =
+        quantize_with_plan(fp32.clone(), &QuantPlan::resolve(&base)?, Some(table))?;
     drop(plain);
     let layers = summary.layers;
     let nodes: Vec<String> = layers.iter().map(|l| l.node.clone()).collect();
@@ -319,21 +335,29 @@ pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> 
         _ => ref_score.value - opts.max_drop,
     };
 
-    // Sensitivity: isolated per-layer noise of the all-cheapest model.
+    // Sensitivity, cheap first: compare's isolated per-layer noise of the all-cheapest model
+    // (what each quantized tensor adds, reported per layer), then each layer alone at the
+    // cheapest rung with every other one rung up, scored by the output's SQNR against FP32
+    // on the same few samples. The second ranks the promotion: a weight's own noise says
+    // little of how much the output cares (a late 1x1 conv's int4 noise is harmless, a
+    // depthwise conv's is not).
     let cheapest = m.build(&vec![bottom; nodes.len()])?;
     progress.start("tune: per-layer noise", sensitivity_data.samples as u64);
     let copts = CompareOptions { threads: opts.threads, ..Default::default() };
-    let noise = compare_dataset(fp32, &cheapest, &mut sensitivity_data, m.scorer.trim, &copts, &mut |n| {
-        progress.advance(n as u64, None)
-    })?;
+    let noise =
+        compare_dataset(fp32, &cheapest, &mut sensitivity_data, m.scorer.trim, &copts, &mut |n| {
+            progress.advance(n as u64, None)
+        })?;
     progress.finish();
     drop(cheapest);
     let sqnr: BTreeMap<&str, f64> =
         noise.ranking.iter().map(|r| (r.node.as_str(), r.sqnr_db)).collect();
-    let db = |i: usize| sqnr.get(nodes[i].as_str()).copied().unwrap_or(f64::INFINITY);
-    // Promotion order. Latency: the noisiest first. Size: the most noise per weight first
-    // (isolated noise power over the bytes promoting the layer costs, in dB), so a small
-    // noisy layer is promoted before a big one and a big quiet one is the first to go down.
+    let isolated_db = |i: usize| sqnr.get(nodes[i].as_str()).copied().unwrap_or(f64::INFINITY);
+    let alone = layer_sensitivity(&m, &opts.ladder, &mut sensitivity_data, opts.batch, progress)?;
+    let db = |i: usize| alone[i];
+    // Promotion order. Latency: the noisiest first. Size: the most output noise per weight
+    // first (noise power over the bytes promoting the layer costs, in dB), so a small noisy
+    // layer is promoted before a big one and a big quiet one is the first to go down.
     let key = |i: usize| match opts.objective {
         Objective::Latency => db(i),
         Objective::Size => db(i) + 10.0 * (layers[i].weight_values.max(1) as f64).log10(),
@@ -395,7 +419,8 @@ pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> 
             node: l.node.clone(),
             op_type: l.op_type.clone(),
             weight_values: l.weight_values,
-            sqnr_db: db(i),
+            sqnr_db: isolated_db(i),
+            output_sqnr_db: db(i),
             rank: rank_of[&i],
             precision: chosen_p[i],
         })
@@ -420,7 +445,8 @@ pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> 
         let mut reference: Option<SplitScore> = None;
         for (id, model) in todo {
             let scored = m.scored(model.as_ref().unwrap_or(fp32), &evaluated[id].label)?;
-            let s = m.scorer.score(&scored, &held_runs, &mut |k| progress.advance(k as u64, None))?;
+            let s =
+                m.scorer.score(&scored, &held_runs, &mut |k| progress.advance(k as u64, None))?;
             let r = reference.get_or_insert_with(|| s.clone());
             let interval = paired_drop(&r.per_sample, &s.per_sample);
             held_out.push(HeldOutScore {
@@ -460,6 +486,54 @@ pub fn tune(inputs: TuneInputs, opts: &TuneOptions, progress: &dyn Progress) -> 
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok(Tuned { report, model })
+}
+
+/// Each node's sensitivity: the output SQNR (dB) against FP32 on `data` with only that node
+/// at the cheapest rung of `ladder` and every other node one rung up. The FP32 outputs of
+/// `data` (a few dozen calibration samples, a fixed count) are kept; nothing else is.
+fn layer_sensitivity(
+    m: &Measurer,
+    ladder: &[Precision],
+    data: &mut lowbit_data::Dataset,
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<f64>, TuneError> {
+    let n = m.nodes.len();
+    let (bottom, rest) = (ladder[0], ladder.get(1).copied().unwrap_or(ladder[0]));
+    let runs = data.ranges(batch.max(1));
+    let reference = m.scored(m.fp32, "the FP32 model")?;
+    let mut want = Vec::with_capacity(runs.len());
+    for &(s, e) in &runs {
+        want.push(reference.run(data, s, e, m.scorer.trim)?.as_f32()?.to_vec());
+    }
+    drop(reference);
+    progress.start("tune: per-layer sensitivity", n as u64);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut p = vec![rest; n];
+        p[i] = bottom;
+        let what = format!("{} alone at {bottom}", m.nodes[i]);
+        let scored = m.scored(&m.build(&p)?, &what)?;
+        let mut acc = NoiseAccumulator::new();
+        for (k, &(s, e)) in runs.iter().enumerate() {
+            let t = scored.run(data, s, e, m.scorer.trim)?;
+            let got = t.as_f32()?;
+            if got.len() != want[k].len() {
+                return Err(TuneError::Config(format!(
+                    "{what}: output '{}' has {} values on {} but FP32's {}",
+                    m.output,
+                    got.len(),
+                    data.range_label(s, e),
+                    want[k].len()
+                )));
+            }
+            acc.add(&want[k], got);
+        }
+        out.push(acc.noise().map_or(f64::INFINITY, |x| x.sqnr_db));
+        progress.advance(1, Some(&what));
+    }
+    progress.finish();
+    Ok(out)
 }
 
 /// The summary's sentence on how far the budget claim holds.

@@ -8,7 +8,11 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..points.len()).filter(|&i| !points[i].1.is_nan()).collect();
     // Cheapest first; at equal cost the better metric first, then the earlier point.
     order.sort_by(|&a, &b| {
-        points[a].0.total_cmp(&points[b].0).then(points[b].1.total_cmp(&points[a].1)).then(a.cmp(&b))
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[b].1.total_cmp(&points[a].1))
+            .then(a.cmp(&b))
     });
     let mut front = Vec::new();
     let mut best = f64::NEG_INFINITY;

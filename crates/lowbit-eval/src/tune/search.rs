@@ -116,7 +116,13 @@ impl<E: Evaluate> Run<'_, E> {
 }
 
 /// `order[..k]` at `top`, every other node at `bottom`.
-fn prefix(n: usize, order: &[usize], k: usize, bottom: Precision, top: Precision) -> Vec<Precision> {
+fn prefix(
+    n: usize,
+    order: &[usize],
+    k: usize,
+    bottom: Precision,
+    top: Precision,
+) -> Vec<Precision> {
     let mut p = vec![bottom; n];
     for &i in &order[..k] {
         p[i] = top;
@@ -258,20 +264,15 @@ mod tests {
         fn evaluate(&mut self, p: &[Precision], _: &str) -> Result<Measured, TuneError> {
             self.calls += 1;
             let rung = |x: Precision| self.ladder.iter().position(|&l| l == x).unwrap();
-            let metric = 80.0 - p.iter().enumerate().map(|(i, &x)| self.loss[i][rung(x)]).sum::<f64>();
+            let metric =
+                80.0 - p.iter().enumerate().map(|(i, &x)| self.loss[i][rung(x)]).sum::<f64>();
             let bytes = p.iter().map(|&x| [1u64, 2, 4][rung(x)] * 100).sum();
             Ok(Measured { metric, bytes, latency_ms: None })
         }
     }
 
     fn settings<'a>(ladder: &'a [Precision], strategy: Strategy) -> SearchSettings<'a> {
-        SearchSettings {
-            ladder,
-            floor: 79.0,
-            objective: Objective::Size,
-            strategy,
-            deadline: None,
-        }
+        SearchSettings { ladder, floor: 79.0, objective: Objective::Size, strategy, deadline: None }
     }
 
     fn model() -> Synthetic {
@@ -294,8 +295,9 @@ mod tests {
         let mut m = model();
         let ladder = m.ladder.clone();
         let order = [2, 0, 3, 1];
-        let out = search(&names(), &order, &settings(&ladder, Strategy::Bisect), &mut m, &NoProgress)
-            .unwrap();
+        let out =
+            search(&names(), &order, &settings(&ladder, Strategy::Bisect), &mut m, &NoProgress)
+                .unwrap();
         let chosen = &out.trials[out.chosen.unwrap()];
         assert!(chosen.meets_budget && chosen.measured.metric >= 79.0);
         // Two nodes must leave int4 (5.9 pt lost otherwise); node 2 only needs int8.
@@ -313,8 +315,14 @@ mod tests {
     fn greedy_baseline_promotes_one_node_at_a_time_and_stops_at_the_budget() {
         let mut m = model();
         let ladder = m.ladder.clone();
-        let out = search(&names(), &[2, 0, 3, 1], &settings(&ladder, Strategy::Greedy), &mut m, &NoProgress)
-            .unwrap();
+        let out = search(
+            &names(),
+            &[2, 0, 3, 1],
+            &settings(&ladder, Strategy::Greedy),
+            &mut m,
+            &NoProgress,
+        )
+        .unwrap();
         let chosen = &out.trials[out.chosen.unwrap()];
         assert_eq!(chosen.precisions, vec![Fp32, Int4, Fp32, Int4]);
         let labels: Vec<&str> = out.trials.iter().map(|t| t.label.as_str()).collect();
@@ -339,7 +347,10 @@ mod tests {
     fn a_past_deadline_stops_after_nothing_new() {
         let mut m = model();
         let ladder = m.ladder.clone();
-        let s = SearchSettings { deadline: Some(Instant::now()), ..settings(&ladder, Strategy::Bisect) };
+        let s = SearchSettings {
+            deadline: Some(Instant::now()),
+            ..settings(&ladder, Strategy::Bisect)
+        };
         let out = search(&names(), &[0, 1, 2, 3], &s, &mut m, &NoProgress).unwrap();
         assert!(out.cut_short && out.trials.is_empty() && out.chosen.is_none());
     }

@@ -202,8 +202,7 @@ pub(crate) fn select_targets(
             continue;
         }
         // A node given its own precision was chosen knowing its noise.
-        if let Some(why) = t.acts.iter().find_map(|(_, a)| low_sqnr(a)).filter(|_| own.is_none())
-        {
+        if let Some(why) = t.acts.iter().find_map(|(_, a)| low_sqnr(a)).filter(|_| own.is_none()) {
             summary.leave(node, idx, why);
             continue;
         }
@@ -251,9 +250,13 @@ pub fn quantize_static(
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
     raise_opset(g, plan, summary)?;
-    let four_bit = |w: &crate::config::WeightPlan| matches!(w.value, IntType::Int4 | IntType::Uint4);
+    let four_bit =
+        |w: &crate::config::WeightPlan| matches!(w.value, IntType::Int4 | IntType::Uint4);
     if four_bit(&plan.weights)
-        || plan.nodes.values().any(|n| matches!(n, NodePlan::Quantized { weights, .. } if four_bit(weights)))
+        || plan
+            .nodes
+            .values()
+            .any(|n| matches!(n, NodePlan::Quantized { weights, .. } if four_bit(weights)))
     {
         ensure_ir(g, 10);
     }
@@ -469,10 +472,14 @@ pub fn quantize_static(
                 (l.min(a), h.max(b))
             });
             // A node with its own precision on one member puts the whole group on its grid.
-            let scheme = members.iter().filter_map(|m| own_scheme.get(*m)).fold(None, |a, s| match a {
-                Some(a) if !finer(s, a) => Some(a),
-                _ => Some(s),
-            }).copied();
+            let scheme = members
+                .iter()
+                .filter_map(|m| own_scheme.get(*m))
+                .fold(None, |a, s| match a {
+                    Some(a) if !finer(s, a) => Some(a),
+                    _ => Some(s),
+                })
+                .copied();
             for m in members {
                 if ranges[m] != (lo, hi) {
                     ranges.insert(m.clone(), (lo, hi));
