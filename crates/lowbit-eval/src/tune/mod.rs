@@ -195,7 +195,7 @@ pub struct TuneReport {
     /// The cheapest configuration within budget on the search samples (`null`: none).
     pub chosen: Option<usize>,
     pub nodes: Vec<NodeChoice>,
-    /// FP32, the cheapest configuration and the chosen one on the held-out samples.
+    /// FP32, each rung on every node and the chosen configuration on the held-out samples.
     pub held_out: Vec<HeldOutScore>,
     /// How far the budget claim holds, in words.
     pub confidence: String,
@@ -434,11 +434,16 @@ pub fn tune(
     };
     if !held_runs.is_empty() {
         let n: u64 = held_runs.iter().map(|(s, e)| (e - s) as u64).sum();
+        // FP32, each rung on every node (the plain configurations a user compares with), and
+        // the chosen one.
         let mut todo: Vec<(usize, Option<ModelProto>)> = vec![(0, None)];
-        if !outcome.trials.is_empty() {
-            todo.push((1, Some(m.build(&outcome.trials[0].precisions)?)));
+        for (i, t) in outcome.trials.iter().enumerate() {
+            let uniform = t.precisions.windows(2).all(|w| w[0] == w[1]);
+            if uniform && chosen != Some(i + 1) {
+                todo.push((i + 1, Some(m.build(&t.precisions)?)));
+            }
         }
-        if let Some(c) = chosen.filter(|&c| c != 1) {
+        if let Some(c) = chosen {
             todo.push((c, Some(model.clone())));
         }
         progress.start("tune: held-out samples", n * todo.len() as u64);

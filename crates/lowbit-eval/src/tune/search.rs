@@ -232,6 +232,13 @@ pub fn search<E: Evaluate>(
         }
         progress.finish();
     }
+    // Every rung uniformly too (most are measured already): the front's anchors, so it spans
+    // the ladder even when the cheapest rung met the budget at once.
+    for &level in ladder {
+        if run.trial(vec![level; n], format!("all {level}"))?.is_none() {
+            break;
+        }
+    }
     let objective = settings.objective;
     let chosen = run
         .trials
@@ -326,7 +333,10 @@ mod tests {
         let chosen = &out.trials[out.chosen.unwrap()];
         assert_eq!(chosen.precisions, vec![Fp32, Int4, Fp32, Int4]);
         let labels: Vec<&str> = out.trials.iter().map(|t| t.label.as_str()).collect();
-        assert_eq!(labels, ["all int4", "all fp32", "1 noisiest at fp32", "2 noisiest at fp32"]);
+        assert_eq!(
+            labels,
+            ["all int4", "all fp32", "1 noisiest at fp32", "2 noisiest at fp32", "all int8"]
+        );
     }
 
     #[test]
@@ -335,12 +345,13 @@ mod tests {
         let ladder = m.ladder.clone();
         let loose = SearchSettings { floor: 70.0, ..settings(&ladder, Strategy::Bisect) };
         let out = search(&names(), &[0, 1, 2, 3], &loose, &mut m, &NoProgress).unwrap();
-        assert_eq!(out.trials.len(), 1);
+        // The base, then the other rungs as anchors.
+        assert_eq!(out.trials.len(), 3);
         assert_eq!(out.chosen, Some(0));
         let strict = SearchSettings { floor: 81.0, ..settings(&ladder, Strategy::Bisect) };
         let out = search(&names(), &[0, 1, 2, 3], &strict, &mut model(), &NoProgress).unwrap();
         assert_eq!(out.chosen, None);
-        assert_eq!(out.trials.len(), 2);
+        assert_eq!(out.trials.len(), 3);
     }
 
     #[test]
