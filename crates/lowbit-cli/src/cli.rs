@@ -506,6 +506,10 @@ pub struct TuneArgs {
     /// The deployment target, as for `quantize --target`.
     #[arg(long, default_value = "lowbit", value_parser = ["auto", "ort-avx2", "ort-vnni", "arm", "openvino", "tensorrt", "lowbit"])]
     pub target: String,
+    /// Keep embedding tables (Gather on a weight) float32, as `quantize --float-embeddings`:
+    /// in every configuration, so the search does not pay an int8 table's dequantization.
+    #[arg(long)]
+    pub float_embeddings: bool,
     /// Share of --eval-data held out from the search to confirm the chosen point.
     #[arg(long, value_name = "F", default_value_t = 0.5)]
     pub holdout: f64,

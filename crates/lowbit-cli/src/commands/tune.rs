@@ -189,7 +189,11 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     };
     let scorer = Scorer { metric, data, truth, trim };
     let opts = TuneOptions {
-        base: QuantizeConfig { target: args.target.parse()?, ..QuantizeConfig::default() },
+        base: QuantizeConfig {
+            target: args.target.parse()?,
+            quantize_embeddings: args.float_embeddings.then_some(false),
+            ..QuantizeConfig::default()
+        },
         ladder,
         max_drop: args.max_drop,
         objective,
