@@ -115,13 +115,13 @@ impl Scorer {
     }
 }
 
+/// Runs of samples, `(start, end)` each.
+pub type Runs = Vec<(usize, usize)>;
+
 /// The eval data's runs split into a search part and a held-out part: runs of `chunk`
 /// samples, every run in turn going to the held-out part in the proportion `held_out`
 /// (deterministic, spread evenly over the data).
-pub fn split_runs(
-    runs: &[(usize, usize)],
-    held_out: f64,
-) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+pub fn split_runs(runs: &[(usize, usize)], held_out: f64) -> (Runs, Runs) {
     let (mut search, mut held) = (Vec::new(), Vec::new());
     for (k, &r) in runs.iter().enumerate() {
         let taken = |k: usize| (k as f64 * held_out).floor();
