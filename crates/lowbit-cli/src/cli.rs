@@ -47,6 +47,9 @@ pub enum Command {
     /// Serve a model over HTTP: POST JSON or .npy inputs to /v1/run, Prometheus metrics (latency,
     /// per-tensor saturation and drift) at /metrics.
     Serve(ServeArgs),
+    /// Choose each layer's precision (int4/int8/int16/fp16/fp32) automatically under an
+    /// accuracy budget, measuring size and latency; JSON with the Pareto front, HTML report.
+    Tune(Box<TuneArgs>),
     // --- deployment (issue 17): target profiles and this CPU
     /// Lint a quantized model (lowbit's, ONNX Runtime's, NNCF's) against a target runtime's
     /// rules: one finding per node or tensor, exit 6 when the runtime would refuse it.
@@ -635,6 +638,99 @@ pub struct QatArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// The FP32 .onnx file (never overwritten).
+    pub model: PathBuf,
+    /// The chosen model to write.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Calibration data, as for `calibrate --data` (calibrated once, reused by every
+    /// configuration).
+    #[arg(short, long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Calibrate on the first N samples of --data only [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples: Option<u64>,
+    /// The data the metric is measured on (part of it held out, see --holdout).
+    #[arg(long, value_name = "DIR")]
+    pub eval_data: PathBuf,
+    /// Class labels of --eval-data (.npy) [default: a photo folder's own labels].
+    #[arg(long, value_name = "FILE.npy", conflicts_with = "reference_only")]
+    pub labels: Option<PathBuf>,
+    /// Added to every label (e.g. 1 for a model with a background class first).
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    pub label_offset: i64,
+    /// Score against the FP32 model's own outputs, ignoring any labels: top-1 agreement
+    /// (--metric top1) or cosine.
+    #[arg(long)]
+    pub reference_only: bool,
+    /// The task metric: top1 (accuracy, or agreement with FP32 without labels), spearman
+    /// (sentence pairs: --pair-fields and --gold-field), cosine or sqnr (against FP32's
+    /// outputs) [default: spearman for sentence pairs, else top1].
+    #[arg(long, value_parser = ["top1", "spearman", "cosine", "sqnr"])]
+    pub metric: Option<String>,
+    /// The largest drop of the metric from FP32's allowed, in its units (points of % for
+    /// top1, ×100 for spearman and cosine); for sqnr the lowest SQNR allowed, in dB.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub max_drop: f64,
+    /// What to minimize within the budget: latency on lowbit's engine, or the file's size.
+    #[arg(long, default_value = "latency", value_parser = ["latency", "size"])]
+    pub objective: String,
+    /// Candidate precisions, cheapest first (int4, int8-per-tensor, int8, int16, fp16,
+    /// fp32); every layer starts at the first [default: int8,int16,fp16,fp32 for latency,
+    /// int4,int8,fp16,fp32 for size].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub candidates: Vec<String>,
+    /// bisect (bisection on how many of the noisiest layers to promote, then per-layer
+    /// refinement) or greedy (promote the noisiest layer one at a time: the baseline).
+    #[arg(long, default_value = "bisect", value_parser = ["bisect", "greedy"])]
+    pub strategy: String,
+    /// The deployment target, as for `quantize --target`.
+    #[arg(long, default_value = "lowbit", value_parser = ["auto", "ort-avx2", "ort-vnni", "arm", "openvino", "tensorrt", "lowbit"])]
+    pub target: String,
+    /// Keep embedding tables (Gather on a weight) float32, as `quantize --float-embeddings`:
+    /// in every configuration, so the search does not pay an int8 table's dequantization.
+    #[arg(long)]
+    pub float_embeddings: bool,
+    /// Share of --eval-data held out from the search to confirm the chosen point.
+    #[arg(long, value_name = "F", default_value_t = 0.5)]
+    pub holdout: f64,
+    /// Stop searching after this many minutes, keeping the best configuration found so far.
+    #[arg(long, value_name = "MIN")]
+    pub time_budget: Option<f64>,
+    /// Samples timed per configuration (0: no latency; --objective latency needs some).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub latency: usize,
+    /// Calibration samples the per-layer noise is measured on.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub noise_samples: usize,
+    /// Samples per run.
+    #[arg(short, long, value_name = "N", default_value_t = 8)]
+    pub batch: usize,
+    /// The graph output to score [default: the model's first float output].
+    #[arg(long, value_name = "NAME")]
+    pub output_name: Option<String>,
+    #[command(flatten)]
+    pub format: DataArgs,
+    /// Write every evaluated configuration, the Pareto front and the choice as JSON
+    /// (schema: docs/json.md).
+    #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report: the Pareto front and the per-layer precision map.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads (0: one per core).
+    #[arg(short, long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Feed rows at their padded length.
+    #[arg(long)]
+    pub no_trim: bool,
 }
 
 #[cfg(test)]

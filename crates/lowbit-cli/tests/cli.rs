@@ -981,6 +981,100 @@ fn mnist_static_int8_agrees_with_fp32() {
     assert!(agree >= 0.97, "argmax agreement {agree}");
 }
 
+/// `lowbit tune` on the corpus' MNIST CNN (Conv + BatchNorm) without labels (cosine against
+/// FP32): within seconds, the held-out part confirms the budget, the front has at least three
+/// points, the JSON is the same twice, and the report draws the front and the precision map.
+#[test]
+fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_json_twice() {
+    let corpus = shared_dir().join("corpus/dev");
+    let model = corpus.join("models/burn_mnist_bn.onnx");
+    let images = corpus.join("data/mnist_test_0-4999/images.npy");
+    if !model.is_file() || !images.is_file() {
+        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
+        return;
+    }
+    let dir = tmp("tune-mnist");
+    // (x / 255 - 0.1307) / 0.3081 as float32 [N, 1, 28, 28] in `input.1.npy`.
+    let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
+    let write = |start: usize, end: usize, to: &Path| {
+        let rows: Vec<f32> = images[start * 784..end * 784]
+            .iter()
+            .map(|&v| ((v / 255.0 - 0.1307) / 0.3081) as f32)
+            .collect();
+        std::fs::create_dir_all(to).unwrap();
+        let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
+        npy::write_npy(&to.join("input.1.npy"), &t).unwrap();
+    };
+    let (calib, eval) = (dir.join("calib"), dir.join("eval"));
+    write(0, 64, &calib);
+    write(1000, 1400, &eval);
+    let max_drop = 0.05;
+    let tune = |tag: &str| -> (serde_json::Value, String, PathBuf) {
+        let (out, json, html) = (
+            dir.join(format!("{tag}.onnx")),
+            dir.join(format!("{tag}.json")),
+            dir.join(format!("{tag}.html")),
+        );
+        let o = ok(&argv(
+            &format!(
+                "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
+                 --max-drop {max_drop} --objective size --candidates int4,int8,fp32 --latency 0 \
+                 --batch 1 --threads 1 --json {{}} --report {{}}"
+            ),
+            &[&model, &out, &calib, &eval, &json, &html],
+        ));
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (j, stdout(&o), out)
+    };
+    let (j, text, out) = tune("a");
+    assert!(text.contains("Pareto front") && text.contains("held out (200 samples)"), "{text}");
+    assert_eq!(
+        (j["search_samples"].as_u64(), j["held_out_samples"].as_u64()),
+        (Some(200), Some(200))
+    );
+    assert_eq!(j["metric"], "cosine");
+    assert!(j["against"].as_str().unwrap().contains("FP32"), "{j}");
+    // The front: at least three points, cheaper ones scoring lower.
+    let front: Vec<usize> =
+        j["pareto"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert!(front.len() >= 3, "{}", j["pareto"]);
+    let ev = j["evaluated"].as_array().unwrap();
+    for w in front.windows(2) {
+        let (a, b) = (&ev[w[0]], &ev[w[1]]);
+        assert!(f64_at(a, &["bytes"]) < f64_at(b, &["bytes"]), "{a} {b}");
+        assert!(f64_at(a, &["metric"]) < f64_at(b, &["metric"]), "{a} {b}");
+    }
+    // The chosen point meets the budget on the search part and on the held-out part, and is
+    // the file written.
+    let c = j["chosen"].as_u64().expect("a configuration within budget") as usize;
+    assert!(f64_at(&ev[c], &["drop"]) <= max_drop, "{}", ev[c]);
+    let held = j["held_out"].as_array().unwrap().iter().find(|h| h["id"] == c).unwrap();
+    assert!(f64_at(held, &["drop"]) <= max_drop, "held out: {held}");
+    assert!(j["confidence"].as_str().unwrap().contains("within"), "{}", j["confidence"]);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), ev[c]["bytes"].as_u64().unwrap());
+    // The cheapest candidate everywhere is not within budget here, so the search mixed
+    // precisions: the chosen point is smaller than all int8 and every layer has a precision.
+    let all = |p: &str| ev.iter().find(|e| e["label"] == format!("all {p}")).unwrap();
+    assert!(!all("int4")["meets_budget"].as_bool().unwrap(), "{}", all("int4"));
+    assert!(f64_at(&ev[c], &["bytes"]) < f64_at(all("int8"), &["bytes"]));
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 5);
+    // Deterministic: the same configurations, metrics, sizes, front and choice again.
+    let (again, ..) = tune("b");
+    let key = |j: &serde_json::Value| {
+        let ev: Vec<_> = j["evaluated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["label"].clone(), e["metric"].clone(), e["bytes"].clone()))
+            .collect();
+        (ev, j["pareto"].clone(), j["chosen"].clone(), j["held_out"].clone(), j["nodes"].clone())
+    };
+    assert_eq!(key(&j), key(&again));
+    let page = std::fs::read_to_string(dir.join("a.html")).unwrap();
+    assert!(page.contains("<svg id=\"pareto-chart\"") && page.contains("id=\"precision-map\""));
+    assert_eq!(page.matches("class=\"pt front\"").count(), front.len());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Data layouts: per-sample .npz files of different lengths, --preprocess
 
@@ -2108,6 +2202,44 @@ fn smooth_quant_brings_minilm_static_int8_closer_to_fp32() {
     eprintln!("MiniLM static int8 embedding SQNR: plain {a:.2} dB (cosine {ca:.4}), SmoothQuant 0.5 {b:.2} dB (cosine {cb:.4})");
     assert!(b > a + 1.5, "SmoothQuant {b:.2} dB vs plain {a:.2} dB");
     assert!(cb > 0.995, "mean cosine {cb}");
+#[test]
+fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
+    let dir = example("tune");
+    let (model, data) = (dir.join("model.onnx"), dir.join("data"));
+    let (out, json, html) = (dir.join("tuned.onnx"), dir.join("tune.json"), dir.join("tune.html"));
+    let o = ok(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only --max-drop 5 --objective size \
+         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json {} --report {}",
+        &[&model, &out, &data, &data, &json, &html],
+    ));
+    let text = stdout(&o);
+    assert!(text.contains("Pareto front") && text.contains("held out"), "{text}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["format"], "lowbit-tune/1");
+    assert_eq!(r["metric"], "top1");
+    assert!(r["against"].as_str().unwrap().contains("agreement"));
+    // Agreement with FP32: the FP32 model agrees with itself.
+    assert_eq!(r["reference_metric"], 100.0);
+    let c = r["chosen"].as_u64().expect("a configuration within budget") as usize;
+    let chosen = &r["evaluated"][c];
+    assert!(chosen["drop"].as_f64().unwrap() <= 5.0 && chosen["meets_budget"] == true);
+    // The written model is the chosen one, and runs.
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), chosen["bytes"].as_u64().unwrap());
+    ok(&argv("run {} --data {} -o {}", &[&out, &data, &dir.join("outs")]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg id=\"pareto-chart\"") && page.contains("id=\"precision-map\""));
+
+    // Bad settings are usage errors, before any work.
+    let bad = lowbit(&argv(
+        "tune {} -o {} --data {} --eval-data {} --candidates int8,int3",
+        &[&model, &dir.join("x.onnx"), &data, &data],
+    ));
+    assert_fails(&bad, 2, &["int3"]);
+    let again = lowbit(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only",
+        &[&model, &out, &data, &data],
+    ));
+    assert_fails(&again, 1, &["already exists", "--force"]);
 }
 
 // ---------------------------------------------------------------------------------------------

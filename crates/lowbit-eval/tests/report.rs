@@ -10,7 +10,10 @@ mod common;
 
 use common::{summary, synthetic, CHANNELS};
 use lowbit_eval::compare::CompareReport;
-use lowbit_eval::report::render_html;
+use lowbit_eval::report::{render_html, render_tune_html};
+use lowbit_eval::tune::{
+    Evaluated, HeldOutScore, Metric, NodeChoice, Objective, Precision, TuneReport,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -206,6 +209,11 @@ struct Shot {
 impl Shot {
     /// Renders `report` and screenshots it; `None` (with the skip note) without Chromium.
     fn take(tag: &str, report: &CompareReport) -> Option<Shot> {
+        Shot::of(tag, render_html(report, Some(&summary())))
+    }
+
+    /// Screenshots the page `html`; `None` (with the skip note) without Chromium.
+    fn of(tag: &str, html: String) -> Option<Shot> {
         let Some(browser) = chromium() else {
             println!("skipped: chromium not installed (scripts/setup-test-env.sh installs it)");
             return None;
@@ -214,7 +222,6 @@ impl Shot {
             std::env::temp_dir().join(format!("lowbit-report-it-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let html = render_html(report, Some(&summary()));
         let page = dir.join("report.html");
         std::fs::write(&page, &html).unwrap();
         let (png, took) = screenshot(&browser, &page, &dir);
@@ -333,6 +340,116 @@ fn chromium_draws_hundreds_of_layers() {
          bars span {seen_span} px (SVG {span:.1})",
         shot.took.as_secs_f64(),
         area(&acc)
+    );
+    shot.done();
+}
+
+// The tune report's colours (precision map cells, the front's points, the chosen ring).
+const P_INT4: [u8; 3] = [0xb0, 0x7a, 0xa1];
+const P_INT16: [u8; 3] = [0xf2, 0x8e, 0x2b];
+const PT_OTHER: [u8; 3] = [0xba, 0xc4, 0xce];
+
+/// A `lowbit tune` report with `n` layers (a third int4, a quarter int16, the rest int8) and
+/// ten configurations, four of them on the front.
+fn tune_report(n: usize) -> TuneReport {
+    let p = |i: usize| match i % 12 {
+        0..=3 => Precision::Int4,
+        4..=6 => Precision::Int16,
+        _ => Precision::Int8,
+    };
+    let nodes = (0..n)
+        .map(|i| NodeChoice {
+            node: format!("/layer{i}/Conv"),
+            op_type: "Conv".into(),
+            weight_values: 1000 + 10 * i as u64,
+            sqnr_db: 20.0 + i as f64 * 0.1,
+            output_sqnr_db: 30.0 + i as f64 * 0.2,
+            rank: i,
+            precision: p(i),
+        })
+        .collect();
+    // (bytes, metric): the front is 1, 3, 6, 0; the others lie below it.
+    let points = [
+        (40.0, 80.0),
+        (10.0, 20.0),
+        (14.0, 30.0),
+        (15.0, 70.0),
+        (22.0, 60.0),
+        (25.0, 65.0),
+        (20.0, 79.5),
+        (30.0, 75.0),
+        (35.0, 78.0),
+        (18.0, 50.0),
+    ];
+    let evaluated = points
+        .iter()
+        .enumerate()
+        .map(|(id, &(mb, metric))| Evaluated {
+            id,
+            label: if id == 0 { "FP32 model".into() } else { format!("configuration {id}") },
+            metric,
+            drop: 80.0 - metric,
+            bytes: (mb * 1e6) as u64,
+            latency_ms: None,
+            meets_budget: 80.0 - metric <= 1.0,
+            precisions: Default::default(),
+        })
+        .collect();
+    TuneReport {
+        format: lowbit_eval::tune::FORMAT,
+        model: "model.onnx".into(),
+        output: "logits".into(),
+        metric: Metric::Top1,
+        against: "labels".into(),
+        objective: Objective::Size,
+        max_drop: 1.0,
+        candidates: vec![Precision::Int4, Precision::Int8, Precision::Int16],
+        strategy: "bisect",
+        threads: 1,
+        search_samples: 100,
+        held_out_samples: 100,
+        reference_metric: 80.0,
+        evaluated,
+        pareto: vec![1, 3, 6, 0],
+        chosen: Some(6),
+        nodes,
+        held_out: vec![HeldOutScore { id: 0, metric: 81.0, drop: 0.0, drop_interval: Some(0.0) }],
+        confidence: "confident".into(),
+        cut_short: false,
+        seconds: 1.0,
+    }
+}
+
+/// `lowbit tune --report`: the Pareto chart's points and the per-layer precision map drawn.
+#[test]
+fn chromium_draws_the_tune_reports_front_and_precision_map() {
+    const LAYERS: usize = 48;
+    let r = tune_report(LAYERS);
+    let Some(shot) = Shot::of("tune", render_tune_html(&r)) else { return };
+    let (html, img) = (&shot.html, &shot.img);
+    assert_eq!(html.matches("<circle class=\"pt front\"").count(), r.pareto.len());
+    assert_eq!(html.matches("<circle class=\"pt\"").count(), r.evaluated.len() - r.pareto.len());
+
+    // The grey off-front dots: about a disc of radius 4 each (6 of them), in the chart.
+    let (g0, g1) = img.rows_with(PT_OTHER, 1).expect("no off-front point drawn");
+    let grey = img.count(PT_OTHER, g0, g1 + 1);
+    let disc = std::f64::consts::PI * 16.0;
+    assert_close("off-front points", grey, disc * 6.0, 0.35);
+
+    // The precision map below the chart: one 14x22 cell per layer in its colour (the legend's
+    // 11 px swatches are left out by asking rows with at least 12 px of the colour).
+    let cell = 14.0 * 22.0;
+    let count = |want: Precision| r.nodes.iter().filter(|n| n.precision == want).count() as f64;
+    for (colour, precision) in [(P_INT4, Precision::Int4), (P_INT16, Precision::Int16)] {
+        let (c0, c1) = img.rows_with(colour, 12).unwrap_or_else(|| panic!("no {precision} cells"));
+        assert!(c0 > g1, "{precision} cells (rows {c0}..{c1}) above the chart's points ({g1})");
+        let px = img.count(colour, c0, c1 + 1);
+        assert_close(&format!("{precision} cells"), px, cell * count(precision), 0.12);
+    }
+    println!(
+        "tune report: chromium took {:.2} s; {grey} grey px of 6 off-front points, \
+         precision cells checked for {LAYERS} layers",
+        shot.took.as_secs_f64()
     );
     shot.done();
 }

@@ -23,6 +23,7 @@ use crate::passes::Exclusions;
 use crate::scheme::{IntType, Mode, QuantScheme, RangeFit, ValueType};
 use crate::target::{qdq_min_opset, Support, Target, TargetChoice};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -82,6 +83,112 @@ impl FromStr for QuantMode {
             ))
         })
     }
+}
+
+/// One node's precision in a hybrid static plan (what `lowbit tune` chooses per
+/// `Conv`/`MatMul`/`Gemm`), cheapest storage first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Precision {
+    /// 4-bit weights, one scale per output channel fitted by MSE; the plan's activations.
+    #[serde(rename = "int4")]
+    Int4,
+    /// int8 weights with one scale per tensor; the plan's activations.
+    #[serde(rename = "int8-per-tensor")]
+    Int8PerTensor,
+    /// int8 weights with one scale per output channel; the plan's activations.
+    #[serde(rename = "int8")]
+    Int8,
+    /// int16 activations and int16 weights (the plan's weight granularity).
+    #[serde(rename = "int16")]
+    Int16,
+    /// Float compute with float16 weights (a `Cast` to float32 before the node).
+    #[serde(rename = "fp16")]
+    Fp16,
+    /// Left in float32, as `--exclude` leaves it.
+    #[serde(rename = "fp32")]
+    Fp32,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 6] = [
+        Precision::Int4,
+        Precision::Int8PerTensor,
+        Precision::Int8,
+        Precision::Int16,
+        Precision::Fp16,
+        Precision::Fp32,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Int4 => "int4",
+            Precision::Int8PerTensor => "int8-per-tensor",
+            Precision::Int8 => "int8",
+            Precision::Int16 => "int16",
+            Precision::Fp16 => "fp16",
+            Precision::Fp32 => "fp32",
+        }
+    }
+
+    /// Whether the node stays out of the QDQ flow (float compute).
+    pub fn is_float(self) -> bool {
+        matches!(self, Precision::Fp16 | Precision::Fp32)
+    }
+
+    /// The settings a whole-model run at this precision would take, on top of `base`.
+    fn config_on(self, base: &QuantizeConfig) -> QuantizeConfig {
+        let (weights, per_channel, activations) = match self {
+            Precision::Int4 => (IntType::Int4, true, base.activations),
+            Precision::Int8PerTensor => (IntType::Int8, false, base.activations),
+            Precision::Int16 => (IntType::Int16, base.per_channel, Some(IntType::Int16)),
+            _ => (IntType::Int8, true, base.activations),
+        };
+        QuantizeConfig {
+            weights,
+            per_channel,
+            activations,
+            weight_mode: None,
+            block_size: None,
+            reduce_range: if weights == IntType::Int8 { base.reduce_range } else { None },
+            // 4-bit min-max grids are coarse enough that clipping outliers pays (the accuracy
+            // issue's MSE range fit, per output channel).
+            weight_range: if self == Precision::Int4 {
+                Some(RangeFit::Mse)
+            } else {
+                base.weight_range
+            },
+            node_precision: BTreeMap::new(),
+            ..base.clone()
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = QuantError;
+    fn from_str(s: &str) -> Result<Precision> {
+        Precision::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            QuantError::Config(format!(
+                "unknown precision '{s}' (use int4, int8-per-tensor, int8, int16, fp16 or fp32)"
+            ))
+        })
+    }
+}
+
+/// A node's precision resolved against the target: what the static pass does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum NodePlan {
+    /// Not quantized; float32 weights.
+    Float32,
+    /// Not quantized; float16 weights cast to float32 before the node.
+    Float16,
+    /// Quantized with these weights and this activation scheme (inputs and output).
+    Quantized { weights: WeightPlan, activations: QuantScheme },
 }
 
 /// Parses `int8`, `uint8`, `int16`, `uint16`, `int4`, `uint4`.
@@ -218,6 +325,10 @@ pub struct QuantizeConfig {
     /// [`crate::passes::embeddings`]); `None`: on in static, dynamic and weight-only mode.
     #[serde(default)]
     pub quantize_embeddings: Option<bool>,
+    /// Static: per-node precision by node name (`Op#index` for an unnamed node), overriding
+    /// the settings above for that node (hybrid precision).
+    #[serde(default)]
+    pub node_precision: BTreeMap<String, Precision>,
 }
 
 impl Default for QuantizeConfig {
@@ -240,6 +351,7 @@ impl Default for QuantizeConfig {
             fold_batch_norm: true,
             algorithms: Algorithms::default(),
             quantize_embeddings: None,
+            node_precision: BTreeMap::new(),
         }
     }
 }
@@ -365,6 +477,8 @@ pub struct QuantPlan {
     pub algorithms: Algorithms,
     /// int8 per-row embedding tables ([`crate::passes::embeddings`]).
     pub quantize_embeddings: bool,
+    /// Per-node precision (static), keyed as [`QuantizeConfig::node_precision`].
+    pub nodes: BTreeMap<String, NodePlan>,
     /// The default-domain opset the written model needs at least.
     pub min_opset: i64,
     /// Why each target-dependent choice was made, for the summary.
@@ -374,6 +488,15 @@ pub struct QuantPlan {
 }
 
 impl QuantPlan {
+    /// The per-node precision of `node` (at `index` in the graph, for an unnamed node), if the
+    /// plan sets one.
+    pub fn node_plan(&self, node: &lowbit_onnx::pb::NodeProto, index: usize) -> Option<&NodePlan> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        self.nodes.get(&crate::passes::label(node, index))
+    }
+
     /// Resolves `config`: the target's rules fill what the user left open and reject what the
     /// target cannot run; combinations no pass can write are errors.
     pub fn resolve(config: &QuantizeConfig) -> Result<QuantPlan> {
@@ -518,6 +641,30 @@ impl QuantPlan {
             (None, m) => m.integer_kernels() || m == QuantMode::WeightOnly,
         };
 
+        let mut nodes = BTreeMap::new();
+        let mut node_opset = 1;
+        if !config.node_precision.is_empty() && mode != QuantMode::Static {
+            return bad(format!(
+                "per-node precision applies to static quantization, not --mode {mode}"
+            ));
+        }
+        for (name, &p) in &config.node_precision {
+            let node_plan = match p {
+                Precision::Fp32 => NodePlan::Float32,
+                Precision::Fp16 => NodePlan::Float16,
+                q => {
+                    let sub = QuantPlan::resolve(&q.config_on(config))
+                        .map_err(|e| QuantError::Config(format!("node '{name}' at {q}: {e}")))?;
+                    node_opset = node_opset.max(sub.min_opset);
+                    NodePlan::Quantized {
+                        weights: sub.weights,
+                        activations: sub.activations.scheme,
+                    }
+                }
+            };
+            nodes.insert(name.clone(), node_plan);
+        }
+
         let mut warnings = Vec::new();
         if mode == QuantMode::Dynamic {
             match rules.dynamic {
@@ -539,7 +686,7 @@ impl QuantPlan {
         let min_opset = if mode == QuantMode::Fp16 || mode == QuantMode::Bf16 {
             min_opset
         } else {
-            min_opset.max(rules.min_opset)
+            min_opset.max(rules.min_opset).max(node_opset)
         };
         Ok(QuantPlan {
             mode,
@@ -551,6 +698,7 @@ impl QuantPlan {
             fold_batch_norm: config.fold_batch_norm,
             algorithms: config.algorithms.clone(),
             quantize_embeddings,
+            nodes,
             min_opset,
             decisions,
             warnings,

@@ -57,6 +57,18 @@ pub struct NodeNote {
     pub reason: String,
 }
 
+/// A `Conv`/`MatMul`/`Gemm` static quantization considered, and the precision it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPrecision {
+    /// Its name, or `Op#index` when it has none (the key of per-node precision).
+    pub node: String,
+    pub op_type: String,
+    /// Values in its weight initializer (0 when both inputs are activations).
+    pub weight_values: u64,
+    /// In words: the weight and activation schemes, or `fp32` / `fp16` for a node kept float.
+    pub precision: String,
+}
+
 /// What [`quantize_model`] did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantizeSummary {
@@ -104,6 +116,10 @@ pub struct QuantizeSummary {
     /// the static, dynamic and weight-only passes rewrite like the main graph.
     #[serde(default)]
     pub weighted_in_subgraphs: usize,
+    /// Static: every `Conv`/`MatMul`/`Gemm` quantized or kept float by the per-node plan, in
+    /// graph order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerPrecision>,
 }
 
 /// The ops that carry a model's weights and most of its compute: what "how much of the model
@@ -402,6 +418,7 @@ fn static_run(
     };
     let fp32 = (alg.adaround.is_some() || alg.bias_correction.is_some()).then(|| g.clone());
     passes::qdq::quantize_static(g, plan, &table, summary)?;
+    passes::fp16::half_weights(g, plan, summary)?;
     // What calibration saw of each quantized activation, for `monitor` and adaptive runs.
     CalibrationRecord::new(g.model(), &table).store(g.model_mut());
     if let (Some(opts), Some(fp32)) = (&alg.adaround, &fp32) {
@@ -619,5 +636,87 @@ mod tests {
         let (_, s) = quantize_model(model(&["Relu"]), &cfg, None).unwrap();
         assert_eq!(s.warnings, vec!["--exclude '/encoder/*' matches no node of this model"]);
         assert!(s.to_string().contains("warning: --exclude '/encoder/*'"), "{s}");
+    }
+
+    #[test]
+    fn per_node_precision_sets_each_layer_apart() {
+        use crate::algorithms::test_graphs::{max_rel_diff, run, uniform, Builder};
+        use crate::calibrate::{calibrate_samples, CalibratorOptions};
+        use crate::config::Precision;
+        use crate::target::{Target, TargetChoice};
+        use lowbit_tensor::{DType, Tensor};
+        // x [4, 8] -> (MatMul -> Relu) x 4: matmul1, matmul3, matmul5, matmul7.
+        let mut b = Builder::default();
+        let mut cur = "x".to_string();
+        for i in 0..4u64 {
+            let w = b.f32(&format!("w{i}"), &[8, 8], uniform(i + 1, 64, -1.0, 1.0));
+            let m = b.op("MatMul", &[&cur, &w], vec![]);
+            cur = b.op("Relu", &[&m], vec![]);
+        }
+        let model = b.model(&[4, 8], &[&cur]);
+        let x = uniform(99, 32, -1.0, 1.0);
+        let mut samples =
+            vec![vec![("x".to_string(), Tensor::from_vec(vec![4, 8], x.clone()).unwrap())]];
+        let table =
+            calibrate_samples(&model, &mut samples, CalibratorOptions::default(), 1, &NoProgress)
+                .unwrap();
+        let node_precision = [
+            ("matmul1", Precision::Int4),
+            ("matmul3", Precision::Int16),
+            ("matmul5", Precision::Fp16),
+            ("matmul7", Precision::Fp32),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        let cfg = QuantizeConfig {
+            target: TargetChoice::Named(Target::Lowbit),
+            node_precision,
+            ..Default::default()
+        };
+        let (q, summary) = quantize_model(model.clone(), &cfg, Some(&table)).unwrap();
+        let layers: Vec<(&str, &str)> =
+            summary.layers.iter().map(|l| (l.node.as_str(), l.precision.as_str())).collect();
+        assert_eq!(layers.len(), 4, "{layers:?}");
+        assert!(layers[0].1.starts_with("int4 "), "{layers:?}");
+        assert!(
+            layers[1].1.starts_with("int16 ") && layers[1].1.contains("int16 asym"),
+            "{layers:?}"
+        );
+        assert_eq!(layers[2], ("matmul5", "fp16"));
+        assert_eq!(layers[3], ("matmul7", "fp32"));
+        assert!(summary.layers.iter().all(|l| l.weight_values == 64));
+
+        let g = q.graph.as_ref().unwrap();
+        let producer = |v: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == v)).unwrap();
+        let init_type = |name: &str| {
+            let t = g.initializer.iter().find(|t| t.name == name).unwrap();
+            DType::from_onnx(t.data_type).unwrap()
+        };
+        let node = |name: &str| g.node.iter().find(|n| n.name == name).unwrap();
+        // int4 weights behind a DequantizeLinear.
+        let dq = producer(&node("matmul1").input[1]);
+        assert_eq!((dq.op_type.as_str(), init_type(&dq.input[0])), ("DequantizeLinear", DType::I4));
+        // int16 activations: the input's Q/DQ pair has an int16 zero point.
+        let dq = producer(&node("matmul3").input[0]);
+        assert_eq!(
+            (dq.op_type.as_str(), init_type(&dq.input[2])),
+            ("DequantizeLinear", DType::I16)
+        );
+        // fp16: a float16 weight cast back to float32; the activation stays float.
+        let cast = producer(&node("matmul5").input[1]);
+        assert_eq!((cast.op_type.as_str(), init_type(&cast.input[0])), ("Cast", DType::F16));
+        // fp32: the original weight.
+        assert_eq!(node("matmul7").input[1], "w3");
+        assert!(lowbit_onnx::graph::opset_version(&q, "").unwrap() >= 21);
+        let (a, b) = (run(&model, &[4, 8], &x), run(&q, &[4, 8], &x));
+        assert!(max_rel_diff(&a, &b) < 0.1, "{}", max_rel_diff(&a, &b));
+
+        // Per-node precision is static only, and a target that cannot run it refuses it.
+        let dynamic = QuantizeConfig { mode: QuantMode::Dynamic, ..cfg.clone() };
+        assert!(QuantPlan::resolve(&dynamic).is_err());
+        let openvino = QuantizeConfig { target: TargetChoice::Named(Target::OpenVino), ..cfg };
+        let e = QuantPlan::resolve(&openvino).unwrap_err().to_string();
+        assert!(e.contains("matmul3") && e.contains("int16"), "{e}");
     }
 }

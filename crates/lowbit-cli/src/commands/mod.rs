@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod quantize;
 pub mod run;
 pub mod serve;
+pub mod tune;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -36,6 +37,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         // --- monitoring (issue 17) ---
         Command::Monitor(a) => monitor::monitor(a, cli.quiet),
         Command::Serve(a) => serve::serve(a, cli.quiet),
+        Command::Tune(a) => tune::tune(*a, cli.quiet),
         // deployment (issue 17)
         Command::Check(a) => check::check(a),
         Command::Doctor(a) => doctor::doctor(a),

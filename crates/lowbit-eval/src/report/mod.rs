@@ -53,9 +53,11 @@ mod sections;
 mod select;
 mod style;
 mod svg;
+mod tune;
 
 pub use format::escape_html;
 pub use svg::clip_range;
+pub use tune::render_tune_html;
 
 use crate::compare::{ActivationNoise, CompareReport};
 use format::{esc, name, w};

@@ -46,5 +46,10 @@ figcaption{font-size:12.5px;color:#59636e;margin:0 0 4px}
 figcaption code{color:#1f2328}
 details{margin-top:10px}
 summary{cursor:pointer;color:#0969da}
+.pt{fill:#bac4ce}.pt.front{fill:#4e79a7}.front-line{fill:none;stroke:#4e79a7;stroke-width:1.5}
+.chosen{fill:none;stroke:#e15759;stroke-width:2}.floor{stroke:#e15759;stroke-dasharray:6 4}
+.pmap{display:flex;flex-wrap:wrap;gap:2px;margin:6px 0}.pmap span{width:14px;height:22px;border-radius:2px}
+.p-int4{background:#b07aa1}.p-int8-per-tensor{background:#76b7b2}.p-int8{background:#4e79a7}
+.p-int16{background:#f28e2b}.p-fp16{background:#edc948}.p-fp32{background:#e15759}
 footer{color:#8c959f;font-size:12px;text-align:right}
 "#;

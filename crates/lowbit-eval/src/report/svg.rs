@@ -132,6 +132,136 @@ fn steps(lo: f64, hi: f64, step: f64) -> impl Iterator<Item = f64> {
         .take_while(move |&t| t <= hi + step * 1e-6)
 }
 
+const PARETO: Frame =
+    Frame { width: 760.0, plot_h: 340.0, left: 60.0, right: 20.0, top: 14.0, bottom: 42.0 };
+
+/// One configuration on the Pareto chart.
+pub(super) struct ParetoPoint {
+    pub id: usize,
+    pub cost: f64,
+    pub metric: f64,
+    pub front: bool,
+    pub chosen: bool,
+}
+
+/// Metric against cost of every evaluated configuration (`<svg id="pareto-chart">`): grey
+/// dots (`class="pt"`), the front joined and labelled with ids (`class="pt front"`), the chosen
+/// point ringed (`class="chosen"`), the budget's floor dashed (`class="floor"`).
+pub(super) fn pareto_chart(
+    h: &mut String,
+    points: &[ParetoPoint],
+    floor: Option<f64>,
+    cost_title: &str,
+    metric_title: &str,
+) {
+    let f = &PARETO;
+    let pw = f.plot_w();
+    let finite: Vec<&ParetoPoint> =
+        points.iter().filter(|p| p.cost.is_finite() && p.metric.is_finite()).collect();
+    let (mut c_lo, mut c_hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut m_lo, mut m_hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in &finite {
+        (c_lo, c_hi) = (c_lo.min(p.cost), c_hi.max(p.cost));
+        (m_lo, m_hi) = (m_lo.min(p.metric), m_hi.max(p.metric));
+    }
+    if let Some(fl) = floor.filter(|v| v.is_finite()) {
+        (m_lo, m_hi) = (m_lo.min(fl), m_hi.max(fl));
+    }
+    if finite.is_empty() {
+        (c_lo, c_hi, m_lo, m_hi) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |lo: f64, hi: f64| {
+        let span = (hi - lo).max(hi.abs() * 1e-3).max(1e-9);
+        (lo - span * 0.06, hi + span * 0.06)
+    };
+    let (c_lo, c_hi) = pad(0.0f64.min(c_lo), c_hi);
+    let (m_lo, m_hi) = pad(m_lo, m_hi);
+    let x = |c: f64| f.left + (c - c_lo) / (c_hi - c_lo) * pw;
+    let y = |m: f64| f.top + (m_hi - m) / (m_hi - m_lo) * f.plot_h;
+    let height = f.top + f.plot_h + f.bottom;
+    open_svg(
+        h,
+        "pareto-chart",
+        "",
+        (f.width, height),
+        "metric against cost of every configuration",
+    );
+    let m_step = nice_step(m_hi - m_lo, 6.0);
+    value_grid(h, ((m_lo / m_step).ceil() * m_step, m_hi, m_step), f.left, pw, y);
+    let base = f.top + f.plot_h;
+    let c_step = nice_step(c_hi - c_lo, 7.0);
+    let decimals = step_decimals(c_step);
+    for t in steps((c_lo / c_step).ceil() * c_step, c_hi, c_step) {
+        x_tick(h, x(t), base, &fmt_fixed(t + 0.0, decimals));
+    }
+    w(
+        h,
+        format_args!(
+            "<line class=\"axis\" x1=\"{}\" x2=\"{:.1}\" y1=\"{base:.1}\" y2=\"{base:.1}\"/>",
+            f.left,
+            f.left + pw
+        ),
+    );
+    if let Some(fl) = floor.filter(|v| v.is_finite()) {
+        w(
+            h,
+            format_args!(
+                "<line class=\"floor\" x1=\"{}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/>",
+                f.left,
+                f.left + pw,
+                y(fl),
+                y(fl)
+            ),
+        );
+    }
+    let mut front: Vec<&&ParetoPoint> = finite.iter().filter(|p| p.front).collect();
+    front.sort_by(|a, b| a.cost.total_cmp(&b.cost));
+    if front.len() > 1 {
+        let path: Vec<String> =
+            front.iter().map(|p| format!("{:.1},{:.1}", x(p.cost), y(p.metric))).collect();
+        w(h, format_args!("<polyline class=\"front-line\" points=\"{}\"/>", path.join(" ")));
+    }
+    for p in &finite {
+        let class = if p.front { "pt front" } else { "pt" };
+        w(
+            h,
+            format_args!(
+                "<circle class=\"{class}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\"><title>#{} \
+                 {} / {}</title></circle>",
+                x(p.cost),
+                y(p.metric),
+                p.id,
+                fmt_sig(p.cost),
+                fmt_sig(p.metric)
+            ),
+        );
+        if p.front {
+            w(
+                h,
+                format_args!(
+                    "<text class=\"label\" x=\"{:.1}\" y=\"{:.1}\">#{}</text>",
+                    x(p.cost) + 6.0,
+                    y(p.metric) - 6.0,
+                    p.id
+                ),
+            );
+        }
+        if p.chosen {
+            w(
+                h,
+                format_args!(
+                    "<circle class=\"chosen\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"8\"/>",
+                    x(p.cost),
+                    y(p.metric)
+                ),
+            );
+        }
+    }
+    x_title(h, f.left + pw / 2.0, height - 6.0, cost_title);
+    y_title(h, 14.0, f.top + f.plot_h / 2.0, metric_title);
+    h.push_str("</svg>\n");
+}
+
 /// The per-layer SQNR chart (`<svg id="sqnr-chart">` in a scrolling box): a bar per
 /// activation for the accumulated SQNR, a marker for the isolated one, the `highlighted`
 /// layers ((rank, index into `acts`) pairs) banded, coloured and labelled.

@@ -50,6 +50,42 @@ fn convert_proto(p: &TensorProto, to: DType) -> Result<TensorProto> {
     Ok(tensor_to_proto(&p.name, &convert_tensor(&t, to)?))
 }
 
+/// Hybrid static plans: the weight (input 1) of each node the plan keeps at
+/// [`NodePlan::Float16`](crate::config::NodePlan::Float16) stored as float16 and cast back to
+/// float32 before the node (compute stays float32). A weight other nodes also read is left
+/// float32, noted in `summary`.
+pub fn half_weights(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
+    let mut casts = Vec::new();
+    for idx in 0..g.num_nodes() {
+        let node = &g.nodes()[idx];
+        if !matches!(plan.node_plan(node, idx), Some(crate::config::NodePlan::Float16)) {
+            continue;
+        }
+        let Some(w) = node.input.get(1).filter(|w| g.initializer(w).is_some()).cloned() else {
+            continue;
+        };
+        if g.consumers(&w).len() != 1 {
+            summary.notes.push(format!(
+                "weight '{w}' of {} stays float32: other nodes read it too",
+                super::label(node, idx)
+            ));
+            continue;
+        }
+        let Some(t) = super::init_f32(g, &w)? else { continue };
+        let half = super::add_init(g, &format!("{w}_fp16"), &convert_tensor(&t, DType::F16)?);
+        let out = g.unique_name(&format!("{w}_fp16_cast"));
+        let name = g.unique_name(&format!("{w}_Cast"));
+        let to = int_attr("to", DType::F32.onnx_id() as i64);
+        casts.push(make_node("Cast", name, vec![half], vec![out.clone()], vec![to]));
+        g.node_mut(idx).expect("node index").input[1] = out;
+    }
+    for n in casts {
+        let at = g.num_nodes();
+        g.insert_node(at, n)?;
+    }
+    Ok(())
+}
+
 pub fn convert_float(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
     let to = if plan.mode == QuantMode::Bf16 { DType::BF16 } else { DType::F16 };
     let suffix = if to == DType::BF16 { "bf16" } else { "fp16" };

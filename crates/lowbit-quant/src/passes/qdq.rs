@@ -35,12 +35,12 @@ use super::{
     is_default_domain, make_node, raise_opset, value_dtypes,
 };
 use crate::calibrate::CalibrationTable;
-use crate::config::{CalibrationPlan, QuantPlan};
+use crate::config::{CalibrationPlan, NodePlan, QuantPlan};
 use crate::error::{QuantError, Result};
 use crate::qparams::{
     quantize, tensor_qparams, tensor_qparams_with_min_scale, QParams, QuantizedTensor,
 };
-use crate::quantize::QuantizeSummary;
+use crate::quantize::{LayerPrecision, QuantizeSummary};
 use crate::scheme::{IntType, QuantScheme};
 use lowbit_kernels::quantize as core;
 use lowbit_onnx::graph::Graph;
@@ -137,6 +137,8 @@ pub(crate) struct Target {
     weight: Option<(usize, String, QuantScheme)>,
     /// Bias slot and initializer name (quantized to int32 when possible).
     bias: Option<(usize, String)>,
+    /// The scheme of its activations (inputs and output): the plan's, or the node's own.
+    act: QuantScheme,
 }
 
 /// Step 1 of static quantization: the `Conv`/`MatMul`/`Gemm` nodes to quantize, each other
@@ -159,13 +161,29 @@ pub(crate) fn select_targets(
             summary.exclude(node, idx, r);
             continue;
         }
+        let own = plan.node_plan(node, idx);
+        let (weights, act) = match own {
+            Some(NodePlan::Float32 | NodePlan::Float16) => {
+                let kind = if matches!(own, Some(NodePlan::Float16)) { "fp16" } else { "fp32" };
+                summary.exclude(node, idx, format!("{kind} by the per-node plan"));
+                summary.layers.push(LayerPrecision {
+                    node: super::label(node, idx),
+                    op_type: op.to_string(),
+                    weight_values: weight_values(g, node),
+                    precision: kind.into(),
+                });
+                continue;
+            }
+            Some(NodePlan::Quantized { weights, activations }) => (weights, *activations),
+            None => (&plan.weights, plan.activations.scheme),
+        };
         let x = node.input.first().cloned().unwrap_or_default();
         if !is_act(&x) {
             summary.leave(node, idx, "first input is not a float activation");
             continue;
         }
         let w = node.input.get(1).cloned().unwrap_or_default();
-        let mut t = Target { idx, acts: vec![(0, x)], weight: None, bias: None };
+        let mut t = Target { idx, acts: vec![(0, x)], weight: None, bias: None, act };
         if g.initializer(&w).is_some() {
             if init_dtype(g, &w) != Some(DType::F32) {
                 summary.leave(node, idx, "weight is not float32");
@@ -173,7 +191,7 @@ pub(crate) fn select_targets(
             }
             let rank = g.initializer(&w).map(|p| p.dims.len()).unwrap_or(0);
             let trans_b = attr_i(node, "transB").unwrap_or(0) != 0;
-            let Some(scheme) = plan.weights.scheme_for(op, trans_b, rank) else {
+            let Some(scheme) = weights.scheme_for(op, trans_b, rank) else {
                 summary.leave(node, idx, format!("weight of rank {rank} not understood"));
                 continue;
             };
@@ -184,7 +202,8 @@ pub(crate) fn select_targets(
             summary.leave(node, idx, "weight is neither an initializer nor a float activation");
             continue;
         }
-        if let Some(why) = t.acts.iter().find_map(|(_, a)| low_sqnr(a)) {
+        // A node given its own precision was chosen knowing its noise.
+        if let Some(why) = t.acts.iter().find_map(|(_, a)| low_sqnr(a)).filter(|_| own.is_none()) {
             summary.leave(node, idx, why);
             continue;
         }
@@ -202,6 +221,12 @@ pub(crate) fn select_targets(
         targets.push(t);
     }
     targets
+}
+
+/// Values in `node`'s weight initializer (input 1), 0 when it has none.
+fn weight_values(g: &Graph, node: &lowbit_onnx::pb::NodeProto) -> u64 {
+    let w = node.input.get(1).and_then(|w| g.initializer(w));
+    w.map_or(0, |p| p.dims.iter().map(|&d| d.max(0) as u64).product())
 }
 
 /// The nodes static quantization would quantize, counted in `summary` (and the others left,
@@ -260,7 +285,14 @@ fn static_graph(
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
     raise_opset(g, plan, summary)?;
-    if matches!(plan.weights.value, IntType::Int4 | IntType::Uint4) {
+    let four_bit =
+        |w: &crate::config::WeightPlan| matches!(w.value, IntType::Int4 | IntType::Uint4);
+    if four_bit(&plan.weights)
+        || plan
+            .nodes
+            .values()
+            .any(|n| matches!(n, NodePlan::Quantized { weights, .. } if four_bit(weights)))
+    {
         ensure_ir(g, 10);
     }
     let act = &plan.activations;
@@ -289,16 +321,32 @@ fn static_graph(
     };
     let targets = select_targets(g, plan, &is_act, &low_sqnr, summary);
 
-    // 2. Which tensors get a Q/DQ pair.
+    // 2. Which tensors get a Q/DQ pair, and the scheme of those a node with its own precision
+    // reads or writes (the finer grid where two nodes disagree).
     let mut qset: BTreeSet<String> = BTreeSet::new();
+    let mut own_scheme: HashMap<String, QuantScheme> = HashMap::new();
+    let finer = |a: &QuantScheme, b: &QuantScheme| -> bool {
+        let levels = |s: &QuantScheme| s.qrange().map_or(0, |(lo, hi)| hi - lo);
+        levels(a) > levels(b)
+    };
     for t in &targets {
         let node = &g.nodes()[t.idx];
+        let mut touched: Vec<String> = t.acts.iter().map(|(_, a)| a.clone()).collect();
         for (_, a) in &t.acts {
             qset.insert(a.clone());
         }
         for o in node.output.iter().take(1) {
             if is_float(o) && !g.is_graph_output(o) {
                 qset.insert(o.clone());
+                touched.push(o.clone());
+            }
+        }
+        if t.act != act.scheme {
+            for v in touched {
+                let keep = own_scheme.get(&v).is_some_and(|s| !finer(&t.act, s));
+                if !keep {
+                    own_scheme.insert(v, t.act);
+                }
             }
         }
     }
@@ -458,10 +506,25 @@ fn static_graph(
                 let (a, b) = ranges[*m];
                 (l.min(a), h.max(b))
             });
+            // A node with its own precision on one member puts the whole group on its grid.
+            let scheme = members
+                .iter()
+                .filter_map(|m| own_scheme.get(*m))
+                .fold(None, |a, s| match a {
+                    Some(a) if !finer(s, a) => Some(a),
+                    _ => Some(s),
+                })
+                .copied();
             for m in members {
                 if ranges[m] != (lo, hi) {
                     ranges.insert(m.clone(), (lo, hi));
                     changed = true;
+                }
+                if let Some(s) = scheme {
+                    if own_scheme.get(m) != Some(&s) {
+                        own_scheme.insert(m.clone(), s);
+                        changed = true;
+                    }
                 }
             }
         }
@@ -472,7 +535,8 @@ fn static_graph(
     let mut params: HashMap<String, QParams> = HashMap::new();
     for t in &qset {
         let (lo, hi) = ranges[t];
-        params.insert(t.clone(), QParams::from_range(&act.scheme, lo, hi)?);
+        let scheme = own_scheme.get(t).unwrap_or(&act.scheme);
+        params.insert(t.clone(), QParams::from_range(scheme, lo, hi)?);
     }
     if !guarded.is_empty() {
         let (worst, own, full) =
@@ -551,10 +615,24 @@ fn static_graph(
             };
             let got =
                 insert_weight_dq(g, w, scheme, floor.as_deref(), &mut wcache, &mut new_nodes)?;
+            summary.layers.push(LayerPrecision {
+                node: super::label(&node, t.idx),
+                op_type: node.op_type.clone(),
+                weight_values: init_f32(g, w)?.map_or(0, |w| w.len() as u64),
+                precision: format!("{scheme} weights, {} activations", t.act),
+            });
             if let Some((dq, p)) = got {
                 g.node_mut(t.idx).expect("target index").input[*slot] = dq;
                 wparams = Some(p);
             }
+        }
+        if t.weight.is_none() {
+            summary.layers.push(LayerPrecision {
+                node: super::label(&node, t.idx),
+                op_type: node.op_type.clone(),
+                weight_values: 0,
+                precision: format!("{} activations", t.act),
+            });
         }
         if let (Some((slot, b)), Some(wp)) = (&t.bias, &wparams) {
             let x = &t.acts[0].1;
@@ -578,6 +656,9 @@ fn static_graph(
         let op = g.nodes()[idx].op_type.clone();
         summary.count(&op);
     }
+    let position: HashMap<String, usize> =
+        g.nodes().iter().enumerate().map(|(i, n)| (super::label(n, i), i)).collect();
+    summary.layers.sort_by_key(|l| position.get(&l.node).copied().unwrap_or(usize::MAX));
     for n in new_nodes {
         let at = g.num_nodes();
         g.insert_node(at, n)?;
