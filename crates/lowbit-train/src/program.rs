@@ -295,7 +295,9 @@ impl Program {
         }
         let output_name = match output {
             Some(o) if g.is_graph_output(o) => o.to_string(),
-            Some(o) => return Err(TrainError::Config(format!("'{o}' is not an output of the model"))),
+            Some(o) => {
+                return Err(TrainError::Config(format!("'{o}' is not an output of the model")))
+            }
             None => first_float_output(g.proto())
                 .ok_or_else(|| TrainError::Config("the model has no float output".into()))?,
         };

@@ -268,6 +268,7 @@ pub fn default_objective(fp32: &ModelProto, output: &str, labels: bool) -> Objec
 }
 
 /// Mean loss over `idx`, and the summed leaf gradients when `grads`.
+#[allow(clippy::too_many_arguments)] // the training state, passed as it is
 fn run_batch(
     p: &Program,
     base: &Base,

@@ -35,7 +35,7 @@ pub fn reshape_shape(
     }
     if let Some(i) = infer {
         let rest: usize = out.iter().product();
-        if rest == 0 || n % rest != 0 {
+        if rest == 0 || !n.is_multiple_of(rest) {
             return Err(format!("Reshape {shape:?} to {target:?}: sizes do not divide"));
         }
         out[i] = n / rest;
@@ -164,7 +164,7 @@ pub fn slice_plan(
 ) -> Result<Vec<(i64, i64, usize)>, String> {
     let r = shape.len();
     let mut plan: Vec<(i64, i64, usize)> = shape.iter().map(|&d| (0, 1, d)).collect();
-    for i in 0..starts.len() {
+    for (i, &start) in starts.iter().enumerate() {
         let a = match axes.get(i) {
             Some(&a) => norm_axis(a, r).ok_or_else(|| format!("Slice axis {a} for {shape:?}"))?,
             None => i,
@@ -176,7 +176,7 @@ pub fn slice_plan(
         }
         let clampi = |v: i64, lo: i64, hi: i64| v.max(lo).min(hi);
         let norm = |v: i64| if v < 0 { v + d } else { v };
-        let (s, e) = (norm(starts[i]), norm(*ends.get(i).ok_or("Slice: fewer ends than starts")?));
+        let (s, e) = (norm(start), norm(*ends.get(i).ok_or("Slice: fewer ends than starts")?));
         let (s, e) = if step > 0 {
             (clampi(s, 0, d), clampi(e, 0, d))
         } else {
