@@ -5,10 +5,11 @@
 //!
 //! * calibration is done once (the caller's table) and every configuration is the one
 //!   quantizer's plan with per-node precision ([`QuantizeConfig::node_precision`]);
-//! * nodes are ranked by the isolated per-layer noise `compare` measures on the all-cheapest
-//!   model (cheap, and independent of the eval samples; for the size objective per weight
-//!   the layer holds), then [`search`] decides with the measured task metric ([`scorer`]) on
-//!   the search part of the eval data;
+//! * nodes are ranked by their sensitivity on a few calibration samples, independent of the
+//!   eval samples: `compare`'s isolated per-layer noise of the all-cheapest model is reported,
+//!   and the output's SQNR with each layer alone at the cheapest rung orders the search (for
+//!   the size objective per weight the layer holds); then [`search`] decides with the measured
+//!   task metric ([`scorer`]) on the search part of the eval data;
 //! * each configuration's cost is measured: its file size exactly, its latency on lowbit's
 //!   engine ([`crate::latency`]);
 //! * a held-out part of the eval data, never seen by the search, confirms the chosen point
