@@ -2202,6 +2202,8 @@ fn smooth_quant_brings_minilm_static_int8_closer_to_fp32() {
     eprintln!("MiniLM static int8 embedding SQNR: plain {a:.2} dB (cosine {ca:.4}), SmoothQuant 0.5 {b:.2} dB (cosine {cb:.4})");
     assert!(b > a + 1.5, "SmoothQuant {b:.2} dB vs plain {a:.2} dB");
     assert!(cb > 0.995, "mean cosine {cb}");
+}
+
 #[test]
 fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
     let dir = example("tune");
