@@ -205,7 +205,7 @@ impl Control for Loop {
             let mut feeds = vec![Tensor::scalar(i), Tensor::scalar(cond)];
             feeds.append(&mut carried);
             let mut outs =
-                self.body.run(feeds, inputs, observer.as_mut().map(|o| &mut **o), scope)?;
+                self.body.run(feeds, inputs, observer.as_deref_mut(), scope)?;
             let rest = outs.split_off(1);
             // Without a cond input the loop is a plain for loop: the body's cond is ignored.
             if cond_in.is_some() {
@@ -322,7 +322,7 @@ impl Scan {
                 feeds.push(take_index(x, a, if rev { len - 1 - t } else { t })?);
             }
             let mut outs =
-                self.body.run(feeds, inputs, observer.as_mut().map(|o| &mut **o), scope)?;
+                self.body.run(feeds, inputs, observer.as_deref_mut(), scope)?;
             let ys = outs.split_off(self.states);
             states = outs;
             for (s, y) in scans.iter_mut().zip(ys) {
@@ -370,7 +370,7 @@ impl Control for Scan {
         let mut per_batch: Vec<Vec<Tensor>> = Vec::with_capacity(batch);
         for b in 0..batch {
             let row = values.iter().map(|v| take_index(v, 0, b)).collect::<OpResult<_>>()?;
-            per_batch.push(self.scan(row, inputs, observer.as_mut().map(|o| &mut **o), scope)?);
+            per_batch.push(self.scan(row, inputs, observer.as_deref_mut(), scope)?);
         }
         let outputs = self.states + self.outputs.len();
         (0..outputs)

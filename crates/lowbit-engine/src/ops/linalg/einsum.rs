@@ -390,7 +390,7 @@ mod tests {
         // implicit output: letters used once, sorted → "ik" again
         assert_eq!(run("ij,jk", &[a.clone(), b]).unwrap().as_f32().unwrap(), c.as_f32().unwrap());
         let sq = (vec![3, 3], iota(9));
-        assert_eq!(run("ii", &[sq.clone()]).unwrap().as_f32().unwrap(), &[12.0]);
+        assert_eq!(run("ii", std::slice::from_ref(&sq)).unwrap().as_f32().unwrap(), &[12.0]);
         assert_eq!(run("ii->i", &[sq]).unwrap().as_f32().unwrap(), &[0.0, 4.0, 8.0]);
         let outer = run("i,j->ji", &[(vec![2], vec![1.0, 2.0]), (vec![3], vec![1.0, 10.0, 100.0])])
             .unwrap();
