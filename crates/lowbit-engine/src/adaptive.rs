@@ -157,9 +157,8 @@ pub fn float_path(model: &ModelProto) -> ModelProto {
     let mut float_of: HashMap<String, String> = HashMap::new();
     let mut drop_nodes: HashSet<usize> = HashSet::new();
     for a in &activations {
-        let readers: Vec<usize> = (0..g.node.len())
-            .filter(|&i| g.node[i].input.contains(&a.quantized))
-            .collect();
+        let readers: Vec<usize> =
+            (0..g.node.len()).filter(|&i| g.node[i].input.contains(&a.quantized)).collect();
         let all_dq = readers.iter().all(|&i| {
             g.node[i].op_type == "DequantizeLinear"
                 && g.node[i].input.first() == Some(&a.quantized)

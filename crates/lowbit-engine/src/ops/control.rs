@@ -204,8 +204,7 @@ impl Control for Loop {
         while cond && trips.is_none_or(|m| i < m) {
             let mut feeds = vec![Tensor::scalar(i), Tensor::scalar(cond)];
             feeds.append(&mut carried);
-            let mut outs =
-                self.body.run(feeds, inputs, observer.as_deref_mut(), scope)?;
+            let mut outs = self.body.run(feeds, inputs, observer.as_deref_mut(), scope)?;
             let rest = outs.split_off(1);
             // Without a cond input the loop is a plain for loop: the body's cond is ignored.
             if cond_in.is_some() {
@@ -321,8 +320,7 @@ impl Scan {
             for ((x, &a), &(_, rev)) in xs.iter().zip(&axes).zip(&self.inputs) {
                 feeds.push(take_index(x, a, if rev { len - 1 - t } else { t })?);
             }
-            let mut outs =
-                self.body.run(feeds, inputs, observer.as_deref_mut(), scope)?;
+            let mut outs = self.body.run(feeds, inputs, observer.as_deref_mut(), scope)?;
             let ys = outs.split_off(self.states);
             states = outs;
             for (s, y) in scans.iter_mut().zip(ys) {
