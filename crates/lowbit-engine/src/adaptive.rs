@@ -157,9 +157,8 @@ pub fn float_path(model: &ModelProto) -> ModelProto {
     let mut float_of: HashMap<String, String> = HashMap::new();
     let mut drop_nodes: HashSet<usize> = HashSet::new();
     for a in &activations {
-        let readers: Vec<usize> = (0..g.node.len())
-            .filter(|&i| g.node[i].input.iter().any(|v| *v == a.quantized))
-            .collect();
+        let readers: Vec<usize> =
+            (0..g.node.len()).filter(|&i| g.node[i].input.contains(&a.quantized)).collect();
         let all_dq = readers.iter().all(|&i| {
             g.node[i].op_type == "DequantizeLinear"
                 && g.node[i].input.first() == Some(&a.quantized)
@@ -487,7 +486,7 @@ impl Adaptive {
 /// Rows `rows` (axis 0) of `t`.
 fn take_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
     let n = t.shape()[0];
-    let width = if n == 0 { 0 } else { t.len() / n };
+    let width = t.len().checked_div(n).unwrap_or(0);
     let idx: Vec<usize> = rows.iter().flat_map(|&r| r * width..(r + 1) * width).collect();
     let mut shape = t.shape().to_vec();
     shape[0] = rows.len();

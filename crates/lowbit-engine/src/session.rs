@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// A callback shown every tensor by its ONNX name as it is produced.
 pub type Observer<'a> = dyn FnMut(&str, &Tensor) + Send + 'a;
 
+/// A callback shown each value a step produces, by slot (the adaptive watch).
+pub(crate) type Watcher<'a> = dyn FnMut(usize, &Tensor) + 'a;
+
 /// Options for building a [`Session`].
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -523,7 +526,7 @@ impl Plan {
         mut observer: Option<&mut Observer<'_>>,
         prefix: &str,
         mut times: Option<&mut Vec<f64>>,
-        mut watch: Option<&mut dyn FnMut(usize, &Tensor)>,
+        mut watch: Option<&mut Watcher<'_>>,
     ) -> Result<Vec<Tensor>> {
         if feeds.len() != self.inputs.len() || outer.len() != self.outer.len() {
             return Err(EngineError::Graph(format!(
