@@ -141,21 +141,29 @@ fn window(pl: &Plane, oy: usize, ox: usize, taps: &mut Vec<usize>) -> usize {
     padded
 }
 
+/// Visits every output position of every plane in order: `f(plane, output, taps, padded)` with
+/// `plane` the `n·c` index, `output` the flat position in the output plane and `taps`/`padded`
+/// as [`window`] gives them. The one walk the four pooling passes share.
+fn each_window(pl: &Plane, mut f: impl FnMut(usize, usize, &[usize], usize)) {
+    let mut taps = Vec::new();
+    for nc in 0..pl.n * pl.c {
+        for oy in 0..pl.oh {
+            for ox in 0..pl.ow {
+                let padded = window(pl, oy, ox, &mut taps);
+                f(nc, oy * pl.ow + ox, &taps, padded);
+            }
+        }
+    }
+}
+
 pub fn max_pool_forward(p: &PoolAttrs, x: &Arr) -> Result<Arr, String> {
     let pl = plane(p, x)?;
     let (isz, osz) = (pl.ih * pl.iw, pl.oh * pl.ow);
     let mut y = vec![0.0; pl.n * pl.c * osz];
-    let mut taps = Vec::new();
-    for nc in 0..pl.n * pl.c {
+    each_window(&pl, |nc, o, taps, _| {
         let xs = &x.data[nc * isz..(nc + 1) * isz];
-        for oy in 0..pl.oh {
-            for ox in 0..pl.ow {
-                window(&pl, oy, ox, &mut taps);
-                y[nc * osz + oy * pl.ow + ox] =
-                    taps.iter().map(|&t| xs[t]).fold(f32::NEG_INFINITY, f32::max);
-            }
-        }
-    }
+        y[nc * osz + o] = taps.iter().map(|&t| xs[t]).fold(f32::NEG_INFINITY, f32::max);
+    });
     Ok(Arr::new(out_shape(x, &pl), y))
 }
 
@@ -164,24 +172,18 @@ pub fn max_pool_backward(p: &PoolAttrs, x: &Arr, gy: &Arr) -> Result<Arr, String
     let pl = plane(p, x)?;
     let (isz, osz) = (pl.ih * pl.iw, pl.oh * pl.ow);
     let mut gx = vec![0.0; x.len()];
-    let mut taps = Vec::new();
-    for nc in 0..pl.n * pl.c {
+    each_window(&pl, |nc, o, taps, _| {
         let xs = &x.data[nc * isz..(nc + 1) * isz];
-        for oy in 0..pl.oh {
-            for ox in 0..pl.ow {
-                window(&pl, oy, ox, &mut taps);
-                let mut best: Option<usize> = None;
-                for &t in &taps {
-                    if best.is_none_or(|b| xs[t] > xs[b]) {
-                        best = Some(t);
-                    }
-                }
-                if let Some(b) = best {
-                    gx[nc * isz + b] += gy.data[nc * osz + oy * pl.ow + ox];
-                }
+        let mut best: Option<usize> = None;
+        for &t in taps {
+            if best.is_none_or(|b| xs[t] > xs[b]) {
+                best = Some(t);
             }
         }
-    }
+        if let Some(b) = best {
+            gx[nc * isz + b] += gy.data[nc * osz + o];
+        }
+    });
     Ok(Arr::new(x.shape.clone(), gx))
 }
 
@@ -193,17 +195,11 @@ pub fn avg_pool_forward(p: &PoolAttrs, x: &Arr) -> Result<Arr, String> {
     let pl = plane(p, x)?;
     let (isz, osz) = (pl.ih * pl.iw, pl.oh * pl.ow);
     let mut y = vec![0.0; pl.n * pl.c * osz];
-    let mut taps = Vec::new();
-    for nc in 0..pl.n * pl.c {
+    each_window(&pl, |nc, o, taps, padded| {
         let xs = &x.data[nc * isz..(nc + 1) * isz];
-        for oy in 0..pl.oh {
-            for ox in 0..pl.ow {
-                let padded = window(&pl, oy, ox, &mut taps);
-                let s: f32 = taps.iter().map(|&t| xs[t]).sum();
-                y[nc * osz + oy * pl.ow + ox] = s / avg_divisor(p, taps.len(), padded);
-            }
-        }
-    }
+        let s: f32 = taps.iter().map(|&t| xs[t]).sum();
+        y[nc * osz + o] = s / avg_divisor(p, taps.len(), padded);
+    });
     Ok(Arr::new(out_shape(x, &pl), y))
 }
 
@@ -211,18 +207,12 @@ pub fn avg_pool_backward(p: &PoolAttrs, x: &Arr, gy: &Arr) -> Result<Arr, String
     let pl = plane(p, x)?;
     let (isz, osz) = (pl.ih * pl.iw, pl.oh * pl.ow);
     let mut gx = vec![0.0; x.len()];
-    let mut taps = Vec::new();
-    for nc in 0..pl.n * pl.c {
-        for oy in 0..pl.oh {
-            for ox in 0..pl.ow {
-                let padded = window(&pl, oy, ox, &mut taps);
-                let g = gy.data[nc * osz + oy * pl.ow + ox] / avg_divisor(p, taps.len(), padded);
-                for &t in &taps {
-                    gx[nc * isz + t] += g;
-                }
-            }
+    each_window(&pl, |nc, o, taps, padded| {
+        let g = gy.data[nc * osz + o] / avg_divisor(p, taps.len(), padded);
+        for &t in taps {
+            gx[nc * isz + t] += g;
         }
-    }
+    });
     Ok(Arr::new(x.shape.clone(), gx))
 }
 
