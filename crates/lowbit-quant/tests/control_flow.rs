@@ -13,7 +13,7 @@ use lowbit_quant::quantize::{quantize_model, static_coverage, QuantPlan, Quantiz
 use lowbit_tensor::{DType, Tensor};
 
 mod common;
-use common::{ort_run, output};
+use common::{ort_run, output, run_all, sqnr};
 
 /// Deterministic values in [-1, 1) (xorshift), so the test needs no data.
 struct Rng(u64);
@@ -175,24 +175,6 @@ fn loop_model() -> pb::ModelProto {
         ..Default::default()
     };
     model(g, 17)
-}
-
-/// Output SQNR (dB) of `got` against `want`, over all samples.
-fn sqnr(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
-    let (mut s, mut e) = (0f64, 0f64);
-    for (a, b) in got.iter().zip(want) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            s += (*y as f64).powi(2);
-            e += ((x - y) as f64).powi(2);
-        }
-    }
-    10.0 * (s / e.max(1e-30)).log10()
-}
-
-fn run_all(m: &pb::ModelProto, feeds: &[Vec<(String, Tensor)>]) -> Vec<Vec<f32>> {
-    let s = Session::new(m, &SessionOptions::with_threads(1)).unwrap();
-    feeds.iter().map(|f| output(&s.run(f.clone()).unwrap(), "y").to_f32_vec().unwrap()).collect()
 }
 
 /// Calibrates on `calib`, quantizes static int8, and checks engine and ONNX Runtime outputs on

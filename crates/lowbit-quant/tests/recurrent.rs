@@ -2,7 +2,6 @@
 //! models stack them) in dynamic and weight-only int8: the LSTM/GRU weights become int8 +
 //! DequantizeLinear, and the model runs in lowbit's engine and in ONNX Runtime close to FP32.
 
-use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
 use lowbit_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, GraphProto};
 use lowbit_onnx::tensor_proto::tensor_to_proto;
@@ -10,7 +9,7 @@ use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
 use lowbit_tensor::{DType, Tensor};
 
 mod common;
-use common::{ort_run, output};
+use common::{ort_run, output, run_all, sqnr};
 
 struct Rng(u64);
 
@@ -94,23 +93,6 @@ fn lstm_gru_model() -> pb::ModelProto {
         ..Default::default()
     };
     model(g, 14)
-}
-
-fn sqnr(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
-    let (mut s, mut e) = (0f64, 0f64);
-    for (a, b) in got.iter().zip(want) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            s += (*y as f64).powi(2);
-            e += ((x - y) as f64).powi(2);
-        }
-    }
-    10.0 * (s / e.max(1e-30)).log10()
-}
-
-fn run_all(m: &pb::ModelProto, feeds: &[Vec<(String, Tensor)>]) -> Vec<Vec<f32>> {
-    let s = Session::new(m, &SessionOptions::with_threads(1)).unwrap();
-    feeds.iter().map(|f| output(&s.run(f.clone()).unwrap(), "y").to_f32_vec().unwrap()).collect()
 }
 
 // int8 weights with one scale per gate row keep about 40 dB each (uniform-ish values, 255

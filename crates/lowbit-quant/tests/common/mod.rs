@@ -4,6 +4,8 @@
 // Each test file uses only some of these.
 #![allow(dead_code)]
 
+use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::pb;
 use lowbit_tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,4 +131,23 @@ pub fn ort_run_opt(
 
 pub fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
     &outs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}")).1
+}
+
+/// Output SQNR (dB) of `got` against `want`, over all samples.
+pub fn sqnr(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
+    let (mut s, mut e) = (0f64, 0f64);
+    for (a, b) in got.iter().zip(want) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            s += (*y as f64).powi(2);
+            e += ((x - y) as f64).powi(2);
+        }
+    }
+    10.0 * (s / e.max(1e-30)).log10()
+}
+
+/// Output `y` of `m` (lowbit's engine, 1 thread) for each feed.
+pub fn run_all(m: &pb::ModelProto, feeds: &[Vec<(String, Tensor)>]) -> Vec<Vec<f32>> {
+    let s = Session::new(m, &SessionOptions::with_threads(1)).unwrap();
+    feeds.iter().map(|f| output(&s.run(f.clone()).unwrap(), "y").to_f32_vec().unwrap()).collect()
 }
