@@ -382,16 +382,19 @@ impl Inferer {
         ins: &[Option<ValueType>],
     ) -> Result<HashMap<String, Vec<ValueType>>> {
         let mut bodies = HashMap::new();
+        if node.attribute.iter().all(|a| a.g.is_none()) {
+            return Ok(bodies);
+        }
+        let seeds = body_input_seeds(node, ins, self.opset);
+        let outer: HashSet<String> = self.types.keys().cloned().collect();
         for a in &node.attribute {
             let Some(g) = a.g.as_ref() else { continue };
-            let seeds = body_input_seeds(node, ins, self.opset);
             let mut sub = Inferer {
                 types: self.types.clone(),
                 consts: self.consts.clone(),
                 fresh: Fresh(self.fresh.0),
                 opset: self.opset,
             };
-            let outer: HashSet<String> = self.types.keys().cloned().collect();
             // A body the rules cannot follow leaves the node's outputs to what it declares,
             // as before bodies were inferred: never an error for the whole model.
             if sub.run(g, &seeds, &outer).is_err() {
