@@ -27,14 +27,16 @@ _lowbit_ort_version="1.32.0"
 # onnx: ONNX Runtime's quantizer (onnxruntime.quantization) imports it; the benchmarks and the
 # compare test quantize with it to check lowbit against ORT's own QDQ files.
 _lowbit_onnx_version="1.23.2"
+# pillow: the corpus' score.py decodes the photo folders with it; the tests score lowbit's files
+# on the ImageNet photos through score.py and compare lowbit's JPEG decoding with Pillow's.
 
-if ! "$_lowbit_venv/bin/python" -c "import numpy, onnx, onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$_lowbit_ort_version' or onnx.__version__ != '$_lowbit_onnx_version')" 2>/dev/null; then
-    echo "setup-test-env: installing onnxruntime==$_lowbit_ort_version, onnx==$_lowbit_onnx_version and numpy into $_lowbit_venv" >&2
+if ! "$_lowbit_venv/bin/python" -c "import numpy, onnx, onnxruntime, PIL, sys; sys.exit(onnxruntime.__version__ != '$_lowbit_ort_version' or onnx.__version__ != '$_lowbit_onnx_version')" 2>/dev/null; then
+    echo "setup-test-env: installing onnxruntime==$_lowbit_ort_version, onnx==$_lowbit_onnx_version, numpy and pillow into $_lowbit_venv" >&2
     if [ ! -x "$_lowbit_venv/bin/python" ]; then
         python3 -m venv "$_lowbit_venv"
     fi
     "$_lowbit_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "onnxruntime==$_lowbit_ort_version" "onnx==$_lowbit_onnx_version" numpy
+        "onnxruntime==$_lowbit_ort_version" "onnx==$_lowbit_onnx_version" numpy pillow
 fi
 
 # The Python module's build backend and test runner (pyproject.toml asks for maturin >= 1.16).
