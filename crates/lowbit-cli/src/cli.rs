@@ -331,6 +331,11 @@ pub struct QuantizeArgs {
     /// (or per tensor with --per-tensor) [default: 32 for 4-bit weights, else 0].
     #[arg(long, value_name = "N")]
     pub block_size: Option<usize>,
+    /// Static with 4-bit weights: quantize the first and last weighted layers (a CNN's stem
+    /// and classifier) to 4 bits too. By default they keep int8 weights: 4-bit stems and
+    /// classifiers lose the most accuracy.
+    #[arg(long)]
+    pub int4_ends: bool,
     /// How each weight scale's range is chosen: minmax (nothing clipped) or mse (the narrowed
     /// range with the smallest squared weight error) [default: mse for 4-bit weights, else
     /// minmax].

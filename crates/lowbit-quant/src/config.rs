@@ -329,6 +329,10 @@ pub struct QuantizeConfig {
     /// the settings above for that node (hybrid precision).
     #[serde(default)]
     pub node_precision: BTreeMap<String, Precision>,
+    /// Static with 4-bit weights: the first and last weighted layers (a CNN's stem and
+    /// classifier) keep int8 weights. `None`: on; `Some(false)`: every layer 4-bit.
+    #[serde(default)]
+    pub int8_ends: Option<bool>,
 }
 
 impl Default for QuantizeConfig {
@@ -352,6 +356,7 @@ impl Default for QuantizeConfig {
             algorithms: Algorithms::default(),
             quantize_embeddings: None,
             node_precision: BTreeMap::new(),
+            int8_ends: None,
         }
     }
 }
@@ -479,6 +484,10 @@ pub struct QuantPlan {
     pub quantize_embeddings: bool,
     /// Per-node precision (static), keyed as [`QuantizeConfig::node_precision`].
     pub nodes: BTreeMap<String, NodePlan>,
+    /// The plan of the first and last weighted layers where it differs from `weights` (4-bit
+    /// static weights keep them int8, see [`QuantizeConfig::int8_ends`]); the static pass names
+    /// those layers with [`QuantPlan::with_end_layers`]. A `nodes` entry wins.
+    pub ends: Option<NodePlan>,
     /// The default-domain opset the written model needs at least.
     pub min_opset: i64,
     /// Why each target-dependent choice was made, for the summary.
@@ -495,6 +504,43 @@ impl QuantPlan {
             return None;
         }
         self.nodes.get(&crate::passes::label(node, index))
+    }
+
+    /// The weights of `node` (at `index`): its own plan's, else the plan's; `None` when the
+    /// per-node plan keeps it float.
+    pub fn weights_of(
+        &self,
+        node: &lowbit_onnx::pb::NodeProto,
+        index: usize,
+    ) -> Option<&WeightPlan> {
+        match self.node_plan(node, index) {
+            Some(NodePlan::Quantized { weights, .. }) => Some(weights),
+            Some(NodePlan::Float32 | NodePlan::Float16) => None,
+            None => Some(&self.weights),
+        }
+    }
+
+    /// This plan with [`QuantPlan::ends`] given by name to the first and last weighted layers
+    /// of `g` that have no plan of their own (the static pass reads `nodes` only).
+    pub fn with_end_layers(&self, g: &lowbit_onnx::graph::Graph) -> QuantPlan {
+        let mut plan = self.clone();
+        let Some(ends) = self.ends else { return plan };
+        let mut named = Vec::new();
+        for idx in crate::passes::end_layers(g) {
+            let label = crate::passes::label(&g.nodes()[idx], idx);
+            if !plan.nodes.contains_key(&label) {
+                plan.nodes.insert(label.clone(), ends);
+                named.push(label);
+            }
+        }
+        if !named.is_empty() {
+            plan.decisions.push(format!(
+                "int8 weights for the first and last weighted layers ({}): at 4 bits they lose \
+                 the most accuracy (--int4-ends to quantize them to 4 bits too)",
+                named.join(", ")
+            ));
+        }
+        plan
     }
 
     /// Resolves `config`: the target's rules fill what the user left open and reject what the
@@ -665,6 +711,13 @@ impl QuantPlan {
             nodes.insert(name.clone(), node_plan);
         }
 
+        let ends = if mode == QuantMode::Static && four_bit && config.int8_ends != Some(false) {
+            let sub = QuantPlan::resolve(&Precision::Int8.config_on(config))?;
+            Some(NodePlan::Quantized { weights: sub.weights, activations: sub.activations.scheme })
+        } else {
+            None
+        };
+
         let mut warnings = Vec::new();
         if mode == QuantMode::Dynamic {
             match rules.dynamic {
@@ -699,6 +752,7 @@ impl QuantPlan {
             algorithms: config.algorithms.clone(),
             quantize_embeddings,
             nodes,
+            ends,
             min_opset,
             decisions,
             warnings,

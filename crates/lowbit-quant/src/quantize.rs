@@ -389,6 +389,15 @@ fn static_run(
     if plan.fold_batch_norm {
         summary.folded_batch_norms = passes::bn_fold::fold_batch_norms(g)?;
     }
+    // The end layers are named on the graph the passes see (after BN folding).
+    let with_ends;
+    let plan = if plan.ends.is_some() {
+        with_ends = plan.with_end_layers(g);
+        summary.decisions.extend(with_ends.decisions[plan.decisions.len()..].iter().cloned());
+        &with_ends
+    } else {
+        plan
+    };
     let timed = |r: Result<StepReport>, start: Instant| {
         r.map(|mut s| {
             s.seconds = start.elapsed().as_secs_f64();
@@ -718,5 +727,93 @@ mod tests {
         let openvino = QuantizeConfig { target: TargetChoice::Named(Target::OpenVino), ..cfg };
         let e = QuantPlan::resolve(&openvino).unwrap_err().to_string();
         assert!(e.contains("matmul3") && e.contains("int16"), "{e}");
+    }
+
+    #[test]
+    fn four_bit_weights_keep_the_first_and_last_layers_int8_unless_asked() {
+        use crate::algorithms::test_graphs::{uniform, Builder};
+        use crate::config::{AdaRoundOptions, Algorithms, Precision};
+        use crate::scheme::IntType;
+        use lowbit_tensor::{DType, Tensor};
+        // x [4, 8] -> (MatMul -> Relu) x 4, and a side MatMul on the first Relu that no output
+        // reads (not an end layer).
+        let mut b = Builder::default();
+        let mut cur = "x".to_string();
+        let mut relus = Vec::new();
+        for i in 0..4u64 {
+            let w = b.f32(&format!("w{i}"), &[8, 8], uniform(i + 1, 64, -1.0, 1.0));
+            let m = b.op("MatMul", &[&cur, &w], vec![]);
+            cur = b.op("Relu", &[&m], vec![]);
+            relus.push(cur.clone());
+        }
+        let w = b.f32("side_w", &[8, 8], uniform(9, 64, -1.0, 1.0));
+        b.op("MatMul", &[&relus[0], &w], vec![]);
+        let model = b.model(&[4, 8], &[&cur]);
+        let samples = || {
+            let batch = |i: u64| {
+                let x = uniform(99 + i, 32, -1.0, 1.0);
+                vec![("x".to_string(), Tensor::from_vec(vec![4, 8], x).unwrap())]
+            };
+            (0..4).map(batch).collect::<Vec<_>>()
+        };
+        let codes = |q: &ModelProto, node: &str| {
+            let g = q.graph.as_ref().unwrap();
+            let n = g.node.iter().find(|n| n.name == node).unwrap();
+            let dq = g.node.iter().find(|d| d.output[0] == n.input[1]).unwrap();
+            let t = g.initializer.iter().find(|t| t.name == dq.input[0]).unwrap();
+            let t = lowbit_onnx::tensor_from_proto(t).unwrap();
+            let widest =
+                t.cast(DType::I64).unwrap().as_i64().unwrap().iter().map(|v| v.abs()).max();
+            (t.dtype(), widest.unwrap())
+        };
+        let run = |cfg: &QuantizeConfig| {
+            let plan = QuantPlan::resolve(cfg).unwrap();
+            let mut s = samples();
+            let inputs = QuantizeInputs { samples: Some(&mut s), ..QuantizeInputs::table(None) };
+            quantize_run(model.clone(), &plan, inputs).unwrap()
+        };
+        let int4 = QuantizeConfig { weights: IntType::Int4, ..Default::default() };
+
+        // matmul1 (reads x) and matmul7 (feeds the output) keep int8; the others are 4-bit.
+        let (q, summary) = run(&int4);
+        assert_eq!(codes(&q, "matmul1").0, DType::I8);
+        assert_eq!(codes(&q, "matmul7").0, DType::I8);
+        for n in ["matmul3", "matmul5", "matmul9"] {
+            assert_eq!(codes(&q, n).0, DType::I4, "{n}");
+        }
+        assert!(
+            summary.decisions.iter().any(|d| d.contains("(matmul1, matmul7)")),
+            "{:?}",
+            summary.decisions
+        );
+
+        // AdaRound learns each layer's rounding on its own grid: the int8 ends keep int8 codes.
+        let adaround = QuantizeConfig {
+            algorithms: Algorithms {
+                adaround: Some(AdaRoundOptions { iterations: 20, ..Default::default() }),
+                ..Default::default()
+            },
+            ..int4.clone()
+        };
+        let (q, _) = run(&adaround);
+        for n in ["matmul1", "matmul7"] {
+            let (t, widest) = codes(&q, n);
+            assert!(t == DType::I8 && widest > 7, "{n}: {t} codes up to {widest}");
+        }
+        assert_eq!(codes(&q, "matmul3").0, DType::I4);
+
+        // Asked otherwise: every layer 4-bit, or a node's own precision wins.
+        let all = QuantizeConfig { int8_ends: Some(false), ..int4.clone() };
+        let (q, summary) = run(&all);
+        assert_eq!(codes(&q, "matmul1").0, DType::I4);
+        assert_eq!(codes(&q, "matmul7").0, DType::I4);
+        assert!(!summary.decisions.iter().any(|d| d.contains("first and last")));
+        let own = QuantizeConfig {
+            node_precision: [("matmul7".to_string(), Precision::Int4)].into_iter().collect(),
+            ..int4
+        };
+        let (q, _) = run(&own);
+        assert_eq!(codes(&q, "matmul1").0, DType::I8);
+        assert_eq!(codes(&q, "matmul7").0, DType::I4);
     }
 }

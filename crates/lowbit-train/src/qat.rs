@@ -181,6 +181,8 @@ impl QatOptions {
             activations: Some(self.activations),
             per_channel: true,
             reduce_range: Some(false),
+            // One weight grid for every layer: the program trains on it.
+            int8_ends: Some(false),
             ..QuantizeConfig::default()
         }
     }

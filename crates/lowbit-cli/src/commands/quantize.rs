@@ -46,6 +46,7 @@ fn config(args: &QuantizeArgs) -> Result<QuantizeConfig> {
             _ => RangeFit::MinMax,
         }),
         block_size: args.block_size,
+        int8_ends: args.int4_ends.then_some(false),
         reduce_range: match (args.reduce_range, args.no_reduce_range) {
             (true, _) => Some(true),
             (_, true) => Some(false),

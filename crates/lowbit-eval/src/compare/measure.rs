@@ -208,10 +208,15 @@ pub(super) fn channel_ranges(v: &[f32], shape: &[usize], axis: usize) -> (Vec<f3
     (lo, hi)
 }
 
-/// The lowest SQNR (dB) among the output channels of a weight (along `axis`) that are not all
-/// zero: a per-tensor scale starves the channels with the smallest range, which the pooled SQNR
-/// hides, while each output channel is a feature of its own downstream (in a depthwise conv it
-/// is computed from that channel's weights alone).
+/// Energy share of the strongest channel below which [`worst_channel_sqnr`] ignores a channel.
+const NEGLIGIBLE_CHANNEL_ENERGY: f64 = 1e-6;
+
+/// The lowest SQNR (dB) among the output channels of a weight (along `axis`) that carry signal
+/// (not all zero, nor a millionth of the strongest channel's energy): a per-tensor scale starves
+/// the channels with the smallest range, which the pooled SQNR hides, while each output channel
+/// is a feature of its own downstream (in a depthwise conv it is computed from that channel's
+/// weights alone).
+
 pub(super) fn worst_channel_sqnr(
     reference: &[f32],
     test: &[f32],
@@ -220,16 +225,19 @@ pub(super) fn worst_channel_sqnr(
 ) -> f64 {
     let (map, dim) = channel_map(shape, axis);
     let mut noise = vec![NoiseAccumulator::new(); dim];
-    let mut signal = vec![false; dim];
+    let mut energy = vec![0f64; dim];
     for (i, (&r, &t)) in reference.iter().zip(test).enumerate() {
         let c = map.index(i);
         noise[c].add(&[r], &[t]);
-        signal[c] |= r != 0.0;
+        energy[c] += f64::from(r) * f64::from(r);
     }
+    // A channel a million times weaker than the strongest (BN folding leaves such dead
+    // channels) adds nothing to the output, whatever its own SQNR.
+    let floor = energy.iter().fold(0f64, |m, &e| m.max(e)) * NEGLIGIBLE_CHANNEL_ENERGY;
     noise
         .iter()
-        .zip(&signal)
-        .filter(|(_, &s)| s)
+        .zip(&energy)
+        .filter(|(_, &e)| e > floor)
         .filter_map(|(n, _)| n.noise())
         .fold(f64::INFINITY, |worst, n| worst.min(n.sqnr_db))
 }
@@ -241,5 +249,27 @@ pub(super) fn f32_values(t: &Tensor, name: &str) -> Result<Vec<f32>> {
             tensor: name.to_string(),
             msg: format!("cannot be compared as numbers: {e}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_channel_ignores_dead_channels_but_not_weak_live_ones() {
+        // [3 channels, 4 values]: channel 0 quantized well, channel 1 a thousand times weaker
+        // and rounded coarsely, channel 2 a BN-dead 1e-9 channel rounded to zero.
+        let reference = [1.0, -0.5, 0.25, 0.75, 1e-3, -1e-3, 5e-4, 2e-4, 1e-9, -1e-9, 1e-9, 0.0];
+        let test = [1.0, -0.5, 0.25, 0.75, 1e-3, -1e-3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let db = worst_channel_sqnr(&reference, &test, &[3, 4], 0);
+        let weak = crate::metrics::noise(&reference[4..8], &test[4..8]).unwrap().sqnr_db;
+        assert!((db - weak).abs() < 1e-9, "{db} vs channel 1's {weak}");
+        assert!(db > 5.0, "{db}");
+        // Without the weak channel the dead one still does not count: the good one is worst.
+        let (r, t) =
+            ([&reference[..4], &reference[8..]].concat(), [&test[..4], &test[8..]].concat());
+        let db = worst_channel_sqnr(&r, &t, &[2, 4], 0);
+        assert!(db > 100.0, "{db}");
     }
 }

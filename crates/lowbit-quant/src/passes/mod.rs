@@ -129,6 +129,41 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
+/// The first and last weighted layers of `g` (topologically sorted), by index: each
+/// `Conv`/`MatMul`/`Gemm` with an initializer weight that a graph input reaches, or that reaches
+/// a graph output, without passing another one (a CNN's stem and classifier).
+pub fn end_layers(g: &Graph) -> Vec<usize> {
+    let weighted = |n: &NodeProto| {
+        is_default_domain(n)
+            && matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm")
+            && n.input.get(1).is_some_and(|w| g.is_initializer(w))
+    };
+    let mut ends = Vec::new();
+    let mut reached: HashSet<&str> = g.runtime_inputs().iter().map(|v| v.name.as_str()).collect();
+    for (i, n) in g.nodes().iter().enumerate() {
+        if n.input.iter().any(|x| reached.contains(x.as_str())) {
+            if weighted(n) {
+                ends.push(i);
+            } else {
+                reached.extend(n.output.iter().map(String::as_str));
+            }
+        }
+    }
+    let mut needed: HashSet<&str> = g.proto().output.iter().map(|v| v.name.as_str()).collect();
+    for (i, n) in g.nodes().iter().enumerate().rev() {
+        if n.output.iter().any(|y| needed.contains(y.as_str())) {
+            if weighted(n) {
+                ends.push(i);
+            } else {
+                needed.extend(n.input.iter().map(String::as_str));
+            }
+        }
+    }
+    ends.sort_unstable();
+    ends.dedup();
+    ends
+}
+
 /// `'name'` or `Op#index`, for messages and summaries.
 pub(crate) fn label(node: &NodeProto, index: usize) -> String {
     if node.name.is_empty() {

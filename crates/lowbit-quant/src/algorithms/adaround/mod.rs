@@ -272,9 +272,10 @@ fn layer_of(
         msg,
     };
     let op = node.op_type.as_str();
-    let Some(fnode) = node.output.first().and_then(|o| fp32.producer_node(o)) else {
+    let Some(fidx) = node.output.first().and_then(|o| fp32.producer(o)) else {
         return Ok(Err("no FP32 counterpart".into()));
     };
+    let fnode = &fp32.nodes()[fidx];
     if fnode.op_type != op {
         return Ok(Err("no FP32 counterpart".into()));
     }
@@ -292,7 +293,11 @@ fn layer_of(
     let attrs = Attrs::new(node);
     let attr_err = |e: lowbit_onnx::attr::AttrError| bad(e.to_string());
     let trans_b = attrs.int_or("transB", 0).map_err(attr_err)? != 0;
-    let Some(scheme) = plan.weights.scheme_for(op, trans_b, shape.len()) else {
+    // The FP32 graph is the one the plan's node names and indices refer to.
+    let Some(weights) = plan.weights_of(fnode, fidx) else {
+        return Ok(Err("kept float by the per-node plan".into()));
+    };
+    let Some(scheme) = weights.scheme_for(op, trans_b, shape.len()) else {
         return Ok(Err(format!("weight of rank {} not understood", shape.len())));
     };
     let (qmin, qmax) = scheme.qrange()?;
