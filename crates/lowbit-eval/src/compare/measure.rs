@@ -216,7 +216,6 @@ const NEGLIGIBLE_CHANNEL_ENERGY: f64 = 1e-6;
 /// the channels with the smallest range, which the pooled SQNR hides, while each output channel
 /// is a feature of its own downstream (in a depthwise conv it is computed from that channel's
 /// weights alone).
-
 pub(super) fn worst_channel_sqnr(
     reference: &[f32],
     test: &[f32],
