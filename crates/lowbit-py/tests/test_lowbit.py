@@ -105,6 +105,34 @@ def test_quantize_static_reads_a_reader_once_and_validates(tmp_path):
     assert np.corrcoef(yq.ravel(), yf.ravel())[0, 1] > 0.99
 
 
+def test_int4_weights_keep_the_end_layers_int8_unless_int4_ends(tmp_path):
+    # Both MatMuls of the MLP are end layers (one reads x, the other writes y).
+    mlp(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    batches = [{"x": rng.normal(size=(4, 8)).astype(np.float32)} for _ in range(4)]
+
+    def weight_types(path):
+        m = onnx.load(str(path))
+        inits = {t.name: t.data_type for t in m.graph.initializer}
+        made = {o: n for n in m.graph.node for o in n.output}
+        return {
+            n.name: inits[made[n.input[1]].input[0]]
+            for n in m.graph.node
+            if n.op_type == "MatMul"
+        }
+
+    kept = lowbit.quantize_static(
+        tmp_path / "m.onnx", tmp_path / "q.onnx", Reader(batches), weight_type="int4", validate=0
+    )
+    assert weight_types(tmp_path / "q.onnx") == {"mm1": TensorProto.INT8, "mm2": TensorProto.INT8}
+    assert any("first and last" in d for d in kept["summary"]["decisions"]), kept["summary"]
+    lowbit.quantize_static(
+        tmp_path / "m.onnx", tmp_path / "q4.onnx", Reader(batches), weight_type="int4",
+        validate=0, int4_ends=True,
+    )
+    assert weight_types(tmp_path / "q4.onnx") == {"mm1": TensorProto.INT4, "mm2": TensorProto.INT4}
+
+
 def test_reader_errors_reach_the_caller_as_raised(tmp_path):
     mlp(tmp_path / "m.onnx")
 

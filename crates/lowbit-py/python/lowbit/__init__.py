@@ -180,7 +180,8 @@ def quantize_static(
     ONNX Runtime's arguments mean what they mean there; omitted ones are left to lowbit's plan
     for ``target`` (per-channel weights, the target's activation type). lowbit's own options
     (``equalize``, ``smooth_quant``, ``bias_correction``, ``adaround``, ``block_size``,
-    ``min_sqnr``, ``memory_budget``) may be passed by name.
+    ``int4_ends``, ``min_sqnr``, ``memory_budget``) may be passed by name. With 4-bit weights
+    the first and last weighted layers keep int8 weights unless ``int4_ends=True``.
 
     Before writing, the quantized model runs against FP32 on held-back samples (the reader's
     last ``validate`` samples); below ``min_output_sqnr`` dB it raises ``ValidationError`` and
