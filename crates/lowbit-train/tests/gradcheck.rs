@@ -209,4 +209,38 @@ proptest! {
         let idx = Arr::new(vec![3], vec![0.0, (a - 1) as f32, 0.0]);
         check(&Op::Gather { axis: 0 }, some(vec![x, idx]), &[0], 1e-2, 2e-2, seed);
     }
+
+    /// Each objective's gradient with respect to the model's output (what the backward pass
+    /// starts from) against central differences of its loss.
+    #[test]
+    fn objectives(seed in any::<u64>(), rows in 1usize..4, n in 2usize..8) {
+        use lowbit_train::loss::{loss_and_grad, Objective};
+        let mut rng = Rng::new(seed);
+        let out = randn(&mut rng, &[rows, n], 1.0);
+        let teacher = randn(&mut rng, &[rows, n], 1.0);
+        let label = (rng.next_u64() % n as u64) as usize;
+        for obj in [Objective::Kl, Objective::Cosine, Objective::Mse, Objective::CrossEntropy] {
+            // Cross-entropy scores one sample (one row) against its label.
+            let out = if obj == Objective::CrossEntropy {
+                Arr::new(vec![1, n], out.data[..n].to_vec())
+            } else {
+                out.clone()
+            };
+            let f = |o: &Arr| loss_and_grad(obj, o, Some(&teacher), Some(label)).unwrap();
+            let (_, g) = f(&out);
+            prop_assert_eq!(&g.shape, &out.shape);
+            let h = 1e-2f32;
+            for j in 0..out.len() {
+                let (mut plus, mut minus) = (out.clone(), out.clone());
+                plus.data[j] += h;
+                minus.data[j] -= h;
+                let num = (f(&plus).0 as f64 - f(&minus).0 as f64) / (2.0 * h as f64);
+                let ana = g.data[j] as f64;
+                prop_assert!(
+                    (num - ana).abs() <= 2e-3 + 2e-2 * ana.abs(),
+                    "{obj}: d/d out[{j}] analytic {ana} vs numeric {num}"
+                );
+            }
+        }
+    }
 }
