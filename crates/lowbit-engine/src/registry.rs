@@ -99,7 +99,6 @@ mod tests {
     /// Runtime's contrib ops. (lowbit's own domain holds the fused ops a session makes from a
     /// pattern; they never reach inference.)
     const RUN_UNTYPED: &[(&str, &str)] = &[
-        ("com.microsoft", "Attention"),
         ("com.microsoft", "MatMulIntegerToFloat"),
         ("com.microsoft", "MatMulNBits"),
         ("com.microsoft", "QGemm"),

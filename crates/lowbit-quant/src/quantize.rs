@@ -123,9 +123,21 @@ pub struct QuantizeSummary {
 }
 
 /// The ops that carry a model's weights and most of its compute: what "how much of the model
-/// was quantized" counts.
+/// was quantized" counts. `Attention` is ONNX Runtime's fused `com.microsoft.Attention` (packed
+/// QKV weight); ONNX's own `Attention` has no weight and is not counted.
 pub const WEIGHTED_OPS: &[&str] =
-    &["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"];
+    &["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "Attention"];
+
+/// Whether `n` is one of the [`WEIGHTED_OPS`].
+fn is_weighted(n: &lowbit_onnx::pb::NodeProto) -> bool {
+    if passes::is_default_domain(n) {
+        n.op_type != "Attention" && WEIGHTED_OPS.contains(&n.op_type.as_str())
+    } else {
+        passes::recurrent::CONTRIB_WEIGHTED
+            .iter()
+            .any(|(d, o, _)| *d == n.domain && *o == n.op_type)
+    }
+}
 
 /// Below this share of weighted nodes quantized, a run is refused as partial (see
 /// [`QuantizeSummary::coverage`]) unless the caller allows it.
@@ -528,8 +540,8 @@ pub fn static_coverage(model: ModelProto, plan: &QuantPlan) -> Result<Coverage> 
 /// and how many of them sit inside those bodies.
 fn weighted_nodes(g: &GraphProto) -> (BTreeMap<String, usize>, usize) {
     fn walk(g: &GraphProto, depth: usize, per_op: &mut BTreeMap<String, usize>, inner: &mut usize) {
-        for n in g.node.iter().filter(|n| passes::is_default_domain(n)) {
-            if WEIGHTED_OPS.contains(&n.op_type.as_str()) {
+        for n in &g.node {
+            if is_weighted(n) {
                 *per_op.entry(n.op_type.clone()).or_default() += 1;
                 if depth > 0 {
                     *inner += 1;

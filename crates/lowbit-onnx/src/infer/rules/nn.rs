@@ -384,8 +384,14 @@ fn attention(cx: &mut Cx) -> Result<Vec<Out>> {
         return Ok(unknown);
     };
     let past = if cx.has_input(4) { cx.shape(4).and_then(|p| p.get(2).cloned()) } else { None };
+    // past + T: a new name when the sum has no monomial form (two different symbols).
     let total = match past {
-        Some(p) => Mono::from_dim(&p).add(&Mono::from_dim(&k4[2])).map(|m| m.to_dim()),
+        Some(p) => Some(
+            Mono::from_dim(&p)
+                .add(&Mono::from_dim(&k4[2]))
+                .map(|m| m.to_dim())
+                .unwrap_or_else(|| cx.fresh()),
+        ),
         None if cx.has_input(4) => None,
         None => Some(k4[2].clone()),
     };
@@ -405,4 +411,39 @@ fn attention(cx: &mut Cx) -> Result<Vec<Out>> {
         out(vt, Some(present(&v4))),
         out(qt, Some(qk)),
     ])
+}
+
+/// ONNX Runtime's fused `com.microsoft.Attention`: output `[B, S, Hv]` (input's type), `Hv`
+/// from `qkv_hidden_sizes` or a third of the weight's columns; `present`
+/// `[2, B, num_heads, past + S, Dh]` when `past` is given.
+pub(super) fn ort_attention(cx: &mut Cx) -> Result<Vec<Out>> {
+    let dtype = cx.dtype(0);
+    let heads = cx.attrs.int("num_heads")?.filter(|&h| h > 0);
+    let sizes = cx.attrs.ints("qkv_hidden_sizes")?.filter(|v| v.len() == 3);
+    let x = cx.shape(0).filter(|s| s.len() == 3);
+    let cols = cx.shape(1).filter(|s| s.len() == 2).and_then(|w| w[1].known());
+    let (hk, hv) = match (&sizes, cols) {
+        (Some(v), _) => (Some(v[1]), Some(v[2])),
+        (None, Some(n)) if n % 3 == 0 => (Some(n / 3), Some(n / 3)),
+        _ => (None, None),
+    };
+    let y = x.as_ref().map(|x| {
+        let last = hv.map(SymDim::Known).unwrap_or_else(|| cx.fresh());
+        vec![x[0].clone(), x[1].clone(), last]
+    });
+    let present = match (cx.has_input(4).then(|| cx.shape(4)).flatten(), &x, heads, hk) {
+        (Some(p), Some(x), Some(h), Some(hk)) if p.len() == 5 && hk % h == 0 => {
+            let total = Mono::from_dim(&p[3]).add(&Mono::from_dim(&x[1])).map(|m| m.to_dim());
+            let total = total.unwrap_or_else(|| cx.fresh());
+            Some(vec![
+                SymDim::Known(2),
+                x[0].clone(),
+                SymDim::Known(h),
+                total,
+                SymDim::Known(hk / h),
+            ])
+        }
+        _ => None,
+    };
+    Ok(vec![out(dtype, y), out(dtype, present)])
 }
