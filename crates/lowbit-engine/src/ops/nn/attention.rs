@@ -300,7 +300,7 @@ impl Kernel for OnnxAttention {
         };
         let (b, sq, t) = (q4.shape()[0], q4.shape()[2], k4.shape()[2]);
         let nonpad: Option<Vec<i64>> = match nonpad {
-            Some(_) if past_len > 0 || past_k.is_some() => {
+            Some(_) if past_k.is_some() => {
                 bail!("nonpad_kv_seqlen cannot be combined with past_key/past_value")
             }
             Some(n) => {
@@ -603,7 +603,7 @@ mod tests {
 
     #[test]
     fn grouped_query_heads_share_kv_heads_and_fully_masked_rows_are_zero() {
-        let vals = |n: usize, seed: f32| (0..n).map(|i| ((i as f32 * seed).sin())).collect();
+        let vals = |n: usize, seed: f32| (0..n).map(|i| (i as f32 * seed).sin()).collect();
         let q = t(&[1, 4, 3, 2], vals(24, 0.7));
         let k = t(&[1, 2, 3, 2], vals(12, 1.3));
         let v = t(&[1, 2, 3, 5], vals(30, 0.9));
