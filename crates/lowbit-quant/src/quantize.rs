@@ -249,7 +249,16 @@ impl QuantizeSummary {
             let excluded = count(&self.excluded, op);
             let accounted = q + excluded + count(&self.left_float, op);
             if total > accounted {
-                causes.insert(format!("{mode} mode does not quantize {op}"), total - accounted);
+                // The ops whose weights only dynamic and weight-only modes store in int8.
+                let elsewhere = passes::recurrent::RECURRENT.contains(&op.as_str())
+                    || passes::recurrent::CONTRIB_WEIGHTED.iter().any(|c| c.1 == op);
+                let hint = if elsewhere && self.mode == Some(QuantMode::Static) {
+                    " (--mode dynamic or weight-only stores its weights in int8)"
+                } else {
+                    ""
+                };
+                causes
+                    .insert(format!("{mode} mode does not quantize {op}{hint}"), total - accounted);
             }
             weighted += total.saturating_sub(excluded);
             quantized += q;
