@@ -42,10 +42,12 @@ impl Bias {
     }
 }
 
-/// Which intermediate ONNX's `qk_matmul_output` shows: `Q·Kᵀ·scale` (0), after softcap (1),
-/// after the mask/bias (2), after softmax (3), in the order the op computes them (the order
-/// ONNX's reference implementation and node tests use).
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
+/// Which intermediate ONNX's `qk_matmul_output` shows (`qk_matmul_output_mode`): `Q·Kᵀ·scale`
+/// (0), after softcap (1), after the mask/bias (2), after softmax (3), the order the op
+/// computes them in and the node tests' numbering. Mode 0 with a softcap is the product
+/// before it, as ONNX Runtime 1.32 writes it (ONNX's Python reference returns it after; no
+/// node test has both).
+#[derive(Clone, Copy, PartialEq)]
 enum QkStage {
     Scaled = 0,
     Softcapped = 1,
@@ -142,7 +144,7 @@ fn attend(
     Ok((y, kept))
 }
 
-/// `t` as an f32 tensor (a copy only when it is another float type).
+/// `t` as an f32 tensor (a float of another width is converted).
 fn to_f32(t: &Tensor) -> OpResult<Tensor> {
     same_float_dtype(&[t])?;
     Ok(Tensor::from_vec(t.shape().to_vec(), f32_data(t)?.into_owned())?)
@@ -255,7 +257,7 @@ fn mask_bias(m: &Tensor, t: usize) -> OpResult<Bias> {
         padded.resize((r + 1) * t, f32::NEG_INFINITY);
     }
     let mut shape = m.shape().to_vec();
-    *shape.last_mut().unwrap() = t;
+    shape[m.rank() - 1] = t;
     Ok(Bias { shape, data: padded })
 }
 
@@ -393,11 +395,11 @@ pub(super) fn build_ort_attention(ctx: &BuildCtx) -> KernelResult {
         }
     }
     for (name, what) in [
-        ("do_rotary", "rotary embeddings"),
-        ("past_present_share_buffer", "a shared past/present buffer"),
+        ("do_rotary", "rotary embeddings are not supported"),
+        ("past_present_share_buffer", "a shared past/present buffer is not supported"),
     ] {
         if a.int_or(name, 0)? != 0 {
-            return Err(a.invalid(name, format!("{what} are not supported")).into());
+            return Err(a.invalid(name, what).into());
         }
     }
     if ctx.node.input.get(6).is_some_and(|s| !s.is_empty()) {
@@ -512,9 +514,8 @@ impl Kernel for OrtAttention {
         }
         let epi = Epilogue { row_bias: None, col_bias: bias_v.as_deref(), act: None };
         let packed = self.packed.as_ref().filter(|p| p.k() == k_in && p.n() == n);
-        let xf = to_f32(x)?;
-        let wf = to_f32(w)?;
-        let proj = matmul_with(&xf, &wf, packed, &epi)?.into_vec::<f32>()?;
+        let proj = matmul_with(x, w, packed, &epi)?;
+        let proj = f32_data(&proj)?.into_owned();
         // Q, K and V are column ranges of each projected row.
         let cols = |from: usize, width: usize| -> OpResult<Tensor> {
             let mut out = Vec::with_capacity(b * s * width);
