@@ -3,7 +3,8 @@
 //! A case is in scope when every op of its graph (subgraphs included) is registered. In-scope
 //! cases that ONNX Runtime itself passes (or could not run only because its Python API lacks
 //! the dtype) must pass here; the rest are reported, not required. The test fails if any
-//! claimed op has a failing required case, and prints pass counts per op family.
+//! claimed op has a failing required case, and prints pass counts per op family and per op
+//! (passed / in scope / cases whose graph uses the op).
 //!
 //! `LOWBIT_NODE_FILTER=test_conv` runs only the cases whose name contains the string.
 
@@ -178,6 +179,8 @@ fn onnx_node_tests_pass_for_every_claimed_op() {
 
     // family -> (passed, failed) over required cases
     let mut per_family: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    // op -> (passed, in scope, cases)
+    let mut per_op: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut informational = Vec::new();
     let (mut in_scope, mut passed, mut unreadable, mut out_of_scope) = (0, 0, 0, 0);
@@ -200,9 +203,20 @@ fn onnx_node_tests_pass_for_every_claimed_op() {
         // Element types lowbit does not represent (FNUZ float8, int2, float4, complex, …)
         // put a case out of scope like an unclaimed op does.
         let foreign_types = types.iter().any(|&t| t != 0 && DType::from_onnx(t).is_none());
+        // "Attention", "com.microsoft.Attention": one name per (domain, op).
+        let names: Vec<String> = ops
+            .iter()
+            .map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}.{o}") })
+            .collect();
+        for o in &names {
+            per_op.entry(o.clone()).or_default().2 += 1;
+        }
         if !ops.iter().all(|(d, o)| reg.supports(d, o)) || foreign_types {
             out_of_scope += 1;
             continue;
+        }
+        for o in &names {
+            per_op.entry(o.clone()).or_default().1 += 1;
         }
         let families: BTreeSet<&str> =
             ops.iter().filter_map(|(d, o)| reg.family_of(d, o)).collect();
@@ -214,6 +228,9 @@ fn onnx_node_tests_pass_for_every_claimed_op() {
         match outcome {
             Outcome::Pass => {
                 passed += 1;
+                for o in &names {
+                    per_op.entry(o.clone()).or_default().0 += 1;
+                }
                 for f in &families {
                     per_family.entry(f).or_default().0 += 1;
                 }
@@ -237,6 +254,12 @@ fn onnx_node_tests_pass_for_every_claimed_op() {
     for (f, (p, x)) in &per_family {
         eprintln!("  {f:12} {p:4} passed {x:4} failed");
     }
+    let claimed: Vec<String> = per_op
+        .iter()
+        .filter(|(_, c)| c.1 > 0)
+        .map(|(o, (p, s, n))| format!("{o} {p}/{s}/{n}"))
+        .collect();
+    eprintln!("  per op (passed/in scope/cases): {}", claimed.join(", "));
     for i in &informational {
         eprintln!("  not required: {i}");
     }

@@ -104,3 +104,34 @@ fn layer_norm_and_softmax_reject_bad_scale_or_axis() {
     let axis = pb::AttributeProto { name: "axis".into(), r#type: 2, i: 5, ..Default::default() };
     assert_error("Softmax", one_node("Softmax", 1, vec![axis]), vec![f32s(&[2, 8])]);
 }
+
+#[test]
+fn attention_rejects_heads_masks_and_caches_that_do_not_fit() {
+    let qkv = |h: usize| f32s(&[1, h, 4, 8]);
+    // 3 query heads cannot share 2 key/value heads.
+    assert_error("Attention", one_node("Attention", 3, vec![]), vec![qkv(3), qkv(2), qkv(2)]);
+    // A mask over more keys than there are.
+    assert_error(
+        "Attention",
+        one_node("Attention", 4, vec![]),
+        vec![qkv(2), qkv(2), qkv(2), f32s(&[4, 6])],
+    );
+    // past_key without past_value.
+    assert_error(
+        "Attention",
+        one_node("Attention", 5, vec![]),
+        vec![qkv(2), qkv(2), qkv(2), f32s(&[4, 4]), qkv(2)],
+    );
+
+    // ONNX Runtime's fused op: a mask_index of none of its forms, and weights that do not fit.
+    let heads =
+        pb::AttributeProto { name: "num_heads".into(), r#type: 2, i: 2, ..Default::default() };
+    let mut m = one_node("Attention", 4, vec![heads]);
+    m.opset_import.push(pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 });
+    m.graph.as_mut().unwrap().node[0].domain = "com.microsoft".into();
+    let mask = Tensor::from_vec(vec![3, 3], vec![1i32; 9]).unwrap();
+    let (x, w, b) = (f32s(&[1, 4, 8]), f32s(&[8, 24]), f32s(&[24]));
+    assert_error("Attention", m.clone(), vec![x.clone(), w, b.clone(), mask]);
+    let lengths = Tensor::from_vec(vec![1], vec![4i32]).unwrap();
+    assert_error("Attention", m, vec![x, f32s(&[6, 24]), b, lengths]);
+}

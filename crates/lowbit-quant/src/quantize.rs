@@ -123,9 +123,21 @@ pub struct QuantizeSummary {
 }
 
 /// The ops that carry a model's weights and most of its compute: what "how much of the model
-/// was quantized" counts.
+/// was quantized" counts. `Attention` is ONNX Runtime's fused `com.microsoft.Attention` (packed
+/// QKV weight); ONNX's own `Attention` has no weight and is not counted.
 pub const WEIGHTED_OPS: &[&str] =
-    &["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"];
+    &["Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "Attention"];
+
+/// Whether `n` is one of the [`WEIGHTED_OPS`].
+fn is_weighted(n: &lowbit_onnx::pb::NodeProto) -> bool {
+    if passes::is_default_domain(n) {
+        n.op_type != "Attention" && WEIGHTED_OPS.contains(&n.op_type.as_str())
+    } else {
+        passes::recurrent::CONTRIB_WEIGHTED
+            .iter()
+            .any(|(d, o, _)| *d == n.domain && *o == n.op_type)
+    }
+}
 
 /// Below this share of weighted nodes quantized, a run is refused as partial (see
 /// [`QuantizeSummary::coverage`]) unless the caller allows it.
@@ -237,7 +249,16 @@ impl QuantizeSummary {
             let excluded = count(&self.excluded, op);
             let accounted = q + excluded + count(&self.left_float, op);
             if total > accounted {
-                causes.insert(format!("{mode} mode does not quantize {op}"), total - accounted);
+                // The ops whose weights only dynamic and weight-only modes store in int8.
+                let elsewhere = passes::recurrent::RECURRENT.contains(&op.as_str())
+                    || passes::recurrent::CONTRIB_WEIGHTED.iter().any(|c| c.1 == op);
+                let hint = if elsewhere && self.mode == Some(QuantMode::Static) {
+                    " (--mode dynamic or weight-only stores its weights in int8)"
+                } else {
+                    ""
+                };
+                causes
+                    .insert(format!("{mode} mode does not quantize {op}{hint}"), total - accounted);
             }
             weighted += total.saturating_sub(excluded);
             quantized += q;
@@ -537,8 +558,8 @@ pub fn static_coverage(model: ModelProto, plan: &QuantPlan) -> Result<Coverage> 
 /// and how many of them sit inside those bodies.
 fn weighted_nodes(g: &GraphProto) -> (BTreeMap<String, usize>, usize) {
     fn walk(g: &GraphProto, depth: usize, per_op: &mut BTreeMap<String, usize>, inner: &mut usize) {
-        for n in g.node.iter().filter(|n| passes::is_default_domain(n)) {
-            if WEIGHTED_OPS.contains(&n.op_type.as_str()) {
+        for n in &g.node {
+            if is_weighted(n) {
                 *per_op.entry(n.op_type.clone()).or_default() += 1;
                 if depth > 0 {
                     *inner += 1;

@@ -51,7 +51,13 @@ fn build_fused_matmul(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
 }
 
 fn build_matmul_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>> {
-    let packed_b = match ctx.constant(1) {
+    Ok(Box::new(MatMulKernel { packed_b: packed_constant(ctx.constant(1))?, act }))
+}
+
+/// A `MatMul` right operand known at load time, packed once when it is one float matrix (no
+/// batch dims); `None` otherwise.
+pub(crate) fn packed_constant(b: Option<&Tensor>) -> OpResult<Option<PackedB>> {
+    Ok(match b {
         Some(b)
             if b.rank() >= 2 && numel(&b.shape()[..b.rank() - 2]) == 1 && b.dtype().is_float() =>
         {
@@ -60,8 +66,7 @@ fn build_matmul_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel
             Some(PackedB::pack(Trans::No, k, n, &v, n))
         }
         _ => None,
-    };
-    Ok(Box::new(MatMulKernel { packed_b, act }))
+    })
 }
 
 impl Kernel for MatMulKernel {
@@ -136,7 +141,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> OpResult<Tensor> {
 
 /// [`matmul`], with `packed_b` the pre-packed value of `b` when it is known, and `epi` on
 /// every output value (a column bias has the output's last dim).
-fn matmul_with(
+pub(crate) fn matmul_with(
     a: &Tensor,
     b: &Tensor,
     packed_b: Option<&PackedB>,

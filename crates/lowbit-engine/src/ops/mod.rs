@@ -7,7 +7,7 @@
 //! | `elementwise` | unary and broadcasting binary math, comparisons, logic, `Where`, `Clip`, `Cast` |
 //! | `reduce` | `Reduce*`, `ArgMax`/`ArgMin` |
 //! | `linalg` | `MatMul`, `Gemm`, `Einsum` |
-//! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, `RNN`/`GRU`/`LSTM` |
+//! | `nn` | `Conv`, pooling, normalizations, `Softmax`/`LogSoftmax`, `RNN`/`GRU`/`LSTM`, `Attention` (ONNX and `com.microsoft`) |
 //! | `shape` | layout and indexing: `Reshape`, `Transpose`, `Concat`, `Gather`, `Slice`, `Shape`, … |
 //! | `resize` | `Resize`: nearest, linear and cubic interpolation |
 //! | `quant` | `QuantizeLinear`, `DequantizeLinear`, `DynamicQuantizeLinear`, reference integer matmul/conv |

@@ -545,31 +545,41 @@ fn build_concat(ctx: &BuildCtx) -> KernelResult {
     kernel(move |ins| {
         let xs: Vec<&Tensor> = ins.iter().flatten().copied().collect();
         let Some(first) = xs.first() else { bail!("Concat needs at least one input") };
-        let r = first.rank();
-        let a = normalize_axis(axis, r)?;
-        let mut shape = first.shape().to_vec();
-        shape[a] = 0;
-        for x in &xs {
-            let s = x.shape();
-            if s.len() != r || (0..r).any(|i| i != a && s[i] != first.shape()[i]) {
-                bail!("cannot concatenate {:?} and {s:?} along axis {a}", first.shape());
-            }
-            shape[a] += s[a];
-        }
-        let outer = numel(&shape[..a]);
-        let inner = numel(&shape[a + 1..]);
-        let mut runs = Vec::with_capacity(outer * xs.len());
-        for o in 0..outer {
-            for (p, x) in xs.iter().enumerate() {
-                let chunk = x.shape()[a] * inner;
-                if chunk > 0 {
-                    runs.push((p, o * chunk, chunk));
-                }
-            }
-        }
-        let parts: Vec<&TensorData> = xs.iter().map(|x| x.data()).collect();
-        out(shape, gather_runs_multi(&parts, &runs)?)
+        let a = normalize_axis(axis, first.rank())?;
+        Ok(vec![concat(&xs, a)?])
     })
+}
+
+/// `xs` (one dtype, equal shapes but for `axis`) joined along `axis`: `Concat`, and the
+/// key/value caches of `Attention`.
+pub(crate) fn concat(xs: &[&Tensor], a: usize) -> OpResult<Tensor> {
+    let Some(first) = xs.first() else { bail!("nothing to concatenate") };
+    let r = first.rank();
+    if a >= r {
+        bail!("axis {a} is out of range for rank {r}");
+    }
+    let mut shape = first.shape().to_vec();
+    shape[a] = 0;
+    for x in xs {
+        let s = x.shape();
+        if s.len() != r || (0..r).any(|i| i != a && s[i] != first.shape()[i]) {
+            bail!("cannot concatenate {:?} and {s:?} along axis {a}", first.shape());
+        }
+        shape[a] += s[a];
+    }
+    let outer = numel(&shape[..a]);
+    let inner = numel(&shape[a + 1..]);
+    let mut runs = Vec::with_capacity(outer * xs.len());
+    for o in 0..outer {
+        for (p, x) in xs.iter().enumerate() {
+            let chunk = x.shape()[a] * inner;
+            if chunk > 0 {
+                runs.push((p, o * chunk, chunk));
+            }
+        }
+    }
+    let parts: Vec<&TensorData> = xs.iter().map(|x| x.data()).collect();
+    Ok(Tensor::new(shape, gather_runs_multi(&parts, &runs)?)?)
 }
 
 fn build_split(ctx: &BuildCtx) -> KernelResult {

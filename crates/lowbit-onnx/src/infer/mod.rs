@@ -247,7 +247,7 @@ pub fn annotate_value_info(model: &mut ModelProto) -> Result<usize> {
 }
 
 /// Whether inference has a rule for `op_type` in `domain` (`""`/`ai.onnx`, or `com.microsoft`
-/// for its Q/DQ ops).
+/// for its Q/DQ ops and its fused `Attention`).
 pub fn is_supported_op(domain: &str, op_type: &str) -> bool {
     rules::lookup(domain, op_type).is_some()
 }

@@ -421,3 +421,40 @@ fn annotate_writes_value_info_for_node_outputs() {
     annotate_value_info(&mut m).unwrap();
     assert_eq!(m.graph.as_ref().unwrap().value_info.len(), 1);
 }
+
+#[test]
+fn attention_keeps_symbolic_batch_and_sequence() {
+    let mut ort = node(
+        "Attention",
+        &["x", "w", "", "", "past"],
+        &["ctx", "present"],
+        vec![int("num_heads", 4)],
+    );
+    ort.domain = "com.microsoft".into();
+    let m = model(
+        vec![
+            input("x", DType::F32, &["batch", "5", "16"]),
+            input("past", DType::F32, &["2", "batch", "4", "3", "4"]),
+            input("q3", DType::F16, &["batch", "seq", "72"]),
+            input("kv3", DType::F16, &["batch", "6", "24"]),
+            input("pk", DType::F16, &["batch", "3", "12", "8"]),
+        ],
+        vec![init("w", DType::F32, &[16, 48], &[])],
+        vec![
+            ort,
+            node(
+                "Attention",
+                &["q3", "kv3", "kv3", "", "pk", "pk"],
+                &["y", "present_k", "present_v", "qk"],
+                vec![int("q_num_heads", 9), int("kv_num_heads", 3)],
+            ),
+        ],
+    );
+    let t = infer_shapes(&m).unwrap();
+    assert_eq!(shape_of(&t, "ctx"), "float32[batch, 5, 16]");
+    assert_eq!(shape_of(&t, "present"), "float32[2, batch, 4, 8, 4]");
+    // 3-D: 9 query heads of 8 over 3 KV heads (grouped-query), 12 past keys + 6 new.
+    assert_eq!(shape_of(&t, "y"), "float16[batch, seq, 72]");
+    assert_eq!(shape_of(&t, "present_k"), "float16[batch, 3, 18, 8]");
+    assert_eq!(shape_of(&t, "qk"), "float16[batch, 9, seq, 18]");
+}

@@ -6,7 +6,7 @@
 //! | [`qdq`] | static PTQ: `QuantizeLinear`/`DequantizeLinear` pairs (QDQ format) |
 //! | [`dynamic`] | dynamic PTQ: `DynamicQuantizeLinear` + `MatMulInteger` |
 //! | [`weight_only`] | int8/int4 weights + `DequantizeLinear` before `MatMul`/`Gemm` |
-//! | [`recurrent`] | `LSTM`/`GRU`/`RNN` weights + `DequantizeLinear` (dynamic and weight-only modes) |
+//! | [`recurrent`] | `LSTM`/`GRU`/`RNN` weights and `com.microsoft.Attention`'s packed QKV weight + `DequantizeLinear` (dynamic and weight-only modes) |
 //! | [`embeddings`] | int8 per-row `Gather` tables, dequantized after the gather (every integer mode) |
 //! | [`fp16`] | float16 / bfloat16 conversion, optionally keeping float32 inputs/outputs |
 //!

@@ -1,13 +1,18 @@
 //! The weights of `LSTM`, `GRU` and `RNN` (inputs `W` and `R`, `[directions, gates·hidden, K]`)
 //! as int8 initializers with a `DequantizeLinear` in front of the op, per gate unit (axis 1) or
-//! as the plan's blocks along K; the bias and the recurrence stay float.
+//! as the plan's blocks along K; the bias and the recurrence stay float. ONNX Runtime's fused
+//! `com.microsoft.Attention` gets the same treatment for its packed QKV weight `[K, Q+K+V]`,
+//! laid out and quantized as a `MatMul` weight (per output column, blocks along K).
 //!
 //! Why this form, in dynamic and weight-only mode: ONNX has no integer recurrent op, and ONNX
 //! Runtime's integer one (`com.microsoft.DynamicQuantizeLSTM`, LSTM only, weights transposed
 //! to `[directions, K, 4·hidden]`) runs in ORT alone: lowbit's engine and other runtimes do not
 //! have it. `DequantizeLinear → LSTM` is standard ONNX that every runtime (ORT included) and
 //! lowbit's engine run, and it keeps the weights 4× smaller; where the gate GEMMs are the cost,
-//! an integer kernel would be faster, which this form does not claim.
+//! an integer kernel would be faster, which this form does not claim. Likewise for attention:
+//! ORT's `QAttention` (what its own dynamic quantizer writes) is an ORT-only contrib op, while
+//! `DequantizeLinear → Attention` runs in ORT and in lowbit's engine. Static mode leaves all
+//! of these float (its coverage line names them).
 
 use super::qdq::insert_weight_dq;
 use super::{ensure_opset, init_dtype, is_default_domain};
@@ -23,18 +28,30 @@ use std::collections::HashMap;
 /// Recurrent ops whose weights this pass quantizes.
 pub const RECURRENT: &[&str] = &["LSTM", "GRU", "RNN"];
 
-/// Quantizes the `W` and `R` weights of every recurrent node of `g` (see the module docs).
+/// The ops outside the ONNX domain whose weight this pass quantizes: (domain, op, weight input).
+pub const CONTRIB_WEIGHTED: &[(&str, &str, usize)] = &[("com.microsoft", "Attention", 1)];
+
+/// The weight inputs of `n` this pass quantizes, and the op whose weight layout they follow.
+fn weight_slots(n: &NodeProto) -> Option<(&'static [usize], &'static str)> {
+    let op = n.op_type.as_str();
+    if is_default_domain(n) {
+        return RECURRENT.iter().find(|&&r| r == op).map(|&r| (&[1usize, 2][..], r));
+    }
+    CONTRIB_WEIGHTED
+        .iter()
+        .find(|(d, o, _)| *d == n.domain && *o == op)
+        .map(|(_, _, slot)| (std::slice::from_ref(slot), "MatMul"))
+}
+
+/// Quantizes the `W` and `R` weights of every recurrent node of `g`, and the packed weight of
+/// every `com.microsoft.Attention` (see the module docs).
 pub(crate) fn quantize_recurrent(
     g: &mut Graph,
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    let todo: Vec<usize> = (0..g.num_nodes())
-        .filter(|&i| {
-            let n = &g.nodes()[i];
-            is_default_domain(n) && RECURRENT.contains(&n.op_type.as_str())
-        })
-        .collect();
+    let todo: Vec<usize> =
+        (0..g.num_nodes()).filter(|&i| weight_slots(&g.nodes()[i]).is_some()).collect();
     if todo.is_empty() {
         return Ok(());
     }
@@ -49,7 +66,7 @@ pub(crate) fn quantize_recurrent(
                 if let Some((a, b)) = changed {
                     summary.notes.push(format!(
                         "default-domain opset raised from {a} to {b} (per-row DequantizeLinear \
-                         for recurrent weights)"
+                         for recurrent and attention weights)"
                     ));
                 }
             }
@@ -58,17 +75,18 @@ pub(crate) fn quantize_recurrent(
     }
     let mut cache = HashMap::new();
     let mut new_nodes: Vec<NodeProto> = Vec::new();
-    let mut done = 0usize;
+    let (mut recurrent, mut attention) = (0usize, 0usize);
     for idx in todo {
         let node = g.nodes()[idx].clone();
         let op = node.op_type.as_str();
+        let (slots, layout) = weight_slots(&node).expect("selected above");
         if let Some(r) = plan.exclude.reason(&node) {
             summary.exclude(&node, idx, r);
             continue;
         }
         let mut quantized = false;
         let mut why = None;
-        for slot in [1usize, 2] {
+        for &slot in slots {
             let Some(w) = node.input.get(slot).filter(|w| !w.is_empty()).cloned() else {
                 continue;
             };
@@ -77,7 +95,7 @@ pub(crate) fn quantize_recurrent(
                 continue;
             }
             let rank = g.initializer(&w).map(|p| p.dims.len()).unwrap_or(0);
-            let Some(mut scheme) = plan.weights.scheme_for(op, false, rank) else {
+            let Some(mut scheme) = plan.weights.scheme_for(layout, false, rank) else {
                 why = Some(format!("weight '{w}' of rank {rank} not understood"));
                 continue;
             };
@@ -95,7 +113,11 @@ pub(crate) fn quantize_recurrent(
         }
         if quantized {
             summary.count(op);
-            done += 1;
+            if layout == "MatMul" {
+                attention += 1;
+            } else {
+                recurrent += 1;
+            }
         } else {
             summary.leave(&node, idx, why.unwrap_or_else(|| "no weight to quantize".into()));
         }
@@ -104,11 +126,24 @@ pub(crate) fn quantize_recurrent(
         let at = g.num_nodes();
         g.insert_node(at, n)?;
     }
-    let note = "LSTM/GRU/RNN: W and R stored in the weight type + DequantizeLinear (one scale \
-                per gate row); the recurrence computes in float (ORT's integer \
-                DynamicQuantizeLSTM is an ORT-only contrib op, not written)";
-    if done > 0 && !summary.notes.iter().any(|n| n == note) {
-        summary.notes.push(note.into());
+    let notes = [
+        (
+            recurrent,
+            "LSTM/GRU/RNN: W and R stored in the weight type + DequantizeLinear (one scale per \
+             gate row); the recurrence computes in float (ORT's integer DynamicQuantizeLSTM is \
+             an ORT-only contrib op, not written)",
+        ),
+        (
+            attention,
+            "com.microsoft.Attention: the packed QKV weight stored in the weight type + \
+             DequantizeLinear (one scale per output column); attention computes in float (ORT's \
+             QAttention is an ORT-only contrib op, not written)",
+        ),
+    ];
+    for (done, note) in notes {
+        if done > 0 && !summary.notes.iter().any(|n| n == note) {
+            summary.notes.push(note.into());
+        }
     }
     Ok(())
 }

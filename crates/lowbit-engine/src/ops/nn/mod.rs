@@ -1,6 +1,7 @@
 //! Neural-network ops: convolutions (`conv`), pooling (`pool`), normalizations and `LRN`
 //! (`norm`), the softmax family (`softmax`), the recurrent layers `RNN`/`GRU`/`LSTM` (`rnn`),
-//! and `Dropout` (here, with the dtype and
+//! ONNX's `Attention` and ONNX Runtime's fused `com.microsoft.Attention` (`attention`), and
+//! `Dropout` (here, with the dtype and
 //! sliding-window helpers they share).
 //!
 //! Everything computes in f32; f64, f16 and bf16 tensors are converted on the way in and the
@@ -12,6 +13,7 @@
 //! input to 2-D at `axis` (default 1), from 13 work along one axis (default -1);
 //! `GroupNormalization` 18 takes per-group scale and bias, 21 per-channel.
 
+mod attention;
 mod conv;
 mod norm;
 mod pool;
@@ -52,6 +54,8 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "RNN", rnn::build_rnn);
     reg.register("", "GRU", rnn::build_gru);
     reg.register("", "LSTM", rnn::build_lstm);
+    reg.register("", "Attention", attention::build_attention);
+    reg.register("com.microsoft", "Attention", attention::build_ort_attention);
 }
 
 // ---------------------------------------------------------------------------------------------

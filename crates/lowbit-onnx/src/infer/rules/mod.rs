@@ -41,6 +41,12 @@ const FAMILIES: [(&str, &[(&str, RuleFn)]); 8] = [
 const ALIASES: [(&str, &str); 2] =
     [("com.microsoft", "QuantizeLinear"), ("com.microsoft", "DequantizeLinear")];
 
+/// ONNX Runtime contrib ops with rules of their own: (domain, op, family, rule). Typing them
+/// lets what follows them be typed too (a `MatMul` after a fused `Attention` is then a float
+/// activation the quantizer can take).
+const CONTRIB: [(&str, &str, &str, RuleFn); 1] =
+    [("com.microsoft", "Attention", "nn", nn::ort_attention)];
+
 /// One op inference has a rule for.
 #[derive(Clone, Copy)]
 pub(super) struct Rule {
@@ -57,12 +63,19 @@ pub(super) fn all() -> impl Iterator<Item = Rule> {
     });
     let aliases =
         ALIASES.into_iter().filter_map(|(domain, op)| lookup("", op).map(|r| Rule { domain, ..r }));
-    onnx.chain(aliases)
+    let contrib =
+        CONTRIB.into_iter().map(|(domain, op, family, infer)| Rule { domain, op, family, infer });
+    onnx.chain(aliases).chain(contrib)
 }
 
 /// The rule for `op` in `domain` (`""` and `ai.onnx` are the ONNX domain).
 pub(super) fn lookup(domain: &str, op: &str) -> Option<Rule> {
     let onnx = matches!(domain, "" | "ai.onnx");
+    if let Some(&(domain, op, family, infer)) =
+        CONTRIB.iter().find(|c| !onnx && c.0 == domain && c.1 == op)
+    {
+        return Some(Rule { domain, op, family, infer });
+    }
     if !onnx && !ALIASES.contains(&(domain, op)) {
         return None;
     }

@@ -1,11 +1,12 @@
 //! Neural-network layers: convolutions and pools (the sliding-window output dims, symbolic
 //! where a stride-1 "same" window keeps the dim), normalizations (with their optional
-//! statistics outputs), softmax-like maps, recurrent layers, `Dropout`, and the detection ops.
+//! statistics outputs), softmax-like maps, recurrent layers, `Attention`, `Dropout`, and the
+//! detection ops.
 
 use lowbit_tensor::DType;
 
 use super::{elementwise::unary, RuleFn};
-use crate::infer::sym::{dim_mul, fmt_shape};
+use crate::infer::sym::{dim_mul, fmt_shape, Mono};
 use crate::infer::{out, Cx, Out, Result, SymDim, ValueType};
 
 pub(super) const RULES: &[(&str, RuleFn)] = &[
@@ -33,6 +34,7 @@ pub(super) const RULES: &[(&str, RuleFn)] = &[
     ("LSTM", rnn),
     ("GRU", rnn),
     ("RNN", rnn),
+    ("Attention", attention),
     ("GridSample", grid_sample),
     ("RoiAlign", roi_align),
     ("NonMaxSuppression", non_max_suppression),
@@ -353,4 +355,95 @@ fn rnn(cx: &mut Cx) -> Result<Vec<Out>> {
         )
     };
     Ok(vec![out(dtype, Some(y)), out(dtype, Some(h.clone())), out(dtype, Some(h))])
+}
+
+/// ONNX `Attention`: `Y` (Q's type) `[B, Hq, Sq, Dv]`, or `[B, Sq, Hq·Dv]` for 3-D inputs;
+/// `present_key`/`present_value` `[B, Hkv, past + T, D]`; `qk_matmul_output` `[B, Hq, Sq,
+/// past + T]`. 3-D inputs are `[B, S, heads·D]`, split by `q_num_heads`/`kv_num_heads`.
+fn attention(cx: &mut Cx) -> Result<Vec<Out>> {
+    let (qt, kt, vt) = (cx.dtype(0), cx.dtype(1), cx.dtype(2));
+    let unknown = vec![out(qt, None), out(kt, None), out(vt, None), out(qt, None)];
+    let (Some(q), Some(k), Some(v)) = (cx.shape(0), cx.shape(1), cx.shape(2)) else {
+        return Ok(unknown);
+    };
+    let heads = (cx.attrs.int("q_num_heads")?, cx.attrs.int("kv_num_heads")?);
+    let div = |d: &SymDim, n: i64| Mono::from_dim(d).div(&Mono::int(n)).map(|m| m.to_dim());
+    // [B, H, S, D] views of Q, K and V.
+    let as_4d = |x: &[SymDim], h: Option<i64>| -> Option<Vec<SymDim>> {
+        match (x.len(), h) {
+            (4, _) => Some(x.to_vec()),
+            (3, Some(h)) if h > 0 => {
+                Some(vec![x[0].clone(), SymDim::Known(h), x[1].clone(), div(&x[2], h)?])
+            }
+            _ => None,
+        }
+    };
+    let (Some(q4), Some(k4), Some(v4)) =
+        (as_4d(&q, heads.0), as_4d(&k, heads.1), as_4d(&v, heads.1))
+    else {
+        return Ok(unknown);
+    };
+    let past = if cx.has_input(4) { cx.shape(4).and_then(|p| p.get(2).cloned()) } else { None };
+    // past + T: a new name when the sum has no monomial form (two different symbols).
+    let total = match past {
+        Some(p) => Some(
+            Mono::from_dim(&p)
+                .add(&Mono::from_dim(&k4[2]))
+                .map(|m| m.to_dim())
+                .unwrap_or_else(|| cx.fresh()),
+        ),
+        None if cx.has_input(4) => None,
+        None => Some(k4[2].clone()),
+    };
+    let y = if q.len() == 3 {
+        vec![q4[0].clone(), q4[2].clone(), dim_mul(&q4[1], &v4[3])]
+    } else {
+        vec![q4[0].clone(), q4[1].clone(), q4[2].clone(), v4[3].clone()]
+    };
+    let Some(total) = total else {
+        return Ok(vec![out(qt, Some(y)), out(kt, None), out(vt, None), out(qt, None)]);
+    };
+    let present = |x: &[SymDim]| vec![x[0].clone(), x[1].clone(), total.clone(), x[3].clone()];
+    let qk = vec![q4[0].clone(), q4[1].clone(), q4[2].clone(), total.clone()];
+    Ok(vec![
+        out(qt, Some(y)),
+        out(kt, Some(present(&k4))),
+        out(vt, Some(present(&v4))),
+        out(qt, Some(qk)),
+    ])
+}
+
+/// ONNX Runtime's fused `com.microsoft.Attention`: output `[B, S, Hv]` (input's type), `Hv`
+/// from `qkv_hidden_sizes` or a third of the weight's columns; `present`
+/// `[2, B, num_heads, past + S, Dh]` when `past` is given.
+pub(super) fn ort_attention(cx: &mut Cx) -> Result<Vec<Out>> {
+    let dtype = cx.dtype(0);
+    let heads = cx.attrs.int("num_heads")?.filter(|&h| h > 0);
+    let sizes = cx.attrs.ints("qkv_hidden_sizes")?.filter(|v| v.len() == 3);
+    let x = cx.shape(0).filter(|s| s.len() == 3);
+    let cols = cx.shape(1).filter(|s| s.len() == 2).and_then(|w| w[1].known());
+    let (hk, hv) = match (&sizes, cols) {
+        (Some(v), _) => (Some(v[1]), Some(v[2])),
+        (None, Some(n)) if n % 3 == 0 => (Some(n / 3), Some(n / 3)),
+        _ => (None, None),
+    };
+    let y = x.as_ref().map(|x| {
+        let last = hv.map(SymDim::Known).unwrap_or_else(|| cx.fresh());
+        vec![x[0].clone(), x[1].clone(), last]
+    });
+    let present = match (cx.has_input(4).then(|| cx.shape(4)).flatten(), &x, heads, hk) {
+        (Some(p), Some(x), Some(h), Some(hk)) if p.len() == 5 && hk % h == 0 => {
+            let total = Mono::from_dim(&p[3]).add(&Mono::from_dim(&x[1])).map(|m| m.to_dim());
+            let total = total.unwrap_or_else(|| cx.fresh());
+            Some(vec![
+                SymDim::Known(2),
+                x[0].clone(),
+                SymDim::Known(h),
+                total,
+                SymDim::Known(hk / h),
+            ])
+        }
+        _ => None,
+    };
+    Ok(vec![out(dtype, y), out(dtype, present)])
 }
