@@ -8,15 +8,7 @@ use lowbit_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, Grap
 use lowbit_onnx::tensor_proto::tensor_to_proto;
 use lowbit_tensor::{DType, Tensor};
 use std::collections::BTreeMap;
-
-fn graph_attr(name: &str, g: GraphProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Graph as i32,
-        g: Some(g),
-        ..Default::default()
-    }
-}
+use lowbit_onnx::build::graph_attr;
 
 fn f32s(name: &str) -> pb::ValueInfoProto {
     unshaped_value_info(name, DType::F32)

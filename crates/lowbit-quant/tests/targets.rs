@@ -11,24 +11,7 @@ use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
 use lowbit_quant::target::check::{check_model, CheckReport, Severity};
 use lowbit_quant::target::{Target, TargetChoice};
 use lowbit_tensor::Tensor;
-
-fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn ints_attr(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
+use lowbit_onnx::build::{int_attr, ints_attr};
 
 fn node(
     op: &str,

@@ -10,7 +10,7 @@
 use crate::calibration::{calibrate_model, CalibrationData};
 use crate::cli::DemoArgs;
 use crate::models::new_session;
-use crate::onnx_build::{int_attr, node, opset17_model, value_info};
+use crate::onnx_build::{batch_value, int_attr, node, opset17_model};
 use crate::paths::{same_file, OutputPaths};
 use crate::progress::progress;
 use crate::text::{human_bytes, print};
@@ -71,8 +71,8 @@ fn build_model(rng: &mut Rng) -> Result<pb::ModelProto> {
             gemm("fc3", "h2", "logits"),
         ],
         initializer,
-        input: vec![value_info("x", &[Err("batch"), Ok(FEATURES as i64)])],
-        output: vec![value_info("logits", &[Err("batch"), Ok(CLASSES as i64)])],
+        input: vec![batch_value("x", FEATURES)],
+        output: vec![batch_value("logits", CLASSES)],
         ..Default::default()
     };
     Ok(opset17_model(graph))

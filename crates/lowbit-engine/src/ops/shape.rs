@@ -192,8 +192,8 @@ fn axis_maps_index(in_shape: &[usize], maps: &[Vec<usize>], fill: usize) -> Vec<
 }
 
 /// Elements of `src` (shape `in_shape`) permuted by `perm`, odometer order, row copies when the
-/// last axis stays last.
-fn permute<T: Clone>(src: &[T], in_shape: &[usize], perm: &[usize]) -> Vec<T> {
+/// last axis stays last. Also the transpose of lowbit-train's tape.
+pub fn permute<T: Clone>(src: &[T], in_shape: &[usize], perm: &[usize]) -> Vec<T> {
     let r = in_shape.len();
     let n = src.len();
     if r <= 1 || n == 0 {

@@ -91,23 +91,7 @@ pub fn transpose(x: &Arr, perm: &[usize], inverse: bool) -> Result<Arr, String> 
         perm
     };
     let out: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-    let xs = strides(&x.shape);
-    let src: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
-    let mut y = vec![0.0; x.len()];
-    let mut idx = vec![0usize; r];
-    let mut off = 0usize;
-    for v in y.iter_mut() {
-        *v = x.data[off];
-        for d in (0..r).rev() {
-            idx[d] += 1;
-            off += src[d];
-            if idx[d] < out[d] {
-                break;
-            }
-            off -= src[d] * out[d];
-            idx[d] = 0;
-        }
-    }
+    let y = lowbit_engine::ops::shape::permute(&x.data, &x.shape, &perm);
     Ok(Arr::new(out, y))
 }
 
