@@ -1019,7 +1019,7 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
             &format!(
                 "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
                  --max-drop {max_drop} --objective size --candidates int4,int8,fp32 --latency 0 \
-                 --batch 1 --threads 1 --json {{}} --report {{}}"
+                 --batch 1 --threads 1 --json-out {{}} --report {{}}"
             ),
             &[&model, &out, &calib, &eval, &json, &html],
         ));
@@ -2211,7 +2211,7 @@ fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
     let (out, json, html) = (dir.join("tuned.onnx"), dir.join("tune.json"), dir.join("tune.html"));
     let o = ok(&argv(
         "tune {} -o {} --data {} --eval-data {} --reference-only --max-drop 5 --objective size \
-         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json {} --report {}",
+         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json-out {} --report {}",
         &[&model, &out, &data, &data, &json, &html],
     ));
     let text = stdout(&o);
@@ -2242,6 +2242,16 @@ fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
         &[&model, &out, &data, &data],
     ));
     assert_fails(&again, 1, &["already exists", "--force"]);
+    // `--json` prints the report on stdout instead of the text, as every command's `--json`.
+    let printed = ok(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only --max-drop 5 --objective size \
+         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json --force",
+        &[&model, &out, &data, &data],
+    ));
+    let p: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(p["format"], "lowbit-tune/1");
+    assert_eq!(p["chosen"], r["chosen"]);
+    assert_eq!(p["evaluated"].as_array().unwrap().len(), r["evaluated"].as_array().unwrap().len());
 }
 
 // ---------------------------------------------------------------------------------------------

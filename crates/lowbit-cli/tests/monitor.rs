@@ -123,7 +123,7 @@ fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
             data,
             "--preprocess",
             pre,
-            "--json",
+            "--json-out",
             s(out),
             "--reference",
             fp32,
@@ -160,6 +160,15 @@ fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
     assert!(drift && drifted.iter().any(|t| t == "Input3"), "{drifted:?}");
     assert!(err.contains("drift:") && err.contains("Input3"), "{err}");
     assert!(psi_max(&j) > 10.0 * quiet_psi.max(0.025));
+    // `--json` prints the same report on stdout instead of the text (the drift line stays on
+    // stderr, the exit code is still 3).
+    let mut a: Vec<String> = args(s(&d.join("inverted")), &report);
+    a.retain(|x| x != "--json-out" && x != s(&report));
+    a.push("--json".into());
+    let o = run(3, a);
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(drift_of(&printed), drift_of(&j));
+    assert_eq!(printed["samples"], j["samples"]);
 
     // Adaptive: inverted digits saturate (the input's range ends hold most pixels); they are
     // re-run on the FP32 model and score as it does, while in-distribution digits rarely are.
@@ -271,7 +280,7 @@ fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
             s(&d.join("new")),
             "--preprocess",
             &pre,
-            "--json",
+            "--json-out",
             s(&report),
         ],
     );
@@ -286,7 +295,7 @@ fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
             s(&d.join("over")),
             "--preprocess",
             &pre,
-            "--json",
+            "--json-out",
             s(&report),
             "--limit",
             "50",

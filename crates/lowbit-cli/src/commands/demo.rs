@@ -177,10 +177,10 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     )?;
 
     // 1. Calibrate on calibration/, exactly as `lowbit calibrate` does.
-    let session = new_session(&model, &fp32_path, args.threads)?;
+    let session = new_session(&model, &fp32_path, args.threads.n)?;
     let calibration = FeedSource::Data(dir.join("calibration"));
     let opts = CalibrationData {
-        threads: args.threads,
+        threads: args.threads.n,
         quiet,
         ..CalibrationData::new(&calibration, None, None)
     };
@@ -193,7 +193,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     lowbit_onnx::save_model(&q, &int8_path)?;
 
     // 3. Evaluate both on the held-out rows, one row per run.
-    let qsession = new_session(&q, &int8_path, args.threads)?;
+    let qsession = new_session(&q, &int8_path, args.threads.n)?;
     let (l32, t32) = evaluate(&session, &eval, "fp32", quiet)?;
     let (l8, t8) = evaluate(&qsession, &eval, "int8", quiet)?;
     let (agree, cos, sqnr) = agreement(&l32, &l8);
