@@ -6,42 +6,10 @@
 use lowbit_data::photos::{PhotoFormat, PhotoList};
 use lowbit_quant::calibrate::CalibrationRecord;
 use lowbit_tensor::{npy, Tensor};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("lowbit runs")
-}
-
-/// Runs lowbit and checks its exit status.
-fn expect(code: i32, args: &[&str]) -> Output {
-    let o = lowbit(args);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "lowbit {args:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn corpus() -> Option<PathBuf> {
-    let shared = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let c = shared.join("corpus/dev");
-    if c.is_dir() {
-        Some(c)
-    } else {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", c.display());
-        None
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{corpus_with, expect, s};
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -73,7 +41,7 @@ fn save_u8(dir: &Path, name: &str, shape: Vec<usize>, rows: &[u8], f: impl Fn(u8
 
 #[test]
 fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
-    let Some(c) = corpus() else { return };
+    let Some(c) = corpus_with(&[]) else { return };
     let model = c.join("models/mnist-8_cntk.onnx");
     let images = npy::read_npy(&c.join("data/mnist_test_0-4999/images.npy")).unwrap();
     let px = images.as_slice::<u8>().unwrap();
@@ -227,7 +195,7 @@ fn over_expose(x: u8) -> u8 {
 // over 300 photos several times); the MNIST test above covers the same paths in seconds.
 #[test]
 fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
-    let Some(c) = corpus() else { return };
+    let Some(c) = corpus_with(&[]) else { return };
     let model = c.join("models/efficientnet-lite0.onnx");
     let pre = format!("{},layout=NHWC", s(&c.join("models/efficientnet-lite0.json")));
     let dir = tempfile::tempdir().unwrap();

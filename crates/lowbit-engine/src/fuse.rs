@@ -36,12 +36,12 @@ use crate::op::BuildCtx;
 use crate::registry::{canonical_domain, Registry};
 use lowbit_kernels::quantize::{self, quantize_one};
 use lowbit_onnx::attr::Attrs;
+use lowbit_onnx::build::int_attr;
 use lowbit_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use lowbit_onnx::tensor_proto::tensor_from_proto;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use lowbit_onnx::build::int_attr;
 
 mod weight_only;
 

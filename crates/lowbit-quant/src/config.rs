@@ -68,7 +68,6 @@ impl QuantMode {
 
 display_and_parse_by_name!(QuantMode, Config, "mode");
 
-
 /// One node's precision in a hybrid static plan (what `lowbit tune` chooses per
 /// `Conv`/`MatMul`/`Gemm`), cheapest storage first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -148,7 +147,6 @@ impl Precision {
 }
 
 display_and_parse_by_name!(Precision, Config, "precision");
-
 
 /// A node's precision resolved against the target: what the static pass does with it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

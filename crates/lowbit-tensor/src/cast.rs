@@ -144,9 +144,7 @@ fn from_ints<T: Copy + Into<i128>>(v: &[T], to: DType) -> TensorData {
         DType::U16 => TensorData::U16(v.map(|x| x as u16).collect()),
         DType::U8 => TensorData::U8(v.map(|x| x as u8).collect()),
         // Wrap into 4 bits, sign-extending for int4.
-        DType::I4 => {
-            TensorData::I4(v.map(|x| crate::int4::sign_extend4(x as u8)).collect())
-        }
+        DType::I4 => TensorData::I4(v.map(|x| crate::int4::sign_extend4(x as u8)).collect()),
         DType::U4 => TensorData::U4(v.map(|x| (x as u8) & 0x0f).collect()),
         DType::Bool => TensorData::Bool(v.map(|x| x != 0).collect()),
         DType::F32 => TensorData::F32(v.map(|x| x as f32).collect()),

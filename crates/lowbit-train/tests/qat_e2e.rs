@@ -5,6 +5,7 @@
 
 use lowbit_data::Rng;
 use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_onnx::tensor_to_proto;
@@ -13,7 +14,6 @@ use lowbit_quant::samples::NoProgress;
 use lowbit_tensor::{DType, Tensor};
 use lowbit_train::qat::{train, QatOptions, Sample, WeightBits};
 use std::path::PathBuf;
-use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 
 fn tiny_cnn() -> ModelProto {
     let mut rng = Rng::new(7);

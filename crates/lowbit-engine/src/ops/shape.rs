@@ -359,7 +359,9 @@ fn build_size(_ctx: &BuildCtx) -> KernelResult {
     kernel(|ins| Ok(vec![Tensor::scalar(input(ins, 0)?.len() as i64)]))
 }
 
-fn reshape_target(in_shape: &[usize], spec: &[i64], allowzero: bool) -> OpResult<Vec<usize>> {
+/// ONNX Reshape's output shape: `0` copies the input dim (unless `allowzero`), one `-1` is
+/// inferred. Also QAT's Reshape (lowbit-train).
+pub fn reshape_target(in_shape: &[usize], spec: &[i64], allowzero: bool) -> OpResult<Vec<usize>> {
     let mut shape = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, &d) in spec.iter().enumerate() {

@@ -2,8 +2,8 @@
 //! folding, errors naming the node, and `value_info` filling gaps.
 
 use super::*;
-use crate::pb::{AttributeProto, GraphProto, TensorProto};
 use crate::build::{int_attr as int, ints_attr as ints, string_attr as string};
+use crate::pb::{AttributeProto, GraphProto, TensorProto};
 
 /// A tensor type; dims that parse as numbers are fixed, others are names.
 fn tt(dtype: DType, dims: &[&str]) -> TypeProto {

@@ -204,7 +204,6 @@ impl Method {
 
 display_and_parse_by_name!(Method, Scheme, "calibration method");
 
-
 /// Calibration settings. The defaults: 2048 bins, percentile 99.999, momentum 0.01, entropy
 /// over 128 levels, MSE for a 256-level grid.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

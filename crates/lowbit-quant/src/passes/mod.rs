@@ -32,6 +32,7 @@ pub mod weight_only;
 use crate::config::QuantPlan;
 use crate::error::{QuantError, Result};
 use crate::quantize::QuantizeSummary;
+pub(crate) use lowbit_onnx::build::{int_attr, tensor_attr};
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::{AttributeProto, ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::{raw_len, shape_from_proto};
@@ -39,7 +40,6 @@ use lowbit_onnx::{tensor_from_proto, tensor_to_proto};
 use lowbit_tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-pub(crate) use lowbit_onnx::build::{int_attr, tensor_attr};
 
 /// Nodes left as they are (manual hybrid precision): by exact node name, by op type, or by a
 /// node-name pattern where `*` matches any run of characters and `?` one character.

@@ -203,7 +203,6 @@ impl Target {
 
 display_and_parse_by_name!(Target, Config, "target", also "auto");
 
-
 /// The user's choice: a named target or `auto` (this CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -2,8 +2,8 @@
 //! passes reduce a broadcast input's gradient back to its own shape.
 
 use crate::arr::Arr;
-use lowbit_engine::ops::util::{broadcast_shapes, broadcast_strides};
 use lowbit_engine::ops::elementwise::erf_f32;
+use lowbit_engine::ops::util::{broadcast_shapes, broadcast_strides};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Unary {

@@ -8,11 +8,11 @@ use crate::samples::{Feeds, NoProgress};
 use crate::scheme::IntType;
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_kernels::quantize::int_values;
+use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
 use lowbit_onnx::pb::{GraphProto, ModelProto, NodeProto};
 use lowbit_onnx::{tensor_from_proto, tensor_to_proto};
 use lowbit_tensor::{DType, Tensor};
-use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 
 fn random(rng: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
     let n = shape.iter().product();
