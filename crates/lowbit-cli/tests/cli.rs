@@ -1193,12 +1193,19 @@ fn run_preprocessed(dir: &Path, model: &Path, spec: &str) -> (Tensor, String) {
     (npy::read_npy(&out.join("y.npy")).unwrap(), stderr(&o))
 }
 
-#[test]
-fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
-    let dir = tmp("preprocess");
-    let model = one_node_model(&dir, "Identity", "", &[-1, 1, 2, 2], "y");
+/// A scratch folder `tag` with `Identity(x) -> y` (x of `dims`, -1 free) and an empty `data`
+/// folder for the test's images.
+fn identity_on_images(tag: &str, dims: &[i64]) -> (Scratch, PathBuf, PathBuf) {
+    let dir = tmp(tag);
+    let model = one_node_model(&dir, "Identity", "", dims, "y");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
+    (dir, model, data)
+}
+
+#[test]
+fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
+    let (dir, model, data) = identity_on_images("preprocess", &[-1, 1, 2, 2]);
     let images = Tensor::from_vec(vec![2, 2, 2], vec![0u8, 51, 102, 255, 10, 20, 30, 40]).unwrap();
     npy::write_npy(&data.join("x.npy"), &images).unwrap();
     let json = dir.join("spec.json");
@@ -1237,10 +1244,7 @@ fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
 
 #[test]
 fn preprocess_transposes_nhwc_images_with_per_channel_values() {
-    let dir = tmp("preprocess-nhwc");
-    let model = one_node_model(&dir, "Identity", "", &[-1, 3, 1, 2], "y");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (dir, model, data) = identity_on_images("preprocess-nhwc", &[-1, 3, 1, 2]);
     // NHWC [1, 1, 2, 3]: pixel 0 = (1, 2, 3), pixel 1 = (4, 5, 6).
     let images = Tensor::from_vec(vec![1, 1, 2, 3], vec![1u8, 2, 3, 4, 5, 6]).unwrap();
     npy::write_npy(&data.join("x.npy"), &images).unwrap();
@@ -1251,10 +1255,7 @@ fn preprocess_transposes_nhwc_images_with_per_channel_values() {
 
 #[test]
 fn bad_preprocess_specs_are_usage_errors_naming_the_key() {
-    let dir = tmp("preprocess-bad");
-    let model = one_node_model(&dir, "Identity", "", &[-1, 1, 2, 2], "y");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (dir, model, data) = identity_on_images("preprocess-bad", &[-1, 1, 2, 2]);
     npy::write_npy(&data.join("x.npy"), &Tensor::from_vec(vec![1, 2, 2], vec![0u8; 4]).unwrap())
         .unwrap();
     let json = dir.join("bad.json");
@@ -1280,19 +1281,19 @@ fn bad_preprocess_specs_are_usage_errors_naming_the_key() {
     assert!(!q.exists());
 }
 
+/// The corpus' mnist_resnet (uint8 images in), its sidecar preprocessing and the MNIST test
+/// folder, or `None` (saying so) without them.
+fn mnist_resnet() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let (model, spec, mnist) =
+        ("models/mnist_resnet.onnx", "models/mnist_resnet.json", "data/mnist_test_0-4999");
+    let corpus = corpus_with(&[model, spec, &format!("{mnist}/images.npy")])?;
+    Some((corpus.join(model), corpus.join(spec), corpus.join(mnist)))
+}
+
 #[test]
 fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
-    let Some(corpus) = corpus_with(&[
-        "models/mnist_resnet.onnx",
-        "models/mnist_resnet.json",
-        "data/mnist_test_0-4999/images.npy",
-    ]) else {
-        return;
-    };
-    let model = corpus.join("models/mnist_resnet.onnx");
-    let spec = corpus.join("models/mnist_resnet.json");
-    let images = corpus.join("data/mnist_test_0-4999/images.npy");
-    let labels = corpus.join("data/mnist_test_0-4999/labels.npy");
+    let Some((model, spec, mnist)) = mnist_resnet() else { return };
+    let (images, labels) = (mnist.join("images.npy"), mnist.join("labels.npy"));
     // The model's input is named `input`; the data folder names the file images.npy.
     let dir = tmp("mnist-preprocess");
     let data = dir.join("data");
@@ -1548,16 +1549,7 @@ fn eval_errors_name_the_labels_output_and_reference() {
 /// score.py's on the same rows; a static int8 copy made by `lowbit quantize` against FP32.
 #[test]
 fn eval_mnist_top1_matches_score_py_and_scores_a_static_copy_against_fp32() {
-    let Some(corpus) = corpus_with(&[
-        "models/mnist_resnet.onnx",
-        "models/mnist_resnet.json",
-        "data/mnist_test_0-4999/images.npy",
-    ]) else {
-        return;
-    };
-    let model = corpus.join("models/mnist_resnet.onnx");
-    let spec = corpus.join("models/mnist_resnet.json");
-    let mnist = corpus.join("data/mnist_test_0-4999");
+    let Some((model, spec, mnist)) = mnist_resnet() else { return };
     let dir = tmp("eval-mnist");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
