@@ -9,7 +9,7 @@ use lowbit_tensor::{npy, Tensor};
 use std::path::Path;
 
 mod common;
-use common::{corpus_with, expect, s};
+use common::{argv, corpus_with, expect, ok, s};
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -54,20 +54,11 @@ fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
     save_u8(&d.join("inverted"), "Input3.npy", vec![200, 1, 28, 28], rows(1000, 1200), |x| 255 - x);
     let pre = "scale=1,mean=0,std=1";
     let q = d.join("mnist.int8.onnx");
-    expect(
-        0,
-        &[
-            "quantize",
-            s(&model),
-            "-o",
-            s(&q),
-            "--data",
-            s(&d.join("calib")),
-            "--preprocess",
-            pre,
-            "-q",
-        ],
-    );
+    let calib = d.join("calib");
+    ok(&argv(
+        "quantize {} -o {} --data {} --preprocess {} -q",
+        &[&model, &q, &calib, pre.as_ref()],
+    ));
 
     // The record: every activation the model quantizes, with its calibration statistics.
     let m = lowbit_onnx::load_model(&q).unwrap();
@@ -214,23 +205,10 @@ fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
     // Per-tensor weights: the file the adaptive goal is about (it fails validation, on purpose).
     let q = d.join("lite0.pt.onnx");
     let calib = d.join("calib");
-    expect(
-        0,
-        &[
-            "quantize",
-            s(&model),
-            "-o",
-            s(&q),
-            "--data",
-            s(&calib),
-            "--preprocess",
-            &pre,
-            "--per-tensor",
-            "--validate",
-            "0",
-            "-q",
-        ],
-    );
+    ok(&argv(
+        "quantize {} -o {} --data {} --preprocess {} --per-tensor --validate 0 -q",
+        &[&model, &q, &calib, pre.as_ref()],
+    ));
     let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
     let m = lowbit_onnx::load_model(&q).unwrap();
     let meta = m.metadata_props.iter().find(|p| p.key == "lowbit.calibration").unwrap();
@@ -238,38 +216,14 @@ fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
     assert!((meta.value.len() as f64) < 0.02 * size(&q), "{} bytes", meta.value.len());
 
     // Monitor: quiet on the 200 photos, an alarm naming tensors on them over-exposed.
-    let report = d.join("new.json");
-    expect(
-        0,
-        &[
-            "monitor",
-            s(&q),
-            "--data",
-            s(&d.join("new")),
-            "--preprocess",
-            &pre,
-            "--json-out",
-            s(&report),
-        ],
-    );
-    assert_eq!(drift_of(&json(&report)), (false, vec![]));
-    let report = d.join("over.json");
-    expect(
-        3,
-        &[
-            "monitor",
-            s(&q),
-            "--data",
-            s(&d.join("over")),
-            "--preprocess",
-            &pre,
-            "--json-out",
-            s(&report),
-            "--limit",
-            "50",
-        ],
-    );
-    let (drift, drifted) = drift_of(&json(&report));
+    let monitor = |code, data: &str, extra: &str| -> serde_json::Value {
+        let report = d.join(format!("{data}.json"));
+        let template = format!("monitor {{}} --data {{}} --preprocess {{}} --json-out {{}}{extra}");
+        expect(code, &argv(&template, &[&q, &d.join(data), pre.as_ref(), &report]));
+        json(&report)
+    };
+    assert_eq!(drift_of(&monitor(0, "new", "")), (false, vec![]));
+    let (drift, drifted) = drift_of(&monitor(3, "over", " --limit 50"));
     assert!(drift && !drifted.is_empty());
 
     // Adaptive: over-exposed photos saturate the input's range; re-run on the FP32 original,
