@@ -385,6 +385,9 @@ async fn metrics(State(s): State<Arc<Served>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// One `/metrics` sample of a watched tensor from its PSI and drift flag (`None`: no sample).
+type TensorSample<'a> = dyn Fn(&Watched, Option<f64>, bool) -> Option<String> + 'a;
+
 /// Prometheus label value escaping: backslash, quote and newline.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -460,9 +463,7 @@ fn prometheus(s: &Served) -> String {
     };
     // One family with a sample per tensor that has a value (`None`: the tensor is left out).
     let per_tensor =
-        |o: &mut String,
-         (name, kind, help): (&str, &str, &str),
-         value: &dyn Fn(&Watched, Option<f64>, bool) -> Option<String>| {
+        |o: &mut String, (name, kind, help): (&str, &str, &str), value: &TensorSample<'_>| {
             family(o, name, kind, help);
             for &(w, p, d) in &rows {
                 if let Some(v) = value(w, p, d) {
