@@ -5,7 +5,8 @@ use crate::inputs::{keep_samples, load_dataset};
 use crate::models::new_unfused_session;
 use crate::progress::{advance, progress};
 use anyhow::{Context, Result};
-use lowbit_data::{FeedSource, Preprocess};
+use lowbit_data::{Dataset, FeedSource, Preprocess};
+use lowbit_engine::Session;
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::dataset::{calibrate_dataset, CalibrationRun, DatasetBatches};
 use lowbit_quant::calibrate::CalibratorOptions;
@@ -36,6 +37,14 @@ impl<'a> CalibrationData<'a> {
         let samples = samples.map(|n| n as usize);
         CalibrationData { data, preprocess, samples, threads: 0, trim: true, quiet: false }
     }
+
+    /// An unfused session of `model` (read from `path`) and the samples these settings name.
+    fn load(&self, model: &ModelProto, path: &Path) -> Result<(Session, Dataset)> {
+        let session = new_unfused_session(model, path, self.threads)?;
+        let mut data = load_dataset(&session, self.data, self.preprocess, self.quiet)?;
+        keep_samples(&mut data, self.samples)?;
+        Ok((session, data))
+    }
 }
 
 /// Calibrates `model` (read from `path`) on the samples `opts` names.
@@ -44,9 +53,7 @@ pub fn calibrate_model(
     path: &Path,
     opts: &CalibrationData,
 ) -> Result<CalibrationRun> {
-    let session = new_unfused_session(model, path, opts.threads)?;
-    let mut data = load_dataset(&session, opts.data, opts.preprocess, opts.quiet)?;
-    keep_samples(&mut data, opts.samples)?;
+    let (session, mut data) = opts.load(model, path)?;
     let bar = progress(data.samples as u64, opts.quiet, "calibrate");
     let run = calibrate_dataset(
         &session,
@@ -69,8 +76,6 @@ pub fn dataset_batches(
     path: &Path,
     opts: &CalibrationData,
 ) -> Result<DatasetBatches> {
-    let session = new_unfused_session(model, path, opts.threads)?;
-    let mut data = load_dataset(&session, opts.data, opts.preprocess, opts.quiet)?;
-    keep_samples(&mut data, opts.samples)?;
+    let (_, data) = opts.load(model, path)?;
     Ok(DatasetBatches::new(data, opts.trim))
 }

@@ -90,6 +90,24 @@ pub struct DataArgs {
     pub gold_field: Option<String>,
 }
 
+/// `--threads`, the same on every command that runs a model on this machine's cores (serve,
+/// quantize and bench-kernels word or default theirs differently and keep their own).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Threads {
+    /// Worker threads (0: one per core).
+    #[arg(id = "threads", short = 't', long = "threads", default_value_t = 0, value_name = "N")]
+    pub n: usize,
+}
+
+/// `--json`, the same on every command that has it: the result as one JSON object on stdout
+/// instead of the text (notes and progress stay on stderr). A file is `--json-out FILE`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print one JSON object instead of text (schema: docs/json.md).
+    #[arg(id = "json", long = "json")]
+    pub on: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Folder for the model, data, ranges and int8 model [default: <temp>/lowbit-demo,
@@ -99,9 +117,8 @@ pub struct DemoArgs {
     /// Write into an existing, non-empty -o folder.
     #[arg(long)]
     pub force: bool,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
 }
 
 #[derive(Args, Debug)]
@@ -122,18 +139,16 @@ pub struct CompareArgs {
     /// photo folder's own labels].
     #[arg(long, value_name = "FILE.npy")]
     pub labels: Option<PathBuf>,
-    /// Print the full comparison as one JSON object instead of text (schema: docs/json.md).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
     /// Write a self-contained HTML report (charts inline).
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
     /// Replace an existing --report file.
     #[arg(long)]
     pub force: bool,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Feed rows at their padded length, in batches.
     #[arg(long)]
     pub no_trim: bool,
@@ -143,9 +158,8 @@ pub struct CompareArgs {
 pub struct InspectArgs {
     /// The .onnx file.
     pub model: PathBuf,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug)]
@@ -167,9 +181,8 @@ pub struct RunArgs {
     /// Write into an existing, non-empty output folder (replacing files of the same names).
     #[arg(long)]
     pub force: bool,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Samples per run when the model's first dimension is free [default: 32].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
@@ -193,9 +206,8 @@ pub struct BenchArgs {
     /// Inputs as for `run --data`; without it, inputs are synthesized from the declared shapes.
     #[arg(short, long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Timed runs [default: one per sample with --data, else 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: Option<u64>,
@@ -224,9 +236,8 @@ pub struct BenchArgs {
     /// slowest nodes (not included in the latency figures).
     #[arg(long)]
     pub profile: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
     #[command(flatten)]
     pub adaptive: AdaptiveArgs,
 }
@@ -239,9 +250,8 @@ pub struct BenchKernelsArgs {
     /// Worker threads (0: one per core).
     #[arg(short, long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
     /// Instead: f32 × int8 / int4 weight-only GEMM against f32 GEMM at M = 1 and 16,
     /// K, N in 384..1536 (the shapes of sentence encoders and small LLMs).
     #[arg(long)]
@@ -271,9 +281,8 @@ pub struct CalibrateArgs {
     /// Calibrate on the first N samples only [default: all].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub samples: Option<u64>,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Feed rows at their padded length, in batches (by default a model with a *mask* input
     /// gets one row per run, cut to its real length, so padding stays out of the statistics).
     #[arg(long)]
@@ -456,9 +465,8 @@ pub struct EvalArgs {
     /// Score only the first N samples (pairs).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Samples per run when the model's first dimension is free [default: 32].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
@@ -469,9 +477,8 @@ pub struct EvalArgs {
     /// longest real length, and each timed sample to its own).
     #[arg(long)]
     pub no_trim: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
     #[command(flatten)]
     pub adaptive: AdaptiveArgs,
 }
@@ -546,16 +553,16 @@ pub struct MonitorArgs {
     /// Clip rate above calibration's at which a tensor counts as drifted.
     #[arg(long, value_name = "SHARE", default_value_t = lowbit_eval::monitor::MonitorOptions::default().clip_rate)]
     pub clip_threshold: f64,
-    /// Also write the report as JSON to this file (schema: docs/json.md); `-` prints it
-    /// instead of the text.
+    #[command(flatten)]
+    pub json: JsonFlag,
+    /// Also write the report as JSON to this file (schema: docs/json.md).
     #[arg(long, value_name = "FILE.json")]
-    pub json: Option<PathBuf>,
-    /// Replace an existing --json file.
+    pub json_out: Option<PathBuf>,
+    /// Replace an existing --json-out file.
     #[arg(long)]
     pub force: bool,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Feed rows at their padded length.
     #[arg(long)]
     pub no_trim: bool,
@@ -634,15 +641,13 @@ pub struct QatArgs {
     pub ptq_output: Option<PathBuf>,
     #[command(flatten)]
     pub format: DataArgs,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Overwrite existing output files.
     #[arg(long)]
     pub force: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug)]
@@ -720,19 +725,20 @@ pub struct TuneArgs {
     pub output_name: Option<String>,
     #[command(flatten)]
     pub format: DataArgs,
-    /// Write every evaluated configuration, the Pareto front and the choice as JSON
-    /// (schema: docs/json.md).
+    #[command(flatten)]
+    pub json: JsonFlag,
+    /// Also write every evaluated configuration, the Pareto front and the choice as JSON to
+    /// this file (schema: docs/json.md).
     #[arg(long, value_name = "FILE.json")]
-    pub json: Option<PathBuf>,
+    pub json_out: Option<PathBuf>,
     /// Write a self-contained HTML report: the Pareto front and the per-layer precision map.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
     /// Replace existing output files.
     #[arg(long)]
     pub force: bool,
-    /// Worker threads (0: one per core).
-    #[arg(short, long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    #[command(flatten)]
+    pub threads: Threads,
     /// Feed rows at their padded length.
     #[arg(long)]
     pub no_trim: bool,
@@ -759,9 +765,8 @@ pub struct CheckArgs {
     /// arm, openvino, tensorrt or lowbit.
     #[arg(long, default_value = "auto", value_parser = ["auto", "ort-avx2", "ort-vnni", "arm", "openvino", "tensorrt", "lowbit"])]
     pub target: String,
-    /// Print one JSON object instead of text (schema: docs/json.md).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug)]
@@ -769,7 +774,6 @@ pub struct DoctorArgs {
     /// M = N = K of the GEMM timed for the int8 speed-up.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub size: usize,
-    /// Print one JSON object instead of text (schema: docs/json.md).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }

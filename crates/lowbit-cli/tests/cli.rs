@@ -2,65 +2,14 @@
 //! every kind of bad input (corrupt, truncated or non-ONNX files, wrong input names, dtypes and
 //! shapes, unsupported ops, usage errors) giving one clear message, a non-zero exit and no panic.
 
+use lowbit_onnx::build::{tensor_value_info, Dim};
 use lowbit_onnx::pb;
-use lowbit_tensor::{npy, Tensor};
-use std::ffi::{OsStr, OsString};
+use lowbit_tensor::{npy, DType, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn lowbit(args: &[impl AsRef<OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("the lowbit binary runs")
-}
-
-/// `lowbit ARGS`, which must succeed.
-fn ok(args: &[impl AsRef<OsStr>]) -> Output {
-    let o = lowbit(args);
-    let line: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-    assert!(o.status.success(), "lowbit {}: {}", line.join(" "), stderr(&o));
-    o
-}
-
-/// Arguments from a template: its words, each `{}` replaced by the next of `paths` (which may
-/// hold spaces).
-fn argv(template: &str, paths: &[&Path]) -> Vec<OsString> {
-    let mut paths = paths.iter();
-    let word = |w: &str| match w {
-        "{}" => paths.next().expect("a path per {}").as_os_str().to_owned(),
-        w => w.into(),
-    };
-    template.split(' ').map(word).collect()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh, empty folder for one test, removed (with all the test wrote) when it drops.
-struct Scratch(tempfile::TempDir);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-fn tmp(name: &str) -> Scratch {
-    let prefix = format!("lowbit-cli-{name}-");
-    Scratch(tempfile::Builder::new().prefix(&prefix).tempdir().unwrap())
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::*;
 
 /// Asserts a failed run: exit `code`, one `error:` message containing every `needle`, no panic.
 fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
@@ -82,31 +31,11 @@ fn example(name: &str) -> Scratch {
     dir
 }
 
+/// A value of ONNX element type `elem_type` and shape `dims` (-1: a free dim named N).
 fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            denotation: String::new(),
-                            value: Some(if d < 0 {
-                                Value::DimParam("N".into())
-                            } else {
-                                Value::DimValue(d)
-                            }),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        ..Default::default()
-    }
+    let dims: Vec<Dim> =
+        dims.iter().map(|&d| if d < 0 { Dim::Named("N") } else { Dim::Fixed(d) }).collect();
+    tensor_value_info(name, DType::from_onnx(elem_type).unwrap(), &dims)
 }
 
 /// A one-node float model `op(x) -> out_name`, x of `dims` (-1: a free dim named N).
@@ -733,8 +662,7 @@ fn an_already_quantized_model_is_refused_and_unmatched_excludes_are_named() {
 /// "quantized" copy of itself: exit 5 with the cause counted, unless --allow-partial.
 #[test]
 fn a_run_that_quantizes_nothing_exits_5_naming_the_cause() {
-    use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
-    use lowbit_tensor::DType;
+    use lowbit_onnx::build::{model, node};
     let dir = tmp("quantize-partial");
     let dims = |d: &[i64]| d.iter().map(|&k| Dim::Fixed(k)).collect::<Vec<_>>();
     let graph = pb::GraphProto {
@@ -939,12 +867,6 @@ fn every_command_that_writes_replaces_only_with_force() {
     assert_fails(&o, 1, &["not empty", "--force"]);
 }
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
 /// MNIST images `start..end` as float32 `[N, 1, 28, 28]` in `dir/Input3.npy`.
 fn mnist_data(images: &Tensor, start: usize, end: usize, dir: &Path) {
     let per: usize = images.shape()[1..].iter().product();
@@ -958,13 +880,13 @@ fn mnist_data(images: &Tensor, start: usize, end: usize, dir: &Path) {
 
 #[test]
 fn mnist_static_int8_agrees_with_fp32() {
-    let corpus = shared_dir().join("corpus/dev");
+    let Some(corpus) =
+        corpus_with(&["models/mnist-8_cntk.onnx", "data/mnist_test_0-4999/images.npy"])
+    else {
+        return;
+    };
     let model = corpus.join("models/mnist-8_cntk.onnx");
     let images = corpus.join("data/mnist_test_0-4999/images.npy");
-    if !model.is_file() || !images.is_file() {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
-        return;
-    }
     let dir = tmp("mnist-static");
     let images = npy::read_npy(&images).unwrap();
     mnist_data(&images, 0, 50, &dir.join("calib"));
@@ -986,13 +908,13 @@ fn mnist_static_int8_agrees_with_fp32() {
 /// points, the JSON is the same twice, and the report draws the front and the precision map.
 #[test]
 fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_json_twice() {
-    let corpus = shared_dir().join("corpus/dev");
+    let Some(corpus) =
+        corpus_with(&["models/burn_mnist_bn.onnx", "data/mnist_test_0-4999/images.npy"])
+    else {
+        return;
+    };
     let model = corpus.join("models/burn_mnist_bn.onnx");
     let images = corpus.join("data/mnist_test_0-4999/images.npy");
-    if !model.is_file() || !images.is_file() {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
-        return;
-    }
     let dir = tmp("tune-mnist");
     // (x / 255 - 0.1307) / 0.3081 as float32 [N, 1, 28, 28] in `input.1.npy`.
     let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
@@ -1019,7 +941,7 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
             &format!(
                 "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
                  --max-drop {max_drop} --objective size --candidates int4,int8,fp32 --latency 0 \
-                 --batch 1 --threads 1 --json {{}} --report {{}}"
+                 --batch 1 --threads 1 --json-out {{}} --report {{}}"
             ),
             &[&model, &out, &calib, &eval, &json, &html],
         ));
@@ -1080,27 +1002,12 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
 
 /// A value info with named free dimensions (`None` dims are free, named from `names`).
 fn named_value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let mut v = value_info(name, elem_type, &[]);
-    let Some(pb::type_proto::Value::TensorType(t)) =
-        v.r#type.as_mut().and_then(|t| t.value.as_mut())
-    else {
-        unreachable!()
-    };
-    t.shape = Some(pb::TensorShapeProto {
-        dim: dims
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Dimension {
-                denotation: String::new(),
-                value: Some(match d {
-                    Some(n) => Value::DimValue(*n),
-                    None => Value::DimParam(["batch", "seq"][i.min(1)].into()),
-                }),
-            })
-            .collect(),
-    });
-    v
+    let dims: Vec<Dim> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.map_or(Dim::Named(["batch", "seq"][i.min(1)]), Dim::Fixed))
+        .collect();
+    tensor_value_info(name, DType::from_onnx(elem_type).unwrap(), &dims)
 }
 
 /// `input_ids` int64 `[batch, seq]` → `f` = float(input_ids) `[batch, seq]` and
@@ -1286,12 +1193,19 @@ fn run_preprocessed(dir: &Path, model: &Path, spec: &str) -> (Tensor, String) {
     (npy::read_npy(&out.join("y.npy")).unwrap(), stderr(&o))
 }
 
-#[test]
-fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
-    let dir = tmp("preprocess");
-    let model = one_node_model(&dir, "Identity", "", &[-1, 1, 2, 2], "y");
+/// A scratch folder `tag` with `Identity(x) -> y` (x of `dims`, -1 free) and an empty `data`
+/// folder for the test's images.
+fn identity_on_images(tag: &str, dims: &[i64]) -> (Scratch, PathBuf, PathBuf) {
+    let dir = tmp(tag);
+    let model = one_node_model(&dir, "Identity", "", dims, "y");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
+    (dir, model, data)
+}
+
+#[test]
+fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
+    let (dir, model, data) = identity_on_images("preprocess", &[-1, 1, 2, 2]);
     let images = Tensor::from_vec(vec![2, 2, 2], vec![0u8, 51, 102, 255, 10, 20, 30, 40]).unwrap();
     npy::write_npy(&data.join("x.npy"), &images).unwrap();
     let json = dir.join("spec.json");
@@ -1330,10 +1244,7 @@ fn preprocess_spec_from_json_or_inline_converts_uint8_images() {
 
 #[test]
 fn preprocess_transposes_nhwc_images_with_per_channel_values() {
-    let dir = tmp("preprocess-nhwc");
-    let model = one_node_model(&dir, "Identity", "", &[-1, 3, 1, 2], "y");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (dir, model, data) = identity_on_images("preprocess-nhwc", &[-1, 3, 1, 2]);
     // NHWC [1, 1, 2, 3]: pixel 0 = (1, 2, 3), pixel 1 = (4, 5, 6).
     let images = Tensor::from_vec(vec![1, 1, 2, 3], vec![1u8, 2, 3, 4, 5, 6]).unwrap();
     npy::write_npy(&data.join("x.npy"), &images).unwrap();
@@ -1344,10 +1255,7 @@ fn preprocess_transposes_nhwc_images_with_per_channel_values() {
 
 #[test]
 fn bad_preprocess_specs_are_usage_errors_naming_the_key() {
-    let dir = tmp("preprocess-bad");
-    let model = one_node_model(&dir, "Identity", "", &[-1, 1, 2, 2], "y");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    let (dir, model, data) = identity_on_images("preprocess-bad", &[-1, 1, 2, 2]);
     npy::write_npy(&data.join("x.npy"), &Tensor::from_vec(vec![1, 2, 2], vec![0u8; 4]).unwrap())
         .unwrap();
     let json = dir.join("bad.json");
@@ -1373,17 +1281,19 @@ fn bad_preprocess_specs_are_usage_errors_naming_the_key() {
     assert!(!q.exists());
 }
 
+/// The corpus' mnist_resnet (uint8 images in), its sidecar preprocessing and the MNIST test
+/// folder, or `None` (saying so) without them.
+fn mnist_resnet() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let (model, spec, mnist) =
+        ("models/mnist_resnet.onnx", "models/mnist_resnet.json", "data/mnist_test_0-4999");
+    let corpus = corpus_with(&[model, spec, &format!("{mnist}/images.npy")])?;
+    Some((corpus.join(model), corpus.join(spec), corpus.join(mnist)))
+}
+
 #[test]
 fn mnist_resnet_on_uint8_images_with_the_sidecar_preprocessing() {
-    let corpus = shared_dir().join("corpus/dev");
-    let model = corpus.join("models/mnist_resnet.onnx");
-    let spec = corpus.join("models/mnist_resnet.json");
-    let images = corpus.join("data/mnist_test_0-4999/images.npy");
-    let labels = corpus.join("data/mnist_test_0-4999/labels.npy");
-    if !model.is_file() || !images.is_file() || !spec.is_file() {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
-        return;
-    }
+    let Some((model, spec, mnist)) = mnist_resnet() else { return };
+    let (images, labels) = (mnist.join("images.npy"), mnist.join("labels.npy"));
     // The model's input is named `input`; the data folder names the file images.npy.
     let dir = tmp("mnist-preprocess");
     let data = dir.join("data");
@@ -1639,14 +1549,7 @@ fn eval_errors_name_the_labels_output_and_reference() {
 /// score.py's on the same rows; a static int8 copy made by `lowbit quantize` against FP32.
 #[test]
 fn eval_mnist_top1_matches_score_py_and_scores_a_static_copy_against_fp32() {
-    let corpus = shared_dir().join("corpus/dev");
-    let model = corpus.join("models/mnist_resnet.onnx");
-    let spec = corpus.join("models/mnist_resnet.json");
-    let mnist = corpus.join("data/mnist_test_0-4999");
-    if !model.is_file() || !spec.is_file() || !mnist.join("images.npy").is_file() {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
-        return;
-    }
+    let Some((model, spec, mnist)) = mnist_resnet() else { return };
     let dir = tmp("eval-mnist");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -1720,13 +1623,13 @@ fn eval_mnist_top1_matches_score_py_and_scores_a_static_copy_against_fp32() {
 /// ONNX Runtime embeddings stored in the corpus (dev/ref), scored the same way.
 #[test]
 fn eval_sts_spearman_matches_score_py() {
-    let corpus = shared_dir().join("corpus/dev");
+    let Some(corpus) =
+        corpus_with(&["models/paraphrase-MiniLM-L3-v2.onnx", "data/stsb_dev/scores.npy"])
+    else {
+        return;
+    };
     let model = corpus.join("models/paraphrase-MiniLM-L3-v2.onnx");
     let sts = corpus.join("data/stsb_dev");
-    if !model.is_file() || !sts.join("scores.npy").is_file() {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", model.display());
-        return;
-    }
     const PAIRS: usize = 500;
     let dir = tmp("eval-sts");
     for side in ["a", "b"] {
@@ -1782,12 +1685,7 @@ fn eval_sts_spearman_matches_score_py() {
 /// their real lengths: padded positions never enter the statistics.
 #[test]
 fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
-    let corpus = shared_dir().join("corpus/dev");
-    let model = corpus.join("models/paraphrase-MiniLM-L3-v2.onnx");
-    if !model.exists() {
-        eprintln!("skipped: {} not found", model.display());
-        return;
-    }
+    let Some((corpus, model)) = dev_model("paraphrase-MiniLM-L3-v2.onnx") else { return };
     let rows = 12;
     let dir = tmp("mask-calibration");
     let (padded, files) = (dir.join("padded"), dir.join("files"));
@@ -1829,12 +1727,8 @@ fn padded_rows_with_a_mask_calibrate_like_their_real_lengths() {
 
 /// The dev corpus folder and its model `name`, or `None` (saying so) without the corpus.
 fn dev_model(name: &str) -> Option<(PathBuf, PathBuf)> {
-    let corpus = shared_dir().join("corpus/dev");
+    let corpus = corpus_with(&[&format!("models/{name}")])?;
     let model = corpus.join("models").join(name);
-    if !model.exists() {
-        eprintln!("skipped: {} not found", model.display());
-        return None;
-    }
     Some((corpus, model))
 }
 
@@ -1935,7 +1829,7 @@ fn bad_photos_labels_and_tokenizers_are_named() {
     let out = dir.join("out");
     let run = |data: &Path, extra: &str| {
         let mut a = argv("-q run {} --data {} -o {}", &[&model, data, &out]);
-        a.extend(extra.split(' ').filter(|w| !w.is_empty()).map(OsString::from));
+        a.extend(extra.split(' ').filter(|w| !w.is_empty()).map(std::ffi::OsString::from));
         lowbit(&a)
     };
     assert_fails(&run(&photos, "--preprocess mean=127,std=128 --force"), 1, &["b.jpg", "decode"]);
@@ -2213,7 +2107,7 @@ fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
     let (out, json, html) = (dir.join("tuned.onnx"), dir.join("tune.json"), dir.join("tune.html"));
     let o = ok(&argv(
         "tune {} -o {} --data {} --eval-data {} --reference-only --max-drop 5 --objective size \
-         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json {} --report {}",
+         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json-out {} --report {}",
         &[&model, &out, &data, &data, &json, &html],
     ));
     let text = stdout(&o);
@@ -2244,6 +2138,16 @@ fn tune_writes_the_chosen_model_its_json_and_report_and_refuses_bad_settings() {
         &[&model, &out, &data, &data],
     ));
     assert_fails(&again, 1, &["already exists", "--force"]);
+    // `--json` prints the report on stdout instead of the text, as every command's `--json`.
+    let printed = ok(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only --max-drop 5 --objective size \
+         --candidates int4,int8,fp32 --latency 0 --batch 4 --threads 1 --json --force",
+        &[&model, &out, &data, &data],
+    ));
+    let p: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(p["format"], "lowbit-tune/1");
+    assert_eq!(p["chosen"], r["chosen"]);
+    assert_eq!(p["evaluated"].as_array().unwrap().len(), r["evaluated"].as_array().unwrap().len());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2394,9 +2298,7 @@ fn openvino_runs_lowbits_static_int8_files_with_their_accuracy() {
         eprintln!("skipped: openvino is not installed for {python} (scripts/setup-test-env.sh)");
         return;
     }
-    let corpus = shared_dir().join("corpus/dev/models/efficientnet-lite0.onnx");
-    if !corpus.is_file() {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", corpus.display());
+    if corpus_with(&["models/efficientnet-lite0.onnx"]).is_none() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/openvino_int8.py");

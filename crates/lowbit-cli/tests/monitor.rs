@@ -6,42 +6,10 @@
 use lowbit_data::photos::{PhotoFormat, PhotoList};
 use lowbit_quant::calibrate::CalibrationRecord;
 use lowbit_tensor::{npy, Tensor};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().expect("lowbit runs")
-}
-
-/// Runs lowbit and checks its exit status.
-fn expect(code: i32, args: &[&str]) -> Output {
-    let o = lowbit(args);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "lowbit {args:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn corpus() -> Option<PathBuf> {
-    let shared = std::env::var_os("LOWBIT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let c = shared.join("corpus/dev");
-    if c.is_dir() {
-        Some(c)
-    } else {
-        eprintln!("skipped: {} not found (set LOWBIT_SHARED)", c.display());
-        None
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{argv, corpus_with, expect, ok, s};
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -73,7 +41,7 @@ fn save_u8(dir: &Path, name: &str, shape: Vec<usize>, rows: &[u8], f: impl Fn(u8
 
 #[test]
 fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
-    let Some(c) = corpus() else { return };
+    let Some(c) = corpus_with(&[]) else { return };
     let model = c.join("models/mnist-8_cntk.onnx");
     let images = npy::read_npy(&c.join("data/mnist_test_0-4999/images.npy")).unwrap();
     let px = images.as_slice::<u8>().unwrap();
@@ -86,20 +54,11 @@ fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
     save_u8(&d.join("inverted"), "Input3.npy", vec![200, 1, 28, 28], rows(1000, 1200), |x| 255 - x);
     let pre = "scale=1,mean=0,std=1";
     let q = d.join("mnist.int8.onnx");
-    expect(
-        0,
-        &[
-            "quantize",
-            s(&model),
-            "-o",
-            s(&q),
-            "--data",
-            s(&d.join("calib")),
-            "--preprocess",
-            pre,
-            "-q",
-        ],
-    );
+    let calib = d.join("calib");
+    ok(&argv(
+        "quantize {} -o {} --data {} --preprocess {} -q",
+        &[&model, &q, &calib, pre.as_ref()],
+    ));
 
     // The record: every activation the model quantizes, with its calibration statistics.
     let m = lowbit_onnx::load_model(&q).unwrap();
@@ -123,7 +82,7 @@ fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
             data,
             "--preprocess",
             pre,
-            "--json",
+            "--json-out",
             s(out),
             "--reference",
             fp32,
@@ -160,6 +119,15 @@ fn monitor_stays_quiet_on_mnist_digits_and_flags_them_inverted() {
     assert!(drift && drifted.iter().any(|t| t == "Input3"), "{drifted:?}");
     assert!(err.contains("drift:") && err.contains("Input3"), "{err}");
     assert!(psi_max(&j) > 10.0 * quiet_psi.max(0.025));
+    // `--json` prints the same report on stdout instead of the text (the drift line stays on
+    // stderr, the exit code is still 3).
+    let mut a: Vec<String> = args(s(&d.join("inverted")), &report);
+    a.retain(|x| x != "--json-out" && x != s(&report));
+    a.push("--json".into());
+    let o = run(3, a);
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(drift_of(&printed), drift_of(&j));
+    assert_eq!(printed["samples"], j["samples"]);
 
     // Adaptive: inverted digits saturate (the input's range ends hold most pixels); they are
     // re-run on the FP32 model and score as it does, while in-distribution digits rarely are.
@@ -218,7 +186,7 @@ fn over_expose(x: u8) -> u8 {
 // over 300 photos several times); the MNIST test above covers the same paths in seconds.
 #[test]
 fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
-    let Some(c) = corpus() else { return };
+    let Some(c) = corpus_with(&[]) else { return };
     let model = c.join("models/efficientnet-lite0.onnx");
     let pre = format!("{},layout=NHWC", s(&c.join("models/efficientnet-lite0.json")));
     let dir = tempfile::tempdir().unwrap();
@@ -237,23 +205,10 @@ fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
     // Per-tensor weights: the file the adaptive goal is about (it fails validation, on purpose).
     let q = d.join("lite0.pt.onnx");
     let calib = d.join("calib");
-    expect(
-        0,
-        &[
-            "quantize",
-            s(&model),
-            "-o",
-            s(&q),
-            "--data",
-            s(&calib),
-            "--preprocess",
-            &pre,
-            "--per-tensor",
-            "--validate",
-            "0",
-            "-q",
-        ],
-    );
+    ok(&argv(
+        "quantize {} -o {} --data {} --preprocess {} --per-tensor --validate 0 -q",
+        &[&model, &q, &calib, pre.as_ref()],
+    ));
     let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
     let m = lowbit_onnx::load_model(&q).unwrap();
     let meta = m.metadata_props.iter().find(|p| p.key == "lowbit.calibration").unwrap();
@@ -261,38 +216,14 @@ fn efficientnet_monitor_and_adaptive_precision_on_over_exposed_photos() {
     assert!((meta.value.len() as f64) < 0.02 * size(&q), "{} bytes", meta.value.len());
 
     // Monitor: quiet on the 200 photos, an alarm naming tensors on them over-exposed.
-    let report = d.join("new.json");
-    expect(
-        0,
-        &[
-            "monitor",
-            s(&q),
-            "--data",
-            s(&d.join("new")),
-            "--preprocess",
-            &pre,
-            "--json",
-            s(&report),
-        ],
-    );
-    assert_eq!(drift_of(&json(&report)), (false, vec![]));
-    let report = d.join("over.json");
-    expect(
-        3,
-        &[
-            "monitor",
-            s(&q),
-            "--data",
-            s(&d.join("over")),
-            "--preprocess",
-            &pre,
-            "--json",
-            s(&report),
-            "--limit",
-            "50",
-        ],
-    );
-    let (drift, drifted) = drift_of(&json(&report));
+    let monitor = |code, data: &str, extra: &str| -> serde_json::Value {
+        let report = d.join(format!("{data}.json"));
+        let template = format!("monitor {{}} --data {{}} --preprocess {{}} --json-out {{}}{extra}");
+        expect(code, &argv(&template, &[&q, &d.join(data), pre.as_ref(), &report]));
+        json(&report)
+    };
+    assert_eq!(drift_of(&monitor(0, "new", "")), (false, vec![]));
+    let (drift, drifted) = drift_of(&monitor(3, "over", " --limit 50"));
     assert!(drift && !drifted.is_empty());
 
     // Adaptive: over-exposed photos saturate the input's range; re-run on the FP32 original,

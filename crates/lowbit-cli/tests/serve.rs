@@ -11,14 +11,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn lowbit_ok(args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().unwrap();
-    assert!(o.status.success(), "lowbit {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
+mod common;
+use common::{ok, s};
 
 /// A running `lowbit serve`, killed when dropped.
 struct Server {
@@ -123,10 +117,10 @@ fn engine(model: &Path, x: &Tensor) -> Vec<f32> {
 fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, Tensor) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    lowbit_ok(&["example-model", s(&d), "--samples", "64"]);
+    ok(&["example-model", s(&d), "--samples", "64"]);
     let fp32 = d.join("model.onnx");
     let q = d.join("model.int8.onnx");
-    lowbit_ok(&["quantize", s(&fp32), "-o", s(&q), "--data", s(&d.join("data")), "-q"]);
+    ok(&["quantize", s(&fp32), "-o", s(&q), "--data", s(&d.join("data")), "-q"]);
     let x = npy::read_npy(&d.join("data/x.npy")).unwrap();
     (dir, fp32, q, x)
 }

@@ -36,7 +36,8 @@ use crate::op::BuildCtx;
 use crate::registry::{canonical_domain, Registry};
 use lowbit_kernels::quantize::{self, quantize_one};
 use lowbit_onnx::attr::Attrs;
-use lowbit_onnx::pb::{attribute_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
+use lowbit_onnx::build::int_attr;
+use lowbit_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use lowbit_onnx::tensor_proto::tensor_from_proto;
 use lowbit_tensor::{DType, Tensor, TensorData};
 use std::cell::RefCell;
@@ -816,14 +817,5 @@ impl<'g> Fuser<'g> {
             constants: self.constants,
             counts: self.counts,
         }
-    }
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        r#type: attribute_proto::AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
     }
 }

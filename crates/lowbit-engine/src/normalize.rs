@@ -182,26 +182,12 @@ mod tests {
     use super::*;
     use crate::{Session, SessionOptions};
     use lowbit_onnx::build::Dim;
-    use lowbit_onnx::build::{model, node, tensor_value_info};
+    use lowbit_onnx::build::{ints_attr, model, node, tensor_value_info};
     use lowbit_onnx::pb::{AttributeProto, GraphProto};
     use lowbit_tensor::DType;
 
     fn tensor_attr(name: &str, t: &Tensor) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: lowbit_onnx::pb::attribute_proto::AttributeType::Tensor as i32,
-            t: Some(tensor_to_proto("", t)),
-            ..Default::default()
-        }
-    }
-
-    fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: lowbit_onnx::pb::attribute_proto::AttributeType::Ints as i32,
-            ints: v.to_vec(),
-            ..Default::default()
-        }
+        lowbit_onnx::build::tensor_attr(name, tensor_to_proto("", t))
     }
 
     /// x[1,2] -> MatMul(x, Transpose(Identity(Constant W[3,2]))) -> y, and Add(y, Constant b),

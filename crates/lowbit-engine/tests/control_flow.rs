@@ -3,20 +3,12 @@
 //! subgraphs' values under scoped names.
 
 use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::build::graph_attr;
 use lowbit_onnx::build::{model, node, tensor_value_info, unshaped_value_info, Dim};
 use lowbit_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, GraphProto};
 use lowbit_onnx::tensor_proto::tensor_to_proto;
 use lowbit_tensor::{DType, Tensor};
 use std::collections::BTreeMap;
-
-fn graph_attr(name: &str, g: GraphProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Graph as i32,
-        g: Some(g),
-        ..Default::default()
-    }
-}
 
 fn f32s(name: &str) -> pb::ValueInfoProto {
     unshaped_value_info(name, DType::F32)

@@ -1,5 +1,5 @@
 //! Building ONNX messages by hand (tests, the demo model, graph passes that add values): typed
-//! value infos and nodes.
+//! value infos, nodes and attributes.
 //!
 //! ```
 //! use lowbit_onnx::build::{tensor_value_info, Dim};
@@ -71,4 +71,42 @@ pub fn model(graph: pb::GraphProto, opset: i64) -> pb::ModelProto {
         graph: Some(graph),
         ..Default::default()
     }
+}
+
+/// An attribute `name` of type `ty`, its value left for the caller to set.
+fn attr(name: &str, ty: pb::attribute_proto::AttributeType) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: ty as i32, ..Default::default() }
+}
+
+/// An `INT` attribute.
+pub fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto { i: v, ..attr(name, pb::attribute_proto::AttributeType::Int) }
+}
+
+/// An `INTS` attribute.
+pub fn ints_attr(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto { ints: v.to_vec(), ..attr(name, pb::attribute_proto::AttributeType::Ints) }
+}
+
+/// A `FLOAT` attribute.
+pub fn float_attr(name: &str, v: f32) -> pb::AttributeProto {
+    pb::AttributeProto { f: v, ..attr(name, pb::attribute_proto::AttributeType::Float) }
+}
+
+/// A `STRING` attribute (UTF-8 bytes).
+pub fn string_attr(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        s: v.as_bytes().to_vec(),
+        ..attr(name, pb::attribute_proto::AttributeType::String)
+    }
+}
+
+/// A `TENSOR` attribute.
+pub fn tensor_attr(name: &str, t: pb::TensorProto) -> pb::AttributeProto {
+    pb::AttributeProto { t: Some(t), ..attr(name, pb::attribute_proto::AttributeType::Tensor) }
+}
+
+/// A `GRAPH` attribute (a control-flow body).
+pub fn graph_attr(name: &str, g: pb::GraphProto) -> pb::AttributeProto {
+    pb::AttributeProto { g: Some(g), ..attr(name, pb::attribute_proto::AttributeType::Graph) }
 }

@@ -24,8 +24,6 @@ use crate::scheme::{IntType, Mode, QuantScheme, RangeFit, ValueType};
 use crate::target::{qdq_min_opset, Support, Target, TargetChoice};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 /// What kind of quantization is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,22 +66,7 @@ impl QuantMode {
     }
 }
 
-impl fmt::Display for QuantMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for QuantMode {
-    type Err = QuantError;
-    fn from_str(s: &str) -> Result<QuantMode> {
-        QuantMode::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            QuantError::Config(format!(
-                "unknown mode '{s}' (use static, dynamic, weight-only, fp16 or bf16)"
-            ))
-        })
-    }
-}
+display_and_parse_by_name!(QuantMode, Config, "mode");
 
 /// One node's precision in a hybrid static plan (what `lowbit tune` chooses per
 /// `Conv`/`MatMul`/`Gemm`), cheapest storage first.
@@ -163,22 +146,7 @@ impl Precision {
     }
 }
 
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Precision {
-    type Err = QuantError;
-    fn from_str(s: &str) -> Result<Precision> {
-        Precision::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            QuantError::Config(format!(
-                "unknown precision '{s}' (use int4, int8-per-tensor, int8, int16, fp16 or fp32)"
-            ))
-        })
-    }
-}
+display_and_parse_by_name!(Precision, Config, "precision");
 
 /// A node's precision resolved against the target: what the static pass does with it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

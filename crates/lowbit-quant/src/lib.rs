@@ -23,6 +23,9 @@
 //! # Ok::<(), lowbit_quant::QuantError>(())
 //! ```
 
+#[macro_use]
+mod names;
+
 pub mod algorithms;
 pub mod calibrate;
 pub mod config;

@@ -201,16 +201,11 @@ impl QParams {
 /// its range).
 pub(crate) fn int_storage(dtype: DType, zp: &[i32]) -> Result<TensorData> {
     Ok(match dtype {
-        DType::I8 => TensorData::I8(zp.iter().map(|&z| z as i8).collect()),
-        DType::U8 => TensorData::U8(zp.iter().map(|&z| z as u8).collect()),
-        DType::I16 => TensorData::I16(zp.iter().map(|&z| z as i16).collect()),
-        DType::U16 => TensorData::U16(zp.iter().map(|&z| z as u16).collect()),
-        DType::I4 => TensorData::I4(zp.iter().map(|&z| z as i8).collect()),
-        DType::U4 => TensorData::U4(zp.iter().map(|&z| z as u8).collect()),
         // 0.0 is the all-zero bit pattern in both float8 formats.
         DType::F8E4M3FN => TensorData::F8E4M3FN(vec![0; zp.len()]),
         DType::F8E5M2 => TensorData::F8E5M2(vec![0; zp.len()]),
-        other => return Err(QuantError::Scheme(format!("{other} is not a quantized type"))),
+        _ => lowbit_tensor::cast::int_data(zp, dtype)
+            .ok_or_else(|| QuantError::Scheme(format!("{dtype} is not a quantized type")))?,
     })
 }
 

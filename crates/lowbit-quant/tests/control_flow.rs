@@ -13,46 +13,12 @@ use lowbit_quant::quantize::{quantize_model, static_coverage, QuantPlan, Quantiz
 use lowbit_tensor::{DType, Tensor};
 
 mod common;
-use common::{ort_run, output, run_all, sqnr};
-
-/// Deterministic values in [-1, 1) (xorshift), so the test needs no data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
-        let n = shape.iter().product();
-        Tensor::from_vec(shape.to_vec(), (0..n).map(|_| self.next() * scale).collect()).unwrap()
-    }
-}
-
-fn graph_attr(name: &str, g: GraphProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Graph as i32,
-        g: Some(g),
-        ..Default::default()
-    }
-}
+use common::{ort_run, output, run_all, sqnr, Rng};
+use lowbit_onnx::build::{graph_attr, ints_attr as ints};
 
 fn with_attr(mut n: pb::NodeProto, a: AttributeProto) -> pb::NodeProto {
     n.attribute.push(a);
     n
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
 }
 
 fn init(name: &str, t: &Tensor) -> pb::TensorProto {

@@ -3,51 +3,14 @@
 //! DequantizeLinear, and the model runs in lowbit's engine and in ONNX Runtime close to FP32.
 
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
-use lowbit_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, GraphProto};
+use lowbit_onnx::pb::{self, GraphProto};
 use lowbit_onnx::tensor_proto::tensor_to_proto;
 use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
 use lowbit_tensor::{DType, Tensor};
 
 mod common;
-use common::{ort_run, output, run_all, sqnr};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
-        let n = shape.iter().product();
-        Tensor::from_vec(shape.to_vec(), (0..n).map(|_| self.next() * scale).collect()).unwrap()
-    }
-}
-
-fn attr_i(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
-}
-
-fn attr_s(name: &str, s: &str) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::String as i32,
-        s: s.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
+use common::{ort_run, output, run_all, sqnr, Rng};
+use lowbit_onnx::build::{int_attr as attr_i, ints_attr as attr_ints, string_attr as attr_s};
 
 const SEQ: usize = 6;
 

@@ -4,6 +4,7 @@
 //! made for one runtime break the rules of another, and hand-made breaks are found by name.
 
 use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::build::{int_attr, ints_attr};
 use lowbit_onnx::pb::{self, ModelProto};
 use lowbit_onnx::tensor_to_proto;
 use lowbit_quant::calibrate::{Calibrator, CalibratorOptions};
@@ -11,24 +12,6 @@ use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
 use lowbit_quant::target::check::{check_model, CheckReport, Severity};
 use lowbit_quant::target::{Target, TargetChoice};
 use lowbit_tensor::Tensor;
-
-fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn ints_attr(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
 
 fn node(
     op: &str,
@@ -219,11 +202,9 @@ fn an_onnx_runtime_file_breaks_tensorrt_s_rules_by_name() {
     assert!(ov.passes() && rules_broken(&ov, "shared-grid").len() == 1);
 }
 
-#[test]
-fn hand_made_breaks_are_found_at_their_node() {
-    let mut trt = quantize_for(&block(), Target::TensorRt);
-    let g = trt.graph.as_mut().unwrap();
-    // conv1's per-channel weight scales moved onto the input-channel axis.
+/// conv1's weight DequantizeLinear with its per-channel scales moved onto the input-channel
+/// axis (1): the break the weight-axis rule looks for.
+fn w1_dequantize_on_axis_1(g: &mut pb::GraphProto) -> &mut pb::NodeProto {
     let dq = g
         .node
         .iter_mut()
@@ -231,6 +212,15 @@ fn hand_made_breaks_are_found_at_their_node() {
         .unwrap();
     dq.attribute.retain(|a| a.name != "axis");
     dq.attribute.push(int_attr("axis", 1));
+    dq
+}
+
+#[test]
+fn hand_made_breaks_are_found_at_their_node() {
+    let mut trt = quantize_for(&block(), Target::TensorRt);
+    let g = trt.graph.as_mut().unwrap();
+    // conv1's per-channel weight scales moved onto the input-channel axis.
+    let dq = w1_dequantize_on_axis_1(g);
     let dq_name = dq.name.clone();
     let r = check_model(&trt, Target::TensorRt).unwrap();
     let axis = rules_broken(&r, "weight-axis");
@@ -254,13 +244,7 @@ fn hand_made_breaks_are_found_at_their_node() {
     let g = nncf.graph.as_mut().unwrap();
     let w1 = block().graph.unwrap().initializer.into_iter().find(|t| t.name == "w1").unwrap();
     g.initializer.push(pb::TensorProto { name: "w1_float".into(), ..w1 });
-    let dq = g
-        .node
-        .iter_mut()
-        .find(|n| n.op_type == "DequantizeLinear" && n.input[0].starts_with("w1"))
-        .unwrap();
-    dq.attribute.retain(|a| a.name != "axis");
-    dq.attribute.push(int_attr("axis", 1));
+    let dq = w1_dequantize_on_axis_1(g);
     let (scale, zp) = (dq.input[1].clone(), dq.input[2].clone());
     dq.input[0] = "w1_codes".into();
     g.node.push(node(

@@ -125,24 +125,30 @@ pub fn cast_with(d: &TensorData, to: DType, saturate: bool) -> Result<TensorData
     })
 }
 
-fn from_ints(v: &[i128], to: DType) -> TensorData {
+/// Integer values (zero points, weight codes) as storage of the integer type `to`, wrapped
+/// into its width as a cast does (values inside its range are kept); `None` when `to` is not an
+/// integer type.
+pub fn int_data(v: &[i32], to: DType) -> Option<TensorData> {
+    to.is_integer().then(|| from_ints(v, to))
+}
+
+fn from_ints<T: Copy + Into<i128>>(v: &[T], to: DType) -> TensorData {
+    let v = v.iter().map(|&x| -> i128 { x.into() });
     match to {
-        DType::I64 => TensorData::I64(v.iter().map(|&x| x as i64).collect()),
-        DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
-        DType::I16 => TensorData::I16(v.iter().map(|&x| x as i16).collect()),
-        DType::I8 => TensorData::I8(v.iter().map(|&x| x as i8).collect()),
-        DType::U64 => TensorData::U64(v.iter().map(|&x| x as u64).collect()),
-        DType::U32 => TensorData::U32(v.iter().map(|&x| x as u32).collect()),
-        DType::U16 => TensorData::U16(v.iter().map(|&x| x as u16).collect()),
-        DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
+        DType::I64 => TensorData::I64(v.map(|x| x as i64).collect()),
+        DType::I32 => TensorData::I32(v.map(|x| x as i32).collect()),
+        DType::I16 => TensorData::I16(v.map(|x| x as i16).collect()),
+        DType::I8 => TensorData::I8(v.map(|x| x as i8).collect()),
+        DType::U64 => TensorData::U64(v.map(|x| x as u64).collect()),
+        DType::U32 => TensorData::U32(v.map(|x| x as u32).collect()),
+        DType::U16 => TensorData::U16(v.map(|x| x as u16).collect()),
+        DType::U8 => TensorData::U8(v.map(|x| x as u8).collect()),
         // Wrap into 4 bits, sign-extending for int4.
-        DType::I4 => {
-            TensorData::I4(v.iter().map(|&x| crate::int4::sign_extend4(x as u8)).collect())
-        }
-        DType::U4 => TensorData::U4(v.iter().map(|&x| (x as u8) & 0x0f).collect()),
-        DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0).collect()),
-        DType::F32 => TensorData::F32(v.iter().map(|&x| x as f32).collect()),
-        DType::F64 => TensorData::F64(v.iter().map(|&x| x as f64).collect()),
+        DType::I4 => TensorData::I4(v.map(|x| crate::int4::sign_extend4(x as u8)).collect()),
+        DType::U4 => TensorData::U4(v.map(|x| (x as u8) & 0x0f).collect()),
+        DType::Bool => TensorData::Bool(v.map(|x| x != 0).collect()),
+        DType::F32 => TensorData::F32(v.map(|x| x as f32).collect()),
+        DType::F64 => TensorData::F64(v.map(|x| x as f64).collect()),
         _ => unreachable!("from_ints to {to}"),
     }
 }

@@ -3,6 +3,8 @@
 //! or vocabulary index of the models QAT trains, and one element type keeps every op simple.
 
 use lowbit_tensor::{DType, Tensor, TensorData};
+// The engine's shape helpers: QAT's ops index exactly as the ops they train for.
+pub use lowbit_engine::ops::util::strides;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Arr {
@@ -77,15 +79,6 @@ impl Arr {
             *a += b;
         }
     }
-}
-
-/// Row-major strides of `shape`.
-pub fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
 }
 
 /// A negative ONNX axis resolved against `rank`, or `None` when out of range.

@@ -133,20 +133,10 @@ fn f32_of(t: &Tensor, what: &str) -> Result<Vec<f32>> {
         .ok_or_else(|| TrainError::Config(format!("{what}: type {} not understood", t.dtype())))
 }
 
-/// The integer codes of `data` as a tensor of `dtype` (int8/uint8/int4/uint4/int32).
+/// The integer codes of `data` as a tensor of the integer type `dtype`.
 fn code_data(dtype: DType, codes: &[i32]) -> Result<TensorData> {
-    Ok(match dtype {
-        DType::I8 => TensorData::I8(codes.iter().map(|&c| c as i8).collect()),
-        DType::U8 => TensorData::U8(codes.iter().map(|&c| c as u8).collect()),
-        DType::I4 => TensorData::I4(codes.iter().map(|&c| c as i8).collect()),
-        DType::U4 => TensorData::U4(codes.iter().map(|&c| c as u8).collect()),
-        DType::I16 => TensorData::I16(codes.iter().map(|&c| c as i16).collect()),
-        DType::U16 => TensorData::U16(codes.iter().map(|&c| c as u16).collect()),
-        DType::I32 => TensorData::I32(codes.to_vec()),
-        other => {
-            return Err(TrainError::Config(format!("codes of type {other} cannot be written")))
-        }
-    })
+    lowbit_tensor::cast::int_data(codes, dtype)
+        .ok_or_else(|| TrainError::Config(format!("codes of type {dtype} cannot be written")))
 }
 
 fn replace_init(g: &mut Graph, name: &str, t: &Tensor) {

@@ -5,22 +5,15 @@
 
 use lowbit_data::Rng;
 use lowbit_engine::{Session, SessionOptions};
+use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
-use lowbit_onnx::pb::{AttributeProto, ModelProto};
+use lowbit_onnx::pb::ModelProto;
 use lowbit_onnx::tensor_to_proto;
 use lowbit_quant::calibrate::{calibrate_samples, CalibratorOptions};
 use lowbit_quant::samples::NoProgress;
 use lowbit_tensor::{DType, Tensor};
 use lowbit_train::qat::{train, QatOptions, Sample, WeightBits};
 use std::path::PathBuf;
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 7, ints: v.to_vec(), ..Default::default() }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 2, i: v, ..Default::default() }
-}
 
 fn tiny_cnn() -> ModelProto {
     let mut rng = Rng::new(7);

@@ -89,9 +89,9 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let session = new_session_adaptive(
         &model,
         &args.model,
-        args.threads,
+        args.threads.n,
         &args.adaptive,
-        quiet || args.json,
+        quiet || args.json.on,
     )?;
     drop(model);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -102,7 +102,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
                 &session,
                 &format.source(dir)?,
                 format.preprocess.as_ref(),
-                quiet || args.json,
+                quiet || args.json.on,
             )?;
             if let Some(n) = args.limit {
                 data.limit(n)?;
@@ -145,7 +145,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
             first_out = Some(out);
         }
     }
-    let bar = progress(runs as u64, quiet || args.json, "bench");
+    let bar = progress(runs as u64, quiet || args.json.on, "bench");
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs {
         let feeds = sets[i % sets.len()].clone();
@@ -175,7 +175,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     let (ort_report, ratio_median) = match &ort_side {
         Some(o) => {
             let note = indicatif::ProgressBar::new_spinner();
-            if quiet || args.json {
+            if quiet || args.json.on {
                 note.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
             // Drawn once, no steady tick: a ticking thread would steal CPU from ORT's runs.
@@ -227,7 +227,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
         ratio_median,
         adaptive: session.adaptive_stats(),
     };
-    if args.json {
+    if args.json.on {
         return print_json(&r);
     }
     let mut s = String::new();
@@ -253,7 +253,7 @@ pub fn bench(args: BenchArgs, quiet: bool) -> Result<()> {
     }
     if let Some(o) = &r.ort {
         let all_cpus =
-            if args.threads == 0 { ", as lowbit's --threads 0: one per CPU" } else { "" };
+            if args.threads.n == 0 { ", as lowbit's --threads 0: one per CPU" } else { "" };
         let _ = writeln!(
             s,
             "ORT          onnxruntime {} ({}), intra-op threads {}{all_cpus}, inter-op 1, \

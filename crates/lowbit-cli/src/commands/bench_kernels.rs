@@ -88,7 +88,7 @@ fn bench_weight_only(args: &BenchKernelsArgs) -> Result<()> {
             });
         }
     }
-    if args.json {
+    if args.json.on {
         return print_json(&rows);
     }
     let mut s = String::new();
@@ -120,7 +120,7 @@ pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
         return bench_weight_only(&args);
     }
     let r = measure(args.size, args.threads)?;
-    if args.json {
+    if args.json.on {
         return print_json(&r);
     }
     let n = r.size;

@@ -24,7 +24,7 @@ pub fn calibrate(args: CalibrateArgs, quiet: bool) -> Result<()> {
         .file("-o", &args.output)?;
     let model = load_model(&args.model)?;
     let opts = CalibrationData {
-        threads: args.threads,
+        threads: args.threads.n,
         trim: !args.no_trim,
         quiet,
         ..CalibrationData::new(&source, format.preprocess.as_ref(), args.samples)

@@ -15,7 +15,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let (target, why) = args.target.parse::<TargetChoice>()?.resolve();
     let model = load_model(&args.model)?;
     let report = check_model(&model, target)?;
-    if args.json {
+    if args.json.on {
         print_json(&report)?;
     } else {
         let mut s = String::new();

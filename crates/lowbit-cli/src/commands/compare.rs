@@ -27,13 +27,13 @@ pub fn compare(args: CompareArgs, quiet: bool) -> Result<()> {
         preprocess: format.preprocess.as_ref(),
         samples: args.samples.map_or(DEFAULT_SAMPLES, |n| n as usize),
         labels: args.labels.as_deref(),
-        threads: args.threads,
+        threads: args.threads.n,
         trim: !args.no_trim,
         html: args.report.as_deref(),
-        quiet: quiet || args.json,
+        quiet: quiet || args.json.on,
     };
     let report = noise_report(&req)?;
-    if args.json {
+    if args.json.on {
         return print_json(&report);
     }
     let mut text = render_text(&report, 10);

@@ -10,7 +10,7 @@
 use crate::calibration::{calibrate_model, CalibrationData};
 use crate::cli::DemoArgs;
 use crate::models::new_session;
-use crate::onnx_build::{int_attr, node, opset17_model, value_info};
+use crate::onnx_build::{batch_value, int_attr, node, opset17_model};
 use crate::paths::{same_file, OutputPaths};
 use crate::progress::progress;
 use crate::text::{human_bytes, print};
@@ -71,8 +71,8 @@ fn build_model(rng: &mut Rng) -> Result<pb::ModelProto> {
             gemm("fc3", "h2", "logits"),
         ],
         initializer,
-        input: vec![value_info("x", &[Err("batch"), Ok(FEATURES as i64)])],
-        output: vec![value_info("logits", &[Err("batch"), Ok(CLASSES as i64)])],
+        input: vec![batch_value("x", FEATURES)],
+        output: vec![batch_value("logits", CLASSES)],
         ..Default::default()
     };
     Ok(opset17_model(graph))
@@ -177,10 +177,10 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     )?;
 
     // 1. Calibrate on calibration/, exactly as `lowbit calibrate` does.
-    let session = new_session(&model, &fp32_path, args.threads)?;
+    let session = new_session(&model, &fp32_path, args.threads.n)?;
     let calibration = FeedSource::Data(dir.join("calibration"));
     let opts = CalibrationData {
-        threads: args.threads,
+        threads: args.threads.n,
         quiet,
         ..CalibrationData::new(&calibration, None, None)
     };
@@ -193,7 +193,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     lowbit_onnx::save_model(&q, &int8_path)?;
 
     // 3. Evaluate both on the held-out rows, one row per run.
-    let qsession = new_session(&q, &int8_path, args.threads)?;
+    let qsession = new_session(&q, &int8_path, args.threads.n)?;
     let (l32, t32) = evaluate(&session, &eval, "fp32", quiet)?;
     let (l8, t8) = evaluate(&qsession, &eval, "int8", quiet)?;
     let (agree, cos, sqnr) = agreement(&l32, &l8);

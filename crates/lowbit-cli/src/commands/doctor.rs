@@ -86,7 +86,7 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
             int8_over_f32: int8 / g.f32_gmacs,
         },
     };
-    if args.json {
+    if args.json.on {
         return print_json(&r);
     }
     let mut s = String::new();

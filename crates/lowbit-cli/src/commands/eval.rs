@@ -85,7 +85,7 @@ fn latency(
 }
 
 pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
-    let quiet_notes = quiet || args.json;
+    let quiet_notes = quiet || args.json.on;
     let format = data_format(&args.format)?;
     if args.limit == Some(0) {
         usage_bail!("--limit must be at least 1");
@@ -98,9 +98,9 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         usage_bail!("--pair-fields: pass --gold-field NAME (the gold score of each pair)");
     }
     let adaptive = Some((&args.adaptive, quiet_notes));
-    let model = scored(&args.model, args.output.as_deref(), None, args.threads, adaptive)?;
+    let model = scored(&args.model, args.output.as_deref(), None, args.threads.n, adaptive)?;
     let reference = match &args.reference {
-        Some(path) => Some(scored(path, None, Some(&model.output), args.threads, None)?),
+        Some(path) => Some(scored(path, None, Some(&model.output), args.threads.n, None)?),
         None => None,
     };
 
@@ -298,7 +298,7 @@ pub fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         latency: latency_of_model,
         adaptive: adaptive_stats,
     };
-    if args.json {
+    if args.json.on {
         return print_json(&report);
     }
     print(&render(&report, all))

@@ -8,7 +8,7 @@
 //! computed directly in Rust (f64), to check `lowbit run` against.
 
 use crate::cli::ExampleModelArgs;
-use crate::onnx_build::{int_attr, node, opset17_model, value_info};
+use crate::onnx_build::{batch_value, int_attr, node, opset17_model};
 use crate::paths::OutputPaths;
 use crate::text::print;
 use anyhow::{Context, Result};
@@ -85,8 +85,8 @@ fn build_model(w: &Weights) -> Result<pb::ModelProto> {
             init("fc2.weight", vec![HIDDEN, CLASSES], &w.w2)?,
             init("fc2.bias", vec![CLASSES], &w.b2)?,
         ],
-        input: vec![value_info("x", &[Err("batch"), Ok(IN as i64)])],
-        output: vec![value_info("probs", &[Err("batch"), Ok(CLASSES as i64)])],
+        input: vec![batch_value("x", IN)],
+        output: vec![batch_value("probs", CLASSES)],
         ..Default::default()
     };
     Ok(opset17_model(graph))

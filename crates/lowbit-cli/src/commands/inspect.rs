@@ -266,7 +266,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let file_bytes = std::fs::metadata(&args.model).ok().map(|m| m.len());
     let r = report(&args.model.display().to_string(), file_bytes, &model);
-    if args.json {
+    if args.json.on {
         print(&(serde_json::to_string_pretty(&r)? + "\n"))
     } else {
         print(&text(&r))

@@ -1,5 +1,5 @@
-//! `lowbit monitor QUANT.onnx --data DIR [--ranges ranges.json] [--reference FP32.onnx] [--json
-//! F]`: runs new inputs through a quantized model and reports, per quantized activation, its
+//! `lowbit monitor QUANT.onnx --data DIR [--ranges ranges.json] [--reference FP32.onnx] [--json]
+//! [--json-out F]`: runs new inputs through a quantized model and reports, per quantized activation, its
 //! clip rate, observed range and drift (PSI) against the calibration statistics the quantizer
 //! stored in the model (or a `--ranges` table), plus the output's agreement with the FP32
 //! model when given ([`lowbit_eval::monitor`]). Drift exits 3 ([`crate::usage::DriftDetected`])
@@ -27,8 +27,7 @@ use std::path::Path;
 const SHOWN: usize = 10;
 
 pub fn monitor(args: MonitorArgs, quiet: bool) -> Result<()> {
-    let json_stdout = args.json.as_deref() == Some(Path::new("-"));
-    let quiet = quiet || json_stdout;
+    let quiet = quiet || args.json.on;
     let opts = MonitorOptions { psi: args.psi_threshold, clip_rate: args.clip_threshold };
     if !(opts.psi >= 0.0 && opts.psi.is_finite()) {
         usage_bail!("--psi-threshold must be a non-negative number, got {}", opts.psi);
@@ -41,9 +40,9 @@ pub fn monitor(args: MonitorArgs, quiet: bool) -> Result<()> {
     }
     let format = data_format(&args.format)?;
     let src = format.source(&args.data)?;
-    if let Some(j) = args.json.as_deref().filter(|_| !json_stdout) {
+    if let Some(j) = &args.json_out {
         let inputs = [("the model", args.model.as_path()), ("the data folder", &args.data)];
-        OutputPaths::new(args.force, &inputs).file("--json", j)?;
+        OutputPaths::new(args.force, &inputs).file("--json-out", j)?;
     }
 
     let model = load_model(&args.model)?;
@@ -77,13 +76,13 @@ pub fn monitor(args: MonitorArgs, quiet: bool) -> Result<()> {
             args.model.display()
         );
     }
-    let session = new_unfused_session(&model, &args.model, args.threads)?;
+    let session = new_unfused_session(&model, &args.model, args.threads.n)?;
     let output = choose_output(&model, &args.model, None)?;
     drop(model);
     let reference = match &args.reference {
         Some(p) => {
             let m = load_model(p).with_context(|| format!("reference {}", p.display()))?;
-            Some(new_session(&m, p, args.threads)?)
+            Some(new_session(&m, p, args.threads.n)?)
         }
         None => None,
     };
@@ -136,15 +135,15 @@ pub fn monitor(args: MonitorArgs, quiet: bool) -> Result<()> {
     bar.finish_and_clear();
 
     let report = mon.report();
-    match args.json.as_deref() {
-        Some(_) if json_stdout => print_json(&report)?,
-        Some(p) => {
-            let text = serde_json::to_string_pretty(&report)?;
-            lowbit_tensor::npy::write_atomic(p, text.as_bytes())
-                .with_context(|| format!("cannot write --json {}", p.display()))?;
-            print(&render(&report, &args.model))?;
-        }
-        None => print(&render(&report, &args.model))?,
+    if let Some(p) = &args.json_out {
+        let text = serde_json::to_string_pretty(&report)?;
+        lowbit_tensor::npy::write_atomic(p, text.as_bytes())
+            .with_context(|| format!("cannot write --json-out {}", p.display()))?;
+    }
+    if args.json.on {
+        print_json(&report)?;
+    } else {
+        print(&render(&report, &args.model))?;
     }
     if report.drift {
         return Err(DriftDetected(format!(

@@ -175,20 +175,20 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
     // The whole command runs inside the pool (calibration, training, scoring), so its threads
     // get the main thread's stack size rather than rayon's 2 MiB default.
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads)
+        .num_threads(args.threads.n)
         .stack_size(16 << 20)
         .build()
         .context("cannot start worker threads")?;
     pool.install(|| {
         // Calibration on the training samples, as `quantize --data` calibrates.
         let cal = CalibrationData {
-            threads: args.threads,
+            threads: args.threads.n,
             quiet,
             ..CalibrationData::new(&source, preprocess, args.samples)
         };
         let run = calibrate_model(&model, &args.model, &cal)?;
 
-        let session = new_session(&model, &args.model, args.threads)?;
+        let session = new_session(&model, &args.model, args.threads.n)?;
         let mut data = load_dataset(&session, &source, preprocess, true)?;
         let total = data.samples;
         let labels = match &args.labels {
@@ -271,7 +271,7 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
             seconds: outcome.elapsed.as_secs_f64(),
             output: args.output.display().to_string(),
         };
-        if args.json {
+        if args.json.on {
             return print_json(&report);
         }
         print(&render(&report, &outcome.summary.to_string()))

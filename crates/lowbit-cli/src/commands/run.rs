@@ -24,7 +24,7 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<()> {
     }
     OutputPaths::new(args.force, &inputs).folder("-o", &args.output)?;
     let model = load_model(&args.model)?;
-    let session = new_session_adaptive(&model, &args.model, args.threads, &args.adaptive, quiet)?;
+    let session = new_session_adaptive(&model, &args.model, args.threads.n, &args.adaptive, quiet)?;
     drop(model);
 
     let mut data = load_dataset(&session, &src, format.preprocess.as_ref(), quiet)?;

@@ -385,6 +385,9 @@ async fn metrics(State(s): State<Arc<Served>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// One `/metrics` sample of a watched tensor from its PSI and drift flag (`None`: no sample).
+type TensorSample<'a> = dyn Fn(&Watched, Option<f64>, bool) -> Option<String> + 'a;
+
 /// Prometheus label value escaping: backslash, quote and newline.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -458,77 +461,63 @@ fn prometheus(s: &Served) -> String {
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(&mut o, "lowbit_tensor_values_total", "counter", "Values of each quantized activation.");
-    for (w, _, _) in &rows {
-        let n = stats.saturation.get(&w.act.tensor).map_or(0, |x| x.values);
-        let _ =
-            writeln!(o, "lowbit_tensor_values_total{{tensor=\"{}\"}} {n}", label(&w.act.tensor));
-    }
-    family(
+    // One family with a sample per tensor that has a value (`None`: the tensor is left out).
+    let per_tensor =
+        |o: &mut String, (name, kind, help): (&str, &str, &str), value: &TensorSample<'_>| {
+            family(o, name, kind, help);
+            for &(w, p, d) in &rows {
+                if let Some(v) = value(w, p, d) {
+                    let _ = writeln!(o, "{name}{{tensor=\"{}\"}} {v}", label(&w.act.tensor));
+                }
+            }
+        };
+    let saturation = |w: &Watched| stats.saturation.get(&w.act.tensor).copied().unwrap_or_default();
+    per_tensor(
         &mut o,
-        "lowbit_tensor_saturated_values_total",
-        "counter",
-        "Values of each quantized activation at a saturating integer code.",
+        ("lowbit_tensor_values_total", "counter", "Values of each quantized activation."),
+        &|w, _, _| Some(saturation(w).values.to_string()),
     );
-    for (w, _, _) in &rows {
-        let n = stats.saturation.get(&w.act.tensor).map_or(0, |x| x.saturated);
-        let _ = writeln!(
-            o,
-            "lowbit_tensor_saturated_values_total{{tensor=\"{}\"}} {n}",
-            label(&w.act.tensor)
-        );
-    }
-    family(
+    per_tensor(
         &mut o,
-        "lowbit_tensor_calibration_saturation_ratio",
-        "gauge",
-        "Share of calibration values at a saturating code.",
+        (
+            "lowbit_tensor_saturated_values_total",
+            "counter",
+            "Values of each quantized activation at a saturating integer code.",
+        ),
+        &|w, _, _| Some(saturation(w).saturated.to_string()),
     );
-    for (w, _, _) in rows.iter().filter(|(w, _, _)| w.calibration.is_some()) {
-        let base = w.calibration.as_ref().map_or(0.0, |c| c.1);
-        let _ = writeln!(
-            o,
-            "lowbit_tensor_calibration_saturation_ratio{{tensor=\"{}\"}} {base}",
-            label(&w.act.tensor)
-        );
-    }
-    family(
+    per_tensor(
         &mut o,
-        "lowbit_tensor_flagged_samples_total",
-        "counter",
-        "Samples this tensor flagged (saturation past calibration's by the threshold).",
+        (
+            "lowbit_tensor_calibration_saturation_ratio",
+            "gauge",
+            "Share of calibration values at a saturating code.",
+        ),
+        &|w, _, _| w.calibration.as_ref().map(|c| c.1.to_string()),
     );
-    for (w, _, _) in &rows {
-        let n = stats.triggers.get(&w.act.tensor).copied().unwrap_or(0);
-        let _ = writeln!(
-            o,
-            "lowbit_tensor_flagged_samples_total{{tensor=\"{}\"}} {n}",
-            label(&w.act.tensor)
-        );
-    }
-    family(
+    per_tensor(
         &mut o,
-        "lowbit_tensor_psi",
-        "gauge",
-        "Population stability index of the served values against calibration.",
+        (
+            "lowbit_tensor_flagged_samples_total",
+            "counter",
+            "Samples this tensor flagged (saturation past calibration's by the threshold).",
+        ),
+        &|w, _, _| Some(stats.triggers.get(&w.act.tensor).copied().unwrap_or(0).to_string()),
     );
-    for (w, p, _) in rows.iter().filter(|(_, p, _)| p.is_some()) {
-        let _ = writeln!(
-            o,
-            "lowbit_tensor_psi{{tensor=\"{}\"}} {}",
-            label(&w.act.tensor),
-            p.unwrap_or(0.0)
-        );
-    }
-    family(&mut o, "lowbit_tensor_drift", "gauge", "1 when this tensor drifted from calibration.");
-    for (w, _, d) in &rows {
-        let _ = writeln!(
-            o,
-            "lowbit_tensor_drift{{tensor=\"{}\"}} {}",
-            label(&w.act.tensor),
-            u8::from(*d)
-        );
-    }
+    per_tensor(
+        &mut o,
+        (
+            "lowbit_tensor_psi",
+            "gauge",
+            "Population stability index of the served values against calibration.",
+        ),
+        &|_, p, _| p.map(|p| p.to_string()),
+    );
+    per_tensor(
+        &mut o,
+        ("lowbit_tensor_drift", "gauge", "1 when this tensor drifted from calibration."),
+        &|_, _, d| Some(u8::from(d).to_string()),
+    );
     let any = rows.iter().any(|(_, _, d)| *d);
     family(&mut o, "lowbit_drift", "gauge", "1 when any quantized activation drifted.");
     let _ = writeln!(o, "lowbit_drift {}", u8::from(any));

@@ -1,7 +1,8 @@
 //! `lowbit tune MODEL -o OUT.onnx --data CALIB --eval-data EVAL [--labels FILE.npy |
 //! --reference-only] [--metric ...] [--max-drop X] [--objective latency|size] ...`: chooses each
 //! layer's precision under an accuracy budget with [`lowbit_eval::tune`], writes the chosen
-//! model, and with `--json` / `--report` every configuration it measured and the Pareto front.
+//! model, and with `--json` (stdout), `--json-out FILE` / `--report` every configuration it
+//! measured and the Pareto front.
 //!
 //! The data flags are the other commands' (`--preprocess`, `--tokenizer`, `--pair-fields`,
 //! `--gold-field`); calibration is `lowbit calibrate`'s, done once. Outputs are checked before
@@ -13,7 +14,7 @@ use crate::inputs::{data_format, keep_samples, load_dataset};
 use crate::models::{load_model, new_session, new_unfused_session};
 use crate::paths::OutputPaths;
 use crate::progress::{advance, progress, Bars};
-use crate::text::{human_bytes, print};
+use crate::text::{human_bytes, print, print_json};
 use crate::usage::usage_bail;
 use anyhow::{bail, Context, Result};
 use lowbit_data::labels::read_labels;
@@ -92,8 +93,8 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     }
     let mut outputs = OutputPaths::new(args.force, &[("the input model", args.model.as_path())]);
     outputs.file("-o", &args.output)?;
-    if let Some(j) = &args.json {
-        outputs.file("--json", j)?;
+    if let Some(j) = &args.json_out {
+        outputs.file("--json-out", j)?;
     }
     if let Some(r) = &args.report {
         outputs.file("--report", r)?;
@@ -101,18 +102,18 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
 
     let model = load_model(&args.model)?;
     let output = choose_output(&model, &args.model, args.output_name.as_deref())?;
-    let session = new_session(&model, &args.model, args.threads)?;
+    let session = new_session(&model, &args.model, args.threads.n)?;
 
     // Calibration, once.
     let cal_src = format.source(&args.data)?;
     let cal = CalibrationData {
-        threads: args.threads,
+        threads: args.threads.n,
         trim: !args.no_trim,
         quiet,
         ..CalibrationData::new(&cal_src, pre, args.samples)
     };
     let table = calibrate_model(&model, &args.model, &cal)?.table;
-    let unfused = new_unfused_session(&model, &args.model, args.threads)?;
+    let unfused = new_unfused_session(&model, &args.model, args.threads.n)?;
     let mut noise_data = load_dataset(&unfused, &cal_src, pre, true)?;
     keep_samples(&mut noise_data, Some(args.noise_samples.max(1)))?;
 
@@ -134,7 +135,7 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
             let fp32 = ScoredModel {
                 path: args.model.display().to_string(),
                 bytes: 0,
-                session: new_session(&model, &args.model, args.threads)?,
+                session: new_session(&model, &args.model, args.threads.n)?,
                 output: output.clone(),
             };
             (Truth::Reference(fp32), "the FP32 model's outputs".to_string())
@@ -201,7 +202,7 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         held_out: args.holdout,
         batch: args.batch,
         latency_samples: args.latency,
-        threads: args.threads,
+        threads: args.threads.n,
         time_budget: args.time_budget.map(|m| Duration::from_secs_f64(m.max(0.0) * 60.0)),
     };
     let inputs = TuneInputs {
@@ -216,7 +217,7 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     let tuned = run_tune(inputs, &opts, &Bars::new(quiet)).context("tune")?;
     lowbit_onnx::save_model(&tuned.model, &args.output).context("cannot write the chosen model")?;
     let r = &tuned.report;
-    if let Some(j) = &args.json {
+    if let Some(j) = &args.json_out {
         let text = serde_json::to_vec_pretty(r)?;
         lowbit_tensor::npy::write_atomic(j, &text)
             .with_context(|| format!("cannot write {}", j.display()))?;
@@ -225,9 +226,12 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         lowbit_tensor::npy::write_atomic(h, render_tune_html(r).as_bytes())
             .with_context(|| format!("cannot write {}", h.display()))?;
     }
+    if args.json.on {
+        return print_json(r);
+    }
     let mut out = render(r);
     let _ = writeln!(out, "wrote {}", args.output.display());
-    for p in args.json.iter().chain(&args.report) {
+    for p in args.json_out.iter().chain(&args.report) {
         let _ = writeln!(out, "wrote {}", p.display());
     }
     print(&out)

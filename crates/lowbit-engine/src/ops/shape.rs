@@ -192,8 +192,8 @@ fn axis_maps_index(in_shape: &[usize], maps: &[Vec<usize>], fill: usize) -> Vec<
 }
 
 /// Elements of `src` (shape `in_shape`) permuted by `perm`, odometer order, row copies when the
-/// last axis stays last.
-fn permute<T: Clone>(src: &[T], in_shape: &[usize], perm: &[usize]) -> Vec<T> {
+/// last axis stays last. Also the transpose of lowbit-train's tape.
+pub fn permute<T: Clone>(src: &[T], in_shape: &[usize], perm: &[usize]) -> Vec<T> {
     let r = in_shape.len();
     let n = src.len();
     if r <= 1 || n == 0 {
@@ -359,7 +359,9 @@ fn build_size(_ctx: &BuildCtx) -> KernelResult {
     kernel(|ins| Ok(vec![Tensor::scalar(input(ins, 0)?.len() as i64)]))
 }
 
-fn reshape_target(in_shape: &[usize], spec: &[i64], allowzero: bool) -> OpResult<Vec<usize>> {
+/// ONNX Reshape's output shape: `0` copies the input dim (unless `allowzero`), one `-1` is
+/// inferred. Also QAT's Reshape (lowbit-train).
+pub fn reshape_target(in_shape: &[usize], spec: &[i64], allowzero: bool) -> OpResult<Vec<usize>> {
     let mut shape = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, &d) in spec.iter().enumerate() {

@@ -2,11 +2,10 @@
 //! initializers and nodes named in creation order.
 
 // Each test binary uses part of this module.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use lowbit_onnx::pb::{
-    self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
-};
+pub use lowbit_onnx::build::{float_attr as float, int_attr as int, ints_attr as ints};
+use lowbit_onnx::pb::{self, AttributeProto, ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::tensor_to_proto;
 use lowbit_tensor::Tensor;
 
@@ -50,13 +49,9 @@ impl Graph {
     ) -> String {
         let out = self.fresh(&op.to_lowercase());
         self.nodes.push(NodeProto {
-            op_type: op.into(),
             domain: domain.into(),
-            name: out.clone(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
             attribute: attrs,
-            ..Default::default()
+            ..lowbit_onnx::build::node(op, &out, inputs, &[&out])
         });
         out
     }
@@ -98,21 +93,4 @@ pub fn float_value(name: &str, dims: Option<&[usize]>) -> pb::ValueInfoProto {
         }
         None => unshaped_value_info(name, lowbit_tensor::DType::F32),
     }
-}
-
-/// An attribute `name` of type `t`, its value left for the caller to set.
-fn attr(name: &str, t: AttributeType) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: t as i32, ..Default::default() }
-}
-
-pub fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { i: v, ..attr(name, AttributeType::Int) }
-}
-
-pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { ints: v.to_vec(), ..attr(name, AttributeType::Ints) }
-}
-
-pub fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { f: v, ..attr(name, AttributeType::Float) }
 }

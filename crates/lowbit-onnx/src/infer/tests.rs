@@ -2,6 +2,7 @@
 //! folding, errors naming the node, and `value_info` filling gaps.
 
 use super::*;
+use crate::build::{int_attr as int, ints_attr as ints, string_attr as string};
 use crate::pb::{AttributeProto, GraphProto, TensorProto};
 
 /// A tensor type; dims that parse as numbers are fixed, others are names.
@@ -18,18 +19,6 @@ fn tt(dtype: DType, dims: &[&str]) -> TypeProto {
 
 fn input(name: &str, dtype: DType, dims: &[&str]) -> ValueInfoProto {
     ValueInfoProto { name: name.into(), r#type: Some(tt(dtype, dims)), ..Default::default() }
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 7, ints: v.to_vec(), ..Default::default() }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 2, i: v, ..Default::default() }
-}
-
-fn string(name: &str, v: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 3, s: v.as_bytes().to_vec(), ..Default::default() }
 }
 
 fn node(op: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {

@@ -3,9 +3,8 @@
 
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::build::{self, Dim};
-use lowbit_onnx::pb::{
-    self, attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,
-};
+pub use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
+use lowbit_onnx::pb::{self, AttributeProto, ModelProto, NodeProto};
 use lowbit_onnx::tensor_to_proto;
 use lowbit_tensor::{DType, Tensor};
 
@@ -33,14 +32,7 @@ impl Builder {
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.n += 1;
         let out = format!("{}{}", op.to_lowercase(), self.n);
-        self.nodes.push(NodeProto {
-            op_type: op.into(),
-            name: out.clone(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            attribute: attrs,
-            ..Default::default()
-        });
+        self.nodes.push(NodeProto { attribute: attrs, ..build::node(op, &out, inputs, &[&out]) });
         out
     }
 
@@ -59,24 +51,6 @@ impl Builder {
             }),
             ..Default::default()
         }
-    }
-}
-
-pub fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
     }
 }
 

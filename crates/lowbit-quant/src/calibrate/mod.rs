@@ -48,8 +48,6 @@ use lowbit_tensor::{DType, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 /// A float range `[min, max]`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,24 +202,7 @@ impl Method {
     }
 }
 
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = QuantError;
-    fn from_str(s: &str) -> Result<Method> {
-        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-            QuantError::Scheme(format!(
-                "unknown calibration method '{s}' (use {})",
-                names.join(", ")
-            ))
-        })
-    }
-}
+display_and_parse_by_name!(Method, Scheme, "calibration method");
 
 /// Calibration settings. The defaults: 2048 bins, percentile 99.999, momentum 0.01, entropy
 /// over 128 levels, MSE for a 256-level grid.

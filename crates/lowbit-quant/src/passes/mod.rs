@@ -32,9 +32,9 @@ pub mod weight_only;
 use crate::config::QuantPlan;
 use crate::error::{QuantError, Result};
 use crate::quantize::QuantizeSummary;
+pub(crate) use lowbit_onnx::build::{int_attr, tensor_attr};
 use lowbit_onnx::graph::Graph;
-use lowbit_onnx::pb::attribute_proto::AttributeType;
-use lowbit_onnx::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
+use lowbit_onnx::pb::{AttributeProto, ModelProto, NodeProto};
 use lowbit_onnx::tensor_proto::{raw_len, shape_from_proto};
 use lowbit_onnx::{tensor_from_proto, tensor_to_proto};
 use lowbit_tensor::{DType, Tensor};
@@ -191,24 +191,6 @@ pub(crate) fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
 
 pub(crate) fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
     attr(node, name).map(|a| a.f)
-}
-
-pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-pub(crate) fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Tensor as i32,
-        t: Some(t),
-        ..Default::default()
-    }
 }
 
 /// Sets (or adds) attribute `a` on `node`.

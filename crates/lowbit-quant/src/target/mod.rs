@@ -27,7 +27,6 @@ mod others;
 use crate::error::{QuantError, Result};
 use crate::scheme::IntType;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::str::FromStr;
 
 /// The 8- and 16-bit integer types, for activations (and weights) of targets that take all.
@@ -202,21 +201,7 @@ impl Target {
     }
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Target {
-    type Err = QuantError;
-    fn from_str(s: &str) -> Result<Target> {
-        Target::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
-            QuantError::Config(format!("unknown target '{s}' (use auto, {})", names.join(", ")))
-        })
-    }
-}
+display_and_parse_by_name!(Target, Config, "target", also "auto");
 
 /// The user's choice: a named target or `auto` (this CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -151,3 +151,20 @@ pub fn run_all(m: &pb::ModelProto, feeds: &[Vec<(String, Tensor)>]) -> Vec<Vec<f
     let s = Session::new(m, &SessionOptions::with_threads(1)).unwrap();
     feeds.iter().map(|f| output(&s.run(f.clone()).unwrap(), "y").to_f32_vec().unwrap()).collect()
 }
+
+/// Deterministic values in [-1, 1) (xorshift), so the tests need no data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    pub fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(shape.to_vec(), (0..n).map(|_| self.next() * scale).collect()).unwrap()
+    }
+}

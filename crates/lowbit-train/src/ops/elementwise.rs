@@ -1,8 +1,9 @@
 //! Element-wise ops: unary activations and numpy-broadcast binary arithmetic. Their backward
 //! passes reduce a broadcast input's gradient back to its own shape.
 
-use crate::arr::{strides, Arr};
+use crate::arr::Arr;
 use lowbit_engine::ops::elementwise::erf_f32;
+use lowbit_engine::ops::util::{broadcast_shapes, broadcast_strides};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Unary {
@@ -141,28 +142,9 @@ pub enum Binary {
     Pow,
 }
 
-/// The numpy broadcast of two shapes.
+/// The numpy broadcast of two shapes (the engine's rule).
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
-    let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
-        out[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
-        };
-    }
-    Ok(out)
-}
-
-/// Strides of `shape` read as `out` (0 along broadcast dims).
-fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let s = strides(shape);
-    let off = out.len() - shape.len();
-    (0..out.len()).map(|i| if i < off || shape[i - off] == 1 { 0 } else { s[i - off] }).collect()
+    broadcast_shapes(a, b).map_err(|e| e.to_string())
 }
 
 /// Calls `f(out_index, a_index, b_index)` over every element of the broadcast output.

@@ -12,38 +12,15 @@ pub fn flatten_shape(shape: &[usize], axis: i64) -> Result<Vec<usize>, String> {
     Ok(vec![shape[..a].iter().product(), shape[a..].iter().product()])
 }
 
-/// ONNX Reshape's target: `0` copies the input dim (unless `allowzero`), `-1` is inferred.
+/// ONNX Reshape's target: `0` copies the input dim (unless `allowzero`), `-1` is inferred (the
+/// engine's rule).
 pub fn reshape_shape(
     shape: &[usize],
     target: &[i64],
     allowzero: bool,
 ) -> Result<Vec<usize>, String> {
-    let n: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(target.len());
-    let mut infer = None;
-    for (i, &t) in target.iter().enumerate() {
-        match t {
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            0 if !allowzero => out
-                .push(*shape.get(i).ok_or_else(|| format!("Reshape: 0 at {i} beyond {shape:?}"))?),
-            t if t >= 0 => out.push(t as usize),
-            _ => return Err(format!("Reshape target {target:?} not understood")),
-        }
-    }
-    if let Some(i) = infer {
-        let rest: usize = out.iter().product();
-        if rest == 0 || !n.is_multiple_of(rest) {
-            return Err(format!("Reshape {shape:?} to {target:?}: sizes do not divide"));
-        }
-        out[i] = n / rest;
-    }
-    if out.iter().product::<usize>() != n {
-        return Err(format!("Reshape {shape:?} to {target:?}: {n} elements do not fit"));
-    }
-    Ok(out)
+    lowbit_engine::ops::shape::reshape_target(shape, target, allowzero)
+        .map_err(|e| format!("Reshape: {e}"))
 }
 
 pub fn squeeze_shape(shape: &[usize], axes: &[i64]) -> Result<Vec<usize>, String> {
@@ -91,23 +68,7 @@ pub fn transpose(x: &Arr, perm: &[usize], inverse: bool) -> Result<Arr, String> 
         perm
     };
     let out: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-    let xs = strides(&x.shape);
-    let src: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
-    let mut y = vec![0.0; x.len()];
-    let mut idx = vec![0usize; r];
-    let mut off = 0usize;
-    for v in y.iter_mut() {
-        *v = x.data[off];
-        for d in (0..r).rev() {
-            idx[d] += 1;
-            off += src[d];
-            if idx[d] < out[d] {
-                break;
-            }
-            off -= src[d] * out[d];
-            idx[d] = 0;
-        }
-    }
+    let y = lowbit_engine::ops::shape::permute(&x.data, &x.shape, &perm);
     Ok(Arr::new(out, y))
 }
 

@@ -555,28 +555,11 @@ impl Recurrent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lowbit_onnx::build::{int_attr, string_attr as str_attr};
     use lowbit_onnx::pb::{attribute_proto::AttributeType, AttributeProto, NodeProto};
 
     fn node(op: &str, attrs: Vec<AttributeProto>) -> NodeProto {
         NodeProto { op_type: op.into(), attribute: attrs, ..Default::default() }
-    }
-
-    fn int_attr(name: &str, v: i64) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            i: v,
-            r#type: AttributeType::Int as i32,
-            ..Default::default()
-        }
-    }
-
-    fn str_attr(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            s: v.as_bytes().to_vec(),
-            r#type: AttributeType::String as i32,
-            ..Default::default()
-        }
     }
 
     fn t(shape: Vec<usize>, v: Vec<f32>) -> Tensor {

@@ -8,29 +8,11 @@ use crate::samples::{Feeds, NoProgress};
 use crate::scheme::IntType;
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_kernels::quantize::int_values;
+use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
-use lowbit_onnx::pb::attribute_proto::AttributeType;
-use lowbit_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto};
+use lowbit_onnx::pb::{GraphProto, ModelProto, NodeProto};
 use lowbit_onnx::{tensor_from_proto, tensor_to_proto};
 use lowbit_tensor::{DType, Tensor};
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
 
 fn random(rng: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
     let n = shape.iter().product();
