@@ -15,7 +15,7 @@ use lowbit_quant::quantize::{
 use lowbit_tensor::{DType, Tensor};
 
 mod common;
-use common::{ort_run, output, python, run_all, shared, sqnr, stsb_sentences};
+use common::{check_saved_sqnr, ort_run, output, python, run_all, shared, stsb_sentences};
 
 struct Rng(u64);
 
@@ -325,20 +325,7 @@ fn packed_attention_weight_becomes_int8_and_runs_in_both_runtimes() {
         let s = g.initializer.iter().find(|t| t.name == dq.input[1]).unwrap();
         assert_eq!(s.dims, vec![3 * HIDDEN as i64], "one scale per output column");
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("attention-{tag}.onnx"));
-        lowbit_onnx::save_model(&q, &path).unwrap();
-        let q = lowbit_onnx::load_model(&path).unwrap();
-        let ours = sqnr(&run_all(&q, &eval), &fp32);
-        println!("{tag}: int8 vs FP32 on lowbit's engine: SQNR {ours:.1} dB");
-        assert!(ours >= MIN_SQNR_DB, "{tag}: engine SQNR {ours:.1} dB");
-        if let Some(ort) = ort_run(&path, &eval) {
-            let theirs: Vec<Vec<f32>> =
-                ort.iter().map(|o| output(o, "y").to_f32_vec().unwrap()).collect();
-            let db = sqnr(&theirs, &fp32);
-            println!("{tag}: int8 vs FP32 in ONNX Runtime: SQNR {db:.1} dB");
-            assert!(db >= MIN_SQNR_DB, "{tag}: ORT SQNR {db:.1} dB");
-        }
+        check_saved_sqnr(&q, &format!("attention-{tag}.onnx"), &eval, &fp32, MIN_SQNR_DB);
     }
 }
 

@@ -9,7 +9,7 @@ use lowbit_quant::quantize::{quantize_model, QuantizeConfig};
 use lowbit_tensor::{DType, Tensor};
 
 mod common;
-use common::{ort_run, output, run_all, sqnr, Rng};
+use common::{check_saved_sqnr, run_all, Rng};
 use lowbit_onnx::build::{int_attr as attr_i, ints_attr as attr_ints, string_attr as attr_s};
 
 const SEQ: usize = 6;
@@ -104,19 +104,6 @@ fn lstm_and_gru_weights_become_int8_and_run_in_both_runtimes() {
         // W and R (88 % of the float bytes) shrink 4×; the float biases and scales stay.
         assert!(summary.size_after * 5 < summary.size_before * 2, "{summary}");
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("lstm-gru-{tag}.onnx"));
-        lowbit_onnx::save_model(&q, &path).unwrap();
-        let q = lowbit_onnx::load_model(&path).unwrap();
-        let ours = sqnr(&run_all(&q, &eval), &fp32);
-        println!("{tag}: int8 vs FP32 on lowbit's engine: SQNR {ours:.1} dB");
-        assert!(ours >= MIN_SQNR_DB, "{tag}: engine SQNR {ours:.1} dB");
-        if let Some(ort) = ort_run(&path, &eval) {
-            let theirs: Vec<Vec<f32>> =
-                ort.iter().map(|o| output(o, "y").to_f32_vec().unwrap()).collect();
-            let db = sqnr(&theirs, &fp32);
-            println!("{tag}: int8 vs FP32 in ONNX Runtime: SQNR {db:.1} dB");
-            assert!(db >= MIN_SQNR_DB, "{tag}: ORT SQNR {db:.1} dB");
-        }
+        check_saved_sqnr(&q, &format!("lstm-gru-{tag}.onnx"), &eval, &fp32, MIN_SQNR_DB);
     }
 }

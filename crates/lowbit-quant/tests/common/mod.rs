@@ -152,6 +152,32 @@ pub fn run_all(m: &pb::ModelProto, feeds: &[Vec<(String, Tensor)>]) -> Vec<Vec<f
     feeds.iter().map(|f| output(&s.run(f.clone()).unwrap(), "y").to_f32_vec().unwrap()).collect()
 }
 
+/// Saves `q` as `file` and loads it back (what a user runs), then checks its output `y` on
+/// `eval` against `fp32`: SQNR ≥ `min_db` in lowbit's engine and, where a Python with it is
+/// found, in ONNX Runtime.
+pub fn check_saved_sqnr(
+    q: &pb::ModelProto,
+    file: &str,
+    eval: &[Vec<(String, Tensor)>],
+    fp32: &[Vec<f32>],
+    min_db: f64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file);
+    lowbit_onnx::save_model(q, &path).unwrap();
+    let q = lowbit_onnx::load_model(&path).unwrap();
+    let ours = sqnr(&run_all(&q, eval), fp32);
+    println!("{file}: int8 vs FP32 on lowbit's engine: SQNR {ours:.1} dB");
+    assert!(ours >= min_db, "{file}: engine SQNR {ours:.1} dB");
+    if let Some(ort) = ort_run(&path, eval) {
+        let theirs: Vec<Vec<f32>> =
+            ort.iter().map(|o| output(o, "y").to_f32_vec().unwrap()).collect();
+        let db = sqnr(&theirs, fp32);
+        println!("{file}: int8 vs FP32 in ONNX Runtime: SQNR {db:.1} dB");
+        assert!(db >= min_db, "{file}: ORT SQNR {db:.1} dB");
+    }
+}
+
 /// Deterministic values in [-1, 1) (xorshift), so the tests need no data.
 pub struct Rng(pub u64);
 
