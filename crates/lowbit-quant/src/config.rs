@@ -489,14 +489,17 @@ impl QuantPlan {
     }
 
     /// This plan with [`QuantPlan::ends`] given by name to the first and last weighted layers
-    /// of `g` that have no plan of their own (the static pass reads `nodes` only).
+    /// of `g` that are neither excluded nor have a plan of their own (the static pass reads
+    /// `nodes` only).
     pub fn with_end_layers(&self, g: &lowbit_onnx::graph::Graph) -> QuantPlan {
         let mut plan = self.clone();
         let Some(ends) = self.ends else { return plan };
         let mut named = Vec::new();
         for idx in crate::passes::end_layers(g) {
-            let label = crate::passes::label(&g.nodes()[idx], idx);
-            if !plan.nodes.contains_key(&label) {
+            let node = &g.nodes()[idx];
+            let label = crate::passes::label(node, idx);
+            // Excluded layers stay float; a layer's own precision wins.
+            if self.exclude.reason(node).is_none() && !plan.nodes.contains_key(&label) {
                 plan.nodes.insert(label.clone(), ends);
                 named.push(label);
             }

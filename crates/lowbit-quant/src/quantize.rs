@@ -831,10 +831,20 @@ mod tests {
         assert!(!summary.decisions.iter().any(|d| d.contains("first and last")));
         let own = QuantizeConfig {
             node_precision: [("matmul7".to_string(), Precision::Int4)].into_iter().collect(),
-            ..int4
+            ..int4.clone()
         };
         let (q, _) = run(&own);
         assert_eq!(codes(&q, "matmul1").0, DType::I8);
         assert_eq!(codes(&q, "matmul7").0, DType::I4);
+        // An excluded end stays float and is not named.
+        let mut excluded = int4;
+        excluded.exclude.node_names.push("matmul7".into());
+        let (q, summary) = run(&excluded);
+        assert_eq!(codes(&q, "matmul1").0, DType::I8);
+        assert!(
+            summary.decisions.iter().any(|d| d.contains("(matmul1)")),
+            "{:?}",
+            summary.decisions
+        );
     }
 }
