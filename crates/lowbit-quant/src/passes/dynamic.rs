@@ -15,7 +15,7 @@
 //! asymmetric), per output column or per tensor. `Conv` stays float: `ConvInteger` is not
 //! reliably supported by ONNX Runtime's CPU provider (a note says so in the summary).
 
-use super::subgraphs::{rewrite_subgraphs, Outer};
+use super::subgraphs::rewrite_everywhere;
 use super::{
     add_init, attr_f, attr_i, constant_values, init_f32, int_attr, is_default_domain, make_node,
     raise_opset, value_dtypes,
@@ -35,14 +35,10 @@ pub fn quantize_dynamic(
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    let root = Outer::root(g.model());
-    rewrite_subgraphs(g, &root, None, summary, &mut |sg, _, s| dynamic_graph(sg, plan, s))?;
-    dynamic_graph(g, plan, summary)
-}
-
-fn dynamic_graph(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
-    dynamic_graph_gemm(g, plan, summary)?;
-    super::recurrent::quantize_recurrent(g, plan, summary)
+    rewrite_everywhere(g, summary, &mut |sg, s| {
+        dynamic_graph_gemm(sg, plan, s)?;
+        super::recurrent::quantize_recurrent(sg, plan, s)
+    })
 }
 
 fn dynamic_graph_gemm(

@@ -112,6 +112,18 @@ fn scope(
     found.unwrap_or_else(|| format!("{head}{idx}{tail}"))
 }
 
+/// Runs `pass` on every control-flow body of `g`, innermost first, then on `g` itself: for the
+/// passes that need no scope (dynamic, weight-only), each graph on its own.
+pub(crate) fn rewrite_everywhere(
+    g: &mut Graph,
+    summary: &mut QuantizeSummary,
+    pass: &mut dyn FnMut(&mut Graph, &mut QuantizeSummary) -> Result<()>,
+) -> Result<()> {
+    let root = Outer::root(g.model());
+    rewrite_subgraphs(g, &root, None, summary, &mut |sg, _, s| pass(sg, s))?;
+    pass(g, summary)
+}
+
 /// Runs `pass` on every subgraph of `g`'s nodes, innermost first (a body's nested subgraphs
 /// before the body itself), and puts each rewritten subgraph back. `g` itself is not passed.
 /// `table` only names the scopes of unnamed nodes.

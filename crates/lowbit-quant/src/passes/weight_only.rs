@@ -11,7 +11,7 @@
 //! Conv weights are left alone. `LSTM`/`GRU`/`RNN` weights: [`super::recurrent`].
 
 use super::qdq::insert_weight_dq;
-use super::subgraphs::{rewrite_subgraphs, Outer};
+use super::subgraphs::rewrite_everywhere;
 use super::{attr_i, ensure_ir, init_dtype, is_default_domain, raise_opset};
 use crate::config::QuantPlan;
 use crate::error::Result;
@@ -26,14 +26,10 @@ pub fn quantize_weights(
     plan: &QuantPlan,
     summary: &mut QuantizeSummary,
 ) -> Result<()> {
-    let root = Outer::root(g.model());
-    rewrite_subgraphs(g, &root, None, summary, &mut |sg, _, s| weights_graph(sg, plan, s))?;
-    weights_graph(g, plan, summary)
-}
-
-fn weights_graph(g: &mut Graph, plan: &QuantPlan, summary: &mut QuantizeSummary) -> Result<()> {
-    weights_graph_gemm(g, plan, summary)?;
-    super::recurrent::quantize_recurrent(g, plan, summary)
+    rewrite_everywhere(g, summary, &mut |sg, s| {
+        weights_graph_gemm(sg, plan, s)?;
+        super::recurrent::quantize_recurrent(sg, plan, s)
+    })
 }
 
 fn weights_graph_gemm(
