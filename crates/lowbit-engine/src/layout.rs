@@ -21,6 +21,14 @@
 //! only where an op needs NCHW (the graph's input, `MaxPool`, `Flatten`, outputs). Values keep
 //! their names and shapes wherever something other than the rewritten ops reads them.
 
+//!
+//! Float graphs get the same treatment after float fusion ([`Mode::Float`]): every 2-D `Conv`
+//! and `FusedConv` with a constant weight runs channels-last (`lowbit-kernels`' `conv_nhwc`:
+//! pointwise convs are a GEMM of pixels with the packed weights, depthwise convs have the
+//! channels in the vector lanes), and the transposes move through float elementwise ops
+//! (activations; `Add`/`Sub`/`Mul`/`Div` of two channels-last operands), `MaxPool` and
+//! `GlobalAveragePool`.
+
 use crate::fuse::LOWBIT_DOMAIN;
 use crate::registry::canonical_domain;
 use lowbit_onnx::pb::{attribute_proto, AttributeProto, NodeProto};
@@ -31,25 +39,55 @@ const TO_LAST: [i64; 4] = [0, 2, 3, 1];
 /// NHWC → NCHW.
 const TO_FIRST: [i64; 4] = [0, 3, 1, 2];
 
-/// `nodes` (topologically ordered, after fusion) with 2-D integer convs channels-last, and how
-/// many convs were converted. `rank_of` gives a constant's rank (conv weights), `keep` the
-/// values that must stay as they are (graph outputs).
+/// Which convs and followers a [`channels_last`] pass converts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `QLinearConv` and the ops on 8-bit codes after it.
+    Integer,
+    /// f32 `Conv` / `FusedConv` and the float elementwise ops after them.
+    Float,
+}
+
+/// Float ops of one data input (input 0; the others, such as `Clip`'s bounds, are scalars)
+/// that compute each element alone, so they run on any layout.
+const FLOAT_UNARY: &[&str] = &[
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Sqrt",
+    "Exp",
+];
+
+/// `nodes` (topologically ordered, after fusion) with the 2-D convs of `mode` channels-last,
+/// and how many convs were converted. `rank_of` gives a constant's rank (conv weights), `keep`
+/// the values that must stay as they are (graph outputs).
 pub fn channels_last(
     nodes: Vec<NodeProto>,
     rank_of: impl Fn(&str) -> Option<usize>,
     keep: &HashSet<&str>,
+    mode: Mode,
 ) -> (Vec<NodeProto>, usize) {
     let mut out: Vec<NodeProto> = Vec::with_capacity(nodes.len());
     // NCHW value → the NHWC value it was transposed from (or to).
     let mut nhwc: HashMap<String, String> = HashMap::new();
     let mut converted = 0;
     for mut n in nodes {
-        let data = data_inputs(&n, &rank_of);
+        let data = data_inputs(&n, &rank_of, mode);
         if data.is_empty() {
             out.push(n);
             continue;
         }
-        let is_conv = n.op_type == "QLinearConv";
+        let is_conv = matches!(n.op_type.as_str(), "QLinearConv" | "Conv" | "FusedConv");
         // Elementwise ops and the pooling only follow when every data input is NHWC already;
         // a conv always converts, transposing its input if it must.
         if !is_conv && !data.iter().all(|&i| nhwc.contains_key(&n.input[i])) {
@@ -71,12 +109,20 @@ pub fn channels_last(
         }
         if is_conv {
             converted += 1;
-            if n.input.len() < 9 {
+            if n.op_type == "QLinearConv" && n.input.len() < 9 {
                 n.input.resize(9, String::new());
             }
         }
         // Elementwise ops need no flag; convs and pools run their channels-last kernels.
-        if matches!(n.op_type.as_str(), "QLinearConv" | "MaxPool" | "QLinearGlobalAveragePool") {
+        let flagged = [
+            "QLinearConv",
+            "MaxPool",
+            "QLinearGlobalAveragePool",
+            "Conv",
+            "FusedConv",
+            "GlobalAveragePool",
+        ];
+        if flagged.contains(&n.op_type.as_str()) {
             if n.op_type != "QLinearGlobalAveragePool" {
                 n.domain = LOWBIT_DOMAIN.to_string();
             }
@@ -100,13 +146,27 @@ pub fn channels_last(
 
 /// The inputs of `n` that carry activations it could read channels-last; empty when `n` is not
 /// such an op.
-fn data_inputs(n: &NodeProto, rank_of: &impl Fn(&str) -> Option<usize>) -> Vec<usize> {
+fn data_inputs(n: &NodeProto, rank_of: &impl Fn(&str) -> Option<usize>, mode: Mode) -> Vec<usize> {
     let has = |i: usize| n.input.get(i).is_some_and(|x| !x.is_empty());
     let set = n.attribute.iter().any(|a| a.name == "channels_last" && a.i != 0);
     if set || n.output.len() != 1 {
         return vec![];
     }
-    match (canonical_domain(&n.domain), n.op_type.as_str()) {
+    let op = (canonical_domain(&n.domain), n.op_type.as_str());
+    if mode == Mode::Float {
+        return match op {
+            ("", "Conv") | (LOWBIT_DOMAIN, "FusedConv")
+                if has(1) && rank_of(&n.input[1]) == Some(4) =>
+            {
+                vec![0]
+            }
+            ("", "Add" | "Sub" | "Mul" | "Div") if has(0) && has(1) => vec![0, 1],
+            ("", "MaxPool" | "GlobalAveragePool") if has(0) => vec![0],
+            ("", u) if FLOAT_UNARY.contains(&u) && has(0) => vec![0],
+            _ => vec![],
+        };
+    }
+    match op {
         ("" | LOWBIT_DOMAIN, "QLinearConv") if has(3) && rank_of(&n.input[3]) == Some(4) => {
             vec![0]
         }
@@ -194,7 +254,7 @@ mod tests {
             node("Flatten", "", &["e"], "f"),
         ];
         let rank = |w: &str| (w == "w4").then_some(4);
-        let (got, n) = channels_last(nodes, rank, &HashSet::from(["f"]));
+        let (got, n) = channels_last(nodes, rank, &HashSet::from(["f"]), Mode::Integer);
         assert_eq!(n, 2);
         assert_eq!(
             ops(&got),
@@ -233,7 +293,7 @@ mod tests {
             node("QLinearAdd", "com.microsoft", &["a", "s", "z", "q", "s", "z", "s", "z"], "r"),
         ];
         let rank = |w: &str| Some(if w == "w4" { 4 } else { 3 });
-        let (got, n) = channels_last(nodes, rank, &HashSet::from(["r"]));
+        let (got, n) = channels_last(nodes, rank, &HashSet::from(["r"]), Mode::Integer);
         assert_eq!(n, 1);
         assert_eq!(
             ops(&got),
@@ -246,5 +306,53 @@ mod tests {
                 "QLinearAdd(a)->r",
             ]
         );
+    }
+
+    /// A float MobileNet block: stem conv, fused depthwise, project conv, residual add, clip,
+    /// pooling. The convs, the elementwise ops between them and the pools run channels-last;
+    /// a `Mul` by a constant reads the NCHW form back.
+    #[test]
+    fn float_convs_and_their_elementwise_followers_run_channels_last() {
+        let fused = |x: &str, y: &str| node("FusedConv", LOWBIT_DOMAIN, &[x, "w4", "b"], y);
+        let nodes = vec![
+            node("Conv", "", &["x", "w4", "b"], "a"),
+            fused("a", "b1"),
+            node("Conv", "", &["b1", "w4"], "c"),
+            node("Add", "", &["c", "a"], "d"),
+            node("Clip", "", &["d", "", "six"], "e"),
+            node("Mul", "", &["e", "half"], "h"),
+            node("MaxPool", "", &["e"], "m"),
+            node("GlobalAveragePool", "", &["e"], "g"),
+        ];
+        let rank = |w: &str| (w == "w4").then_some(4);
+        let (got, n) = channels_last(nodes, rank, &HashSet::from(["g", "h", "m"]), Mode::Float);
+        assert_eq!(n, 3);
+        assert_eq!(
+            ops(&got),
+            [
+                "Transpose(x)->x::nhwc",
+                "Conv(x::nhwc)->a::nhwc",
+                "FusedConv(a::nhwc)->b1::nhwc",
+                "Conv(b1::nhwc)->c::nhwc",
+                "Add(c::nhwc)->d::nhwc",
+                "Clip(d::nhwc)->e::nhwc",
+                "Transpose(e::nhwc)->e",
+                "Mul(e)->h",
+                "MaxPool(e::nhwc)->m::nhwc",
+                "Transpose(m::nhwc)->m",
+                "GlobalAveragePool(e::nhwc)->g::nhwc",
+                "Transpose(g::nhwc)->g",
+            ]
+        );
+        assert_eq!(got[4].input[1], "a::nhwc");
+        for conv in &got[1..4] {
+            assert_eq!(conv.domain, LOWBIT_DOMAIN);
+            assert!(conv.attribute.iter().any(|a| a.name == "channels_last" && a.i == 1));
+            assert!(conv.input.len() <= 3, "float convs keep their inputs");
+        }
+        // The integer mode leaves float graphs alone.
+        let float = vec![node("Conv", "", &["x", "w4", "b"], "a")];
+        let (same, n) = channels_last(float.clone(), rank, &HashSet::from(["a"]), Mode::Integer);
+        assert_eq!((same, n), (float, 0));
     }
 }

@@ -284,8 +284,12 @@ impl Session {
             let mut f = crate::fuse::fuse_qdq(graph, &by_ref, reg);
             let rank = |name: &str| constant_rank(graph, name);
             let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-            let (nodes, n) =
-                crate::layout::channels_last(std::mem::take(&mut f.nodes), rank, &outputs);
+            let (nodes, n) = crate::layout::channels_last(
+                std::mem::take(&mut f.nodes),
+                rank,
+                &outputs,
+                crate::layout::Mode::Integer,
+            );
             f.nodes = nodes;
             if n > 0 {
                 f.counts.insert("channels-last convs".into(), n);
@@ -297,6 +301,18 @@ impl Session {
         if opts.fuse_float {
             let opset = opsets.get("").copied().unwrap_or(1);
             crate::fuse_float::fuse_float(graph, opset, reg, &mut fused);
+            // Folded weights are new constants: their ranks are in `fused.constants`.
+            let ranks: HashMap<&str, usize> =
+                fused.constants.iter().map(|(n, t)| (n.as_str(), t.rank())).collect();
+            let rank = |name: &str| ranks.get(name).copied().or_else(|| constant_rank(graph, name));
+            let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+            let nodes = std::mem::take(&mut fused.nodes);
+            let (nodes, n) =
+                crate::layout::channels_last(nodes, rank, &outputs, crate::layout::Mode::Float);
+            fused.nodes = nodes;
+            if n > 0 {
+                fused.counts.insert("channels-last float convs".into(), n);
+            }
         }
         let env = SubgraphCtx { reg, opsets: &opsets, explicit_inputs: 0 };
         let plan = Plan::build(graph, &fused.nodes, fused.constants, &[], &env)?;

@@ -59,13 +59,23 @@ fn both(m: &ModelProto, x: &Tensor) -> Runs {
         s.run(vec![("x".into(), x.clone())]).unwrap().into_iter().map(|(_, t)| t).collect()
     };
     assert!(p.fused_ops().is_empty());
+    // The layout pass's transposes around channels-last convs are checked on their own
+    // (`a_mobilenet_block_runs_channels_last_between_two_transposes`).
     Runs {
         fused: run(&f),
         plain: run(&p),
-        steps: f.step_ops().iter().map(|s| s.to_string()).collect(),
-        counts: f.fused_ops().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        steps: f.step_ops().iter().filter(|s| **s != "Transpose").map(|s| s.to_string()).collect(),
+        counts: f
+            .fused_ops()
+            .iter()
+            .filter(|(k, _)| *k != LAYOUT)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
     }
 }
+
+/// The fused-op count of convs the layout pass ran channels-last.
+const LAYOUT: &str = "channels-last float convs";
 
 /// Largest difference relative to the output's largest magnitude.
 fn assert_close(r: &Runs) {
@@ -199,4 +209,45 @@ fn per_channel_adds_become_conv_and_matmul_biases() {
     assert_close(&r);
     assert_eq!(r.steps, ["FusedConv", "Reshape", "FusedMatMul", "Conv", "Add"]);
     assert_eq!((count(&r, "Conv+Add"), count(&r, "MatMul+Add")), (1, 1));
+}
+
+/// A MobileNet-style block (1×1 expand with ReLU6, strided 3×3 depthwise with ReLU6, 1×1
+/// project, residual add, a second depthwise, a 3×3 conv) runs channels-last between one
+/// transpose in and one out, and matches the unfused NCHW graph on two images.
+#[test]
+fn a_mobilenet_block_runs_channels_last_between_two_transposes() {
+    let mut g = G::new();
+    let relu6 = |g: &mut G, x: &str| {
+        let (lo, hi) = (g.init(Tensor::scalar(0f32)), g.init(Tensor::scalar(6f32)));
+        g.op("Clip", &[x, &lo, &hi], vec![])
+    };
+    let w1 = g.values(vec![24, 8, 1, 1], 30, -0.5, 1.0);
+    let e = g.op("Conv", &["x", &w1], vec![]);
+    let e = relu6(&mut g, &e);
+    let wd = g.values(vec![24, 1, 3, 3], 31, -0.5, 1.0);
+    let pads = ints("pads", &[1, 1, 1, 1]);
+    let dw_attrs = vec![int("group", 24), pads.clone(), ints("strides", &[2, 2])];
+    let d = g.op("Conv", &[&e, &wd], dw_attrs);
+    let d = relu6(&mut g, &d);
+    let w2 = g.values(vec![16, 24, 1, 1], 32, -0.5, 1.0);
+    let b2 = g.values(vec![16], 33, -0.2, 0.4);
+    let p = g.op("Conv", &[&d, &w2, &b2], vec![]);
+    let wd2 = g.values(vec![16, 1, 5, 5], 34, -0.3, 0.6);
+    let d2 = g.op("Conv", &[&p, &wd2], vec![int("group", 16), ints("pads", &[2, 2, 2, 2])]);
+    let sum = g.op("Add", &[&p, &d2], vec![]);
+    let w3 = g.values(vec![4, 16, 3, 3], 35, -0.3, 0.6);
+    let y = g.op("Conv", &[&sum, &w3], vec![pads]);
+    let m = g.model(&[2, 8, 15, 15], &[&y]);
+    let x = input(&[2, 8, 15, 15]);
+    let r = both(&m, &x);
+    assert_close(&r);
+    let f = Session::new(&m, &SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    let steps = f.step_ops();
+    assert_eq!(steps.iter().filter(|s| **s == "Transpose").count(), 2, "{steps:?}");
+    assert_eq!((steps.first(), steps.last()), (Some(&"Transpose"), Some(&"Transpose")));
+    assert_eq!(f.fused_ops().get(LAYOUT), Some(&5));
+    // Two threads split the pixels and the depthwise rows: the same values.
+    let two = Session::new(&m, &SessionOptions { threads: 2, ..Default::default() }).unwrap();
+    let run = |s: &Session| s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1;
+    assert_eq!(run(&f).as_f32().unwrap(), run(&two).as_f32().unwrap());
 }

@@ -178,6 +178,148 @@ pub(crate) fn depthwise(
     }
 }
 
+/// The taps of a depthwise `w` (`[C, 1, k...]`, as ONNX stores it) channel-fastest: `[tap][C]`,
+/// what [`depthwise_channels_last`] reads (one vector of channels per tap).
+pub(crate) fn taps_channel_fastest(c: usize, k_sz: usize, w: &[f32]) -> Vec<f32> {
+    let mut t = vec![0.0; c * k_sz];
+    for (ch, taps) in w[..c * k_sz].chunks_exact(k_sz).enumerate() {
+        taps.iter().enumerate().for_each(|(i, &v)| t[i * c + ch] = v);
+    }
+    t
+}
+
+/// `y = act(conv(x, w) + bias)` for a depthwise `p` on channels-last activations: `x` is
+/// `[N, in..., C]`, `y` `[N, out..., C]`, `w` the taps from [`taps_channel_fastest`]. The
+/// channels are the vector lanes, so a small plane (EfficientNet's 7×7 with 1152 channels)
+/// wastes no lane and needs no padded copy; each output pixel sums only its taps inside the
+/// input. Rows of output pixels run in parallel on the current rayon pool.
+pub(crate) fn depthwise_channels_last(
+    isa: Isa,
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let win = &p.window;
+    let c = p.c_out;
+    let (in_sz, out_sz, k_sz) = (win.input_size(), win.output_size(), win.kernel_size());
+    assert!(x.len() >= p.batch * in_sz * c, "depthwise: x too short");
+    assert!(w.len() >= k_sz * c && bias.is_none_or(|b| b.len() >= c), "depthwise: w too short");
+    let y = &mut y[..p.batch * out_sz * c];
+    let [od, oh, ow] = win.output;
+    let [_, ih, iw] = win.input;
+    let [_, kh, kw] = win.kernel;
+    if y.is_empty() {
+        return;
+    }
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = vec![0.0; c];
+            &zeros
+        }
+    };
+    let (sx, dx, pl) = (win.strides[2], win.dilations[2], win.pads_begin[2]);
+    // Output columns whose taps are all inside the input along x: `lo..hi`.
+    let lo = pl.div_ceil(sx).min(ow);
+    let reach = (kw - 1) * dx;
+    let hi = if iw + pl > reach { ((iw + pl - reach - 1) / sx + 1).clamp(lo, ow) } else { lo };
+    let row = |r: usize, yr: &mut [MaybeUninit<f32>]| {
+        let (n, oz, oy) = (r / (od * oh), r / oh % od, r % oh);
+        let xb = &x[n * in_sz * c..][..in_sz * c];
+        // (input offset, weight offset) of each tap, in floats.
+        let mut taps: Vec<(usize, usize)> = Vec::with_capacity(k_sz);
+        let rows_inside = || {
+            (0..win.kernel[0]).filter_map(|k| Some((k, win.tap_input(0, oz, k)?))).flat_map(
+                |(kz, iz)| {
+                    (0..kh).filter_map(move |k| {
+                        Some((kz * kh + k, iz * ih + win.tap_input(1, oy, k)?))
+                    })
+                },
+            )
+        };
+        // Border columns: only the taps inside, at absolute offsets.
+        for ox in (0..lo).chain(hi..ow) {
+            taps.clear();
+            for (kzy, izy) in rows_inside() {
+                for (kx, ix) in (0..kw).filter_map(|k| Some((k, win.tap_input(2, ox, k)?))) {
+                    taps.push(((izy * iw + ix) * c, (kzy * kw + kx) * c));
+                }
+            }
+            let yp = &mut yr[ox * c..(ox + 1) * c];
+            pixels_channels_last(isa, xb, 0, 0, w, bias, act, &taps, yp);
+        }
+        // Inner columns: every tap of the rows inside, relative to the first pixel's column.
+        if hi > lo {
+            taps.clear();
+            for (kzy, izy) in rows_inside() {
+                taps.extend((0..kw).map(|kx| ((izy * iw + kx * dx) * c, (kzy * kw + kx) * c)));
+            }
+            let first = (lo * sx - pl) * c;
+            let yp = &mut yr[lo * c..hi * c];
+            pixels_channels_last(isa, xb, first, sx * c, w, bias, act, &taps, yp);
+        }
+    };
+    let rows = p.batch * od * oh;
+    if rayon::current_num_threads() > 1 && rows > 1 && y.len() * k_sz >= 1 << 15 {
+        use rayon::prelude::*;
+        y.par_chunks_mut(ow * c).enumerate().for_each(|(r, yr)| row(r, yr));
+    } else {
+        y.chunks_mut(ow * c).enumerate().for_each(|(r, yr)| row(r, yr));
+    }
+}
+
+/// Output pixels of [`depthwise_channels_last`] that share their taps: pixel `j` (of
+/// `y.len() / c`, `c = bias.len()`) reads `x` from `first + j * step`, and `y[j][ch] =
+/// act(bias[ch] + Σ w[wo + ch] * x[first + j * step + xo + ch])` over `taps` `(xo, wo)`.
+#[allow(clippy::too_many_arguments)]
+fn pixels_channels_last(
+    isa: Isa,
+    x: &[f32],
+    first: usize,
+    step: usize,
+    w: &[f32],
+    bias: &[f32],
+    act: Activation,
+    taps: &[(usize, usize)],
+    y: &mut [MaybeUninit<f32>],
+) {
+    let c = bias.len();
+    let npix = y.len() / c;
+    if npix == 0 {
+        return;
+    }
+    let last = first + (npix - 1) * step;
+    assert!(taps.iter().all(|&(xo, wo)| last + xo + c <= x.len() && wo + c <= w.len()));
+    #[cfg(target_arch = "x86_64")]
+    let done = {
+        let (xp, wp, bp, yp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr(), y.as_mut_ptr().cast());
+        let g = x86_64::Pixels { x: xp, first, step, npix, w: wp, bias: bp, act, taps, c, y: yp };
+        // SAFETY: the CPU has the level `isa` names (cpu::best); the assert above bounds every
+        // read of `x` and `w`, `bias` holds `c` and `y` `npix * c`.
+        match isa {
+            Isa::Avx512Vnni => unsafe { x86_64::pixels_avx512(&g) },
+            Isa::Avx2 => unsafe { x86_64::pixels_avx2(&g) },
+            Isa::Generic => 0,
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = isa;
+        0
+    };
+    for (j, yp) in y.chunks_exact_mut(c).enumerate() {
+        let xj = first + j * step;
+        for ch in done..c {
+            let s = taps.iter().fold(bias[ch], |s, &(xo, wo)| s + w[wo + ch] * x[xj + xo + ch]);
+            yp[ch].write(act.of(s));
+        }
+    }
+}
+
 /// One channel's kernel as the tap sums read it: each tap's offset in the phase buffer and
 /// weight, the bias and the activation.
 #[derive(Clone, Copy)]
@@ -344,6 +486,111 @@ mod x86_64 {
         }
     }
 
+    /// The operands of [`super::pixels_channels_last`] as raw pointers.
+    pub(super) struct Pixels<'a> {
+        pub x: *const f32,
+        pub first: usize,
+        pub step: usize,
+        pub npix: usize,
+        pub w: *const f32,
+        pub bias: *const f32,
+        pub act: Activation,
+        pub taps: &'a [(usize, usize)],
+        pub c: usize,
+        pub y: *mut f32,
+    }
+
+    /// [`super::pixels_channels_last`] on vectors `V`, `P` pixels at a time (each tap's weights
+    /// loaded once for all of them): 4 vectors of channels per step, then one; returns how
+    /// many channels it wrote (the rest, under one vector, are the caller's).
+    ///
+    /// # Safety
+    /// The CPU must run `V`'s instructions; every pixel's taps readable for `c` floats in `x`
+    /// and `w`, `bias` for `c`, `y` writable for `npix * c`.
+    #[inline(always)]
+    unsafe fn pixels<V: Lanes, const P: usize>(g: &Pixels) -> usize {
+        let mut c0 = 0;
+        // SAFETY: forwarded; each block stays below `c`.
+        unsafe {
+            while c0 + 4 * V::N <= g.c {
+                block::<V, P, 4>(g, c0);
+                c0 += 4 * V::N;
+            }
+            while c0 + V::N <= g.c {
+                block::<V, P, 1>(g, c0);
+                c0 += V::N;
+            }
+        }
+        c0
+    }
+
+    /// Channels `c0..c0 + B * V::N` of every pixel of `g`, `P` pixels at a time, then one.
+    ///
+    /// # Safety
+    /// As [`pixels`], with `c0 + B * V::N <= c`.
+    #[inline(always)]
+    unsafe fn block<V: Lanes, const P: usize, const B: usize>(g: &Pixels, c0: usize) {
+        // SAFETY: every access is at a channel below `c0 + B * V::N <= c` past a pixel's tap
+        // or output, which the caller bounds.
+        unsafe {
+            let bias: [V; B] = std::array::from_fn(|i| V::load(g.bias.add(c0 + i * V::N)));
+            let mut j = 0;
+            while j + P <= g.npix {
+                let mut acc = [bias; P];
+                let x0 = g.x.add(g.first + j * g.step + c0);
+                for &(xo, wo) in g.taps {
+                    let wv: [V; B] = std::array::from_fn(|i| V::load(g.w.add(wo + c0 + i * V::N)));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let xp = x0.add(p * g.step + xo);
+                        for (i, v) in a.iter_mut().enumerate() {
+                            *v = v.fma(wv[i], V::load(xp.add(i * V::N)));
+                        }
+                    }
+                }
+                for (p, a) in acc.iter().enumerate() {
+                    for (i, v) in a.iter().enumerate() {
+                        v.act(g.act).store(g.y.add((j + p) * g.c + c0 + i * V::N));
+                    }
+                }
+                j += P;
+            }
+            while j < g.npix {
+                let mut a = bias;
+                let x0 = g.x.add(g.first + j * g.step + c0);
+                for &(xo, wo) in g.taps {
+                    for (i, v) in a.iter_mut().enumerate() {
+                        let wv = V::load(g.w.add(wo + c0 + i * V::N));
+                        *v = v.fma(wv, V::load(x0.add(xo + i * V::N)));
+                    }
+                }
+                for (i, v) in a.iter().enumerate() {
+                    v.act(g.act).store(g.y.add(j * g.c + c0 + i * V::N));
+                }
+                j += 1;
+            }
+        }
+    }
+
+    /// [`pixels`] on AVX2 vectors, two pixels at a time (16 registers).
+    ///
+    /// # Safety
+    /// As [`pixels`]; the CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pixels_avx2(g: &Pixels) -> usize {
+        // SAFETY: forwarded.
+        unsafe { pixels::<__m256, 2>(g) }
+    }
+
+    /// [`pixels`] on AVX-512 vectors, four pixels at a time (32 registers).
+    ///
+    /// # Safety
+    /// As [`pixels`]; the CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn pixels_avx512(g: &Pixels) -> usize {
+        // SAFETY: forwarded.
+        unsafe { pixels::<__m512, 4>(g) }
+    }
+
     /// [`super::deinterleave`] of whole groups of 8 pairs: returns how many pairs it wrote.
     ///
     /// # Safety
@@ -475,6 +722,36 @@ mod tests {
         ) {
             if let Some(p) = params(batch, ch, &dims) {
                 check(&p, seed, bias, ACTS[act])?;
+            }
+        }
+
+        /// The channels-last kernel on every implementation: channel counts that fill four
+        /// vectors, one, and leave a tail; any 1-D to 3-D window.
+        #[test]
+        fn channels_last_matches_reference(
+            batch in 1usize..3, ch in 2usize..90,
+            dims in prop::collection::vec((1usize..9, 1usize..6, 1usize..4, 1usize..3, 0usize..3, 0usize..3), 1..=3),
+            bias in any::<bool>(), act in 0usize..4, seed in any::<u32>(),
+        ) {
+            let Some(p) = params(batch, ch, &dims) else { return Ok(()) };
+            let (nx, nw, ny) = p.sizes();
+            let (in_sz, out_sz) = (p.window.input_size(), p.window.output_size());
+            let fill = |n, s| crate::test_data::levels(n, s, 19, 9.0, 1.0);
+            let (x, w, b) = (fill(nx, seed), fill(nw, seed ^ 3), fill(ch, seed ^ 9));
+            let bias = bias.then_some(&b[..]);
+            let mut want = vec![0.0; ny];
+            conv_ref(&p, &x, &w, bias, ACTS[act], &mut want);
+            let mut xl = vec![0.0; nx];
+            crate::conv_nhwc::to_channels_last(batch, ch, in_sz, &x, &mut xl);
+            let taps = taps_channel_fastest(ch, p.window.kernel_size(), &w);
+            for isa in levels(|k| k.depthwise_f32) {
+                let mut yl = vec![f32::NAN; ny];
+                depthwise_channels_last(isa, &p, &xl, &taps, bias, ACTS[act], crate::conv::as_uninit(&mut yl));
+                let mut got = vec![0.0; ny];
+                crate::conv_nhwc::to_channels_first(batch, ch, out_sz, &yl, &mut got);
+                for (i, (a, r)) in got.iter().zip(&want).enumerate() {
+                    prop_assert!((a - r).abs() <= 1e-4 * (1.0 + r.abs()), "{isa:?} y[{i}]: {a} vs {r}");
+                }
             }
         }
     }

@@ -598,6 +598,46 @@ pub(crate) unsafe fn sgemm_packed_ab_raw(
     };
 }
 
+/// `C = epi(A * B)` with `A` row-major (leading dim `lda`) and `B` packed, into `C` through a
+/// raw pointer: for callers that run several products at once over disjoint rows of one output
+/// (the channels-last convolution's blocks of pixels). `parallel` shares B's panels among the
+/// current pool's threads (for a caller with one block only).
+///
+/// # Safety
+/// `c` must be writable for `m` rows of `b.n()` elements at stride `ldc`, and no other thread
+/// may touch those elements during the call.
+///
+/// # Panics
+/// When `a` is too short for `m` rows of `b.k()` at `lda`, or a bias of `epi` too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_rows_packed_raw(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epi: &Epilogue,
+    parallel: bool,
+) {
+    assert!(b.k == 0 || m <= 1 || lda >= b.k, "sgemm_rows_packed: lda {lda} < {}", b.k);
+    assert!(a.len() >= needed(m, b.k, lda), "sgemm_rows_packed: A is too short");
+    // SAFETY: A is checked above, C by the caller, the epilogue in `packed_product`.
+    unsafe {
+        packed_product(
+            cpu::best().sgemm,
+            m,
+            ASource::RowMajor(a, lda),
+            b,
+            0.0,
+            Ptr(c),
+            ldc,
+            epi,
+            parallel,
+        )
+    };
+}
+
 /// The shared driver, on the micro-kernels of `isa`: K blocks, then units of B panels (one
 /// panel, or two side by side on AVX-512) in parallel when allowed and worth it, then
 /// `MR`-row blocks of A, each one micro-kernel call; the epilogue runs on the last K block.

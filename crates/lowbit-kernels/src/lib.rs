@@ -9,13 +9,15 @@
 //! | [`qconv`] | u8 × i8 convolution (patches × packed weights, direct depthwise) |
 //! | [`qgemm`] | u8 × i8 → i32 GEMM with fused requantize / dequantize output stages |
 //! | [`conv`] | N-d convolution (im2col + GEMM), transposed convolution |
-//! | `depthwise` | f32 depthwise convolution (direct, over padded phases of each plane) |
+//! | [`conv_nhwc`] | f32 convolution on channels-last activations (pixels × packed weights, direct depthwise) |
+//! | `depthwise` | f32 depthwise convolution (direct: over padded phases of each NCHW plane, or channels in the lanes for NHWC) |
 //! | [`pool`] | max / average / Lp pooling |
 //! | [`norm`] | softmax, log-softmax, layer norm rows |
 //! | [`wgemm`] | f32 × int8/int4 weight-only GEMM, dequantizing inside the product |
 //! | [`window`] | the sliding-window geometry conv and pool share |
 
 pub mod conv;
+pub mod conv_nhwc;
 pub mod cpu;
 mod depthwise;
 pub mod gemm;

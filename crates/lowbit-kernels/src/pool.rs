@@ -162,6 +162,30 @@ fn lp_root(sum: f32, p: f32) -> f32 {
     }
 }
 
+/// The larger of two values, for [`max_pool_channels_last`]'s element types (8-bit codes, and
+/// f32 where a NaN loses, as `f32::max` has it).
+pub trait MaxOf: Copy {
+    fn max_of(self, other: Self) -> Self;
+}
+
+impl MaxOf for u8 {
+    fn max_of(self, other: u8) -> u8 {
+        self.max(other)
+    }
+}
+
+impl MaxOf for i8 {
+    fn max_of(self, other: i8) -> i8 {
+        self.max(other)
+    }
+}
+
+impl MaxOf for f32 {
+    fn max_of(self, other: f32) -> f32 {
+        self.max(other)
+    }
+}
+
 /// Max pooling of `batch` channels-last images (`[batch, input..., c]`, 1-D to 3-D) into
 /// `[batch, output..., c]`: each output pixel is the elementwise max of its window's in-bounds
 /// pixels, `c` lanes at a time (8-bit codes between integer convolutions; any `Ord` type). A
@@ -169,7 +193,7 @@ fn lp_root(sum: f32, p: f32) -> f32 {
 ///
 /// # Panics
 /// When `x` or `y` is shorter than the window and `c` say.
-pub fn max_pool_channels_last<T: Copy + Ord>(
+pub fn max_pool_channels_last<T: MaxOf>(
     win: &Window,
     batch: usize,
     c: usize,
@@ -203,7 +227,7 @@ pub fn max_pool_channels_last<T: Copy + Ord>(
                                     first = false;
                                 } else {
                                     for (d, &v) in dst.iter_mut().zip(src) {
-                                        *d = (*d).max(v);
+                                        *d = d.max_of(v);
                                     }
                                 }
                             }

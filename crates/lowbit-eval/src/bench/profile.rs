@@ -8,9 +8,12 @@ use serde::Serialize;
 pub struct Profile {
     pub by_op: Vec<ProfileEntry>,
     pub slowest: Vec<ProfileEntry>,
+    /// Every step in the order the session runs them (to set beside another engine's
+    /// per-node profile).
+    pub steps: Vec<ProfileEntry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ProfileEntry {
     /// Op type, or `node (op)` for a step.
     pub name: String,
@@ -36,11 +39,12 @@ impl Profile {
         by_op.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
         let names = session.step_names();
         let ops = session.step_ops();
-        let mut slowest: Vec<ProfileEntry> = (0..step_s.len())
+        let steps: Vec<ProfileEntry> = (0..step_s.len())
             .map(|i| entry(format!("{} ({})", names[i], ops[i]), step_s[i]))
             .collect();
-        slowest.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
-        slowest.truncate(10);
-        Profile { by_op, slowest }
+        let mut order: Vec<usize> = (0..steps.len()).collect();
+        order.sort_by(|&a, &b| steps[b].ms_per_run.total_cmp(&steps[a].ms_per_run));
+        let slowest = order.into_iter().take(10).map(|i| steps[i].clone()).collect();
+        Profile { by_op, slowest, steps }
     }
 }

@@ -4,9 +4,12 @@ use super::{f32_data, float_input, from_f32, nc_spatial, positive, AutoPad, Spat
 use crate::bail;
 use crate::error::OpResult;
 use crate::op::{input, opt_input, BuildCtx, Kernel};
-use crate::ops::util::fused_activation;
+use crate::ops::util::{channels_last_attr, fused_activation};
 use lowbit_kernels::conv::{
     conv, conv_packed_uninit, conv_transpose, Activation, ConvParams, ConvWeights,
+};
+use lowbit_kernels::conv_nhwc::{
+    conv_channels_last, to_channels_first, to_channels_last, ChannelsLastWeights,
 };
 use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
@@ -28,23 +31,40 @@ struct ConvOperands<'t> {
 
 impl<'t> ConvOperands<'t> {
     fn read(inputs: &[Option<&'t Tensor>]) -> OpResult<Self> {
+        Self::read_as(inputs, false)
+    }
+
+    /// `channels_last`: `x` is `[n, in_sp…, c_in]`.
+    fn read_as(inputs: &[Option<&'t Tensor>], channels_last: bool) -> OpResult<Self> {
         let x = input(inputs, 0)?;
         let (w, b) = (input(inputs, 1)?, opt_input(inputs, 2));
         let dtype = float_input(x)?;
-        let (n, c_in, in_sp) = nc_spatial(x)?;
+        let (n, c_in, in_sp) = if channels_last {
+            let s = x.shape();
+            if s.len() < 3 {
+                bail!("expected an input of shape [N, spatial..., C], got {s:?}");
+            }
+            (s[0], s[s.len() - 1], s[1..s.len() - 1].to_vec())
+        } else {
+            nc_spatial(x)?
+        };
         Ok(ConvOperands { x, w, b, dtype, n, c_in, in_sp })
     }
 }
 
 /// `Conv`, and lowbit's `FusedConv` (a `Conv` with an activation in its output stage, made by
 /// [`crate::fuse_float`]). A constant weight is packed once at load, a constant bias converted
-/// once.
+/// once. With `channels_last = 1` (lowbit's layout pass, [`crate::layout`]) input and output
+/// are `[N, spatial..., C]`.
 struct ConvKernel {
     spatial: SpatialAttrs,
     group: usize,
     act: Activation,
     weights: Option<ConvWeights>,
     bias: Option<Vec<f32>>,
+    /// `Some` when channels-last: the weights prepared for it, when constant and the conv is
+    /// not grouped (group 1 or depthwise); others run channels-first between transposes.
+    channels_last: Option<Option<ChannelsLastWeights>>,
 }
 
 fn group_attr(a: &Attrs) -> OpResult<usize> {
@@ -65,9 +85,22 @@ pub(super) fn build_fused_conv(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
 
 fn build_conv_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>> {
     let group = group_attr(&ctx.attrs)?;
+    let float_weight = ctx.constant(1).filter(|w| w.rank() >= 3 && w.dtype().is_float());
+    let channels_last = if channels_last_attr(&ctx.attrs)? {
+        Some(match float_weight {
+            Some(w) => {
+                let ws = w.shape();
+                let (c_out, k_sz) = (ws[0], numel(&ws[2..]));
+                ChannelsLastWeights::new(c_out, ws[1] * group, group, k_sz, &f32_data(w)?)
+            }
+            None => None,
+        })
+    } else {
+        None
+    };
     // Shapes the weight cannot serve are left to `run`, which reports them.
-    let weights = match ctx.constant(1) {
-        Some(w) if w.rank() >= 3 && w.dtype().is_float() && w.shape()[0] % group == 0 => {
+    let weights = match float_weight {
+        Some(w) if w.shape()[0] % group == 0 && !matches!(channels_last, Some(Some(_))) => {
             let ws = w.shape();
             let c_out = ws[0];
             let kdim = numel(&ws[1..]);
@@ -80,12 +113,14 @@ fn build_conv_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>>
         Some(b) if b.dtype().is_float() => Some(f32_data(b)?.into_owned()),
         _ => None,
     };
-    Ok(Box::new(ConvKernel { spatial: SpatialAttrs::read(&ctx.attrs)?, group, act, weights, bias }))
+    let spatial = SpatialAttrs::read(&ctx.attrs)?;
+    Ok(Box::new(ConvKernel { spatial, group, act, weights, bias, channels_last }))
 }
 
 impl Kernel for ConvKernel {
     fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
-        let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read(inputs)?;
+        let last = self.channels_last.is_some();
+        let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read_as(inputs, last)?;
         let ws = w.shape();
         if ws.len() != x.rank() {
             bail!("weight shape {ws:?} does not match input rank {} ({:?})", x.rank(), x.shape());
@@ -116,9 +151,36 @@ impl Kernel for ConvKernel {
             None => None,
         };
         let xv = f32_data(x)?;
+        let out_sp = &p.window.output[3 - in_sp.len()..];
+        let n_out = n * c_out * numel(out_sp);
+        if let Some(prepared) = &self.channels_last {
+            let out_shape = [&[n], out_sp, &[c_out]].concat();
+            let (in_plane, out_plane) = (p.window.input_size(), p.window.output_size());
+            let y = match prepared.as_ref().filter(|w| w.fits(&p)) {
+                Some(pw) => {
+                    let mut y = Vec::with_capacity(n_out);
+                    let (b, act) = (bias.as_deref(), self.act);
+                    conv_channels_last(&p, &xv, pw, b, act, y.spare_capacity_mut());
+                    // SAFETY: `conv_channels_last` wrote all `n_out` elements of `p`'s output.
+                    unsafe { y.set_len(n_out) };
+                    y
+                }
+                None => {
+                    // A grouped or non-constant weight: the channels-first kernel between
+                    // transposes.
+                    let mut xf = vec![0f32; xv.len()];
+                    to_channels_first(n, c_in, in_plane, &xv, &mut xf);
+                    let mut yf = vec![0f32; n_out];
+                    conv(&p, &xf, &f32_data(w)?, bias.as_deref(), self.act, &mut yf);
+                    let mut y = vec![0f32; n_out];
+                    to_channels_last(n, c_out, out_plane, &yf, &mut y);
+                    y
+                }
+            };
+            return Ok(vec![from_f32(dtype, out_shape, y)?]);
+        }
         let mut out_shape = vec![n, c_out];
-        out_shape.extend(&p.window.output[3 - in_sp.len()..]);
-        let n_out = numel(&out_shape);
+        out_shape.extend(out_sp);
         let y = match self.weights.as_ref().filter(|w| w.fits(&p)) {
             Some(pw) => {
                 // A fresh buffer, not zeroed first: the kernel writes every element.

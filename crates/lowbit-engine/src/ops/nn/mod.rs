@@ -31,6 +31,8 @@ use std::borrow::Cow;
 
 pub fn register(reg: &mut Registry) {
     reg.register("", "Conv", conv::build_conv);
+    // The layout pass's channels-last `Conv` (`channels_last = 1`).
+    reg.register(crate::fuse::LOWBIT_DOMAIN, "Conv", conv::build_conv);
     reg.register(crate::fuse::LOWBIT_DOMAIN, "FusedConv", conv::build_fused_conv);
     reg.register("", "ConvTranspose", conv::build_conv_transpose);
     reg.register("", "MaxPool", pool::build_max_pool);
@@ -38,6 +40,11 @@ pub fn register(reg: &mut Registry) {
     reg.register("", "AveragePool", pool::build_average_pool);
     reg.register("", "LpPool", pool::build_lp_pool);
     reg.register("", "GlobalAveragePool", pool::build_global_average_pool);
+    reg.register(
+        crate::fuse::LOWBIT_DOMAIN,
+        "GlobalAveragePool",
+        pool::build_global_average_pool_channels_last,
+    );
     reg.register("", "GlobalMaxPool", pool::build_global_max_pool);
     reg.register("", "GlobalLpPool", pool::build_global_lp_pool);
     reg.register("", "BatchNormalization", norm::build_batch_norm);

@@ -1,5 +1,5 @@
 //! Pooling: `MaxPool` (with indices; int8/uint8 too; lowbit's channels-last form),
-//! `AveragePool`, `LpPool`, and their global forms.
+//! `AveragePool`, `LpPool`, and their global forms (`GlobalAveragePool` channels-last too).
 
 use super::{f32_data, float_input, from_f32, kernel_attr, nc_spatial, SpatialAttrs};
 use crate::bail;
@@ -72,7 +72,16 @@ impl Kernel for MaxPoolChannelsLast {
                 max_pool_channels_last(&win, n, c, v, i8::MIN, &mut y);
                 TensorData::I8(y)
             }
-            _ => bail!("the channels-last MaxPool takes uint8/int8 codes, got {}", x.dtype()),
+            _ if x.dtype().is_float() => {
+                // Float models' channels-last chains (the layout pass's float mode).
+                let mut y = vec![0f32; numel(&shape)];
+                max_pool_channels_last(&win, n, c, &f32_data(x)?, f32::NEG_INFINITY, &mut y);
+                return Ok(vec![from_f32(x.dtype(), shape, y)?]);
+            }
+            _ => bail!(
+                "the channels-last MaxPool takes uint8/int8 codes or floats, got {}",
+                x.dtype()
+            ),
         };
         Ok(vec![Tensor::new(shape, data)?])
     }
@@ -174,6 +183,37 @@ fn global_pool(x: &Tensor, kind: GlobalKind) -> OpResult<Tensor> {
 
 pub(super) fn build_global_average_pool(_ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
     kernel(|i| Ok(vec![global_pool(input(i, 0)?, GlobalKind::Average)?]))
+}
+
+/// `ai.lowbit` `GlobalAveragePool` with `channels_last = 1`: a float `[N, spatial..., C]` to
+/// `[N, 1..., C]` (the layout pass's float mode: the mean of each channel's pixels, summed as
+/// rows of channels).
+pub(super) fn build_global_average_pool_channels_last(ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
+    if !channels_last_attr(&ctx.attrs)? {
+        let msg = "must be 1 (lowbit's GlobalAveragePool is NHWC)";
+        return Err(ctx.attrs.invalid("channels_last", msg).into());
+    }
+    kernel(|i| {
+        let x = input(i, 0)?;
+        let dtype = float_input(x)?;
+        let s = x.shape();
+        if s.len() < 3 {
+            bail!("input must be [N, spatial..., C], got {s:?}");
+        }
+        let (n, c) = (s[0], s[s.len() - 1]);
+        let pixels = numel(&s[1..s.len() - 1]);
+        let xv = f32_data(x)?;
+        let mut y = vec![0f32; n * c];
+        for (img, out) in xv.chunks_exact((pixels * c).max(1)).zip(y.chunks_exact_mut(c.max(1))) {
+            for px in img.chunks_exact(c) {
+                out.iter_mut().zip(px).for_each(|(o, &v)| *o += v);
+            }
+            out.iter_mut().for_each(|o| *o /= pixels as f32);
+        }
+        let mut shape = vec![1; s.len()];
+        (shape[0], shape[s.len() - 1]) = (n, c);
+        Ok(vec![from_f32(dtype, shape, y)?])
+    })
 }
 
 pub(super) fn build_global_max_pool(_ctx: &BuildCtx) -> OpResult<Box<dyn Kernel>> {
