@@ -1027,7 +1027,8 @@ fn tune_reuses_learned_int4_weights_and_decides_at_the_asked_confidence() {
                 "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
                  --max-drop 0.05 --objective size --candidates int4,int8,fp32 --latency 0 \
                  --batch 1 --threads 1 --json-out {{}} {extra}"
-            ),
+            )
+            .trim_end(),
             &[&model, &out, &calib, &eval, &json],
         ));
         let text = stdout(&o);
