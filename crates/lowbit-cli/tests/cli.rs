@@ -1023,7 +1023,7 @@ fn tune_reuses_learned_int4_weights_and_decides_at_the_asked_confidence() {
     let tune = |tag: &str, extra: &str| -> serde_json::Value {
         let (out, json) = (dir.join(format!("{tag}.onnx")), dir.join(format!("{tag}.json")));
         let o = ok(&argv(
-            &format!(
+            format!(
                 "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
                  --max-drop 0.05 --objective size --candidates int4,int8,fp32 --latency 0 \
                  --batch 1 --threads 1 --json-out {{}} {extra}"
