@@ -119,9 +119,12 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     };
     let table = calibrate_model(&model, &args.model, &cal)?.table;
     // AdaRound replays the same calibration samples.
-    let adaround = args
-        .adaround
-        .then(|| AdaRoundOptions { iterations: args.adaround_iters, ..AdaRoundOptions::default() });
+    let adaround = args.adaround.then(|| AdaRoundOptions {
+        iterations: args.adaround_iters,
+        // Each layer fitted on FP32 inputs, so its learned weights fit any mix.
+        fp32_inputs: true,
+        ..AdaRoundOptions::default()
+    });
     if adaround.is_some() && !ladder.contains(&Precision::Int4) {
         usage_bail!("--adaround learns the int4 weights' rounding: list int4 in --candidates");
     }

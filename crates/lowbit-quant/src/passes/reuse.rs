@@ -201,9 +201,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn learned_int4_weights_are_copied_into_the_layers_that_are_int4_elsewhere() {
-        // x [4, 8] -> Gemm (bias) -> Relu -> MatMul -> Relu -> MatMul.
+    /// x [4, 8] -> Gemm (bias) -> Relu -> MatMul -> Relu -> MatMul, and its node names.
+    fn three_layers() -> (ModelProto, [&'static str; 3]) {
         let mut b = Builder::default();
         let w = b.f32("w0", &[8, 8], uniform(1, 64, -1.0, 1.0));
         let bias = b.f32("b0", &[8], uniform(2, 8, -0.5, 0.5));
@@ -214,27 +213,52 @@ mod tests {
             let m = b.op("MatMul", &[&cur, &w], vec![]);
             cur = if i == 1 { b.op("Relu", &[&m], vec![]) } else { m };
         }
-        let model = b.model(&[4, 8], &[&cur]);
-        let names = ["gemm1", "matmul3", "matmul5"];
-        let quantize = |p: [Precision; 3], ada: bool| {
-            let cfg = QuantizeConfig {
-                node_precision: names.iter().map(|n| n.to_string()).zip(p).collect(),
-                algorithms: Algorithms {
-                    adaround: ada
-                        .then_some(AdaRoundOptions { iterations: 50, ..Default::default() }),
+        (b.model(&[4, 8], &[&cur]), ["gemm1", "matmul3", "matmul5"])
+    }
+
+    /// `model` with per-node precisions `p`; AdaRound on when `ada` is `Some(fp32_inputs)`.
+    fn quantize(model: &ModelProto, p: [Precision; 3], ada: Option<bool>) -> ModelProto {
+        let names = three_layers().1;
+        let cfg = QuantizeConfig {
+            node_precision: names.iter().map(|n| n.to_string()).zip(p).collect(),
+            algorithms: Algorithms {
+                adaround: ada.map(|fp32_inputs| AdaRoundOptions {
+                    iterations: 50,
+                    fp32_inputs,
                     ..Default::default()
-                },
+                }),
                 ..Default::default()
-            };
-            let mut s: Vec<_> = (0..4u64)
-                .map(|i| {
-                    let x = Tensor::from_vec(vec![4, 8], uniform(90 + i, 32, -1.0, 1.0)).unwrap();
-                    vec![("x".to_string(), x)]
-                })
-                .collect();
-            let inputs = QuantizeInputs { samples: Some(&mut s), ..QuantizeInputs::table(None) };
-            quantize_run(model.clone(), &QuantPlan::resolve(&cfg).unwrap(), inputs).unwrap().0
+            },
+            ..Default::default()
         };
+        let mut s: Vec<_> = (0..4u64)
+            .map(|i| {
+                let x = Tensor::from_vec(vec![4, 8], uniform(90 + i, 32, -1.0, 1.0)).unwrap();
+                vec![("x".to_string(), x)]
+            })
+            .collect();
+        let inputs = QuantizeInputs { samples: Some(&mut s), ..QuantizeInputs::table(None) };
+        quantize_run(model.clone(), &QuantPlan::resolve(&cfg).unwrap(), inputs).unwrap().0
+    }
+
+    #[test]
+    fn adaround_on_fp32_inputs_learns_a_layer_the_same_whatever_the_layers_before_it() {
+        let (model, _) = three_layers();
+        use Precision::{Int4, Int8};
+        // matmul5's learned weights with the layers before it at int4 or at int8.
+        let last = |p, fp32_inputs| dq_inits(&quantize(&model, p, Some(fp32_inputs)), "matmul5", 1);
+        let (after_int4, after_int8) = ([Int4, Int4, Int4], [Int8, Int8, Int4]);
+        // Fitted on FP32 inputs: the same codes and scales, so one learned copy fits every mix.
+        assert_eq!(last(after_int4, true), last(after_int8, true));
+        // Fitted on the quantized model's inputs, it absorbs the earlier layers' error, which
+        // differs with their precision.
+        assert_ne!(last(after_int4, false), last(after_int8, false));
+    }
+
+    #[test]
+    fn learned_int4_weights_are_copied_into_the_layers_that_are_int4_elsewhere() {
+        let (model, names) = three_layers();
+        let quantize = |p, ada: bool| quantize(&model, p, ada.then_some(false));
         use Precision::{Int4, Int8};
         let learned = quantize([Int4; 3], true);
         let plain = quantize([Int4; 3], false);
