@@ -123,7 +123,8 @@ pub struct TuneOptions {
     /// Stop searching after this long (the best configuration found so far is kept).
     pub time_budget: Option<Duration>,
     /// Learn the rounding (and scales) of the int4 weights with AdaRound, once, on the
-    /// all-int4 model; every configuration then reuses each int4 layer's learned weights.
+    /// all-int4 model; every configuration then reuses each int4 layer's learned weights
+    /// (set `fp32_inputs` so they fit whatever precision the earlier layers take).
     pub adaround: Option<AdaRoundOptions>,
 }
 
@@ -380,9 +381,10 @@ pub fn tune(
             "{model_path}: static quantization finds no Conv/MatMul/Gemm to tune"
         )));
     }
-    // The int4 weights' rounding, learned once on the all-int4 model (each layer against its
-    // own FP32 output, inputs from the int4 layers before it), then reused by every
-    // configuration: learning it per configuration would cost a full AdaRound each time.
+    // The int4 weights' rounding, learned once on the all-int4 model and reused by every
+    // configuration (learning it per configuration would cost a full AdaRound each time).
+    // The caller fits each layer on its FP32 inputs (`fp32_inputs`) so that what a layer
+    // learned does not depend on the precision of the layers before it.
     let mut int4_rounding = None;
     let learned = match (opts.adaround, opts.ladder.contains(&Precision::Int4)) {
         (Some(ada), true) => {
