@@ -686,6 +686,12 @@ pub struct TuneArgs {
     /// top1, ×100 for spearman and cosine); for sqnr the lowest SQNR allowed, in dB.
     #[arg(long, value_name = "X", default_value_t = 1.0)]
     pub max_drop: f64,
+    /// How sure the search must be that a configuration's true drop is within --max-drop,
+    /// from the drop's paired standard error on the search samples (normal approximation):
+    /// 0.5 lets the measured drop decide; 0.8 asks the drop to sit about one standard error
+    /// inside the budget (fewer search samples mean a wider margin).
+    #[arg(long, value_name = "P", default_value_t = 0.5)]
+    pub confidence: f64,
     /// What to minimize within the budget: latency on lowbit's engine, or the file's size.
     #[arg(long, default_value = "latency", value_parser = ["latency", "size"])]
     pub objective: String,
@@ -711,6 +717,14 @@ pub struct TuneArgs {
     /// Stop searching after this many minutes, keeping the best configuration found so far.
     #[arg(long, value_name = "MIN")]
     pub time_budget: Option<f64>,
+    /// Learn the int4 weights' rounding and scales with AdaRound on the calibration samples,
+    /// once (every layer at int4), and reuse each layer's learned weights in every
+    /// configuration that keeps it at int4.
+    #[arg(long)]
+    pub adaround: bool,
+    /// AdaRound optimizer steps per layer (with --adaround).
+    #[arg(long, value_name = "N", default_value_t = lowbit_quant::config::AdaRoundOptions::default().iterations, requires = "adaround")]
+    pub adaround_iters: usize,
     /// Samples timed per configuration (0: no latency; --objective latency needs some).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub latency: usize,

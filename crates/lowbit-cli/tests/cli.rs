@@ -997,6 +997,92 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
     assert_eq!(page.matches("class=\"pt front\"").count(), front.len());
 }
 
+#[test]
+fn tune_reuses_learned_int4_weights_and_decides_at_the_asked_confidence() {
+    let Some(corpus) =
+        corpus_with(&["models/burn_mnist_bn.onnx", "data/mnist_test_0-4999/images.npy"])
+    else {
+        return;
+    };
+    let model = corpus.join("models/burn_mnist_bn.onnx");
+    let images = corpus.join("data/mnist_test_0-4999/images.npy");
+    let dir = tmp("tune-mnist-adaround");
+    let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
+    let write = |start: usize, end: usize, to: &Path| {
+        let rows: Vec<f32> = images[start * 784..end * 784]
+            .iter()
+            .map(|&v| ((v / 255.0 - 0.1307) / 0.3081) as f32)
+            .collect();
+        std::fs::create_dir_all(to).unwrap();
+        let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
+        npy::write_npy(&to.join("input.1.npy"), &t).unwrap();
+    };
+    let (calib, eval) = (dir.join("calib"), dir.join("eval"));
+    write(0, 64, &calib);
+    write(2000, 2400, &eval);
+    let tune = |tag: &str, extra: &str| -> serde_json::Value {
+        let (out, json) = (dir.join(format!("{tag}.onnx")), dir.join(format!("{tag}.json")));
+        let o = ok(&argv(
+            format!(
+                "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
+                 --max-drop 0.05 --objective size --candidates int4,int8,fp32 --latency 0 \
+                 --batch 1 --threads 1 --json-out {{}} {extra}"
+            )
+            .trim_end(),
+            &[&model, &out, &calib, &eval, &json],
+        ));
+        let text = stdout(&o);
+        if extra.contains("--adaround") {
+            assert!(text.contains("int4 rounding learned once"), "{text}");
+        }
+        assert!(text.contains("P(within budget)"), "{text}");
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    let plain = tune("plain", "");
+    let learned = tune("learned", "--adaround --adaround-iters 40 --confidence 0.9");
+    assert!(plain["int4_rounding"].is_null());
+    // Every layer's int4 weights were learned once and reused.
+    let r = &learned["int4_rounding"];
+    assert_eq!(r["layers"].as_u64(), Some(learned["nodes"].as_array().unwrap().len() as u64));
+    assert!(r["summary"].as_str().unwrap().contains("learned the rounding"), "{r}");
+    // ... so the all-int4 configuration, the same file layout, is closer to FP32.
+    let all4 = |j: &serde_json::Value| {
+        let ev = j["evaluated"].as_array().unwrap();
+        ev.iter().find(|e| e["label"] == "all int4").unwrap().clone()
+    };
+    assert_eq!(all4(&plain)["bytes"], all4(&learned)["bytes"]);
+    assert!(
+        f64_at(&all4(&learned), &["metric"]) > f64_at(&all4(&plain), &["metric"]),
+        "{} vs {}",
+        all4(&learned),
+        all4(&plain)
+    );
+    // The decision: each configuration's probability of being within budget (from its paired
+    // standard error) against the asked level; the held-out part reports its own.
+    for (j, level) in [(&plain, 0.5), (&learned, 0.9)] {
+        assert_eq!(f64_at(j, &["confidence_level"]), level);
+        for e in j["evaluated"].as_array().unwrap() {
+            let p = f64_at(e, &["p_within"]);
+            assert!((0.0..=1.0).contains(&p), "{e}");
+            assert_eq!(e["meets_budget"].as_bool().unwrap(), p >= level, "{e}");
+            if e["id"] != 0 {
+                assert!(f64_at(e, &["drop_se"]) >= 0.0, "{e}");
+            }
+        }
+        let c = j["chosen"].as_u64().unwrap() as usize;
+        assert!(f64_at(&j["evaluated"][c], &["p_within"]) >= level);
+        let held = j["held_out"].as_array().unwrap().iter().find(|h| h["id"] == c).unwrap();
+        assert!((0.0..=1.0).contains(&f64_at(held, &["p_within"])), "{held}");
+        assert!(j["confidence"].as_str().unwrap().contains("P(within budget)"));
+    }
+    // A level outside (0, 1) is a usage error.
+    let o = lowbit(&argv(
+        "tune {} -o {} --data {} --eval-data {} --reference-only --confidence 1",
+        &[&model, &dir.join("x.onnx"), &calib, &eval],
+    ));
+    assert!(!o.status.success() && stderr(&o).contains("--confidence"), "{}", stderr(&o));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Data layouts: per-sample .npz files of different lengths, --preprocess
 

@@ -117,6 +117,7 @@ fn run(model: &ModelProto, dir: &Path) -> TuneReport {
         model_path: "classifier.onnx".into(),
         table: &table,
         sensitivity_data: sens,
+        calibration_samples: None,
         scorer,
         output: "logits".into(),
         against: "FP32 classes".into(),
@@ -125,6 +126,7 @@ fn run(model: &ModelProto, dir: &Path) -> TuneReport {
         base: QuantizeConfig { target: TargetChoice::Named(Target::Lowbit), ..Default::default() },
         ladder: vec![Precision::Int4, Precision::Int8, Precision::Fp32],
         max_drop: 2.0,
+        confidence: 0.5,
         objective: Objective::Size,
         strategy: Strategy::Bisect,
         held_out: 0.5,
@@ -132,6 +134,7 @@ fn run(model: &ModelProto, dir: &Path) -> TuneReport {
         latency_samples: 2,
         threads: 1,
         time_budget: None,
+        adaround: None,
     };
     let tuned = tune(inputs, &opts, &NoProgress).unwrap();
     // The model returned runs and is the chosen configuration's.

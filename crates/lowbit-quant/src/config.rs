@@ -204,11 +204,22 @@ pub struct AdaRoundOptions {
     /// Stop optimizing (keeping what is learned so far, round-to-nearest for layers not
     /// reached) after this many seconds.
     pub time_budget_s: Option<f64>,
+    /// Fit each layer on its FP32 inputs (the paper's plain reconstruction) instead of the
+    /// quantized model's: the learned weights then do not absorb the error of the quantized
+    /// layers before them, so they stay right whatever precision those layers take (what
+    /// `lowbit tune` needs to reuse one layer's rounding across configurations).
+    #[serde(default)]
+    pub fp32_inputs: bool,
 }
 
 impl Default for AdaRoundOptions {
     fn default() -> Self {
-        AdaRoundOptions { iterations: 2000, reg_weight: 0.01, time_budget_s: None }
+        AdaRoundOptions {
+            iterations: 2000,
+            reg_weight: 0.01,
+            time_budget_s: None,
+            fp32_inputs: false,
+        }
     }
 }
 

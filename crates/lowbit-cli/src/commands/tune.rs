@@ -8,7 +8,7 @@
 //! `--gold-field`); calibration is `lowbit calibrate`'s, done once. Outputs are checked before
 //! any work and written atomically.
 
-use crate::calibration::{calibrate_model, CalibrationData};
+use crate::calibration::{calibrate_model, dataset_batches, CalibrationData};
 use crate::cli::TuneArgs;
 use crate::inputs::{data_format, keep_samples, load_dataset};
 use crate::models::{load_model, new_session, new_unfused_session};
@@ -26,7 +26,9 @@ use lowbit_eval::tune::search::Strategy;
 use lowbit_eval::tune::{
     tune as run_tune, Metric, Objective, Precision, TuneInputs, TuneOptions, TuneReport,
 };
+use lowbit_quant::config::AdaRoundOptions;
 use lowbit_quant::quantize::QuantizeConfig;
+use lowbit_quant::samples::SampleSource;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -73,6 +75,9 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
     {
         usage_bail!("--max-drop must be a number >= 0, got {}", args.max_drop);
     }
+    if !(args.confidence > 0.0 && args.confidence < 1.0) {
+        usage_bail!("--confidence must be a probability in (0, 1), got {}", args.confidence);
+    }
     if args.batch == 0 {
         usage_bail!("--batch must be at least 1");
     }
@@ -113,6 +118,21 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         ..CalibrationData::new(&cal_src, pre, args.samples)
     };
     let table = calibrate_model(&model, &args.model, &cal)?.table;
+    // AdaRound replays the same calibration samples.
+    let adaround = args.adaround.then(|| AdaRoundOptions {
+        iterations: args.adaround_iters,
+        // Each layer fitted on FP32 inputs, so its learned weights fit any mix.
+        fp32_inputs: true,
+        ..AdaRoundOptions::default()
+    });
+    if adaround.is_some() && !ladder.contains(&Precision::Int4) {
+        usage_bail!("--adaround learns the int4 weights' rounding: list int4 in --candidates");
+    }
+    if args.adaround_iters == 0 {
+        usage_bail!("--adaround-iters must be at least 1");
+    }
+    let mut ada_samples =
+        adaround.is_some().then(|| dataset_batches(&model, &args.model, &cal)).transpose()?;
     let unfused = new_unfused_session(&model, &args.model, args.threads.n)?;
     let mut noise_data = load_dataset(&unfused, &cal_src, pre, true)?;
     keep_samples(&mut noise_data, Some(args.noise_samples.max(1)))?;
@@ -197,6 +217,7 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         },
         ladder,
         max_drop: args.max_drop,
+        confidence: args.confidence,
         objective,
         strategy: if args.strategy == "greedy" { Strategy::Greedy } else { Strategy::Bisect },
         held_out: args.holdout,
@@ -204,12 +225,14 @@ pub fn tune(args: TuneArgs, quiet: bool) -> Result<()> {
         latency_samples: args.latency,
         threads: args.threads.n,
         time_budget: args.time_budget.map(|m| Duration::from_secs_f64(m.max(0.0) * 60.0)),
+        adaround,
     };
     let inputs = TuneInputs {
         fp32: &model,
         model_path: args.model.display().to_string(),
         table: &table,
         sensitivity_data: noise_data,
+        calibration_samples: ada_samples.as_mut().map(|s| s as &mut dyn SampleSource),
         scorer,
         output,
         against,
@@ -252,6 +275,13 @@ fn render(r: &TuneReport) -> String {
         r.seconds,
         if r.cut_short { " (cut short by --time-budget)" } else { "" }
     );
+    if let Some(a) = &r.int4_rounding {
+        let _ = writeln!(
+            s,
+            "int4 rounding learned once ({} layers, {:.0} s): {}",
+            a.layers, a.seconds, a.summary
+        );
+    }
     let _ = writeln!(s, "Pareto front (search samples):");
     let _ = writeln!(
         s,

@@ -28,11 +28,15 @@ use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::CalibrationTable;
 pub use lowbit_quant::config::Precision;
-use lowbit_quant::quantize::{quantize_with_plan, QuantPlan, QuantizeConfig};
-use lowbit_quant::samples::Progress;
+use lowbit_quant::config::{AdaRoundOptions, Algorithms};
+use lowbit_quant::passes::reuse::QuantizedWeights;
+use lowbit_quant::quantize::{
+    quantize_run, quantize_with_plan, QuantPlan, QuantizeConfig, QuantizeInputs,
+};
+use lowbit_quant::samples::{Progress, SampleSource};
 use lowbit_quant::QuantError;
 use prost::Message;
-use scorer::{paired_drop, split_runs, Scorer, SplitScore};
+use scorer::{paired_drop, paired_se, split_runs, within_probability, Scorer, SplitScore};
 use search::{search, Evaluate, Measured, SearchSettings, Strategy};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -77,6 +81,13 @@ pub enum Metric {
     Sqnr,
 }
 
+impl Metric {
+    /// Whether the metric is a mean over samples (so a drop has a paired standard error).
+    pub fn per_sample(self) -> bool {
+        matches!(self, Metric::Top1 | Metric::Cosine)
+    }
+}
+
 /// What the search makes as small as possible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +106,10 @@ pub struct TuneOptions {
     pub ladder: Vec<Precision>,
     /// Largest allowed drop of the metric from the FP32 model's (SQNR: the lowest dB allowed).
     pub max_drop: f64,
+    /// How sure the search must be that a configuration's true drop is within `max_drop`,
+    /// given the drop's paired standard error on the search samples (see
+    /// [`SearchSettings::confidence`]).
+    pub confidence: f64,
     pub objective: Objective,
     pub strategy: Strategy,
     /// Share of the eval runs held out to confirm the chosen point (0..1).
@@ -107,6 +122,10 @@ pub struct TuneOptions {
     pub threads: usize,
     /// Stop searching after this long (the best configuration found so far is kept).
     pub time_budget: Option<Duration>,
+    /// Learn the rounding (and scales) of the int4 weights with AdaRound, once, on the
+    /// all-int4 model; every configuration then reuses each int4 layer's learned weights
+    /// (set `fp32_inputs` so they fit whatever precision the earlier layers take).
+    pub adaround: Option<AdaRoundOptions>,
 }
 
 /// What the tuning runs on besides the options.
@@ -118,6 +137,8 @@ pub struct TuneInputs<'a> {
     pub table: &'a CalibrationTable,
     /// Samples for the per-layer noise (a few dozen calibration samples).
     pub sensitivity_data: Dataset,
+    /// The calibration samples, for AdaRound (needed with [`TuneOptions::adaround`]).
+    pub calibration_samples: Option<&'a mut dyn SampleSource>,
     pub scorer: Scorer,
     /// The scored output.
     pub output: String,
@@ -134,6 +155,11 @@ pub struct Evaluated {
     /// Metric on the search samples and its drop from FP32's.
     pub metric: f64,
     pub drop: f64,
+    /// Standard error of `drop`, paired over the search samples (`null`: no per-sample metric).
+    pub drop_se: Option<f64>,
+    /// Probability that the true drop is within budget (normal approximation of the paired
+    /// mean); `meets_budget` is this reaching the report's `confidence_level`.
+    pub p_within: f64,
     pub bytes: u64,
     pub latency_ms: Option<f64>,
     pub meets_budget: bool,
@@ -161,6 +187,16 @@ pub struct NodeChoice {
     pub precision: Precision,
 }
 
+/// The int4 weights' learned rounding, made once and reused by every configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct LearnedRounding {
+    /// AdaRound's summary line on the all-int4 model.
+    pub summary: String,
+    /// Int4 layers whose learned weights the configurations reuse.
+    pub layers: usize,
+    pub seconds: f64,
+}
+
 /// A configuration scored on the held-out samples.
 #[derive(Clone, Debug, Serialize)]
 pub struct HeldOutScore {
@@ -170,6 +206,8 @@ pub struct HeldOutScore {
     /// Half-width of the 95 % interval of the drop (paired over samples), when the metric
     /// is a mean over samples.
     pub drop_interval: Option<f64>,
+    /// Probability that the true drop is within budget, from the held-out samples alone.
+    pub p_within: f64,
 }
 
 /// What `lowbit tune --json` writes (documented in `docs/json.md`).
@@ -182,6 +220,8 @@ pub struct TuneReport {
     pub against: String,
     pub objective: Objective,
     pub max_drop: f64,
+    /// The probability of being within budget a configuration needed to count as within it.
+    pub confidence_level: f64,
     pub candidates: Vec<Precision>,
     pub strategy: &'static str,
     pub threads: usize,
@@ -193,6 +233,8 @@ pub struct TuneReport {
     pub evaluated: Vec<Evaluated>,
     /// Ids of the non-dominated configurations (cost against search metric), cheapest first.
     pub pareto: Vec<usize>,
+    /// The int4 layers' learned rounding (`null`: round-to-nearest).
+    pub int4_rounding: Option<LearnedRounding>,
     /// The cheapest configuration within budget on the search samples (`null`: none).
     pub chosen: Option<usize>,
     pub nodes: Vec<NodeChoice>,
@@ -223,14 +265,29 @@ struct Measurer<'a> {
     output: &'a str,
     threads: usize,
     latency_samples: usize,
+    /// The FP32 model's per-sample metric on `runs` (empty until it is measured), for each
+    /// configuration's paired standard error.
+    reference: Vec<f64>,
+    /// Learned int4 weights, copied into every int4 layer of a configuration.
+    learned: Option<&'a QuantizedWeights>,
+}
+
+/// The quantizer's settings for per-node precisions `p` of `nodes` on top of `base`.
+fn config_for(base: &QuantizeConfig, nodes: &[String], p: &[Precision]) -> QuantizeConfig {
+    let node_precision = nodes.iter().cloned().zip(p.iter().copied()).collect();
+    QuantizeConfig { node_precision, ..base.clone() }
 }
 
 impl Measurer<'_> {
     fn build(&self, p: &[Precision]) -> Result<ModelProto, TuneError> {
-        let node_precision = self.nodes.iter().cloned().zip(p.iter().copied()).collect();
-        let cfg = QuantizeConfig { node_precision, ..self.base.clone() };
-        let plan = QuantPlan::resolve(&cfg)?;
-        Ok(quantize_with_plan(self.fp32.clone(), &plan, Some(self.table))?.0)
+        let plan = QuantPlan::resolve(&config_for(self.base, self.nodes, p))?;
+        let mut model = quantize_with_plan(self.fp32.clone(), &plan, Some(self.table))?.0;
+        if let Some(learned) = self.learned {
+            // Only layers at the precision the rounding was learned for match (same codes
+            // type and shape); the others keep the quantizer's own weights.
+            learned.apply(&mut model)?;
+        }
+        Ok(model)
     }
 
     fn scored(&self, model: &ModelProto, what: &str) -> Result<ScoredModel, TuneError> {
@@ -254,6 +311,7 @@ impl Measurer<'_> {
             metric: score.value,
             bytes: scored.bytes,
             latency_ms: latency.map(|l| l.median_ms),
+            drop_se: paired_se(&self.reference, &score.per_sample).map(|(_, se)| se),
         };
         Ok((measured, score))
     }
@@ -282,8 +340,16 @@ pub fn tune(
     progress: &dyn Progress,
 ) -> Result<Tuned, TuneError> {
     let start = Instant::now();
-    let TuneInputs { fp32, model_path, table, mut sensitivity_data, mut scorer, output, against } =
-        inputs;
+    let TuneInputs {
+        fp32,
+        model_path,
+        table,
+        mut sensitivity_data,
+        calibration_samples,
+        mut scorer,
+        output,
+        against,
+    } = inputs;
     let Some(&bottom) = opts.ladder.first() else {
         return Err(TuneError::Config("give at least one candidate precision".into()));
     };
@@ -315,7 +381,51 @@ pub fn tune(
             "{model_path}: static quantization finds no Conv/MatMul/Gemm to tune"
         )));
     }
+    // The int4 weights' rounding, learned once on the all-int4 model and reused by every
+    // configuration (learning it per configuration would cost a full AdaRound each time).
+    // The caller fits each layer on its FP32 inputs (`fp32_inputs`) so that what a layer
+    // learned does not depend on the precision of the layers before it.
+    let mut int4_rounding = None;
+    let learned = match (opts.adaround, opts.ladder.contains(&Precision::Int4)) {
+        (Some(ada), true) => {
+            let Some(samples) = calibration_samples else {
+                return Err(TuneError::Config(
+                    "AdaRound on the int4 candidates runs on the calibration samples: none \
+                     were given"
+                        .into(),
+                ));
+            };
+            let t = Instant::now();
+            let cfg = QuantizeConfig {
+                algorithms: Algorithms { adaround: Some(ada), ..Default::default() },
+                ..config_for(&base, &nodes, &vec![Precision::Int4; nodes.len()])
+            };
+            let inputs = QuantizeInputs {
+                table: Some(table),
+                samples: Some(samples),
+                threads: opts.threads,
+                progress,
+            };
+            let (q, s) = quantize_run(fp32.clone(), &QuantPlan::resolve(&cfg)?, inputs)?;
+            let learned = QuantizedWeights::of(&q);
+            int4_rounding = Some(LearnedRounding {
+                summary: s.steps.iter().map(|s| s.summary.clone()).collect::<Vec<_>>().join("; "),
+                layers: learned.len(),
+                seconds: t.elapsed().as_secs_f64(),
+            });
+            Some(learned)
+        }
+        _ => None,
+    };
+    if !(opts.confidence > 0.0 && opts.confidence < 1.0) {
+        return Err(TuneError::Config(format!(
+            "the confidence level must be in (0, 1), got {}",
+            opts.confidence
+        )));
+    }
     let mut m = Measurer {
+        reference: Vec::new(),
+        learned: learned.as_ref(),
         fp32,
         base: &base,
         table,
@@ -330,6 +440,7 @@ pub fn tune(
     // FP32: the reference metric and cost.
     progress.start("tune: FP32 model", 1);
     let (ref_measured, ref_score) = m.measure(fp32, "the FP32 model")?;
+    m.reference = ref_score.per_sample.clone();
     progress.finish();
     let floor = match m.scorer.metric {
         Metric::Sqnr => opts.max_drop,
@@ -369,6 +480,7 @@ pub fn tune(
     let settings = SearchSettings {
         ladder: &opts.ladder,
         floor,
+        confidence: opts.confidence,
         objective: opts.objective,
         strategy: opts.strategy,
         deadline: opts.time_budget.map(|d| start + d),
@@ -385,6 +497,8 @@ pub fn tune(
         label: "FP32 model".into(),
         metric: ref_score.value,
         drop: 0.0,
+        drop_se: m.scorer.metric.per_sample().then_some(0.0),
+        p_within: 1.0,
         bytes: ref_measured.bytes,
         latency_ms: ref_measured.latency_ms,
         meets_budget: ref_score.value >= floor || m.scorer.metric == Metric::Sqnr,
@@ -396,6 +510,8 @@ pub fn tune(
             label: t.label.clone(),
             metric: t.measured.metric,
             drop: drop_of(t.measured.metric),
+            drop_se: t.measured.drop_se,
+            p_within: t.p_within,
             bytes: t.measured.bytes,
             latency_ms: t.measured.latency_ms,
             meets_budget: t.meets_budget,
@@ -403,7 +519,9 @@ pub fn tune(
         });
     }
     let cost = |e: &Evaluated| {
-        Measured { metric: e.metric, bytes: e.bytes, latency_ms: e.latency_ms }.cost(opts.objective)
+        let m =
+            Measured { metric: e.metric, bytes: e.bytes, latency_ms: e.latency_ms, drop_se: None };
+        m.cost(opts.objective)
     };
     let points: Vec<(f64, f64)> = evaluated.iter().map(|e| (cost(e), e.metric)).collect();
     let pareto = pareto::pareto_front(&points);
@@ -455,11 +573,17 @@ pub fn tune(
                 m.scorer.score(&scored, &held_runs, &mut |k| progress.advance(k as u64, None))?;
             let r = reference.get_or_insert_with(|| s.clone());
             let interval = paired_drop(&r.per_sample, &s.per_sample);
+            let held_floor = match m.scorer.metric {
+                Metric::Sqnr => opts.max_drop,
+                _ => r.value - opts.max_drop,
+            };
+            let se = paired_se(&r.per_sample, &s.per_sample).map(|(_, se)| se);
             held_out.push(HeldOutScore {
                 id,
                 metric: s.value,
                 drop: if m.scorer.metric == Metric::Sqnr { f64::NAN } else { r.value - s.value },
                 drop_interval: interval.map(|(_, hw)| hw),
+                p_within: within_probability(s.value, held_floor, se),
             });
         }
         progress.finish();
@@ -473,6 +597,7 @@ pub fn tune(
         against,
         objective: opts.objective,
         max_drop: opts.max_drop,
+        confidence_level: opts.confidence,
         candidates: opts.ladder.clone(),
         strategy: match opts.strategy {
             Strategy::Bisect => "bisect",
@@ -484,6 +609,7 @@ pub fn tune(
         reference_metric: ref_score.value,
         evaluated,
         pareto,
+        int4_rounding,
         chosen,
         nodes: node_choices,
         held_out,
@@ -556,9 +682,11 @@ fn confidence(
             .into();
     };
     let search_drop = evaluated[c].drop;
+    let search =
+        format!("search drop {search_drop:.2}, P(within budget) {:.2}", evaluated[c].p_within);
     let Some(h) = held.iter().find(|h| h.id == c) else {
         return format!(
-            "within budget on the search samples only (drop {search_drop:.2}); no samples were \
+            "within budget on the search samples only ({search}); no samples were \
              held out to confirm it"
         );
     };
@@ -570,37 +698,20 @@ fn confidence(
             if ok { "meets" } else { "misses" }
         );
     }
-    match h.drop_interval {
-        Some(hw) if h.drop + hw <= max_drop => format!(
-            "confident: the held-out drop is {:.2} (95 % interval {:.2} to {:.2}), within the \
-             {max_drop} budget",
-            h.drop,
-            h.drop - hw,
-            h.drop + hw
-        ),
-        Some(hw) if h.drop <= max_drop => format!(
-            "likely: the held-out drop is {:.2}, within the {max_drop} budget, but its 95 % \
-             interval reaches {:.2}; more eval data would settle it",
-            h.drop,
-            h.drop + hw
-        ),
+    let held = match h.drop_interval {
         Some(hw) => format!(
-            "not confirmed: the held-out drop is {:.2} (95 % interval {:.2} to {:.2}), over \
-             the {max_drop} budget met on the search samples ({search_drop:.2}); tighten \
-             --max-drop or give more eval data",
+            "held-out drop {:.2} (95 % interval {:.2} to {:.2}, P(within budget) {:.2})",
             h.drop,
             h.drop - hw,
-            h.drop + hw
+            h.drop + hw,
+            h.p_within
         ),
-        None if h.drop <= max_drop => format!(
-            "the held-out drop is {:.2}, within the {max_drop} budget (no per-sample interval \
-             for this metric)",
-            h.drop
-        ),
-        None => format!(
-            "not confirmed: the held-out drop is {:.2}, over the {max_drop} budget met on the \
-             search samples ({search_drop:.2})",
-            h.drop
-        ),
-    }
+        None => format!("held-out drop {:.2} (no per-sample interval for this metric)", h.drop),
+    };
+    let verdict = match h.drop_interval {
+        Some(hw) if h.drop + hw <= max_drop => "confident",
+        _ if h.drop <= max_drop => "likely (more eval data would settle it)",
+        _ => "not confirmed (tighten --max-drop, raise --confidence or give more eval data)",
+    };
+    format!("{verdict}: {held} against the {max_drop} budget; {search}")
 }

@@ -134,9 +134,9 @@ pub fn split_runs(runs: &[(usize, usize)], held_out: f64) -> (Runs, Runs) {
     (search, held)
 }
 
-/// Mean and half-width of the 95 % interval of the paired differences `reference − model`
-/// (the metric's drop), `None` without per-sample values.
-pub fn paired_drop(reference: &[f64], model: &[f64]) -> Option<(f64, f64)> {
+/// Mean and standard error of the paired differences `reference − model` (the metric's drop
+/// measured on the same samples), `None` without per-sample values.
+pub fn paired_se(reference: &[f64], model: &[f64]) -> Option<(f64, f64)> {
     if reference.len() != model.len() || reference.len() < 2 {
         return None;
     }
@@ -144,7 +144,28 @@ pub fn paired_drop(reference: &[f64], model: &[f64]) -> Option<(f64, f64)> {
     let n = d.len() as f64;
     let mean = d.iter().sum::<f64>() / n;
     let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    Some((mean, 1.96 * (var / n).sqrt()))
+    Some((mean, (var / n).sqrt()))
+}
+
+/// Mean and half-width of the 95 % interval of the paired differences `reference − model`
+/// (the metric's drop), `None` without per-sample values.
+pub fn paired_drop(reference: &[f64], model: &[f64]) -> Option<(f64, f64)> {
+    paired_se(reference, model).map(|(m, se)| (m, 1.96 * se))
+}
+
+/// The probability that the true value is at least `floor` when `measured` is a mean with
+/// standard error `se` (normal approximation of the paired mean); without an error (`None`, or
+/// every sample agreeing) 1 or 0 by the measured value itself.
+pub fn within_probability(measured: f64, floor: f64, se: Option<f64>) -> f64 {
+    match se {
+        Some(se) if se > 0.0 => {
+            let z = (measured - floor) / se;
+            0.5 * (1.0
+                + lowbit_engine::ops::elementwise::num::erf_f64(z / std::f64::consts::SQRT_2))
+        }
+        _ if measured >= floor => 1.0,
+        _ => 0.0,
+    }
 }
 
 #[cfg(test)]
@@ -171,5 +192,16 @@ mod tests {
         // sd of (0, 100, 0, 0) = 50; 1.96 · 50 / 2.
         assert!((hw - 49.0).abs() < 1e-9, "{hw}");
         assert!(paired_drop(&[1.0], &[1.0]).is_none());
+    }
+
+    #[test]
+    fn within_probability_is_the_normal_tail_of_the_margin() {
+        // On the floor: even odds; one standard error above it: Φ(1); two below: Φ(−2).
+        assert!((within_probability(79.0, 79.0, Some(0.5)) - 0.5).abs() < 1e-12);
+        assert!((within_probability(80.0, 79.0, Some(1.0)) - 0.841_344_746).abs() < 1e-8);
+        assert!((within_probability(77.0, 79.0, Some(1.0)) - 0.022_750_132).abs() < 1e-8);
+        // No spread: the measured value decides.
+        assert_eq!(within_probability(79.0, 79.0, Some(0.0)), 1.0);
+        assert_eq!(within_probability(78.9, 79.0, None), 0.0);
     }
 }

@@ -8,6 +8,7 @@
 //! control follows: promote one more node at a time until the budget holds, no refinement.
 //! The chosen configuration is the cheapest evaluated one within the budget.
 
+use super::scorer::within_probability;
 use super::{Objective, TuneError};
 use lowbit_quant::config::Precision;
 use lowbit_quant::samples::Progress;
@@ -23,6 +24,9 @@ pub struct Measured {
     pub bytes: u64,
     /// Median latency of one sample on lowbit's engine (`None`: not timed).
     pub latency_ms: Option<f64>,
+    /// Standard error of the metric's drop from FP32's, paired over the same search samples
+    /// (`None` when the metric is no mean over samples: Spearman, SQNR).
+    pub drop_se: Option<f64>,
 }
 
 impl Measured {
@@ -56,6 +60,12 @@ pub struct SearchSettings<'a> {
     pub ladder: &'a [Precision],
     /// The lowest metric within budget (the reference's minus the allowed drop).
     pub floor: f64,
+    /// A configuration meets the budget when the probability that its true metric is at least
+    /// `floor`, given its measured drop and that drop's standard error, is at least this
+    /// (0.5: the measured drop alone decides; higher guards against the noise of few search
+    /// samples letting a worse configuration through, lower lets near-lossless ones through
+    /// when a few samples flip by chance).
+    pub confidence: f64,
     pub objective: Objective,
     pub strategy: Strategy,
     /// Stop evaluating new configurations after this instant.
@@ -69,6 +79,9 @@ pub struct Trial {
     pub label: String,
     pub precisions: Vec<Precision>,
     pub measured: Measured,
+    /// The probability that the configuration's true metric is within budget
+    /// ([`super::scorer::within_probability`]).
+    pub p_within: f64,
     pub meets_budget: bool,
 }
 
@@ -104,9 +117,10 @@ impl<E: Evaluate> Run<'_, E> {
             return Ok(None);
         }
         let measured = self.eval.evaluate(&p, &label)?;
-        let meets_budget = measured.metric >= self.s.floor;
+        let p_within = within_probability(measured.metric, self.s.floor, measured.drop_se);
+        let meets_budget = p_within >= self.s.confidence;
         self.seen.insert(p.clone(), self.trials.len());
-        self.trials.push(Trial { label, precisions: p, measured, meets_budget });
+        self.trials.push(Trial { label, precisions: p, measured, p_within, meets_budget });
         Ok(self.trials.last())
     }
 
@@ -265,6 +279,8 @@ mod tests {
         ladder: Vec<Precision>,
         loss: Vec<Vec<f64>>,
         calls: usize,
+        /// Every configuration's standard error of the drop.
+        se: Option<f64>,
     }
 
     impl Evaluate for Synthetic {
@@ -274,12 +290,19 @@ mod tests {
             let metric =
                 80.0 - p.iter().enumerate().map(|(i, &x)| self.loss[i][rung(x)]).sum::<f64>();
             let bytes = p.iter().map(|&x| [1u64, 2, 4][rung(x)] * 100).sum();
-            Ok(Measured { metric, bytes, latency_ms: None })
+            Ok(Measured { metric, bytes, latency_ms: None, drop_se: self.se })
         }
     }
 
     fn settings<'a>(ladder: &'a [Precision], strategy: Strategy) -> SearchSettings<'a> {
-        SearchSettings { ladder, floor: 79.0, objective: Objective::Size, strategy, deadline: None }
+        SearchSettings {
+            ladder,
+            floor: 79.0,
+            confidence: 0.5,
+            objective: Objective::Size,
+            strategy,
+            deadline: None,
+        }
     }
 
     fn model() -> Synthetic {
@@ -290,7 +313,7 @@ mod tests {
             vec![5.0, 0.3, 0.0],
             vec![0.2, 0.0, 0.0],
         ];
-        Synthetic { ladder: vec![Int4, Int8, Fp32], loss, calls: 0 }
+        Synthetic { ladder: vec![Int4, Int8, Fp32], loss, calls: 0, se: None }
     }
 
     fn names() -> Vec<String> {
@@ -316,6 +339,37 @@ mod tests {
             assert!(!t.meets_budget || t.measured.bytes >= chosen.measured.bytes);
         }
         assert_eq!(m.calls, out.trials.len());
+    }
+
+    #[test]
+    fn the_confidence_level_moves_the_decision_by_the_drops_standard_error() {
+        let ladder = [Int4, Int8, Fp32];
+        let chosen_at = |confidence: f64, se: Option<f64>| {
+            let mut m = Synthetic { se, ..model() };
+            let s = SearchSettings { confidence, ..settings(&ladder, Strategy::Bisect) };
+            let out = search(&names(), &[2, 0, 3, 1], &s, &mut m, &NoProgress).unwrap();
+            for t in &out.trials {
+                // The decision is the probability reaching the level, and the probability is
+                // the normal tail of the margin over the floor.
+                assert_eq!(t.meets_budget, t.p_within >= confidence, "{t:?}");
+                let want = within_probability(t.measured.metric, 79.0, se);
+                assert!((t.p_within - want).abs() < 1e-12);
+            }
+            out.trials[out.chosen.unwrap()].clone()
+        };
+        // Without a standard error every level is the plain threshold.
+        let plain = chosen_at(0.5, None);
+        assert_eq!(chosen_at(0.9, None).precisions, plain.precisions);
+        assert_eq!(chosen_at(0.5, Some(0.4)).precisions, plain.precisions);
+        // A standard error of 0.4 pt: 0.9 asks the metric to clear the floor by 1.28 se,
+        // which the plain choice (79.3) does not, so a safer, bigger one is chosen. With 0.5 pt,
+        // 0.1 lets one 1.28 se under the floor through, a smaller one.
+        let safe = chosen_at(0.9, Some(0.4));
+        assert!(safe.measured.metric >= 79.0 + 1.2815 * 0.4, "{safe:?}");
+        assert!(safe.measured.bytes > plain.measured.bytes, "{safe:?} vs {plain:?}");
+        let loose = chosen_at(0.1, Some(0.5));
+        assert!(loose.measured.metric < 79.0 && loose.measured.metric >= 79.0 - 1.2816 * 0.5);
+        assert!(loose.measured.bytes < plain.measured.bytes, "{loose:?} vs {plain:?}");
     }
 
     #[test]

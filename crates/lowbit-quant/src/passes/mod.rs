@@ -9,6 +9,7 @@
 //! | [`recurrent`] | `LSTM`/`GRU`/`RNN` weights and `com.microsoft.Attention`'s packed QKV weight + `DequantizeLinear` (dynamic and weight-only modes) |
 //! | [`embeddings`] | int8 per-row `Gather` tables, dequantized after the gather (every integer mode) |
 //! | [`fp16`] | float16 / bfloat16 conversion, optionally keeping float32 inputs/outputs |
+//! | [`reuse`] | one QDQ model's quantized weights (a learned rounding) copied into another |
 //!
 //! `qdq`, `dynamic` and `weight_only` also rewrite control-flow bodies (`If`/`Loop`/`Scan`
 //! subgraphs), through `subgraphs`.
@@ -26,6 +27,7 @@ pub mod embeddings;
 pub mod fp16;
 pub mod qdq;
 pub mod recurrent;
+pub mod reuse;
 pub(crate) mod subgraphs;
 pub mod weight_only;
 

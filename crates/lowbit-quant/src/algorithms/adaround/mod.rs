@@ -11,7 +11,8 @@
 //! * **Loss** (per layer, [`optimize`]): `(1/n) Σ_r ‖W x_r − Ŵ(V) x̂_r‖² + λ Σ (1 − |2h − 1|^β)`
 //!   with `x_r` the layer's input rows in the FP32 model and `x̂_r` in the quantized model,
 //!   whose earlier layers are already rounded: the paper's asymmetric reconstruction, which
-//!   also lets a layer absorb the error of the quantized layers and activations before it. `h`
+//!   also lets a layer absorb the error of the quantized layers and activations before it
+//!   (with [`AdaRoundOptions::fp32_inputs`], `x̂_r = x_r`: the plain reconstruction). `h`
 //!   is the rectified sigmoid (ζ = 1.1, γ = −0.1); β goes from 20 to 2 after a 20 % warm-up;
 //!   Adam; `V` starts at round-to-nearest. Codes stay inside the plan's `[qmin, qmax]` and
 //!   differ from round-to-nearest by at most one step.
@@ -449,6 +450,7 @@ fn collect(
     q: &Graph,
     w: &Weight,
     index: usize,
+    fp32_inputs: bool,
     streams: &mut Streams,
     ctx: &mut StepContext,
 ) -> Result<Vec<LayerStats>> {
@@ -476,7 +478,9 @@ fn collect(
             let xs = fs.run(&mut fp_pass, run, &part)?;
             let xhs = qs.run(&mut q_pass, run, &part)?;
             for (c, s) in w.consumers.iter().zip(stats.iter_mut()) {
-                s.add(&xs[&c.fp32_input], &xhs[&c.q_input])?;
+                // Plain reconstruction: the quantized layer sees the FP32 input too.
+                let xh = if fp32_inputs { &xs[&c.fp32_input] } else { &xhs[&c.q_input] };
+                s.add(&xs[&c.fp32_input], xh)?;
             }
             run += 1;
         }
@@ -676,7 +680,7 @@ fn adaround_kept(
             progress.advance(1, None);
             continue;
         }
-        let stats = collect(fp32, q, w, index, &mut streams, ctx)?;
+        let stats = collect(fp32, q, w, index, opts.fp32_inputs, &mut streams, ctx)?;
         kept_peak = kept_peak.max(streams.fp32.kept_bytes() + streams.q.kept_bytes());
         let out = pool.install(|| learn(w, stats, &sched, deadline));
         if !out.finished {
