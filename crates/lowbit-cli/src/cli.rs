@@ -336,8 +336,9 @@ pub struct QuantizeArgs {
     /// Weight type.
     #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "uint8", "uint4"])]
     pub weights: String,
-    /// Weight-only: quantize weights in blocks of N along the reduction axis; 0: per channel
-    /// (or per tensor with --per-tensor) [default: 32 for 4-bit weights, else 0].
+    /// Quantize weights in blocks of N along the reduction axis; 0: per channel (or per tensor
+    /// with --per-tensor). Static: MatMul/Gemm weights only (Conv stays per channel, a blocked
+    /// layer's bias stays float) [default: 32 for 4-bit weight-only, else 0].
     #[arg(long, value_name = "N")]
     pub block_size: Option<usize>,
     /// Static with 4-bit weights: quantize the first and last weighted layers (a CNN's stem

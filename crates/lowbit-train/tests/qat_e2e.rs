@@ -379,3 +379,29 @@ fn blocked_int4_qat_learns_one_step_per_block_and_runs_on_ort() {
     let Some(y) = run_ort(&out.model, &test) else { return };
     assert!(mean_cos(&ours, &y) > 0.9999, "ORT and lowbit's engine differ");
 }
+
+#[test]
+fn a_collapsed_weight_step_is_raised_to_what_its_int32_bias_needs() {
+    use lowbit_train::program::ParamKind;
+    let fp32 = tiny_cnn();
+    let train_set = samples(32, 1);
+    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
+    let table =
+        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let opts = QatOptions { weights: WeightBits::Int4, ..QatOptions::default() };
+    let mut p = lowbit_train::qat::prepare(&fp32, &table, &opts).unwrap();
+    // A channel whose step trained towards zero: its bias no longer fits int32 at s_in · s_w.
+    let conv = p
+        .program
+        .params
+        .iter()
+        .position(|x| x.kind == ParamKind::WeightScale && x.label == "conv")
+        .unwrap();
+    p.program.params[conv].value[0] = 1e-12;
+    assert!(p.program.export(&p.qdq).is_err(), "an overflowing bias must not be written");
+    p.program.project();
+    assert!(p.program.params[conv].value[0] > 1e-12);
+    let m = p.program.export(&p.qdq).unwrap();
+    let (_, b) = codes(&m, "conv.b_quantized");
+    assert!(b.iter().all(|&c| c.unsigned_abs() < 1 << 30), "bias codes within the headroom");
+}
