@@ -129,15 +129,39 @@ impl ScaleMap {
     }
 }
 
-/// Fake-quantizes `x`, element `i` with step `scales[map.index(i)]`.
-pub fn fake_quant(x: &[f32], scales: &[f32], map: &ScaleMap, grid: &Grid) -> Vec<f32> {
-    x.iter().enumerate().map(|(i, &v)| grid.fake(v, scales[map.index(i)])).collect()
+/// The grid of step `j`: `grid` with zero point `zero_points[j]` (asymmetric per-channel
+/// weights), or `grid` itself when `zero_points` is empty.
+#[inline]
+fn grid_at(grid: &Grid, zero_points: &[i32], j: usize) -> Grid {
+    match zero_points.get(j) {
+        Some(&z) => Grid { zero_point: z, ..*grid },
+        None => *grid,
+    }
+}
+
+/// Fake-quantizes `x`, element `i` with step `scales[map.index(i)]` (and that step's zero
+/// point, where `zero_points` has one per step).
+pub fn fake_quant(
+    x: &[f32],
+    scales: &[f32],
+    zero_points: &[i32],
+    map: &ScaleMap,
+    grid: &Grid,
+) -> Vec<f32> {
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let j = map.index(i);
+            grid_at(grid, zero_points, j).fake(v, scales[j])
+        })
+        .collect()
 }
 
 /// The backward pass of [`fake_quant`]: (∂L/∂x, ∂L/∂scales), the latter before LSQ's scale.
 pub fn fake_quant_backward(
     x: &[f32],
     scales: &[f32],
+    zero_points: &[i32],
     map: &ScaleMap,
     grid: &Grid,
     gy: &[f32],
@@ -149,7 +173,7 @@ pub fn fake_quant_backward(
         .enumerate()
         .map(|(i, (&v, &g))| {
             let j = map.index(i);
-            let (dx, ds) = grid.partials(v, scales[j]);
+            let (dx, ds) = grid_at(grid, zero_points, j).partials(v, scales[j]);
             gs[j] += g * ds;
             g * dx
         })
@@ -210,7 +234,7 @@ mod tests {
         let x: Vec<f32> = (-50..50).map(|i| i as f32 * 0.093).collect();
         let t = lowbit_tensor::Tensor::from_vec(vec![x.len()], x.clone()).unwrap();
         let want = fake_quantize(&t, &p).unwrap();
-        let got = fake_quant(&x, &[s], &ScaleMap::PER_TENSOR, &Grid::new(z, 0, 255));
+        let got = fake_quant(&x, &[s], &[], &ScaleMap::PER_TENSOR, &Grid::new(z, 0, 255));
         assert_eq!(want.as_f32().unwrap(), got.as_slice());
     }
 
@@ -227,12 +251,12 @@ mod tests {
         assert_eq!(g.partials(100.0, 0.1), (0.0, 245.0));
         // Ternary: codes −1/0/1 only.
         let t = Grid::new(0, -1, 1);
-        let y = fake_quant(&[-3.0, -0.4, 0.2, 0.6, 5.0], &[1.0], &ScaleMap::PER_TENSOR, &t);
+        let y = fake_quant(&[-3.0, -0.4, 0.2, 0.6, 5.0], &[1.0], &[], &ScaleMap::PER_TENSOR, &t);
         assert_eq!(y, vec![-1.0, 0.0, 0.0, 1.0, 1.0]);
         // Binary: a·sign(x); ∂x passes inside [−a, a]; ∂a = sign(x).
         let b = Grid::binary();
         assert_eq!(
-            fake_quant(&[-0.1, 0.0, 2.0], &[0.5], &ScaleMap::PER_TENSOR, &b),
+            fake_quant(&[-0.1, 0.0, 2.0], &[0.5], &[], &ScaleMap::PER_TENSOR, &b),
             vec![-0.5, 0.5, 0.5]
         );
         assert_eq!(b.partials(-0.1, 0.5), (1.0, -1.0));
@@ -246,7 +270,7 @@ mod tests {
         let x = [0.12, -0.31, 0.05, 1.0, -2.0, 0.7];
         let s = [0.1, 0.5];
         let gy = [1.0; 6];
-        let (gx, gs) = fake_quant_backward(&x, &s, &ScaleMap::per_channel(2, 3), &g, &gy);
+        let (gx, gs) = fake_quant_backward(&x, &s, &[], &ScaleMap::per_channel(2, 3), &g, &gy);
         assert_eq!(gx, vec![1.0; 6]);
         let want0: f32 = x[..3].iter().map(|&v| g.partials(v, 0.1).1).sum();
         let want1: f32 = x[3..].iter().map(|&v| g.partials(v, 0.5).1).sum();
@@ -288,11 +312,25 @@ mod tests {
         let g = Grid::new(0, -8, 7);
         let x: Vec<f32> = (0..30).map(|i| (i as f32 * 0.37).sin()).collect();
         let s: Vec<f32> = (0..18).map(|j| 0.05 + 0.01 * j as f32).collect();
-        let (_, gs) = fake_quant_backward(&x, &s, &m, &g, &[1.0; 30]);
+        let (_, gs) = fake_quant_backward(&x, &s, &[], &m, &g, &[1.0; 30]);
         for (j, got) in gs.iter().enumerate() {
             let want: f32 =
                 (0..30).filter(|&i| m.index(i) == j).map(|i| g.partials(x[i], s[j]).1).sum();
             assert!((got - want).abs() < 1e-6, "block {j}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn per_channel_zero_points_shift_each_channels_grid() {
+        // Asymmetric int4 per channel: channel 1 has zero point 3, so its codes span [-8, 7]
+        // around 3 (values from -11·s to 4·s).
+        let g = Grid::new(0, -8, 7);
+        let m = ScaleMap::per_channel(2, 2);
+        let y = fake_quant(&[1.0, -1.0, 1.0, -1.0], &[0.1, 0.1], &[0, 3], &m, &g);
+        assert_eq!(y, vec![0.7, -0.8, 0.4, -1.0]);
+        let (gx, _) =
+            fake_quant_backward(&[1.0, -1.0, 0.3, -1.0], &[0.1, 0.1], &[0, 3], &m, &g, &[1.0; 4]);
+        // Clipped on channel 0 (both), inside on channel 1 for 0.3 and -1.0 (v = 6 and -7).
+        assert_eq!(gx, vec![0.0, 0.0, 1.0, 1.0]);
     }
 }

@@ -48,8 +48,16 @@ pub struct Param {
 /// How a slot computed once per batch comes from the parameters.
 #[derive(Clone, Debug)]
 pub enum Leaf {
-    /// `fake_quant(W)` with per-channel or per-block steps.
-    Weight { slot: usize, weight: usize, scale: usize, grid: Grid, map: ScaleMap },
+    /// `fake_quant(W)` with per-channel or per-block steps (and their fixed zero points where
+    /// the weights are asymmetric; empty: the grid's).
+    Weight {
+        slot: usize,
+        weight: usize,
+        scale: usize,
+        grid: Grid,
+        map: ScaleMap,
+        zero_points: Vec<i32>,
+    },
     /// The parameter as it is (biases, activation step sizes).
     Direct { slot: usize, param: usize },
 }
@@ -332,10 +340,11 @@ impl Program {
         self.leaves
             .iter()
             .map(|l| match l {
-                Leaf::Weight { slot, weight, scale, grid, map } => {
+                Leaf::Weight { slot, weight, scale, grid, map, zero_points } => {
                     let w = &self.params[*weight];
                     let s = &self.params[*scale];
-                    (*slot, Arr::new(w.shape.clone(), fake_quant(&w.value, &s.value, map, grid)))
+                    let y = fake_quant(&w.value, &s.value, zero_points, map, grid);
+                    (*slot, Arr::new(w.shape.clone(), y))
                 }
                 Leaf::Direct { slot, param } => {
                     let p = &self.params[*param];
@@ -351,9 +360,10 @@ impl Program {
         for (l, g) in self.leaves.iter().zip(leaf_grads) {
             let Some(g) = g else { continue };
             match l {
-                Leaf::Weight { weight, scale, grid, map, .. } => {
+                Leaf::Weight { weight, scale, grid, map, zero_points, .. } => {
                     let (w, s) = (&self.params[*weight], &self.params[*scale]);
-                    let (gw, gs) = fake_quant_backward(&w.value, &s.value, map, grid, &g.data);
+                    let (gw, gs) =
+                        fake_quant_backward(&w.value, &s.value, zero_points, map, grid, &g.data);
                     out[*weight] = gw;
                     out[*scale] = gs.iter().map(|v| v * s.grad_scale).collect();
                 }
@@ -376,7 +386,7 @@ impl Program {
             match e {
                 Export::Weight { weight, scale, codes, scale_names, dtype } => {
                     let (w, s) = (&self.params[*weight], &self.params[*scale]);
-                    let Some(Leaf::Weight { grid, map, .. }) = self
+                    let Some(Leaf::Weight { grid, map, zero_points, .. }) = self
                         .leaves
                         .iter()
                         .find(|l| matches!(l, Leaf::Weight { weight: x, .. } if x == weight))
@@ -387,7 +397,13 @@ impl Program {
                         .value
                         .iter()
                         .enumerate()
-                        .map(|(i, &v)| grid.code(v, s.value[map.index(i)]))
+                        .map(|(i, &v)| {
+                            let j = map.index(i);
+                            let z = zero_points
+                                .get(j)
+                                .map_or(*grid, |&z| Grid { zero_point: z, ..*grid });
+                            z.code(v, s.value[j])
+                        })
                         .collect();
                     replace_init(
                         &mut g,
@@ -639,9 +655,10 @@ impl Builder {
             .collect();
         let all_zero = zp_v.iter().all(|&z| z == 0.0);
         let slot = self.slot(&out);
+        // Integer grids keep asymmetric weights' zero points (fixed, one per step).
         if !weight_of.is_empty()
             && weight_of.len() == consumers.len()
-            && all_zero
+            && (all_zero || matches!(wgrid, WeightGrid::Int { .. }))
             && codes.dtype() != DType::I32
         {
             // A layer's weight: float values from the FP32 model where its layer is found.
@@ -670,7 +687,14 @@ impl Builder {
             let wp = self.param(&label, ParamKind::Weight, codes.shape().to_vec(), w, 1.0);
             let gs = lsq_grad_scale(codes_v.len() / scale_v.len().max(1), &grid);
             let sp = self.param(&label, ParamKind::WeightScale, scale.shape().to_vec(), s0, gs);
-            self.leaves.push(Leaf::Weight { slot, weight: wp, scale: sp, grid, map });
+            let zero_points = if all_zero {
+                Vec::new()
+            } else {
+                (0..scale_v.len())
+                    .map(|j| zp_v[if zp_v.len() == 1 { 0 } else { j }] as i32)
+                    .collect()
+            };
+            self.leaves.push(Leaf::Weight { slot, weight: wp, scale: sp, grid, map, zero_points });
             self.exports.push(Export::Weight {
                 weight: wp,
                 scale: sp,

@@ -405,3 +405,39 @@ fn a_collapsed_weight_step_is_raised_to_what_its_int32_bias_needs() {
     let (_, b) = codes(&m, "conv.b_quantized");
     assert!(b.iter().all(|&c| c.unsigned_abs() < 1 << 30), "bias codes within the headroom");
 }
+
+#[test]
+fn asymmetric_int4_weights_train_around_their_zero_points() {
+    use lowbit_quant::quantize::{quantize_with_plan, QuantPlan, QuantizeConfig};
+    use lowbit_quant::scheme::{IntType, Mode};
+    let fp32 = tiny_cnn();
+    let train_set = samples(96, 1);
+    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
+    let table =
+        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    // `quantize --weights int4` writes asymmetric weights (a zero point per channel).
+    let cfg = QuantizeConfig {
+        weights: IntType::Int4,
+        weight_mode: Some(Mode::Asymmetric),
+        ..QuantizeConfig::default()
+    };
+    let plan = QuantPlan::resolve(&cfg).unwrap();
+    let (init, _) = quantize_with_plan(fp32.clone(), &plan, Some(&table)).unwrap();
+    let (_, zp) = codes(&init, "fc1.w_zero_point");
+    assert!(zp.iter().any(|&z| z != 0), "the middle layer should be asymmetric");
+    let opts = QatOptions {
+        weights: WeightBits::Int4,
+        epochs: 3,
+        batch: 16,
+        init: Some(init.clone()),
+        start: WeightStart::Codes,
+        ..QatOptions::default()
+    };
+    let out = train(&fp32, &table, &train_set, &opts, &NoProgress).unwrap();
+    // Every layer's weights are trained (none frozen for its zero points), the start is the
+    // init model exactly, and the zero points are kept.
+    assert_eq!(out.trained_weights, 54 + 16 * 96 + 5 * 16);
+    assert_eq!(codes(&out.ptq, "fc1.w_quantized").1, codes(&init, "fc1.w_quantized").1);
+    assert_eq!(codes(&out.model, "fc1.w_zero_point").1, zp);
+    assert!(out.holdout_loss_after <= out.holdout_loss_before);
+}

@@ -377,7 +377,13 @@ impl Op {
                 }
                 Arr::new(
                     x0.shape.clone(),
-                    crate::fake_quant::fake_quant(&x0.data, &s.data, &ScaleMap::PER_TENSOR, grid),
+                    crate::fake_quant::fake_quant(
+                        &x0.data,
+                        &s.data,
+                        &[],
+                        &ScaleMap::PER_TENSOR,
+                        grid,
+                    ),
                 )
             }
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
@@ -472,6 +478,7 @@ impl Op {
                 let (gx, gs) = crate::fake_quant::fake_quant_backward(
                     &x0.data,
                     &s.data,
+                    &[],
                     &ScaleMap::PER_TENSOR,
                     grid,
                     &gy.data,
