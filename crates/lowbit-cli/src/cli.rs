@@ -336,8 +336,9 @@ pub struct QuantizeArgs {
     /// Weight type.
     #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "uint8", "uint4"])]
     pub weights: String,
-    /// Weight-only: quantize weights in blocks of N along the reduction axis; 0: per channel
-    /// (or per tensor with --per-tensor) [default: 32 for 4-bit weights, else 0].
+    /// Quantize weights in blocks of N along the reduction axis; 0: per channel (or per tensor
+    /// with --per-tensor). Static: MatMul/Gemm weights only (Conv stays per channel, a blocked
+    /// layer's bias stays float) [default: 32 for 4-bit weight-only, else 0].
     #[arg(long, value_name = "N")]
     pub block_size: Option<usize>,
     /// Static with 4-bit weights: quantize the first and last weighted layers (a CNN's stem
@@ -639,6 +640,24 @@ pub struct QatArgs {
     /// Also write the post-training model at the same bit width (the baseline).
     #[arg(long, value_name = "PTQ.onnx")]
     pub ptq_output: Option<PathBuf>,
+    /// MatMul/Gemm weights in blocks of N values along K, one learned step per block
+    /// (DequantizeLinear block_size, opset 21; a power of two >= 16); Conv weights stay per
+    /// channel, biases of blocked layers stay float [default: per channel].
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<usize>,
+    /// With --weights int4: quantize the first and last weighted layers (a CNN's stem and
+    /// classifier) to 4 bits too [default: they train and stay on int8, as `quantize` keeps them].
+    #[arg(long)]
+    pub int4_ends: bool,
+    /// Start from this QDQ model of MODEL (e.g. `quantize --adaround`'s, same --weights and
+    /// --activations) instead of round-to-nearest: its codes, weight and activation scales; it
+    /// is the post-training baseline, and the kept model is never worse on the held-out share.
+    #[arg(long, value_name = "QDQ.onnx")]
+    pub init: Option<PathBuf>,
+    /// Where the trained float weights start: the starting model's dequantized codes, or the
+    /// FP32 weights (fake-quantized to nearest) [default: codes with --init, else fp32].
+    #[arg(long, value_parser = ["codes", "fp32"])]
+    pub init_weights: Option<String>,
     #[command(flatten)]
     pub format: DataArgs,
     #[command(flatten)]

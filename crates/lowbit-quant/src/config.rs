@@ -595,7 +595,12 @@ impl QuantPlan {
             (QuantMode::WeightOnly, None) if four_bit => DEFAULT_INT4_BLOCK,
             (QuantMode::WeightOnly, b) => b.unwrap_or(0),
             (_, None | Some(0)) => 0,
-            (_, Some(_)) => return bad("--block-size applies to weight-only quantization".into()),
+            // Static: MatMul/Gemm weights in blocks (Conv keeps per channel), for 4-bit
+            // transformers with quantized activations (and QAT of them).
+            (QuantMode::Static, Some(b)) => b,
+            (_, Some(_)) => {
+                return bad("--block-size applies to weight-only and static quantization".into())
+            }
         };
         if block != 0 && (block < 16 || !block.is_power_of_two()) {
             return bad(format!("block size must be a power of two >= 16, got {block}"));
@@ -712,7 +717,7 @@ impl QuantPlan {
         // Static writes per-axis weights' opset (13) even per tensor: its passes assume it.
         let min_opset = match mode {
             QuantMode::Static => {
-                qdq_min_opset(act_type, false, false).max(qdq_min_opset(w, true, false))
+                qdq_min_opset(act_type, false, false).max(qdq_min_opset(w, true, block > 0))
             }
             QuantMode::Dynamic => 11,
             QuantMode::WeightOnly => qdq_min_opset(w, config.per_channel, block > 0),
@@ -853,8 +858,14 @@ mod tests {
             WeightGranularity::Blocked(64)
         );
         assert!(plan(QuantizeConfig::weight_only_int4(48)).is_err());
-        let static_blocked = QuantizeConfig { block_size: Some(32), ..Default::default() };
-        assert!(plan(static_blocked).is_err());
+        let static_blocked =
+            QuantizeConfig { weights: IntType::Int4, block_size: Some(32), ..Default::default() };
+        let p = plan(static_blocked).unwrap();
+        assert_eq!(p.weights.granularity, WeightGranularity::Blocked(32));
+        assert!(p.min_opset >= 21, "blocked DequantizeLinear needs opset 21");
+        let dynamic_blocked =
+            QuantizeConfig { block_size: Some(32), ..QuantizeConfig::dynamic_int8() };
+        assert!(plan(dynamic_blocked).is_err());
         let static_zero = QuantizeConfig { block_size: Some(0), ..Default::default() };
         assert!(plan(static_zero).is_ok());
     }

@@ -81,31 +81,100 @@ pub fn lsq_grad_scale(n: usize, grid: &Grid) -> f32 {
     1.0 / ((n.max(1) as f32) * grid.q_positive()).sqrt()
 }
 
-/// Fake-quantizes `x` with one step per channel: element `i` uses `scales[channel(i)]`, where
-/// `channel(i) = (i / inner) % scales.len()` (per-tensor when one scale).
-pub fn fake_quant(x: &[f32], scales: &[f32], inner: usize, grid: &Grid) -> Vec<f32> {
-    let c = scales.len();
-    x.iter().enumerate().map(|(i, &v)| grid.fake(v, scales[(i / inner.max(1)) % c])).collect()
+/// Which step size each element of a tensor uses (ONNX DequantizeLinear's `axis` and
+/// `block_size`): the tensor is `[outer, axis_len, inner]` around the axis; per channel, element
+/// `(o, k, r)` uses step `k`; in blocks of `b` along the axis, step `(o, k / b, r)` of a
+/// `[outer, ⌈axis_len / b⌉, inner]` scale tensor. Per tensor: one axis of length 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScaleMap {
+    pub axis_len: usize,
+    pub inner: usize,
+    pub block: Option<usize>,
+}
+
+impl ScaleMap {
+    pub const PER_TENSOR: ScaleMap = ScaleMap { axis_len: 1, inner: 1, block: None };
+
+    /// One step per index along an axis of `axis_len`, `inner` values after it.
+    pub fn per_channel(axis_len: usize, inner: usize) -> ScaleMap {
+        ScaleMap { axis_len: axis_len.max(1), inner: inner.max(1), block: None }
+    }
+
+    /// One step per `block` consecutive values along an axis of `axis_len`.
+    pub fn blocked(axis_len: usize, inner: usize, block: usize) -> ScaleMap {
+        ScaleMap { axis_len: axis_len.max(1), inner: inner.max(1), block: Some(block.max(1)) }
+    }
+
+    /// The step index of element `i`.
+    #[inline]
+    pub fn index(&self, i: usize) -> usize {
+        let k = (i / self.inner) % self.axis_len;
+        match self.block {
+            None => k,
+            Some(b) => {
+                let o = i / (self.inner * self.axis_len);
+                (o * self.axis_len.div_ceil(b) + k / b) * self.inner + i % self.inner
+            }
+        }
+    }
+
+    /// Number of steps for a tensor of `len` values.
+    pub fn steps(&self, len: usize) -> usize {
+        match self.block {
+            None => self.axis_len,
+            Some(b) => {
+                (len / (self.inner * self.axis_len)) * self.axis_len.div_ceil(b) * self.inner
+            }
+        }
+    }
+}
+
+/// The grid of step `j`: `grid` with zero point `zero_points[j]` (asymmetric per-channel
+/// weights), or `grid` itself when `zero_points` is empty.
+#[inline]
+fn grid_at(grid: &Grid, zero_points: &[i32], j: usize) -> Grid {
+    match zero_points.get(j) {
+        Some(&z) => Grid { zero_point: z, ..*grid },
+        None => *grid,
+    }
+}
+
+/// Fake-quantizes `x`, element `i` with step `scales[map.index(i)]` (and that step's zero
+/// point, where `zero_points` has one per step).
+pub fn fake_quant(
+    x: &[f32],
+    scales: &[f32],
+    zero_points: &[i32],
+    map: &ScaleMap,
+    grid: &Grid,
+) -> Vec<f32> {
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let j = map.index(i);
+            grid_at(grid, zero_points, j).fake(v, scales[j])
+        })
+        .collect()
 }
 
 /// The backward pass of [`fake_quant`]: (∂L/∂x, ∂L/∂scales), the latter before LSQ's scale.
 pub fn fake_quant_backward(
     x: &[f32],
     scales: &[f32],
-    inner: usize,
+    zero_points: &[i32],
+    map: &ScaleMap,
     grid: &Grid,
     gy: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    let c = scales.len();
-    let mut gs = vec![0.0f32; c];
+    let mut gs = vec![0.0f32; scales.len()];
     let gx = x
         .iter()
         .zip(gy)
         .enumerate()
         .map(|(i, (&v, &g))| {
-            let ch = (i / inner.max(1)) % c;
-            let (dx, ds) = grid.partials(v, scales[ch]);
-            gs[ch] += g * ds;
+            let j = map.index(i);
+            let (dx, ds) = grid_at(grid, zero_points, j).partials(v, scales[j]);
+            gs[j] += g * ds;
             g * dx
         })
         .collect();
@@ -113,11 +182,12 @@ pub fn fake_quant_backward(
 }
 
 /// LSQ's initial step size `2·mean|x| / √Q_P` (per channel), the paper's rule for weights.
-pub fn lsq_init(x: &[f32], channels: usize, inner: usize, grid: &Grid) -> Vec<f32> {
+pub fn lsq_init(x: &[f32], map: &ScaleMap, grid: &Grid) -> Vec<f32> {
+    let channels = map.steps(x.len());
     let mut sum = vec![0.0f64; channels];
     let mut cnt = vec![0usize; channels];
     for (i, &v) in x.iter().enumerate() {
-        let ch = (i / inner.max(1)) % channels;
+        let ch = map.index(i);
         sum[ch] += v.abs() as f64;
         cnt[ch] += 1;
     }
@@ -130,14 +200,15 @@ pub fn lsq_init(x: &[f32], channels: usize, inner: usize, grid: &Grid) -> Vec<f3
 /// The step size per channel with the lowest squared error `‖x − fake(x)‖²` among multiples of
 /// LSQ's initial step (0.25× to 3×): the post-training choice for ternary and binary weights,
 /// whose min-max step would round almost every weight to zero.
-pub fn mse_scales(x: &[f32], channels: usize, inner: usize, grid: &Grid) -> Vec<f32> {
-    let init = lsq_init(x, channels, inner, grid);
+pub fn mse_scales(x: &[f32], map: &ScaleMap, grid: &Grid) -> Vec<f32> {
+    let channels = map.steps(x.len());
+    let init = lsq_init(x, map, grid);
     let mut best: Vec<(f64, f32)> = init.iter().map(|&s| (f64::INFINITY, s)).collect();
     for step in 1..=60 {
         let f = step as f32 * 0.05;
         let mut err = vec![0.0f64; channels];
         for (i, &v) in x.iter().enumerate() {
-            let ch = (i / inner.max(1)) % channels;
+            let ch = map.index(i);
             let d = (v - grid.fake(v, init[ch] * f)) as f64;
             err[ch] += d * d;
         }
@@ -163,7 +234,7 @@ mod tests {
         let x: Vec<f32> = (-50..50).map(|i| i as f32 * 0.093).collect();
         let t = lowbit_tensor::Tensor::from_vec(vec![x.len()], x.clone()).unwrap();
         let want = fake_quantize(&t, &p).unwrap();
-        let got = fake_quant(&x, &[s], 1, &Grid::new(z, 0, 255));
+        let got = fake_quant(&x, &[s], &[], &ScaleMap::PER_TENSOR, &Grid::new(z, 0, 255));
         assert_eq!(want.as_f32().unwrap(), got.as_slice());
     }
 
@@ -180,11 +251,14 @@ mod tests {
         assert_eq!(g.partials(100.0, 0.1), (0.0, 245.0));
         // Ternary: codes −1/0/1 only.
         let t = Grid::new(0, -1, 1);
-        let y = fake_quant(&[-3.0, -0.4, 0.2, 0.6, 5.0], &[1.0], 1, &t);
+        let y = fake_quant(&[-3.0, -0.4, 0.2, 0.6, 5.0], &[1.0], &[], &ScaleMap::PER_TENSOR, &t);
         assert_eq!(y, vec![-1.0, 0.0, 0.0, 1.0, 1.0]);
         // Binary: a·sign(x); ∂x passes inside [−a, a]; ∂a = sign(x).
         let b = Grid::binary();
-        assert_eq!(fake_quant(&[-0.1, 0.0, 2.0], &[0.5], 1, &b), vec![-0.5, 0.5, 0.5]);
+        assert_eq!(
+            fake_quant(&[-0.1, 0.0, 2.0], &[0.5], &[], &ScaleMap::PER_TENSOR, &b),
+            vec![-0.5, 0.5, 0.5]
+        );
         assert_eq!(b.partials(-0.1, 0.5), (1.0, -1.0));
         assert_eq!(b.partials(2.0, 0.5), (0.0, 1.0));
     }
@@ -196,7 +270,7 @@ mod tests {
         let x = [0.12, -0.31, 0.05, 1.0, -2.0, 0.7];
         let s = [0.1, 0.5];
         let gy = [1.0; 6];
-        let (gx, gs) = fake_quant_backward(&x, &s, 3, &g, &gy);
+        let (gx, gs) = fake_quant_backward(&x, &s, &[], &ScaleMap::per_channel(2, 3), &g, &gy);
         assert_eq!(gx, vec![1.0; 6]);
         let want0: f32 = x[..3].iter().map(|&v| g.partials(v, 0.1).1).sum();
         let want1: f32 = x[3..].iter().map(|&v| g.partials(v, 0.5).1).sum();
@@ -208,9 +282,55 @@ mod tests {
         let x: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
         let t = Grid::new(0, -1, 1);
         let err = |s: f32| x.iter().map(|&v| (v - t.fake(v, s)).powi(2)).sum::<f32>();
-        let init = lsq_init(&x, 1, 200, &t)[0];
-        let best = mse_scales(&x, 1, 200, &t)[0];
+        let one = ScaleMap::per_channel(1, 200);
+        let init = lsq_init(&x, &one, &t)[0];
+        let best = mse_scales(&x, &one, &t)[0];
         assert!(err(best) <= err(init));
         assert!(lsq_grad_scale(100, &t) > 0.0);
+    }
+
+    #[test]
+    fn blocked_map_matches_onnx_block_layout() {
+        // A [2, 5, 3] tensor in blocks of 2 along axis 1: scales [2, 3, 3]; element (o, k, r)
+        // uses scale (o, k / 2, r), as DequantizeLinear with block_size reads them.
+        let m = ScaleMap::blocked(5, 3, 2);
+        assert_eq!(m.steps(30), 18);
+        for o in 0..2 {
+            for k in 0..5 {
+                for r in 0..3 {
+                    let i = (o * 5 + k) * 3 + r;
+                    assert_eq!(m.index(i), (o * 3 + k / 2) * 3 + r, "element ({o}, {k}, {r})");
+                }
+            }
+        }
+        // Per channel along axis 0 of [4, 6]: step = row.
+        let c = ScaleMap::per_channel(4, 6);
+        assert_eq!((0..24).map(|i| c.index(i)).collect::<Vec<_>>()[6..12], [1; 6]);
+        assert_eq!(c.steps(24), 4);
+        assert_eq!(ScaleMap::PER_TENSOR.index(17), 0);
+        // Each block's step gradient sums its own elements only.
+        let g = Grid::new(0, -8, 7);
+        let x: Vec<f32> = (0..30).map(|i| (i as f32 * 0.37).sin()).collect();
+        let s: Vec<f32> = (0..18).map(|j| 0.05 + 0.01 * j as f32).collect();
+        let (_, gs) = fake_quant_backward(&x, &s, &[], &m, &g, &[1.0; 30]);
+        for (j, got) in gs.iter().enumerate() {
+            let want: f32 =
+                (0..30).filter(|&i| m.index(i) == j).map(|i| g.partials(x[i], s[j]).1).sum();
+            assert!((got - want).abs() < 1e-6, "block {j}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn per_channel_zero_points_shift_each_channels_grid() {
+        // Asymmetric int4 per channel: channel 1 has zero point 3, so its codes span [-8, 7]
+        // around 3 (values from -11·s to 4·s).
+        let g = Grid::new(0, -8, 7);
+        let m = ScaleMap::per_channel(2, 2);
+        let y = fake_quant(&[1.0, -1.0, 1.0, -1.0], &[0.1, 0.1], &[0, 3], &m, &g);
+        assert_eq!(y, vec![0.7, -0.8, 0.4, -1.0]);
+        let (gx, _) =
+            fake_quant_backward(&[1.0, -1.0, 0.3, -1.0], &[0.1, 0.1], &[0, 3], &m, &g, &[1.0; 4]);
+        // Clipped on channel 0 (both), inside on channel 1 for 0.3 and -1.0 (v = 6 and -7).
+        assert_eq!(gx, vec![0.0, 0.0, 1.0, 1.0]);
     }
 }

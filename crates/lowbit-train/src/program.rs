@@ -13,9 +13,11 @@
 
 use crate::arr::Arr;
 use crate::error::{Result, TrainError};
-use crate::fake_quant::{fake_quant, fake_quant_backward, lsq_grad_scale, mse_scales, Grid};
+use crate::fake_quant::{
+    fake_quant, fake_quant_backward, lsq_grad_scale, mse_scales, Grid, ScaleMap,
+};
 use crate::ops::Op;
-use lowbit_kernels::quantize::{bias_scales, int_range, quantize_bias};
+use lowbit_kernels::quantize::{bias_scales, int_range, min_weight_scales_for_bias, quantize_bias};
 use lowbit_onnx::attr::Attrs;
 use lowbit_onnx::graph::{topo_order, Graph};
 use lowbit_onnx::pb::{ModelProto, NodeProto};
@@ -46,8 +48,16 @@ pub struct Param {
 /// How a slot computed once per batch comes from the parameters.
 #[derive(Clone, Debug)]
 pub enum Leaf {
-    /// `fake_quant(W)` with per-channel steps.
-    Weight { slot: usize, weight: usize, scale: usize, grid: Grid, inner: usize },
+    /// `fake_quant(W)` with per-channel or per-block steps (and their fixed zero points where
+    /// the weights are asymmetric; empty: the grid's).
+    Weight {
+        slot: usize,
+        weight: usize,
+        scale: usize,
+        grid: Grid,
+        map: ScaleMap,
+        zero_points: Vec<i32>,
+    },
     /// The parameter as it is (biases, activation step sizes).
     Direct { slot: usize, param: usize },
 }
@@ -79,24 +89,39 @@ enum ScaleRef {
 }
 
 /// How weights are quantized while training.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct WeightGrid {
-    pub qmin: i32,
-    pub qmax: i32,
-    pub binary: bool,
-    /// Start from the step sizes in the QDQ graph (`false`: the MSE-best multiple of LSQ's
-    /// initial step, for ternary and binary grids).
-    pub keep_scales: bool,
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightGrid {
+    /// Each layer on the symmetric integer grid of its codes' type in the QDQ graph, starting
+    /// from the step sizes written there: one entry `(code type, qmin, qmax)` per type the
+    /// plan writes (int4 layers and the int8 first and last layers of a 4-bit plan).
+    Int { ranges: Vec<(DType, i32, i32)> },
+    /// {−a, 0, +a} per channel (int8 codes), the MSE-best step to start.
+    Ternary,
+    /// {−a, +a} per channel (int8 codes), the MSE-best step to start.
+    Binary,
 }
 
 impl WeightGrid {
-    fn grid(&self) -> Grid {
-        if self.binary {
-            Grid::binary()
-        } else {
-            Grid::new(0, self.qmin, self.qmax)
+    /// The grid of a weight whose codes are of type `dtype`.
+    fn grid(&self, dtype: DType) -> Option<Grid> {
+        match self {
+            WeightGrid::Int { ranges } => {
+                ranges.iter().find(|(t, _, _)| *t == dtype).map(|&(_, lo, hi)| Grid::new(0, lo, hi))
+            }
+            WeightGrid::Ternary => Some(Grid::new(0, -1, 1)),
+            WeightGrid::Binary => Some(Grid::binary()),
         }
     }
+}
+
+/// Where the trained float weights start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightStart {
+    /// The FP32 model's weights (BN folded): fake quantization rounds them to nearest.
+    Fp32,
+    /// The QDQ graph's dequantized codes: training starts exactly at the file's model (e.g.
+    /// AdaRound's learned rounding).
+    Codes,
 }
 
 pub struct Program {
@@ -151,7 +176,8 @@ impl Program {
     pub fn build(
         qdq: &ModelProto,
         fp32: &ModelProto,
-        wgrid: WeightGrid,
+        wgrid: &WeightGrid,
+        start: WeightStart,
         output: Option<&str>,
     ) -> Result<Program> {
         let g = Graph::new(qdq.clone())?;
@@ -257,7 +283,7 @@ impl Program {
                         b.slot(&n.output[0]);
                         deferred.push(i);
                     } else {
-                        b.dequantize(&g, &f, n, wgrid, &uses)?;
+                        b.dequantize(&g, &f, n, (wgrid, start), &uses)?;
                     }
                     continue;
                 }
@@ -281,7 +307,7 @@ impl Program {
             b.steps.push(Step { op, inputs: ins, output: out, label: node_label(n, i) });
         }
         for i in deferred {
-            b.dequantize(&g, &f, &nodes[i], wgrid, &uses)?;
+            b.dequantize(&g, &f, &nodes[i], (wgrid, start), &uses)?;
         }
         let output_name = match output {
             Some(o) if g.is_graph_output(o) => o.to_string(),
@@ -314,10 +340,11 @@ impl Program {
         self.leaves
             .iter()
             .map(|l| match l {
-                Leaf::Weight { slot, weight, scale, grid, inner } => {
+                Leaf::Weight { slot, weight, scale, grid, map, zero_points } => {
                     let w = &self.params[*weight];
                     let s = &self.params[*scale];
-                    (*slot, Arr::new(w.shape.clone(), fake_quant(&w.value, &s.value, *inner, grid)))
+                    let y = fake_quant(&w.value, &s.value, zero_points, map, grid);
+                    (*slot, Arr::new(w.shape.clone(), y))
                 }
                 Leaf::Direct { slot, param } => {
                     let p = &self.params[*param];
@@ -333,9 +360,10 @@ impl Program {
         for (l, g) in self.leaves.iter().zip(leaf_grads) {
             let Some(g) = g else { continue };
             match l {
-                Leaf::Weight { weight, scale, grid, inner, .. } => {
+                Leaf::Weight { weight, scale, grid, map, zero_points, .. } => {
                     let (w, s) = (&self.params[*weight], &self.params[*scale]);
-                    let (gw, gs) = fake_quant_backward(&w.value, &s.value, *inner, grid, &g.data);
+                    let (gw, gs) =
+                        fake_quant_backward(&w.value, &s.value, zero_points, map, grid, &g.data);
                     out[*weight] = gw;
                     out[*scale] = gs.iter().map(|v| v * s.grad_scale).collect();
                 }
@@ -358,19 +386,24 @@ impl Program {
             match e {
                 Export::Weight { weight, scale, codes, scale_names, dtype } => {
                     let (w, s) = (&self.params[*weight], &self.params[*scale]);
-                    let Some(Leaf::Weight { grid, inner, .. }) = self
+                    let Some(Leaf::Weight { grid, map, zero_points, .. }) = self
                         .leaves
                         .iter()
                         .find(|l| matches!(l, Leaf::Weight { weight: x, .. } if x == weight))
                     else {
                         unreachable!("every exported weight has its leaf")
                     };
-                    let c = s.value.len();
                     let q: Vec<i32> = w
                         .value
                         .iter()
                         .enumerate()
-                        .map(|(i, &v)| grid.code(v, s.value[(i / inner) % c]))
+                        .map(|(i, &v)| {
+                            let j = map.index(i);
+                            let z = zero_points
+                                .get(j)
+                                .map_or(*grid, |&z| Grid { zero_point: z, ..*grid });
+                            z.code(v, s.value[j])
+                        })
                         .collect();
                     replace_init(
                         &mut g,
@@ -410,6 +443,31 @@ impl Program {
             }
         }
         Ok(g.into_model())
+    }
+
+    /// Keeps the parameters exportable after an optimizer step: step sizes positive, and a
+    /// weight step no smaller than its int32 bias needs (`s_in · s_w` must code the bias within
+    /// the accumulator's headroom, as the quantizer widens such scales): a channel whose
+    /// weights train towards zero would otherwise shrink its step until the bias overflows.
+    pub fn project(&mut self) {
+        for p in self.params.iter_mut() {
+            if matches!(p.kind, ParamKind::WeightScale | ParamKind::ActScale) {
+                p.value.iter_mut().for_each(|s| *s = s.abs().max(1e-8));
+            }
+        }
+        for e in &self.exports {
+            let Export::Int32Bias { bias, in_scale: ScaleRef::Param(s_in), w_scale, .. } = e else {
+                continue;
+            };
+            let floor =
+                min_weight_scales_for_bias(&self.params[*bias].value, self.params[*s_in].value[0]);
+            let s_w = &mut self.params[*w_scale].value;
+            if s_w.len() == floor.len() {
+                s_w.iter_mut().zip(&floor).for_each(|(s, f)| *s = s.max(*f));
+            } else if let Some(f) = floor.iter().copied().reduce(f32::max) {
+                s_w.iter_mut().for_each(|s| *s = s.max(f));
+            }
+        }
     }
 
     /// Number of trainable values per kind.
@@ -476,7 +534,7 @@ impl Builder {
         g: &'a Graph,
         f: &Graph,
         n: &NodeProto,
-        wgrid: WeightGrid,
+        (wgrid, start): (&WeightGrid, WeightStart),
         uses: &dyn Fn(&str) -> Vec<(&'a NodeProto, usize)>,
     ) -> Result<()> {
         let x = &n.input[0];
@@ -494,9 +552,7 @@ impl Builder {
         let out = n.output[0].clone();
         let a = Attrs::new(n);
         let axis = a.int_or("axis", 1).map_err(|e| node_err(n, e.to_string()))?;
-        if a.has("block_size") {
-            return Err(node_err(n, "blocked quantization is not supported by QAT"));
-        }
+        let block = a.int_or("block_size", 0).map_err(|e| node_err(n, e.to_string()))?;
         if let Some(q) = g.producer_node(x).filter(|q| q.op_type == "QuantizeLinear") {
             // An activation pair: one learnable step, the zero point and type kept.
             if scale_v.len() != 1 {
@@ -559,17 +615,33 @@ impl Builder {
         };
         let rank = codes.shape().len();
         let ax = crate::arr::norm_axis(axis, rank.max(1)).unwrap_or(0);
-        let (channels, inner) = if scale_v.len() == 1 {
-            (1, codes_v.len().max(1))
+        let map = if scale_v.len() == 1 {
+            ScaleMap::PER_TENSOR
         } else {
-            (codes.shape()[ax], codes.shape()[ax + 1..].iter().product::<usize>())
+            let shape = codes.shape();
+            let inner = shape[ax + 1..].iter().product::<usize>();
+            if block > 0 {
+                ScaleMap::blocked(shape[ax], inner, block as usize)
+            } else {
+                ScaleMap::per_channel(shape[ax], inner)
+            }
         };
+        if map.steps(codes_v.len()) != scale_v.len() {
+            return Err(node_err(
+                n,
+                format!(
+                    "{} scales for a weight of shape {:?} (axis {axis}, block size {block})",
+                    scale_v.len(),
+                    codes.shape()
+                ),
+            ));
+        }
         let dequant: Vec<f32> = codes_v
             .iter()
             .enumerate()
             .map(|(i, &c)| {
-                let ch = (i / inner) % channels;
-                (c - zp_v[if zp_v.len() == 1 { 0 } else { ch }]) * scale_v[ch]
+                let j = map.index(i);
+                (c - zp_v[if zp_v.len() == 1 { 0 } else { j }]) * scale_v[j]
             })
             .collect();
         let consumers = uses(&out);
@@ -583,26 +655,46 @@ impl Builder {
             .collect();
         let all_zero = zp_v.iter().all(|&z| z == 0.0);
         let slot = self.slot(&out);
+        // Integer grids keep asymmetric weights' zero points (fixed, one per step).
         if !weight_of.is_empty()
             && weight_of.len() == consumers.len()
-            && all_zero
+            && (all_zero || matches!(wgrid, WeightGrid::Int { .. }))
             && codes.dtype() != DType::I32
         {
             // A layer's weight: float values from the FP32 model where its layer is found.
             let layer = weight_of[0].0;
-            let fp32_w = fp32_input(f, layer, 1)?.filter(|w| w.len() == codes_v.len());
-            let w = fp32_w.unwrap_or(dequant);
-            let grid = wgrid.grid();
-            let s0 = if wgrid.keep_scales {
-                scale_v.clone()
-            } else {
-                mse_scales(&w, channels, inner, &grid)
+            let grid = wgrid.grid(codes.dtype()).ok_or_else(|| {
+                node_err(
+                    layer,
+                    format!("weight codes of type {} are not on a grid QAT trains", codes.dtype()),
+                )
+            })?;
+            let w = match start {
+                WeightStart::Fp32 => {
+                    fp32_input(f, layer, 1)?.filter(|w| w.len() == codes_v.len()).unwrap_or(dequant)
+                }
+                WeightStart::Codes => dequant,
+            };
+            // Ternary and binary weights from FP32 start at the MSE-best step (a min-max step
+            // would round almost every weight to zero); otherwise the file's steps.
+            let s0 = match (wgrid, start) {
+                (WeightGrid::Ternary | WeightGrid::Binary, WeightStart::Fp32) => {
+                    mse_scales(&w, &map, &grid)
+                }
+                _ => scale_v.clone(),
             };
             let label = if layer.name.is_empty() { x.clone() } else { layer.name.clone() };
             let wp = self.param(&label, ParamKind::Weight, codes.shape().to_vec(), w, 1.0);
-            let gs = lsq_grad_scale(codes_v.len() / channels.max(1), &grid);
+            let gs = lsq_grad_scale(codes_v.len() / scale_v.len().max(1), &grid);
             let sp = self.param(&label, ParamKind::WeightScale, scale.shape().to_vec(), s0, gs);
-            self.leaves.push(Leaf::Weight { slot, weight: wp, scale: sp, grid, inner });
+            let zero_points = if all_zero {
+                Vec::new()
+            } else {
+                (0..scale_v.len())
+                    .map(|j| zp_v[if zp_v.len() == 1 { 0 } else { j }] as i32)
+                    .collect()
+            };
+            self.leaves.push(Leaf::Weight { slot, weight: wp, scale: sp, grid, map, zero_points });
             self.exports.push(Export::Weight {
                 weight: wp,
                 scale: sp,

@@ -16,13 +16,14 @@ use crate::arr::Arr;
 use crate::error::{Result, TrainError};
 use crate::loss::{loss_and_grad, Objective};
 use crate::optim::{cosine_lr, Optimizer, OptimizerKind};
-use crate::program::{ParamKind, Program, WeightGrid};
+use crate::program::{ParamKind, Program, WeightGrid, WeightStart};
 use crate::tape::{Base, Tape};
 use lowbit_data::Rng;
 use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::graph::Graph;
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::calibrate::CalibrationTable;
+use lowbit_quant::config::{NodePlan, WeightGranularity, WeightPlan};
 use lowbit_quant::quantize::{
     quantize_run, QuantMode, QuantPlan, QuantizeConfig, QuantizeInputs, QuantizeSummary,
 };
@@ -92,6 +93,16 @@ pub struct QatOptions {
     pub patience: usize,
     /// The graph output the loss reads (default: the first float output).
     pub output: Option<String>,
+    /// int4: keep the first and last weighted layers int8 (the quantizer's int8-ends rule).
+    pub int8_ends: bool,
+    /// Start from this QDQ model (e.g. `quantize --adaround`'s) instead of quantizing the FP32
+    /// model with round-to-nearest: its codes, weight and activation scales.
+    pub init: Option<ModelProto>,
+    /// Where the trained float weights start.
+    pub start: WeightStart,
+    /// MatMul/Gemm weights in blocks of this many values along K (one step each; Conv stays
+    /// per channel); `None`: per channel.
+    pub block_size: Option<usize>,
 }
 
 impl Default for QatOptions {
@@ -109,6 +120,10 @@ impl Default for QatOptions {
             holdout: 0.1,
             patience: 3,
             output: None,
+            int8_ends: true,
+            init: None,
+            start: WeightStart::Fp32,
+            block_size: None,
         }
     }
 }
@@ -180,9 +195,10 @@ impl QatOptions {
             weight_mode: Some(Mode::Symmetric),
             activations: Some(self.activations),
             per_channel: true,
+            block_size: self.block_size,
             reduce_range: Some(false),
-            // One weight grid for every layer: the program trains on it.
-            int8_ends: Some(false),
+            // Each layer trains on the grid of its own codes, so the int8 ends can stay.
+            int8_ends: Some(self.int8_ends),
             ..QuantizeConfig::default()
         }
     }
@@ -213,19 +229,48 @@ pub fn prepare(fp32: &ModelProto, table: &CalibrationTable, opts: &QatOptions) -
             "the static QDQ pass quantized no Conv/Gemm/MatMul: nothing to train".into(),
         ));
     }
+    let qdq = match &opts.init {
+        Some(init) => {
+            let dq = |m: &ModelProto| {
+                m.graph.as_ref().map_or(0, |g| {
+                    g.node.iter().filter(|n| n.op_type == "DequantizeLinear").count()
+                })
+            };
+            if dq(init) == 0 {
+                return Err(TrainError::Config(
+                    "the starting model (--init) has no DequantizeLinear: it is not a QDQ model"
+                        .into(),
+                ));
+            }
+            init.clone()
+        }
+        None => qdq,
+    };
     let wgrid = match opts.weights {
-        WeightBits::Ternary => WeightGrid { qmin: -1, qmax: 1, binary: false, keep_scales: false },
-        WeightBits::Binary => WeightGrid { qmin: -1, qmax: 1, binary: true, keep_scales: false },
+        WeightBits::Ternary => WeightGrid::Ternary,
+        WeightBits::Binary => WeightGrid::Binary,
         WeightBits::Int8 | WeightBits::Int4 => {
-            let scheme = plan
-                .weights
-                .scheme_for("Conv", false, 4)
-                .ok_or_else(|| TrainError::Config("no weight scheme".into()))?;
-            let (qmin, qmax) = scheme.qrange()?;
-            WeightGrid { qmin, qmax, binary: false, keep_scales: true }
+            // The plan's weights and, with 4 bits, its int8 ends: each layer trains on the
+            // grid its codes are written in.
+            let mut plans = vec![plan.weights];
+            if let Some(NodePlan::Quantized { weights, .. }) = &plan.ends {
+                plans.push(*weights);
+            }
+            let mut ranges = Vec::new();
+            for w in plans {
+                // The grid (not the granularity) is what a layer trains on.
+                let per_channel = WeightPlan { granularity: WeightGranularity::PerChannel, ..w };
+                let scheme = per_channel
+                    .scheme_for("Conv", false, 4)
+                    .ok_or_else(|| TrainError::Config("no weight scheme".into()))?;
+                let (qmin, qmax) = scheme.qrange()?;
+                ranges.push((scheme.dtype(), qmin, qmax));
+            }
+            WeightGrid::Int { ranges }
         }
     };
-    let program = Program::build(&qdq, &folded_fp32(fp32)?, wgrid, opts.output.as_deref())?;
+    let program =
+        Program::build(&qdq, &folded_fp32(fp32)?, &wgrid, opts.start, opts.output.as_deref())?;
     Ok(Prepared { qdq, program, summary })
 }
 
@@ -415,12 +460,7 @@ pub fn train(
                     program.params.iter_mut().map(|p| &mut p.value).collect();
                 optim.step(&mut ps, &grads, lr, &lr_mult);
             }
-            for p in program.params.iter_mut() {
-                if matches!(p.kind, ParamKind::WeightScale | ParamKind::ActScale) {
-                    // A step size stays positive.
-                    p.value.iter_mut().for_each(|s| *s = s.abs().max(1e-8));
-                }
-            }
+            program.project();
             base.refresh(&program);
             step += 1;
             sum += loss as f64 * batch.len() as f64;

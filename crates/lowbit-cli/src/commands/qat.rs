@@ -21,6 +21,7 @@ use lowbit_engine::{Session, SessionOptions};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_quant::scheme::IntType;
 use lowbit_tensor::Tensor;
+use lowbit_train::program::WeightStart;
 use lowbit_train::qat::{EpochReport, QatOptions, Sample, WeightBits};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -44,6 +45,18 @@ fn options(args: &QatArgs) -> Result<QatOptions> {
         holdout: args.holdout,
         patience: args.patience.max(1),
         output: args.output_name.clone(),
+        int8_ends: !args.int4_ends,
+        block_size: args.block_size,
+        init: match &args.init {
+            Some(p) => Some(load_model(p).with_context(|| format!("--init {}", p.display()))?),
+            None => None,
+        },
+        start: match args.init_weights.as_deref() {
+            Some("fp32") => WeightStart::Fp32,
+            Some(_) => WeightStart::Codes,
+            None if args.init.is_some() => WeightStart::Codes,
+            None => WeightStart::Fp32,
+        },
     };
     if let Err(e) = opts.validate() {
         usage_bail!("{e}");
@@ -166,7 +179,11 @@ pub fn qat(args: QatArgs, quiet: bool) -> Result<()> {
     let preprocess = format.preprocess.as_ref();
     let source = format.source(&args.data)?;
     let eval_source = args.eval_data.as_ref().map(|d| format.source(d)).transpose()?;
-    let mut outputs_ok = OutputPaths::new(args.force, &[("the input model", args.model.as_path())]);
+    let mut inputs = vec![("the input model", args.model.as_path())];
+    if let Some(p) = &args.init {
+        inputs.push(("the --init model", p.as_path()));
+    }
+    let mut outputs_ok = OutputPaths::new(args.force, &inputs);
     outputs_ok.file("-o", &args.output)?;
     if let Some(p) = &args.ptq_output {
         outputs_ok.file("--ptq-output", p)?;

@@ -35,13 +35,13 @@ use super::{
     is_default_domain, make_node, raise_opset, value_dtypes,
 };
 use crate::calibrate::CalibrationTable;
-use crate::config::{CalibrationPlan, NodePlan, QuantPlan};
+use crate::config::{CalibrationPlan, NodePlan, QuantPlan, WeightGranularity, WeightPlan};
 use crate::error::{QuantError, Result};
 use crate::qparams::{
     quantize, tensor_qparams, tensor_qparams_with_min_scale, QParams, QuantizedTensor,
 };
 use crate::quantize::{LayerPrecision, QuantizeSummary};
-use crate::scheme::{IntType, QuantScheme};
+use crate::scheme::{Granularity, IntType, QuantScheme};
 use lowbit_kernels::quantize as core;
 use lowbit_onnx::graph::Graph;
 use lowbit_tensor::{DType, Tensor};
@@ -191,7 +191,15 @@ pub(crate) fn select_targets(
             }
             let rank = g.initializer(&w).map(|p| p.dims.len()).unwrap_or(0);
             let trans_b = attr_i(node, "transB").unwrap_or(0) != 0;
-            let Some(scheme) = weights.scheme_for(op, trans_b, rank) else {
+            // Blocks run along a MatMul/Gemm's K; a Conv keeps one scale per output channel.
+            let scheme = weights.scheme_for(op, trans_b, rank).or_else(|| {
+                let per_channel =
+                    WeightPlan { granularity: WeightGranularity::PerChannel, ..*weights };
+                matches!(weights.granularity, WeightGranularity::Blocked(_))
+                    .then(|| per_channel.scheme_for(op, trans_b, rank))
+                    .flatten()
+            });
+            let Some(scheme) = scheme else {
                 summary.leave(node, idx, format!("weight of rank {rank} not understood"));
                 continue;
             };
@@ -207,7 +215,12 @@ pub(crate) fn select_targets(
             summary.leave(node, idx, why);
             continue;
         }
-        if op != "MatMul" {
+        // An int32 bias needs one weight scale per output channel: blocked weights keep it float.
+        let blocked = t
+            .weight
+            .as_ref()
+            .is_some_and(|(_, _, s)| matches!(s.granularity, Granularity::PerBlock { .. }));
+        if op != "MatMul" && !blocked {
             if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
                 let gemm_ok = op == "Conv"
                     || (attr_f(node, "alpha").unwrap_or(1.0) == 1.0

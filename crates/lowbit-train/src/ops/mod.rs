@@ -20,7 +20,7 @@ pub mod pool;
 pub mod shape;
 
 use crate::arr::Arr;
-use crate::fake_quant::Grid;
+use crate::fake_quant::{Grid, ScaleMap};
 use conv::ConvAttrs;
 use elementwise::{Binary, Unary};
 use linalg::GemmAttrs;
@@ -377,7 +377,13 @@ impl Op {
                 }
                 Arr::new(
                     x0.shape.clone(),
-                    crate::fake_quant::fake_quant(&x0.data, &s.data, 1, grid),
+                    crate::fake_quant::fake_quant(
+                        &x0.data,
+                        &s.data,
+                        &[],
+                        &ScaleMap::PER_TENSOR,
+                        grid,
+                    ),
                 )
             }
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
@@ -469,8 +475,14 @@ impl Op {
             }
             Op::FakeQuant(grid) => {
                 let s = req(1)?;
-                let (gx, gs) =
-                    crate::fake_quant::fake_quant_backward(&x0.data, &s.data, 1, grid, &gy.data);
+                let (gx, gs) = crate::fake_quant::fake_quant_backward(
+                    &x0.data,
+                    &s.data,
+                    &[],
+                    &ScaleMap::PER_TENSOR,
+                    grid,
+                    &gy.data,
+                );
                 vec![Some(Arr::new(x0.shape.clone(), gx)), Some(Arr::new(s.shape.clone(), gs))]
             }
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
