@@ -903,6 +903,18 @@ fn mnist_static_int8_agrees_with_fp32() {
     assert!(agree >= 0.97, "argmax agreement {agree}");
 }
 
+/// Images `start..end` of the MNIST uint8 array `images`, as burn_mnist_bn reads them
+/// (`(x / 255 - 0.1307) / 0.3081`, float32 `[N, 1, 28, 28]`), into `to/input.1.npy`.
+fn write_mnist_inputs(images: &[f64], start: usize, end: usize, to: &Path) {
+    let rows: Vec<f32> = images[start * 784..end * 784]
+        .iter()
+        .map(|&v| ((v / 255.0 - 0.1307) / 0.3081) as f32)
+        .collect();
+    std::fs::create_dir_all(to).unwrap();
+    let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
+    npy::write_npy(&to.join("input.1.npy"), &t).unwrap();
+}
+
 /// `lowbit tune` on the corpus' MNIST CNN (Conv + BatchNorm) without labels (cosine against
 /// FP32): within seconds, the held-out part confirms the budget, the front has at least three
 /// points, the JSON is the same twice, and the report draws the front and the precision map.
@@ -916,17 +928,8 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
     let model = corpus.join("models/burn_mnist_bn.onnx");
     let images = corpus.join("data/mnist_test_0-4999/images.npy");
     let dir = tmp("tune-mnist");
-    // (x / 255 - 0.1307) / 0.3081 as float32 [N, 1, 28, 28] in `input.1.npy`.
     let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
-    let write = |start: usize, end: usize, to: &Path| {
-        let rows: Vec<f32> = images[start * 784..end * 784]
-            .iter()
-            .map(|&v| ((v / 255.0 - 0.1307) / 0.3081) as f32)
-            .collect();
-        std::fs::create_dir_all(to).unwrap();
-        let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
-        npy::write_npy(&to.join("input.1.npy"), &t).unwrap();
-    };
+    let write = |start: usize, end: usize, to: &Path| write_mnist_inputs(&images, start, end, to);
     let (calib, eval) = (dir.join("calib"), dir.join("eval"));
     write(0, 64, &calib);
     write(1000, 1400, &eval);
@@ -1008,15 +1011,7 @@ fn tune_reuses_learned_int4_weights_and_decides_at_the_asked_confidence() {
     let images = corpus.join("data/mnist_test_0-4999/images.npy");
     let dir = tmp("tune-mnist-adaround");
     let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
-    let write = |start: usize, end: usize, to: &Path| {
-        let rows: Vec<f32> = images[start * 784..end * 784]
-            .iter()
-            .map(|&v| ((v / 255.0 - 0.1307) / 0.3081) as f32)
-            .collect();
-        std::fs::create_dir_all(to).unwrap();
-        let t = Tensor::from_vec(vec![end - start, 1, 28, 28], rows).unwrap();
-        npy::write_npy(&to.join("input.1.npy"), &t).unwrap();
-    };
+    let write = |start: usize, end: usize, to: &Path| write_mnist_inputs(&images, start, end, to);
     let (calib, eval) = (dir.join("calib"), dir.join("eval"));
     write(0, 64, &calib);
     write(2000, 2400, &eval);

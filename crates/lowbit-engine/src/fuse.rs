@@ -57,8 +57,9 @@ pub struct Fused {
     pub counts: BTreeMap<String, usize>,
 }
 
-/// Elementwise ops of one tensor input (others constant) that a lookup table can replace.
-const UNARY: &[&str] = &[
+/// Elementwise ops of one tensor input (others constant) that a lookup table can replace (and
+/// that run on any layout: [`crate::layout`]'s float mode lets them follow channels-last convs).
+pub(crate) const UNARY: &[&str] = &[
     "Relu",
     "Clip",
     "LeakyRelu",

@@ -48,26 +48,6 @@ pub enum Mode {
     Float,
 }
 
-/// Float ops of one data input (input 0; the others, such as `Clip`'s bounds, are scalars)
-/// that compute each element alone, so they run on any layout.
-const FLOAT_UNARY: &[&str] = &[
-    "Relu",
-    "Clip",
-    "LeakyRelu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Erf",
-    "Abs",
-    "Neg",
-    "Sqrt",
-    "Exp",
-];
-
 /// `nodes` (topologically ordered, after fusion) with the 2-D convs of `mode` channels-last,
 /// and how many convs were converted. `rank_of` gives a constant's rank (conv weights), `keep`
 /// the values that must stay as they are (graph outputs).
@@ -162,7 +142,7 @@ fn data_inputs(n: &NodeProto, rank_of: &impl Fn(&str) -> Option<usize>, mode: Mo
             }
             ("", "Add" | "Sub" | "Mul" | "Div") if has(0) && has(1) => vec![0, 1],
             ("", "MaxPool" | "GlobalAveragePool") if has(0) => vec![0],
-            ("", u) if FLOAT_UNARY.contains(&u) && has(0) => vec![0],
+            ("", u) if crate::fuse::UNARY.contains(&u) && has(0) => vec![0],
             _ => vec![],
         };
     }

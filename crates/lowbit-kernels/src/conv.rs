@@ -56,6 +56,14 @@ impl ConvParams {
         assert!(bias.is_none_or(|b| b.len() >= self.c_out), "conv: bias too short");
     }
 
+    /// Panics unless `x` and `y` (`y_len` elements) hold what this convolution reads and
+    /// writes and `bias` (if any) one value per output channel.
+    pub(crate) fn check_io(&self, x: &[f32], y_len: usize, bias: Option<&[f32]>) {
+        let (nx, _, ny) = self.sizes();
+        assert!(x.len() >= nx && y_len >= ny, "conv: buffer too short");
+        assert!(bias.is_none_or(|b| b.len() >= self.c_out), "conv: bias too short");
+    }
+
     /// Depthwise: one input channel per group, one output channel per group.
     pub fn is_depthwise(&self) -> bool {
         self.group == self.c_in && self.group == self.c_out && self.group > 1
@@ -280,9 +288,7 @@ pub fn conv_packed_uninit(
     y: &mut [MaybeUninit<f32>],
 ) {
     assert!(w.fits(p), "conv_packed: weights prepared for another convolution");
-    let (nx, _, ny) = p.sizes();
-    assert!(x.len() >= nx && y.len() >= ny, "conv: buffer too short");
-    assert!(bias.is_none_or(|b| b.len() >= p.c_out), "conv: bias too short");
+    p.check_io(x, y.len(), bias);
     if p.is_depthwise() {
         let isa = crate::cpu::best().depthwise_f32;
         crate::depthwise::depthwise(isa, p, x, &w.depthwise, bias, act, y);
@@ -577,14 +583,7 @@ mod tests {
         crate::test_data::levels(n, seed, 19, 9.0, 1.0)
     }
 
-    fn out_len(i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> usize {
-        let span = d * (k - 1) + 1;
-        if i + pb + pe < span {
-            0
-        } else {
-            (i + pb + pe - span) / s + 1
-        }
-    }
+    use crate::test_data::{out_len, square_window};
 
     #[allow(clippy::type_complexity)]
     fn params() -> impl Strategy<Value = (ConvParams, bool, u32)> {
@@ -640,17 +639,7 @@ mod tests {
             (64, 13, 1, 40, 1, 1, 0),
             (8, 8, 8, 21, 3, 1, 1),
         ] {
-            let o = out_len(size, k, s, 1, pad, pad);
-            let window = Window::new(
-                &[size, size],
-                &[k, k],
-                &[s, s],
-                &[1, 1],
-                &[pad, pad],
-                &[pad, pad],
-                &[o, o],
-            )
-            .unwrap();
+            let window = square_window(size, k, s, pad);
             let p = ConvParams { batch: 2, c_in, c_out, group, window };
             let (nx, nw, ny) = p.sizes();
             let (x, w, b) = (fill(nx, 1), fill(nw, 2), fill(c_out, 3));

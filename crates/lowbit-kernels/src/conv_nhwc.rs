@@ -91,9 +91,7 @@ pub fn conv_channels_last(
     y: &mut [MaybeUninit<f32>],
 ) {
     assert!(w.fits(p), "conv_channels_last: weights prepared for another convolution");
-    let (nx, _, ny) = p.sizes();
-    assert!(x.len() >= nx && y.len() >= ny, "conv: buffer too short");
-    assert!(bias.is_none_or(|b| b.len() >= p.c_out), "conv: bias too short");
+    p.check_io(x, y.len(), bias);
     let b = match &w.kind {
         Kind::Depthwise(taps) => {
             let isa = crate::cpu::best().depthwise_f32;
@@ -222,14 +220,7 @@ mod tests {
         crate::test_data::levels(n, seed, 19, 9.0, 1.0)
     }
 
-    fn out_len(i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> usize {
-        let span = d * (k - 1) + 1;
-        if i + pb + pe < span {
-            0
-        } else {
-            (i + pb + pe - span) / s + 1
-        }
-    }
+    use crate::test_data::{out_len, square_window};
 
     /// Runs `p` channels-last on `pool` and checks it against the channels-first reference.
     fn check(p: &ConvParams, seed: u32, bias: bool, act: Activation, pool: &rayon::ThreadPool) {
@@ -274,17 +265,7 @@ mod tests {
             (1152, 1152, 1152, 7, 5, 1, 2),
             (40, 20, 1, 9, 3, 1, 1),
         ] {
-            let o = out_len(size, k, s, 1, pad, pad);
-            let window = Window::new(
-                &[size, size],
-                &[k, k],
-                &[s, s],
-                &[1, 1],
-                &[pad, pad],
-                &[pad, pad],
-                &[o, o],
-            )
-            .unwrap();
+            let window = square_window(size, k, s, pad);
             let p = ConvParams { batch: 2, c_in, c_out, group, window };
             for (i, act) in acts.into_iter().enumerate() {
                 check(&p, 7 + i as u32, i != 1, act, &pools[i % 2]);

@@ -32,6 +32,37 @@ pub mod window;
 /// Inputs the kernels' tests share.
 #[cfg(test)]
 mod test_data {
+    /// Output length of a window: input `i`, kernel `k`, stride `s`, dilation `d`, pads `pb`
+    /// and `pe` (0 when the kernel does not fit).
+    pub(crate) fn out_len(i: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> usize {
+        let span = d * (k - 1) + 1;
+        if i + pb + pe < span {
+            0
+        } else {
+            (i + pb + pe - span) / s + 1
+        }
+    }
+
+    /// A square 2-D window: `size²` input, `k×k` kernel, stride `s`, the same pad everywhere.
+    pub(crate) fn square_window(
+        size: usize,
+        k: usize,
+        s: usize,
+        pad: usize,
+    ) -> crate::window::Window {
+        let o = out_len(size, k, s, 1, pad, pad);
+        crate::window::Window::new(
+            &[size, size],
+            &[k, k],
+            &[s, s],
+            &[1, 1],
+            &[pad, pad],
+            &[pad, pad],
+            &[o, o],
+        )
+        .expect("a valid window")
+    }
+
     /// `n` values `k / scale - offset` for `k` in `0..steps`, scattered by a multiplicative
     /// hash of the index and `seed`: deterministic, and every level repeats (ties included).
     pub(crate) fn levels(n: usize, seed: u32, steps: u32, scale: f32, offset: f32) -> Vec<f32> {
