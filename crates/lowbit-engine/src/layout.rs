@@ -20,7 +20,6 @@
 //! adds and activations stays NHWC from the first conv to the pooling, and transposes remain
 //! only where an op needs NCHW (the graph's input, `MaxPool`, `Flatten`, outputs). Values keep
 //! their names and shapes wherever something other than the rewritten ops reads them.
-
 //!
 //! Float graphs get the same treatment after float fusion ([`Mode::Float`]): every 2-D `Conv`
 //! and `FusedConv` with a constant weight runs channels-last (`lowbit-kernels`' `conv_nhwc`:
