@@ -280,10 +280,11 @@ impl Session {
         }
 
         let by_ref: HashMap<&str, i64> = opsets.iter().map(|(d, v)| (d.as_str(), *v)).collect();
+        // Graph outputs keep their layout through both layout passes.
+        let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
         let mut fused = if opts.fuse_quantized {
             let mut f = crate::fuse::fuse_qdq(graph, &by_ref, reg);
             let rank = |name: &str| constant_rank(graph, name);
-            let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
             let (nodes, n) = crate::layout::channels_last(
                 std::mem::take(&mut f.nodes),
                 rank,
@@ -305,7 +306,6 @@ impl Session {
             let ranks: HashMap<&str, usize> =
                 fused.constants.iter().map(|(n, t)| (n.as_str(), t.rank())).collect();
             let rank = |name: &str| ranks.get(name).copied().or_else(|| constant_rank(graph, name));
-            let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
             let nodes = std::mem::take(&mut fused.nodes);
             let (nodes, n) =
                 crate::layout::channels_last(nodes, rank, &outputs, crate::layout::Mode::Float);

@@ -212,7 +212,7 @@ fn per_channel_adds_become_conv_and_matmul_biases() {
 }
 
 /// A MobileNet-style block (1×1 expand with ReLU6, strided 3×3 depthwise with ReLU6, 1×1
-/// project, residual add, a second depthwise, a 3×3 conv) runs channels-last between one
+/// project, residual add, a second depthwise, a 3×3 conv, a grouped 1×1) runs channels-last between one
 /// transpose in and one out, and matches the unfused NCHW graph on two images.
 #[test]
 fn a_mobilenet_block_runs_channels_last_between_two_transposes() {
@@ -236,7 +236,10 @@ fn a_mobilenet_block_runs_channels_last_between_two_transposes() {
     let d2 = g.op("Conv", &[&p, &wd2], vec![int("group", 16), ints("pads", &[2, 2, 2, 2])]);
     let sum = g.op("Add", &[&p, &d2], vec![]);
     let w3 = g.values(vec![4, 16, 3, 3], 35, -0.3, 0.6);
-    let y = g.op("Conv", &[&sum, &w3], vec![pads]);
+    let c3 = g.op("Conv", &[&sum, &w3], vec![pads]);
+    // Grouped, not depthwise: the channels-first kernel between transposes inside the step.
+    let wg = g.values(vec![6, 2, 1, 1], 36, -0.5, 1.0);
+    let y = g.op("Conv", &[&c3, &wg], vec![int("group", 2)]);
     let m = g.model(&[2, 8, 15, 15], &[&y]);
     let x = input(&[2, 8, 15, 15]);
     let r = both(&m, &x);
@@ -245,7 +248,7 @@ fn a_mobilenet_block_runs_channels_last_between_two_transposes() {
     let steps = f.step_ops();
     assert_eq!(steps.iter().filter(|s| **s == "Transpose").count(), 2, "{steps:?}");
     assert_eq!((steps.first(), steps.last()), (Some(&"Transpose"), Some(&"Transpose")));
-    assert_eq!(f.fused_ops().get(LAYOUT), Some(&5));
+    assert_eq!(f.fused_ops().get(LAYOUT), Some(&6));
     // Two threads split the pixels and the depthwise rows: the same values.
     let two = Session::new(&m, &SessionOptions { threads: 2, ..Default::default() }).unwrap();
     let run = |s: &Session| s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1;

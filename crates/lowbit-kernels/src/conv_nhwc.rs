@@ -190,8 +190,9 @@ fn patch_row(win: &Window, c: usize, x: &[f32], pix: usize, dst: &mut [f32]) {
     }
 }
 
-/// `[N, C, spatial...]` → `[N, spatial..., C]` (what the tests and a channels-first caller use).
-pub fn to_channels_last(batch: usize, c: usize, plane: usize, x: &[f32], y: &mut [f32]) {
+/// `[N, C, spatial...]` → `[N, spatial..., C]` (the tests' layout change).
+#[cfg(test)]
+pub(crate) fn to_channels_last(batch: usize, c: usize, plane: usize, x: &[f32], y: &mut [f32]) {
     for n in 0..batch {
         let (xs, ys) = (&x[n * c * plane..][..c * plane], &mut y[n * c * plane..][..c * plane]);
         for (ch, src) in xs.chunks_exact(plane).enumerate() {
@@ -201,7 +202,8 @@ pub fn to_channels_last(batch: usize, c: usize, plane: usize, x: &[f32], y: &mut
 }
 
 /// `[N, spatial..., C]` → `[N, C, spatial...]`.
-pub fn to_channels_first(batch: usize, c: usize, plane: usize, x: &[f32], y: &mut [f32]) {
+#[cfg(test)]
+pub(crate) fn to_channels_first(batch: usize, c: usize, plane: usize, x: &[f32], y: &mut [f32]) {
     for n in 0..batch {
         let (xs, ys) = (&x[n * c * plane..][..c * plane], &mut y[n * c * plane..][..c * plane]);
         for (i, px) in xs.chunks_exact(c).enumerate() {

@@ -4,13 +4,12 @@ use super::{f32_data, float_input, from_f32, nc_spatial, positive, AutoPad, Spat
 use crate::bail;
 use crate::error::OpResult;
 use crate::op::{input, opt_input, BuildCtx, Kernel};
+use crate::ops::shape::transposed;
 use crate::ops::util::{channels_last_attr, fused_activation};
 use lowbit_kernels::conv::{
     conv, conv_packed_uninit, conv_transpose, Activation, ConvParams, ConvWeights,
 };
-use lowbit_kernels::conv_nhwc::{
-    conv_channels_last, to_channels_first, to_channels_last, ChannelsLastWeights,
-};
+use lowbit_kernels::conv_nhwc::{conv_channels_last, ChannelsLastWeights};
 use lowbit_kernels::window::Window;
 use lowbit_onnx::attr::Attrs;
 use lowbit_tensor::tensor::numel;
@@ -119,7 +118,41 @@ fn build_conv_with(ctx: &BuildCtx, act: Activation) -> OpResult<Box<dyn Kernel>>
 
 impl Kernel for ConvKernel {
     fn run(&self, inputs: &[Option<&Tensor>]) -> OpResult<Vec<Tensor>> {
-        let last = self.channels_last.is_some();
+        let prepared = match &self.channels_last {
+            None => return self.convolve(inputs, None),
+            Some(p) => p.as_ref(),
+        };
+        let x = input(inputs, 0)?;
+        match prepared {
+            Some(w) if x.rank() >= 3 => self.convolve(inputs, Some(w)),
+            // A grouped or non-constant weight: the channels-first kernel between transposes
+            // (as `QLinearConv`'s channels-last form does).
+            _ => {
+                let r = x.rank();
+                if r < 3 {
+                    bail!("expected an input of shape [N, spatial..., C], got {:?}", x.shape());
+                }
+                let to_first: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+                let to_last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+                let xf = transposed(x, &to_first)?;
+                let mut args = inputs.to_vec();
+                args[0] = Some(&xf);
+                let y = self.convolve(&args, None)?;
+                Ok(vec![transposed(&y[0], &to_last)?])
+            }
+        }
+    }
+}
+
+impl ConvKernel {
+    /// The convolution of `inputs`: channels-last with `prepared` weights (input and output
+    /// `[N, spatial..., C]`), else channels-first.
+    fn convolve(
+        &self,
+        inputs: &[Option<&Tensor>],
+        prepared: Option<&ChannelsLastWeights>,
+    ) -> OpResult<Vec<Tensor>> {
+        let last = prepared.is_some();
         let ConvOperands { x, w, b, dtype, n, c_in, in_sp } = ConvOperands::read_as(inputs, last)?;
         let ws = w.shape();
         if ws.len() != x.rank() {
@@ -153,30 +186,15 @@ impl Kernel for ConvKernel {
         let xv = f32_data(x)?;
         let out_sp = &p.window.output[3 - in_sp.len()..];
         let n_out = n * c_out * numel(out_sp);
-        if let Some(prepared) = &self.channels_last {
+        if let Some(pw) = prepared {
+            if !pw.fits(&p) {
+                bail!("input {:?} does not fit the weight {ws:?}", x.shape());
+            }
             let out_shape = [&[n], out_sp, &[c_out]].concat();
-            let (in_plane, out_plane) = (p.window.input_size(), p.window.output_size());
-            let y = match prepared.as_ref().filter(|w| w.fits(&p)) {
-                Some(pw) => {
-                    let mut y = Vec::with_capacity(n_out);
-                    let (b, act) = (bias.as_deref(), self.act);
-                    conv_channels_last(&p, &xv, pw, b, act, y.spare_capacity_mut());
-                    // SAFETY: `conv_channels_last` wrote all `n_out` elements of `p`'s output.
-                    unsafe { y.set_len(n_out) };
-                    y
-                }
-                None => {
-                    // A grouped or non-constant weight: the channels-first kernel between
-                    // transposes.
-                    let mut xf = vec![0f32; xv.len()];
-                    to_channels_first(n, c_in, in_plane, &xv, &mut xf);
-                    let mut yf = vec![0f32; n_out];
-                    conv(&p, &xf, &f32_data(w)?, bias.as_deref(), self.act, &mut yf);
-                    let mut y = vec![0f32; n_out];
-                    to_channels_last(n, c_out, out_plane, &yf, &mut y);
-                    y
-                }
-            };
+            let mut y = Vec::with_capacity(n_out);
+            conv_channels_last(&p, &xv, pw, bias.as_deref(), self.act, y.spare_capacity_mut());
+            // SAFETY: `conv_channels_last` wrote all `n_out` elements of `p`'s output.
+            unsafe { y.set_len(n_out) };
             return Ok(vec![from_f32(dtype, out_shape, y)?]);
         }
         let mut out_shape = vec![n, c_out];
