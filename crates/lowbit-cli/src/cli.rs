@@ -256,6 +256,11 @@ pub struct BenchKernelsArgs {
     /// K, N in 384..1536 (the shapes of sentence encoders and small LLMs).
     #[arg(long)]
     pub weight_only: bool,
+    /// Instead: requantized u8×i8 GEMM (`M×K×N`, output bytes as a QLinearConv/QLinearMatMul
+    /// writes them) at the shapes of the corpus: EfficientNet-Lite0's pointwise convs
+    /// (pixels × channels) and MiniLM's token GEMMs.
+    #[arg(long, conflicts_with = "weight_only")]
+    pub shapes: bool,
 }
 
 #[derive(Args, Debug)]

@@ -187,6 +187,29 @@ fn bench_json_reports_latency_from_synthetic_inputs() {
 }
 
 #[test]
+fn bench_kernels_shapes_times_every_corpus_shape() {
+    let o = ok(&argv("bench-kernels --shapes --json", &[]));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 10);
+    let first = &rows[0];
+    assert_eq!(
+        (first["m"].as_u64(), first["k"].as_u64(), first["n"].as_u64()),
+        (Some(12544), Some(16), Some(96))
+    );
+    for r in &rows {
+        let (m, k, n) =
+            (r["m"].as_f64().unwrap(), r["k"].as_f64().unwrap(), r["n"].as_f64().unwrap());
+        let us = r["us"].as_f64().unwrap();
+        assert!(us > 0.0, "{r}");
+        // GMAC/s is the product's multiply-adds over the time, not a number made up elsewhere.
+        let g = r["gmacs"].as_f64().unwrap();
+        assert!((g - m * k * n / us / 1e3).abs() <= 1e-6 * g, "{r}");
+    }
+    let e = expect(2, &argv("bench-kernels --shapes --weight-only", &[]));
+    assert!(stderr(&e).contains("cannot be used with"), "{}", stderr(&e));
+}
+
+#[test]
 fn bench_with_data_runs_once_per_sample() {
     let dir = example("bench-data");
     let o = ok(&argv(

@@ -739,8 +739,9 @@ impl Session {
             ordered.push(t);
         }
         let Some(a) = self.adaptive.as_deref() else {
-            let outs =
-                self.pool.install(|| self.plan.execute(ordered, &[], observer, "", times, None))?;
+            let outs = self.pool.install(|| {
+                warm_workers(|| self.plan.execute(ordered, &[], observer, "", times, None))
+            })?;
             return Ok(self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect());
         };
         // The fallback needs the inputs again.
@@ -752,12 +753,52 @@ impl Session {
                 a.check(w, t, &mut run);
             }
         };
-        let outs = self
-            .pool
-            .install(|| self.plan.execute(ordered, &[], observer, "", times, Some(&mut check)))?;
+        let outs = self.pool.install(|| {
+            warm_workers(|| self.plan.execute(ordered, &[], observer, "", times, Some(&mut check)))
+        })?;
         let outputs = self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect();
         a.finish(run, kept, outputs)
     }
+}
+
+/// Runs `f` (a whole plan, on a worker of the current pool) while the pool's other workers
+/// stay awake, taking its parallel work as it appears. A run alternates parallel kernels with
+/// short sequential steps; idle rayon workers go to sleep within microseconds and each
+/// parallel kernel then waits for a wake-up (futex, scheduler), which on CNNs cost more than
+/// the second thread gained. ONNX Runtime's pool spins between ops for the same reason.
+fn warm_workers<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let threads = rayon::current_num_threads();
+    let Some(me) = rayon::current_thread_index() else { return f() };
+    if threads < 2 {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::in_place_scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|_| {
+                // The plan's own thread may pick this job up while it waits inside a join:
+                // it must not spin there (its plan could not go on).
+                if rayon::current_thread_index() == Some(me) {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        // Set on the way out, a panic included (the scope waits for the spinners).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _done = Done(&done);
+        f()
+    })
 }
 
 /// The rank of constant `name` (an initializer or a `Constant` node's value).
@@ -771,4 +812,62 @@ fn constant_rank(graph: &lowbit_onnx::pb::GraphProto, name: &str) -> Option<usiz
         .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))?;
     let t = lowbit_onnx::attr::Attrs::new(n).tensor("value").ok()??;
     Some(t.dims.len())
+}
+
+#[cfg(test)]
+mod warm_tests {
+    use super::warm_workers;
+    use rayon::prelude::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool")
+    }
+
+    #[test]
+    fn warm_workers_run_parallel_work_and_return() {
+        for threads in [1, 2, 3] {
+            let sum = pool(threads).install(|| {
+                warm_workers(|| {
+                    // Parallel steps between sequential ones, as a plan runs them.
+                    (0..20u64)
+                        .map(|i| (0..10_000u64).into_par_iter().map(|x| x ^ i).sum::<u64>())
+                        .sum::<u64>()
+                })
+            });
+            let want: u64 = (0..20u64).map(|i| (0..10_000u64).map(|x| x ^ i).sum::<u64>()).sum();
+            assert_eq!(sum, want, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_panic_inside_warm_workers_reaches_the_caller() {
+        let p = pool(2);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.install(|| warm_workers(|| -> u32 { panic!("kernel bug") }))
+        }));
+        assert!(r.is_err(), "the panic was swallowed");
+        // The pool is still usable: no spinner was left behind.
+        assert_eq!(p.install(|| warm_workers(|| (0..100u32).into_par_iter().sum::<u32>())), 4950);
+    }
+
+    #[test]
+    fn concurrent_runs_on_one_pool_finish() {
+        let p = pool(2);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        p.install(|| {
+                            warm_workers(|| {
+                                (0..50_000u64).into_par_iter().map(|x| x * 3).sum::<u64>()
+                            })
+                        })
+                    })
+                })
+                .collect();
+            for h in hs {
+                assert_eq!(h.join().expect("run"), 3 * 49_999 * 50_000 / 2);
+            }
+        });
+    }
 }

@@ -35,6 +35,9 @@ const MR: usize = 4;
 const VNNI_MR: usize = 8;
 /// Work (m·n·k) below which threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 32 * 32 * 64;
+/// Row-major tile order from this many rows of A, while B is at most this many bytes.
+const ROW_MAJOR_MIN_M: usize = 256;
+const ROW_MAJOR_MAX_B: usize = 256 << 10;
 
 /// How the weights are laid out inside a panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,17 +310,22 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
     // Panel-major: a panel of B (k × 16 bytes) stays in L1 while every row block of A passes
     // over it; A (m × k) is small in the shapes that matter (a sentence's tokens, a conv's
     // patches are re-read from L2 at worst).
+    let col_tiles = panels.div_ceil(tile_panels);
+    // Panel-major (a panel of B stays in L1 while every row block of A passes over it) when
+    // A is short; row-major when A is tall and B small (a pointwise conv over many pixels):
+    // then each output row is written once, in order, and threads own disjoint row ranges
+    // instead of sharing every output cache line.
+    let row_major = m >= ROW_MAJOR_MIN_M && k * n <= ROW_MAJOR_MAX_B;
     let tile = |t: usize| {
-        let (p, rb) = (t / row_blocks, t % row_blocks);
+        let (p, rb) = if row_major {
+            ((t % col_tiles) * tile_panels, t / col_tiles)
+        } else {
+            ((t / row_blocks) * tile_panels, t % row_blocks)
+        };
         #[cfg(target_arch = "x86_64")]
         if vnni {
             let i0 = rb * VNNI_MR;
-            let t = VnniTile {
-                i0,
-                rows: VNNI_MR.min(m - i0),
-                p0: 2 * p,
-                panels: 2.min(panels - 2 * p),
-            };
+            let t = VnniTile { i0, rows: VNNI_MR.min(m - i0), p0: p, panels: 2.min(panels - p) };
             // SAFETY: the CPU has AVX-512 VNNI (the operand was packed for it); A's rows are
             // readable for k bytes and C holds (i, j) for i < m, j < n (asserted above).
             unsafe { vnni_tile(b, a, lda, &t, sink, &adj, &scale, &row_sums, rs, cs) };
@@ -377,7 +385,7 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
             unsafe { finish_row(b.isa, sink, acc_row, &adj_r, scale_p, j0, cols, base, cs) };
         }
     };
-    let tiles = row_blocks * panels.div_ceil(tile_panels);
+    let tiles = row_blocks * col_tiles;
     let threads = rayon::current_num_threads();
     if threads > 1 && tiles > 1 && m * n * k.max(1) >= PARALLEL_MIN_WORK {
         use rayon::prelude::*;
@@ -1002,9 +1010,13 @@ pub(crate) mod x86_64 {
             }
             VnniDone::Requantize(e) => {
                 let zp = _mm512_set1_epi32(e.zero_point);
-                let (lo, hi) = (_mm512_set1_epi32(e.qmin), _mm512_set1_epi32(e.qmax));
-                let (fmin, fmax) =
-                    (_mm512_set1_ps(-1_073_741_824.0), _mm512_set1_ps(1_073_741_824.0));
+                // requantize_one's rule is clamp(round(x) + zp, qmin, qmax); the bounds are
+                // integers and rounding (half to even, the default MXCSR mode) is monotone, so
+                // clamping x to [qmin - zp, qmax - zp] first gives the same code, keeps the
+                // conversion in range, and leaves a value that one truncating narrowing
+                // stores exactly, u8 or i8.
+                let lo = _mm512_set1_ps((e.qmin - e.zero_point) as f32);
+                let hi = _mm512_set1_ps((e.qmax - e.zero_point) as f32);
                 // SAFETY: the epilogue's arrays hold P panels of columns.
                 let (adj, zps, scale): ([__m512i; P], [__m512i; P], [__m512; P]) = unsafe {
                     (
@@ -1013,37 +1025,26 @@ pub(crate) mod x86_64 {
                         std::array::from_fn(|q| _mm512_loadu_ps(e.scale.add(16 * q))),
                     )
                 };
+                // Columns past `cols` (the last panel of an odd width) are masked off.
+                let mask: [__mmask16; P] = std::array::from_fn(|q| {
+                    let c = e.cols.saturating_sub(16 * q).min(16);
+                    ((1u32 << c) - 1) as __mmask16
+                });
                 for (r, acc_r) in acc.iter().enumerate().take(mr) {
-                    let rs = _mm512_set1_epi32(e.row_sums[r]);
                     for q in 0..P {
                         let mut v = _mm512_add_epi32(acc_r[q], adj[q]);
                         if e.any_zero_point {
+                            let rs = _mm512_set1_epi32(e.row_sums[r]);
                             v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zps[q], rs));
                         }
-                        // requantize_one's rule: f32 product clamped to ±2^30, rounded half
-                        // to even (the default MXCSR mode), plus the zero point, clamped.
                         let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale[q]);
-                        let x = _mm512_min_ps(_mm512_max_ps(x, fmin), fmax);
+                        let x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
                         let v = _mm512_add_epi32(_mm512_cvtps_epi32(x), zp);
-                        let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-                        // In range already: the saturating narrowings only pick the sign.
-                        let bytes = if e.qmin >= 0 {
-                            _mm512_cvtusepi32_epi8(v)
-                        } else {
-                            _mm512_cvtsepi32_epi8(v)
-                        };
-                        let cols = e.cols.saturating_sub(16 * q).min(16);
-                        // SAFETY: `cols` writable bytes at column 16q of row r.
+                        // SAFETY: the mask covers the writable bytes at column 16q of row r.
                         unsafe {
-                            let dst = e.out[r].add(16 * q);
-                            if cols == 16 {
-                                _mm_storeu_si128(dst as *mut __m128i, bytes);
-                            } else {
-                                let mut t = [0u8; 16];
-                                _mm_storeu_si128(t.as_mut_ptr() as *mut __m128i, bytes);
-                                std::ptr::copy_nonoverlapping(t.as_ptr(), dst, cols);
-                            }
-                        }
+                            let dst = e.out[r].add(16 * q) as *mut i8;
+                            _mm512_mask_cvtepi32_storeu_epi8(dst, mask[q], v)
+                        };
                     }
                 }
             }
@@ -1271,6 +1272,17 @@ mod tests {
         (1usize..23, 1usize..40, 1usize..70, any::<bool>(), any::<bool>())
     }
 
+    /// Tall A with a small B: the row-major tile order (a pointwise conv over many pixels).
+    fn tall_shapes() -> impl Strategy<Value = (usize, usize, usize, bool, bool)> {
+        (
+            ROW_MAJOR_MIN_M..ROW_MAJOR_MIN_M + 40,
+            1usize..50,
+            1usize..30,
+            any::<bool>(),
+            any::<bool>(),
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -1310,47 +1322,120 @@ mod tests {
             zy in -128i32..256,
             per_col_mult in any::<bool>(),
             row_major in any::<bool>(),
+            narrow in any::<bool>(),
         ) {
+            fused_stages_case(m, n, k, full, per_col, seed, za, zy, per_col_mult, row_major, narrow)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// The same on tall products, on 1 and 2 threads (row blocks shared out).
+        #[test]
+        fn tall_products_match_the_scalar_rule_on_one_and_two_threads(
+            (m, n, k, full, per_col) in tall_shapes(),
+            seed in any::<u64>(),
+            za in 0i32..256,
+            zy in -128i32..256,
+            narrow in any::<bool>(),
+            threads in 1usize..3,
+        ) {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| fused_stages_case(m, n, k, full, per_col, seed, za, zy, true, true, narrow))?;
+        }
+    }
+
+    /// One case of the fused-stage properties; `narrow`: an output range inside the type's
+    /// (a requantizing kernel that absorbed a following Relu/Clip).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_stages_case(
+        m: usize,
+        n: usize,
+        k: usize,
+        full: bool,
+        per_col: bool,
+        seed: u64,
+        za: i32,
+        zy: i32,
+        per_col_mult: bool,
+        row_major: bool,
+        narrow: bool,
+    ) -> Result<(), TestCaseError> {
+        {
             let mut s = seed | 1;
-            let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+            let mut next = || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            };
             let a: Vec<u8> = (0..m * k).map(|_| next() as u8).collect();
             let b: Vec<i8> = (0..k * n)
                 .map(|_| if full { next() as i8 } else { ((next() % 129) as i32 - 64) as i8 })
                 .collect();
-            let zb: Vec<i32> = if per_col {
-                (0..n).map(|_| (next() % 21) as i32 - 10).collect()
-            } else {
-                vec![0]
-            };
+            let zb: Vec<i32> =
+                if per_col { (0..n).map(|_| (next() % 21) as i32 - 10).collect() } else { vec![0] };
             let bias: Vec<i32> = (0..n).map(|_| (next() % 20001) as i32 - 10000).collect();
             let mult: Vec<f32> = (0..if per_col_mult { n } else { 1 })
                 .map(|_| 1e-5 + (next() % 1000) as f32 * 1e-5)
                 .collect();
             let (qmin, qmax, zy) = if zy < 0 { (-128, 127, zy + 64) } else { (0, 255, zy) };
+            let (qmin, qmax) = if narrow {
+                let lo = qmin + (next() % 100) as i32;
+                (lo, (qmax - (next() % 100) as i32).max(lo))
+            } else {
+                (qmin, qmax)
+            };
             let exact = qgemm_ref(m, n, k, &a, za, &b, &zb);
             let (rs, cs) = if row_major { (n, 1) } else { (1, m) };
             for isa in cpu::levels(|k| k.qgemm) {
                 let p = PackedI8::pack_for(isa, Trans::No, k, n, &b, n, &zb);
                 let mut q = vec![0u8; m * n];
-                qgemm(m, &a, k, za, &p, Output {
-                    stage: Stage::Requantize { bias: Some(&bias), multiplier: &mult, zero_point: zy, qmin, qmax, out: &mut q },
-                    row_stride: rs, col_stride: cs,
-                });
+                qgemm(
+                    m,
+                    &a,
+                    k,
+                    za,
+                    &p,
+                    Output {
+                        stage: Stage::Requantize {
+                            bias: Some(&bias),
+                            multiplier: &mult,
+                            zero_point: zy,
+                            qmin,
+                            qmax,
+                            out: &mut q,
+                        },
+                        row_stride: rs,
+                        col_stride: cs,
+                    },
+                );
                 let mut f = vec![0f32; m * n];
-                qgemm(m, &a, k, za, &p, Output {
-                    stage: Stage::Dequantize { scale: &mult, bias: None, out: &mut f },
-                    row_stride: n, col_stride: 1,
-                });
+                qgemm(
+                    m,
+                    &a,
+                    k,
+                    za,
+                    &p,
+                    Output {
+                        stage: Stage::Dequantize { scale: &mult, bias: None, out: &mut f },
+                        row_stride: n,
+                        col_stride: 1,
+                    },
+                );
                 for i in 0..m {
                     for j in 0..n {
                         let mj = if mult.len() == 1 { mult[0] } else { mult[j] };
-                        let want = requantize_one(exact[i * n + j] + bias[j], mj, zy, qmin, qmax) as u8;
+                        let want =
+                            requantize_one(exact[i * n + j] + bias[j], mj, zy, qmin, qmax) as u8;
                         prop_assert_eq!(q[i * rs + j * cs], want, "{:?} ({}, {})", isa, i, j);
                         prop_assert_eq!(f[i * n + j], exact[i * n + j] as f32 * mj);
                     }
                 }
             }
         }
+        Ok(())
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! GEMM ([`lowbit_kernels::wgemm`]) against f32 GEMM with packed weights, at M = 1 and 16.
 //! Each timing cycles through enough copies of the weights that the f32 copies exceed 64 MiB,
 //! as a model's layers do, so f32 weights stream from memory as they would in a model run.
+//!
+//! `--shapes`: the requantizing int8 GEMM at the corpus' shapes (EfficientNet-Lite0's pointwise
+//! convs: `M` pixels × `K` input channels × `N` output channels; MiniLM's token GEMMs), in µs
+//! and GMAC/s, for the small-`K` and small-`M` cases that `--size` does not show.
 
 use crate::cli::BenchKernelsArgs;
 use crate::gemm_timing::{measure, time};
@@ -19,6 +23,7 @@ use crate::text::{print, print_json};
 use anyhow::Result;
 use lowbit_data::Rng;
 use lowbit_kernels::gemm::{sgemm_packed, PackedB, Trans};
+use lowbit_kernels::qgemm::{qgemm, Output, PackedI8, Stage};
 use lowbit_kernels::wgemm::{wgemm, Codes, PackedWeights, WeightSpec};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -115,9 +120,84 @@ fn bench_weight_only(args: &BenchKernelsArgs) -> Result<()> {
     print(&s)
 }
 
+#[derive(Serialize)]
+struct ShapeRow {
+    what: &'static str,
+    m: usize,
+    k: usize,
+    n: usize,
+    us: f64,
+    gmacs: f64,
+}
+
+/// `M × K × N` with what it is: EfficientNet-Lite0's pointwise convs at 224² (expand convs
+/// at small K over many pixels, project convs at large K over few) and MiniLM's GEMMs
+/// (45 tokens, hidden 384, FFN 1536).
+const SHAPES: [(&str, usize, usize, usize); 10] = [
+    ("effnet block 1 expand", 112 * 112, 16, 96),
+    ("effnet block 2 expand", 56 * 56, 24, 144),
+    ("effnet block 4 expand", 28 * 28, 40, 240),
+    ("effnet block 8 expand", 14 * 14, 80, 480),
+    ("effnet block 15 project", 7 * 7, 1152, 320),
+    ("effnet head", 7 * 7, 320, 1280),
+    ("minilm qkv, 45 tokens", 45, 384, 384),
+    ("minilm ffn up, 45 tokens", 45, 384, 1536),
+    ("minilm ffn down, 45 tokens", 45, 1536, 384),
+    ("minilm qkv, 16 tokens", 16, 384, 384),
+];
+
+/// The `--shapes` table.
+fn bench_shapes(args: &BenchKernelsArgs) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let threads = pool.current_num_threads();
+    let mut rng = Rng::new(13);
+    let mut rows = Vec::new();
+    for (what, m, k, n) in SHAPES {
+        let a: Vec<u8> = (0..m * k).map(|_| rng.next_u64() as u8).collect();
+        let w: Vec<i8> = (0..k * n).map(|_| rng.next_u64() as i8).collect();
+        let packed = PackedI8::pack(Trans::No, k, n, &w, n, &[0]);
+        let mult: Vec<f32> = (0..n).map(|j| 1e-4 + j as f32 * 1e-7).collect();
+        let bias: Vec<i32> = (0..n as i32).map(|j| j * 7 - 100).collect();
+        let mut out = vec![0u8; m * n];
+        let t = pool.install(|| {
+            time(|| {
+                let stage = Stage::Requantize {
+                    bias: Some(&bias),
+                    multiplier: &mult,
+                    zero_point: 3,
+                    qmin: 0,
+                    qmax: 255,
+                    out: &mut out,
+                };
+                qgemm(m, &a, k, 117, &packed, Output { stage, row_stride: n, col_stride: 1 });
+            })
+        });
+        let gmacs = (m * k * n) as f64 / t / 1e9;
+        rows.push(ShapeRow { what, m, k, n, us: t * 1e6, gmacs });
+    }
+    if args.json.on {
+        return print_json(&rows);
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "requantized int8 GEMM at corpus shapes, {threads} thread(s), path {:?}",
+        lowbit_kernels::cpu::best().qgemm
+    );
+    let _ = writeln!(s, "{:28} {:>6} {:>5} {:>5} {:>9} {:>8}", "", "M", "K", "N", "µs", "GMAC/s");
+    for r in &rows {
+        let _ =
+            writeln!(s, "{:28} {:6} {:5} {:5} {:9.1} {:8.1}", r.what, r.m, r.k, r.n, r.us, r.gmacs);
+    }
+    print(&s)
+}
+
 pub fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
     if args.weight_only {
         return bench_weight_only(&args);
+    }
+    if args.shapes {
+        return bench_shapes(&args);
     }
     let r = measure(args.size, args.threads)?;
     if args.json.on {

@@ -32,11 +32,11 @@ fn qerr(e: lowbit_kernels::quantize::QuantizeError) -> OpError {
     OpError::new(e.0)
 }
 
-fn floats(t: &Tensor) -> OpResult<Vec<f32>> {
+fn floats(t: &Tensor) -> OpResult<std::borrow::Cow<'_, [f32]>> {
     match t.data() {
-        TensorData::F32(v) => Ok(v.clone()),
+        TensorData::F32(v) => Ok(std::borrow::Cow::Borrowed(v)),
         TensorData::String(_) => bail!("expected numbers, got strings"),
-        _ => Ok(t.to_f32_vec()?),
+        _ => Ok(std::borrow::Cow::Owned(t.to_f32_vec()?)),
     }
 }
 
@@ -264,7 +264,7 @@ fn scale_values(t: &Tensor, what: &str, per: usize) -> OpResult<Vec<f32>> {
     if v.len() != 1 && v.len() != per {
         bail!("{what} has {} values, expected 1 or {per}", v.len());
     }
-    Ok(v)
+    Ok(v.into_owned())
 }
 
 /// `y_zero_point`'s value and the output type's range (uint8 when absent).
