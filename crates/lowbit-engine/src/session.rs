@@ -31,12 +31,28 @@ pub struct SessionOptions {
     /// Run adaptively ([`crate::adaptive`]): samples whose quantized activations saturate
     /// beyond calibration are re-run on the model's float path. `None`: off.
     pub adaptive: Option<AdaptiveOptions>,
+    /// With 2+ threads, keep the other workers spinning (taking work) for the length of each
+    /// run instead of letting them sleep between parallel kernels (ONNX Runtime's default
+    /// too): lower latency, one busy core per extra thread while a run lasts. On by default;
+    /// the environment variable `LOWBIT_SPIN=0` turns it off (shared machines).
+    pub spin: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 0, fuse_quantized: true, fuse_float: true, adaptive: None }
+        SessionOptions {
+            threads: 0,
+            fuse_quantized: true,
+            fuse_float: true,
+            adaptive: None,
+            spin: spin_default(),
+        }
     }
+}
+
+/// [`SessionOptions::spin`]'s default: on unless `LOWBIT_SPIN=0`.
+pub fn spin_default() -> bool {
+    std::env::var("LOWBIT_SPIN").map_or(true, |v| v.trim() != "0")
 }
 
 impl SessionOptions {
@@ -48,7 +64,7 @@ impl SessionOptions {
     /// No load-time fusion, so observers see every value the model names (calibration,
     /// `compare`), with `threads` worker threads.
     pub fn unfused(threads: usize) -> Self {
-        SessionOptions { threads, fuse_quantized: false, fuse_float: false, adaptive: None }
+        SessionOptions { threads, fuse_quantized: false, fuse_float: false, ..Default::default() }
     }
 }
 
@@ -106,6 +122,8 @@ pub struct Plan {
 pub struct Session {
     plan: Plan,
     pool: rayon::ThreadPool,
+    /// [`SessionOptions::spin`].
+    spin: bool,
     fused: BTreeMap<String, usize>,
     adaptive: Option<Box<Adaptive>>,
 }
@@ -325,7 +343,7 @@ impl Session {
             Some(a) => Some(Box::new(Adaptive::new(model, opts, a, &plan)?)),
             None => None,
         };
-        Ok(Session { plan, pool, fused: fused.counts, adaptive })
+        Ok(Session { plan, pool, fused: fused.counts, adaptive, spin: opts.spin })
     }
 }
 
@@ -740,7 +758,9 @@ impl Session {
         }
         let Some(a) = self.adaptive.as_deref() else {
             let outs = self.pool.install(|| {
-                warm_workers(|| self.plan.execute(ordered, &[], observer, "", times, None))
+                warm_workers(self.spin, || {
+                    self.plan.execute(ordered, &[], observer, "", times, None)
+                })
             })?;
             return Ok(self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect());
         };
@@ -754,7 +774,9 @@ impl Session {
             }
         };
         let outs = self.pool.install(|| {
-            warm_workers(|| self.plan.execute(ordered, &[], observer, "", times, Some(&mut check)))
+            warm_workers(self.spin, || {
+                self.plan.execute(ordered, &[], observer, "", times, Some(&mut check))
+            })
         })?;
         let outputs = self.plan.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect();
         a.finish(run, kept, outputs)
@@ -766,11 +788,11 @@ impl Session {
 /// short sequential steps; idle rayon workers go to sleep within microseconds and each
 /// parallel kernel then waits for a wake-up (futex, scheduler), which on CNNs cost more than
 /// the second thread gained. ONNX Runtime's pool spins between ops for the same reason.
-fn warm_workers<R>(f: impl FnOnce() -> R) -> R {
+fn warm_workers<R>(spin: bool, f: impl FnOnce() -> R) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
     let threads = rayon::current_num_threads();
     let Some(me) = rayon::current_thread_index() else { return f() };
-    if threads < 2 {
+    if threads < 2 || !spin {
         return f();
     }
     let done = AtomicBool::new(false);
@@ -825,9 +847,9 @@ mod warm_tests {
 
     #[test]
     fn warm_workers_run_parallel_work_and_return() {
-        for threads in [1, 2, 3] {
+        for (threads, spin) in [(1, true), (2, true), (3, true), (2, false)] {
             let sum = pool(threads).install(|| {
-                warm_workers(|| {
+                warm_workers(spin, || {
                     // Parallel steps between sequential ones, as a plan runs them.
                     (0..20u64)
                         .map(|i| (0..10_000u64).into_par_iter().map(|x| x ^ i).sum::<u64>())
@@ -843,11 +865,14 @@ mod warm_tests {
     fn a_panic_inside_warm_workers_reaches_the_caller() {
         let p = pool(2);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            p.install(|| warm_workers(|| -> u32 { panic!("kernel bug") }))
+            p.install(|| warm_workers(true, || -> u32 { panic!("kernel bug") }))
         }));
         assert!(r.is_err(), "the panic was swallowed");
         // The pool is still usable: no spinner was left behind.
-        assert_eq!(p.install(|| warm_workers(|| (0..100u32).into_par_iter().sum::<u32>())), 4950);
+        assert_eq!(
+            p.install(|| warm_workers(true, || (0..100u32).into_par_iter().sum::<u32>())),
+            4950
+        );
     }
 
     #[test]
@@ -858,7 +883,7 @@ mod warm_tests {
                 .map(|_| {
                     s.spawn(|| {
                         p.install(|| {
-                            warm_workers(|| {
+                            warm_workers(true, || {
                                 (0..50_000u64).into_par_iter().map(|x| x * 3).sum::<u64>()
                             })
                         })

@@ -54,7 +54,12 @@ fn both(m: &ModelProto, x: &Tensor) -> (Tensor, Tensor, Vec<(String, usize)>) {
     let run = |fuse: bool| {
         let s = Session::new(
             m,
-            &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse, adaptive: None },
+            &SessionOptions {
+                threads: 1,
+                fuse_quantized: fuse,
+                fuse_float: fuse,
+                ..Default::default()
+            },
         )
         .unwrap();
         let counts: Vec<(String, usize)> =

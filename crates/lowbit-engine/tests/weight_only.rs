@@ -35,7 +35,12 @@ fn both(m: &ModelProto, x: &Tensor) -> (Vec<f32>, Vec<f32>, Vec<usize>, usize) {
     let run = |fuse: bool| {
         let s = Session::new(
             m,
-            &SessionOptions { threads: 2, fuse_quantized: fuse, fuse_float: fuse, adaptive: None },
+            &SessionOptions {
+                threads: 2,
+                fuse_quantized: fuse,
+                fuse_float: fuse,
+                ..Default::default()
+            },
         )
         .unwrap();
         let out = s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1;
@@ -196,7 +201,12 @@ fn matmul_nbits_matches_the_same_weights_as_dequantize_matmul() {
     let run = |m: &ModelProto, fuse: bool| {
         let s = Session::new(
             m,
-            &SessionOptions { threads: 1, fuse_quantized: fuse, fuse_float: fuse, adaptive: None },
+            &SessionOptions {
+                threads: 1,
+                fuse_quantized: fuse,
+                fuse_float: fuse,
+                ..Default::default()
+            },
         )
         .unwrap();
         s.run(vec![("x".into(), x.clone())]).unwrap().remove(0).1.to_f32_vec().unwrap()
