@@ -28,7 +28,9 @@ difference between lowbit's and ORT's outputs on the first feed, over all graph 
 Inputs timed (never the calibration rows): MNIST: test rows 1000..1099 (uint8, `--preprocess`
 with the sidecar); MiniLM: STS-B dev side-a sentences 0..49 (bench cuts each row to its own mask
 length, as ORT users feed unpadded sentences); the speed model: bench's synthetic input (N(0, 1),
-fixed seed, [1, 3, 224, 224]; EfficientNet-Lite0 likewise). R = 200 for MNIST and MiniLM, 30
+fixed seed, [1, 3, 224, 224]; EfficientNet-Lite0 likewise). MiniLM is timed again on the same
+sentences at fixed lengths 16, 45 and 128 tokens with `--no-trim` (16 cuts them, 128 pads them
+with id 0 / mask 0): what a server that pads a batch to one length runs. R = 200 for MNIST and MiniLM, 30
 for the speed model and EfficientNet-Lite0, times
 --runs-scale; samples are cycled when R exceeds them.
 
@@ -55,6 +57,8 @@ GROUPS = ["mnist", "minilm", "speed", "effnet"]
 CALIB_ROWS = 100
 MNIST_BENCH_ROWS = (1000, 1100)
 MINILM_BENCH_ROWS = 50
+# Fixed lengths MiniLM is also timed at, padded (`--no-trim`).
+MINILM_FIXED_LENGTHS = (16, 45, 128)
 SPEED_CALIB_IMAGES = 8
 RUNS = {"mnist": 200, "minilm": 200, "speed": 30, "effnet": 30}
 WARMUP = 20
@@ -144,7 +148,23 @@ def minilm_group(corpus, tmp, lowbit):
     q = os.path.join(tmp, "minilm.ort-dynamic.onnx")
     err = ort_quantize_dynamic(model, q)
     variants.append(("ORT dynamic int8", "error: " + err if err else q))
-    return [(MINILM, variants, ["--data", data])]
+    out = [(MINILM, variants, ["--data", data])]
+    # The same sentences at fixed lengths, run padded (`--no-trim`): what a server batching
+    # sentences to one length runs. 16 cuts them, 128 pads them with [PAD] (id 0, mask 0).
+    ids = np.load(os.path.join(data, ids_name + ".npy"))
+    mask = np.load(os.path.join(data, mask_name + ".npy"))
+    for length in MINILM_FIXED_LENGTHS:
+        folder = os.path.join(tmp, f"minilm_bench_{length}")
+        os.makedirs(folder)
+        fixed_ids = np.zeros((ids.shape[0], length), ids.dtype)
+        fixed_mask = np.zeros((mask.shape[0], length), mask.dtype)
+        keep = min(length, ids.shape[1])
+        fixed_ids[:, :keep] = ids[:, :keep]
+        fixed_mask[:, :keep] = mask[:, :keep]
+        np.save(os.path.join(folder, ids_name + ".npy"), fixed_ids)
+        np.save(os.path.join(folder, mask_name + ".npy"), fixed_mask)
+        out.append((f"{MINILM} @{length} tokens", variants, ["--data", folder, "--no-trim"]))
+    return out
 
 
 def speed_group(corpus, tmp, lowbit):

@@ -545,8 +545,9 @@ fn runtime_qlinear_matmul(ins: &[Option<&Tensor>]) -> OpResult<Option<Tensor>> {
     if !eight_bit(a) || !eight_bit(b) {
         return Ok(None);
     }
+    // Scales and zero points (every input but the operands 0 and 3): one value each.
     let scalar = |i: usize| opt_input(ins, i).is_none_or(|t| t.len() == 1);
-    if !(1..8).all(scalar) {
+    if ![1, 2, 4, 5, 6, 7].into_iter().all(scalar) {
         return Ok(None);
     }
     let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
@@ -1044,7 +1045,60 @@ pub fn register(reg: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
-    use super::clamp_of;
+    use super::{clamp_of, reference, runtime_qlinear_matmul};
+    use lowbit_tensor::Tensor;
+
+    /// Attention's activation × activation products (Q·Kᵀ, scores·V: both operands runtime
+    /// tensors, scales and zero points one value each) take the packed int8 path, not the
+    /// reference, and give the reference's codes, for u8 and i8 operands.
+    #[test]
+    fn runtime_qlinear_matmul_takes_the_fast_path_and_matches_the_reference() {
+        let (heads, m, k, n) = (3, 5, 7, 6);
+        let mut s = 7u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        for signed in [false, true] {
+            let bytes = |len: usize, next: &mut dyn FnMut() -> u32| -> Tensor {
+                let v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if signed {
+                    Tensor::from_vec(vec![len], v.into_iter().map(|b| b as i8).collect::<Vec<_>>())
+                } else {
+                    Tensor::from_vec(vec![len], v)
+                }
+                .unwrap()
+            };
+            let a = bytes(heads * m * k, &mut next).reshape(vec![1, heads, m, k]).unwrap();
+            let b = bytes(heads * k * n, &mut next).reshape(vec![1, heads, k, n]).unwrap();
+            let zp = |v: i32| {
+                if signed {
+                    Tensor::scalar(v as i8 - 100)
+                } else {
+                    Tensor::scalar(v as u8)
+                }
+            };
+            let (a_s, b_s, y_s) =
+                (Tensor::scalar(0.02f32), Tensor::scalar(0.03f32), Tensor::scalar(0.5f32));
+            let (a_z, b_z, y_z) = (zp(120), zp(131), zp(128));
+            let ins = [
+                Some(&a),
+                Some(&a_s),
+                Some(&a_z),
+                Some(&b),
+                Some(&b_s),
+                Some(&b_z),
+                Some(&y_s),
+                Some(&y_z),
+            ];
+            let fast = runtime_qlinear_matmul(&ins).unwrap().expect("the fast path takes it");
+            let want = reference::qlinear_matmul(&ins).unwrap();
+            assert_eq!(fast.shape(), [1, heads, m, n]);
+            assert_eq!(fast, want[0], "signed {signed}");
+        }
+    }
 
     #[test]
     fn clamp_tables_are_recognized_in_the_codes_order() {
