@@ -1075,7 +1075,7 @@ mod tests {
             let b = bytes(heads * k * n, &mut next).reshape(vec![1, heads, k, n]).unwrap();
             let zp = |v: i32| {
                 if signed {
-                    Tensor::scalar(v as i8 - 100)
+                    Tensor::scalar((v - 100) as i8)
                 } else {
                     Tensor::scalar(v as u8)
                 }
