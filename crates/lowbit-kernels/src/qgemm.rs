@@ -307,12 +307,9 @@ pub fn qgemm(m: usize, a: &[u8], lda: usize, a_zero_point: i32, b: &PackedI8, ou
         }
         Sink::I32(_) => {}
     }
-    // Panel-major: a panel of B (k × 16 bytes) stays in L1 while every row block of A passes
-    // over it; A (m × k) is small in the shapes that matter (a sentence's tokens, a conv's
-    // patches are re-read from L2 at worst).
     let col_tiles = panels.div_ceil(tile_panels);
-    // Panel-major (a panel of B stays in L1 while every row block of A passes over it) when
-    // A is short; row-major when A is tall and B small (a pointwise conv over many pixels):
+    // Panel-major (a panel of B stays in L1 while every row block of A passes over it; A is
+    // re-read from L2 at worst) when A is short (a sentence's tokens); row-major when A is tall and B small (a pointwise conv over many pixels):
     // then each output row is written once, in order, and threads own disjoint row ranges
     // instead of sharing every output cache line.
     let row_major = m >= ROW_MAJOR_MIN_M && k * n <= ROW_MAJOR_MAX_B;
@@ -1042,7 +1039,9 @@ pub(crate) mod x86_64 {
                         let v = _mm512_add_epi32(_mm512_cvtps_epi32(x), zp);
                         // SAFETY: the mask covers the writable bytes at column 16q of row r.
                         unsafe {
-                            let dst = e.out[r].add(16 * q) as *mut i8;
+                            // wrapping: past a short last panel the pointer may leave the
+                            // row (and its mask is empty).
+                            let dst = e.out[r].wrapping_add(16 * q) as *mut i8;
                             _mm512_mask_cvtepi32_storeu_epi8(dst, mask[q], v)
                         };
                     }
