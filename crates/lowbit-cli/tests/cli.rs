@@ -938,24 +938,47 @@ fn write_mnist_inputs(images: &[f64], start: usize, end: usize, to: &Path) {
     npy::write_npy(&to.join("input.1.npy"), &t).unwrap();
 }
 
+/// What the `tune` tests on the corpus' MNIST CNN read: the model, and in a fresh folder MNIST
+/// test images 0..64 (`calib`) and 400 from `eval_from` (`eval`).
+struct MnistTune {
+    dir: Scratch,
+    model: PathBuf,
+    calib: PathBuf,
+    eval: PathBuf,
+}
+
+/// [`MnistTune`] in a folder tagged `tag`, or `None` without the corpus.
+fn mnist_tune_inputs(tag: &str, eval_from: usize) -> Option<MnistTune> {
+    let corpus = corpus_with(&["models/burn_mnist_bn.onnx", "data/mnist_test_0-4999/images.npy"])?;
+    let images = corpus.join("data/mnist_test_0-4999/images.npy");
+    let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
+    let dir = tmp(tag);
+    let (calib, eval) = (dir.join("calib"), dir.join("eval"));
+    write_mnist_inputs(&images, 0, 64, &calib);
+    write_mnist_inputs(&images, eval_from, eval_from + 400, &eval);
+    Some(MnistTune { dir, model: corpus.join("models/burn_mnist_bn.onnx"), calib, eval })
+}
+
+/// The `tune` command line both MNIST tests run (model, -o, --data, --eval-data, --json-out
+/// are `{}`), against FP32 by cosine within `max_drop`, then `tail`.
+fn mnist_tune_command(max_drop: f64, tail: &str) -> String {
+    format!(
+        "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
+         --max-drop {max_drop} --objective size --candidates int4,int8,fp32 --latency 0 \
+         --batch 1 --threads 1 --json-out {{}} {tail}"
+    )
+    .trim_end()
+    .to_string()
+}
+
 /// `lowbit tune` on the corpus' MNIST CNN (Conv + BatchNorm) without labels (cosine against
 /// FP32): within seconds, the held-out part confirms the budget, the front has at least three
 /// points, the JSON is the same twice, and the report draws the front and the precision map.
 #[test]
 fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_json_twice() {
-    let Some(corpus) =
-        corpus_with(&["models/burn_mnist_bn.onnx", "data/mnist_test_0-4999/images.npy"])
-    else {
+    let Some(MnistTune { dir, model, calib, eval }) = mnist_tune_inputs("tune-mnist", 1000) else {
         return;
     };
-    let model = corpus.join("models/burn_mnist_bn.onnx");
-    let images = corpus.join("data/mnist_test_0-4999/images.npy");
-    let dir = tmp("tune-mnist");
-    let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
-    let write = |start: usize, end: usize, to: &Path| write_mnist_inputs(&images, start, end, to);
-    let (calib, eval) = (dir.join("calib"), dir.join("eval"));
-    write(0, 64, &calib);
-    write(1000, 1400, &eval);
     let max_drop = 0.05;
     let tune = |tag: &str| -> (serde_json::Value, String, PathBuf) {
         let (out, json, html) = (
@@ -964,11 +987,7 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
             dir.join(format!("{tag}.html")),
         );
         let o = ok(&argv(
-            &format!(
-                "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
-                 --max-drop {max_drop} --objective size --candidates int4,int8,fp32 --latency 0 \
-                 --batch 1 --threads 1 --json-out {{}} --report {{}}"
-            ),
+            &mnist_tune_command(max_drop, "--report {}"),
             &[&model, &out, &calib, &eval, &json, &html],
         ));
         let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -1025,30 +1044,14 @@ fn tune_mnist_meets_its_budget_on_held_out_samples_with_a_front_and_the_same_jso
 
 #[test]
 fn tune_reuses_learned_int4_weights_and_decides_at_the_asked_confidence() {
-    let Some(corpus) =
-        corpus_with(&["models/burn_mnist_bn.onnx", "data/mnist_test_0-4999/images.npy"])
+    let Some(MnistTune { dir, model, calib, eval }) =
+        mnist_tune_inputs("tune-mnist-adaround", 2000)
     else {
         return;
     };
-    let model = corpus.join("models/burn_mnist_bn.onnx");
-    let images = corpus.join("data/mnist_test_0-4999/images.npy");
-    let dir = tmp("tune-mnist-adaround");
-    let images = npy::read_npy(&images).unwrap().to_f64_vec().unwrap();
-    let write = |start: usize, end: usize, to: &Path| write_mnist_inputs(&images, start, end, to);
-    let (calib, eval) = (dir.join("calib"), dir.join("eval"));
-    write(0, 64, &calib);
-    write(2000, 2400, &eval);
     let tune = |tag: &str, extra: &str| -> serde_json::Value {
         let (out, json) = (dir.join(format!("{tag}.onnx")), dir.join(format!("{tag}.json")));
-        let o = ok(&argv(
-            format!(
-                "tune {{}} -o {{}} --data {{}} --eval-data {{}} --reference-only --metric cosine \
-                 --max-drop 0.05 --objective size --candidates int4,int8,fp32 --latency 0 \
-                 --batch 1 --threads 1 --json-out {{}} {extra}"
-            )
-            .trim_end(),
-            &[&model, &out, &calib, &eval, &json],
-        ));
+        let o = ok(&argv(&mnist_tune_command(0.05, extra), &[&model, &out, &calib, &eval, &json]));
         let text = stdout(&o);
         if extra.contains("--adaround") {
             assert!(text.contains("int4 rounding learned once"), "{text}");

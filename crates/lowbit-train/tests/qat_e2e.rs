@@ -11,7 +11,7 @@ use lowbit_onnx::build::{int_attr as int, ints_attr as ints};
 use lowbit_onnx::build::{model, node, tensor_value_info, Dim};
 use lowbit_onnx::pb::ModelProto;
 use lowbit_onnx::tensor_to_proto;
-use lowbit_quant::calibrate::{calibrate_samples, CalibratorOptions};
+use lowbit_quant::calibrate::{calibrate_samples, CalibrationTable, CalibratorOptions};
 use lowbit_quant::samples::NoProgress;
 use lowbit_tensor::{DType, Tensor};
 use lowbit_train::program::WeightStart;
@@ -79,6 +79,12 @@ fn samples(n: usize, seed: u64) -> Vec<Sample> {
         .collect()
 }
 
+/// Default calibration of `m` on the samples' feeds (what `quantize` and `qat` start from).
+fn calibrate(m: &ModelProto, samples: &[Sample]) -> CalibrationTable {
+    let mut feeds: Vec<Vec<(String, Tensor)>> = samples.iter().map(|s| s.feeds.clone()).collect();
+    calibrate_samples(m, &mut feeds, CalibratorOptions::default(), 1, &NoProgress).unwrap()
+}
+
 fn run(m: &ModelProto, s: &[Sample]) -> Vec<Vec<f32>> {
     let session = Session::new(m, &SessionOptions::with_threads(1)).unwrap();
     s.iter()
@@ -113,9 +119,7 @@ fn python() -> Option<PathBuf> {
 fn qat(weights: WeightBits, seed: u64) -> (ModelProto, ModelProto) {
     let fp32 = tiny_cnn();
     let train_set = samples(300, 1);
-    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table =
-        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let table = calibrate(&fp32, &train_set);
     // Every layer on the trained grid (the int8 ends have their own test).
     let opts = QatOptions {
         weights,
@@ -224,9 +228,7 @@ fn codes(m: &ModelProto, name: &str) -> (DType, Vec<i32>) {
 fn int4_trains_the_first_and_last_layers_on_int8_codes_unless_told() {
     let fp32 = tiny_cnn();
     let train_set = samples(64, 1);
-    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table =
-        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let table = calibrate(&fp32, &train_set);
     let opts = |int8_ends| QatOptions {
         weights: WeightBits::Int4,
         epochs: 2,
@@ -253,9 +255,7 @@ fn int4_trains_the_first_and_last_layers_on_int8_codes_unless_told() {
 fn qat_starts_from_the_init_models_codes() {
     let fp32 = tiny_cnn();
     let train_set = samples(96, 1);
-    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table =
-        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let table = calibrate(&fp32, &train_set);
     let base = QatOptions { weights: WeightBits::Int4, epochs: 3, batch: 16, ..Default::default() };
     let rtn = train(&fp32, &table, &train_set, &base, &NoProgress).unwrap().ptq;
     // A starting model whose int4 codes differ from round-to-nearest (as AdaRound's do): every
@@ -336,9 +336,7 @@ fn blocked_int4_qat_learns_one_step_per_block_and_runs_on_ort() {
             .collect()
     };
     let (train_set, test) = (rows(200), rows(100));
-    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table =
-        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let table = calibrate(&fp32, &train_set);
     let opts = QatOptions {
         weights: WeightBits::Int4,
         block_size: Some(16),
@@ -385,9 +383,7 @@ fn a_collapsed_weight_step_is_raised_to_what_its_int32_bias_needs() {
     use lowbit_train::program::ParamKind;
     let fp32 = tiny_cnn();
     let train_set = samples(32, 1);
-    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table =
-        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let table = calibrate(&fp32, &train_set);
     let opts = QatOptions { weights: WeightBits::Int4, ..QatOptions::default() };
     let mut p = lowbit_train::qat::prepare(&fp32, &table, &opts).unwrap();
     // A channel whose step trained towards zero: its bias no longer fits int32 at s_in · s_w.
@@ -412,9 +408,7 @@ fn asymmetric_int4_weights_train_around_their_zero_points() {
     use lowbit_quant::scheme::{IntType, Mode};
     let fp32 = tiny_cnn();
     let train_set = samples(96, 1);
-    let mut cal: Vec<Vec<(String, Tensor)>> = train_set.iter().map(|s| s.feeds.clone()).collect();
-    let table =
-        calibrate_samples(&fp32, &mut cal, CalibratorOptions::default(), 1, &NoProgress).unwrap();
+    let table = calibrate(&fp32, &train_set);
     // `quantize --weights int4` writes asymmetric weights (a zero point per channel).
     let cfg = QuantizeConfig {
         weights: IntType::Int4,
